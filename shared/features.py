@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -75,15 +76,13 @@ class FeatureSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> FeatureSpec:
-        scaler = data["scaler"]
-        assert isinstance(scaler, Mapping)
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
         return cls(
-            window=int(data["window"]),  # type: ignore[call-overload]
-            step_s=float(data["step_s"]),  # type: ignore[arg-type]
-            scaler=Scaler.from_dict(scaler),
-            tool_types=tuple(data["tool_types"]),  # type: ignore[call-overload]
-            names=tuple(data["feature_names"]),  # type: ignore[call-overload]
+            window=int(data["window"]),
+            step_s=float(data["step_s"]),
+            scaler=Scaler.from_dict(data["scaler"]),
+            tool_types=tuple(data["tool_types"]),
+            names=tuple(data["feature_names"]),
         )
 
 
