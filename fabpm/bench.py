@@ -29,7 +29,7 @@ def find(ids: list[str], folder: Path) -> list[Path]:
     scripts = sorted(p for p in folder.glob("*.py") if not p.name.startswith("_"))
     if not ids:
         return scripts
-    chosen = []
+    chosen: list[Path] = []
     for wanted in ids:
         hits = [p for p in scripts if p.stem.lower().startswith(wanted.lower())]
         if not hits:
