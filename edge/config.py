@@ -1,0 +1,230 @@
+"""The edge daemon's typed config: one TOML/YAML file plus ``FABPM_EDGE__A__B=value`` overrides.
+
+Loaded once by :func:`load_edge_config` in ``main()`` and passed down. Every section is a
+``StrictModel`` (unknown keys are errors naming the dotted key). Relative paths are resolved
+against ``state_dir``. ``examples/edge.toml`` shows every key with its default.
+
+Tags: each ``[[tools]]`` entry names a tool, its type (``shared.equipment``) and either the browse
+path of its folder (the default layout below it: ``Sensors/<name>``, ``Setpoints/<name>``,
+``Counters/<name>``, ``State``) or per-tag overrides in ``[tools.tags]`` by NodeId
+(``ns=2;s=...``) or by browse path (``Objects/Fab/...``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from shared.config import StrictModel, load_config
+from shared.equipment import NAMESPACE_URI, TOOL_TYPES
+from shared.errors import ConfigError
+from shared.topics import check_segment
+
+SECURITY_POLICIES = ("None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss")
+
+
+class OpcUaConfig(StrictModel):
+    endpoint: str = "opc.tcp://127.0.0.1:4840/fabpm/"
+    namespace_uri: str = NAMESPACE_URI  # browse names in tag paths without a prefix use it
+    security_policy: Literal["None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss"] = "None"
+    security_mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+    certificate: Path | None = None  # client certificate (DER or PEM) for a secure policy
+    private_key: Path | None = None
+    server_certificate: Path | None = None  # pin the server's certificate
+    username: str | None = None
+    password: str | None = None
+    mode: Literal["subscribe", "poll"] = "subscribe"  # poll is also the fallback when subscribing fails
+    publishing_interval_ms: float = Field(1000.0, gt=0)
+    sampling_interval_ms: float = Field(1000.0, ge=0)
+    queue_size: int = Field(10, ge=1, le=10000)  # per monitored item: keeps every sample of a burst
+    deadband_abs: float = Field(0.0, ge=0)  # absolute deadband on numeric tags; 0 = every change
+    # Large subscriptions lost their connection under load (FACTS.md): split into several, and
+    # create the monitored items in chunks.
+    max_items_per_subscription: int = Field(1000, ge=1, le=50000)
+    create_chunk: int = Field(500, ge=1, le=10000)
+    poll_interval_s: float = Field(1.0, gt=0)
+    read_chunk: int = Field(1000, ge=1, le=20000)
+    request_timeout_s: float = Field(10.0, gt=0)
+    # asyncua's default 1 s watchdog disconnects during slow large reads (FACTS.md).
+    watchdog_interval_s: float = Field(10.0, gt=0)
+    silence_timeout_s: float = Field(30.0, gt=0)  # no data for this long while connected → reconnect
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+    subscribe_events: bool = True  # alarms as OPC UA events from the Server object
+
+    @model_validator(mode="after")
+    def _secure_needs_certificate(self) -> OpcUaConfig:
+        if self.security_policy != "None" and (self.certificate is None or self.private_key is None):
+            raise ValueError(f"security_policy {self.security_policy} needs certificate and private_key")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+
+class ToolConfig(StrictModel):
+    id: str
+    type: str
+    path: str | None = None  # browse path of the tool folder, e.g. Objects/Fab/etch/etch-01
+    tags: dict[str, str] = Field(default_factory=dict)  # tag name -> NodeId or browse path
+
+    @field_validator("id")
+    @classmethod
+    def _id_segment(cls, value: str) -> str:
+        return check_segment(value, "tool id")
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in TOOL_TYPES:
+            raise ValueError(f"unknown tool type {value!r}; known: {', '.join(sorted(TOOL_TYPES))}")
+        return value
+
+    @model_validator(mode="after")
+    def _has_tags(self) -> ToolConfig:
+        if self.path is None:
+            missing = [s for s in TOOL_TYPES[self.type].sensor_names if s not in self.tags]
+            if missing:
+                raise ValueError(f"no path given, so every sensor needs a tag; missing {missing}")
+        return self
+
+
+class MqttConfig(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None  # client certificate login
+    key_file: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None  # default: fabpm-edge-<edge_id>
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    max_inflight: int = Field(100, ge=1, le=65535)  # unacknowledged QoS 1 messages handed to paho
+    publish_batch: int = Field(200, ge=1, le=10000)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> MqttConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.cert_file is not None and not self.tls:
+            raise ValueError("a client certificate needs tls = true")
+        return self
+
+
+class OutboxConfig(StrictModel):
+    path: Path = Path("outbox.sqlite")
+    quota_mb: float = Field(256.0, gt=0)
+    # NORMAL in WAL mode survives kill -9 (the WAL is in the OS); FULL also survives power loss.
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+
+
+class ModelsConfig(StrictModel):
+    risk: Path | None = None  # ONNX file with <stem>.manifest.json beside it
+    tuning: Path | None = None
+    public_key: Path | None = None  # Ed25519 PEM; without it nothing is loaded or accepted
+    store_dir: Path = Path("models")  # accepted updates and the previous model for rollback
+    intra_op_threads: int = Field(1, ge=1, le=64)
+    max_artifact_mb: float = Field(64.0, gt=0)
+    download_timeout_s: float = Field(30.0, gt=0)
+    check_windows: int = Field(32, ge=1, le=4096)  # recent windows an update is checked on
+    # Mean absolute difference of failure probabilities allowed between the new and running model.
+    max_disagreement: float = Field(0.5, gt=0, le=1)
+
+
+class DecisionsConfig(StrictModel):
+    thresholds: dict[str, float] = Field(default_factory=dict)  # overrides of the manifest's
+    infer_every_steps: int = Field(1, ge=1)
+    max_stale_steps: float = Field(3.0, gt=0)  # older samples count as missing
+    hardcase_per_hour: float = Field(60.0, ge=0)  # upload budget: token bucket rate
+    hardcase_burst: int = Field(10, ge=0)
+    pending_cases_max: int = Field(10000, ge=1)
+    verdict_ttl_s: float = Field(7 * 86400.0, gt=0)
+
+
+class TuningConfig(StrictModel):
+    mode: Literal["off", "advise", "auto"] = "off"
+    interval_s: float = Field(3600.0, gt=0)
+    envelope: dict[str, dict[str, tuple[float, float]]] = Field(default_factory=dict)  # type -> sp -> (lo, hi)
+    max_step: dict[str, dict[str, float]] = Field(default_factory=dict)  # type -> sp -> largest change
+    min_interval_s: float = Field(600.0, ge=0)  # between writes to one tag
+    max_writes_per_hour: int = Field(6, ge=0)  # per tool
+    readback_tolerance: float = Field(1e-3, ge=0)  # relative
+    weights: dict[str, float] = Field(default_factory=lambda: {"yield": 1.0, "energy": 0.1})
+    approval_timeout_s: float = Field(86400.0, gt=0)
+
+    @field_validator("envelope")
+    @classmethod
+    def _ordered(cls, value: dict[str, dict[str, tuple[float, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
+        for ttype, table in value.items():
+            if ttype not in TOOL_TYPES:
+                raise ValueError(f"unknown tool type {ttype!r}")
+            for name, (lo, hi) in table.items():
+                if name not in TOOL_TYPES[ttype].setpoint_names:
+                    raise ValueError(f"{ttype} has no setpoint {name!r}")
+                if lo > hi:
+                    raise ValueError(f"{ttype}.{name}: low {lo} above high {hi}")
+        return value
+
+
+class ScheduleConfig(StrictModel):
+    health_s: float = Field(30.0, gt=0)
+    telemetry_s: float = Field(60.0, gt=0)
+    housekeeping_s: float = Field(300.0, gt=0)
+    model_check_s: float = Field(600.0, gt=0)
+
+
+class MetricsConfig(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)  # 0 = no HTTP endpoint
+
+
+class EdgeConfig(StrictModel):
+    site: str = "site1"
+    edge_id: str = "edge1"
+    state_dir: Path = Path("edge-state")
+    opcua: OpcUaConfig = Field(default_factory=OpcUaConfig)
+    tools: list[ToolConfig] = Field(default_factory=list)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    decisions: DecisionsConfig = Field(default_factory=DecisionsConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @field_validator("site", "edge_id")
+    @classmethod
+    def _segment(cls, value: str) -> str:
+        return check_segment(value, "id")
+
+    @model_validator(mode="after")
+    def _unique_tools(self) -> EdgeConfig:
+        seen: set[str] = set()
+        for tool in self.tools:
+            if tool.id in seen:
+                raise ValueError(f"tool id {tool.id!r} appears twice")
+            seen.add(tool.id)
+        return self
+
+    def resolve(self, path: Path) -> Path:
+        """A config path: absolute as given, relative ones under ``state_dir``."""
+        return path if path.is_absolute() else self.state_dir / path
+
+
+def load_edge_config(path: Path | None, env: Mapping[str, str] | None = None) -> EdgeConfig:
+    """Load the edge config; :class:`ConfigError` naming each bad key otherwise."""
+    cfg = load_config(EdgeConfig, path, env, prefix="FABPM_EDGE")
+    if path is not None and not cfg.state_dir.is_absolute():
+        # A relative state_dir is relative to the config file, not to wherever the daemon started.
+        cfg = cfg.model_copy(update={"state_dir": (path.parent / cfg.state_dir).resolve()})
+    for name in ("risk", "tuning", "public_key"):
+        value = getattr(cfg.models, name)
+        if value is not None and not cfg.resolve(value).exists():
+            raise ConfigError(f"{path}: models.{name}: {cfg.resolve(value)} does not exist")
+    return cfg

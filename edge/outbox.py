@@ -1,0 +1,274 @@
+"""The disk outbox: every message the edge must not lose is written here before it is published.
+
+SQLite in WAL mode. A row is deleted only when the broker has acknowledged it (PUBACK for QoS 1;
+for QoS 0 telemetry, when paho has written it to the socket). Rows leave in priority order, then
+in order of arrival::
+
+    0  events and alerts        (and anything else critical)
+    1  tuning records
+    2  hard cases
+    3  telemetry
+
+Durability: a committed row survives ``kill -9`` of the process (WAL with ``synchronous=NORMAL``
+keeps committed transactions in the OS; ``FULL`` also survives power loss). A message in flight
+when the process dies is published again on restart; the cloud de-duplicates by ``msg_id``.
+
+Overflow policy (disk quota ``quota_bytes``, counted as the sum of payload sizes): when a new
+message does not fit, the oldest telemetry rows are dropped first, then the oldest hard cases;
+each drop is counted in :attr:`Outbox.dropped` by priority. A new telemetry or hard-case message
+that still does not fit is itself dropped (and counted). Events, alerts and tuning records are
+never dropped to make room: they are admitted up to a hard ceiling of 1.25 × the quota, past
+which the new critical message is refused with :class:`OutboxError` (the disk is the limit).
+
+The outbox also remembers the hard cases waiting for a verdict (table ``cases``), so a verdict
+that arrives after a restart still finds its case.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.errors import OutboxError
+from shared.topics import Kind
+
+_logger = logging.getLogger(__name__)
+
+PRIORITY: dict[Kind, int] = {
+    Kind.EVENT: 0,
+    Kind.ALERT: 0,
+    Kind.STATUS: 0,
+    Kind.TUNING: 1,
+    Kind.HARDCASE: 2,
+    Kind.TELEMETRY: 3,
+}
+DROPPABLE = (3, 2)  # telemetry first, then hard cases
+HARD_CEILING = 1.25
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    priority INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
+CREATE TABLE IF NOT EXISTS cases (
+    case_id TEXT PRIMARY KEY,
+    tool_id TEXT NOT NULL,
+    created REAL NOT NULL,
+    prediction TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One queued message."""
+
+    id: int
+    priority: int
+    kind: str
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class Outbox:
+    """SQLite-backed priority queue with a disk quota. Thread-safe (one connection, one lock)."""
+
+    def __init__(self, path: Path, quota_bytes: int, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self.quota_bytes = int(quota_bytes)
+        self.dropped: Counter[int] = Counter()  # by priority
+        self.refused = 0
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a crash never leaves a
+            # half-applied multi-statement change.
+            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.executescript(_SCHEMA)
+            ok = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise OutboxError(f"{path}: cannot open the outbox: {exc}") from exc
+        if ok != "ok":
+            raise OutboxError(f"{path}: outbox fails its integrity check: {ok}")
+        self._bytes = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
+        self._count = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        if self._count:
+            _logger.info("outbox %s holds %d messages from before (%d bytes)", path, self._count, self._bytes)
+
+    # -- queue -------------------------------------------------------------------------------
+
+    def put(self, kind: Kind, topic: str, payload: bytes, qos: int, retain: bool = False) -> int | None:
+        """Store one message; its row id, or None when the overflow policy dropped it."""
+        priority = PRIORITY.get(kind, 0)
+        size = len(payload)
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                if self._bytes + size > self.quota_bytes:
+                    self._make_room(size, priority)
+                if self._bytes + size > self.quota_bytes and priority in DROPPABLE:
+                    self._db.execute("COMMIT")
+                    self.dropped[priority] += 1
+                    return None
+                if self._bytes + size > self.quota_bytes * HARD_CEILING:
+                    self._db.execute("COMMIT")
+                    self.refused += 1
+                    raise OutboxError(
+                        f"outbox is full ({self._bytes} bytes, quota {self.quota_bytes}): {kind.value} refused"
+                    )
+                cur = self._db.execute(
+                    "INSERT INTO outbox (priority, kind, topic, payload, qos, retain, created, size) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (priority, kind.value, topic, payload, qos, int(retain), time.time(), size),
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise OutboxError(f"{self.path}: cannot store a {kind.value} message: {exc}") from exc
+            self._bytes += size
+            self._count += 1
+            return int(cur.lastrowid or 0)
+
+    def _make_room(self, size: int, priority: int) -> None:
+        """Drop the oldest rows of droppable priorities (lowest value first) until ``size`` fits."""
+        for victim in DROPPABLE:
+            if victim < priority:
+                # Never drop something more important than the message being added.
+                continue
+            while self._bytes + size > self.quota_bytes:
+                rows = self._db.execute(
+                    "SELECT id, size FROM outbox WHERE priority = ? ORDER BY id LIMIT 256", (victim,)
+                ).fetchall()
+                if not rows:
+                    break
+                freed = 0
+                for row_id, row_size in rows:
+                    self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+                    freed += row_size
+                    self._count -= 1
+                    self.dropped[victim] += 1
+                    if self._bytes - freed + size <= self.quota_bytes:
+                        break
+                self._bytes -= freed
+
+    def pending(self, limit: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[Row]:
+        """Up to ``limit`` rows in priority order, skipping the ids in ``exclude`` (in flight)."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT id, priority, kind, topic, payload, qos, retain FROM outbox "
+                "ORDER BY priority, id LIMIT ?",
+                (limit + len(exclude),),
+            )
+            rows = [Row(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], bool(r[6])) for r in cur.fetchall()]
+        return [r for r in rows if r.id not in exclude][:limit]
+
+    def ack(self, ids: list[int]) -> None:
+        """Delete acknowledged rows."""
+        if not ids:
+            return
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                sizes = 0
+                removed = 0
+                for row_id in ids:
+                    got = self._db.execute("DELETE FROM outbox WHERE id = ? RETURNING size", (row_id,)).fetchone()
+                    if got is not None:
+                        sizes += int(got[0])
+                        removed += 1
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise OutboxError(f"{self.path}: cannot delete acknowledged rows: {exc}") from exc
+            self._bytes -= sizes
+            self._count -= removed
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            by_prio = dict(self._db.execute("SELECT priority, COUNT(*) FROM outbox GROUP BY priority").fetchall())
+        return {
+            "messages": self._count,
+            "bytes": self._bytes,
+            "quota_bytes": self.quota_bytes,
+            "by_priority": by_prio,
+            "dropped": dict(self.dropped),
+            "refused": self.refused,
+        }
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    # -- hard cases waiting for a verdict -----------------------------------------------------
+
+    def remember_case(self, case_id: str, tool_id: str, prediction: dict[str, Any], max_cases: int) -> None:
+        """Keep a hard case until its verdict; the oldest go when more than ``max_cases`` wait."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO cases (case_id, tool_id, created, prediction) VALUES (?, ?, ?, ?)",
+                (case_id, tool_id, time.time(), json.dumps(prediction)),
+            )
+            self._db.execute(
+                "DELETE FROM cases WHERE case_id IN (SELECT case_id FROM cases ORDER BY created DESC "
+                "LIMIT -1 OFFSET ?)",
+                (max_cases,),
+            )
+
+    def take_case(self, case_id: str) -> tuple[str, float, dict[str, Any]] | None:
+        """The (tool, created, prediction) of a waiting case, removed; None when unknown."""
+        with self._lock:
+            row = self._db.execute(
+                "DELETE FROM cases WHERE case_id = ? RETURNING tool_id, created, prediction", (case_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return str(row[0]), float(row[1]), json.loads(row[2])
+
+    def expire_cases(self, older_than_s: float, now: float | None = None) -> int:
+        cutoff = (time.time() if now is None else now) - older_than_s
+        with self._lock:
+            cur = self._db.execute("DELETE FROM cases WHERE created < ?", (cutoff,))
+        return int(cur.rowcount)
+
+    def waiting_cases(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM cases").fetchone()[0])
+
+    # -- upkeep ------------------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the database file (housekeeping)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass

@@ -1,0 +1,205 @@
+"""The disk outbox (priority, quota policy, kill -9) and the MQTT relay against a real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.config import MqttConfig
+from edge.errors import OutboxError
+from edge.mqtt import MqttRelay
+from edge.outbox import Outbox
+from shared.messages import Alert, Event, Telemetry
+from shared.topics import QOS, Kind, topic
+
+SITE, EDGE = "s1", "e1"
+
+
+def _msg(kind: Kind, i: int) -> bytes:
+    if kind is Kind.ALERT:
+        m = Alert(edge_id=EDGE, site=SITE, tool_id="t1", mode="m", probability=0.9, model_version="1",
+                  episode_start_ts=float(i), msg_id=f"{kind.value}-{i}")
+    elif kind is Kind.EVENT:
+        m = Event(edge_id=EDGE, site=SITE, tool_id="t1", event="state", state="productive", source_ts=float(i),
+                  msg_id=f"{kind.value}-{i}")
+    else:
+        m = Telemetry(edge_id=EDGE, site=SITE, tool_id="t1", period_s=1.0, summary={"x": {"mean": float(i)}},
+                      msg_id=f"{kind.value}-{i}")
+    return m.to_bytes()
+
+
+def _put(box: Outbox, kind: Kind, i: int) -> int | None:
+    return box.put(kind, topic(SITE, EDGE, kind), _msg(kind, i), QOS[kind])
+
+
+def test_rows_leave_in_priority_then_arrival_order(tmp_path: Path):
+    box = Outbox(tmp_path / "o.sqlite", quota_bytes=10_000_000)
+    for i in range(3):
+        _put(box, Kind.TELEMETRY, i)
+        box.put(Kind.HARDCASE, "t/h", f"h{i}".encode(), 1)
+        _put(box, Kind.ALERT, i)
+        box.put(Kind.TUNING, "t/u", f"u{i}".encode(), 1)
+    kinds = [r.kind for r in box.pending(100)]
+    assert kinds == ["alert"] * 3 + ["tuning"] * 3 + ["hardcase"] * 3 + ["telemetry"] * 3
+    first = box.pending(2)
+    assert [r.kind for r in box.pending(2, exclude={r.id for r in first})] == ["alert", "tuning"]
+    box.ack([r.id for r in first])
+    assert len(box) == 10
+
+
+def test_quota_drops_telemetry_first_then_hard_cases_never_alerts(tmp_path: Path):
+    box = Outbox(tmp_path / "o.sqlite", quota_bytes=1000)
+    for i in range(5):
+        assert box.put(Kind.TELEMETRY, "t", b"x" * 100, 0) is not None
+    for i in range(4):
+        assert box.put(Kind.HARDCASE, "h", b"y" * 100, 1) is not None
+    # 900 bytes used; an alert of 300 needs 200 more: the two oldest telemetry rows go.
+    assert box.put(Kind.ALERT, "a", b"z" * 300, 1) is not None
+    assert box.dropped[3] == 2 and box.size_bytes == 1000
+    # Another 300-byte alert: the other three telemetry rows go.
+    assert box.put(Kind.ALERT, "a", b"z" * 300, 1) is not None
+    assert box.dropped[3] == 5
+    # A hard case never pushes out a telemetry row that is not there, nor an alert: it goes itself.
+    assert box.put(Kind.TELEMETRY, "t", b"x" * 100, 0) is None
+    assert box.dropped[3] == 6
+    # Alerts push out hard cases once telemetry is gone.
+    assert box.put(Kind.ALERT, "a", b"z" * 200, 1) is not None
+    assert box.dropped[2] == 2
+    kinds = [r.kind for r in box.pending(100)]
+    assert kinds.count("alert") == 3 and kinds.count("hardcase") == 2
+    # Critical messages go past the quota up to the hard ceiling, then are refused loudly.
+    assert box.put(Kind.EVENT, "e", b"e" * 200, 1) is not None  # hard cases dropped first
+    box.put(Kind.EVENT, "e", b"e" * 200, 1)
+    with pytest.raises(OutboxError, match="full"):
+        box.put(Kind.EVENT, "e", b"e" * 300, 1)
+    assert box.refused == 1
+
+
+def test_cases_wait_for_their_verdict(tmp_path: Path):
+    box = Outbox(tmp_path / "o.sqlite", quota_bytes=10_000)
+    box.remember_case("c1", "t1", {"p": 0.5}, max_cases=2)
+    box.remember_case("c2", "t1", {"p": 0.6}, max_cases=2)
+    box.remember_case("c3", "t2", {"p": 0.7}, max_cases=2)
+    assert box.waiting_cases() == 2
+    assert box.take_case("c1") is None  # the oldest went over the limit
+    got = box.take_case("c3")
+    assert got is not None and got[0] == "t2" and got[2] == {"p": 0.7}
+    assert box.take_case("c3") is None
+    assert box.expire_cases(older_than_s=-1.0) == 1
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from edge.outbox import Outbox
+from shared.topics import Kind
+box = Outbox(Path(sys.argv[1]), quota_bytes=10**9)
+i = 0
+while True:
+    box.put(Kind.EVENT, "t/e", (str(i) + ":" + "x" * 500).encode(), 1)
+    i += 1
+    if i == 200:
+        print("ready", flush=True)
+"""
+
+
+def test_outbox_is_intact_after_kill_9(tmp_path: Path):
+    path = tmp_path / "o.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    box = Outbox(path, quota_bytes=10**9)  # runs the integrity check
+    rows = box.pending(1_000_000)
+    assert len(rows) >= 200 and len(rows) == len(box)
+    numbers = [int(r.payload.split(b":")[0]) for r in rows]
+    assert numbers == list(range(len(numbers))), "a committed row went missing or a torn one appeared"
+    assert all(len(r.payload) == len(r.payload.split(b":")[0]) + 501 for r in rows)
+
+
+class Collector:
+    """A test subscriber with a persistent session: the broker keeps its messages over outages."""
+
+    def __init__(self, port: int) -> None:
+        self.got: list[tuple[str, dict]] = []
+        self.lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="collector", protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(f"fabpm/v1/{SITE}/{EDGE}/#", qos=1)
+        self.client.reconnect_delay_set(1, 1)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self.lock:
+            self.got.append((msg.topic.rsplit("/", 1)[1], json.loads(msg.payload)))
+
+    def of(self, kind: str) -> list[dict]:
+        with self.lock:
+            return [m for k, m in self.got if k == kind]
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+async def _until(pred, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_broker_outage_every_message_arrives_once_in_priority_order(tmp_path: Path, mosquitto):
+    collector = Collector(mosquitto.port)
+    box = Outbox(tmp_path / "o.sqlite", quota_bytes=10_000_000)
+    cfg = MqttConfig(port=mosquitto.port, reconnect_min_s=0.5, reconnect_max_s=1.0)
+    relay = MqttRelay(cfg, SITE, EDGE, box)
+    relay.start()
+    task = asyncio.create_task(relay.run())
+    try:
+        assert await _until(lambda: relay.connected, 10)
+        _put(box, Kind.ALERT, 0)
+        relay.wake()
+        assert await relay.flushed(10)
+        assert await _until(lambda: len(collector.of("alert")) == 1, 10)
+
+        mosquitto.stop()
+        assert await _until(lambda: not relay.connected, 10)
+        for i in range(1, 41):  # interleaved while the broker is down
+            _put(box, Kind.TELEMETRY, i)
+            _put(box, Kind.EVENT, i)
+            _put(box, Kind.ALERT, i)
+        assert len(box) == 120
+        await asyncio.sleep(1.0)
+        mosquitto.start()
+        assert await relay.flushed(30), box.stats()
+        assert await _until(lambda: len(collector.got) >= 121, 20)
+        await asyncio.sleep(0.5)
+    finally:
+        task.cancel()
+        await relay.stop()
+        collector.stop()
+    ids = [m["msg_id"] for _, m in collector.got if _ != "status"]
+    assert len(ids) == len(set(ids)) == 121, "a message was lost or duplicated"
+    after = [k for k, _ in collector.got if k != "status"][1:]
+    # Everything critical arrives before any telemetry.
+    assert after.index("telemetry") == 80 and set(after[:80]) == {"alert", "event"}
+    assert [m["msg_id"] for m in collector.of("telemetry")] == [f"telemetry-{i}" for i in range(1, 41)]
