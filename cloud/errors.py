@@ -1,0 +1,55 @@
+"""The error tree of ``cloud``.
+
+::
+
+    FabpmError (shared.errors)
+    └── CloudError
+        ├── StorageError        the database is unreachable or a migration failed
+        ├── BrokerError         the MQTT broker refused us or did not answer in time
+        ├── QueueFullError      the verdict batcher's bounded queue is full (overflow policy: reject)
+        ├── ModelError          no full model to serve, or a checkpoint that does not load
+        ├── AuthError           bad credentials or a token that expired
+        ├── RegistryError       a model that does not verify, or an unknown version
+        ├── RolloutError        a rollout that cannot start or continue
+        └── LearningError       an incremental-learning step failed; the round records which
+"""
+
+from __future__ import annotations
+
+from shared.errors import FabpmError
+
+
+class CloudError(FabpmError):
+    """Root of the cloud's errors."""
+
+
+class StorageError(CloudError):
+    """The database cannot be reached, or its schema cannot be brought up to date."""
+
+
+class BrokerError(CloudError):
+    """The MQTT broker refused the connection or did not answer within the timeout."""
+
+
+class QueueFullError(CloudError):
+    """The batcher's queue is full; the case stays stored without a verdict and is retried later."""
+
+
+class ModelError(CloudError):
+    """No full model is loaded, or a checkpoint does not load."""
+
+
+class AuthError(CloudError):
+    """Wrong user name or password, an unknown token, or an expired one."""
+
+
+class RegistryError(CloudError):
+    """A model release that does not verify, or an unknown version."""
+
+
+class RolloutError(CloudError):
+    """A rollout that cannot start (unknown version, one already running) or continue."""
+
+
+class LearningError(CloudError):
+    """An incremental-learning step failed; the round stores the step and the reason."""

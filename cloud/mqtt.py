@@ -1,0 +1,175 @@
+"""The cloud's MQTT adapter (paho-mqtt 2.x, MQTT 5).
+
+One :class:`MqttLink` per worker: a persistent session (clean_start False, session expiry from
+the config), shared subscriptions ``$share/<group>/fabpm/v1/+/+/<kind>`` so N workers split the
+edge→cloud traffic, manual acknowledgement (a QoS 1 message is acked only after the handler has
+stored it, so a worker killed mid-message gets it redelivered) and paho's reconnect loop with an
+exponential back-off capped at ``reconnect_max_s``. Publishes while the broker is away are queued
+by paho up to :data:`MAX_QUEUED_PUBLISHES`; past that ``publish`` raises :class:`BrokerError`
+(overflow policy: refuse the newest; verdicts and models stay in the database, and a model
+rollout re-publishes on its next tick).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cloud.config import MqttConfig
+from cloud.errors import BrokerError
+from shared.topics import EDGE_TO_CLOUD, QOS, Kind, cloud_subscription
+
+_logger = logging.getLogger(__name__)
+MAX_QUEUED_PUBLISHES = 10_000
+
+# Returns True when the message was handled (ack it), False for a transient failure (leave it
+# unacknowledged: the broker redelivers it when this session reconnects).
+Handler = Callable[[str, bytes], bool]
+
+
+def default_client_id() -> str:
+    return f"fabpm-cloud-{socket.gethostname()}-{os.getpid()}"[:64]
+
+
+class MqttLink:
+    """A connected MQTT 5 client with the cloud's subscriptions; thread-safe ``publish``."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        handler: Handler | None,
+        kinds: Iterable[Kind] = EDGE_TO_CLOUD,
+        client_id: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.handler = handler
+        self.kinds = tuple(kinds) if handler is not None else ()
+        self.client_id = client_id or cfg.client_id or default_client_id()
+        self.connected = threading.Event()
+        self._was_connected = False
+        self.unacked = 0
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if cfg.username:
+            self.client.username_pw_set(cfg.username, cfg.password)
+        if cfg.tls is not None:
+            self.client.tls_set(
+                ca_certs=str(cfg.tls.ca_file),
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+            )
+            self.client.tls_insecure_set(cfg.tls.insecure_skip_hostname)
+        self.client.max_queued_messages_set(MAX_QUEUED_PUBLISHES)
+        self.client.reconnect_delay_set(
+            min_delay=max(1, int(cfg.reconnect_min_s)), max_delay=max(1, int(cfg.reconnect_max_s))
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect and start the network thread; BrokerError if not connected within the timeout."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        props.ReceiveMaximum = self.cfg.receive_maximum
+        try:
+            self.client.connect_async(
+                self.cfg.host,
+                self.cfg.port,
+                keepalive=self.cfg.keepalive_s,
+                clean_start=False,
+                properties=props,
+            )
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"mqtt {self.cfg.host}:{self.cfg.port}: {exc}") from exc
+        self.client.loop_start()
+        if not self.connected.wait(self.cfg.connect_timeout_s):
+            self.client.loop_stop()
+            raise BrokerError(
+                f"mqtt {self.cfg.host}:{self.cfg.port}: not connected after {self.cfg.connect_timeout_s} s"
+            )
+
+    def stop(self) -> None:
+        self.connected.clear()  # a disconnect we asked for is not worth a warning
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.connected.clear()
+
+    # ---- callbacks (paho's network thread) ---------------------------------------------------
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: object,
+        _flags: mqtt.ConnectFlags,
+        reason: mqtt.ReasonCode,
+        _props: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            _logger.warning("mqtt %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason)
+            return
+        # Subscribing again on every connect is harmless with a kept session and needed without one.
+        subs = [(cloud_subscription(k, self.cfg.share_group or None), QOS[k]) for k in self.kinds]
+        if subs:
+            client.subscribe(subs)
+        if self._was_connected:
+            _logger.info("mqtt %s:%s connection recovered", self.cfg.host, self.cfg.port)
+        else:
+            _logger.info("mqtt connected to %s:%s as %s", self.cfg.host, self.cfg.port, self.client_id)
+        self._was_connected = True
+        self.connected.set()
+
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        _flags: mqtt.DisconnectFlags,
+        reason: mqtt.ReasonCode,
+        _props: Properties | None,
+    ) -> None:
+        if self.connected.is_set():
+            _logger.warning("mqtt connection lost (%s); reconnecting with back-off", reason)
+        self.connected.clear()
+
+    def _on_message(self, client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        ok = False
+        try:
+            ok = self.handler(msg.topic, msg.payload) if self.handler is not None else True
+        except Exception:  # a handler bug must never kill the network thread
+            _logger.exception("handler failed on a message from %s; acknowledged to avoid a loop", msg.topic)
+            ok = True
+        if ok:
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+        else:
+            self.unacked += 1
+
+    # ---- publishing (any thread) -------------------------------------------------------------
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, wait: bool = False
+    ) -> None:
+        """Publish; with ``wait`` block until the broker acknowledged it (``publish_timeout_s``)."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            raise BrokerError(f"publish queue full ({MAX_QUEUED_PUBLISHES}); {topic} not sent")
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise BrokerError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        if wait:
+            try:
+                info.wait_for_publish(self.cfg.publish_timeout_s)
+            except (RuntimeError, ValueError) as exc:
+                raise BrokerError(f"publish to {topic}: {exc}") from exc
+            if not info.is_published():
+                raise BrokerError(f"publish to {topic} not acknowledged in {self.cfg.publish_timeout_s} s")

@@ -1,0 +1,221 @@
+"""The cloud's tables (SQLAlchemy 2 declarative). The Alembic migrations in ``migrations/`` create
+exactly these; ``tests/test_cloud_storage.py`` compares the migrated schema with this metadata.
+
+Times are float seconds since the epoch (what the messages carry). JSON columns hold the parts of
+messages that are read whole (predictions, summaries, manifests).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SeenMessage(Base):
+    """One row per msg_id ever stored: the de-duplication key (inserted in the same transaction)."""
+
+    __tablename__ = "seen_messages"
+    msg_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    edge_id: Mapped[str] = mapped_column(String(128))
+    received_ts: Mapped[float] = mapped_column(Float)
+
+
+class DeadLetter(Base):
+    """A payload that failed validation, kept (truncated) with the reason for an engineer to look at."""
+
+    __tablename__ = "dead_letters"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(String(512))
+    reason: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    received_ts: Mapped[float] = mapped_column(Float)
+
+
+class Edge(Base):
+    __tablename__ = "edges"
+    edge_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    site: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default="unknown")
+    models: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    health: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    last_update: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    last_seen_ts: Mapped[float] = mapped_column(Float)
+
+
+class Tool(Base):
+    __tablename__ = "tools"
+    tool_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    edge_id: Mapped[str] = mapped_column(String(128), index=True)
+    site: Mapped[str] = mapped_column(String(128))
+    tool_type: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    risk: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    last_ts: Mapped[float] = mapped_column(Float)
+
+
+class AlertRow(Base):
+    __tablename__ = "alerts"
+    msg_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    edge_id: Mapped[str] = mapped_column(String(128))
+    site: Mapped[str] = mapped_column(String(128))
+    tool_id: Mapped[str] = mapped_column(String(128), index=True)
+    mode: Mapped[str] = mapped_column(String(64))
+    probability: Mapped[float] = mapped_column(Float)
+    rul_h: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rul_std_h: Mapped[float | None] = mapped_column(Float, nullable=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    episode_start_ts: Mapped[float] = mapped_column(Float)
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class Case(Base):
+    """A hard case, its window, the edge's prediction, the full model's verdict and the current label."""
+
+    __tablename__ = "cases"
+    case_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    msg_id: Mapped[str] = mapped_column(String(128), unique=True)
+    edge_id: Mapped[str] = mapped_column(String(128))
+    site: Mapped[str] = mapped_column(String(128))
+    tool_id: Mapped[str] = mapped_column(String(128))
+    tool_type: Mapped[str] = mapped_column(String(64))
+    window_ts: Mapped[float] = mapped_column(Float)
+    features: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian, shape below
+    steps: Mapped[int] = mapped_column(Integer)
+    n_features: Mapped[int] = mapped_column(Integer)
+    edge_prediction: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    model_version: Mapped[str] = mapped_column(String(64))
+    received_ts: Mapped[float] = mapped_column(Float, index=True)
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    verdict_model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    verdict_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The current label (the newest row of label_history for this case).
+    label_failed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    label_mode: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    label_rul_h: Mapped[float | None] = mapped_column(Float, nullable=True)
+    label_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    label_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (Index("ix_cases_tool_window", "tool_id", "window_ts"),)
+
+
+class LabelRow(Base):
+    """Every label a case was ever given, by whom and why: the label history."""
+
+    __tablename__ = "label_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.case_id"), index=True)
+    failed: Mapped[bool] = mapped_column(Boolean)
+    mode: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rul_h: Mapped[float | None] = mapped_column(Float, nullable=True)
+    source: Mapped[str] = mapped_column(String(16))  # "failure", "maintenance", "operator"
+    actor: Mapped[str] = mapped_column(String(128))
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_ts: Mapped[float] = mapped_column(Float, index=True)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    msg_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    edge_id: Mapped[str] = mapped_column(String(128))
+    site: Mapped[str] = mapped_column(String(128))
+    tool_id: Mapped[str] = mapped_column(String(128))
+    event: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    mode: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    source_ts: Mapped[float] = mapped_column(Float)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (Index("ix_events_tool_ts", "tool_id", "source_ts"),)
+
+
+class TuningRow(Base):
+    """A tuning proposal and where it stands; ``history`` lists every action on it."""
+
+    __tablename__ = "tuning"
+    proposal_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    edge_id: Mapped[str] = mapped_column(String(128))
+    site: Mapped[str] = mapped_column(String(128))
+    tool_id: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))  # proposal/approval/rejection/applied/refused
+    setpoints: Mapped[dict[str, float]] = mapped_column(JSON)
+    previous: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    expected: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    updated_ts: Mapped[float] = mapped_column(Float)
+
+
+class User(Base):
+    __tablename__ = "users"
+    username: Mapped[str] = mapped_column(String(128), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))
+    created_ts: Mapped[float] = mapped_column(Float)
+
+
+class ApiToken(Base):
+    """Bearer tokens, stored as sha256 of the token; ``expires_ts`` None for long-lived API tokens."""
+
+    __tablename__ = "api_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(ForeignKey("users.username"))
+    name: Mapped[str] = mapped_column(String(128))
+    expires_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_ts: Mapped[float] = mapped_column(Float)
+
+
+class ModelRow(Base):
+    """A registered, signed edge model and where it came from (lineage: parent, round, checkpoint)."""
+
+    __tablename__ = "models"
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    parent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    round_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    signature: Mapped[str] = mapped_column(Text)
+    artifact_path: Mapped[str] = mapped_column(Text)
+    full_checkpoint: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))  # registered/canary/active/retired/rolled_back
+    created_ts: Mapped[float] = mapped_column(Float)
+
+
+class RolloutRow(Base):
+    __tablename__ = "rollouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(ForeignKey("models.version"))
+    previous_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    stage: Mapped[str] = mapped_column(String(16))  # canary/all/rolled_back
+    canary_edges: Mapped[list[str]] = mapped_column(JSON)
+    started_ts: Mapped[float] = mapped_column(Float)
+    updated_ts: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    observations: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class LearningRound(Base):
+    """One incremental-learning round: the persisted state machine (step, status, what each step made)."""
+
+    __tablename__ = "learning_rounds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trigger: Mapped[str] = mapped_column(String(32))
+    step: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # running/done/rejected/failed/rolled_back
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    log: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    error: Mapped[str] = mapped_column(Text, default="")
+    label_watermark: Mapped[float] = mapped_column(Float)  # labels up to this time are in the round
+    created_ts: Mapped[float] = mapped_column(Float)
+    updated_ts: Mapped[float] = mapped_column(Float)

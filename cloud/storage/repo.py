@@ -1,0 +1,126 @@
+"""Queries the cloud shares: transactions, cases and verdicts, labels, users and tokens.
+
+Every method opens its own short transaction; :meth:`Repo.transaction` is for callers that need
+several writes to land together (ingest stores a message and its de-duplication key at once).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cloud.errors import StorageError
+from cloud.storage.models import Case, LabelRow, SeenMessage
+
+Clock = Callable[[], float]
+UPSERT_ATTEMPTS = 3  # concurrent first inserts of one edge/tool row by two workers
+
+
+class Duplicate(Exception):
+    """The msg_id was stored before (raised inside :meth:`Repo.store_once`)."""
+
+
+class Repo:
+    """The database, through one engine. Thread-safe: each call has its own session."""
+
+    def __init__(self, engine: Engine, clock: Clock = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session committed on success, rolled back on any error; DB outages → StorageError."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except OperationalError as exc:
+            session.rollback()
+            raise StorageError(f"database error: {exc.orig}") from exc
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def store_once(self, msg_id: str, kind: str, edge_id: str, write: Callable[[Session], Any]) -> Any:
+        """Insert the de-duplication key and run ``write`` in one transaction.
+
+        Raises :class:`Duplicate` (and writes nothing) when ``msg_id`` was stored before, so a
+        message redelivered by the broker is stored exactly once, whichever worker gets it.
+        """
+        last: IntegrityError | None = None
+        for _attempt in range(UPSERT_ATTEMPTS):
+            try:
+                with self.transaction() as s:
+                    s.add(SeenMessage(msg_id=msg_id, kind=kind, edge_id=edge_id, received_ts=self.clock()))
+                    s.flush()
+                    return write(s)
+            except IntegrityError as exc:
+                last = exc
+                with self.transaction() as s:
+                    if s.get(SeenMessage, msg_id) is not None:
+                        raise Duplicate(msg_id) from exc
+                # Another worker inserted the same edge or tool row first: run again, it updates now.
+        raise StorageError(f"integrity error storing {kind} {msg_id}: {last.orig if last else ''}") from last
+
+    # ---- cases and verdicts -------------------------------------------------------------------
+    def case_window(self, case: Case) -> np.ndarray:
+        return np.frombuffer(case.features, dtype="<f4").reshape(case.steps, case.n_features).copy()
+
+    def get_case(self, case_id: str) -> Case | None:
+        with self.transaction() as s:
+            return s.get(Case, case_id)
+
+    def save_verdict(self, case_id: str, verdict: dict[str, Any], model_version: str) -> bool:
+        """Store the verdict; False when the case already had one (another worker answered it)."""
+        with self.transaction() as s:
+            case = s.get(Case, case_id, with_for_update=True)
+            if case is None or case.verdict is not None:
+                return False
+            case.verdict = verdict
+            case.verdict_model = model_version
+            case.verdict_ts = self.clock()
+            return True
+
+    def pending_cases(self, older_than_ts: float, limit: int = 500) -> list[Case]:
+        """Cases still without a verdict, received before ``older_than_ts`` (for the retry sweep)."""
+        with self.transaction() as s:
+            rows = s.scalars(
+                select(Case)
+                .where(Case.verdict.is_(None), Case.received_ts < older_than_ts)
+                .order_by(Case.received_ts)
+                .limit(limit)
+            )
+            return list(rows)
+
+    # ---- labels ------------------------------------------------------------------------------
+    def label_history(self, case_id: str) -> list[LabelRow]:
+        with self.transaction() as s:
+            return list(s.scalars(select(LabelRow).where(LabelRow.case_id == case_id).order_by(LabelRow.id)))
+
+    def labels_since(self, ts: float) -> int:
+        """How many cases got a label after ``ts`` (the label-count trigger of learning)."""
+        with self.transaction() as s:
+            return int(
+                s.scalar(select(func.count()).select_from(Case).where(Case.label_ts > ts)) or 0  # type: ignore[operator]
+            )
+
+    def labelled_cases(self, since_ts: float | None, until_ts: float, limit: int | None = None) -> list[Case]:
+        """Cases whose current label was set in (since_ts, until_ts], oldest label first."""
+        with self.transaction() as s:
+            q = select(Case).where(Case.label_failed.is_not(None), Case.label_ts <= until_ts)  # type: ignore[operator]
+            if since_ts is not None:
+                q = q.where(Case.label_ts > since_ts)  # type: ignore[operator]
+            q = q.order_by(Case.label_ts, Case.case_id)
+            if limit is not None:
+                q = q.limit(limit)
+            return list(s.scalars(q))
