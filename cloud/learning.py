@@ -1,0 +1,388 @@
+"""Incremental learning: a persisted state machine, one row of ``learning_rounds`` per round.
+
+Steps, in order (``LearningRound.step`` is the next step to run; it is committed after each
+step, so a worker killed mid-round re-runs only the step it was in)::
+
+    collect → fine_tune → distil → export → gate → register → canary → watch → (done)
+                                              │                          └─▶ rolled_back
+                                              └─▶ rejected (worse on the old or the new frozen set)
+
+- **collect** freezes the round's data: the labels that arrived since the last round, split by a
+  hash of the case id into training cases and the *new* frozen test set; the *old* frozen set is
+  the union of earlier rounds' new sets; the replay set is up to ``replay_size`` earlier training
+  cases (against forgetting). Case ids go into the round's state, the windows into ``data.npz``.
+- **fine_tune** the full model on new + replay; **distil** the edge model from it; **export**
+  to ONNX, INT8 with the parity check, signed (the pipeline's ``export_release``).
+- **gate** scores the candidate and the running edge model on both frozen sets; a candidate that
+  loses more than ``gate_tolerance`` on either is rejected (never registered or rolled out).
+- **register** with lineage (parent = the running version, the round, the full checkpoint);
+  **canary** starts the rollout; **watch** follows it to ``all``/``done`` or ``rolled_back``.
+
+The training work is injected (:class:`Pipeline`), so the state machine is tested with small
+real functions and run in production with :mod:`cloud.pipeline_adapter`.
+Exactly one worker per deployment should run learning (``learning.enabled``): rounds are not
+leased between workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from cloud.config import LearningConfig
+from cloud.errors import LearningError
+from cloud.metrics import CloudMetrics
+from cloud.registry import Registry
+from cloud.rollout import RolloutManager
+from cloud.storage.models import Case, LearningRound
+from cloud.storage.repo import Repo
+
+_logger = logging.getLogger(__name__)
+STEPS = ("collect", "fine_tune", "distil", "export", "gate", "register", "canary", "watch")
+FINAL = ("done", "rejected", "failed", "rolled_back")
+
+
+@dataclass
+class Windows:
+    """Labelled windows: x (N, T, F) float32, failed (N,) bool, mode names, rul_h (N,) NaN=unknown."""
+
+    x: np.ndarray
+    failed: np.ndarray
+    modes: list[str | None]
+    rul_h: np.ndarray
+    case_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    @staticmethod
+    def concat(parts: list[Windows]) -> Windows:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Windows(np.zeros((0, 0, 0), np.float32), np.zeros(0, bool), [], np.zeros(0), [])
+        return Windows(
+            np.concatenate([p.x for p in parts]),
+            np.concatenate([p.failed for p in parts]),
+            [m for p in parts for m in p.modes],
+            np.concatenate([p.rul_h for p in parts]),
+            [c for p in parts for c in p.case_ids],
+        )
+
+
+@dataclass
+class Pipeline:
+    """The training work a round calls. Paths in, paths out; each call writes only under ``out``."""
+
+    fine_tune: Callable[[Path, Windows, Windows, Path], Path]  # (full ckpt, new, replay, out) → full ckpt
+    distil: Callable[[Path, Windows, Path], Path]  # (full ckpt, windows, out) → edge ckpt
+    export: Callable[
+        [Path, Windows, Path, str, str | None], Path
+    ]  # (edge ckpt, calib, out, version, parent) → .onnx
+    evaluate: Callable[[Path, Windows], float]  # (.onnx, frozen set) → score, higher is better
+
+
+def _holdout(case_id: str, fraction: float) -> bool:
+    return int(hashlib.sha256(case_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+class Learner:
+    """Creates, runs and resumes rounds. ``base_checkpoint()`` names the full model to fine-tune."""
+
+    def __init__(
+        self,
+        repo: Repo,
+        cfg: LearningConfig,
+        pipeline: Pipeline,
+        registry: Registry,
+        rollout: RolloutManager,
+        metrics: CloudMetrics,
+        base_checkpoint: Callable[[], Path],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.repo = repo
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.registry = registry
+        self.rollout = rollout
+        self.metrics = metrics
+        self.base_checkpoint = base_checkpoint
+        self.clock = clock
+        self._lock = threading.Lock()  # one round runs at a time in this process
+
+    # ---- rounds ------------------------------------------------------------------------------
+    def rounds(self, limit: int = 50) -> list[LearningRound]:
+        with self.repo.transaction() as s:
+            return list(s.scalars(select(LearningRound).order_by(LearningRound.id.desc()).limit(limit)))
+
+    def get(self, round_id: int) -> LearningRound:
+        with self.repo.transaction() as s:
+            row = s.get(LearningRound, round_id)
+        if row is None:
+            raise LearningError(f"no learning round {round_id}")
+        return row
+
+    def open_round(self) -> LearningRound | None:
+        with self.repo.transaction() as s:
+            return s.scalars(select(LearningRound).where(LearningRound.status == "running").limit(1)).first()
+
+    def last_watermark(self) -> float | None:
+        with self.repo.transaction() as s:
+            return s.scalar(
+                select(LearningRound.label_watermark)
+                .where(LearningRound.status.in_(("done", "rolled_back", "rejected", "running")))
+                .order_by(LearningRound.id.desc())
+                .limit(1)
+            )
+
+    def new_labels(self) -> int:
+        return self.repo.labels_since(self.last_watermark() or float("-inf"))
+
+    def create(self, trigger: str) -> LearningRound | None:
+        """Open a round unless one is running; None then."""
+        now = self.clock()
+        with self.repo.transaction() as s:
+            if s.scalars(select(LearningRound).where(LearningRound.status == "running")).first():
+                return None
+            row = LearningRound(
+                trigger=trigger,
+                step=STEPS[0],
+                status="running",
+                state={},
+                log=[{"ts": now, "msg": f"round opened by {trigger}"}],
+                error="",
+                label_watermark=now,
+                created_ts=now,
+                updated_ts=now,
+            )
+            s.add(row)
+        _logger.info("learning round %d opened (%s)", row.id, trigger)
+        return row
+
+    def trigger(self, reason: str, min_labels: int = 1) -> int | None:
+        """Open a round when there are at least ``min_labels`` new labels and run it to the canary."""
+        if self.open_round() is not None:
+            return None
+        if self.new_labels() < min_labels:
+            return None
+        row = self.create(reason)
+        if row is None:
+            return None
+        self.run(row.id)
+        return row.id
+
+    def resume(self) -> list[int]:
+        """Continue every running round from its persisted step (call at start-up)."""
+        ids = [r.id for r in self.rounds(1000) if r.status == "running"]
+        for rid in ids:
+            _logger.info("resuming learning round %d at step %s", rid, self.get(rid).step)
+            self.run(rid)
+        return ids
+
+    def run(self, round_id: int) -> LearningRound:
+        """Run steps until the round finishes or waits for its rollout (``watch``)."""
+        with self._lock:
+            while True:
+                row = self.get(round_id)
+                if row.status != "running":
+                    return row
+                step = row.step
+                try:
+                    outcome = getattr(self, f"_step_{step}")(row)
+                except Exception as exc:
+                    _logger.exception("learning round %d failed in %s", round_id, step)
+                    self._finish(round_id, "failed", f"{step}: {exc}", tb=traceback.format_exc(limit=5))
+                    return self.get(round_id)
+                if outcome == "wait":
+                    return self.get(round_id)
+                if outcome in FINAL:
+                    return self.get(round_id)
+
+    # ---- persistence helpers -----------------------------------------------------------------
+    def _save(self, round_id: int, step: str, note: str, **state: Any) -> None:
+        with self.repo.transaction() as s:
+            row = s.get(LearningRound, round_id)
+            assert row is not None
+            row.state = {**row.state, **state}
+            row.step = step
+            row.log = [*row.log, {"ts": self.clock(), "msg": note}]
+            row.updated_ts = self.clock()
+
+    def _finish(self, round_id: int, status: str, note: str, tb: str = "") -> str:
+        with self.repo.transaction() as s:
+            row = s.get(LearningRound, round_id)
+            assert row is not None
+            row.status = status
+            row.log = [*row.log, {"ts": self.clock(), "msg": note}]
+            row.error = tb or (note if status == "failed" else "")
+            row.updated_ts = self.clock()
+        self.metrics.rounds.labels(status).inc()
+        _logger.info("learning round %d %s: %s", round_id, status, note)
+        return status
+
+    def _dir(self, row: LearningRound) -> Path:
+        d = self.cfg.work_dir / f"round-{row.id:05d}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def _next(self, step: str) -> str:
+        return STEPS[STEPS.index(step) + 1]
+
+    # ---- data --------------------------------------------------------------------------------
+    def windows(self, case_ids: list[str]) -> Windows:
+        if not case_ids:
+            return Windows.concat([])
+        with self.repo.transaction() as s:
+            rows = {c.case_id: c for c in s.scalars(select(Case).where(Case.case_id.in_(case_ids)))}
+        cases = [rows[c] for c in case_ids if c in rows]
+        return Windows(
+            x=np.stack([self.repo.case_window(c) for c in cases]).astype(np.float32),
+            failed=np.array([bool(c.label_failed) for c in cases]),
+            modes=[c.label_mode for c in cases],
+            rul_h=np.array(
+                [np.nan if c.label_rul_h is None else c.label_rul_h for c in cases], dtype=np.float64
+            ),
+            case_ids=[c.case_id for c in cases],
+        )
+
+    def _earlier(self, key: str, before_id: int) -> list[str]:
+        out: list[str] = []
+        with self.repo.transaction() as s:
+            for r in s.scalars(
+                select(LearningRound).where(LearningRound.id < before_id, LearningRound.status.in_(FINAL))
+            ):
+                out.extend(r.state.get(key, []))
+        return out
+
+    # ---- steps -------------------------------------------------------------------------------
+    def _step_collect(self, row: LearningRound) -> str:
+        prev = self.last_watermark_before(row.id)
+        cases = self.repo.labelled_cases(prev, row.label_watermark)
+        ids = [c.case_id for c in cases]
+        new_test = [c for c in ids if _holdout(c, self.cfg.holdout_fraction)]
+        train = [c for c in ids if c not in set(new_test)]
+        if not train or not new_test:
+            return self._finish(
+                row.id, "rejected", f"{len(ids)} new labels: too few for a training and a test part"
+            )
+        old_test = self._earlier("new_test", row.id)
+        earlier_train = self._earlier("train", row.id)
+        rng = np.random.default_rng(row.id)
+        replay = (
+            list(rng.choice(earlier_train, size=self.cfg.replay_size, replace=False))
+            if len(earlier_train) > self.cfg.replay_size
+            else earlier_train
+        )
+        self._save(
+            row.id,
+            self._next("collect"),
+            f"collected {len(train)} training, {len(new_test)} new test, {len(old_test)} old test, "
+            f"{len(replay)} replay cases",
+            train=train,
+            new_test=new_test,
+            old_test=old_test,
+            replay=[str(r) for r in replay],
+        )
+        return "next"
+
+    def last_watermark_before(self, round_id: int) -> float | None:
+        with self.repo.transaction() as s:
+            return s.scalar(
+                select(LearningRound.label_watermark)
+                .where(
+                    LearningRound.id < round_id, LearningRound.status.in_(("done", "rolled_back", "rejected"))
+                )
+                .order_by(LearningRound.id.desc())
+                .limit(1)
+            )
+
+    def _step_fine_tune(self, row: LearningRound) -> str:
+        base = self.base_checkpoint()
+        new, replay = self.windows(row.state["train"]), self.windows(row.state["replay"])
+        ckpt = self.pipeline.fine_tune(base, new, replay, self._dir(row) / "full")
+        self._save(
+            row.id, self._next("fine_tune"), f"fine-tuned {base.name} → {ckpt.name}", full_ckpt=str(ckpt)
+        )
+        return "next"
+
+    def _step_distil(self, row: LearningRound) -> str:
+        data = Windows.concat([self.windows(row.state["train"]), self.windows(row.state["replay"])])
+        edge = self.pipeline.distil(Path(row.state["full_ckpt"]), data, self._dir(row) / "edge")
+        self._save(row.id, self._next("distil"), f"distilled {edge.name}", edge_ckpt=str(edge))
+        return "next"
+
+    def _step_export(self, row: LearningRound) -> str:
+        running = self.registry.active("edge-risk")
+        parent = running.version if running else None
+        version = f"r{row.id}-{int(row.created_ts)}"
+        calib = self.windows(row.state["train"][: self.cfg.calib_windows])
+        artifact = self.pipeline.export(
+            Path(row.state["edge_ckpt"]), calib, self._dir(row) / "release", version, parent
+        )
+        self._save(
+            row.id,
+            self._next("export"),
+            f"exported and signed {artifact.name}",
+            artifact=str(artifact),
+            version=version,
+            parent=parent,
+        )
+        return "next"
+
+    def _step_gate(self, row: LearningRound) -> str:
+        artifact = Path(row.state["artifact"])
+        running = self.registry.active("edge-risk")
+        scores: dict[str, Any] = {}
+        worse = []
+        for name in ("old_test", "new_test"):
+            data = self.windows(row.state[name])
+            if not len(data):
+                continue
+            cand = self.pipeline.evaluate(artifact, data)
+            base = self.pipeline.evaluate(Path(running.artifact_path), data) if running else None
+            scores[name] = {"candidate": cand, "running": base, "n": len(data)}
+            if base is not None and cand < base - self.cfg.gate_tolerance:
+                worse.append(f"{name}: {cand:.4f} < running {base:.4f}")
+        if worse:
+            self._save(row.id, "gate", "gate: candidate is worse", gate=scores)
+            return self._finish(row.id, "rejected", "not promoted: " + "; ".join(worse))
+        self._save(row.id, self._next("gate"), f"gate passed: {scores}", gate=scores)
+        return "next"
+
+    def _step_register(self, row: LearningRound) -> str:
+        model = self.registry.register(Path(row.state["artifact"]), Path(row.state["full_ckpt"]), row.id)
+        self._save(row.id, self._next("register"), f"registered {model.version}")
+        return "next"
+
+    def _step_canary(self, row: LearningRound) -> str:
+        existing = row.state.get("rollout_id")
+        if existing is None:
+            if self.rollout.busy() is not None:
+                return "wait"  # another model is at its canary; the tick tries again
+            ro = self.rollout.start(row.state["version"])
+            existing = ro.id
+        self._save(row.id, self._next("canary"), f"rollout {existing} to the canary", rollout_id=existing)
+        return "next"
+
+    def _step_watch(self, row: LearningRound) -> str:
+        ro = self.rollout.get(int(row.state["rollout_id"]))
+        if ro.stage in ("all", "done"):
+            return self._finish(row.id, "done", f"{row.state['version']} running on every edge")
+        if ro.stage == "rolled_back":
+            return self._finish(row.id, "rolled_back", f"rolled back: {ro.reason}")
+        return "wait"
+
+    def tick(self) -> None:
+        """Follow rounds waiting on their rollout (scheduled with the rollout tick)."""
+        row = self.open_round()
+        if row is not None and row.step in ("canary", "watch") and not self._lock.locked():
+            self.run(row.id)

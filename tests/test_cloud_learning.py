@@ -1,0 +1,265 @@
+"""The incremental-learning state machine, the registry and the rollout, with small real steps.
+
+The pipeline here is made of tiny real functions (files in, files out; the "model" is a JSON
+artifact carrying its quality, signed like a real release), so the test exercises the rounds'
+persistence, gate, lineage, signing, canary, promotion, rollback and resume, not training.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import pg_url
+
+from cloud.config import LearningConfig, RegistryConfig, RolloutConfig
+from cloud.ingest import Ingestor
+from cloud.learning import Learner, Pipeline, Windows
+from cloud.metrics import CloudMetrics
+from cloud.registry import Registry
+from cloud.rollout import RolloutManager
+from cloud.storage import Repo, make_engine, migrate
+from cloud.testing import failure, fresh_database, hardcase
+from shared.messages import ModelAnnouncement, Status
+from shared.signing import (
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+    verify_artifact,
+    verify_manifest,
+    write_release,
+)
+from shared.topics import Kind, topic
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+class Clock:
+    def __init__(self, t: float = 2_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Killed(BaseException):
+    """Stands for the process dying: not an Exception, so nothing in the round catches it."""
+
+
+class TinyPipeline:
+    """Real little steps: each writes its file; the exported artifact's quality is ``quality``."""
+
+    def __init__(self, key_path: Path) -> None:
+        self.key_path = key_path
+        self.quality = 0.8
+        self.calls: list[str] = []
+        self.kill_in: str | None = None
+
+    def _maybe_die(self, step: str) -> None:
+        self.calls.append(step)
+        if self.kill_in == step:
+            self.kill_in = None
+            raise Killed(step)
+
+    def fine_tune(self, base: Path, new: Windows, replay: Windows, out: Path) -> Path:
+        self._maybe_die("fine_tune")
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "full.json"
+        path.write_text(json.dumps({"base": str(base), "new": len(new), "replay": len(replay)}))
+        return path
+
+    def distil(self, full: Path, data: Windows, out: Path) -> Path:
+        self._maybe_die("distil")
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "edge.json"
+        path.write_text(json.dumps({"teacher": str(full), "n": len(data), "shape": list(data.x.shape)}))
+        return path
+
+    def export(self, edge: Path, calib: Windows, out: Path, version: str, parent: str | None) -> Path:
+        self._maybe_die("export")
+        out.mkdir(parents=True, exist_ok=True)
+        artifact = out / f"risk-{version}.onnx"
+        artifact.write_text(json.dumps({"quality": self.quality, "from": edge.name}))
+        fields = {
+            "model_id": "risk",
+            "version": version,
+            "parent_version": parent,
+            "role": "edge-risk",
+            "created_ts": 0.0,
+            "input_spec": {"input_name": "x"},
+            "output_spec": {"modes": ["wear"]},
+        }
+        write_release(artifact, fields, load_private_key(self.key_path))
+        return artifact
+
+    def evaluate(self, artifact: Path, data: Windows) -> float:
+        assert len(data) > 0
+        return float(json.loads(artifact.read_text())["quality"])
+
+    def as_pipeline(self) -> Pipeline:
+        return Pipeline(self.fine_tune, self.distil, self.export, self.evaluate)
+
+
+@pytest.fixture(params=BACKENDS)
+def world(request, tmp_path: Path) -> Iterator[dict]:
+    if request.param == "postgres" and not pg_url():
+        pytest.skip("no PostgreSQL (FABPM_TEST_PG_URL unset)")
+    with fresh_database(request.param, tmp_path, pg_url()) as url:
+        engine = make_engine(url)
+        migrate(engine)
+        keys = tmp_path / "keys"
+        generate_keypair(keys / "signing.key", keys / "signing.pub")
+        yield {"url": url, "engine": engine, "tmp": tmp_path, "keys": keys}
+        engine.dispose()
+
+
+def build(
+    world: dict, pipe: TinyPipeline, clock: Clock, published: list
+) -> tuple[Learner, RolloutManager, Ingestor]:
+    """A learner, its rollout manager and an ingestor over the world's database (fresh objects:
+    building them again is what a restarted worker does)."""
+    repo = Repo(world["engine"], clock)
+    metrics = CloudMetrics()
+    reg = Registry(
+        repo,
+        RegistryConfig(
+            dir=world["tmp"] / "models",
+            private_key=world["keys"] / "signing.key",
+            public_key=world["keys"] / "signing.pub",
+        ),
+        clock,
+    )
+    ro = RolloutManager(
+        repo,
+        reg,
+        lambda t, p, q, r: published.append((t, p, r)),
+        RolloutConfig(watch_s=600, min_observations=0, confirm_timeout_s=300),
+        metrics,
+        clock=clock,
+    )
+    cfg = LearningConfig(
+        work_dir=world["tmp"] / "learning", min_new_labels=4, holdout_fraction=0.3, replay_size=10
+    )
+    base = world["tmp"] / "base.pt"
+    base.write_text("base")
+    learner = Learner(repo, cfg, pipe.as_pipeline(), reg, ro, metrics, lambda: base, clock)
+    return learner, ro, Ingestor(repo, metrics, clock=clock)
+
+
+def feed(
+    ingest: Ingestor, clock: Clock, tool: str, n: int = 12, edges: tuple[str, ...] = ("edge-1", "edge-2")
+) -> None:
+    """Status from each edge, n hard cases before a failure of ``tool`` on edge-1, then the failure."""
+    clock.t += 60
+    for e in edges:
+        st = Status(edge_id=e, site="fab1", state="online", models={"risk": "v0"})
+        assert ingest.handle(topic("fab1", e, Kind.STATUS), st.to_bytes())
+    t_fail = clock.t
+    for i in range(n):
+        hc = hardcase(tool=tool, window_ts=t_fail - (i + 1) * 10 * 3600, seed=i)
+        assert ingest.handle(topic("fab1", "edge-1", Kind.HARDCASE), hc.to_bytes())
+    ev = failure(tool, t_fail)
+    assert ingest.handle(topic("fab1", "edge-1", Kind.EVENT), ev.to_bytes())
+    clock.t += 60
+
+
+def report(ingest: Ingestor, edge: str, models: dict, last_update: dict | None = None) -> None:
+    st = Status(edge_id=edge, site="fab1", state="online", models=models, last_update=last_update or {})
+    assert ingest.handle(topic("fab1", edge, Kind.STATUS), st.to_bytes())
+
+
+def announced(published: list, edge: str) -> ModelAnnouncement:
+    ((_, raw, retain),) = [p for p in published if p[0] == topic("fab1", edge, Kind.MODEL)][-1:]
+    assert retain
+    ann = ModelAnnouncement.model_validate_json(raw)
+    return ann
+
+
+def test_round_to_canary_then_all_with_a_signed_model(world):
+    clock, pipe, published = Clock(), TinyPipeline(world["keys"] / "signing.key"), []
+    learner, ro, ingest = build(world, pipe, clock, published)
+    feed(ingest, clock, "etch-01")
+    assert learner.new_labels() == 12
+    rid = learner.trigger("labels", min_labels=4)
+    row = learner.get(rid)
+    assert row.status == "running" and row.step == "watch", row.log
+    version = row.state["version"]
+    # The canary (first edge) got the signed model; it verifies with the edge's public key.
+    assert [p[0] for p in published] == [topic("fab1", "edge-1", Kind.MODEL)]
+    ann = announced(published, "edge-1")
+    manifest = verify_manifest(ann.manifest, ann.signature, load_public_key(world["keys"] / "signing.pub"))
+    verify_artifact(manifest, base64.b64decode(ann.artifact_b64))
+    assert manifest.version == version and ann.target_edges == ["edge-1"]
+    # Not promoted before the canary confirms and the watch time has passed.
+    ro.tick()
+    assert ro.get(row.state["rollout_id"]).stage == "canary"
+    report(ingest, "edge-1", {"risk": version}, {"version": version, "outcome": "accepted"})
+    clock.t += 601
+    ro.tick()
+    learner.tick()
+    assert ro.get(row.state["rollout_id"]).stage == "all"
+    assert announced(published, "edge-2").manifest["version"] == version
+    assert learner.get(rid).status == "done"
+    model = learner.registry.active()
+    assert model is not None and model.version == version and model.round_id == rid
+    assert [m.version for m in learner.registry.lineage(version)] == [version]
+    assert learner.new_labels() == 0 and learner.trigger("labels") is None  # nothing new to learn
+
+
+def test_worse_model_is_not_promoted_and_rollback_restores_the_previous(world):
+    clock, pipe, published = Clock(), TinyPipeline(world["keys"] / "signing.key"), []
+    learner, ro, ingest = build(world, pipe, clock, published)
+    feed(ingest, clock, "etch-01")
+    r1 = learner.get(learner.trigger("manual"))
+    v1 = r1.state["version"]
+    report(ingest, "edge-1", {"risk": v1})
+    clock.t += 601
+    ro.tick()
+    learner.tick()
+    assert learner.registry.active().version == v1
+    # Round 2: a worse candidate (quality 0.5 < 0.8) is rejected at the gate, never registered.
+    pipe.quality = 0.5
+    feed(ingest, clock, "etch-02")
+    n_published = len(published)
+    r2 = learner.get(learner.trigger("manual"))
+    assert (r2.status == "rejected" and "old_test" in r2.log[-1]["msg"]) or "new_test" in r2.log[-1]["msg"]
+    assert r2.state["gate"]["new_test"]["running"] == pytest.approx(0.8)
+    assert learner.registry.get(r2.state["version"], missing_ok=True) is None
+    assert len(published) == n_published
+    # Round 3: a better model; the canary refuses it → automatic rollback to v1.
+    pipe.quality = 0.9
+    feed(ingest, clock, "etch-03")
+    r3 = learner.get(learner.trigger("manual"))
+    v3 = r3.state["version"]
+    assert learner.registry.require(v3).parent_version == v1
+    assert [m.version for m in learner.registry.lineage(v3)] == [v3, v1]
+    report(
+        ingest, "edge-1", {"risk": v1}, {"version": v3, "outcome": "refused", "reason": "disagreement 0.4"}
+    )
+    ro.tick()
+    learner.tick()
+    assert ro.get(r3.state["rollout_id"]).stage == "rolled_back"
+    assert learner.get(r3.id).status == "rolled_back"
+    assert announced(published, "edge-1").manifest["version"] == v1  # the previous model again
+    assert learner.registry.active().version == v1
+    assert learner.registry.require(v3).status == "rolled_back"
+
+
+def test_a_worker_killed_mid_round_resumes_from_the_persisted_step(world):
+    clock, pipe, published = Clock(), TinyPipeline(world["keys"] / "signing.key"), []
+    learner, _, ingest = build(world, pipe, clock, published)
+    feed(ingest, clock, "etch-01")
+    pipe.kill_in = "distil"
+    with pytest.raises(Killed):
+        learner.trigger("manual")
+    (row,) = learner.rounds()
+    assert row.status == "running" and row.step == "distil"
+    # A new worker process: fresh objects over the same database.
+    learner2, ro2, _ = build(world, pipe, clock, published)
+    assert learner2.resume() == [row.id]
+    row = learner2.get(row.id)
+    assert row.step == "watch" and ro2.get(row.state["rollout_id"]).stage == "canary"
+    assert pipe.calls == ["fine_tune", "distil", "distil", "export"]  # fine-tuning was not redone
