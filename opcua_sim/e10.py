@@ -1,0 +1,82 @@
+"""SEMI E10 figures from a run: time per state, equipment uptime, MTBF, MTTR, unscheduled downtime.
+
+Definitions (SEMI E10): *total time* is split into non-scheduled time and *operations time*;
+*uptime* is productive + standby + engineering time; *equipment uptime* is uptime over
+operations time; MTBF (productive) is productive time over the number of failures, MTBF
+(uptime) is uptime over failures; MTTR is unscheduled downtime over failures. A failure is an
+entry into the unscheduled-down state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from shared.equipment import E10_CODES, UPTIME_STATES, E10State
+
+
+@dataclass(frozen=True)
+class E10Metrics:
+    hours: dict[str, float]  # per E10 state
+    total_h: float
+    operations_h: float
+    uptime_h: float
+    equipment_uptime_pct: float
+    failures: int
+    mtbf_productive_h: float  # inf without failures
+    mtbf_uptime_h: float
+    mttr_h: float  # nan without failures
+    unscheduled_down_h: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _metrics(hours: Mapping[E10State, float], failures: int) -> E10Metrics:
+    total = float(sum(hours.values()))
+    operations = total - hours.get(E10State.NON_SCHEDULED, 0.0)
+    uptime = float(sum(hours.get(s, 0.0) for s in UPTIME_STATES))
+    unsched = hours.get(E10State.UNSCHEDULED_DOWN, 0.0)
+    productive = hours.get(E10State.PRODUCTIVE, 0.0)
+    return E10Metrics(
+        hours={str(s): round(float(hours.get(s, 0.0)), 4) for s in E10State},
+        total_h=total,
+        operations_h=operations,
+        uptime_h=uptime,
+        equipment_uptime_pct=100.0 * uptime / operations if operations > 0 else float("nan"),
+        failures=failures,
+        mtbf_productive_h=productive / failures if failures else float("inf"),
+        mtbf_uptime_h=uptime / failures if failures else float("inf"),
+        mttr_h=unsched / failures if failures else float("nan"),
+        unscheduled_down_h=unsched,
+    )
+
+
+def from_series(state: np.ndarray, period_s: float) -> E10Metrics:
+    """Metrics of a sampled state series (``shared.equipment.E10_CODES``, one sample per period)."""
+    codes = np.asarray(state, dtype=np.int64)
+    hours = {s: float(np.count_nonzero(codes == c)) * period_s / 3600.0 for s, c in E10_CODES.items()}
+    down = E10_CODES[E10State.UNSCHEDULED_DOWN]
+    entered = (codes[1:] == down) & (codes[:-1] != down)
+    failures = int(np.count_nonzero(entered)) + int(len(codes) > 0 and codes[0] == down)
+    return _metrics(hours, failures)
+
+
+def from_transitions(
+    transitions: Iterable[tuple[float, str]], end_s: float, start_s: float = 0.0
+) -> E10Metrics:
+    """Metrics from (time, state) changes of one tool, e.g. the ``state`` ground-truth events."""
+    hours: dict[E10State, float] = {}
+    failures = 0
+    items = sorted((t, E10State(s)) for t, s in transitions)
+    for k, (t, s) in enumerate(items):
+        t0 = max(t, start_s)
+        t1 = min(items[k + 1][0] if k + 1 < len(items) else end_s, end_s)
+        if t1 > t0:
+            hours[s] = hours.get(s, 0.0) + (t1 - t0) / 3600.0
+        if s == E10State.UNSCHEDULED_DOWN and start_s <= t <= end_s:
+            failures += 1
+    return _metrics(hours, failures)
