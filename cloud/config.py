@@ -27,48 +27,54 @@ class TlsConfig(StrictModel):
 
 class MqttConfig(StrictModel):
     host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
+    port: int = Field(default=1883, ge=1, le=65535)
     client_id: str = ""  # empty: fabpm-cloud-<hostname>-<pid>
     username: str | None = None
     password: str | None = None
     tls: TlsConfig | None = None
     share_group: str = "fabpm-cloud"  # every worker in one group splits the edge→cloud traffic
-    keepalive_s: int = Field(30, ge=5)
-    connect_timeout_s: float = Field(10.0, gt=0)
-    publish_timeout_s: float = Field(5.0, gt=0)
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)  # the back-off cap between reconnect attempts
-    session_expiry_s: int = Field(3600, ge=0)  # the broker keeps our queue this long while we are away
-    receive_maximum: int = Field(100, ge=1, le=65535)  # unacked QoS 1 messages the broker may send at once
+    keepalive_s: int = Field(default=30, ge=5)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    publish_timeout_s: float = Field(default=5.0, gt=0)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)  # the back-off cap between reconnect attempts
+    session_expiry_s: int = Field(
+        default=3600, ge=0
+    )  # the broker keeps our queue this long while we are away
+    receive_maximum: int = Field(
+        default=100, ge=1, le=65535
+    )  # unacked QoS 1 messages the broker may send at once
 
 
 class StorageConfig(StrictModel):
     url: str = "sqlite:///fabpm-cloud.db"  # postgresql+psycopg://user@host/db in production
     echo: bool = False
-    pool_size: int = Field(5, ge=1)
+    pool_size: int = Field(default=5, ge=1)
 
 
 class ServingConfig(StrictModel):
     checkpoint: Path | None = None  # the full DGA checkpoint (shared.models.checkpoint); None: no verdicts
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA when supported
-    threads: int = Field(1, ge=1)  # torch.set_num_threads: one per process on small machines (FACTS.md)
-    max_batch: int = Field(32, ge=1)
-    max_wait_ms: float = Field(10.0, ge=0)
-    queue_size: int = Field(2048, ge=1)
-    keep_ratio: float | None = Field(None, gt=0, le=1)  # DGA token dropping at inference
-    retry_pending_s: float = Field(30.0, gt=0)  # how often cases left without a verdict are re-queued
+    threads: int = Field(
+        default=1, ge=1
+    )  # torch.set_num_threads: one per process on small machines (FACTS.md)
+    max_batch: int = Field(default=32, ge=1)
+    max_wait_ms: float = Field(default=10.0, ge=0)
+    queue_size: int = Field(default=2048, ge=1)
+    keep_ratio: float | None = Field(default=None, gt=0, le=1)  # DGA token dropping at inference
+    retry_pending_s: float = Field(default=30.0, gt=0)  # how often cases left without a verdict are re-queued
 
 
 class AuthConfig(StrictModel):
-    token_ttl_s: int = Field(12 * 3600, ge=60)
-    scrypt_n: int = Field(2**14, ge=2)  # hashlib.scrypt cost; tests lower it
+    token_ttl_s: int = Field(default=12 * 3600, ge=60)
+    scrypt_n: int = Field(default=2**14, ge=2)  # hashlib.scrypt cost; tests lower it
 
 
 class ApiConfig(StrictModel):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
+    port: int = Field(default=8080, ge=0, le=65535)
     public_url: str = ""  # where edges fetch artifacts over 2 MB; empty: http://host:port
     auth: AuthConfig = AuthConfig()
 
@@ -77,29 +83,34 @@ class RegistryConfig(StrictModel):
     dir: Path = Path("fabpm-cloud/models")
     private_key: Path = Path("fabpm-cloud/keys/signing.key")
     public_key: Path = Path("fabpm-cloud/keys/signing.pub")
-    inline_max_bytes: int = Field(2 * 1024 * 1024, ge=0)  # larger artifacts travel by URL
+    inline_max_bytes: int = Field(default=2 * 1024 * 1024, ge=0)  # larger artifacts travel by URL
 
 
 class RolloutConfig(StrictModel):
     canary_edges: list[str] = Field(default_factory=list)  # empty: the first edge seen, alphabetically
-    watch_s: float = Field(900.0, ge=0)  # how long the canary runs before the rest get it
-    min_observations: int = Field(5, ge=0)  # hard cases from the canary under the new model
-    confirm_timeout_s: float = Field(600.0, gt=0)  # the canary must report the new version by then
-    max_error_increase: float = Field(0.05, ge=0)  # edge-vs-full-model error may grow this much
-    tick_s: float = Field(10.0, gt=0)
+    watch_s: float = Field(default=900.0, ge=0)  # how long the canary runs before the rest get it
+    min_observations: int = Field(default=5, ge=0)  # hard cases from the canary under the new model
+    confirm_timeout_s: float = Field(default=600.0, gt=0)  # the canary must report the new version by then
+    max_error_increase: float = Field(default=0.05, ge=0)  # edge-vs-full-model error may grow this much
+    tick_s: float = Field(default=10.0, gt=0)
 
 
 class LearningConfig(StrictModel):
+    enabled: bool = True  # exactly one worker of a deployment should learn (rounds are not leased)
     work_dir: Path = Path("fabpm-cloud/learning")
-    interval_h: float | None = Field(24.0, gt=0)  # time trigger; None: off
-    min_new_labels: int = Field(200, ge=1)  # label-count trigger
-    check_labels_s: float = Field(60.0, gt=0)
-    replay_size: int = Field(2000, ge=0)  # old labelled windows mixed into fine-tuning against forgetting
-    holdout_fraction: float = Field(0.25, gt=0, lt=1)  # of the new labels, frozen as the new test set
-    gate_tolerance: float = Field(0.01, ge=0)  # a candidate may lose at most this on either frozen set
-    ddp_nproc: int = Field(1, ge=1)  # >1: fine-tuning runs under torchrun with DDP (gloo on the CPU)
+    interval_h: float | None = Field(default=24.0, gt=0)  # time trigger; None: off
+    min_new_labels: int = Field(default=200, ge=1)  # label-count trigger
+    check_labels_s: float = Field(default=60.0, gt=0)
+    replay_size: int = Field(
+        default=2000, ge=0
+    )  # old labelled windows mixed into fine-tuning against forgetting
+    holdout_fraction: float = Field(default=0.25, gt=0, lt=1)  # of the new labels, frozen as the new test set
+    gate_tolerance: float = Field(
+        default=0.01, ge=0
+    )  # a candidate may lose at most this on either frozen set
+    ddp_nproc: int = Field(default=1, ge=1)  # >1: fine-tuning runs under torchrun with DDP (gloo on the CPU)
     tiny: bool = False  # the pipeline's tiny config (tests, demos)
-    calib_windows: int = Field(256, ge=1)
+    calib_windows: int = Field(default=256, ge=1)
 
 
 class MetricsConfig(StrictModel):
@@ -117,7 +128,7 @@ class CloudConfig(StrictModel):
     rollout: RolloutConfig = RolloutConfig()
     learning: LearningConfig = LearningConfig()
     metrics: MetricsConfig = MetricsConfig()
-    horizon_h: float = Field(72.0, gt=0)  # labels: failed within this many hours
+    horizon_h: float = Field(default=72.0, gt=0)  # labels: failed within this many hours
 
 
 def load(path: Path | None, env: Mapping[str, str] | None = None) -> CloudConfig:

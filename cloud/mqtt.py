@@ -146,7 +146,7 @@ class MqttLink:
     def _on_message(self, client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         ok = False
         try:
-            ok = self.handler(msg.topic, msg.payload) if self.handler is not None else True
+            ok = self.handler(msg.topic, bytes(msg.payload)) if self.handler is not None else True
         except Exception:  # a handler bug must never kill the network thread
             _logger.exception("handler failed on a message from %s; acknowledged to avoid a loop", msg.topic)
             ok = True

@@ -102,7 +102,7 @@ class Registry:
         assert row is not None
         return row
 
-    def list(self, role: str | None = None) -> list[ModelRow]:
+    def models(self, role: str | None = None) -> list[ModelRow]:
         with self.repo.transaction() as s:
             q = select(ModelRow).order_by(ModelRow.created_ts.desc())
             if role:

@@ -74,7 +74,7 @@ class RolloutManager:
         with self.repo.transaction() as s:
             return list(s.scalars(select(Edge).order_by(Edge.edge_id)))
 
-    def list(self) -> list[RolloutRow]:
+    def rollouts(self) -> list[RolloutRow]:
         with self.repo.transaction() as s:
             return list(s.scalars(select(RolloutRow).order_by(RolloutRow.id.desc())))
 
@@ -87,7 +87,7 @@ class RolloutManager:
 
     def busy(self) -> RolloutRow | None:
         """The rollout at its canary stage, if any (only one at a time)."""
-        return next((r for r in self.list() if r.stage == "canary"), None)
+        return next((r for r in self.rollouts() if r.stage == "canary"), None)
 
     # ---- actions -----------------------------------------------------------------------------
     def start(self, version: str, canary_edges: list[str] | None = None) -> RolloutRow:
@@ -96,7 +96,7 @@ class RolloutManager:
         busy = self.busy()
         if busy is not None:
             raise RolloutError(f"rollout {busy.id} of {busy.version} is still at its canary")
-        for prev in self.list():
+        for prev in self.rollouts():
             if prev.stage == "all":  # still watched after promotion; the new rollout supersedes it
                 self._update(prev.id, stage="done", reason=f"superseded by {version}")
         edges = self.edges()
@@ -222,12 +222,12 @@ class RolloutManager:
             "error_new": new_err,
             "error_previous": old_err,
         }
-        self._update(row.id, **obs)
+        self._update(row.id, None, None, **obs)
         return obs
 
     def tick(self) -> None:
         """Advance every open rollout by the rules in the module docstring."""
-        for row in self.list():
+        for row in self.rollouts():
             if row.stage in OPEN_STAGES:
                 try:
                     self._advance(row)

@@ -57,7 +57,14 @@ def tiny_full_checkpoint(
     from shared.models.dga import DGA, DGAConfig
 
     torch.manual_seed(seed)
-    sizes = {"d_model": 32, "n_heads": 2, "n_layers": 1, "d_ff": 64, "embed_dim": 8, "dropout": 0.0}
+    sizes: dict[str, Any] = {
+        "d_model": 32,
+        "n_heads": 2,
+        "n_layers": 1,
+        "d_ff": 64,
+        "embed_dim": 8,
+        "dropout": 0.0,
+    }
     sizes.update(cfg)
     model = DGA(DGAConfig(n_features=n_features, window=window, n_modes=len(modes), **sizes))
     return save_checkpoint(path, model, {"modes": list(modes), "version": version, "metrics": {}})

@@ -1,0 +1,377 @@
+"""The REST API (FastAPI, OpenAPI at ``/docs`` and ``/openapi.json``) and the console's files.
+
+Authentication: ``POST /api/auth/token`` with a user name and password gives a bearer token;
+admins issue long-lived API tokens. Every ``/api`` route needs a token except the login and the
+model artifact download (edges fetch artifacts over 2 MB by URL without credentials: the file is
+signed and the edge verifies it before use). Roles: viewers read; operators label cases,
+acknowledge alerts, approve or reject tuning proposals and roll back; admins also manage users,
+start rollouts and learning rounds. ``/health`` and ``/metrics`` are open for probes and scrapers.
+"""
+
+# No `from __future__ import annotations` here: FastAPI resolves the dependency annotations of
+# the routes, which name closures of create_app, at definition time.
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from cloud.auth import ROLES, Principal, Users
+from cloud.errors import AuthError, CloudError, RegistryError, RolloutError
+from cloud.labels import OPERATOR, Label, set_label
+from cloud.learning import Learner
+from cloud.metrics import CloudMetrics
+from cloud.registry import Registry
+from cloud.rollout import RolloutManager
+from cloud.storage.models import AlertRow, Case, DeadLetter, Edge, SeenMessage, Tool, TuningRow
+from cloud.storage.repo import Repo
+from shared.messages import Tuning
+from shared.topics import QOS, Kind, topic
+
+_logger = logging.getLogger(__name__)
+CONSOLE = Path(__file__).resolve().parent / "console"
+Publish = Callable[[str, bytes, int, bool], None]
+
+
+@dataclass
+class ApiContext:
+    """What the routes use; ``learner`` is None on workers that do not run learning."""
+
+    repo: Repo
+    users: Users
+    registry: Registry
+    rollout: RolloutManager
+    publish: Publish
+    metrics: CloudMetrics
+    learner: Learner | None = None
+    health: Callable[[], dict[str, Any]] = lambda: {"ok": True}
+    clock: Callable[[], float] = time.time
+
+
+class Login(BaseModel):
+    username: str = Field(min_length=1, max_length=128)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class NewUser(Login):
+    role: str = Field(pattern="^(viewer|operator|admin)$")
+
+
+class NewToken(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+
+
+class LabelIn(BaseModel):
+    failed: bool
+    mode: str | None = Field(None, max_length=64)
+    rul_h: float | None = Field(None, ge=0)
+    note: str = Field("", max_length=2000)
+
+
+class RolloutIn(BaseModel):
+    version: str
+    canary_edges: list[str] | None = None
+
+
+class Decision(BaseModel):
+    reason: str = Field("", max_length=2000)
+
+
+def _row(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {c.key: getattr(obj, c.key) for c in obj.__table__.columns if c.key not in exclude}
+
+
+def case_dict(case: Case) -> dict[str, Any]:
+    return _row(case, exclude=("features",))
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(
+        title="fabpm cloud", version="1", description="Fleet, cases, labels, models, rollouts, tuning"
+    )
+    bearer = HTTPBearer(auto_error=False)
+
+    def principal(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+        if creds is None:
+            raise HTTPException(401, "bearer token required", headers={"WWW-Authenticate": "Bearer"})
+        try:
+            return ctx.users.resolve(creds.credentials)
+        except AuthError as exc:
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+
+    def role(needed: str) -> Callable[[Principal], Principal]:
+        def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+            if not who.can(needed):
+                raise HTTPException(403, f"{who.role} may not do this; it needs {needed}")
+            return who
+
+        return check
+
+    Viewer = Annotated[Principal, Depends(role("viewer"))]
+    Operator = Annotated[Principal, Depends(role("operator"))]
+    Admin = Annotated[Principal, Depends(role("admin"))]
+
+    # ---- auth --------------------------------------------------------------------------------
+    @app.post("/api/auth/token", tags=["auth"])
+    def login(body: Login) -> dict[str, Any]:
+        try:
+            token, expires, user_role = ctx.users.login(body.username, body.password)
+        except AuthError as exc:
+            raise HTTPException(401, str(exc)) from exc
+        return {"access_token": token, "token_type": "bearer", "expires_ts": expires, "role": user_role}
+
+    @app.get("/api/me", tags=["auth"])
+    def me(who: Viewer) -> dict[str, Any]:
+        return {"username": who.username, "role": who.role, "roles": list(ROLES)}
+
+    @app.post("/api/auth/api-tokens", tags=["auth"])
+    def api_token(body: NewToken, who: Admin) -> dict[str, Any]:
+        return {"token": ctx.users.api_token(who.username, body.name), "name": body.name}
+
+    @app.post("/api/users", tags=["auth"])
+    def add_user(body: NewUser, _who: Admin) -> dict[str, Any]:
+        try:
+            ctx.users.add(body.username, body.password, body.role)
+        except AuthError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return {"username": body.username, "role": body.role}
+
+    @app.get("/api/users", tags=["auth"])
+    def list_users(_who: Admin) -> list[dict[str, Any]]:
+        return [{"username": u.username, "role": u.role, "created_ts": u.created_ts} for u in ctx.users.all()]
+
+    # ---- fleet -------------------------------------------------------------------------------
+    @app.get("/api/fleet", tags=["fleet"])
+    def fleet(_who: Viewer) -> list[dict[str, Any]]:
+        with ctx.repo.transaction() as s:
+            return [_row(e) for e in s.scalars(select(Edge).order_by(Edge.site, Edge.edge_id))]
+
+    @app.get("/api/tools", tags=["fleet"])
+    def tools(_who: Viewer, edge_id: str | None = None) -> list[dict[str, Any]]:
+        with ctx.repo.transaction() as s:
+            q = select(Tool).order_by(Tool.tool_id)
+            if edge_id:
+                q = q.where(Tool.edge_id == edge_id)
+            return [_row(t) for t in s.scalars(q)]
+
+    @app.get("/api/alerts", tags=["alerts"])
+    def alerts(_who: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+        with ctx.repo.transaction() as s:
+            return [_row(a) for a in s.scalars(select(AlertRow).order_by(AlertRow.ts.desc()).limit(limit))]
+
+    @app.post("/api/alerts/{msg_id}/ack", tags=["alerts"])
+    def ack_alert(msg_id: str, who: Operator) -> dict[str, Any]:
+        with ctx.repo.transaction() as s:
+            alert = s.get(AlertRow, msg_id)
+            if alert is None:
+                raise HTTPException(404, "no such alert")
+            alert.acknowledged_by = who.username
+            return _row(alert)
+
+    # ---- cases and labels ------------------------------------------------------------------
+    @app.get("/api/cases", tags=["cases"])
+    def cases(
+        _who: Viewer,
+        status: Annotated[str, Query(pattern="^(all|unlabelled|labelled|pending)$")] = "all",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        with ctx.repo.transaction() as s:
+            q = select(Case).order_by(Case.received_ts.desc()).limit(limit)
+            if status == "unlabelled":
+                q = q.where(Case.label_failed.is_(None))
+            elif status == "labelled":
+                q = q.where(Case.label_failed.is_not(None))
+            elif status == "pending":
+                q = q.where(Case.verdict.is_(None))
+            return [case_dict(c) for c in s.scalars(q)]
+
+    @app.get("/api/cases/{case_id}", tags=["cases"])
+    def case(case_id: str, _who: Viewer) -> dict[str, Any]:
+        row = ctx.repo.get_case(case_id)
+        if row is None:
+            raise HTTPException(404, "no such case")
+        out = case_dict(row)
+        out["labels"] = [_row(r) for r in ctx.repo.label_history(case_id)]
+        return out
+
+    @app.post("/api/cases/{case_id}/labels", tags=["cases"])
+    def label(case_id: str, body: LabelIn, who: Operator) -> dict[str, Any]:
+        with ctx.repo.transaction() as s:
+            row = s.get(Case, case_id)
+            if row is None:
+                raise HTTPException(404, "no such case")
+            lab = Label(
+                body.failed, body.mode if body.failed else None, body.rul_h, OPERATOR, who.username, body.note
+            )
+            set_label(s, row, lab, ctx.clock())
+        ctx.metrics.labels.labels(OPERATOR).inc()
+        return case(case_id, who)
+
+    @app.get("/api/cases/{case_id}/labels", tags=["cases"])
+    def labels(case_id: str, _who: Viewer) -> list[dict[str, Any]]:
+        return [_row(r) for r in ctx.repo.label_history(case_id)]
+
+    @app.get("/api/dead-letters", tags=["ingest"])
+    def dead_letters(
+        _who: Operator, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[dict[str, Any]]:
+        with ctx.repo.transaction() as s:
+            rows = s.scalars(select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit))
+            return [
+                _row(d, exclude=("payload",)) | {"head": d.payload[:200].decode("utf-8", "replace")}
+                for d in rows
+            ]
+
+    # ---- models and rollouts ---------------------------------------------------------------
+    @app.get("/api/models", tags=["models"])
+    def models(_who: Viewer) -> list[dict[str, Any]]:
+        return [_row(m, exclude=("signature",)) for m in ctx.registry.models()]
+
+    @app.get("/api/models/{version}", tags=["models"])
+    def model(version: str, _who: Viewer) -> dict[str, Any]:
+        try:
+            row = ctx.registry.require(version)
+        except RegistryError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        return _row(row) | {"lineage": [m.version for m in ctx.registry.lineage(version)]}
+
+    @app.get("/api/models/{version}/artifact", tags=["models"])
+    def artifact(version: str) -> FileResponse:
+        row = ctx.registry.get(version, missing_ok=True)
+        if row is None:
+            raise HTTPException(404, "no such model")
+        return FileResponse(row.artifact_path, media_type="application/octet-stream")
+
+    @app.get("/api/rollouts", tags=["rollouts"])
+    def rollouts(_who: Viewer) -> list[dict[str, Any]]:
+        return [_row(r) for r in ctx.rollout.rollouts()]
+
+    @app.post("/api/rollouts", tags=["rollouts"])
+    def start_rollout(body: RolloutIn, _who: Admin) -> dict[str, Any]:
+        try:
+            return _row(ctx.rollout.start(body.version, body.canary_edges))
+        except (RolloutError, RegistryError) as exc:
+            raise HTTPException(409, str(exc)) from exc
+
+    @app.post("/api/rollouts/{rollout_id}/rollback", tags=["rollouts"])
+    def rollback(rollout_id: int, body: Decision, who: Operator) -> dict[str, Any]:
+        try:
+            return _row(ctx.rollout.rollback(rollout_id, f"by {who.username}: {body.reason}"))
+        except RolloutError as exc:
+            raise HTTPException(409, str(exc)) from exc
+
+    @app.post("/api/rollouts/{rollout_id}/promote", tags=["rollouts"])
+    def promote(rollout_id: int, _who: Admin) -> dict[str, Any]:
+        try:
+            return _row(ctx.rollout.promote(rollout_id))
+        except RolloutError as exc:
+            raise HTTPException(409, str(exc)) from exc
+
+    # ---- tuning ------------------------------------------------------------------------------
+    @app.get("/api/tuning", tags=["tuning"])
+    def tuning(_who: Viewer, status: str | None = None) -> list[dict[str, Any]]:
+        with ctx.repo.transaction() as s:
+            q = select(TuningRow).order_by(TuningRow.updated_ts.desc()).limit(500)
+            if status:
+                q = q.where(TuningRow.status == status)
+            return [_row(t) for t in s.scalars(q)]
+
+    def decide(
+        proposal_id: str, action: Literal["approval", "rejection"], who: Principal, reason: str
+    ) -> dict[str, Any]:
+        with ctx.repo.transaction() as s:
+            row = s.get(TuningRow, proposal_id)
+            if row is None:
+                raise HTTPException(404, "no such proposal")
+            if row.status != "proposal":
+                raise HTTPException(409, f"proposal is {row.status}, not awaiting a decision")
+            msg = Tuning(
+                edge_id=row.edge_id,
+                site=row.site,
+                tool_id=row.tool_id,
+                action=action,
+                proposal_id=proposal_id,
+                setpoints=row.setpoints,
+                previous=row.previous,
+                expected=row.expected,
+                reason=reason,
+                actor=who.username,
+            )
+            # Our own message comes back on the shared subscription: recorded as seen, it is a duplicate.
+            s.add(SeenMessage(msg_id=msg.msg_id, kind="tuning", edge_id=row.edge_id, received_ts=ctx.clock()))
+            row.status = action
+            row.history = [
+                *row.history,
+                {"action": action, "actor": who.username, "ts": msg.ts, "reason": reason},
+            ]
+            row.updated_ts = ctx.clock()
+            ctx.publish(topic(row.site, row.edge_id, Kind.TUNING), msg.to_bytes(), QOS[Kind.TUNING], False)
+            return _row(row)
+
+    @app.post("/api/tuning/{proposal_id}/approve", tags=["tuning"])
+    def approve(proposal_id: str, body: Decision, who: Operator) -> dict[str, Any]:
+        return decide(proposal_id, "approval", who, body.reason)
+
+    @app.post("/api/tuning/{proposal_id}/reject", tags=["tuning"])
+    def reject(proposal_id: str, body: Decision, who: Operator) -> dict[str, Any]:
+        return decide(proposal_id, "rejection", who, body.reason)
+
+    # ---- learning ----------------------------------------------------------------------------
+    @app.get("/api/learning/rounds", tags=["learning"])
+    def rounds(_who: Viewer) -> list[dict[str, Any]]:
+        if ctx.learner is None:
+            return []
+        return [_row(r) for r in ctx.learner.rounds()]
+
+    @app.post("/api/learning/rounds", tags=["learning"], status_code=202)
+    def new_round(_who: Admin) -> dict[str, Any]:
+        learner = ctx.learner
+        if learner is None:
+            raise HTTPException(409, "this worker does not run learning")
+        if learner.open_round() is not None:
+            raise HTTPException(409, "a round is running")
+        n = learner.new_labels()
+        if n < 1:
+            raise HTTPException(409, "no new labels since the last round")
+        threading.Thread(
+            target=learner.trigger, args=("manual",), name="learning-manual", daemon=True
+        ).start()
+        return {"started": True, "new_labels": n}
+
+    # ---- probes and the console -------------------------------------------------------------
+    @app.get("/health", tags=["ops"])
+    def health() -> Response:
+        state = ctx.health()
+        return Response(
+            content=json.dumps(state),
+            media_type="application/json",
+            status_code=200 if state.get("ok") else 503,
+        )
+
+    @app.get("/metrics", tags=["ops"])
+    def metrics() -> Response:
+        return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/console/")
+
+    if CONSOLE.is_dir():
+        app.mount("/console", StaticFiles(directory=CONSOLE, html=True), name="console")
+
+    @app.exception_handler(CloudError)
+    def cloud_error(_request: Any, exc: CloudError) -> Response:
+        _logger.warning("API error: %s", exc)
+        return Response(json.dumps({"detail": str(exc)}), status_code=503, media_type="application/json")
+
+    return app

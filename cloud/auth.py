@@ -1,0 +1,152 @@
+"""Users, roles and bearer tokens.
+
+Passwords are hashed with ``hashlib.scrypt`` (random 16-byte salt; cost ``n`` from the config,
+r=8, p=1) and stored as ``scrypt$n$r$p$salt$hash`` (base64), so the cost can rise later without
+invalidating old hashes. Tokens are 32 random bytes (URL-safe base64); only their sha256 is
+stored. A login gives a session token that expires after ``token_ttl_s``; an admin can issue
+long-lived API tokens (for scripts and dashboards). Roles are ordered: viewer < operator < admin.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from cloud.errors import AuthError
+from cloud.storage.models import ApiToken, User
+from cloud.storage.repo import Repo
+
+ROLES = ("viewer", "operator", "admin")
+_R, _P, _DKLEN = 8, 1, 32
+
+
+def hash_password(password: str, n: int = 2**14) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=n, r=_R, p=_P, dklen=_DKLEN, maxmem=256 * 1024 * 1024
+    )
+    b64 = base64.b64encode
+    return f"scrypt${n}${_R}${_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        got = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(base64.b64decode(digest)),
+            maxmem=256 * 1024 * 1024,
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, base64.b64decode(digest))
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    username: str
+    role: str
+
+    def can(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+class Users:
+    def __init__(
+        self, repo: Repo, token_ttl_s: int, scrypt_n: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.repo = repo
+        self.token_ttl_s = token_ttl_s
+        self.scrypt_n = scrypt_n
+        self.clock = clock
+
+    def add(self, username: str, password: str, role: str) -> None:
+        """Create or update a user (password and role)."""
+        if role not in ROLES:
+            raise AuthError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        if not username or len(username) > 128 or len(password) < 8:
+            raise AuthError("user names are 1-128 characters and passwords at least 8")
+        with self.repo.transaction() as s:
+            user = s.get(User, username)
+            hashed = hash_password(password, self.scrypt_n)
+            if user is None:
+                s.add(User(username=username, password_hash=hashed, role=role, created_ts=self.clock()))
+            else:
+                user.password_hash = hashed
+                user.role = role
+
+    def all(self) -> list[User]:
+        with self.repo.transaction() as s:
+            return list(s.scalars(select(User).order_by(User.username)))
+
+    def login(self, username: str, password: str) -> tuple[str, float, str]:
+        """A session token, its expiry and the role; AuthError for wrong credentials."""
+        with self.repo.transaction() as s:
+            user = s.get(User, username)
+        if user is None or not verify_password(password, user.password_hash):
+            raise AuthError("wrong user name or password")
+        expires = self.clock() + self.token_ttl_s
+        return self._issue(username, "session", expires), expires, user.role
+
+    def api_token(self, username: str, name: str) -> str:
+        """A long-lived token for ``username`` (revoked by deleting it)."""
+        with self.repo.transaction() as s:
+            if s.get(User, username) is None:
+                raise AuthError(f"no user {username!r}")
+        return self._issue(username, name, None)
+
+    def _issue(self, username: str, name: str, expires: float | None) -> str:
+        token = secrets.token_urlsafe(32)
+        with self.repo.transaction() as s:
+            s.add(
+                ApiToken(
+                    token_hash=_token_hash(token),
+                    username=username,
+                    name=name[:128],
+                    expires_ts=expires,
+                    created_ts=self.clock(),
+                )
+            )
+        return token
+
+    def resolve(self, token: str) -> Principal:
+        problem = ""
+        principal = None
+        with self.repo.transaction() as s:
+            row = s.get(ApiToken, _token_hash(token))
+            user = s.get(User, row.username) if row is not None else None
+            if row is None:
+                problem = "unknown token"
+            elif row.expires_ts is not None and row.expires_ts < self.clock():
+                s.delete(row)  # committed: expired tokens do not pile up
+                problem = "token expired; log in again"
+            elif user is None:
+                problem = "the token's user no longer exists"
+            else:
+                principal = Principal(user.username, user.role)
+        if principal is None:
+            raise AuthError(problem)
+        return principal
+
+    def logout(self, token: str) -> None:
+        with self.repo.transaction() as s:
+            row = s.get(ApiToken, _token_hash(token))
+            if row is not None:
+                s.delete(row)

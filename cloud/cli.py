@@ -1,0 +1,86 @@
+"""``fabpm cloud ...``: run a worker, make signing keys, migrate the database, add users.
+
+::
+
+    fabpm cloud run --config cloud.toml
+    fabpm cloud keys --out DIR                    Ed25519 signing.key (private) + signing.pub
+    fabpm cloud migrate --config cloud.toml       bring the database schema up to date
+    fabpm cloud user add --config cloud.toml --username NAME --role viewer|operator|admin
+                                                  (password from FABPM_CLOUD_PASSWORD or stdin)
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cloud import config as cloud_config
+from cloud.errors import AuthError, CloudError
+from shared.signing import generate_keypair
+
+
+def _cfg(ns: argparse.Namespace) -> cloud_config.CloudConfig:
+    return cloud_config.load(Path(ns.config) if ns.config else None)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="fabpm cloud", description="The fabpm cloud service.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_run = sub.add_parser("run", help="run a cloud worker (ingest, verdicts, learning, API, console)")
+    p_run.add_argument("--config", help="cloud.toml (defaults and FABPM_CLOUD__* overrides otherwise)")
+    p_keys = sub.add_parser("keys", help="make an Ed25519 key pair for signing models")
+    p_keys.add_argument("--out", required=True, help="folder for signing.key and signing.pub")
+    p_keys.add_argument("--force", action="store_true", help="overwrite existing keys")
+    p_mig = sub.add_parser("migrate", help="bring the database schema up to date")
+    p_mig.add_argument("--config")
+    p_user = sub.add_parser("user", help="manage console/API users")
+    user_sub = p_user.add_subparsers(dest="user_cmd", required=True)
+    p_add = user_sub.add_parser("add", help="create a user or change its password and role")
+    p_add.add_argument("--config")
+    p_add.add_argument("--username", required=True)
+    p_add.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    ns = parser.parse_args(argv)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step is noise here
+
+    if ns.cmd == "keys":
+        out = Path(ns.out)
+        private, public = out / "signing.key", out / "signing.pub"
+        if private.exists() and not ns.force:
+            raise CloudError(f"{private} exists; pass --force to replace it (edges trust the old public key)")
+        generate_keypair(private, public)
+        print(f"wrote {private} (keep secret) and {public} (give to every edge)")
+        return 0
+    if ns.cmd == "run":
+        from cloud.service import run
+
+        return run(_cfg(ns))
+
+    from cloud.storage import Repo, make_engine, migrate
+
+    cfg = _cfg(ns)
+    engine = make_engine(cfg.storage.url)
+    try:
+        revision = migrate(engine)
+        if ns.cmd == "migrate":
+            print(f"database at revision {revision}")
+            return 0
+        from cloud.auth import Users
+
+        password = os.environ.get("FABPM_CLOUD_PASSWORD")
+        if password is None:
+            password = (
+                getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+            )
+        users = Users(Repo(engine), cfg.api.auth.token_ttl_s, cfg.api.auth.scrypt_n)
+        try:
+            users.add(ns.username, password, ns.role)
+        except AuthError as exc:
+            raise CloudError(str(exc)) from exc
+        print(f"user {ns.username} ({ns.role}) saved")
+        return 0
+    finally:
+        engine.dispose()

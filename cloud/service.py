@@ -1,0 +1,259 @@
+"""One cloud worker, wired: storage, MQTT ingest, verdicts, registry, rollout, learning, API.
+
+:class:`CloudService` builds every part from one :class:`~cloud.config.CloudConfig`, starts them
+(migrations first), and stops them in reverse order. Periodic work runs on one APScheduler
+``BackgroundScheduler``: the verdict retry sweep, the rollout and learning ticks, and the
+learning triggers (time interval, count of new labels). ``fabpm cloud run`` is :func:`run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvicorn
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import text
+
+from cloud.api import ApiContext, create_app
+from cloud.auth import Users
+from cloud.batcher import DynamicBatcher
+from cloud.config import CloudConfig
+from cloud.errors import CloudError, ModelError
+from cloud.ingest import Ingestor
+from cloud.learning import Learner, Pipeline
+from cloud.metrics import CloudMetrics
+from cloud.mqtt import MqttLink
+from cloud.registry import Registry
+from cloud.rollout import RolloutManager
+from cloud.serving import Prediction, load_replicas
+from cloud.storage import Repo, make_engine, migrate
+from cloud.verdicts import VerdictService
+
+_logger = logging.getLogger(__name__)
+
+
+class CloudService:
+    """A cloud worker. ``pipeline`` overrides the training pipeline (tests inject small ones)."""
+
+    def __init__(
+        self,
+        cfg: CloudConfig,
+        pipeline: Pipeline | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.metrics = CloudMetrics()
+        self.engine = make_engine(cfg.storage.url, cfg.storage.echo, cfg.storage.pool_size)
+        self.repo = Repo(self.engine, clock)
+        self.users = Users(self.repo, cfg.api.auth.token_ttl_s, cfg.api.auth.scrypt_n, clock)
+        self.registry = Registry(self.repo, cfg.registry, clock)
+        self.ingest = Ingestor(self.repo, self.metrics, cfg.horizon_h, on_case=self._on_case, clock=clock)
+        self.link = MqttLink(cfg.mqtt, handler=self.ingest.handle)
+        public_url = cfg.api.public_url or f"http://{cfg.api.host}:{cfg.api.port}"
+        self.rollout = RolloutManager(
+            self.repo, self.registry, self._publish, cfg.rollout, self.metrics, public_url, clock
+        )
+        self.verdicts: VerdictService | None = None
+        self.batcher: DynamicBatcher[np.ndarray, Prediction] | None = None
+        self.model_version: str | None = None
+        self.learner: Learner | None = None
+        self._pipeline = pipeline
+        self.scheduler = BackgroundScheduler(daemon=True)
+        self._server: uvicorn.Server | None = None
+        self._threads: list[threading.Thread] = []
+        self.api_ctx = ApiContext(
+            self.repo,
+            self.users,
+            self.registry,
+            self.rollout,
+            self._publish,
+            self.metrics,
+            None,
+            self.health,
+            clock,
+        )
+        self.app = create_app(self.api_ctx)
+
+    # ---- parts -------------------------------------------------------------------------------
+    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self.link.publish(topic, payload, qos, retain, wait=retain)
+
+    def _on_case(self, case: Any) -> None:
+        if self.verdicts is not None:
+            self.verdicts.on_case(case)
+
+    def _start_serving(self) -> None:
+        ckpt = self.cfg.serving.checkpoint
+        if ckpt is None:
+            _logger.warning("serving.checkpoint is not set: hard cases are stored but get no verdict")
+            return
+        s = self.cfg.serving
+        replicas = load_replicas(ckpt, s.device, s.precision, s.threads, s.keep_ratio)
+        self.model_version = replicas[0].version
+        self.batcher = DynamicBatcher(
+            [r.predict for r in replicas],
+            s.max_batch,
+            s.max_wait_ms / 1000.0,
+            s.queue_size,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        self.batcher.start()
+        self.verdicts = VerdictService(
+            self.repo, self.batcher, self._publish, self.model_version, self.metrics, self.clock
+        )
+
+    def base_checkpoint(self) -> Path:
+        """The full model a round fine-tunes: the active model's, else the served one."""
+        active = self.registry.active()
+        if active is not None and active.full_checkpoint and Path(active.full_checkpoint).exists():
+            return Path(active.full_checkpoint)
+        if self.cfg.serving.checkpoint is None:
+            raise ModelError("no full model to fine-tune: set serving.checkpoint")
+        return self.cfg.serving.checkpoint
+
+    def _start_learning(self) -> None:
+        lc = self.cfg.learning
+        if not lc.enabled:
+            return
+        pipeline = self._pipeline
+        if pipeline is None:
+            try:
+                from cloud.pipeline_adapter import make_pipeline
+            except ImportError as exc:
+                _logger.warning("learning disabled: the training pipeline is not installed (%s)", exc)
+                return
+            pipeline = make_pipeline(self.cfg, self.registry)
+        self.learner = Learner(
+            self.repo,
+            lc,
+            pipeline,
+            self.registry,
+            self.rollout,
+            self.metrics,
+            self.base_checkpoint,
+            self.clock,
+        )
+        self.api_ctx.learner = self.learner  # the API starts rounds on demand through it
+        if lc.interval_h is not None:
+            self.scheduler.add_job(
+                self._background,
+                "interval",
+                hours=lc.interval_h,
+                args=["time", 1],
+                id="learn-time",
+                max_instances=1,
+            )
+        self.scheduler.add_job(
+            self._background,
+            "interval",
+            seconds=lc.check_labels_s,
+            args=["labels", lc.min_new_labels],
+            id="learn-labels",
+            max_instances=1,
+        )
+        t = threading.Thread(target=self._resume, name="learning-resume", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _resume(self) -> None:
+        assert self.learner is not None
+        try:
+            self.learner.resume()
+        except Exception:  # a broken round is recorded as failed by the learner; keep serving
+            _logger.exception("resuming learning rounds failed")
+
+    def _background(self, reason: str, min_labels: int) -> None:
+        if self.learner is None:
+            return
+        try:
+            self.learner.trigger(reason, min_labels)
+        except CloudError as exc:
+            _logger.warning("learning trigger %s: %s", reason, exc)
+
+    def _tick(self) -> None:
+        self.rollout.tick()
+        if self.learner is not None:
+            self.learner.tick()
+
+    def _sweep(self) -> None:
+        if self.verdicts is not None:
+            self.verdicts.sweep(self.cfg.serving.retry_pending_s)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        migrate(self.engine)
+        self._start_serving()
+        self.link.start()
+        self.scheduler.add_job(
+            self._tick, "interval", seconds=self.cfg.rollout.tick_s, id="tick", max_instances=1
+        )
+        self.scheduler.add_job(
+            self._sweep, "interval", seconds=self.cfg.serving.retry_pending_s, id="sweep", max_instances=1
+        )
+        self._start_learning()
+        self.scheduler.start()
+        if self.cfg.api.enabled:
+            self._server = uvicorn.Server(
+                uvicorn.Config(self.app, host=self.cfg.api.host, port=self.cfg.api.port, log_level="warning")
+            )
+            t = threading.Thread(target=self._server.run, name="api", daemon=True)
+            t.start()
+            self._threads.append(t)
+            deadline = time.monotonic() + 15
+            while not self._server.started and time.monotonic() < deadline and t.is_alive():
+                time.sleep(0.02)
+            if not self._server.started:
+                raise CloudError(f"API did not start on {self.cfg.api.host}:{self.cfg.api.port}")
+            _logger.info("API and console on http://%s:%s/", self.cfg.api.host, self.cfg.api.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        self.link.stop()
+        if self.batcher is not None:
+            self.batcher.stop()
+        for t in self._threads:
+            t.join(timeout=10)
+        self.engine.dispose()
+
+    def health(self) -> dict[str, Any]:
+        db_ok = True
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:  # any database failure is "not healthy", reported, not raised
+            db_ok = False
+        mqtt_ok = self.link.connected.is_set()
+        return {
+            "ok": db_ok and mqtt_ok,
+            "database": db_ok,
+            "mqtt": mqtt_ok,
+            "model": self.model_version,
+            "queue": self.batcher.depth() if self.batcher else 0,
+            "dead_letters": self.ingest.dead,
+        }
+
+
+def run(cfg: CloudConfig) -> int:
+    """Run until SIGTERM or SIGINT."""
+    service = CloudService(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    try:
+        stop.wait()
+    finally:
+        _logger.info("stopping")
+        service.stop()
+    return 0

@@ -1,0 +1,148 @@
+"""The whole cloud worker (CloudService) on a real Mosquitto and a real uvicorn: auth and roles,
+tuning approvals reaching the edge, operator labels with history, health and metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import free_port, pg_url
+from test_cloud_ingest import EdgeClient
+
+from cloud.config import CloudConfig
+from cloud.service import CloudService
+from cloud.testing import failure, fresh_database, hardcase, tiny_full_checkpoint
+from shared.messages import Tuning, parse_payload
+from shared.topics import Kind, topic
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def service(request, mosquitto, tmp_path: Path) -> Iterator[CloudService]:
+    if request.param == "postgres" and not pg_url():
+        pytest.skip("no PostgreSQL (FABPM_TEST_PG_URL unset)")
+    with fresh_database(request.param, tmp_path, pg_url()) as url:
+        cfg = CloudConfig.model_validate(
+            {
+                "storage": {"url": url},
+                "mqtt": {"port": mosquitto.port, "client_id": "cloud-api-test"},
+                "serving": {"checkpoint": str(tiny_full_checkpoint(tmp_path / "full.pt")), "max_wait_ms": 2},
+                "api": {"port": free_port(), "auth": {"scrypt_n": 2**10}},
+                "registry": {
+                    "dir": str(tmp_path / "models"),
+                    "private_key": str(tmp_path / "k/signing.key"),
+                    "public_key": str(tmp_path / "k/signing.pub"),
+                },
+                "learning": {"enabled": False},
+            }
+        )
+        svc = CloudService(cfg)
+        svc.start()
+        for name, role in (("ada", "admin"), ("olga", "operator"), ("vic", "viewer")):
+            svc.users.add(name, f"{name}-password", role)
+        yield svc
+        svc.stop()
+
+
+def login(client: httpx.Client, name: str) -> dict[str, str]:
+    r = client.post("/api/auth/token", json={"username": name, "password": f"{name}-password"})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def wait(pred, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_roles_approvals_labels_and_probes(service: CloudService, mosquitto):
+    base = f"http://127.0.0.1:{service.cfg.api.port}"
+    edge = EdgeClient(mosquitto.port, subscribe=topic("fab1", "edge-1", Kind.TUNING))
+    try:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            assert client.get("/api/fleet").status_code == 401
+            assert client.get("/api/fleet", headers={"Authorization": "Bearer nope"}).status_code == 401
+            assert (
+                client.post("/api/auth/token", json={"username": "vic", "password": "wrong"}).status_code
+                == 401
+            )
+            viewer, operator, admin = login(client, "vic"), login(client, "olga"), login(client, "ada")
+            assert client.get("/api/me", headers=viewer).json()["role"] == "viewer"
+
+            proposal = Tuning(
+                edge_id="edge-1",
+                site="fab1",
+                tool_id="etch-01",
+                action="proposal",
+                proposal_id="p-1",
+                setpoints={"rf_power": 510.0},
+                previous={"rf_power": 500.0},
+                expected={"yield": 0.4},
+            )
+            edge.publish(topic("fab1", "edge-1", Kind.TUNING), proposal.to_bytes())
+            case = hardcase()
+            edge.publish(topic("fab1", "edge-1", Kind.HARDCASE), case.to_bytes())
+            wait(lambda: client.get("/api/tuning", headers=viewer).json() != [])
+            assert client.get("/api/fleet", headers=viewer).json()[0]["edge_id"] == "edge-1"
+
+            r = client.post("/api/tuning/p-1/approve", json={"reason": "looks fine"}, headers=viewer)
+            assert r.status_code == 403
+            r = client.post("/api/tuning/p-1/approve", json={"reason": "looks fine"}, headers=operator)
+            assert r.status_code == 200 and r.json()["status"] == "approval"
+            assert client.post("/api/tuning/p-1/reject", json={}, headers=operator).status_code == 409
+            approvals = [
+                parse_payload(raw, Kind.TUNING) for _, raw in edge.wait_for(2)
+            ]  # own proposal + approval
+            approval = next(m for m in approvals if isinstance(m, Tuning) and m.action == "approval")
+            assert approval.actor == "olga" and approval.setpoints == {"rf_power": 510.0}
+            time.sleep(0.3)  # our approval comes back on the shared subscription: a duplicate, not a new row
+            assert client.get("/api/tuning", headers=viewer).json()[0]["status"] == "approval"
+
+            wait(
+                lambda: (
+                    (c := client.get(f"/api/cases/{case.case_id}", headers=viewer)).status_code == 200
+                    and c.json()["verdict"] is not None
+                )
+            )
+            label = {"failed": True, "mode": "wear", "rul_h": 12.0, "note": "pad worn at inspection"}
+            assert (
+                client.post(f"/api/cases/{case.case_id}/labels", json=label, headers=viewer).status_code
+                == 403
+            )
+            r = client.post(f"/api/cases/{case.case_id}/labels", json=label, headers=operator)
+            assert r.status_code == 200 and r.json()["label_source"] == "operator"
+            ev = failure("etch-01", case.window_ts + 200 * 3600)  # would say "not failed" — operator wins
+            edge.publish(topic("fab1", "edge-1", Kind.EVENT), ev.to_bytes())
+            wait(lambda: service.ingest.metrics.messages.labels("event", "stored")._value.get() >= 1)
+            hist = client.get(f"/api/cases/{case.case_id}/labels", headers=viewer).json()
+            assert [h["source"] for h in hist] == ["operator"] and hist[0]["actor"] == "olga"
+
+            assert (
+                client.post(
+                    "/api/users",
+                    json={"username": "x", "password": "pw-123456", "role": "viewer"},
+                    headers=operator,
+                ).status_code
+                == 403
+            )
+            assert (
+                client.post(
+                    "/api/users",
+                    json={"username": "x", "password": "pw-123456", "role": "viewer"},
+                    headers=admin,
+                ).status_code
+                == 200
+            )
+            assert client.post("/api/rollouts", json={"version": "nope"}, headers=admin).status_code == 409
+            health = client.get("/health")
+            assert health.status_code == 200 and health.json()["mqtt"] is True
+            assert "fabpm_cloud_verdicts_total 1.0" in client.get("/metrics").text
+            assert "/api/tuning/{proposal_id}/approve" in client.get("/openapi.json").json()["paths"]
+    finally:
+        edge.close()
