@@ -1,0 +1,79 @@
+"""Scenario files: defaults, scaling, and errors that name the bad field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from opcua_sim.errors import ScenarioError, UnknownToolTypeError
+from opcua_sim.scenario import default_scenario, load_scenario, scale_tools, tag_count
+from shared.errors import ConfigError, FabpmError
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
+
+
+def test_default_fab_has_at_least_1200_tags_and_matches_the_example_file():
+    sc = default_scenario()
+    assert tag_count(sc) >= 1200
+    assert load_scenario(EXAMPLES / "default_fab.yaml") == sc
+    assert load_scenario(None) == sc
+
+
+def test_scaling_reaches_10000_tags_with_exact_tool_count():
+    sc = scale_tools(default_scenario(), 480)
+    assert sc.n_tools == 480
+    assert tag_count(sc) >= 10_000
+    small = scale_tools(default_scenario(), 7)
+    assert small.n_tools == 7
+    with pytest.raises(ScenarioError, match="--tools"):
+        scale_tools(default_scenario(), 0)
+
+
+def test_drift_scenario_loads_from_toml():
+    sc = load_scenario(EXAMPLES / "drift.toml")
+    assert sc.name == "drift" and [d.day for d in sc.drifts] == [20.0, 20.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("areas:\n  - name: etch\n    tools:\n      - {type: etcher, count: 2}\n", "areas.0.tools.0.type"),
+        ("areas:\n  - name: etch\n    tools:\n      - {type: cmp, count: -3}\n", "areas.0.tools.0.count"),
+        ("areas:\n  - name: etch\n    tools:\n      - {type: cmp, cnt: 3}\n", "areas.0.tools.0.cnt"),
+        (
+            "areas:\n  - name: e\n    tools: [{type: cmp, count: 1}]\nmaintenance: {pm_h: 0}\n",
+            "maintenance.pm_h",
+        ),
+        (
+            "areas:\n  - name: e\n    tools: [{type: cmp, count: 1}]\n"
+            "drifts:\n  - {day: 3, sensor_offsets: {nope: 1}}\n",
+            "drifts.0.sensor_offsets",
+        ),
+        ("areas: []\n", "areas"),
+        ("name: x\n", "areas"),
+    ],
+)
+def test_bad_scenarios_name_the_field(tmp_path: Path, text: str, where: str):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    assert where in str(info.value)
+    assert isinstance(info.value, ConfigError | FabpmError)
+
+
+def test_unknown_tool_type_has_its_own_error_listing_known_types(tmp_path: Path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[[areas]]\nname = "a"\ntools = [{ type = "stepper", count = 1 }]\n')
+    with pytest.raises(UnknownToolTypeError, match=r"areas\.0\.tools\.0\.type.*'stepper'.*plasma_etch"):
+        load_scenario(path)
+
+
+def test_malformed_file_and_missing_file(tmp_path: Path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("areas: [unclosed\n")
+    with pytest.raises(ScenarioError, match="not valid yaml"):
+        load_scenario(path)
+    with pytest.raises(ScenarioError, match="no such file"):
+        load_scenario(tmp_path / "missing.toml")
