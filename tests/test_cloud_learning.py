@@ -159,7 +159,7 @@ def feed(
         assert ingest.handle(topic("fab1", e, Kind.STATUS), st.to_bytes())
     t_fail = clock.t
     for i in range(n):
-        hc = hardcase(tool=tool, window_ts=t_fail - (i + 1) * 10 * 3600, seed=i)
+        hc = hardcase(tool=tool, window_ts=t_fail - (i + 1) * 10 * 3600, seed=i, case_id=f"{tool}-case-{i}")
         assert ingest.handle(topic("fab1", "edge-1", Kind.HARDCASE), hc.to_bytes())
     ev = failure(tool, t_fail)
     assert ingest.handle(topic("fab1", "edge-1", Kind.EVENT), ev.to_bytes())
