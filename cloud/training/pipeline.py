@@ -1,0 +1,220 @@
+"""The training pipeline API the cloud's incremental learning calls (CONTRACTS.md).
+
+::
+
+    ckpt = train_full(dataset_dir, cfg, out_dir)                      # full DGA, checkpoint path
+    ckpt2 = fine_tune(ckpt, new_windows, replay_windows, cfg)         # new labels + replay set
+    edge = distil_edge(ckpt2, windows, cfg)                            # small DGA, checkpoint path
+    onnx_path, manifest = export_release(edge, calib_windows, out_dir, key, version, parent)
+
+Windows are :class:`cloud.training.windows.WindowSet` (x (N, T, F) features from
+``shared.features.build_features``, RUL and per-mode labels, groups = tool ids). Every
+checkpoint carries ``meta["feature_spec"]`` (``FeatureSpec.to_dict()``), ``meta["modes"]`` and
+``meta["metrics"]``. ``PipelineConfig.tiny()`` trains in seconds (tests, demos).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud.training import simdata
+from cloud.training.distil import distil, edge_config
+from cloud.training.errors import TrainingError
+from cloud.training.release import AlertThresholds, release_edge
+from cloud.training.trainer import TrainConfig, fit, predict
+from cloud.training.windows import WindowSet, split_by_group
+from shared.equipment import ALL_MODES
+from shared.features import FeatureSpec, Scaler
+from shared.models.checkpoint import load_checkpoint, save_checkpoint
+from shared.models.dga import DGA, DGAConfig
+from shared.signing import ModelManifest, load_private_key
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineConfig:
+    d_model: int = 64  # full model
+    n_layers: int = 3
+    n_heads: int = 4
+    dropout: float = 0.1
+    edge_d_model: int = 32  # distilled edge model
+    edge_layers: int = 2
+    rul_cap_h: float = simdata.RUL_CAP_H
+    window: int = simdata.WINDOW
+    step_s: float = simdata.STEP_S
+    stride: int = 4  # steps between training windows
+    val_fraction: float = 0.2  # of tools, never of windows
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fine_tune_epochs: int = 15
+    fine_tune_lr: float = 3e-4
+    thresholds: AlertThresholds = field(default_factory=AlertThresholds)
+    model_id: str = "fabpm-edge-risk"
+
+    @classmethod
+    def tiny(cls) -> PipelineConfig:
+        """Trains in seconds on one core: for tests and demos, not for accuracy."""
+        return cls(
+            d_model=16,
+            n_layers=1,
+            n_heads=2,
+            edge_d_model=8,
+            edge_layers=1,
+            window=12,
+            stride=12,
+            train=TrainConfig(epochs=2, batch_size=128, patience=2, progress=False),
+            fine_tune_epochs=1,
+        )
+
+    def model_config(self, n_features: int, n_modes: int, horizon_h: float) -> DGAConfig:
+        return DGAConfig(
+            n_features=n_features,
+            window=self.window,
+            n_modes=n_modes,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            n_layers=self.n_layers,
+            d_ff=2 * self.d_model,
+            dropout=self.dropout,
+            rul_cap=self.rul_cap_h,
+            horizon=horizon_h,
+        )
+
+
+Data = Path | str | tuple[WindowSet, WindowSet, dict[str, Any]]
+
+
+def train_full(data: Data, cfg: PipelineConfig, out_dir: Path) -> Path:
+    """Train the full DGA on an export folder, or on ``(train, val, feature_spec dict)`` arrays."""
+    out_dir = Path(out_dir)
+    if isinstance(data, Path | str):
+        spec, tools, info = simdata.dataset_windows(
+            Path(data),
+            spec=FeatureSpec(window=cfg.window, step_s=cfg.step_s, scaler=_scaler_for(Path(data), cfg)),
+            stride=cfg.stride,
+            cap_h=cfg.rul_cap_h,
+        )
+        train, val = split_by_group(simdata.merge(tools), cfg.val_fraction, cfg.train.seed)
+        spec_dict: dict[str, Any] = spec.to_dict()
+        horizon = info.horizon_h
+        source = {"dataset": str(data), "seed": info.seed, "days": info.days, "tools": len(info.tools)}
+    else:
+        train, val, spec_dict = data
+        horizon, source = 72.0, {"dataset": "arrays"}
+    model = DGA(cfg.model_config(train.n_features, train.n_modes, horizon))
+    meta = {
+        "feature_spec": spec_dict,
+        "modes": list(ALL_MODES)[: train.n_modes],
+        "source": source,
+        "role": "full",
+    }
+    res = fit(model, train, val, cfg.train, out_dir / "full.pt", meta)
+    assert res.checkpoint is not None
+    return res.checkpoint
+
+
+def _scaler_for(folder: Path, cfg: PipelineConfig) -> Scaler:
+    info, series = simdata.load(folder)
+    return simdata.fit_spec(info, series, cfg.window, cfg.step_s).scaler
+
+
+def fine_tune(
+    checkpoint: Path, new_windows: WindowSet, replay_windows: WindowSet, cfg: PipelineConfig
+) -> Path:
+    """Continue training on new labelled windows mixed with a replay set (against forgetting).
+
+    Validation is split by tool from the union. Writes ``<stem>.ft<unix time>.pt`` beside
+    ``checkpoint`` and returns its path; the metrics include the replay set's RMSE before/after,
+    so forgetting is visible.
+    """
+    model, meta = load_checkpoint(Path(checkpoint))
+    if not isinstance(model, DGA):
+        raise TrainingError(f"{checkpoint} is not a DGA checkpoint")
+    union = WindowSet.concat([new_windows, replay_windows])
+    train, val = split_by_group(union, cfg.val_fraction, cfg.train.seed)
+    tcfg = replace(cfg.train, epochs=cfg.fine_tune_epochs, lr=cfg.fine_tune_lr)
+    before = _rmse(model, replay_windows)
+    out = Path(checkpoint).with_name(f"{Path(checkpoint).stem}.ft{int(time.time() * 1000)}.pt")
+    meta = {**meta, "parent_checkpoint": str(checkpoint), "fine_tuned_on": len(new_windows)}
+    meta.pop("config", None)
+    meta.pop("kind", None)
+    res = fit(model, train, val, tcfg, None, meta)
+    meta.setdefault("metrics", {}).update(
+        res.metrics, replay_rmse_before=before, replay_rmse_after=_rmse(res.model, replay_windows)
+    )
+    return save_checkpoint(out, res.model, meta)
+
+
+def _rmse(model: DGA, ws: WindowSet) -> float:
+    ok = np.isfinite(ws.rul)
+    if not ok.any():
+        return float("nan")
+    pred = predict(model, ws.x[ok])["rul"]
+    return float(np.sqrt(np.mean((pred - ws.rul[ok]) ** 2)))
+
+
+def distil_edge(full_ckpt: Path, windows: WindowSet, cfg: PipelineConfig) -> Path:
+    """Distil the small edge DGA from a full checkpoint on ``windows``; returns its checkpoint."""
+    teacher, meta = load_checkpoint(Path(full_ckpt))
+    if not isinstance(teacher, DGA):
+        raise TrainingError(f"{full_ckpt} is not a DGA checkpoint")
+    train, val = split_by_group(windows, cfg.val_fraction, cfg.train.seed)
+    student = edge_config(
+        teacher.cfg, cfg.edge_d_model, cfg.edge_layers, max(1, min(4, cfg.edge_d_model // 8))
+    )
+    out = Path(full_ckpt).with_name(f"{Path(full_ckpt).stem}.edge.pt")
+    meta = {k: v for k, v in meta.items() if k not in ("config", "kind", "metrics")}
+    meta["role"] = "edge"
+    meta["teacher_checkpoint"] = str(full_ckpt)
+    res = distil(teacher, train, val, student, cfg.train, out, meta)
+    assert res.checkpoint is not None
+    return res.checkpoint
+
+
+def export_release(
+    edge_ckpt: Path,
+    calib_windows: WindowSet,
+    out_dir: Path,
+    key: Ed25519PrivateKey | Path,
+    version: str,
+    parent: str | None,
+    cfg: PipelineConfig | None = None,
+) -> tuple[Path, ModelManifest]:
+    """ONNX export, adaptive INT8, parity report and signed manifest for an edge checkpoint.
+
+    ``calib_windows`` is split by tool into calibration (quantization, novelty centroids) and
+    held-out windows (parity, calibration of the hard-case signals).
+    """
+    cfg = cfg or PipelineConfig()
+    model, meta = load_checkpoint(Path(edge_ckpt))
+    if not isinstance(model, DGA):
+        raise TrainingError(f"{edge_ckpt} is not a DGA checkpoint")
+    private = key if isinstance(key, Ed25519PrivateKey) else load_private_key(Path(key))
+    if len(np.unique(calib_windows.groups)) >= 2:
+        calib, holdout = split_by_group(calib_windows, 0.3, 0)
+    else:
+        calib = holdout = calib_windows
+    spec = dict(meta.get("feature_spec") or {})
+    return release_edge(
+        model,
+        calib,
+        holdout,
+        Path(out_dir),
+        private,
+        version=version,
+        parent=parent,
+        model_id=cfg.model_id,
+        input_spec=spec,
+        modes=list(meta.get("modes") or []),
+        horizon_h=float(model.cfg.horizon),
+        thresholds=cfg.thresholds,
+        metrics={k: v for k, v in (meta.get("metrics") or {}).items() if isinstance(v, int | float)},
+        name=f"edge_risk_{version}",
+    )

@@ -1,0 +1,156 @@
+"""Release an edge-risk model: ONNX export, adaptive INT8, parity, novelty centroids, signed manifest.
+
+Output folder after :func:`release_edge`::
+
+    <name>.fp32.onnx          the FP32 graph (kept for parity checks and rollbacks)
+    <name>.onnx               the released graph (adaptive precision)
+    <name>.manifest.json      the Ed25519-signed ModelManifest (shared.signing), role edge-risk
+    <name>.parity.json        the full parity and precision report
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud.training.export import export_dga
+from cloud.training.parity import Tolerance, parity_report, require_parity, run_onnx
+from cloud.training.quantize import adaptive_quantize
+from cloud.training.windows import WindowSet
+from shared.models.dga import DGA, INPUT_NAME, OUTPUT_NAMES
+from shared.signing import ModelManifest, write_release
+from shared.uncertainty import fit_centroids, flagged_error_ratio, interval_coverage, novelty
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AlertThresholds:
+    """The decision thresholds shipped in the manifest (the edge reads them from there)."""
+
+    alert_probability: float = 0.5
+    alert_persistence_steps: int = 3
+    alert_clear_probability: float = 0.3
+    hard_margin: float = 0.1
+    hard_rul_std_h: float | None = None  # None: the 90th percentile of rul_std on held-out windows
+    hard_novelty: float = 1.5
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def calibration_metrics(
+    out: dict[str, np.ndarray], truth_rul: np.ndarray, novelty_score: np.ndarray, thresholds: dict[str, float]
+) -> dict[str, float]:
+    """How well the hard-case signals find the hard cases, on held-out windows."""
+    ok = np.isfinite(truth_rul)
+    if not ok.any():
+        return {}
+    err = np.abs(out["rul"][ok] - truth_rul[ok])
+    std = out["rul_std"][ok]
+    return {
+        "rul_interval90_coverage": interval_coverage(out["rul"][ok], std, truth_rul[ok], z=1.645),
+        "rul_interval68_coverage": interval_coverage(out["rul"][ok], std, truth_rul[ok], z=1.0),
+        "err_ratio_high_std": flagged_error_ratio(err, std > thresholds["hard_rul_std_h"]),
+        "err_ratio_novel": flagged_error_ratio(err, novelty_score[ok] > thresholds["hard_novelty"]),
+        "share_high_std": float(np.mean(std > thresholds["hard_rul_std_h"])),
+        "share_novel": float(np.mean(novelty_score[ok] > thresholds["hard_novelty"])),
+    }
+
+
+def release_edge(
+    model: DGA,
+    calib: WindowSet,
+    holdout: WindowSet,
+    out_dir: Path,
+    key: Ed25519PrivateKey,
+    *,
+    version: str,
+    parent: str | None,
+    model_id: str,
+    input_spec: dict[str, Any],
+    modes: list[str],
+    horizon_h: float = 72.0,
+    thresholds: AlertThresholds | None = None,
+    metrics: dict[str, Any] | None = None,
+    keep_ratio: float | None = None,
+    tol: Tolerance | None = None,
+    name: str = "edge_risk",
+    centroids: int = 16,
+) -> tuple[Path, ModelManifest]:
+    """Build, check and sign the edge-risk release; ParityError when the check fails."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    th = thresholds or AlertThresholds()
+    fp32 = export_dga(model, out_dir / f"{name}.fp32.onnx", keep_ratio=keep_ratio)
+    released = out_dir / f"{name}.onnx"
+    t0 = time.monotonic()
+    _, precision = adaptive_quantize(fp32, released, calib.x[:512], holdout.x[:512], model.cfg.rul_cap)
+    _logger.info("adaptive precision took %.1f s", time.monotonic() - t0)
+    parity = parity_report(fp32, released, holdout.x, model.cfg.rul_cap, holdout.rul, model=None, tol=tol)
+    require_parity(parity)
+    # novelty: centroids of the training (calibration) embeddings, from the released graph itself
+    calib_out = run_onnx(released, calib.x)
+    cen, scale = fit_centroids(calib_out["embedding"], k=centroids, seed=0)
+    hold_out = run_onnx(released, holdout.x)
+    nov = novelty(hold_out["embedding"], cen, scale)
+    shipped = {
+        "alert_probability": th.alert_probability,
+        "alert_persistence_steps": float(th.alert_persistence_steps),
+        "alert_clear_probability": th.alert_clear_probability,
+        "hard_margin": th.hard_margin,
+        "hard_rul_std_h": float(
+            th.hard_rul_std_h if th.hard_rul_std_h is not None else np.quantile(hold_out["rul_std"], 0.9)
+        ),
+        "hard_novelty": th.hard_novelty,
+        **th.extra,
+    }
+    calibration = calibration_metrics(hold_out, holdout.rul, nov, shipped)
+    all_metrics = {**(metrics or {}), "parity": parity["candidate_vs_fp32"], "calibration": calibration}
+    fields = {
+        "model_id": model_id,
+        "version": version,
+        "parent_version": parent,
+        "role": "edge-risk",
+        "created_ts": time.time(),
+        "input_spec": {**input_spec, "input_name": INPUT_NAME},
+        "output_spec": {
+            "names": list(OUTPUT_NAMES),
+            "modes": list(modes),
+            "horizon_h": float(horizon_h),
+            "rul_cap_h": float(model.cfg.rul_cap),
+            "embedding_centroids": cen.astype(float).tolist(),
+            "novelty_scale": float(scale),
+            "keep_ratio": keep_ratio,
+        },
+        "thresholds": shipped,
+        "metrics": _finite(all_metrics),
+        "precision": _finite(precision.to_dict()),
+    }
+    manifest, mpath = write_release(released, fields, key)
+    (out_dir / f"{name}.parity.json").write_text(
+        json.dumps(_finite({"parity": parity, "precision": precision.to_dict()}), indent=1)
+    )
+    _logger.info("released %s (%d bytes), manifest %s", released, released.stat().st_size, mpath)
+    return released, manifest
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf become None (canonical JSON signing must not see NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        f = float(obj)
+        return f if np.isfinite(f) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj

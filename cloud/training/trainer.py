@@ -1,0 +1,298 @@
+"""The training loop for DGA models: losses, early stopping, checkpoints, CUDA autocast, DDP.
+
+* Losses: RUL mean by MSE (normalised by ``rul_cap``), RUL variance by a Gaussian NLL on the
+  *detached* mean (so learning the uncertainty never pulls the mean away from the MSE optimum),
+  per-mode BCE; unknown labels (NaN) are masked out. With teacher targets (distillation) the RUL
+  and mode targets are blended with the teacher's outputs (``distil_alpha``).
+* Early stopping on the validation loss (validation split by unit/tool, see ``windows.py``); the
+  best weights are restored and written as a checkpoint carrying config, feature spec, scaler,
+  modes and metrics (``shared.models.checkpoint``).
+* Precision: on CUDA, BF16 autocast where the device supports it, else FP16 with a GradScaler on
+  compute capability ≥ 7.0, else FP32; on the CPU, FP32 (master weights are always FP32).
+* Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in DDP, gloo on the
+  CPU and NCCL on GPUs; each rank trains on its shard of every epoch's permutation, validates on
+  the whole (small) validation set so all ranks take the same early-stopping decision, and only
+  rank 0 writes checkpoints and shows the progress bar.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from cloud.training.errors import TrainingError
+from cloud.training.windows import WindowSet
+from shared.models.checkpoint import save_checkpoint
+from shared.models.dga import DGA
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 80  # upper bound; early stopping usually ends sooner
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 12  # epochs without validation improvement before stopping
+    min_delta: float = 1e-4
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 1  # torch intra-op threads on the CPU (FACTS.md: one per process on small machines)
+    w_rul: float = 1.0
+    w_nll: float = 0.1
+    w_mode: float = 0.5
+    distil_alpha: float = 0.5  # weight of the teacher's targets when present
+    grad_clip: float = 1.0
+    progress: bool = True
+    max_minutes: float = 0.0  # 0 = no wall-clock limit
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FitResult:
+    model: DGA
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    checkpoint: Path | None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """BF16 where the GPU supports it, FP16 on tensor-core GPUs without it, else None (FP32)."""
+    if device.type != "cuda":
+        return None
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.float16 if major >= 7 else None
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    return (
+        int(os.environ.get("RANK", "0")),
+        int(os.environ.get("WORLD_SIZE", "1")),
+        int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def losses(
+    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: TrainConfig, nll: bool = True
+) -> torch.Tensor:
+    """The weighted training loss of one batch (targets already normalised by rul_cap).
+
+    ``nll=False`` leaves out the variance term: that is the validation monitor, because the NLL can
+    keep falling by shrinking the variance while the mean gets worse.
+    """
+    rul_t, lab_t = batch["rul"], batch["labels"]
+    if "teacher_rul" in batch:
+        a = cfg.distil_alpha
+        rul_t = torch.where(
+            torch.isnan(rul_t), batch["teacher_rul"], (1 - a) * rul_t + a * batch["teacher_rul"]
+        )
+        lab_t = torch.where(
+            torch.isnan(lab_t), batch["teacher_probs"], (1 - a) * lab_t + a * batch["teacher_probs"]
+        )
+    mu, logvar = out["rul_norm"].float(), out["rul_logvar"].float()
+    known = ~torch.isnan(rul_t)
+    total = mu.new_zeros(())
+    if known.any():
+        err = mu[known] - rul_t[known]
+        total = total + cfg.w_rul * (err**2).mean()
+        if nll:
+            gauss = 0.5 * (logvar[known] + err.detach() ** 2 * torch.exp(-logvar[known]))
+            total = total + cfg.w_nll * gauss.mean()
+    lab_known = ~torch.isnan(lab_t)
+    if lab_known.any():
+        bce = F.binary_cross_entropy_with_logits(
+            out["mode_logits"].float()[lab_known], lab_t[lab_known], reduction="mean"
+        )
+        total = total + cfg.w_mode * bce
+    return total
+
+
+def _tensors(ws: WindowSet, idx: np.ndarray, cap: float, device: torch.device) -> dict[str, torch.Tensor]:
+    batch = {
+        "x": torch.from_numpy(ws.x[idx]).to(device),
+        "rul": torch.from_numpy(ws.rul[idx] / cap).float().to(device),
+        "labels": torch.from_numpy(ws.labels[idx]).float().to(device),
+    }
+    if ws.teacher_rul is not None and ws.teacher_probs is not None:
+        batch["teacher_rul"] = torch.from_numpy(ws.teacher_rul[idx] / cap).float().to(device)
+        batch["teacher_probs"] = torch.from_numpy(ws.teacher_probs[idx]).float().to(device)
+    return batch
+
+
+@torch.no_grad()
+def predict(
+    model: DGA, x: np.ndarray, batch_size: int = 1024, keep_ratio: float | None = None
+) -> dict[str, np.ndarray]:
+    """Model outputs on (N, T, F) windows as numpy arrays (eval mode, FP32, model's device)."""
+    model.eval()
+    device = next(model.parameters()).device
+    keys = ("probs", "rul", "rul_std", "embedding", "gates")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    for start in range(0, len(x), batch_size):
+        out = model(torch.from_numpy(x[start : start + batch_size]).to(device), keep_ratio=keep_ratio)
+        for k in keys:
+            parts[k].append(out[k].float().cpu().numpy())
+    return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}
+
+
+def evaluate(model: DGA, ws: WindowSet, cfg: TrainConfig) -> dict[str, float]:
+    """Validation loss and plain metrics (RUL RMSE on known targets, mode BCE, Brier)."""
+    model.eval()
+    device = next(model.parameters()).device
+    cap = model.cfg.rul_cap
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ws), 1024):
+            idx = np.arange(start, min(start + 1024, len(ws)))
+            batch = _tensors(ws, idx, cap, device)
+            batch.pop("teacher_rul", None)
+            batch.pop("teacher_probs", None)
+            total += float(losses(model(batch["x"]), batch, cfg, nll=False)) * len(idx)
+            n += len(idx)
+    pred = predict(model, ws.x)
+    known = np.isfinite(ws.rul)
+    rmse = float(np.sqrt(np.mean((pred["rul"][known] - ws.rul[known]) ** 2))) if known.any() else math.nan
+    lab = np.isfinite(ws.labels)
+    brier = float(np.mean((pred["probs"][lab] - ws.labels[lab]) ** 2)) if lab.any() else math.nan
+    return {"val_loss": total / max(n, 1), "val_rmse": rmse, "val_brier": brier}
+
+
+def fit(
+    model: DGA,
+    train: WindowSet,
+    val: WindowSet,
+    cfg: TrainConfig,
+    checkpoint: Path | None = None,
+    meta: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train ``model`` with early stopping; returns the best model (on CPU) and its metrics."""
+    if len(train) == 0 or len(val) == 0:
+        raise TrainingError(f"empty split: {len(train)} training and {len(val)} validation windows")
+    if train.window > model.cfg.window or train.n_features != model.cfg.n_features:
+        raise TrainingError(
+            f"windows are {train.window}×{train.n_features}, model expects "
+            f"≤{model.cfg.window}×{model.cfg.n_features}"
+        )
+    rank, world, local_rank = dist_env()
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, cfg.threads))
+    torch.manual_seed(cfg.seed)
+    started_pg = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        started_pg = True
+    model.to(device)
+    net: torch.nn.Module = model
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    amp = autocast_dtype(device)
+    scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train) / world / cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1
+    )
+    _logger.info(
+        "training %d params on %d windows (val %d), device %s, autocast %s, world %d",
+        model.n_params(),
+        len(train),
+        len(val),
+        device,
+        amp,
+        world,
+    )
+    rng = np.random.default_rng(cfg.seed)
+    best = math.inf
+    best_state = copy.deepcopy(model.state_dict())
+    best_metrics: dict[str, float] = {}
+    history: list[dict[str, float]] = []
+    bad_epochs = 0
+    t0 = time.monotonic()
+    bar = tqdm(range(cfg.epochs), desc="train", disable=not cfg.progress or rank != 0, leave=False)
+    for epoch in bar:
+        net.train()
+        perm = rng.permutation(len(train))  # the same on every rank (same seed): shards are disjoint
+        shard = perm[rank::world]
+        running, count = 0.0, 0
+        for s in range(steps_per_epoch):
+            idx = shard[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            if len(idx) == 0:
+                idx = shard[: cfg.batch_size]  # keep every rank stepping the same number of times
+            batch = _tensors(train, idx, model.cfg.rul_cap, device)
+            ctx = torch.autocast("cuda", dtype=amp) if amp is not None else nullcontext()
+            with ctx:
+                out = net(batch["x"])
+            loss = losses(out, batch, cfg)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+            sched.step()
+            running += float(loss.detach()) * len(idx)
+            count += len(idx)
+        metrics = evaluate(model, val, cfg)
+        metrics.update(epoch=float(epoch), train_loss=running / max(count, 1))
+        history.append(metrics)
+        bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", val_rmse=f"{metrics['val_rmse']:.2f}")
+        if metrics["val_loss"] < best - cfg.min_delta:
+            best, bad_epochs = metrics["val_loss"], 0
+            best_state = copy.deepcopy(model.state_dict())
+            best_metrics = dict(metrics)
+        else:
+            bad_epochs += 1
+        if bad_epochs >= cfg.patience:
+            _logger.info("early stop after epoch %d (best val_loss %.5f)", epoch, best)
+            break
+        if cfg.max_minutes and time.monotonic() - t0 > 60 * cfg.max_minutes:
+            _logger.info("wall-clock limit after epoch %d", epoch)
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.cpu().eval()
+    best_metrics["train_seconds"] = time.monotonic() - t0
+    best_metrics["epochs_run"] = float(len(history))
+    path = None
+    if checkpoint is not None and rank == 0:
+        doc = dict(meta or {})
+        doc.setdefault("metrics", {}).update(best_metrics)
+        doc["train_config"] = asdict(cfg)
+        path = save_checkpoint(checkpoint, model, doc)
+    if world > 1:
+        dist.barrier()
+    if started_pg:
+        dist.destroy_process_group()
+    return FitResult(model=model, metrics=best_metrics, history=history, checkpoint=path)
