@@ -23,6 +23,7 @@ from shared.equipment import NAMESPACE_URI, TOOL_TYPES
 from shared.errors import ConfigError
 from shared.topics import check_segment
 
+Envelope = dict[str, dict[str, tuple[float, float]]]
 SECURITY_POLICIES = ("None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss")
 
 
@@ -37,22 +38,22 @@ class OpcUaConfig(StrictModel):
     username: str | None = None
     password: str | None = None
     mode: Literal["subscribe", "poll"] = "subscribe"  # poll is also the fallback when subscribing fails
-    publishing_interval_ms: float = Field(1000.0, gt=0)
-    sampling_interval_ms: float = Field(1000.0, ge=0)
-    queue_size: int = Field(10, ge=1, le=10000)  # per monitored item: keeps every sample of a burst
-    deadband_abs: float = Field(0.0, ge=0)  # absolute deadband on numeric tags; 0 = every change
+    publishing_interval_ms: float = Field(default=1000.0, gt=0)
+    sampling_interval_ms: float = Field(default=1000.0, ge=0)
+    queue_size: int = Field(default=10, ge=1, le=10000)  # per monitored item: keeps every sample of a burst
+    deadband_abs: float = Field(default=0.0, ge=0)  # absolute deadband on numeric tags; 0 = every change
     # Large subscriptions lost their connection under load (FACTS.md): split into several, and
     # create the monitored items in chunks.
-    max_items_per_subscription: int = Field(1000, ge=1, le=50000)
-    create_chunk: int = Field(500, ge=1, le=10000)
-    poll_interval_s: float = Field(1.0, gt=0)
-    read_chunk: int = Field(1000, ge=1, le=20000)
-    request_timeout_s: float = Field(10.0, gt=0)
+    max_items_per_subscription: int = Field(default=1000, ge=1, le=50000)
+    create_chunk: int = Field(default=500, ge=1, le=10000)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    read_chunk: int = Field(default=1000, ge=1, le=20000)
+    request_timeout_s: float = Field(default=10.0, gt=0)
     # asyncua's default 1 s watchdog disconnects during slow large reads (FACTS.md).
-    watchdog_interval_s: float = Field(10.0, gt=0)
-    silence_timeout_s: float = Field(30.0, gt=0)  # no data for this long while connected → reconnect
-    backoff_initial_s: float = Field(0.5, gt=0)
-    backoff_max_s: float = Field(30.0, gt=0)
+    watchdog_interval_s: float = Field(default=10.0, gt=0)
+    silence_timeout_s: float = Field(default=30.0, gt=0)  # no data for this long while connected → reconnect
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
     subscribe_events: bool = True  # alarms as OPC UA events from the Server object
 
     @model_validator(mode="after")
@@ -93,7 +94,7 @@ class ToolConfig(StrictModel):
 
 class MqttConfig(StrictModel):
     host: str = "127.0.0.1"
-    port: int = Field(1883, ge=1, le=65535)
+    port: int = Field(default=1883, ge=1, le=65535)
     tls: bool = False
     ca_file: Path | None = None
     cert_file: Path | None = None  # client certificate login
@@ -101,12 +102,12 @@ class MqttConfig(StrictModel):
     username: str | None = None
     password: str | None = None
     client_id: str | None = None  # default: fabpm-edge-<edge_id>
-    keepalive_s: int = Field(30, ge=5, le=3600)
-    connect_timeout_s: float = Field(10.0, gt=0)
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
-    max_inflight: int = Field(100, ge=1, le=65535)  # unacknowledged QoS 1 messages handed to paho
-    publish_batch: int = Field(200, ge=1, le=10000)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    max_inflight: int = Field(default=100, ge=1, le=65535)  # unacknowledged QoS 1 messages handed to paho
+    publish_batch: int = Field(default=200, ge=1, le=10000)
 
     @model_validator(mode="after")
     def _pairs(self) -> MqttConfig:
@@ -119,7 +120,7 @@ class MqttConfig(StrictModel):
 
 class OutboxConfig(StrictModel):
     path: Path = Path("outbox.sqlite")
-    quota_mb: float = Field(256.0, gt=0)
+    quota_mb: float = Field(default=256.0, gt=0)
     # NORMAL in WAL mode survives kill -9 (the WAL is in the OS); FULL also survives power loss.
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
 
@@ -129,38 +130,42 @@ class ModelsConfig(StrictModel):
     tuning: Path | None = None
     public_key: Path | None = None  # Ed25519 PEM; without it nothing is loaded or accepted
     store_dir: Path = Path("models")  # accepted updates and the previous model for rollback
-    intra_op_threads: int = Field(1, ge=1, le=64)
-    max_artifact_mb: float = Field(64.0, gt=0)
-    download_timeout_s: float = Field(30.0, gt=0)
-    check_windows: int = Field(32, ge=1, le=4096)  # recent windows an update is checked on
+    intra_op_threads: int = Field(default=1, ge=1, le=64)
+    max_artifact_mb: float = Field(default=64.0, gt=0)
+    download_timeout_s: float = Field(default=30.0, gt=0)
+    check_windows: int = Field(default=32, ge=1, le=4096)  # recent windows an update is checked on
     # Mean absolute difference of failure probabilities allowed between the new and running model.
-    max_disagreement: float = Field(0.5, gt=0, le=1)
+    max_disagreement: float = Field(default=0.5, gt=0, le=1)
 
 
 class DecisionsConfig(StrictModel):
     thresholds: dict[str, float] = Field(default_factory=dict)  # overrides of the manifest's
-    infer_every_steps: int = Field(1, ge=1)
-    max_stale_steps: float = Field(3.0, gt=0)  # older samples count as missing
-    hardcase_per_hour: float = Field(60.0, ge=0)  # upload budget: token bucket rate
-    hardcase_burst: int = Field(10, ge=0)
-    pending_cases_max: int = Field(10000, ge=1)
-    verdict_ttl_s: float = Field(7 * 86400.0, gt=0)
+    infer_every_steps: int = Field(default=1, ge=1)
+    max_stale_steps: float = Field(default=3.0, gt=0)  # older samples count as missing
+    hardcase_per_hour: float = Field(default=60.0, ge=0)  # upload budget: token bucket rate
+    hardcase_burst: int = Field(default=10, ge=0)
+    pending_cases_max: int = Field(default=10000, ge=1)
+    verdict_ttl_s: float = Field(default=7 * 86400.0, gt=0)
 
 
 class TuningConfig(StrictModel):
     mode: Literal["off", "advise", "auto"] = "off"
-    interval_s: float = Field(3600.0, gt=0)
-    envelope: dict[str, dict[str, tuple[float, float]]] = Field(default_factory=dict)  # type -> sp -> (lo, hi)
+    interval_s: float = Field(default=3600.0, gt=0)
+    envelope: dict[str, dict[str, tuple[float, float]]] = Field(
+        default_factory=dict
+    )  # type -> sp -> (lo, hi)
     max_step: dict[str, dict[str, float]] = Field(default_factory=dict)  # type -> sp -> largest change
-    min_interval_s: float = Field(600.0, ge=0)  # between writes to one tag
-    max_writes_per_hour: int = Field(6, ge=0)  # per tool
-    readback_tolerance: float = Field(1e-3, ge=0)  # relative
+    min_interval_s: float = Field(default=600.0, ge=0)  # between writes to one tag
+    max_writes_per_hour: int = Field(default=6, ge=0)  # per tool
+    readback_tolerance: float = Field(default=1e-3, ge=0)  # relative
     weights: dict[str, float] = Field(default_factory=lambda: {"yield": 1.0, "energy": 0.1})
-    approval_timeout_s: float = Field(86400.0, gt=0)
+    approval_timeout_s: float = Field(default=86400.0, gt=0)
 
     @field_validator("envelope")
     @classmethod
-    def _ordered(cls, value: dict[str, dict[str, tuple[float, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
+    def _ordered(
+        cls, value: dict[str, dict[str, tuple[float, float]]]
+    ) -> dict[str, dict[str, tuple[float, float]]]:
         for ttype, table in value.items():
             if ttype not in TOOL_TYPES:
                 raise ValueError(f"unknown tool type {ttype!r}")
@@ -173,30 +178,30 @@ class TuningConfig(StrictModel):
 
 
 class ScheduleConfig(StrictModel):
-    health_s: float = Field(30.0, gt=0)
-    telemetry_s: float = Field(60.0, gt=0)
-    housekeeping_s: float = Field(300.0, gt=0)
-    model_check_s: float = Field(600.0, gt=0)
+    health_s: float = Field(default=30.0, gt=0)
+    telemetry_s: float = Field(default=60.0, gt=0)
+    housekeeping_s: float = Field(default=300.0, gt=0)
+    model_check_s: float = Field(default=600.0, gt=0)
 
 
 class MetricsConfig(StrictModel):
     host: str = "127.0.0.1"
-    port: int = Field(9108, ge=0, le=65535)  # 0 = no HTTP endpoint
+    port: int = Field(default=9108, ge=0, le=65535)  # 0 = no HTTP endpoint
 
 
 class EdgeConfig(StrictModel):
     site: str = "site1"
     edge_id: str = "edge1"
     state_dir: Path = Path("edge-state")
-    opcua: OpcUaConfig = Field(default_factory=OpcUaConfig)
+    opcua: OpcUaConfig = OpcUaConfig()
     tools: list[ToolConfig] = Field(default_factory=list)
-    mqtt: MqttConfig = Field(default_factory=MqttConfig)
-    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
-    models: ModelsConfig = Field(default_factory=ModelsConfig)
-    decisions: DecisionsConfig = Field(default_factory=DecisionsConfig)
-    tuning: TuningConfig = Field(default_factory=TuningConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    mqtt: MqttConfig = MqttConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    models: ModelsConfig = ModelsConfig()
+    decisions: DecisionsConfig = DecisionsConfig()
+    tuning: TuningConfig = TuningConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("site", "edge_id")
     @classmethod

@@ -33,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
+from edge.decisions import message
 from edge.errors import PublishError
 from edge.outbox import Outbox
 from shared.messages import Status
@@ -102,7 +103,7 @@ class MqttRelay:
                 )
             except (OSError, ssl.SSLError, ValueError) as exc:
                 raise PublishError(f"mqtt TLS set-up failed: {exc}") from exc
-        will = Status(edge_id=self.edge_id, site=self.site, state="offline")
+        will = message(Status, edge_id=self.edge_id, site=self.site, state="offline")
         client.will_set(self._status_topic, will.to_bytes(), qos=1, retain=True)
         client.max_inflight_messages_set(cfg.max_inflight)
         # paho queues the messages above the in-flight window itself; bound it too.
@@ -128,7 +129,7 @@ class MqttRelay:
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Say offline (retained), give in-flight messages ``timeout_s`` to be acknowledged, disconnect."""
         if self._connected.is_set():
-            offline = Status(edge_id=self.edge_id, site=self.site, state="offline")
+            offline = message(Status, edge_id=self.edge_id, site=self.site, state="offline")
             info = self.client.publish(self._status_topic, offline.to_bytes(), qos=1, retain=True)
             deadline = asyncio.get_running_loop().time() + timeout_s
             while not info.is_published() and asyncio.get_running_loop().time() < deadline:
@@ -144,7 +145,9 @@ class MqttRelay:
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            _logger.warning("mqtt broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason)
+            _logger.warning(
+                "mqtt broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason
+            )
             return
         self.connects += 1
         _logger.info("mqtt connected to %s:%d", self.cfg.host, self.cfg.port)
@@ -157,7 +160,9 @@ class MqttRelay:
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if self._connected.is_set():
-            _logger.warning("mqtt link to %s:%d lost (%s); paho reconnects", self.cfg.host, self.cfg.port, reason)
+            _logger.warning(
+                "mqtt link to %s:%d lost (%s); paho reconnects", self.cfg.host, self.cfg.port, reason
+            )
         self._connected.clear()
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
@@ -235,7 +240,9 @@ class MqttRelay:
                 self.rejected += 1
                 if reason not in self._rejected_reasons:
                     self._rejected_reasons.add(reason)
-                    _logger.error("broker refused a message with reason 0x%02x; setting such messages aside", reason)
+                    _logger.error(
+                        "broker refused a message with reason 0x%02x; setting such messages aside", reason
+                    )
                 done.append(row_id)
         if done:
             self.outbox.ack(done)

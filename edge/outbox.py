@@ -133,7 +133,8 @@ class Outbox:
                     self._db.execute("COMMIT")
                     self.refused += 1
                     raise OutboxError(
-                        f"outbox is full ({self._bytes} bytes, quota {self.quota_bytes}): {kind.value} refused"
+                        f"outbox is full ({self._bytes} bytes, quota {self.quota_bytes}): "
+                        f"{kind.value} refused"
                     )
                 cur = self._db.execute(
                     "INSERT INTO outbox (priority, kind, topic, payload, qos, retain, created, size) "
@@ -191,7 +192,9 @@ class Outbox:
                 sizes = 0
                 removed = 0
                 for row_id in ids:
-                    got = self._db.execute("DELETE FROM outbox WHERE id = ? RETURNING size", (row_id,)).fetchone()
+                    got = self._db.execute(
+                        "DELETE FROM outbox WHERE id = ? RETURNING size", (row_id,)
+                    ).fetchone()
                     if got is not None:
                         sizes += int(got[0])
                         removed += 1
@@ -204,7 +207,9 @@ class Outbox:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            by_prio = dict(self._db.execute("SELECT priority, COUNT(*) FROM outbox GROUP BY priority").fetchall())
+            by_prio = dict(
+                self._db.execute("SELECT priority, COUNT(*) FROM outbox GROUP BY priority").fetchall()
+            )
         return {
             "messages": self._count,
             "bytes": self._bytes,

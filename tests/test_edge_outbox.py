@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from test_edge_support import Collector
 
 from edge.config import MqttConfig
 from edge.errors import OutboxError
@@ -28,14 +23,35 @@ SITE, EDGE = "s1", "e1"
 
 def _msg(kind: Kind, i: int) -> bytes:
     if kind is Kind.ALERT:
-        m = Alert(edge_id=EDGE, site=SITE, tool_id="t1", mode="m", probability=0.9, model_version="1",
-                  episode_start_ts=float(i), msg_id=f"{kind.value}-{i}")
+        m = Alert(
+            edge_id=EDGE,
+            site=SITE,
+            tool_id="t1",
+            mode="m",
+            probability=0.9,
+            model_version="1",
+            episode_start_ts=float(i),
+            msg_id=f"{kind.value}-{i}",
+        )
     elif kind is Kind.EVENT:
-        m = Event(edge_id=EDGE, site=SITE, tool_id="t1", event="state", state="productive", source_ts=float(i),
-                  msg_id=f"{kind.value}-{i}")
+        m = Event(
+            edge_id=EDGE,
+            site=SITE,
+            tool_id="t1",
+            event="state",
+            state="productive",
+            source_ts=float(i),
+            msg_id=f"{kind.value}-{i}",
+        )
     else:
-        m = Telemetry(edge_id=EDGE, site=SITE, tool_id="t1", period_s=1.0, summary={"x": {"mean": float(i)}},
-                      msg_id=f"{kind.value}-{i}")
+        m = Telemetry(
+            edge_id=EDGE,
+            site=SITE,
+            tool_id="t1",
+            period_s=1.0,
+            summary={"x": {"mean": float(i)}},
+            msg_id=f"{kind.value}-{i}",
+        )
     return m.to_bytes()
 
 
@@ -60,9 +76,9 @@ def test_rows_leave_in_priority_then_arrival_order(tmp_path: Path):
 
 def test_quota_drops_telemetry_first_then_hard_cases_never_alerts(tmp_path: Path):
     box = Outbox(tmp_path / "o.sqlite", quota_bytes=1000)
-    for i in range(5):
+    for _ in range(5):
         assert box.put(Kind.TELEMETRY, "t", b"x" * 100, 0) is not None
-    for i in range(4):
+    for _ in range(4):
         assert box.put(Kind.HARDCASE, "h", b"y" * 100, 1) is not None
     # 900 bytes used; an alert of 300 needs 200 more: the two oldest telemetry rows go.
     assert box.put(Kind.ALERT, "a", b"z" * 300, 1) is not None
@@ -130,34 +146,6 @@ def test_outbox_is_intact_after_kill_9(tmp_path: Path):
     assert all(len(r.payload) == len(r.payload.split(b":")[0]) + 501 for r in rows)
 
 
-class Collector:
-    """A test subscriber with a persistent session: the broker keeps its messages over outages."""
-
-    def __init__(self, port: int) -> None:
-        self.got: list[tuple[str, dict]] = []
-        self.lock = threading.Lock()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="collector", protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(f"fabpm/v1/{SITE}/{EDGE}/#", qos=1)
-        self.client.reconnect_delay_set(1, 1)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
-        self.client.loop_start()
-
-    def _on_message(self, client, userdata, msg) -> None:
-        with self.lock:
-            self.got.append((msg.topic.rsplit("/", 1)[1], json.loads(msg.payload)))
-
-    def of(self, kind: str) -> list[dict]:
-        with self.lock:
-            return [m for k, m in self.got if k == kind]
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 async def _until(pred, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,7 +156,7 @@ async def _until(pred, timeout: float) -> bool:
 
 
 async def test_broker_outage_every_message_arrives_once_in_priority_order(tmp_path: Path, mosquitto):
-    collector = Collector(mosquitto.port)
+    collector = Collector(mosquitto.port, SITE, EDGE)
     box = Outbox(tmp_path / "o.sqlite", quota_bytes=10_000_000)
     cfg = MqttConfig(port=mosquitto.port, reconnect_min_s=0.5, reconnect_max_s=1.0)
     relay = MqttRelay(cfg, SITE, EDGE, box)

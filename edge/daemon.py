@@ -1,0 +1,438 @@
+"""The edge daemon: the parts wired together and supervised under one ``asyncio.TaskGroup``.
+
+::
+
+    tag source ──values──▶ Pipeline (windows, model, decisions) ──▶ Outbox ──▶ MqttRelay ──▶ broker
+        ▲                                                                          │
+        └── guarded writes ◀── Tuner ◀── approvals     Updater ◀── announcements ◀─┘── verdicts
+
+Long-running loops (source, relay, inference) run under :func:`supervise`: an exception is
+logged with its traceback and the loop restarts after a back-off that doubles to a cap and resets
+after a healthy minute. Periodic jobs (health, telemetry, housekeeping, model checks, tuning) run
+on APScheduler 3's asyncio scheduler. Shutdown is one cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from edge.config import EdgeConfig
+from edge.decisions import Decider, message
+from edge.errors import EdgeError, ModelError, OutboxError
+from edge.inference import RiskModel, TuningModel, load_verified
+from edge.metrics import EdgeMetrics, serve
+from edge.mqtt import MqttRelay
+from edge.outbox import Outbox
+from edge.pipeline import Pipeline
+from edge.source import AsyncuaSource, TagSource, tag_table
+from edge.tuning import Tuner
+from edge.updates import ModelStore, Updater
+from edge.windows import ReadyWindow, features
+from shared.errors import FabpmError, SchemaError
+from shared.messages import (
+    HardCase,
+    Message,
+    ModelAnnouncement,
+    Status,
+    Telemetry,
+    Tuning,
+    Verdict,
+    parse_payload,
+)
+from shared.signing import load_public_key
+from shared.topics import QOS, RETAINED, Kind, topic
+
+_logger = logging.getLogger(__name__)
+Model = RiskModel | TuningModel
+
+
+async def supervise(name: str, factory: Callable[[], Awaitable[None]], cap_s: float = 30.0) -> None:
+    """Run ``factory()`` forever: log a crash with its traceback, back off (doubling to ``cap_s``)."""
+    delay = 0.5
+    while True:
+        started = time.monotonic()
+        try:
+            await factory()
+            _logger.warning("%s loop returned; restarting", name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _logger.exception("%s loop crashed; restarting in %.1f s", name, delay)
+        if time.monotonic() - started > 60.0:
+            delay = 0.5
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, cap_s)
+
+
+class EdgeDaemon:
+    """One edge: see the module docstring. ``source`` may be injected (tests, benchmarks)."""
+
+    def __init__(self, cfg: EdgeConfig, source: TagSource | None = None) -> None:
+        self.cfg = cfg
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = EdgeMetrics()
+        self.outbox = Outbox(
+            cfg.resolve(cfg.outbox.path), int(cfg.outbox.quota_mb * 1024 * 1024), cfg.outbox.synchronous
+        )
+        self.tags = tag_table(cfg.tools)
+        self.source: TagSource = AsyncuaSource(cfg.opcua, self.tags) if source is None else source
+        self.relay = MqttRelay(cfg.mqtt, cfg.site, cfg.edge_id, self.outbox, on_message=self._on_command)
+        self.decider = Decider(cfg.decisions, cfg.site, cfg.edge_id)
+        self.pipeline = Pipeline(
+            self.tags,
+            {t.id: t.type for t in cfg.tools},
+            self.decider,
+            self.emit,
+            self.metrics,
+            cfg.decisions.max_stale_steps,
+            cfg.decisions.infer_every_steps,
+            recent=max(64, cfg.models.check_windows),
+        )
+        self.models: dict[str, Model] = {}
+        self.store = ModelStore(cfg.resolve(cfg.models.store_dir))
+        self.key = load_public_key(cfg.resolve(cfg.models.public_key)) if cfg.models.public_key else None
+        self.updater: Updater | None = None
+        if self.key is not None:
+            self.updater = Updater(
+                cfg.models,
+                self.store,
+                self.key,
+                cfg.edge_id,
+                self.models.get,
+                self._swap,
+                lambda: list(self.pipeline.recent),
+                self._features_for,
+            )
+        self.tuner = Tuner(
+            cfg.tuning,
+            cfg.site,
+            cfg.edge_id,
+            self._write_setpoint,
+            self._range_of,
+            self.emit,
+            cfg.resolve(Path("tuning.jsonl")),
+        )
+        self.verdicts: dict[str, int] = {"matched": 0, "unmatched": 0}
+        self.dead_letters = 0
+        self._dead_reasons: set[str] = set()
+        self._infer_wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.started = time.time()
+
+    # -- models -------------------------------------------------------------------------------
+
+    def load_models(self) -> None:
+        """The stored current model of each role if any, else the configured file."""
+        if self.key is None:
+            _logger.warning("no models.public_key: no model is loaded and updates are refused")
+            return
+        threads = self.cfg.models.intra_op_threads
+        for role, configured in (
+            ("edge-risk", self.cfg.models.risk),
+            ("edge-tuning", self.cfg.models.tuning),
+        ):
+            pointer = self.store.pointer(role)
+            model: Model | None = None
+            if pointer.get("version"):
+                try:
+                    model = self.store.load(role, str(pointer["version"]), self.key, threads)
+                except (FabpmError, OSError) as exc:
+                    _logger.error(
+                        "stored %s model %s does not load (%s); using the configured one",
+                        role,
+                        pointer["version"],
+                        exc,
+                    )
+            if model is None and configured is not None:
+                try:
+                    model = load_verified(self.cfg.resolve(configured), self.key, threads)
+                except (FabpmError, OSError) as exc:
+                    raise ModelError(f"models.{role.split('-')[1]}: {exc}") from exc
+            if model is not None:
+                self._swap(role, model)
+
+    def _swap(self, role: str, model: Model) -> None:
+        self.models[role] = model
+        if isinstance(model, RiskModel):
+            self.pipeline.set_model(model)
+        self.publish_status()
+
+    def _features_for(self, win: ReadyWindow, model: RiskModel) -> Any:
+        spec = model.spec
+        if win.values.shape[0] != spec.window or win.tool_type not in spec.tool_types:
+            return None
+        return features(win, spec)
+
+    # -- outgoing -----------------------------------------------------------------------------
+
+    def emit(self, msg: Message) -> None:
+        """Queue one message in the outbox (the relay publishes it)."""
+        kind = msg.KIND
+        try:
+            self.outbox.put(
+                kind,
+                topic(self.cfg.site, self.cfg.edge_id, kind),
+                msg.to_bytes(),
+                QOS[kind],
+                retain=kind in RETAINED,
+            )
+        except OutboxError as exc:
+            _logger.error("%s", exc)
+            return
+        if isinstance(msg, HardCase):
+            self.outbox.remember_case(
+                msg.case_id, msg.tool_id, msg.edge_prediction, self.cfg.decisions.pending_cases_max
+            )
+        self.relay.wake()
+
+    def health(self) -> dict[str, Any]:
+        risk = self.models.get("edge-risk")
+        return {
+            "healthy": self.source.connected and self.relay.connected and risk is not None,
+            "opcua": self.source.connected,
+            "mqtt": self.relay.connected,
+            "uptime_s": round(time.time() - self.started, 1),
+            "values": self.pipeline.values,
+            "bad_values": self.pipeline.bad,
+            "outbox": self.outbox.stats(),
+            "waiting_cases": self.outbox.waiting_cases(),
+            "verdicts": dict(self.verdicts),
+            "decisions": dict(self.decider.counts),
+            "dead_letters": self.dead_letters,
+            "tuning": {
+                "mode": self.cfg.tuning.mode,
+                "applied": self.tuner.applied,
+                "refused": self.tuner.refused,
+            },
+        }
+
+    def publish_status(self) -> None:
+        status = message(
+            Status,
+            edge_id=self.cfg.edge_id,
+            site=self.cfg.site,
+            state="online",
+            models={role: m.version for role, m in self.models.items()},
+            health={k: v for k, v in self.health().items() if k != "outbox"},
+            last_update=self.updater.last if self.updater is not None else {},
+        )
+        self.relay.publish_status(status)
+
+    # -- incoming -----------------------------------------------------------------------------
+
+    def _on_command(self, kind: Kind, payload: bytes) -> None:
+        try:
+            msg = parse_payload(payload, kind)
+        except SchemaError as exc:
+            self.dead_letters += 1
+            self.metrics.dead_letters.inc()
+            reason = str(exc)[:80]
+            if reason not in self._dead_reasons:
+                self._dead_reasons.add(reason)
+                _logger.warning("incoming %s payload set aside: %s", kind.value, exc)
+            return
+        if isinstance(msg, Verdict):
+            self._on_verdict(msg)
+        elif isinstance(msg, ModelAnnouncement):
+            self._spawn(self._on_announcement(msg))
+        elif isinstance(msg, Tuning) and msg.action in ("approval", "rejection"):
+            self._spawn(self.tuner.on_command(msg, self._ttype, self._current_setpoint))
+
+    def _on_verdict(self, msg: Verdict) -> None:
+        case = self.outbox.take_case(msg.case_id)
+        if case is None:
+            self.verdicts["unmatched"] += 1
+            self.metrics.verdicts.labels("no").inc()
+            _logger.info("verdict for unknown or expired case %s", msg.case_id)
+            return
+        tool, _created, prediction = case
+        self.verdicts["matched"] += 1
+        self.metrics.verdicts.labels("yes").inc()
+        edge_probs = prediction.get("probs", {})
+        gap = max((abs(float(edge_probs.get(m, 0.0)) - p) for m, p in msg.probs.items()), default=0.0)
+        _logger.info(
+            "verdict for %s case %s: model %s, largest |Δp| vs edge %.2f",
+            tool,
+            msg.case_id,
+            msg.model_version,
+            gap,
+        )
+
+    async def _on_announcement(self, msg: ModelAnnouncement) -> None:
+        if self.updater is None:
+            _logger.warning("model announcement ignored: no public key configured")
+            return
+        outcome = await self.updater.handle(msg)
+        if outcome is not None:
+            self.metrics.updates.labels(outcome["outcome"]).inc()
+            self.publish_status()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- tuning hooks -------------------------------------------------------------------------
+
+    def _ttype(self, tool: str) -> str:
+        return self.pipeline.tools[tool].tool_type
+
+    def _current_setpoint(self, tool: str, name: str) -> float:
+        return self.pipeline.tools[tool].setpoints.get(name, float("nan"))
+
+    def _index(self, tool: str, name: str) -> int:
+        for i, ref in enumerate(self.tags):
+            if ref.tool_id == tool and ref.group == "setpoint" and ref.name == name:
+                return i
+        raise EdgeError(f"{tool} has no configured setpoint tag {name}")
+
+    async def _write_setpoint(self, tool: str, name: str, value: float) -> float:
+        back = await self.source.write(self._index(tool, name), value)
+        self.pipeline.tools[tool].setpoints[name] = back
+        return back
+
+    async def _range_of(self, tool: str, name: str) -> tuple[float, float] | None:
+        try:
+            return await self.source.eu_range(self._index(tool, name))
+        except EdgeError:
+            return None
+
+    async def tune_once(self) -> None:
+        """One round of proposals for every tool the tuning model covers."""
+        model = self.models.get("edge-tuning")
+        if self.cfg.tuning.mode == "off" or not isinstance(model, TuningModel):
+            return
+        for tool, info in self.pipeline.tools.items():
+            context = {**info.counters, **self._sensor_means(tool)}
+            if any(n not in info.setpoints for n in model.setpoints) or any(
+                n not in context for n in model.context
+            ):
+                continue
+            msg = self.tuner.propose(model, tool, info.tool_type, info.setpoints, context)
+            if msg is not None and self.cfg.tuning.mode == "auto":
+                await self.tuner.apply(tool, info.tool_type, msg.setpoints, info.setpoints, msg.proposal_id)
+
+    def _sensor_means(self, tool: str) -> dict[str, float]:
+        return {
+            k: v["mean"] for k, v in self.pipeline.summary(tool, 1_000_000).items() if v["mean"] is not None
+        }
+
+    # -- periodic jobs ------------------------------------------------------------------------
+
+    def telemetry_once(self) -> None:
+        rows = 1
+        model = self.models.get("edge-risk")
+        if isinstance(model, RiskModel):
+            rows = max(1, int(self.cfg.schedule.telemetry_s / model.spec.step_s))
+        for tool, info in self.pipeline.tools.items():
+            summary = self.pipeline.summary(tool, rows)
+            if summary:
+                risk = {"max": info.risk} if info.risk == info.risk else {}
+                self.emit(
+                    message(
+                        Telemetry,
+                        edge_id=self.cfg.edge_id,
+                        site=self.cfg.site,
+                        tool_id=tool,
+                        period_s=self.cfg.schedule.telemetry_s,
+                        summary=summary,
+                        risk=risk,
+                    )
+                )
+
+    def housekeeping_once(self) -> None:
+        expired = self.outbox.expire_cases(self.cfg.decisions.verdict_ttl_s)
+        if expired:
+            _logger.info(
+                "%d hard cases got no verdict within %.0f s", expired, self.cfg.decisions.verdict_ttl_s
+            )
+        self.outbox.checkpoint()
+        self.tuner.expire()
+
+    def model_check_once(self) -> None:
+        """Re-verify the running models' files on disk (a corrupted store is found before a restart)."""
+        if self.key is None:
+            return
+        for role, model in self.models.items():
+            pointer = self.store.pointer(role)
+            if pointer.get("version") != model.version:
+                continue
+            try:
+                self.store.load(role, model.version, self.key, 1)
+            except (FabpmError, OSError) as exc:
+                _logger.error("stored %s model %s no longer verifies: %s", role, model.version, exc)
+
+    def refresh_gauges(self) -> None:
+        stats = self.outbox.stats()
+        self.metrics.outbox_messages.set(stats["messages"])
+        self.metrics.outbox_bytes.set(stats["bytes"])
+        self.metrics.outbox_dropped.set(sum(stats["dropped"].values()))
+        self.metrics.opcua_up.set(1 if self.source.connected else 0)
+        self.metrics.mqtt_up.set(1 if self.relay.connected else 0)
+
+    def _scheduler(self) -> AsyncIOScheduler:
+        sch = AsyncIOScheduler()
+        s = self.cfg.schedule
+
+        def health_job() -> None:
+            self.refresh_gauges()
+            self.publish_status()
+
+        opts: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
+        sch.add_job(health_job, "interval", seconds=s.health_s, id="health", **opts)
+        sch.add_job(self.telemetry_once, "interval", seconds=s.telemetry_s, id="telemetry", **opts)
+        sch.add_job(self.housekeeping_once, "interval", seconds=s.housekeeping_s, id="housekeeping", **opts)
+        sch.add_job(self.model_check_once, "interval", seconds=s.model_check_s, id="model_check", **opts)
+        if self.cfg.tuning.mode != "off":
+            sch.add_job(self.tune_once, "interval", seconds=self.cfg.tuning.interval_s, id="tuning", **opts)
+        return sch
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _on_values(self, batch: list[Any]) -> None:
+        self.pipeline.on_values(batch)
+        if self.pipeline._dirty:
+            self._infer_wake.set()
+
+    async def _infer_loop(self) -> None:
+        while True:
+            await self._infer_wake.wait()
+            self._infer_wake.clear()
+            try:
+                self.pipeline.infer_ready()
+            except ModelError as exc:
+                _logger.error("inference failed: %s", exc)
+            await asyncio.sleep(0)
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        self.load_models()
+        self.relay.start()
+        scheduler = self._scheduler()
+        scheduler.start()
+        self.publish_status()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(
+                    supervise("opcua", lambda: self.source.run(self._on_values, self.pipeline.on_event))
+                )
+                tg.create_task(supervise("mqtt", self.relay.run))
+                tg.create_task(supervise("inference", self._infer_loop))
+                if self.cfg.metrics.port:
+                    m = self.cfg.metrics
+                    tg.create_task(
+                        supervise("metrics", lambda: serve(m.host, m.port, self.metrics, self.health))
+                    )
+        finally:
+            scheduler.shutdown(wait=False)
+            for task in list(self._tasks):
+                task.cancel()
+            await self.relay.stop()
+            self.outbox.close()

@@ -1,0 +1,183 @@
+"""From predictions to messages: alerts (``shared.alerting``), hard cases (``shared.uncertainty``).
+
+Per tool, the risk is the highest failure probability among the modes of the tool's type (a CVD
+cannot fail by pad glazing); the alert rule turns that stream into one alert per episode, naming
+the mode with the highest probability. Maintenance or a failure resets the rule.
+
+A window is a hard case when ``hard_case_reasons`` gives a reason (margin, RUL uncertainty,
+novelty). Hard cases cost upload bandwidth and cloud compute, so they pass a token bucket
+(``hardcase_per_hour``, burst ``hardcase_burst``); the ones over the budget are counted, not sent.
+Thresholds come from the model's manifest, overridden key by key by ``decisions.thresholds``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from edge.config import DecisionsConfig
+from shared.alerting import AlertRule, AlertState
+from shared.equipment import tool_type
+from shared.messages import Alert, HardCase, Message, encode_array
+from shared.uncertainty import hard_case_reasons
+
+Clock = Callable[[], float]
+M = TypeVar("M", bound=Message)
+
+
+def message(cls: type[M], **fields: Any) -> M:
+    """Build a payload model; ``schema`` is filled in from the class."""
+    return cls.model_validate({"schema": cls.SCHEMA, **fields})
+
+
+class TokenBucket:
+    """``rate_per_s`` tokens per second up to ``burst``; :meth:`take` spends one if there is one."""
+
+    def __init__(self, rate_per_s: float, burst: int, clock: Clock = time.monotonic) -> None:
+        self.rate = rate_per_s
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.clock = clock
+        self._last = clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class ToolDecision:
+    """What one window of one tool led to."""
+
+    risk: float
+    mode: str
+    alert: Alert | None = None
+    hard_case: HardCase | None = None
+    reasons: list[str] = field(default_factory=list)
+
+
+def rule_from(thresholds: Mapping[str, float]) -> AlertRule:
+    return AlertRule(
+        threshold=float(thresholds.get("alert_probability", 0.5)),
+        persistence=int(thresholds.get("alert_persistence_steps", 3)),
+        clear_threshold=float(thresholds.get("alert_clear_probability", 0.3)),
+    )
+
+
+class Decider:
+    """Alert state and hard-case budget for every tool of one edge."""
+
+    def __init__(self, cfg: DecisionsConfig, site: str, edge_id: str, clock: Clock = time.monotonic) -> None:
+        self.cfg = cfg
+        self.site = site
+        self.edge_id = edge_id
+        self.bucket = TokenBucket(cfg.hardcase_per_hour / 3600.0, cfg.hardcase_burst, clock)
+        self.states: dict[str, AlertState] = {}
+        self.counts: Counter[str] = Counter()
+        self._thresholds: dict[str, float] = {}
+        self._rule = rule_from({})
+        self._mode_index: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+
+    def set_thresholds(self, manifest_thresholds: Mapping[str, float]) -> None:
+        """Use a (new) model's thresholds, with the config's overrides on top."""
+        merged = {**manifest_thresholds, **self.cfg.thresholds}
+        self._thresholds = merged
+        self._rule = rule_from(merged)
+
+    def reset(self, tool_id: str) -> None:
+        """After maintenance or a failure: the episode is over, the rule re-arms."""
+        self.states[tool_id] = AlertRule.reset()
+
+    def _modes_of(self, ttype: str, modes: list[str]) -> np.ndarray:
+        key = (ttype, tuple(modes))
+        idx = self._mode_index.get(key)
+        if idx is None:
+            own = set(tool_type(ttype).mode_names)
+            idx = np.array([i for i, m in enumerate(modes) if m in own], dtype=np.int64)
+            if idx.size == 0:  # a model trained on other modes: consider them all
+                idx = np.arange(len(modes))
+            self._mode_index[key] = idx
+        return idx
+
+    def decide(
+        self,
+        tool_id: str,
+        ttype: str,
+        window_ts: float,
+        feats: np.ndarray,
+        feature_names: list[str],
+        modes: list[str],
+        probs: np.ndarray,
+        rul: float,
+        rul_std: float,
+        novelty: float,
+        model_version: str,
+    ) -> ToolDecision:
+        """One window's decision. ``probs`` is (M,) over the model's ``modes``."""
+        idx = self._modes_of(ttype, modes)
+        own = probs[idx]
+        best = int(idx[int(np.argmax(own))])
+        risk = float(own.max())
+        out = ToolDecision(risk=risk, mode=modes[best])
+        state = self.states.get(tool_id, AlertState())
+        state, decision = self._rule.step(state, risk, window_ts)
+        self.states[tool_id] = state
+        if decision is not None:
+            self.counts["alerts"] += 1
+            out.alert = message(
+                Alert,
+                edge_id=self.edge_id,
+                site=self.site,
+                tool_id=tool_id,
+                mode=modes[best],
+                probability=min(1.0, max(0.0, risk)),
+                rul_h=_finite(rul),
+                rul_std_h=_finite(rul_std),
+                model_version=model_version,
+                episode_start_ts=decision.episode_start_ts,
+            )
+        reasons = hard_case_reasons(own, rul_std, novelty, self._thresholds)
+        out.reasons = reasons
+        if reasons:
+            self.counts["hard"] += 1
+            if self.bucket.take():
+                self.counts["hard_sent"] += 1
+                out.hard_case = message(
+                    HardCase,
+                    edge_id=self.edge_id,
+                    site=self.site,
+                    case_id=uuid.uuid4().hex,
+                    tool_id=tool_id,
+                    tool_type=ttype,
+                    window_ts=window_ts,
+                    features=encode_array(feats),
+                    shape=(int(feats.shape[0]), int(feats.shape[1])),
+                    feature_names=feature_names,
+                    edge_prediction={
+                        "probs": {m: float(p) for m, p in zip(modes, probs, strict=True)},
+                        "rul_h": _finite(rul),
+                        "rul_std_h": _finite(rul_std),
+                        "novelty": _finite(novelty),
+                    },
+                    reasons=reasons,
+                    model_version=model_version,
+                )
+            else:
+                self.counts["hard_over_budget"] += 1
+        return out
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None

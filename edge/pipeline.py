@@ -1,0 +1,306 @@
+"""The hot path: tag values → per-tool windows → batched inference → decisions → outbox.
+
+:class:`Pipeline` is fed by the tag source (``on_values``, ``on_event``) on the event loop, keeps
+the per-tool windows, and runs every ready window through the current risk model in one batch
+(:meth:`Pipeline.infer_ready`). It knows nothing about MQTT: messages go to ``emit``.
+
+Equipment events: a change of the ``State`` tag becomes an ``Event`` (``state``; ``failure`` on
+entering unscheduled down; ``maintenance`` on entering scheduled down), and OPC UA alarms become
+``alarm`` events naming the tool and, when the text names one, the failure mode. A failure or
+maintenance resets the tool's alert rule, and no window is judged while the tool is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.decisions import Decider, message
+from edge.inference import RiskModel
+from edge.metrics import EdgeMetrics
+from edge.source import SourceEvent, TagRef, Value
+from edge.windows import ReadyWindow, ToolWindow, features
+from shared.equipment import ALL_MODES, E10State
+from shared.messages import Event, Message
+
+_logger = logging.getLogger(__name__)
+
+SENSOR, STATE, SETPOINT, COUNTER, OTHER = 0, 1, 2, 3, 4
+# A tool that is down has failed or is being maintained: no risk to predict until it is back.
+DOWN = frozenset({E10State.UNSCHEDULED_DOWN.value, E10State.SCHEDULED_DOWN.value})
+Emit = Callable[[Message], None]
+
+
+@dataclass
+class ToolInfo:
+    tool_id: str
+    tool_type: str
+    setpoints: dict[str, float]
+    counters: dict[str, float]
+    last_mode: str | None = None  # the mode named by the last alarm, for the failure event
+    risk: float = float("nan")
+
+
+class Pipeline:
+    """Routing, windows, inference and decisions for one edge; see the module docstring."""
+
+    def __init__(
+        self,
+        tags: Sequence[TagRef],
+        tool_types: dict[str, str],
+        decider: Decider,
+        emit: Emit,
+        metrics: EdgeMetrics,
+        max_stale_steps: float,
+        infer_every: int,
+        recent: int = 64,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.tags = list(tags)
+        self.decider = decider
+        self.emit = emit
+        self.metrics = metrics
+        self.max_stale_steps = max_stale_steps
+        self.infer_every = infer_every
+        self.clock = clock
+        self.tools = {t: ToolInfo(t, ty, {}, {}) for t, ty in tool_types.items()}
+        self.windows: dict[str, ToolWindow] = {}
+        self.recent: deque[ReadyWindow] = deque(maxlen=recent)
+        self.model: RiskModel | None = None
+        self.latencies: deque[float] = deque(maxlen=100_000)
+        self.on_counter: Callable[[str, str, float], None] | None = None
+        self.values = 0
+        self.bad = 0
+        self._dirty: set[str] = set()
+        # index -> (kind, tool, sensor index or name)
+        self._routes: list[tuple[int, str, int | str]] = []
+        self._sensor_pos: dict[str, dict[str, int]] = {}
+
+    def set_model(self, model: RiskModel | None) -> None:
+        """Use ``model`` from the next batch on; rebuilds the windows when its grid differs."""
+        old = self.model
+        self.model = model
+        if model is None:
+            return
+        self.decider.set_thresholds(model.thresholds)
+        spec = model.spec
+        if (
+            old is None
+            or old.spec.window != spec.window
+            or old.spec.step_s != spec.step_s
+            or not self.windows
+        ):
+            self.windows = {
+                t: ToolWindow(t, info.tool_type, spec.window, spec.step_s, self.max_stale_steps)
+                for t, info in self.tools.items()
+            }
+            self._routes = []
+        if not self._routes:
+            self._build_routes()
+
+    def _build_routes(self) -> None:
+        routes: list[tuple[int, str, int | str]] = []
+        for ref in self.tags:
+            win = self.windows.get(ref.tool_id)
+            if ref.group == "sensor" and win is not None and ref.name in win.sensors:
+                routes.append((SENSOR, ref.tool_id, win.sensors.index(ref.name)))
+            elif ref.group == "state":
+                routes.append((STATE, ref.tool_id, ref.name))
+            elif ref.group == "setpoint":
+                routes.append((SETPOINT, ref.tool_id, ref.name))
+            elif ref.group == "counter":
+                routes.append((COUNTER, ref.tool_id, ref.name))
+            else:
+                routes.append((OTHER, ref.tool_id, ref.name))
+        self._routes = routes
+
+    # -- ingest (called by the source, on the event loop) ---------------------------------------
+
+    def on_values(self, batch: list[Value]) -> None:
+        routes = self._routes
+        windows = self.windows
+        dirty = self._dirty
+        now = self.clock()
+        bad = 0
+        for index, value, ts, good in batch:
+            if index >= len(routes):
+                continue
+            kind, tool, key = routes[index]
+            if kind == SENSOR:
+                win = windows[tool]
+                if not good:
+                    bad += 1
+                    value = math.nan
+                elif type(value) is not float:
+                    value = _number(value)
+                nxt = win.next_t
+                if nxt is not None and ts >= nxt:
+                    win.close_until(ts, now)
+                    dirty.add(tool)
+                win.update(key, value, ts)  # type: ignore[arg-type]
+            elif not good:
+                bad += 1
+            elif kind == STATE:
+                self._on_state(tool, str(value), ts, now)
+            elif kind == SETPOINT:
+                self.tools[tool].setpoints[str(key)] = _number(value)
+            elif kind == COUNTER:
+                self._on_counter(tool, str(key), _number(value))
+        self.values += len(batch)
+        self.bad += bad
+        self.metrics.values.inc(len(batch))
+        if bad:
+            self.metrics.bad_values.inc(bad)
+
+    def _on_counter(self, tool: str, name: str, value: float) -> None:
+        info = self.tools[tool]
+        before = info.counters.get(name)
+        info.counters[name] = value
+        if before is not None and before != value and self.on_counter is not None:
+            self.on_counter(tool, name, value)
+
+    def _on_state(self, tool: str, state: str, ts: float, now: float) -> None:
+        win = self.windows.get(tool)
+        previous = win.state if win is not None else ""
+        if win is not None:
+            if win.next_t is not None and ts >= win.next_t:
+                win.close_until(ts, now)
+                self._dirty.add(tool)
+            win.set_state(state, ts)
+        if state == previous:
+            return
+        info = self.tools[tool]
+        kind = "state"
+        if state == E10State.UNSCHEDULED_DOWN.value:
+            kind = "failure"
+        elif state == E10State.SCHEDULED_DOWN.value:
+            kind = "maintenance"
+        if kind != "state":
+            self.decider.reset(tool)
+        if not previous and kind == "state":
+            return  # the first value after (re)connecting is not a change of state
+        mode = info.last_mode if kind == "failure" else None
+        self.emit(
+            message(
+                Event,
+                edge_id=self.decider.edge_id,
+                site=self.decider.site,
+                tool_id=tool,
+                event=kind,  # type: ignore[arg-type]
+                state=state,
+                mode=mode,
+                source_ts=ts,
+                detail={"previous": previous},
+            )
+        )
+        self.metrics.events.labels(kind).inc()
+
+    def on_event(self, ev: SourceEvent) -> None:
+        """An OPC UA alarm/event: forwarded when it names one of this edge's tools."""
+        text = f"{ev.source} {ev.message}"
+        tool = next((t for t in self.tools if t in text), None)
+        if tool is None:
+            return
+        mode = next((m for m in ALL_MODES if m in text), None)
+        if mode is not None:
+            self.tools[tool].last_mode = mode
+        self.emit(
+            message(
+                Event,
+                edge_id=self.decider.edge_id,
+                site=self.decider.site,
+                tool_id=tool,
+                event="alarm",
+                mode=mode,
+                source_ts=ev.ts,
+                detail={"message": ev.message[:500], "severity": ev.severity, "source": ev.source[:200]},
+            )
+        )
+        self.metrics.events.labels("alarm").inc()
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def infer_ready(self) -> int:
+        """Run every ready window through the model in one batch; the number of windows run."""
+        model = self.model
+        if model is None or not self._dirty:
+            self._dirty.clear()
+            return 0
+        ready = [
+            self.windows[t].take()
+            for t in self._dirty
+            if self.windows[t].ready(self.infer_every) and self.windows[t].state not in DOWN
+        ]
+        self._dirty.clear()
+        if not ready:
+            return 0
+        spec = model.spec
+        x = np.stack([features(w, spec) for w in ready])
+        pred = model.predict(x)
+        names = list(spec.names)
+        for i, win in enumerate(ready):
+            decision = self.decider.decide(
+                win.tool_id,
+                win.tool_type,
+                win.ts,
+                x[i],
+                names,
+                model.modes,
+                pred.probs[i],
+                float(pred.rul[i]),
+                float(pred.rul_std[i]),
+                float(pred.novelty[i]),
+                model.version,
+            )
+            self.tools[win.tool_id].risk = decision.risk
+            if decision.alert is not None:
+                self.emit(decision.alert)
+                self.metrics.alerts.inc()
+            if decision.hard_case is not None:
+                self.emit(decision.hard_case)
+                self.metrics.hard_cases.labels("sent").inc()
+            elif decision.reasons:
+                self.metrics.hard_cases.labels("over_budget").inc()
+            self.recent.append(win)
+        done = self.clock()
+        for win in ready:
+            lat = done - win.closed_at
+            self.latencies.append(lat)
+            self.metrics.latency.observe(lat)
+        self.metrics.windows.inc(len(ready))
+        return len(ready)
+
+    def summary(self, tool: str, rows: int) -> dict[str, dict[str, float | None]]:
+        """Per sensor mean/min/max/last over the last ``rows`` grid rows (telemetry)."""
+        win = self.windows.get(tool)
+        if win is None or win._filled == 0:
+            return {}
+        n = min(rows, win._filled, win.window)
+        latest = win.take_rows(n)
+        out: dict[str, dict[str, float | None]] = {}
+        for j, name in enumerate(win.sensors):
+            col = latest[:, j]
+            ok = col[np.isfinite(col)]
+            if ok.size == 0:
+                out[name] = {"mean": None, "min": None, "max": None, "last": None}
+            else:
+                out[name] = {
+                    "mean": float(ok.mean()),
+                    "min": float(ok.min()),
+                    "max": float(ok.max()),
+                    "last": float(ok[-1]),
+                }
+        return out
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan

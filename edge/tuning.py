@@ -1,0 +1,321 @@
+"""Setpoint tuning: proposals from the tuning model, guarded writes, and the EWMA baseline.
+
+Modes (``tuning.mode``):
+
+- ``off``: nothing is proposed or written;
+- ``advise``: proposals are published (``Tuning(action="proposal")``) and applied only when the
+  cloud answers ``Tuning(action="approval")`` with the same ``proposal_id`` before
+  ``approval_timeout_s``; a rejection or the timeout drops them;
+- ``auto``: proposals are applied at once, inside the guards.
+
+Every write passes :class:`SetpointGuard`, in this order, and is refused with the reason at the
+first failure: the tag's EURange (from the server, else the equipment table), the configured
+envelope for the tool type (no envelope entry: never written), the largest step, the minimum
+interval between writes to one tag, and the writes per hour per tool. A write is then read back
+and compared (relative tolerance); applied and refused writes are both recorded as ``Tuning``
+messages in the outbox and in ``tuning.jsonl`` under the state directory.
+
+:class:`EwmaController` is the classic run-to-run controller fabs run between lots today (the
+baseline B9 compares against): it tracks the process offset with an EWMA and sets the input so
+the predicted output meets its target.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.config import TuningConfig
+from edge.decisions import message
+from edge.errors import SourceError, WriteRefused
+from edge.inference import TuningModel
+from shared.equipment import tool_type
+from shared.messages import Tuning
+from shared.tuning import propose_step
+
+_logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Writer = Callable[[str, str, float], Awaitable[float]]  # (tool, setpoint, value) -> read-back
+RangeOf = Callable[[str, str], Awaitable[tuple[float, float] | None]]
+Record = Callable[[Tuning], None]
+
+
+class SetpointGuard:
+    """The checks every setpoint write passes; see the module docstring."""
+
+    def __init__(self, cfg: TuningConfig, clock: Clock = time.monotonic) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self._last_write: dict[tuple[str, str], float] = {}
+        self._tool_writes: dict[str, deque[float]] = {}
+
+    def check(
+        self,
+        tool_id: str,
+        ttype: str,
+        name: str,
+        current: float,
+        target: float,
+        eu_range: tuple[float, float] | None,
+    ) -> None:
+        """Raise :class:`WriteRefused` naming the first guard ``target`` fails."""
+        if not np.isfinite(target):
+            raise WriteRefused(f"{tool_id}.{name}: target {target} is not a number")
+        spec = {s.name: s for s in tool_type(ttype).setpoints}.get(name)
+        if spec is None:
+            raise WriteRefused(f"{tool_id}: {ttype} has no setpoint {name}")
+        lo, hi = eu_range if eu_range is not None else (spec.lo, spec.hi)
+        if not lo <= target <= hi:
+            raise WriteRefused(f"{tool_id}.{name}: {target:g} outside the EURange [{lo:g}, {hi:g}]")
+        env = self.cfg.envelope.get(ttype, {}).get(name)
+        if env is None:
+            raise WriteRefused(f"{tool_id}.{name}: no envelope configured for {ttype}.{name}")
+        if not env[0] <= target <= env[1]:
+            raise WriteRefused(f"{tool_id}.{name}: {target:g} outside the envelope [{env[0]:g}, {env[1]:g}]")
+        step = self.cfg.max_step.get(ttype, {}).get(name)
+        if step is not None and np.isfinite(current) and abs(target - current) > step + 1e-9:
+            raise WriteRefused(f"{tool_id}.{name}: step {target - current:+g} larger than {step:g}")
+        now = self.clock()
+        last = self._last_write.get((tool_id, name))
+        if last is not None and now - last < self.cfg.min_interval_s:
+            raise WriteRefused(
+                f"{tool_id}.{name}: written {now - last:.0f} s ago, "
+                f"minimum interval {self.cfg.min_interval_s:g} s"
+            )
+        recent = self._tool_writes.setdefault(tool_id, deque())
+        while recent and now - recent[0] > 3600.0:
+            recent.popleft()
+        if len(recent) >= self.cfg.max_writes_per_hour:
+            raise WriteRefused(
+                f"{tool_id}: {len(recent)} writes in the last hour, limit {self.cfg.max_writes_per_hour}"
+            )
+
+    def wrote(self, tool_id: str, name: str) -> None:
+        now = self.clock()
+        self._last_write[(tool_id, name)] = now
+        self._tool_writes.setdefault(tool_id, deque()).append(now)
+
+
+@dataclass
+class Pending:
+    tool_id: str
+    setpoints: dict[str, float]
+    expires: float
+
+
+class Tuner:
+    """Proposes, guards, writes, reads back and records setpoint changes for the edge's tools."""
+
+    def __init__(
+        self,
+        cfg: TuningConfig,
+        site: str,
+        edge_id: str,
+        writer: Writer,
+        range_of: RangeOf,
+        record: Record,
+        log_path: Path | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.site = site
+        self.edge_id = edge_id
+        self.guard = SetpointGuard(cfg, clock)
+        self.clock = clock
+        self._write = writer
+        self._range_of = range_of
+        self._record = record
+        self._log_path = log_path
+        self.pending: dict[str, Pending] = {}
+        self.applied = 0
+        self.refused = 0
+
+    def propose(
+        self,
+        model: TuningModel,
+        tool_id: str,
+        ttype: str,
+        current: Mapping[str, float],
+        context: Mapping[str, float],
+    ) -> Tuning | None:
+        """A proposal for one tool (None when the model proposes no change or the mode is off)."""
+        if self.cfg.mode == "off" or model.tool_type != ttype:
+            return None
+        envelope = self.cfg.envelope.get(ttype, {})
+        max_step = self.cfg.max_step.get(ttype, {})
+        sp = {n: float(current[n]) for n in model.setpoints}
+
+        def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return model.predict(x)
+
+        proposal = propose_step(
+            predict,
+            sp,
+            {n: float(context[n]) for n in model.context},
+            {n: (float(v[0]), float(v[1])) for n, v in envelope.items()},
+            max_step,
+            self.cfg.weights,
+            setpoint_order=model.setpoints,
+            context_order=model.context,
+        )
+        changed = {n: v for n, v in proposal.items() if abs(v - sp[n]) > 1e-9}
+        if not changed:
+            return None
+        row = np.array([[proposal[n] for n in model.setpoints] + [context[n] for n in model.context]])
+        base = np.array([[sp[n] for n in model.setpoints] + [context[n] for n in model.context]])
+        (y1, e1), (y0, e0) = model.predict(row), model.predict(base)
+        msg = message(
+            Tuning,
+            edge_id=self.edge_id,
+            site=self.site,
+            tool_id=tool_id,
+            action="proposal",
+            proposal_id=uuid.uuid4().hex,
+            setpoints=changed,
+            previous={n: sp[n] for n in changed},
+            expected={"yield_delta": float(y1[0] - y0[0]), "energy_delta": float(e1[0] - e0[0])},
+            reason=f"tuning model {model.version}",
+        )
+        self._record(msg)
+        if self.cfg.mode == "advise":
+            self.pending[msg.proposal_id] = Pending(
+                tool_id, changed, self.clock() + self.cfg.approval_timeout_s
+            )
+        return msg
+
+    async def on_command(
+        self, msg: Tuning, ttype_of: Callable[[str], str], current_of: Callable[[str, str], float]
+    ) -> None:
+        """An approval or rejection from the cloud for a pending proposal."""
+        self.expire()
+        pending = self.pending.pop(msg.proposal_id, None)
+        if pending is None:
+            _logger.info("tuning %s for unknown or expired proposal %s ignored", msg.action, msg.proposal_id)
+            return
+        if msg.action == "approval":
+            tool = pending.tool_id
+            await self.apply(
+                tool,
+                ttype_of(tool),
+                pending.setpoints,
+                {n: current_of(tool, n) for n in pending.setpoints},
+                msg.proposal_id,
+                actor=msg.actor,
+            )
+
+    def expire(self) -> None:
+        now = self.clock()
+        for pid in [p for p, v in self.pending.items() if v.expires < now]:
+            del self.pending[pid]
+
+    async def apply(
+        self,
+        tool_id: str,
+        ttype: str,
+        targets: Mapping[str, float],
+        current: Mapping[str, float],
+        proposal_id: str | None = None,
+        actor: str = "edge",
+    ) -> dict[str, float]:
+        """Write each target through the guards; returns what was written (read back)."""
+        written: dict[str, float] = {}
+        pid = proposal_id or uuid.uuid4().hex
+        for name, target in targets.items():
+            before = float(current.get(name, float("nan")))
+            try:
+                rng = await self._range_of(tool_id, name)
+                self.guard.check(tool_id, ttype, name, before, float(target), rng)
+                back = await self._write(tool_id, name, float(target))
+                self.guard.wrote(tool_id, name)
+                tol = self.cfg.readback_tolerance * max(1.0, abs(float(target)))
+                if abs(back - float(target)) > tol:
+                    raise WriteRefused(f"{tool_id}.{name}: wrote {target:g}, read back {back:g}")
+            except (WriteRefused, SourceError) as exc:
+                self.refused += 1
+                _logger.warning("setpoint write refused: %s", exc)
+                self._emit(tool_id, "refused", pid, {name: float(target)}, {name: before}, str(exc), actor)
+                continue
+            self.applied += 1
+            written[name] = back
+            self._emit(tool_id, "applied", pid, {name: back}, {name: before}, "", actor)
+        return written
+
+    def _emit(
+        self,
+        tool_id: str,
+        action: str,
+        pid: str,
+        sp: dict[str, float],
+        prev: dict[str, float],
+        reason: str,
+        actor: str,
+    ) -> None:
+        msg = message(
+            Tuning,
+            edge_id=self.edge_id,
+            site=self.site,
+            tool_id=tool_id,
+            action=action,  # type: ignore[arg-type]
+            proposal_id=pid,
+            setpoints=sp,
+            previous={k: v for k, v in prev.items() if np.isfinite(v)},
+            reason=reason,
+            actor=actor,
+        )
+        self._record(msg)
+        if self._log_path is not None:
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
+            with self._log_path.open("a", encoding="utf-8") as fh:
+                fh.write(msg.model_dump_json(by_alias=True) + "\n")
+
+
+class EwmaController:
+    """Run-to-run EWMA control of one input ``u`` for one output ``y ≈ a + b·u``.
+
+    After each lot, the offset estimate is ``a ← λ·(y − b·u) + (1 − λ)·a`` and the next input is
+    ``u = (target − a) / b`` clipped to ``[lo, hi]`` and to ``max_step`` from the last input.
+    """
+
+    def __init__(
+        self,
+        target: float,
+        gain: float,
+        u0: float,
+        lo: float,
+        hi: float,
+        lam: float = 0.3,
+        max_step: float | None = None,
+    ) -> None:
+        if gain == 0:
+            raise ValueError("gain must not be 0")
+        self.target, self.gain, self.lam = target, gain, lam
+        self.lo, self.hi, self.max_step = lo, hi, max_step
+        self.u = u0
+        self.offset: float | None = None
+
+    def update(self, y: float, u: float | None = None) -> float:
+        """Feed the measured output of the lot run at ``u`` (default: the last input); next input."""
+        u_run = self.u if u is None else u
+        est = y - self.gain * u_run
+        self.offset = est if self.offset is None else self.lam * est + (1 - self.lam) * self.offset
+        nxt = (self.target - self.offset) / self.gain
+        if self.max_step is not None:
+            nxt = min(max(nxt, u_run - self.max_step), u_run + self.max_step)
+        self.u = float(min(max(nxt, self.lo), self.hi))
+        return self.u
+
+
+def read_log(path: Path) -> list[dict[str, object]]:
+    """The tuning records written so far (tests, audits)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

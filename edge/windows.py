@@ -1,0 +1,159 @@
+"""Per-tool sliding windows on the model's time grid, built from SourceTimestamps.
+
+The model was trained on rows sampled every ``step_s`` seconds (the manifest's
+``input_spec.step_s``; simulated seconds for the simulator). Values arrive whenever the server
+publishes them. :class:`ToolWindow` keeps each sensor's last value and its source timestamp and,
+when a value stamped at or after the next grid point arrives, closes that grid row with the last
+value of each sensor stamped before it (sample and hold, like the exporter's periodic samples).
+A sensor whose last value is older than ``max_stale_steps`` steps, or was Bad, is missing (NaN)
+in the row: never a made-up number. A jump of more than a window (an outage, a restarted server)
+starts the window afresh rather than filling it with empty rows, and so does source time going
+back by more than a window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.equipment import E10State, tool_type
+from shared.features import FeatureSpec, build_features
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyWindow:
+    """A full window, ready for the model."""
+
+    tool_id: str
+    tool_type: str
+    ts: float  # grid time of the last row
+    values: np.ndarray  # (W, S) raw, NaN = missing
+    processing: np.ndarray  # (W,)
+    closed_at: float  # wall clock (monotonic) when the last row closed: decision latency starts here
+
+
+class ToolWindow:
+    """One tool's sensor rows on the grid ``k · step_s``; see the module docstring."""
+
+    __slots__ = (
+        "_count",
+        "_filled",
+        "_new_rows",
+        "_proc",
+        "_ts",
+        "_values",
+        "closed_at",
+        "last",
+        "last_ts",
+        "max_age",
+        "next_t",
+        "processing",
+        "sensors",
+        "state",
+        "step",
+        "tool_id",
+        "tool_type",
+        "window",
+    )
+
+    def __init__(self, tool_id: str, tool_type_name: str, window: int, step_s: float, max_stale_steps: float):
+        self.tool_id = tool_id
+        self.tool_type = tool_type_name
+        self.sensors = tool_type(tool_type_name).sensor_names
+        self.window = window
+        self.step = float(step_s)
+        self.max_age = max_stale_steps * self.step
+        n = len(self.sensors)
+        self.last = np.full(n, NAN)
+        self.last_ts = np.full(n, -math.inf)
+        self.processing = False
+        self.state = ""
+        self.next_t: float | None = None
+        self._values = np.full((window, n), NAN, dtype=np.float32)  # ring buffer
+        self._proc = np.zeros(window, dtype=np.float32)
+        self._ts = np.zeros(window)
+        self._count = 0  # rows written in total
+        self._filled = 0  # rows in the buffer since the last restart of the window
+        self._new_rows = 0  # rows since the last take()
+        self.closed_at = 0.0
+
+    def update(self, sensor: int, value: float, ts: float) -> None:
+        """One sensor value (NaN when Bad) stamped ``ts``."""
+        if self.next_t is None:
+            self.next_t = (math.floor(ts / self.step) + 1) * self.step
+        elif ts >= self.next_t:
+            self.close_until(ts)
+        elif ts < self.next_t - self.step * (self.window + 1):
+            self.restart(ts)
+        self.last[sensor] = value
+        self.last_ts[sensor] = ts
+
+    def restart(self, ts: float) -> None:
+        """Source time went back by more than a window (a restarted simulator, a reset clock)."""
+        self.next_t = (math.floor(ts / self.step) + 1) * self.step
+        self.last[:] = NAN
+        self.last_ts[:] = -math.inf
+        self._filled = 0
+
+    def set_state(self, state: str, ts: float) -> None:
+        if self.next_t is not None and ts >= self.next_t:
+            self.close_until(ts)
+        self.state = state
+        self.processing = state == E10State.PRODUCTIVE.value
+
+    def close_until(self, ts: float, now: float = 0.0) -> None:
+        """Close every grid row at or before ``ts``."""
+        if self.next_t is None:
+            return
+        steps = int((ts - self.next_t) // self.step) + 1
+        if steps > self.window:
+            # A gap longer than a window: only the last ``window`` rows could matter, and they
+            # would be empty. Start afresh.
+            self.next_t += (steps - 1) * self.step
+            self._filled = 0
+            steps = 1
+        for _ in range(steps):
+            g = self.next_t
+            fresh = (g - self.last_ts) <= self.max_age
+            row = self._count % self.window
+            self._values[row] = np.where(fresh, self.last, NAN)
+            self._proc[row] = 1.0 if self.processing else 0.0
+            self._ts[row] = g
+            self._count += 1
+            self._filled += 1
+            self._new_rows += 1
+            self.next_t = g + self.step
+        self.closed_at = now
+
+    def ready(self, every: int) -> bool:
+        """A full window with at least ``every`` new rows since the last :meth:`take`."""
+        return self._filled >= self.window and self._new_rows >= every
+
+    def take(self) -> ReadyWindow:
+        """The current window in time order (oldest row first)."""
+        self._new_rows = 0
+        start = self._count % self.window
+        order = np.r_[start : self.window, 0:start]
+        return ReadyWindow(
+            tool_id=self.tool_id,
+            tool_type=self.tool_type,
+            ts=float(self._ts[(self._count - 1) % self.window]),
+            values=self._values[order].copy(),
+            processing=self._proc[order].copy(),
+            closed_at=self.closed_at,
+        )
+
+    def take_rows(self, n: int) -> np.ndarray:
+        """The last ``n`` rows (oldest first) without marking anything as taken (telemetry)."""
+        n = min(n, self._filled, self.window)
+        idx = [(self._count - n + k) % self.window for k in range(n)]
+        return self._values[idx].copy()
+
+
+def features(win: ReadyWindow, spec: FeatureSpec) -> np.ndarray:
+    """(W, F) float32 model input for one window (``shared.features``)."""
+    return build_features(win.values, win.processing, win.tool_type, spec)

@@ -1,0 +1,344 @@
+"""The edge daemon end to end: a real asyncua server (the fab layout), a real Mosquitto, the tiny model.
+
+Values are stamped one grid step apart (60 s of source time) and pushed as fast as the link
+carries them, so a test covers hours of source time in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.daemon import EdgeDaemon
+from edge.updates import announcement_for
+from shared.messages import Tuning, Verdict
+from shared.signing import generate_keypair, load_private_key, write_release
+from shared.topics import Kind, topic
+from test_edge_support import Collector, FabServer, edge_config, keys, publish, release, until
+
+T0 = float(int(time.time()) + 3600)  # after the server's initial timestamps
+RNG = np.random.default_rng(0)
+STEP = 60.0
+
+
+@pytest.fixture
+async def fab():
+    from conftest import free_port
+
+    server = FabServer(free_port())
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def _start(cfg) -> tuple[EdgeDaemon, asyncio.Task]:
+    daemon = EdgeDaemon(cfg)
+    task = asyncio.create_task(daemon.run())
+    assert await until(lambda: daemon.source.connected and daemon.relay.connected, 15)
+    return daemon, task
+
+
+async def _stop(task: asyncio.Task) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def _push(
+    fab: FabServer,
+    daemon: EdgeDaemon,
+    k: int,
+    drift: float = 0.0,
+    state: str = "productive",
+    bad: tuple[str, ...] = (),
+) -> None:
+    """One grid step for every tool; waits until the daemon has seen it."""
+    ts = T0 + k * STEP
+    before = daemon.pipeline.values
+    for tool in fab.tools:
+        # Noise makes every value a change (the server reports changes only).
+        values = fab.nominal(tool, drift if tool == "etch-01" else 0.0, RNG)
+        await fab.set(tool, {**values, "State": state if tool == "etch-01" else "productive"}, ts, bad=bad)
+    await until(lambda: daemon.pipeline.values >= before + 20, 5, step=0.01)
+
+
+def _cfg(tmp_path: Path, fab: FabServer, port: int, **kw):
+    priv, pub = keys(tmp_path / "keys")
+    model = release(tmp_path / "rel", priv, "1")
+    return edge_config(
+        tmp_path, fab.endpoint, port, models={"risk": str(model), "public_key": str(pub)}, **kw
+    )
+
+
+async def test_alert_raised_before_the_failure_and_events_forwarded(tmp_path, fab, mosquitto):
+    collector = Collector(mosquitto.port)
+    daemon, task = await _start(_cfg(tmp_path, fab, mosquitto.port))
+    try:
+        for k in range(12):
+            await _push(fab, daemon, k)
+        assert await until(lambda: daemon.metrics.windows._value.get() > 0, 5)
+        assert not collector.of("alert")
+        for k in range(12, 24):  # the etch tool degrades: every sensor drifts away from nominal
+            await _push(fab, daemon, k, drift=min(3.0, (k - 11) * 0.5))
+        await _push(fab, daemon, 24, drift=3.0, state="unscheduled_down")
+        await _push(fab, daemon, 25, drift=3.0, state="unscheduled_down")
+        assert await until(lambda: collector.of("alert") and collector.of("event"), 10)
+    finally:
+        await _stop(task)
+        collector.stop()
+    alerts = collector.of("alert")
+    assert len(alerts) == 1, "one alert per episode"
+    alert = alerts[0]
+    assert alert["tool_id"] == "etch-01" and alert["model_version"] == "1"
+    assert alert["mode"] in ("rf_match_drift", "chamber_deposition", "esc_degradation", "rf_generator_trip")
+    failure = [e for e in collector.of("event") if e["event"] == "failure"]
+    assert len(failure) == 1 and failure[0]["tool_id"] == "etch-01"
+    assert alert["episode_start_ts"] < failure[0]["source_ts"]
+    assert alert["episode_start_ts"] >= T0 + 12 * STEP, "no alert while the tool was healthy"
+    latencies = list(daemon.pipeline.latencies)
+    assert latencies and float(np.median(latencies)) < 0.5
+
+
+async def test_hard_case_travels_and_its_verdict_returns(tmp_path, fab, mosquitto):
+    collector = Collector(mosquitto.port)
+    # Every window is "novel" for this test; the budget lets 3 through at once.
+    cfg = _cfg(
+        tmp_path,
+        fab,
+        mosquitto.port,
+        decisions={"thresholds": {"hard_novelty": 0.01}, "hardcase_burst": 3, "hardcase_per_hour": 1},
+    )
+    daemon, task = await _start(cfg)
+    try:
+        for k in range(14):
+            await _push(fab, daemon, k)
+        assert await until(lambda: len(collector.of("hardcase")) >= 3, 10)
+        await asyncio.sleep(0.3)
+        cases = collector.of("hardcase")
+        assert len(cases) == 3, "the upload budget bounds the hard cases"
+        assert daemon.decider.counts["hard_over_budget"] > 0
+        case = cases[0]
+        assert "novelty" in case["reasons"] and case["shape"] == [8, len(case["feature_names"])]
+        verdict = Verdict(
+            edge_id="e1",
+            site="s1",
+            case_id=case["case_id"],
+            tool_id=case["tool_id"],
+            probs={"rf_match_drift": 0.1},
+            rul_h=50.0,
+            rul_std_h=3.0,
+            model_version="full-1",
+        )
+        publish(mosquitto.port, topic("s1", "e1", Kind.VERDICT), verdict.to_bytes())
+        stranger = Verdict(
+            edge_id="e1",
+            site="s1",
+            case_id="nope",
+            tool_id="etch-01",
+            probs={},
+            rul_h=1.0,
+            rul_std_h=1.0,
+            model_version="full-1",
+        )
+        publish(mosquitto.port, topic("s1", "e1", Kind.VERDICT), stranger.to_bytes())
+        publish(mosquitto.port, topic("s1", "e1", Kind.VERDICT), b'{"schema": "verdict/1", "case_id": 3}')
+        assert await until(lambda: daemon.verdicts["matched"] == 1 and daemon.verdicts["unmatched"] == 1, 10)
+        assert await until(lambda: daemon.dead_letters == 1, 5)
+        assert daemon.outbox.take_case(case["case_id"]) is None, "a matched case is no longer waiting"
+        assert daemon.outbox.waiting_cases() == 2
+    finally:
+        await _stop(task)
+        collector.stop()
+
+
+async def test_bad_values_are_missing_never_invented(tmp_path, fab, mosquitto):
+    daemon, task = await _start(_cfg(tmp_path, fab, mosquitto.port))
+    try:
+        for k in range(10):
+            await _push(fab, daemon, k, bad=("chamber_pressure",) if k >= 5 else ())
+        win = daemon.pipeline.windows["etch-01"].take()
+    finally:
+        await _stop(task)
+    col = win.values[:, 0]  # chamber_pressure
+    assert np.isfinite(col[:3]).all() and np.isnan(col[-3:]).all()
+    assert daemon.pipeline.bad > 0
+
+
+def _tampered(path: Path, tmp: Path) -> Path:
+    out = tmp / "tampered.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    out.write_bytes(bytes(data))
+    (tmp / "tampered.manifest.json").write_text((path.parent / (path.stem + ".manifest.json")).read_text())
+    return out
+
+
+async def test_bad_updates_refused_while_the_old_model_runs_and_a_good_one_swaps(tmp_path, fab, mosquitto):
+    collector = Collector(mosquitto.port)
+    cfg = _cfg(tmp_path, fab, mosquitto.port)
+    priv, _ = keys(tmp_path / "keys")
+    daemon, task = await _start(cfg)
+    model_topic = topic("s1", "e1", Kind.MODEL)
+    try:
+        for k in range(10):
+            await _push(fab, daemon, k)
+        good2 = release(tmp_path / "rel2", priv, "2")
+        # 1. tampered bytes (digest), 2. truncated, 3. signed by another key, 4. NaN outputs.
+        tampered = announcement_for(good2)
+        raw = bytearray(base64.b64decode(tampered.artifact_b64 or ""))
+        raw[100] ^= 0xFF
+        tampered = tampered.model_copy(update={"artifact_b64": base64.b64encode(bytes(raw)).decode()})
+        truncated = announcement_for(good2)
+        truncated = truncated.model_copy(
+            update={"artifact_b64": base64.b64encode(good2.read_bytes()[:-50]).decode()}
+        )
+        generate_keypair(tmp_path / "evil.key", tmp_path / "evil.pub")
+        evil = release(tmp_path / "evil", tmp_path / "evil.key", "3")
+        nan_model = release(tmp_path / "nan", priv, "4", nan=True)
+        expected = {"2": "sha256", "3": "signature", "4": "NaN"}
+        for ann in (tampered, truncated, announcement_for(evil), announcement_for(nan_model)):
+            before = dict(daemon.updater.last) if daemon.updater else {}
+            publish(mosquitto.port, model_topic, ann.to_bytes(), retain=True)
+            assert await until(lambda b=before: daemon.updater.last != b, 10)
+            last = daemon.updater.last
+            assert last["outcome"] == "refused"
+            if last["version"] in expected and ann is not truncated:
+                assert expected[last["version"]] in last["reason"], last
+            k += 1
+            await _push(fab, daemon, k)
+            assert daemon.models["edge-risk"].version == "1"
+        assert len(daemon.updater.refused) == 4
+        # The same bad announcement again (retained messages come back on reconnect) is not re-judged.
+        publish(mosquitto.port, model_topic, tampered.to_bytes(), retain=True)
+        await asyncio.sleep(0.5)
+        assert len(daemon.updater.refused) == 4
+        windows_before = daemon.metrics.windows._value.get()
+        await _push(fab, daemon, k + 1)
+        await _push(fab, daemon, k + 2)
+        assert await until(lambda: daemon.metrics.windows._value.get() > windows_before, 5), (
+            "inference went on"
+        )
+        # A good update by file:// URL swaps in, keeps the old one, and says so on the status topic.
+        publish(mosquitto.port, model_topic, announcement_for(good2, inline=False).to_bytes(), retain=True)
+        assert await until(lambda: daemon.models["edge-risk"].version == "2", 10)
+        pointer = daemon.store.pointer("edge-risk")
+        assert pointer["version"] == "2" and pointer["previous"] == "1"
+        assert await until(
+            lambda: any(s.get("models", {}).get("edge-risk") == "2" for s in collector.of("status")), 10
+        )
+        status = [s for s in collector.of("status") if s.get("models", {}).get("edge-risk") == "2"][-1]
+        assert status["last_update"]["outcome"] == "accepted"
+    finally:
+        await _stop(task)
+        collector.stop()
+    # After a restart the edge runs the accepted model, not the configured file.
+    daemon2 = EdgeDaemon(cfg)
+    daemon2.load_models()
+    assert daemon2.models["edge-risk"].version == "2"
+    daemon2.outbox.close()
+
+
+async def test_setpoint_writes_are_guarded_read_back_and_recorded(tmp_path, fab, mosquitto):
+    tuning = {
+        "mode": "auto",
+        "envelope": {"plasma_etch": {"rf_power_sp": [1100.0, 1300.0]}},
+        "max_step": {"plasma_etch": {"rf_power_sp": 60.0}},
+        "min_interval_s": 0.0,
+        "max_writes_per_hour": 2,
+    }
+    daemon, task = await _start(_cfg(tmp_path, fab, mosquitto.port, tuning=tuning))
+    collector = Collector(mosquitto.port)
+    try:
+        await _push(fab, daemon, 0)
+        current = {"rf_power_sp": 1200.0}
+        ok = await daemon.tuner.apply("etch-01", "plasma_etch", {"rf_power_sp": 1250.0}, current)
+        assert ok == {"rf_power_sp": 1250.0}
+        outside = await daemon.tuner.apply(
+            "etch-01", "plasma_etch", {"rf_power_sp": 1350.0}, {"rf_power_sp": 1300.0}
+        )
+        beyond_eu = await daemon.tuner.apply(
+            "etch-01", "plasma_etch", {"rf_power_sp": 2500.0}, {"rf_power_sp": 1250.0}
+        )
+        no_env = await daemon.tuner.apply(
+            "etch-01", "plasma_etch", {"pressure_sp": 41.0}, {"pressure_sp": 40.0}
+        )
+        too_big = await daemon.tuner.apply(
+            "etch-01", "plasma_etch", {"rf_power_sp": 1150.0}, {"rf_power_sp": 1250.0}
+        )
+        assert outside == beyond_eu == no_env == too_big == {}
+        ok2 = await daemon.tuner.apply(
+            "etch-01", "plasma_etch", {"rf_power_sp": 1200.0}, {"rf_power_sp": 1250.0}
+        )
+        rate = await daemon.tuner.apply(
+            "etch-01", "plasma_etch", {"rf_power_sp": 1210.0}, {"rf_power_sp": 1200.0}
+        )
+        assert ok2 and rate == {}
+        assert await until(lambda: len(collector.of("tuning")) >= 7, 10)
+    finally:
+        await _stop(task)
+        collector.stop()
+    value = await fab.nodes[("etch-01", "rf_power_sp")].read_value() if fab.nodes else None
+    assert value == 1200.0, "only the guarded writes reached the server"
+    records = collector.of("tuning")
+    reasons = [r["reason"] for r in records if r["action"] == "refused"]
+    assert any("envelope" in r for r in reasons) and any("EURange" in r for r in reasons)
+    assert any("no envelope" in r for r in reasons) and any("step" in r for r in reasons)
+    assert any("writes in the last hour" in r for r in reasons)
+    assert [r["setpoints"]["rf_power_sp"] for r in records if r["action"] == "applied"] == [1250.0, 1200.0]
+    log = [json.loads(x) for x in (tmp_path / "state" / "tuning.jsonl").read_text().splitlines()]
+    assert len(log) == len(records)
+
+
+async def test_advise_mode_applies_only_after_approval(tmp_path, fab, mosquitto):
+    tuning = {
+        "mode": "advise",
+        "envelope": {"plasma_etch": {"rf_power_sp": [1100.0, 1300.0]}},
+        "min_interval_s": 0.0,
+    }
+    daemon, task = await _start(_cfg(tmp_path, fab, mosquitto.port, tuning=tuning))
+    try:
+        await _push(fab, daemon, 0)
+        from edge.tuning import Pending
+
+        daemon.tuner.pending["p1"] = Pending("etch-01", {"rf_power_sp": 1230.0}, expires=1e18)
+        daemon.tuner.pending["p2"] = Pending("etch-01", {"rf_power_sp": 1270.0}, expires=1e18)
+        t = topic("s1", "e1", Kind.TUNING)
+        reject = Tuning(
+            edge_id="cloud",
+            site="s1",
+            tool_id="etch-01",
+            action="rejection",
+            proposal_id="p2",
+            setpoints={},
+            actor="operator",
+        )
+        publish(mosquitto.port, t, reject.to_bytes())
+        approve = Tuning(
+            edge_id="cloud",
+            site="s1",
+            tool_id="etch-01",
+            action="approval",
+            proposal_id="p1",
+            setpoints={},
+            actor="operator",
+        )
+        publish(mosquitto.port, t, approve.to_bytes())
+        assert await until(lambda: daemon.tuner.applied == 1 and not daemon.tuner.pending, 10)
+        assert await fab.nodes[("etch-01", "rf_power_sp")].read_value() == 1230.0
+    finally:
+        await _stop(task)
+
+
+def test_release_helper_signs(tmp_path):
+    priv, pub = keys(tmp_path)
+    path = release(tmp_path, priv, "9")
+    from shared.signing import load_public_key, verify_release
+
+    assert verify_release(path, load_public_key(pub)).version == "9"
+    assert write_release and load_private_key
