@@ -54,13 +54,15 @@ FINAL = ("done", "rejected", "failed", "rolled_back")
 
 @dataclass
 class Windows:
-    """Labelled windows: x (N, T, F) float32, failed (N,) bool, mode names, rul_h (N,) NaN=unknown."""
+    """Labelled windows: x (N, T, F) float32, failed (N,) bool, mode names, rul_h (N,) NaN=unknown,
+    and the case and tool of each (tools: splits by tool, never by window)."""
 
     x: np.ndarray
     failed: np.ndarray
     modes: list[str | None]
     rul_h: np.ndarray
     case_ids: list[str]
+    tools: list[str]
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -69,13 +71,14 @@ class Windows:
     def concat(parts: list[Windows]) -> Windows:
         parts = [p for p in parts if len(p)]
         if not parts:
-            return Windows(np.zeros((0, 0, 0), np.float32), np.zeros(0, bool), [], np.zeros(0), [])
+            return Windows(np.zeros((0, 0, 0), np.float32), np.zeros(0, bool), [], np.zeros(0), [], [])
         return Windows(
             np.concatenate([p.x for p in parts]),
             np.concatenate([p.failed for p in parts]),
             [m for p in parts for m in p.modes],
             np.concatenate([p.rul_h for p in parts]),
             [c for p in parts for c in p.case_ids],
+            [t for p in parts for t in p.tools],
         )
 
 
@@ -252,6 +255,7 @@ class Learner:
                 [np.nan if c.label_rul_h is None else c.label_rul_h for c in cases], dtype=np.float64
             ),
             case_ids=[c.case_id for c in cases],
+            tools=[c.tool_id for c in cases],
         )
 
     def _earlier(self, key: str, before_id: int) -> list[str]:

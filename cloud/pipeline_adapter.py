@@ -1,0 +1,135 @@
+"""The production :class:`cloud.learning.Pipeline`: the learning round's steps done by
+``cloud.training.pipeline`` (fine_tune, distil_edge, export_release), and the gate's score.
+
+Cases become :class:`~cloud.training.windows.WindowSet` rows: RUL capped at the model's
+``rul_cap`` (NaN when unknown), per-mode labels (1 for the failed mode, 0 for the others and for
+"did not fail"; NaN for a failure of unknown mode), groups = tool. With ``learning.ddp_nproc > 1``
+fine-tuning runs under ``torchrun --nproc_per_node=N`` (:mod:`cloud.ddp_finetune`; gloo on CPUs,
+NCCL on GPUs), with a bounded wall-clock time.
+
+The gate's score is the balanced accuracy of "fails within the horizon" (any mode's probability
+≥ 0.5) on a frozen set, computed with onnxruntime on the exported graph the edge will run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cloud.config import CloudConfig
+from cloud.errors import LearningError
+from cloud.learning import Pipeline, Windows
+from cloud.registry import Registry
+from cloud.training.parity import run_onnx
+from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, fine_tune
+from cloud.training.windows import WindowSet
+from shared.models.checkpoint import load_checkpoint
+
+_logger = logging.getLogger(__name__)
+DDP_TIMEOUT_S = 3600.0
+
+
+def to_windowset(w: Windows, modes: list[str], rul_cap: float) -> WindowSet:
+    """Cases → the trainer's window set for a model with ``modes``."""
+    n, m = len(w), len(modes)
+    labels = np.zeros((n, m), dtype=np.float32)
+    for i, (failed, mode) in enumerate(zip(w.failed, w.modes, strict=True)):
+        if failed:
+            if mode in modes:
+                labels[i, modes.index(mode)] = 1.0
+            else:
+                labels[i, :] = np.nan  # failed, but we do not know which head should have said so
+    tool_codes = {t: k for k, t in enumerate(sorted(set(w.tools)))}
+    x = w.x if n else np.zeros((0, 1, 1), np.float32)
+    return WindowSet(
+        x=x.astype(np.float32),
+        rul=np.minimum(w.rul_h, rul_cap).astype(np.float32),
+        labels=labels,
+        groups=np.array([tool_codes[t] for t in w.tools], dtype=np.int64),
+    )
+
+
+def balanced_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Mean of the recall of each class present (plain accuracy when only one is present)."""
+    recalls = [float(np.mean(pred[truth == c] == c)) for c in (False, True) if np.any(truth == c)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
+    pcfg = PipelineConfig.tiny() if cfg.learning.tiny else PipelineConfig()
+
+    def model_info(ckpt: Path) -> tuple[list[str], float, tuple[int, int]]:
+        _, meta = load_checkpoint(ckpt)
+        conf = meta["config"]
+        return (
+            list(meta.get("modes") or []),
+            float(conf["rul_cap"]),
+            (int(conf["window"]), int(conf["n_features"])),
+        )
+
+    def check_shape(w: Windows, shape: tuple[int, int], what: str) -> None:
+        if len(w) and tuple(w.x.shape[1:]) != shape:
+            raise LearningError(f"{what}: case windows are {w.x.shape[1:]}, the model takes {shape}")
+
+    def do_fine_tune(base: Path, new: Windows, replay: Windows, out: Path) -> Path:
+        out.mkdir(parents=True, exist_ok=True)
+        start = out / "base.pt"
+        shutil.copyfile(base, start)  # fine_tune writes beside its input: keep each round's files apart
+        modes, cap, shape = model_info(start)
+        check_shape(new, shape, "new labels")
+        check_shape(replay, shape, "replay set")
+        new_ws = to_windowset(new, modes, cap)
+        replay_ws = to_windowset(replay, modes, cap) if len(replay) else new_ws.take(np.arange(0))
+        if cfg.learning.ddp_nproc > 1:
+            return _fine_tune_ddp(start, new_ws, replay_ws, cfg.learning.ddp_nproc, cfg.learning.tiny, out)
+        return fine_tune(start, new_ws, replay_ws, pcfg)
+
+    def do_distil(full: Path, data: Windows, out: Path) -> Path:
+        modes, cap, _ = model_info(full)
+        out.mkdir(parents=True, exist_ok=True)
+        return distil_edge(full, to_windowset(data, modes, cap), pcfg)
+
+    def do_export(edge: Path, calib: Windows, out: Path, version: str, parent: str | None) -> Path:
+        modes, cap, _ = model_info(edge)
+        onnx_path, _manifest = export_release(
+            edge, to_windowset(calib, modes, cap), out, registry.cfg.private_key, version, parent, pcfg
+        )
+        return onnx_path
+
+    def evaluate(artifact: Path, data: Windows) -> float:
+        probs = run_onnx(artifact, data.x.astype(np.float32))["probs"]  # (N, M)
+        return balanced_accuracy(probs.max(axis=1) >= 0.5, data.failed.astype(bool))
+
+    return Pipeline(do_fine_tune, do_distil, do_export, evaluate)
+
+
+def _fine_tune_ddp(start: Path, new: WindowSet, replay: WindowSet, nproc: int, tiny: bool, out: Path) -> Path:
+    data = out / "ddp_data.npz"
+    np.savez(
+        data,
+        **{f"new_{k}": getattr(new, k) for k in ("x", "rul", "labels", "groups")},
+        **{f"replay_{k}": getattr(replay, k) for k in ("x", "rul", "labels", "groups")},
+    )
+    result = out / "ddp_result.json"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
+        "-m", "cloud.ddp_finetune", str(start), str(data), str(result),
+    ] + (["--tiny"] if tiny else [])  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=DDP_TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired as exc:
+        raise LearningError(f"DDP fine-tuning did not finish in {DDP_TIMEOUT_S} s") from exc
+    if proc.returncode != 0:
+        raise LearningError(f"DDP fine-tuning failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return Path(json.loads(result.read_text())["checkpoint"])
+
+
+__all__ = ["balanced_accuracy", "make_pipeline", "to_windowset"]

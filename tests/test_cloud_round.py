@@ -1,0 +1,140 @@
+"""One whole incremental-learning round with the real training pipeline on its tiny config:
+labels from failures → fine-tune → distil → ONNX + INT8 parity → gate → signed release →
+registry → canary announcement that verifies with the edge's public key."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud.config import CloudConfig
+from cloud.ingest import Ingestor
+from cloud.learning import Learner
+from cloud.metrics import CloudMetrics
+from cloud.pipeline_adapter import balanced_accuracy, make_pipeline
+from cloud.registry import Registry
+from cloud.rollout import RolloutManager
+from cloud.storage import Repo, make_engine, migrate
+from cloud.testing import failure, hardcase, maintenance
+from shared.features import FeatureSpec, Scaler, feature_names
+from shared.messages import HardCase, ModelAnnouncement, Status, encode_array
+from shared.signing import generate_keypair, load_public_key, verify_artifact, verify_manifest, verify_release
+from shared.topics import Kind, topic
+
+WINDOW = 12
+
+
+def base_checkpoint(path: Path, n_features: int) -> Path:
+    """An untrained tiny full DGA with the metadata a trained one carries (feature spec, modes)."""
+    import torch
+
+    from shared.models.checkpoint import save_checkpoint
+    from shared.models.dga import DGA, DGAConfig
+
+    torch.manual_seed(0)
+    cfg = DGAConfig(
+        n_features=n_features,
+        window=WINDOW,
+        n_modes=2,
+        d_model=16,
+        n_heads=2,
+        n_layers=1,
+        d_ff=32,
+        embed_dim=8,
+        rul_cap=200.0,
+        horizon=72.0,
+    )
+    spec = FeatureSpec(window=WINDOW, step_s=600.0, scaler=Scaler(mean={}, std={}))
+    meta = {"feature_spec": spec.to_dict(), "modes": ["wear", "leak"], "metrics": {}, "version": "full-0"}
+    return save_checkpoint(path, DGA(cfg), meta)
+
+
+def test_a_real_tiny_round_produces_a_model_the_edge_accepts(tmp_path: Path):
+    n_features = len(feature_names())
+    keys = tmp_path / "keys"
+    generate_keypair(keys / "signing.key", keys / "signing.pub")
+    cfg = CloudConfig.model_validate(
+        {
+            "storage": {"url": f"sqlite:///{tmp_path / 'c.db'}"},
+            "serving": {"checkpoint": str(base_checkpoint(tmp_path / "full.pt", n_features))},
+            "registry": {
+                "dir": str(tmp_path / "models"),
+                "private_key": str(keys / "signing.key"),
+                "public_key": str(keys / "signing.pub"),
+            },
+            "learning": {
+                "work_dir": str(tmp_path / "learn"),
+                "tiny": True,
+                "min_new_labels": 10,
+                "holdout_fraction": 0.3,
+                "calib_windows": 64,
+            },
+            "rollout": {"min_observations": 0},
+        }
+    )
+    engine = make_engine(cfg.storage.url)
+    migrate(engine)
+    repo, metrics, published = Repo(engine), CloudMetrics(), []
+    registry = Registry(repo, cfg.registry)
+    rollout = RolloutManager(
+        repo, registry, lambda t, p, q, r: published.append((t, p)), cfg.rollout, metrics
+    )
+    learner = Learner(
+        repo,
+        cfg.learning,
+        make_pipeline(cfg, registry),
+        registry,
+        rollout,
+        metrics,
+        lambda: cfg.serving.checkpoint,
+    )
+    ingest = Ingestor(repo, metrics)
+    ingest.handle(
+        topic("fab1", "edge-1", Kind.STATUS), Status(edge_id="edge-1", site="fab1", state="online").to_bytes()
+    )
+    rng = np.random.default_rng(0)
+    t_end = 10_000_000.0
+    for k in range(4):  # four tools: two fail (degrading windows), two are maintained (healthy windows)
+        tool = f"tool-{k}"
+        for i in range(16):
+            hours_before = 6.0 * (i + 1)
+            x = rng.standard_normal((WINDOW, n_features)).astype(np.float32) * 0.3
+            if k < 2:
+                x[:, 0] += 3.0 * np.exp(-hours_before / 40.0)  # a drifting sensor before the failure
+            base = hardcase(
+                tool=tool, window_ts=t_end - hours_before * 3600, steps=WINDOW, n_features=n_features
+            )
+            msg = HardCase.model_validate(
+                {**base.model_dump(by_alias=True), "features": encode_array(x), "case_id": f"{tool}-{i}"}
+            )
+            assert ingest.handle(topic("fab1", "edge-1", Kind.HARDCASE), msg.to_bytes())
+        ev = failure(tool, t_end, mode="wear") if k < 2 else maintenance(tool, t_end + 200 * 3600)
+        assert ingest.handle(topic("fab1", "edge-1", Kind.EVENT), ev.to_bytes())
+    assert learner.new_labels() == 64
+
+    rid = learner.trigger("labels", min_labels=cfg.learning.min_new_labels)
+    row = learner.get(rid)
+    assert row.status == "running" and row.step == "watch", (row.error, row.log)
+    artifact = Path(row.state["artifact"])
+    pub = load_public_key(keys / "signing.pub")
+    manifest = verify_release(artifact, pub)  # what the edge checks before loading a model
+    assert manifest.role == "edge-risk" and manifest.version == row.state["version"]
+    assert manifest.input_spec["input_name"] == "x" and manifest.output_spec["modes"] == ["wear", "leak"]
+    ((t, raw),) = published
+    assert t == topic("fab1", "edge-1", Kind.MODEL)
+    ann = ModelAnnouncement.model_validate_json(raw)
+    verify_artifact(verify_manifest(ann.manifest, ann.signature, pub), base64.b64decode(ann.artifact_b64))
+    assert registry.require(manifest.version).full_checkpoint == row.state["full_ckpt"]
+    assert "new_test" in row.state["gate"]
+    engine.dispose()
+
+
+def test_balanced_accuracy():
+    truth = np.array([True, True, False, False, False, False])
+    assert balanced_accuracy(np.array([True, False, False, False, False, False]), truth) == pytest.approx(
+        0.75
+    )
+    assert balanced_accuracy(np.zeros(6, bool), truth) == pytest.approx(0.5)
