@@ -1,0 +1,209 @@
+"""The OPC UA source against a real server: resolution, Bad values, server restart, polling; the
+windows on the model grid; config errors; discover; kill -9 of the whole edge process."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, free_port
+from edge.config import EdgeConfig, OpcUaConfig, ToolConfig, load_edge_config
+from edge.discover import discover, render_config
+from edge.outbox import Outbox
+from edge.source import AsyncuaSource, tag_table
+from edge.windows import ToolWindow
+from fabpm.cli import main as fabpm_main
+from shared.errors import ConfigError
+from test_edge_support import AREA, TOOLS, Collector, FabServer, keys, release, until
+
+T0 = float(int(time.time()) + 3600)
+
+
+def _tools() -> list[ToolConfig]:
+    return [ToolConfig(id=t, type=ty, path=f"Objects/Fab/{AREA[ty]}/{t}") for t, ty in TOOLS.items()]
+
+
+async def test_values_flow_again_after_a_server_restart_without_restarting_the_source():
+    port = free_port()
+    fab = FabServer(port)
+    await fab.start()
+    cfg = OpcUaConfig(
+        endpoint=fab.endpoint,
+        publishing_interval_ms=50,
+        sampling_interval_ms=0,
+        watchdog_interval_s=0.5,
+        request_timeout_s=2,
+        backoff_initial_s=0.2,
+        backoff_max_s=0.5,
+        silence_timeout_s=30,
+    )
+    src = AsyncuaSource(cfg, tag_table(_tools()))
+    got: list[tuple] = []
+    task = asyncio.create_task(src.run(got.extend, lambda e: None))
+    try:
+        assert await until(lambda: src.connected, 10)
+        await fab.set("etch-01", {"chamber_pressure": 41.5, "match_c1": 50.0}, T0, bad=("match_c1",))
+        assert await until(lambda: any(v[2] == T0 for v in got), 5)
+        fresh = [v for v in got if v[2] == T0]
+        by_name = {src.tags[i].name: (value, good) for i, value, _, good in fresh}
+        assert by_name["chamber_pressure"] == (41.5, True)
+        assert by_name["match_c1"] == (None, False), "a Bad value is missing, never a number"
+        await fab.stop()
+        assert await until(lambda: not src.connected, 10)
+        await asyncio.sleep(1.0)  # stays down a while; the source keeps trying with back-off
+        await fab.start()
+        assert await until(lambda: src.connected, 15)
+        await fab.set("etch-01", {"chamber_pressure": 42.5}, T0 + 60)
+        assert await until(lambda: any(v[2] == T0 + 60 and v[1] == 42.5 for v in got), 5)
+        assert src.sessions == 2
+        index = next(i for i, r in enumerate(src.tags) if r.tool_id == "etch-01" and r.name == "rf_power_sp")
+        assert await src.eu_range(index) == (600.0, 2000.0)
+        assert await src.write(index, 1234.0) == 1234.0
+    finally:
+        task.cancel()
+        await fab.stop()
+
+
+async def test_polling_mode_and_nodeid_tags():
+    fab = FabServer(free_port(), {"pump-01": "vacuum_pump"})
+    await fab.start()
+    node = fab.nodes[("pump-01", "motor_current")].nodeid.to_string()
+    tool = ToolConfig(
+        id="pump-01",
+        type="vacuum_pump",
+        path="Objects/Fab/subfab/pump-01",
+        tags={"motor_current": node, "bearing_temp": "Objects/Fab/subfab/nowhere/x"},
+    )
+    src = AsyncuaSource(
+        OpcUaConfig(endpoint=fab.endpoint, mode="poll", poll_interval_s=0.1), tag_table([tool])
+    )
+    got: list[tuple] = []
+    task = asyncio.create_task(src.run(got.extend, lambda e: None))
+    try:
+        await fab.set("pump-01", {"motor_current": 15.5}, T0)
+        assert await until(lambda: any(v[2] == T0 and v[1] == 15.5 for v in got), 10)
+        assert src.polling and src.unresolved == ["Objects/Fab/subfab/nowhere/x"]
+    finally:
+        task.cancel()
+        await fab.stop()
+
+
+async def test_discover_writes_a_config_that_loads(tmp_path):
+    fab = FabServer(free_port())
+    await fab.start()
+    try:
+        found = await discover(fab.endpoint)
+    finally:
+        await fab.stop()
+    assert {(f.tool_id, f.tool_type) for f in found} == set(TOOLS.items())
+    path = tmp_path / "edge.toml"
+    path.write_text(render_config(fab.endpoint, found))
+    cfg = load_edge_config(path)
+    assert {t.id for t in cfg.tools} == set(TOOLS) and cfg.tools[0].path.startswith("Objects/Fab/")
+
+
+def test_window_resamples_on_the_grid_and_marks_stale_values_missing():
+    win = ToolWindow("t", "vacuum_pump", window=4, step_s=10.0, max_stale_steps=2)
+    win.set_state("productive", 0.0)
+    for k in range(6):
+        win.update(0, float(k), 10.0 * k + 1)  # sensor 0 every step
+        if k < 2:
+            win.update(1, 100.0 + k, 10.0 * k + 2)  # sensor 1 goes silent after step 1
+    win.update(0, 6.0, 61.0)  # closes the row at t=60
+    assert win.ready(1)
+    got = win.take()
+    assert got.ts == 60.0
+    assert got.values[:, 0].tolist() == [2.0, 3.0, 4.0, 5.0]
+    # sensor 1 was last seen at t=12: fresh for 2 steps (until t=32), then missing
+    assert got.values[0, 1] == 101.0 and all(math.isnan(v) for v in got.values[1:, 1])
+    assert np.all(got.processing == 1.0)
+    win.update(0, 7.0, 1000.0)  # a gap longer than the window: start afresh
+    assert not win.ready(1)
+    win.update(0, 8.0, 5.0)  # source time went back by more than a window (restarted server)
+    assert win.next_t == 10.0
+
+
+def test_malformed_config_names_the_field(tmp_path, capsys):
+    bad = tmp_path / "edge.toml"
+    bad.write_text(
+        '[mqtt]\nport = "eighty"\n[opcua]\nsecurity_policy = "Basic256Sha256"\n'
+        '[[tools]]\nid = "t1"\ntype = "plasma_etsch"\npath = "Objects/Fab/x/t1"\n'
+    )
+    assert fabpm_main(["edge", "run", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "mqtt.port" in err and "tools.0.type" in err and "opcua" in err and "plasma_etsch" in err
+    bad.write_text("[mqtt]\nhots = 'x'\n")
+    with pytest.raises(ConfigError, match="mqtt.hots"):
+        load_edge_config(bad)
+    with pytest.raises(ConfigError, match="models.risk"):
+        bad.write_text('[models]\nrisk = "/nonexistent/risk.onnx"\n')
+        load_edge_config(bad)
+    with pytest.raises(ConfigError, match="tuning.envelope"):
+        EdgeConfig  # noqa: B018 - the model the file is validated against
+        bad.write_text("[tuning.envelope.cmp]\ndown_force_sp = [5.0, 2.0]\n")
+        load_edge_config(bad)
+    good = load_edge_config(None, {"FABPM_EDGE__MQTT__PORT": "8883", "FABPM_EDGE__TUNING__MODE": "advise"})
+    assert good.mqtt.port == 8883 and good.tuning.mode == "advise"
+
+
+async def test_kill_9_of_the_edge_process_loses_and_corrupts_nothing(tmp_path, mosquitto):
+    fab = FabServer(free_port())
+    await fab.start()
+    priv, pub = keys(tmp_path / "keys")
+    model = release(tmp_path / "rel", priv, "1")
+    conf = {
+        "site": "s1",
+        "edge_id": "e1",
+        "state_dir": str(tmp_path / "state"),
+        "opcua": {"endpoint": fab.endpoint, "publishing_interval_ms": 50, "sampling_interval_ms": 0},
+        "tools": [{"id": t, "type": ty, "path": f"Objects/Fab/{AREA[ty]}/{t}"} for t, ty in TOOLS.items()],
+        "mqtt": {"port": mosquitto.port, "reconnect_min_s": 0.5, "reconnect_max_s": 1.0},
+        "models": {"risk": str(model), "public_key": str(pub)},
+        "metrics": {"port": 0},
+        "schedule": {"telemetry_s": 0.5},
+    }
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    mosquitto.stop()  # everything the edge produces now waits in its outbox
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "fabpm.cli", "edge", "run", "--config", str(path)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = tmp_path / "state" / "outbox.sqlite"
+    try:
+        states = ["productive", "standby"]
+        rng = np.random.default_rng(1)
+        for k in range(40):  # a state change per step: an event per step, and telemetry
+            await fab.set("etch-01", {**fab.nominal("etch-01", 0, rng), "State": states[k % 2]}, T0 + 60 * k)
+            await asyncio.sleep(0.05)
+        assert await until(lambda: db.exists() and len(Outbox(db, 10**9)) >= 20, 20)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        box = Outbox(db, 10**9)  # opens only if the integrity check passes
+        rows = box.pending(100000)
+        ids = {__import__("json").loads(r.payload)["msg_id"] for r in rows}
+        kinds = {r.kind for r in rows}
+        assert len(ids) == len(rows) >= 20 and "event" in kinds
+        box.close()
+        mosquitto.start()
+        collector = Collector(mosquitto.port)
+        await asyncio.sleep(0.3)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ok = await until(lambda: ids <= {m["msg_id"] for _, m in collector.got}, 30)
+        received = [m["msg_id"] for _, m in collector.got if m["msg_id"] in ids]
+        collector.stop()
+        assert ok, f"{len(ids - set(received))} of {len(ids)} messages lost"
+        assert len(received) == len(set(received)), "a message arrived twice"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        await fab.stop()
