@@ -113,10 +113,6 @@ class LearningConfig(StrictModel):
     calib_windows: int = Field(default=256, ge=1)
 
 
-class MetricsConfig(StrictModel):
-    enabled: bool = True
-
-
 class CloudConfig(StrictModel):
     """Everything ``fabpm cloud run`` needs."""
 
@@ -127,7 +123,6 @@ class CloudConfig(StrictModel):
     registry: RegistryConfig = RegistryConfig()
     rollout: RolloutConfig = RolloutConfig()
     learning: LearningConfig = LearningConfig()
-    metrics: MetricsConfig = MetricsConfig()
     horizon_h: float = Field(default=72.0, gt=0)  # labels: failed within this many hours
 
 

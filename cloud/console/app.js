@@ -1,0 +1,162 @@
+// The fabpm operator console: plain JS against the REST API (no build step, no CDN).
+"use strict";
+
+const state = { token: sessionStorage.getItem("fabpm-token"), role: sessionStorage.getItem("fabpm-role"), tab: "fleet" };
+const RANK = { viewer: 0, operator: 1, admin: 2 };
+const $ = (sel, root = document) => root.querySelector(sel);
+
+function can(role) { return RANK[state.role] >= RANK[role]; }
+function fmtTime(ts) { return ts ? new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 19) : ""; }
+function fmtNum(x, d = 2) { return x === null || x === undefined ? "" : Number(x).toFixed(d); }
+function fmtProbs(p) {
+  if (!p) return "";
+  return Object.entries(p).sort((a, b) => b[1] - a[1]).slice(0, 3).map(([m, v]) => `${m} ${fmtNum(v)}`).join(", ");
+}
+function cell(text, cls) { const td = document.createElement("td"); td.textContent = text ?? ""; if (cls) td.className = cls; return td; }
+function button(label, onClick, cls = "small") {
+  const b = document.createElement("button"); b.textContent = label; b.className = cls; b.addEventListener("click", onClick); return b;
+}
+function setStatus(msg, isError = false) { const s = $("#status"); s.textContent = msg; s.className = isError ? "error" : ""; }
+
+async function api(path, options = {}) {
+  const headers = { "Content-Type": "application/json", ...(options.headers || {}) };
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  const res = await fetch(path, { ...options, headers });
+  if (res.status === 401 && path !== "/api/auth/token") { logout(); throw new Error("session expired: sign in again"); }
+  const body = res.headers.get("content-type")?.includes("json") ? await res.json() : await res.text();
+  if (!res.ok) throw new Error(body.detail ? (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)) : res.statusText);
+  return body;
+}
+const post = (path, body = {}) => api(path, { method: "POST", body: JSON.stringify(body) });
+
+function fill(tbody, rows, render) {
+  tbody.replaceChildren(...rows.map((r) => { const tr = document.createElement("tr"); render(r, tr); return tr; }));
+}
+
+const RENDER = {
+  async fleet() {
+    const [edges, tools] = await Promise.all([api("/api/fleet"), api("/api/tools")]);
+    fill($("#fleet tbody"), edges, (e, tr) => tr.append(
+      cell(e.site), cell(e.edge_id), cell(e.state), cell(Object.entries(e.models || {}).map(([k, v]) => `${k}: ${v}`).join(", ")),
+      cell(e.last_update?.outcome ? `${e.last_update.outcome} ${e.last_update.version || ""} ${e.last_update.reason || ""}` : ""),
+      cell(fmtTime(e.last_seen_ts))));
+    fill($("#tools tbody"), tools, (t, tr) => tr.append(
+      cell(t.tool_id), cell(t.tool_type), cell(t.edge_id), cell(t.state), cell(fmtProbs(t.risk)), cell(fmtTime(t.last_ts))));
+  },
+  async alerts() {
+    const rows = await api("/api/alerts?limit=200");
+    fill($("#alerts tbody"), rows, (a, tr) => {
+      const ack = cell(a.acknowledged_by || "");
+      if (!a.acknowledged_by && can("operator")) ack.append(button("Acknowledge", () => act(post(`/api/alerts/${a.msg_id}/ack`))));
+      tr.append(cell(fmtTime(a.ts)), cell(a.tool_id), cell(a.mode), cell(fmtNum(a.probability), "num"),
+        cell(fmtNum(a.rul_h, 1), "num"), cell(a.model_version), ack);
+    });
+  },
+  async cases() {
+    const rows = await api(`/api/cases?status=${$("#case-filter").value}&limit=200`);
+    fill($("#cases tbody"), rows, (c, tr) => {
+      const label = c.label_failed === null ? "" :
+        `${c.label_failed ? "failed" + (c.label_mode ? " (" + c.label_mode + ")" : "") : "healthy"}` +
+        `${c.label_rul_h !== null ? ", RUL " + fmtNum(c.label_rul_h, 1) + " h" : ""} by ${c.label_source}`;
+      const actions = cell("");
+      if (can("operator")) {
+        const modes = Object.keys(c.verdict?.probs || c.edge_prediction?.probs || {});
+        const top = modes.sort((a, b) => (c.verdict?.probs?.[b] ?? 0) - (c.verdict?.probs?.[a] ?? 0))[0] || null;
+        actions.append(
+          button(`Failed${top ? " (" + top + ")" : ""}`, () => act(post(`/api/cases/${c.case_id}/labels`, { failed: true, mode: top }))),
+          button("Healthy", () => act(post(`/api/cases/${c.case_id}/labels`, { failed: false }))));
+      }
+      tr.append(cell(fmtTime(c.received_ts)), cell(c.tool_id), cell((c.reasons || []).join(", ")),
+        cell(fmtProbs(c.edge_prediction?.probs)), cell(c.verdict ? `${fmtProbs(c.verdict.probs)}; RUL ${fmtNum(c.verdict.rul_h, 1)} h` : "waiting"),
+        cell(label), actions);
+    });
+  },
+  async models() {
+    const [models, rollouts] = await Promise.all([api("/api/models"), api("/api/rollouts")]);
+    fill($("#models tbody"), models, (m, tr) => tr.append(
+      cell(m.version), cell(m.role), cell(m.parent_version), cell(m.status, `status-${m.status}`), cell(m.round_id), cell(fmtTime(m.created_ts))));
+    fill($("#rollouts tbody"), rollouts, (r, tr) => {
+      const actions = cell("");
+      if (["canary", "all"].includes(r.stage) && can("operator")) {
+        actions.append(button("Roll back", () => act(post(`/api/rollouts/${r.id}/rollback`, { reason: "from the console" }))));
+      }
+      if (r.stage === "canary" && can("admin")) actions.append(button("Promote", () => act(post(`/api/rollouts/${r.id}/promote`))));
+      const o = r.observations || {};
+      tr.append(cell(r.id), cell(r.version), cell(r.previous_version), cell(r.stage, `stage-${r.stage}`), cell((r.canary_edges || []).join(", ")),
+        cell(`${o.observations ?? 0} cases, error ${fmtNum(o.error_new, 3)} vs ${fmtNum(o.error_previous, 3)}`), cell(r.reason), actions);
+    });
+  },
+  async tuning() {
+    const rows = await api("/api/tuning");
+    fill($("#tuning tbody"), rows, (t, tr) => {
+      const actions = cell("");
+      if (t.status === "proposal" && can("operator")) {
+        actions.append(button("Approve", () => act(post(`/api/tuning/${t.proposal_id}/approve`, { reason: "approved in the console" }))),
+          button("Reject", () => act(post(`/api/tuning/${t.proposal_id}/reject`, { reason: "rejected in the console" }))));
+      }
+      const kv = (o) => Object.entries(o || {}).map(([k, v]) => `${k} ${fmtNum(v)}`).join(", ");
+      tr.append(cell(fmtTime(t.updated_ts)), cell(t.tool_id), cell(kv(t.setpoints)), cell(kv(t.previous)), cell(kv(t.expected)), cell(t.status), actions);
+    });
+  },
+  async learning() {
+    const rows = await api("/api/learning/rounds");
+    fill($("#learning tbody"), rows, (r, tr) => {
+      const log = document.createElement("pre");
+      log.textContent = (r.log || []).map((l) => `${fmtTime(l.ts)} ${l.msg}`).join("\n");
+      const td = cell(""); td.append(log);
+      tr.append(cell(r.id), cell(r.trigger), cell(r.step), cell(r.status), td);
+    });
+  },
+};
+
+async function act(promise) {
+  try { await promise; setStatus("done"); await refresh(); } catch (err) { setStatus(err.message, true); }
+}
+
+async function refresh() {
+  if (!state.token) return;
+  try { await RENDER[state.tab](); setStatus(`updated ${new Date().toLocaleTimeString()}`); }
+  catch (err) { setStatus(err.message, true); }
+}
+
+function show() {
+  const signedIn = Boolean(state.token);
+  $("#login").hidden = signedIn;
+  $("#tabs").hidden = !signedIn;
+  $("#logout").hidden = !signedIn;
+  $("#who").textContent = signedIn ? `${sessionStorage.getItem("fabpm-user")} (${state.role})` : "";
+  document.querySelectorAll(".tab").forEach((s) => { s.hidden = !signedIn || s.id !== state.tab; });
+  document.querySelectorAll(".admin-only").forEach((b) => { b.hidden = !can("admin"); });
+  document.querySelectorAll("#tabs button").forEach((b) => b.classList.toggle("active", b.dataset.tab === state.tab));
+}
+
+function logout() {
+  state.token = null; state.role = null;
+  sessionStorage.removeItem("fabpm-token"); sessionStorage.removeItem("fabpm-role");
+  show();
+}
+
+$("#login-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const form = new FormData(ev.target);
+  try {
+    const res = await post("/api/auth/token", { username: form.get("username"), password: form.get("password") });
+    state.token = res.access_token; state.role = res.role;
+    sessionStorage.setItem("fabpm-token", res.access_token);
+    sessionStorage.setItem("fabpm-role", res.role);
+    sessionStorage.setItem("fabpm-user", form.get("username"));
+    $("#login-error").textContent = "";
+    show(); refresh();
+  } catch (err) { $("#login-error").textContent = err.message; }
+});
+$("#logout").addEventListener("click", logout);
+$("#tabs").addEventListener("click", (ev) => {
+  const tab = ev.target.dataset?.tab;
+  if (tab) { state.tab = tab; show(); refresh(); }
+});
+$("#case-filter").addEventListener("change", refresh);
+$("#new-round").addEventListener("click", () => act(post("/api/learning/rounds")));
+
+show();
+refresh();
+setInterval(refresh, 5000);
