@@ -1,0 +1,102 @@
+"""The operator console in headless Chromium (Playwright): sign in, label a case, approve a tuning
+proposal; a viewer sees no action buttons. Skips when Debian's chromium is absent."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from cloud.config import CloudConfig
+from cloud.service import CloudService
+from cloud.testing import hardcase
+from shared.messages import Tuning
+from shared.topics import Kind, topic
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed"),
+]
+
+
+@pytest.fixture
+def service(mosquitto, tmp_path: Path) -> Iterator[CloudService]:
+    cfg = CloudConfig.model_validate(
+        {
+            "storage": {"url": f"sqlite:///{tmp_path / 'c.db'}"},
+            "mqtt": {"port": mosquitto.port, "client_id": "cloud-console-test"},
+            "api": {"port": free_port(), "auth": {"scrypt_n": 2**10}},
+            "learning": {"enabled": False},
+        }
+    )
+    svc = CloudService(cfg)
+    svc.start()
+    svc.users.add("olga", "olga-password", "operator")
+    svc.users.add("vic", "vic-password", "viewer")
+    yield svc
+    svc.stop()
+
+
+def _sign_in(page, base: str, user: str) -> None:
+    page.goto(f"{base}/")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", f"{user}-password")
+    page.click("button[type=submit]")
+    page.wait_for_selector("#tabs:not([hidden])")
+
+
+def _until(pred, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_console_labels_and_approves(service: CloudService):
+    from playwright.sync_api import sync_playwright
+
+    case = hardcase(case_id="case-1")
+    assert service.ingest.handle(topic("fab1", "edge-1", Kind.HARDCASE), case.to_bytes())
+    prop = Tuning(
+        edge_id="edge-1",
+        site="fab1",
+        tool_id="etch-01",
+        action="proposal",
+        proposal_id="p-9",
+        setpoints={"rf_power": 505.0},
+    )
+    assert service.ingest.handle(topic("fab1", "edge-1", Kind.TUNING), prop.to_bytes())
+    base = f"http://127.0.0.1:{service.cfg.api.port}"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(f"{base}/")
+            page.fill("input[name=username]", "olga")
+            page.fill("input[name=password]", "wrong-password")
+            page.click("button[type=submit]")
+            page.wait_for_selector("#login-error:has-text('wrong')")
+
+            _sign_in(page, base, "olga")
+            page.wait_for_selector("#fleet td:has-text('edge-1')")
+            page.click("#tabs button[data-tab=cases]")
+            page.click("#cases tr:has-text('etch-01') button:has-text('Healthy')")
+            _until(lambda: service.repo.get_case("case-1").label_source == "operator")
+            assert service.repo.get_case("case-1").label_failed is False
+            page.click("#tabs button[data-tab=tuning]")
+            page.click("#tuning tr:has-text('etch-01') button:has-text('Approve')")
+            page.wait_for_selector("#tuning td:has-text('approval')")
+
+            page.click("#logout")
+            _sign_in(page, base, "vic")
+            page.click("#tabs button[data-tab=cases]")
+            page.select_option("#case-filter", "all")
+            page.wait_for_selector("#cases td:has-text('by operator')")
+            assert page.locator("#cases button").count() == 0  # a viewer gets no label buttons
+        finally:
+            browser.close()
