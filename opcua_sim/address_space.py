@@ -10,7 +10,7 @@ Layout (``shared.equipment``, DESIGN.md §4), NodeIds are strings of the browse 
     Objects/Fab/{area}/{tool}/Recipe               String
     Objects/Fab/{area}/{tool}/InjectFault(mode)    method (shared node, referenced by every tool)
     Objects/Fab/{area}/{tool}/PerformMaintenance() method
-    Objects/FabSimulator/{SimTime,Speed,Seed,Scenario} simulator facts
+    Objects/FabSimulator/{SimTime,Seed,Scenario,Tools,ValueChanges}  simulator facts
 
 asyncua adds a node to a folder in time that grows with the folder's size (FACTS.md: the 4,000th
 sibling costs about 17 ms), so nothing here has more than a few hundred siblings, and nodes go in
@@ -67,6 +67,7 @@ class AddressSpace:
     by_node: dict[ua.NodeId, ToolNodes]
     setpoint_nodes: dict[ua.NodeId, tuple[ToolNodes, int]]
     sim_time: AttributeValue
+    value_changes: AttributeValue  # FabSimulator/ValueChanges: values written since start (benchmarks)
     event_type: ua.NodeId
 
 
@@ -197,7 +198,12 @@ async def build(server: Server, fab: Fab, idx: int, inject: MethodFn, maintain: 
             ua.NodeId("FabSimulator/SimTime", idx), sim, "SimTime", idx, now, ua.ObjectIds.DateTime, _READ
         )
     )
-    facts = {"Seed": fab.scenario.seed, "Scenario": fab.scenario.name, "Tools": len(fab.tools)}
+    facts = {
+        "Seed": fab.scenario.seed,
+        "Scenario": fab.scenario.name,
+        "Tools": len(fab.tools),
+        "ValueChanges": 0,
+    }
     for name, value in facts.items():
         vt = ua.VariantType.String if isinstance(value, str) else ua.VariantType.Int64
         dt = ua.ObjectIds.String if isinstance(value, str) else ua.ObjectIds.Int64
@@ -251,6 +257,7 @@ async def build(server: Server, fab: Fab, idx: int, inject: MethodFn, maintain: 
         by_node={tn.node: tn for tn in out},
         setpoint_nodes=sp_nodes,
         sim_time=aspace[ua.NodeId("FabSimulator/SimTime", idx)].attributes[ua.AttributeIds.Value],
+        value_changes=aspace[ua.NodeId("FabSimulator/ValueChanges", idx)].attributes[ua.AttributeIds.Value],
         event_type=event_type.nodeid,
     )
 

@@ -48,6 +48,18 @@ _GOOD = ua.StatusCode(ua.StatusCodes.Good)
 _ADMIN = User(role=UserRole.Admin)  # asyncua's default for internal writes
 
 
+class SimDataValue(ua.DataValue):
+    """A DataValue the simulator never mutates after writing it, so it is its own deep copy.
+
+    asyncua deep-copies the value for every monitored item it notifies (about 200 µs for a
+    DataValue with timestamps, measured: it capped the server near 2,500 changes per second);
+    the copy guards against a writer mutating a value in place, which the simulator never does.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SimDataValue:
+        return self
+
+
 def auto_rate(speed: float) -> float:
     """Updates per wall second: one per 10 simulated minutes or faster, between 1 and 10 Hz."""
     return float(min(10.0, max(1.0, speed / 600.0)))
@@ -180,8 +192,16 @@ class SimServer:
             await self._fire_alarms()
             self.stats.ticks += 1
             self.stats.changes += n
+            self.aspace_changes()
             self.stats.last_step_s = time.perf_counter() - t0
             return n
+
+    def aspace_changes(self) -> None:
+        """Expose the running count of value changes (FabSimulator/ValueChanges) to clients."""
+        if self.aspace is not None:
+            self.aspace.value_changes.value = SimDataValue(
+                ua.Variant(self.stats.changes, ua.VariantType.Int64), _GOOD, None, datetime.now(UTC)
+            )
 
     async def _publish(self, dt: float) -> int:
         assert self.aspace is not None
@@ -216,9 +236,9 @@ class SimServer:
             for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
                 v = float(values[r, c])
                 if math.isnan(v):
-                    dv = ua.DataValue(ua.Variant(None, ua.VariantType.Null), _BAD_SENSOR, src, srv)
+                    dv = SimDataValue(ua.Variant(None, ua.VariantType.Null), _BAD_SENSOR, src, srv)
                 else:
-                    dv = ua.DataValue(ua.Variant(v, ua.VariantType.Double), _GOOD, src, srv)
+                    dv = SimDataValue(ua.Variant(v, ua.VariantType.Double), _GOOD, src, srv)
                 await put(nodes[r].sensors[c], dv)
             sps = np.stack([tn.tool.setpoints for tn in nodes])
             last_sp = self._last_sp.get(type_name)
@@ -228,7 +248,7 @@ class SimServer:
             ):
                 await put(
                     nodes[r].setpoints[c],
-                    ua.DataValue(ua.Variant(float(sps[r, c]), ua.VariantType.Double), _GOOD, src, srv),
+                    SimDataValue(ua.Variant(float(sps[r, c]), ua.VariantType.Double), _GOOD, src, srv),
                 )
             for tn in nodes:
                 tool = tn.tool
@@ -239,15 +259,15 @@ class SimServer:
                     if old is None or old[0][k] != value:
                         await put(
                             tn.counters[k],
-                            ua.DataValue(ua.Variant(float(value), ua.VariantType.Double), _GOOD, src, srv),
+                            SimDataValue(ua.Variant(float(value), ua.VariantType.Double), _GOOD, src, srv),
                         )
                 if old is None or old[1] != small[1]:
                     await put(
-                        tn.state, ua.DataValue(ua.Variant(small[1], ua.VariantType.String), _GOOD, src, srv)
+                        tn.state, SimDataValue(ua.Variant(small[1], ua.VariantType.String), _GOOD, src, srv)
                     )
                 if old is None or old[2] != small[2]:
                     await put(
-                        tn.recipe, ua.DataValue(ua.Variant(small[2], ua.VariantType.String), _GOOD, src, srv)
+                        tn.recipe, SimDataValue(ua.Variant(small[2], ua.VariantType.String), _GOOD, src, srv)
                     )
         return written
 
@@ -338,7 +358,7 @@ class SimServer:
                 if not status.is_good():
                     results[i] = status
                     continue
-                wv.Value = ua.DataValue(ua.Variant(value, ua.VariantType.Double), _GOOD, now)
+                wv.Value = SimDataValue(ua.Variant(value, ua.VariantType.Double), _GOOD, now)
                 applied[i] = (tn, k, value)
                 passed.append(i)
             if passed:
