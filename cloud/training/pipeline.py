@@ -57,6 +57,7 @@ class PipelineConfig:
     fine_tune_lr: float = 3e-4
     thresholds: AlertThresholds = field(default_factory=AlertThresholds)
     model_id: str = "fabpm-edge-risk"
+    cmapss_window: int = 30  # C-MAPSS FD001 protocol (its own window; cap 125 cycles)
 
     @classmethod
     def tiny(cls) -> PipelineConfig:

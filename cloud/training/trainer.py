@@ -58,6 +58,8 @@ class TrainConfig:
     w_mode: float = 0.5
     distil_alpha: float = 0.5  # weight of the teacher's targets when present
     grad_clip: float = 1.0
+    ema_decay: float = 0.99  # exponential moving average of the weights (0 = off): validation and
+    # the saved model use the averaged weights, which are far less noisy epoch to epoch
     progress: bool = True
     max_minutes: float = 0.0  # 0 = no wall-clock limit
     extra: dict[str, Any] = field(default_factory=dict)
@@ -211,10 +213,16 @@ def fit(
     model.to(device)
     net: torch.nn.Module = model
     if world > 1:
-        net = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+        # find_unused_parameters: a batch whose RUL (or mode) labels are all unknown leaves that
+        # head without a gradient on one rank; DDP must not wait for it.
+        net = DistributedDataParallel(
+            model, device_ids=[local_rank] if device.type == "cuda" else None, find_unused_parameters=True
+        )
     amp = autocast_dtype(device)
     scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     steps_per_epoch = max(1, math.ceil(len(train) / world / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1
@@ -227,6 +235,13 @@ def fit(
         device,
         amp,
         world,
+    )
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
+        )
+        if cfg.ema_decay > 0
+        else None
     )
     rng = np.random.default_rng(cfg.seed)
     best = math.inf
@@ -262,15 +277,18 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             running += float(loss.detach()) * len(idx)
             count += len(idx)
-        metrics = evaluate(model, val, cfg)
+        scored: DGA = ema.module if ema is not None else model  # type: ignore[assignment]
+        metrics = evaluate(scored, val, cfg)
         metrics.update(epoch=float(epoch), train_loss=running / max(count, 1))
         history.append(metrics)
         bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", val_rmse=f"{metrics['val_rmse']:.2f}")
         if metrics["val_loss"] < best - cfg.min_delta:
             best, bad_epochs = metrics["val_loss"], 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(scored.state_dict())
             best_metrics = dict(metrics)
         else:
             bad_epochs += 1

@@ -143,7 +143,11 @@ class DGA(nn.Module):
         self.trunk = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.SiLU())
         self.mode_head = nn.Linear(cfg.d_model, cfg.n_modes)
         self.rul_head = nn.Linear(cfg.d_model, 2)  # mean (normalised), log variance
+        # The embedding is a fixed random projection of the trunk features (no loss trains it):
+        # random projections preserve distances (Johnson-Lindenstrauss), which is all novelty needs,
+        # and a frozen head cannot drift between fine-tunes, so centroids stay comparable.
         self.emb_head = nn.Linear(cfg.d_model, cfg.embed_dim)
+        self.emb_head.requires_grad_(False)
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,194 @@
+"""``fabpm train``: train, distil, export and release fabpm's models.
+
+::
+
+    fabpm train cmapss  [--data DIR] [--out DIR] [--seed N] [--tiny] [--edge]    # C-MAPSS FD001
+    fabpm train sim     --dataset DIR [--out DIR] [--tiny] [--edge]               # a sim export
+    fabpm train release --checkpoint EDGE.pt --dataset DIR --key PEM --version V [--parent P]
+    fabpm train tuning  --dataset DIR --tool-type T --key PEM --version V [--out DIR]
+    fabpm train ddp-check --out DIR                                 # one DDP step, under torchrun
+
+Under ``torchrun --nproc_per_node N -m cloud.training.cli sim ...`` training runs with DDP (gloo
+on the CPU, NCCL on GPUs). ``--data`` defaults to ``../shared/data`` next to the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from cloud.training.errors import TrainingError
+from cloud.training.pipeline import PipelineConfig
+
+_logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fabpm train", description="Train fabpm's models.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--out", type=Path, default=REPO / "artifacts" / "train")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--tiny", action="store_true", help="a config that trains in seconds (tests, demos)")
+        sp.add_argument("--epochs", type=int, default=None)
+        sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+        sp.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
+        sp.add_argument("--no-progress", action="store_true")
+        sp.add_argument("--edge", action="store_true", help="also distil the edge model")
+
+    c = sub.add_parser("cmapss", help="C-MAPSS FD001, standard protocol (RUL cap 125, last test cycle)")
+    common(c)
+    c.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    s = sub.add_parser("sim", help="a data set written by `fabpm sim export`")
+    common(s)
+    s.add_argument("--dataset", type=Path, required=True)
+    r = sub.add_parser("release", help="export, quantize, check and sign an edge checkpoint")
+    r.add_argument("--checkpoint", type=Path, required=True)
+    r.add_argument("--dataset", type=Path, required=True, help="export whose windows calibrate and check")
+    r.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM)")
+    r.add_argument("--version", required=True)
+    r.add_argument("--parent", default=None)
+    r.add_argument("--out", type=Path, default=REPO / "artifacts" / "release")
+    t = sub.add_parser("tuning", help="the yield/energy surrogate of one tool type")
+    t.add_argument("--dataset", type=Path, required=True)
+    t.add_argument("--tool-type", required=True)
+    t.add_argument("--key", type=Path, required=True)
+    t.add_argument("--version", required=True)
+    t.add_argument("--parent", default=None)
+    t.add_argument("--out", type=Path, default=REPO / "artifacts" / "release")
+    d = sub.add_parser("ddp-check", help="one tiny DDP training step; writes a parameter digest per rank")
+    d.add_argument("--out", type=Path, required=True)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    ns = _parser().parse_args(argv)
+    if ns.cmd == "cmapss":
+        return _cmapss(ns)
+    if ns.cmd == "sim":
+        return _sim(ns)
+    if ns.cmd == "release":
+        return _release(ns)
+    if ns.cmd == "tuning":
+        return _tuning(ns)
+    return _ddp_check(ns)
+
+
+def _train_config(ns: argparse.Namespace, tiny: bool) -> PipelineConfig:
+
+    cfg = PipelineConfig.tiny() if tiny else PipelineConfig()
+    train = replace(
+        cfg.train,
+        seed=ns.seed,
+        device=ns.device,
+        threads=ns.threads,
+        progress=not ns.no_progress and cfg.train.progress,
+        epochs=ns.epochs or cfg.train.epochs,
+    )
+    return replace(cfg, train=train)
+
+
+def _cmapss(ns: argparse.Namespace) -> int:
+    from cloud.training import cmapss
+
+    cfg = _train_config(ns, ns.tiny)
+    res = cmapss.run(ns.data, ns.out, cfg, edge=ns.edge)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def _sim(ns: argparse.Namespace) -> int:
+    from cloud.training import simdata
+    from cloud.training.pipeline import distil_edge, train_full
+    from shared.features import FeatureSpec
+    from shared.models.checkpoint import load_checkpoint
+
+    cfg = _train_config(ns, ns.tiny)
+    ckpt = train_full(ns.dataset, cfg, ns.out)
+    _, meta = load_checkpoint(ckpt)
+    result: dict[str, object] = {"checkpoint": str(ckpt), "metrics": meta.get("metrics")}
+    if ns.edge and int(os.environ.get("RANK", "0")) == 0:
+        spec = FeatureSpec.from_dict(meta["feature_spec"])
+        _, tools, _ = simdata.dataset_windows(ns.dataset, spec=spec, stride=cfg.stride, cap_h=cfg.rul_cap_h)
+        edge = distil_edge(ckpt, simdata.merge(tools), cfg)
+        result["edge_checkpoint"] = str(edge)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+def _release(ns: argparse.Namespace) -> int:
+    from cloud.training import simdata
+    from cloud.training.pipeline import export_release
+    from shared.features import FeatureSpec
+    from shared.models.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(ns.checkpoint)
+    if not meta.get("feature_spec"):
+        raise TrainingError(f"{ns.checkpoint}: no feature spec in the checkpoint")
+    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    _, tools, _ = simdata.dataset_windows(ns.dataset, spec=spec)
+    path, manifest = export_release(
+        ns.checkpoint, simdata.merge(tools), ns.out, ns.key, ns.version, ns.parent
+    )
+    print(json.dumps({"artifact": str(path), "size": manifest.size, "sha256": manifest.sha256}, indent=1))
+    return 0
+
+
+def _tuning(ns: argparse.Namespace) -> int:
+    from cloud.training.tuning import release_tuning
+    from shared.signing import load_private_key
+
+    path, manifest = release_tuning(
+        ns.dataset, ns.tool_type, ns.out, load_private_key(ns.key), ns.version, ns.parent
+    )
+    print(json.dumps({"artifact": str(path), "metrics": manifest.metrics}, indent=1))
+    return 0
+
+
+def _ddp_check(ns: argparse.Namespace) -> int:
+    """Two optimiser steps of a tiny DGA on synthetic windows; rank r writes rank<r>.json."""
+    import torch
+
+    from cloud.training.trainer import TrainConfig, dist_env, fit
+    from cloud.training.windows import WindowSet
+    from shared.models.dga import DGA, DGAConfig
+
+    rank, world, _ = dist_env()
+    rng = np.random.default_rng(0)  # the same data on every rank; each trains on its shard
+    n, t, f = 64, 8, 5
+    ws = WindowSet(
+        x=rng.normal(size=(n, t, f)).astype(np.float32),
+        rul=rng.uniform(0, 10, n).astype(np.float32),
+        labels=(rng.uniform(size=(n, 1)) < 0.3).astype(np.float32),
+        groups=np.arange(n) % 4,
+    )
+    torch.manual_seed(0)
+    model = DGA(
+        DGAConfig(n_features=f, window=t, n_modes=1, d_model=8, n_heads=2, n_layers=1, d_ff=16, rul_cap=10)
+    )
+    before = float(sum(p.detach().double().sum() for p in model.parameters()))
+    cfg = TrainConfig(epochs=1, batch_size=16, patience=1, progress=False, device="cpu", seed=0)
+    res = fit(model, ws.take(np.arange(48)), ws.take(np.arange(48, 64)), cfg)
+    digest = [float(p.detach().double().sum()) for p in res.model.parameters()]
+    ns.out.mkdir(parents=True, exist_ok=True)
+    (ns.out / f"rank{rank}.json").write_text(
+        json.dumps({"rank": rank, "world": world, "before": before, "digest": digest})
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,232 @@
+"""The training pipeline on tiny configs: labels, DDP, INT8 parity, the release, the tuning model, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import free_port
+
+from cloud.training import simdata
+from cloud.training.parity import Tolerance, compare, run_onnx
+from cloud.training.windows import WindowSet, split_by_group
+from shared.dataset import ToolSeries
+from shared.equipment import ALL_MODES, E10_CODES, E10State
+from shared.features import FeatureSpec, build_features, fit_scaler
+from shared.models.dga import DGA, DGAConfig
+from shared.signing import generate_keypair, load_public_key, verify_release
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    """A small simulator export (the SIM helper's `fabpm sim export`)."""
+    out = tmp_path_factory.mktemp("sim") / "set"
+    cmd = [sys.executable, "-m", "fabpm.cli", "sim", "export", "--days", "30", "--tools", "8", "--seed", "7"]
+    proc = subprocess.run(
+        [*cmd, "--out", str(out)], capture_output=True, text=True, timeout=240, env=ENV, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("keys")
+    generate_keypair(folder / "k.pem", folder / "k.pub")
+    return folder / "k.pem", folder / "k.pub"
+
+
+def _series(rul: list[float], censor: list[float], mode: list[int], sudden: list[bool]) -> ToolSeries:
+    n = len(rul)
+    return ToolSeries(
+        t_s=np.arange(n) * 600.0,
+        values=np.zeros((n, 3), np.float32),
+        setpoints=np.zeros((n, 1), np.float32),
+        state=np.full(n, E10_CODES[E10State.PRODUCTIVE], np.int8),
+        recipe=np.zeros(n, np.int8),
+        rul_h=np.asarray(rul, np.float32),
+        censor_h=np.asarray(censor, np.float32),
+        fail_mode=np.asarray(mode, np.int16),
+        sudden=np.asarray(sudden, bool),
+    )
+
+
+def test_labels_mark_unknowns_and_sudden_failures():
+    nan = float("nan")
+    s = _series(
+        rul=[300.0, 50.0, 10.0, nan, nan, 30.0],
+        censor=[400.0, 350.0, 340.0, 300.0, 20.0, 300.0],
+        mode=[2, 2, 2, -1, -1, 3],
+        sudden=[False, False, False, False, False, True],
+    )
+    rul, labels = simdata._labels(s, np.arange(6), horizon_h=72.0, cap_h=240.0)
+    np.testing.assert_allclose(rul[:3], [240.0, 50.0, 10.0])
+    assert rul[3] == 240.0 and np.isnan(rul[4]) and np.isnan(rul[5])  # censored ≥ cap; too short; sudden
+    assert labels.shape == (6, len(ALL_MODES))
+    assert labels[0].sum() == 0 and labels[1, 2] == 1 and labels[2, 2] == 1 and labels[1].sum() == 1
+    assert (labels[3] == 0).all()  # censored past the horizon: known not to fail
+    assert np.isnan(labels[4]).all()  # run ends inside the horizon: unknown
+    assert np.isnan(labels[5, 3]) and labels[5, 2] == 0  # sudden: its own mode unknown
+
+
+def test_split_is_by_group_never_by_window():
+    rng = np.random.default_rng(0)
+    ws = WindowSet(
+        x=rng.normal(size=(100, 4, 3)).astype(np.float32),
+        rul=np.ones(100, np.float32),
+        labels=np.zeros((100, 1), np.float32),
+        groups=np.repeat(np.arange(10), 10),
+    )
+    train, val = split_by_group(ws, 0.3, seed=1)
+    assert len(train) + len(val) == 100
+    assert not set(train.groups) & set(val.groups)
+    assert len(set(val.groups)) == 3
+
+
+def test_one_ddp_step_with_two_gloo_processes(tmp_path):
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(free_port()), "-m", "cloud.training.cli", "ddp-check", "--out", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["world"] == r1["world"] == 2
+    assert r0["before"] == r1["before"]
+    np.testing.assert_allclose(r0["digest"], r1["digest"], rtol=0, atol=1e-9)  # ranks stay in sync
+    assert abs(sum(r0["digest"]) - r0["before"]) > 1e-6  # and the step changed the weights
+
+
+def test_static_int8_parity_within_stated_tolerance(tmp_path):
+    from cloud.training.export import export_dga
+    from cloud.training.quantize import adaptive_quantize, preprocess, quantize_static_int8
+
+    torch.manual_seed(0)
+    model = DGA(
+        DGAConfig(n_features=6, window=10, n_modes=2, d_model=16, n_heads=2, n_layers=1, d_ff=32)
+    ).eval()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 10, 6)).astype(np.float32)
+    fp32 = export_dga(model, tmp_path / "m.onnx")
+    q = quantize_static_int8(preprocess(fp32, tmp_path / "pre.onnx"), tmp_path / "q.onnx", x[:100])
+    res = compare(run_onnx(fp32, x[100:]), run_onnx(q, x[100:]), model.cfg.rul_cap)
+    tol = Tolerance()
+    assert res["rul_rms_diff_rel_cap"] <= tol.rul_rms
+    assert res["prob_max_diff"] <= tol.prob_max
+    assert res["emb_cos_min"] >= tol.emb_cos_min
+    assert res["rul_rms_diff"] > 0  # it really is quantized
+    mix, report = adaptive_quantize(
+        fp32, tmp_path / "mix.onnx", x[:100], x[100:], model.cfg.rul_cap, repeats=50
+    )
+    assert report.final_rul_drift <= 0.01
+    assert {g.group for g in report.groups} >= {"/model/blocks.0/attn/qkv", "/model/inp"}
+    assert all(g.why for g in report.groups)  # every decision says why
+    got = compare(run_onnx(fp32, x[100:]), run_onnx(mix, x[100:]), model.cfg.rul_cap)
+    assert got["rul_rms_diff_rel_cap"] <= 0.01
+
+
+def test_pipeline_tiny_end_to_end(export_dir, keys, tmp_path):
+    from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, fine_tune, train_full
+    from shared.models.checkpoint import load_checkpoint
+
+    cfg = PipelineConfig.tiny()
+    full = train_full(export_dir, cfg, tmp_path)
+    model, meta = load_checkpoint(full)
+    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    assert meta["modes"] == list(ALL_MODES) and "val_rmse" in meta["metrics"]
+    _, tools, _ = simdata.dataset_windows(export_dir, spec=spec, stride=cfg.stride)
+    ws = simdata.merge(tools)
+    tuned = fine_tune(
+        full, ws.take(np.flatnonzero(ws.groups < 3)), ws.take(np.flatnonzero(ws.groups >= 3)), cfg
+    )
+    assert tuned != full and "replay_rmse_after" in load_checkpoint(tuned)[1]["metrics"]
+    edge = distil_edge(tuned, ws, cfg)
+    edge_model, _ = load_checkpoint(edge)
+    assert isinstance(edge_model, DGA) and edge_model.n_params() < model.n_params()
+    path, manifest = export_release(edge, ws, tmp_path / "rel", keys[0], "v1", None, cfg)
+    assert verify_release(path, load_public_key(keys[1])).version == "v1"
+    assert manifest.role == "edge-risk" and manifest.input_spec["input_name"] == "x"
+    assert FeatureSpec.from_dict(manifest.input_spec) == spec
+    out = manifest.output_spec
+    assert out["modes"] == list(ALL_MODES) and out["horizon_h"] == 72.0 and out["rul_cap_h"] > 0
+    assert (
+        np.asarray(out["embedding_centroids"]).shape[1] == edge_model.cfg.embed_dim
+        and out["novelty_scale"] > 0
+    )
+    assert set(manifest.thresholds) >= {
+        "alert_probability", "alert_persistence_steps", "alert_clear_probability",
+        "hard_margin", "hard_rul_std_h", "hard_novelty",
+    }  # fmt: skip
+    assert manifest.precision["fp32_groups"] or manifest.precision["int8_groups"]
+    # the edge's path: raw values → shared.features → the released graph
+    import onnxruntime as ort
+
+    from shared.equipment import tool_type
+
+    tt = "plasma_etch"
+    raw = np.full((spec.window, len(tool_type(tt).sensors)), np.nan)
+    raw[:, :] = np.asarray(spec.scaler.mean[tt])
+    feats = build_features(raw, np.ones(spec.window), tt, spec)[None]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probs, rul, rul_std, emb = sess.run(None, {"x": feats})
+    assert probs.shape == (1, len(ALL_MODES)) and rul.shape == (1,) and rul_std.shape == (1,)
+    assert emb.shape == (1, edge_model.cfg.embed_dim)
+
+
+def test_tuning_model_release_and_step(export_dir, keys, tmp_path):
+    import onnxruntime as ort
+
+    from cloud.training.tuning import release_tuning
+    from shared.signing import load_private_key
+    from shared.tuning import propose_step
+
+    path, manifest = release_tuning(
+        export_dir, "plasma_etch", tmp_path, load_private_key(keys[0]), "t1", epochs=30
+    )
+    assert verify_release(path, load_public_key(keys[1])).role == "edge-tuning"
+    spec = manifest.input_spec
+    assert spec["tool_type"] == "plasma_etch" and spec["setpoints"] and spec["context"]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["yield", "energy"]
+
+    def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        y, e = sess.run(None, {"x": x.astype(np.float32)})
+        return y, e
+
+    current = {n: float(m) for n, m in zip(spec["setpoints"], spec["mean"], strict=False)}
+    context = {n: float(m) for n, m in zip(spec["context"], spec["mean"][len(current) :], strict=True)}
+    env = {n: (v * 0.9, v * 1.1) for n, v in current.items()}
+    step = {n: abs(v) * 0.02 for n, v in current.items()}
+    prop = propose_step(predict, current, context, env, step, {"yield": 1.0, "energy": 0.1})
+    for n, v in prop.items():
+        assert env[n][0] - 1e-6 <= v <= env[n][1] + 1e-6 and abs(v - current[n]) <= step[n] + 1e-6
+
+
+def test_cli_cmapss_tiny(data_dir, tmp_path):
+    cmd = [sys.executable, "-m", "fabpm.cli", "train", "cmapss", "--tiny", "--epochs", "1", "--no-progress"]
+    proc = subprocess.run(
+        [*cmd, "--data", str(data_dir), "--out", str(tmp_path)], capture_output=True, text=True, timeout=240,
+        env=ENV, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout)
+    assert len(res["full_pred"]) == 100 and np.isfinite(res["full"]["rmse"]) and res["full"]["score"] > 0
+    assert Path(res["full_checkpoint"]).exists()
+
+
+def test_fit_scaler_matches_features():
+    # the scaler simdata fits is the one shared.features applies: z of the mean is 0
+    vals = np.random.default_rng(0).normal(5, 2, (50, 14))
+    spec = FeatureSpec(window=4, step_s=600.0, scaler=fit_scaler({"plasma_etch": vals}))
+    f = build_features(vals[:4], np.ones(4), "plasma_etch", spec)
+    assert np.isfinite(f).all() and abs(float(f[:, :14].mean())) < 1.5
