@@ -106,12 +106,15 @@ class Counter:
     def datachange_notification(self, node: object, val: object, data: object) -> None:
         self.n += 1
 
+    def status_change_notification(self, status: object) -> None:
+        print(f"subscription status change: {status}", file=sys.stderr)
+
 
 async def measure(
     port: int, node_ids: list[str], counter_id: str, warmup: float, seconds: float, pid: int
 ) -> dict:
-    client = Client(f"opc.tcp://127.0.0.1:{port}/fabpm/", timeout=60)
-    client.watchdog_intervall = 60.0  # FACTS.md: the 1 s default disconnects during large subscribes
+    # FACTS.md: the 1 s default watchdog disconnects during large subscribes on a busy machine
+    client = Client(f"opc.tcp://127.0.0.1:{port}/fabpm/", timeout=60, watchdog_intervall=60.0)
     async with client:
         idx = await client.get_namespace_index(NAMESPACE_URI)
         nodes = [client.get_node(ua.NodeId(s, idx)) for s in node_ids]

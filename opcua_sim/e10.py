@@ -35,6 +35,11 @@ class E10Metrics:
         return asdict(self)
 
 
+def from_hours(hours: Mapping[E10State, float], failures: int) -> E10Metrics:
+    """Metrics from hours per state and a failure count (e.g. a live tool's tallies)."""
+    return _metrics(hours, failures)
+
+
 def _metrics(hours: Mapping[E10State, float], failures: int) -> E10Metrics:
     total = float(sum(hours.values()))
     operations = total - hours.get(E10State.NON_SCHEDULED, 0.0)

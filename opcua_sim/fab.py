@@ -25,6 +25,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from opcua_sim import e10
+from opcua_sim.e10 import E10Metrics
 from opcua_sim.errors import SimError
 from opcua_sim.physics import Context, TypeTables, sensor_values, tables, tool_key
 from opcua_sim.process import power_kw
@@ -203,6 +205,8 @@ class Fab:
         dt_h = (t - self.t) / 3600.0
         for tool in self.tools:
             tool.energy_kwh += power_kw(tool.type_name, tool.processing, tool.down, tool.eco) * dt_h
+            state = tool.e10
+            tool.e10_hours[state] = tool.e10_hours.get(state, 0.0) + dt_h
         for tool in self.tools:
             if not tool.subfab:
                 tool.advance_to(t)
@@ -251,3 +255,8 @@ class Fab:
 
     def type_tables(self, type_name: str) -> TypeTables:
         return tables(type_name)
+
+    def e10_metrics(self, tool_id: str) -> E10Metrics:
+        """SEMI E10 figures of a tool since the start (state sampled at each advance)."""
+        tool = self.by_id[tool_id]
+        return e10.from_hours(tool.e10_hours, tool.failures)

@@ -68,11 +68,22 @@ class Production(StrictModel):
     # Engineers retune a setpoint now and then: the tuning model learns from this spread.
     setpoint_change_mean_days: float = Field(default=3.0, gt=0.0)
     recipe_mix: dict[str, float] = Field(default_factory=dict)  # recipe -> weight; default uniform
+    # [start_day, end_day) windows when no production is scheduled (E10 non-scheduled): process
+    # tools finish their lot and stop; sub-fab equipment keeps running idle.
+    non_scheduled_days: list[tuple[float, float]] = Field(default_factory=list)
 
     @field_validator("recipe_mix")
     @classmethod
     def _recipes(cls, value: dict[str, float]) -> dict[str, float]:
         return _check_recipe_mix(value)
+
+    @field_validator("non_scheduled_days")
+    @classmethod
+    def _windows(cls, value: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        for start, end in value:
+            if not 0 <= start < end:
+                raise ValueError(f"window [{start}, {end}]: need 0 ≤ start < end (days)")
+        return sorted(value)
 
 
 class Maintenance(StrictModel):
@@ -175,6 +186,7 @@ def _check_recipe_mix(value: dict[str, float]) -> dict[str, float]:
     return value
 
 
+DEFAULT_PRODUCTION: dict[str, Any] = {"non_scheduled_days": [(24.0, 25.0)]}  # a one-day shutdown
 DEFAULT_AREAS: list[dict[str, Any]] = [
     {"name": "etch", "tools": [{"type": "plasma_etch", "count": 12}]},
     {"name": "deposition", "tools": [{"type": "cvd", "count": 10}]},
@@ -185,7 +197,7 @@ DEFAULT_AREAS: list[dict[str, Any]] = [
 
 def default_scenario() -> Scenario:
     """The default fab: 60 tools, about 1,400 tags (examples/scenarios/default_fab.yaml)."""
-    return Scenario.model_validate({"areas": DEFAULT_AREAS})
+    return Scenario.model_validate({"areas": DEFAULT_AREAS, "production": DEFAULT_PRODUCTION})
 
 
 def parse_scenario(data: Mapping[str, Any], source: str = "scenario") -> Scenario:

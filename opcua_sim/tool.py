@@ -119,6 +119,8 @@ class Tool:
         self.energy_kwh = 0.0
         self.last_lot_yield = 0.0
         self.last_lot_energy_kwh = 0.0
+        self.e10_hours: dict[E10State, float] = {}  # tallied by the Fab at each advance (server side)
+        self.failures = 0
         if self.subfab:
             self.seg_end = INF
         self._record_segment()
@@ -245,8 +247,18 @@ class Tool:
     def _idle_gap(self) -> float:
         return float(self.rng.exponential(self.sc.production.mean_idle_min * 60.0))
 
+    def _non_scheduled_until(self) -> float | None:
+        for start, end in self.sc.production.non_scheduled_days:
+            if start * DAY <= self.t < end * DAY:
+                return end * DAY
+        return None
+
     def _start_lot(self) -> None:
         p = self.sc.production
+        until = self._non_scheduled_until()
+        if until is not None:
+            self._set_state(E10State.NON_SCHEDULED, until)
+            return
         weights = self.drift.recipe_weights(self.type_name, self.t)
         recipe = int(self.rng.choice(len(weights), p=weights))
         self.lot_begin = self.t
@@ -333,6 +345,7 @@ class Tool:
         if self.state == E10State.PRODUCTIVE:
             self._emit({"kind": "lot_aborted", "tool": self.tool_id, "t_s": self.t})
         health = self.health_now()
+        self.failures += 1
         if self.history is not None:
             self.history.failures.append((self.t, ALL_MODES.index(mode), sudden))
         self._emit(

@@ -14,6 +14,7 @@ from opcua_sim.tool import SensorFault
 from shared.equipment import NAMESPACE_URI
 
 TIMEOUT = 10.0
+WATCHDOG = 30.0  # asyncua's 1 s default can disconnect on a busy CI machine (FACTS.md)
 
 
 class Collector:
@@ -51,7 +52,10 @@ async def _tool_node(client: Client, sim: SimHandle, index: int = 0) -> tuple[No
 
 
 async def test_browse_read_units_ranges_and_simulated_timestamps():
-    async with running_sim(tools=8, seed=1, speed=0) as sim, Client(sim.endpoint, timeout=TIMEOUT) as client:
+    async with (
+        running_sim(tools=8, seed=1, speed=0) as sim,
+        Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client,
+    ):
         idx = await client.get_namespace_index(NAMESPACE_URI)
         fab = await client.nodes.objects.get_child(f"{idx}:Fab")
         areas = {(await a.read_browse_name()).Name for a in await fab.get_children()}
@@ -88,7 +92,10 @@ async def test_browse_read_units_ranges_and_simulated_timestamps():
 
 
 async def test_subscription_gets_changes_stamped_in_simulated_time():
-    async with running_sim(tools=6, seed=2, speed=0) as sim, Client(sim.endpoint, timeout=TIMEOUT) as client:
+    async with (
+        running_sim(tools=6, seed=2, speed=0) as sim,
+        Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client,
+    ):
         tool_node, idx = await _tool_node(client, sim)
         sensors = await (await tool_node.get_child(f"{idx}:Sensors")).get_children()
         handler = Collector()
@@ -106,7 +113,10 @@ async def test_subscription_gets_changes_stamped_in_simulated_time():
 
 
 async def test_setpoint_writes_in_and_out_of_range():
-    async with running_sim(tools=6, seed=3, speed=0) as sim, Client(sim.endpoint, timeout=TIMEOUT) as client:
+    async with (
+        running_sim(tools=6, seed=3, speed=0) as sim,
+        Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client,
+    ):
         tool_node, idx = await _tool_node(client, sim)
         tool = sim.fab.tools[0]
         spec = tool.tt.tool.setpoints[0]
@@ -129,7 +139,10 @@ async def test_setpoint_writes_in_and_out_of_range():
 
 
 async def test_inject_fault_goes_down_with_an_alarm_and_maintenance_resets():
-    async with running_sim(tools=6, seed=4, speed=0) as sim, Client(sim.endpoint, timeout=TIMEOUT) as client:
+    async with (
+        running_sim(tools=6, seed=4, speed=0) as sim,
+        Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client,
+    ):
         tool_node, idx = await _tool_node(client, sim)
         tool = sim.fab.tools[0]
         etype = await client.nodes.base_event_type.get_child(f"{idx}:ToolAlarmEventType")
@@ -163,7 +176,7 @@ async def test_inject_fault_goes_down_with_an_alarm_and_maintenance_resets():
 
 async def test_same_seed_same_values_and_bad_status_for_dropouts():
     async def read_all(sim: SimHandle) -> list[float]:
-        async with Client(sim.endpoint, timeout=TIMEOUT) as client:
+        async with Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client:
             tool_node, idx = await _tool_node(client, sim, 1)
             nodes = await (await tool_node.get_child(f"{idx}:Sensors")).get_children()
             return [dv.Value.Value for dv in await client.read_attributes(nodes)]
@@ -177,7 +190,7 @@ async def test_same_seed_same_values_and_bad_status_for_dropouts():
                 tool = sim.fab.tools[1]
                 tool.faults.append(SensorFault(0, "dropout", sim.fab.t, sim.fab.t + 3600.0))
                 await sim.advance(60.0)
-                async with Client(sim.endpoint, timeout=TIMEOUT) as client:
+                async with Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client:
                     tool_node, idx = await _tool_node(client, sim, 1)
                     node = await tool_node.get_child(
                         [f"{idx}:Sensors", f"{idx}:{tool.tt.tool.sensor_names[0]}"]
@@ -190,7 +203,7 @@ async def test_same_seed_same_values_and_bad_status_for_dropouts():
 
 async def test_speed_factor_moves_simulated_time_and_restart_keeps_the_port():
     async with running_sim(tools=4, seed=5, speed=3600.0, rate_hz=5) as sim:
-        async with Client(sim.endpoint, timeout=TIMEOUT) as client:
+        async with Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client:
             idx = await client.get_namespace_index(NAMESPACE_URI)
             sim_time = await client.nodes.objects.get_child([f"{idx}:FabSimulator", f"{idx}:SimTime"])
             t0 = await sim_time.read_value()
@@ -199,7 +212,7 @@ async def test_speed_factor_moves_simulated_time_and_restart_keeps_the_port():
             assert 900 <= elapsed <= 4 * 3600  # about 0.6 s × 3600
         t_before = sim.fab.t
         await sim.restart()
-        async with Client(sim.endpoint, timeout=TIMEOUT) as client:
+        async with Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client:
             tool_node, idx = await _tool_node(client, sim)
             assert await (await tool_node.get_child(f"{idx}:State")).read_value()
         assert sim.fab.t >= t_before  # the same fab carries on
@@ -208,14 +221,14 @@ async def test_speed_factor_moves_simulated_time_and_restart_keeps_the_port():
 async def test_basic256sha256_sign_and_encrypt_with_generated_certificates_and_login():
     async with running_sim(tools=3, seed=6, speed=0, security=True, users={"operator": "s3cret"}) as sim:
         for mode in ("SignAndEncrypt", "Sign"):
-            client = Client(sim.endpoint, timeout=TIMEOUT)
+            client = Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG)
             await client.set_security_string(sim.security_string(mode))
             client.set_user("operator")
             client.set_password("s3cret")
             async with client:
                 tool_node, idx = await _tool_node(client, sim)
                 assert await (await tool_node.get_child(f"{idx}:State")).read_value()
-        bad = Client(sim.endpoint, timeout=TIMEOUT)
+        bad = Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG)
         await bad.set_security_string(sim.security_string("SignAndEncrypt"))
         bad.set_user("operator")
         bad.set_password("wrong")
