@@ -63,6 +63,7 @@ class ServingConfig(StrictModel):
     max_wait_ms: float = Field(default=10.0, ge=0)
     queue_size: int = Field(default=2048, ge=1)
     keep_ratio: float | None = Field(default=None, gt=0, le=1)  # DGA token dropping at inference
+    trace: bool = True  # TorchScript-trace the model per window length (see cloud.serving.FullModel)
     retry_pending_s: float = Field(default=30.0, gt=0)  # how often cases left without a verdict are re-queued
 
 

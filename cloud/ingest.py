@@ -42,6 +42,7 @@ from shared.topics import EDGE_TO_CLOUD, parse_topic
 
 _logger = logging.getLogger(__name__)
 DEAD_PAYLOAD_KEEP = 64 * 1024  # bytes of a rejected payload kept for inspection
+TOUCH_INTERVAL_S = 1.0  # last-seen times of edges and tools are refreshed at most this often per worker
 MAX_WINDOW_VALUES = 1_000_000
 
 
@@ -63,6 +64,9 @@ class Ingestor:
         self.clock = clock
         self.dead = 0
         self.handled_ids: list[str] = []  # msg_ids this worker stored, newest last (bounded)
+        # (edge or tool key) → when this worker last committed its row: skips two queries per message.
+        self._touched: dict[tuple[str, ...], float] = {}
+        self._pending_touch: list[tuple[str, ...]] = []
 
     def handle(self, topic: str, payload: bytes) -> bool:
         """Process one message. True: done (acknowledge); False: retry later (do not acknowledge)."""
@@ -71,6 +75,7 @@ class Ingestor:
         except SchemaError as exc:
             return self._dead_letter(topic, payload, str(exc))
         kind = msg.KIND.value
+        self._pending_touch = []
         try:
             case = self.repo.store_once(msg.msg_id, kind, msg.edge_id, lambda s: self._write(s, msg))
         except Duplicate:
@@ -83,6 +88,11 @@ class Ingestor:
             _logger.warning("could not store %s %s (%s); left for redelivery", kind, msg.msg_id, exc)
             return False
         self.metrics.messages.labels(kind, "stored").inc()
+        now = self.clock()
+        for key in self._pending_touch:  # only after the commit: a rolled-back insert is not cached
+            self._touched[key] = now
+        if len(self._touched) > 100_000:
+            self._touched.clear()
         self.handled_ids.append(msg.msg_id)
         if len(self.handled_ids) > 100_000:
             del self.handled_ids[:50_000]
@@ -169,9 +179,14 @@ class Ingestor:
         if isinstance(msg, HardCase):
             return self._write_case(s, msg, now)
         if isinstance(msg, Event):
-            tool = self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts)
             if msg.state:
-                tool.state = msg.state
+                tool = self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts) or s.get(
+                    Tool, msg.tool_id
+                )
+                if tool is not None:
+                    tool.state = msg.state
+            else:
+                self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts)
             row = EventRow(
                 msg_id=msg.msg_id,
                 edge_id=msg.edge_id,
@@ -191,9 +206,12 @@ class Ingestor:
                 _logger.info("%s of %s at %.0f labelled %d cases", msg.event, msg.tool_id, msg.source_ts, n)
             return None
         if isinstance(msg, Telemetry):
-            tool = self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts)
-            tool.summary = {k: dict(v) for k, v in msg.summary.items()}
-            tool.risk = dict(msg.risk)
+            tool = self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts) or s.get(
+                Tool, msg.tool_id
+            )
+            if tool is not None:
+                tool.summary = {k: dict(v) for k, v in msg.summary.items()}
+                tool.risk = dict(msg.risk)
             return None
         if isinstance(msg, Tuning):
             self._write_tuning(s, msg, now)
@@ -254,7 +272,17 @@ class Ingestor:
         if msg.action == "proposal":
             row.setpoints = dict(msg.setpoints)
 
+    def _fresh(self, key: tuple[str, ...], now: float) -> bool:
+        """True when this worker committed the row less than TOUCH_INTERVAL_S ago."""
+        last = self._touched.get(key)
+        if last is not None and now - last < TOUCH_INTERVAL_S:
+            return True
+        self._pending_touch.append(key)
+        return False
+
     def _touch_edge(self, s: Session, msg: Message, now: float) -> None:
+        if not isinstance(msg, Status) and self._fresh(("edge", msg.edge_id), now):
+            return
         edge = s.get(Edge, msg.edge_id)
         if edge is None:
             edge = Edge(
@@ -265,7 +293,10 @@ class Ingestor:
 
     def _touch_tool(
         self, s: Session, edge_id: str, site: str, tool_id: str, tool_type: str | None, ts: float
-    ) -> Tool:
+    ) -> Tool | None:
+        """The tool's row, created if new; None when it was refreshed moments ago (nothing to change)."""
+        if self._fresh(("tool", tool_id, tool_type or ""), self.clock()):
+            return None
         tool = s.get(Tool, tool_id)
         if tool is None:
             tool = Tool(tool_id=tool_id, edge_id=edge_id, site=site, tool_type=tool_type, summary={}, risk={})

@@ -76,6 +76,7 @@ class MqttLink:
             min_delay=max(1, int(cfg.reconnect_min_s)), max_delay=max(1, int(cfg.reconnect_max_s))
         )
         self.client.on_connect = self._on_connect
+        self.client.on_socket_open = self._on_socket_open
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
@@ -109,6 +110,16 @@ class MqttLink:
         self.connected.clear()
 
     # ---- callbacks (paho's network thread) ---------------------------------------------------
+    @staticmethod
+    def _on_socket_open(_client: mqtt.Client, _userdata: object, sock: object) -> None:
+        # Without TCP_NODELAY a verdict sent right after the PUBACK of its hard case waits for the
+        # broker's delayed ACK (Nagle): about 40 ms added to every round trip (measured, B5).
+        if isinstance(sock, socket.socket):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:  # not a TCP socket (e.g. a Unix socket): nothing to tune
+                _logger.debug("TCP_NODELAY not set: %s", exc)
+
     def _on_connect(
         self,
         client: mqtt.Client,

@@ -16,14 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import text
 
 from cloud.api import ApiContext, create_app
 from cloud.auth import Users
-from cloud.batcher import DynamicBatcher
 from cloud.config import CloudConfig
 from cloud.errors import CloudError, ModelError
 from cloud.ingest import Ingestor
@@ -32,7 +30,7 @@ from cloud.metrics import CloudMetrics
 from cloud.mqtt import MqttLink
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
-from cloud.serving import Prediction, load_replicas
+from cloud.serving import load_replicas
 from cloud.storage import Repo, make_engine, migrate
 from cloud.verdicts import VerdictService
 
@@ -62,7 +60,6 @@ class CloudService:
             self.repo, self.registry, self._publish, cfg.rollout, self.metrics, public_url, clock
         )
         self.verdicts: VerdictService | None = None
-        self.batcher: DynamicBatcher[np.ndarray, Prediction] | None = None
         self.model_version: str | None = None
         self.learner: Learner | None = None
         self._pipeline = pipeline
@@ -96,19 +93,18 @@ class CloudService:
             _logger.warning("serving.checkpoint is not set: hard cases are stored but get no verdict")
             return
         s = self.cfg.serving
-        replicas = load_replicas(ckpt, s.device, s.precision, s.threads, s.keep_ratio)
+        replicas = load_replicas(ckpt, s.device, s.precision, s.threads, s.keep_ratio, s.trace)
         self.model_version = replicas[0].version
-        self.batcher = DynamicBatcher(
-            [r.predict for r in replicas],
-            s.max_batch,
-            s.max_wait_ms / 1000.0,
-            s.queue_size,
-            on_batch=self.metrics.batch_size.observe,
-        )
-        self.batcher.start()
         self.verdicts = VerdictService(
-            self.repo, self.batcher, self._publish, self.model_version, self.metrics, self.clock
+            self.repo,
+            [r.predict for r in replicas],
+            self._publish,
+            self.model_version,
+            self.metrics,
+            s,
+            self.clock,
         )
+        self.verdicts.start()
 
     def base_checkpoint(self) -> Path:
         """The full model a round fine-tunes: the active model's, else the served one."""
@@ -220,8 +216,8 @@ class CloudService:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.link.stop()
-        if self.batcher is not None:
-            self.batcher.stop()
+        if self.verdicts is not None:
+            self.verdicts.stop()
         for t in self._threads:
             t.join(timeout=10)
         self.engine.dispose()
@@ -239,7 +235,7 @@ class CloudService:
             "database": db_ok,
             "mqtt": mqtt_ok,
             "model": self.model_version,
-            "queue": self.batcher.depth() if self.batcher else 0,
+            "queue": self.verdicts.batcher.depth() if self.verdicts else 0,
             "dead_letters": self.ingest.dead,
         }
 

@@ -1,8 +1,8 @@
-"""Verdicts: a new hard case goes to the batcher; the full model's answer is stored and published
-to the edge's verdict topic with the case id as correlation id.
+"""Verdicts: a new hard case goes to the batcher; the full model's answers for a batch are stored
+in one transaction and published to each edge's verdict topic, the case id as correlation id.
 
-Cases the batcher refused (queue full, overflow policy) or that were in flight when a worker died
-stay without a verdict in the database; :meth:`VerdictService.sweep` (scheduled every
+Cases the batcher refused (queue full: the overflow policy) or that were in flight when a worker
+died stay without a verdict in the database; :meth:`VerdictService.sweep` (scheduled every
 ``serving.retry_pending_s``) re-submits them.
 """
 
@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from cloud.batcher import DynamicBatcher
-from cloud.errors import BrokerError, QueueFullError
+from cloud.config import ServingConfig
+from cloud.errors import CloudError, QueueFullError
 from cloud.metrics import CloudMetrics
 from cloud.serving import Prediction
 from cloud.storage.models import Case
@@ -27,28 +28,52 @@ from shared.topics import QOS, Kind, topic
 
 _logger = logging.getLogger(__name__)
 Publish = Callable[[str, bytes, int, bool], None]
+Predict = Callable[[Sequence[np.ndarray]], list[Prediction]]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    case_id: str
+    edge_id: str
+    site: str
+    tool_id: str
+    received_ts: float
+    window: np.ndarray  # (T, F)
 
 
 class VerdictService:
-    """Connects ingest (``on_case``), the batcher, storage and the publisher."""
+    """Connects ingest (``on_case``), the batcher (one worker per model replica), storage and MQTT."""
 
     def __init__(
         self,
         repo: Repo,
-        batcher: DynamicBatcher[np.ndarray, Prediction],
+        replicas: Sequence[Predict],
         publish: Publish,
         model_version: str,
         metrics: CloudMetrics,
+        cfg: ServingConfig,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.repo = repo
-        self.batcher = batcher
         self.publish = publish
         self.model_version = model_version
         self.metrics = metrics
         self.clock = clock
+        self.batcher: DynamicBatcher[Job, bool] = DynamicBatcher(
+            [self._batch_fn(p) for p in replicas],
+            cfg.max_batch,
+            cfg.max_wait_ms / 1000.0,
+            cfg.queue_size,
+            on_batch=metrics.batch_size.observe,
+        )
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    def stop(self) -> None:
+        self.batcher.stop()
 
     def on_case(self, case: Case) -> None:
         """Queue a stored case for the model; a full queue leaves it for the sweep."""
@@ -56,51 +81,58 @@ class VerdictService:
             if case.case_id in self._in_flight:
                 return
             self._in_flight.add(case.case_id)
+        job = Job(
+            case.case_id, case.edge_id, case.site, case.tool_id, case.received_ts, self.repo.case_window(case)
+        )
         try:
-            fut = self.batcher.submit(self.repo.case_window(case))
+            fut = self.batcher.submit(job)
         except QueueFullError:
-            with self._lock:
-                self._in_flight.discard(case.case_id)
+            self._release(case.case_id)
             self.metrics.queue_rejections.inc()
             return
         self.metrics.queue_depth.set(self.batcher.depth())
-        key = (case.case_id, case.edge_id, case.site, case.tool_id, case.received_ts)
-        fut.add_done_callback(lambda f: self._done(key, f))
+        fut.add_done_callback(lambda _f, cid=case.case_id: self._release(cid))
 
-    def _done(self, key: tuple[str, str, str, str, float], fut: Future[Prediction]) -> None:
-        case_id, edge_id, site, tool_id, received_ts = key
-        try:
-            pred = fut.result()
-        except Exception as exc:  # the batcher logged it; the sweep retries the case
-            _logger.warning("no verdict for %s: %s", case_id, exc)
-            with self._lock:
-                self._in_flight.discard(case_id)
-            return
-        latency_ms = max(0.0, (self.clock() - received_ts) * 1000.0)
-        verdict = Verdict(
-            edge_id=edge_id,
-            site=site,
-            case_id=case_id,
-            tool_id=tool_id,
-            probs=pred.probs,
-            rul_h=pred.rul_h,
-            rul_std_h=pred.rul_std_h,
-            model_version=self.model_version,
-            latency_ms=latency_ms,
-        )
-        try:
-            fresh = self.repo.save_verdict(
-                case_id, verdict.model_dump(mode="json", by_alias=True), self.model_version
+    def _release(self, case_id: str) -> None:
+        with self._lock:
+            self._in_flight.discard(case_id)
+
+    def _batch_fn(self, predict: Predict) -> Callable[[list[Job]], list[bool]]:
+        def run(jobs: list[Job]) -> list[bool]:
+            preds = predict([j.window for j in jobs])
+            now = self.clock()
+            verdicts = {
+                j.case_id: Verdict(
+                    edge_id=j.edge_id,
+                    site=j.site,
+                    case_id=j.case_id,
+                    tool_id=j.tool_id,
+                    probs=p.probs,
+                    rul_h=p.rul_h,
+                    rul_std_h=p.rul_std_h,
+                    model_version=self.model_version,
+                    latency_ms=max(0.0, (now - j.received_ts) * 1000.0),
+                )
+                for j, p in zip(jobs, preds, strict=True)
+            }
+            fresh = self.repo.save_verdicts(
+                {cid: v.model_dump(mode="json", by_alias=True) for cid, v in verdicts.items()},
+                self.model_version,
             )
-            if fresh:
-                self.publish(topic(site, edge_id, Kind.VERDICT), verdict.to_bytes(), QOS[Kind.VERDICT], False)
+            for cid in fresh:
+                v = verdicts[cid]
+                try:
+                    self.publish(
+                        topic(v.site, v.edge_id, Kind.VERDICT), v.to_bytes(), QOS[Kind.VERDICT], False
+                    )
+                except CloudError as exc:  # stored; paho re-sends queued messages after a reconnect
+                    _logger.warning("verdict for %s not published: %s", cid, exc)
+                    continue
                 self.metrics.verdicts.inc()
-                self.metrics.verdict_latency.observe(latency_ms / 1000.0)
-        except (BrokerError, Exception) as exc:  # storage or broker trouble: the sweep retries
-            _logger.warning("verdict for %s not delivered: %s", case_id, exc)
-        finally:
-            with self._lock:
-                self._in_flight.discard(case_id)
+                self.metrics.verdict_latency.observe((v.latency_ms or 0.0) / 1000.0)
+            return [j.case_id in fresh for j in jobs]
+
+        return run
 
     def sweep(self, older_than_s: float) -> int:
         """Re-submit cases without a verdict received more than ``older_than_s`` ago."""

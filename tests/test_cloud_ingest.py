@@ -16,8 +16,7 @@ from conftest import pg_url
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
-from cloud.batcher import DynamicBatcher
-from cloud.config import MqttConfig
+from cloud.config import MqttConfig, ServingConfig
 from cloud.ingest import Ingestor
 from cloud.metrics import CloudMetrics
 from cloud.mqtt import MqttLink
@@ -157,15 +156,19 @@ class EdgeClient:
 def test_hard_case_gets_a_verdict_over_mqtt(repo: Repo, mosquitto, tmp_path: Path):
     replicas = load_replicas(tiny_full_checkpoint(tmp_path / "full.pt"))
     metrics = CloudMetrics()
-    batcher = DynamicBatcher([r.predict for r in replicas], max_batch=8, max_wait_s=0.005, queue_size=64)
     link = MqttLink(MqttConfig(port=mosquitto.port, client_id="cloud-w1"), handler=None)
     service = VerdictService(
-        repo, batcher, lambda t, p, q, r: link.publish(t, p, q, r), replicas[0].version, metrics
+        repo,
+        [r.predict for r in replicas],
+        lambda t, p, q, r: link.publish(t, p, q, r),
+        replicas[0].version,
+        metrics,
+        ServingConfig(max_batch=8, max_wait_ms=5),
     )
     ingest = Ingestor(repo, metrics, on_case=service.on_case)
     link.handler = ingest.handle
     link.kinds = (Kind.HARDCASE, Kind.EVENT)
-    batcher.start()
+    service.start()
     link.start()
     edge = EdgeClient(mosquitto.port, subscribe=topic("fab1", "edge-1", Kind.VERDICT))
     try:
@@ -187,7 +190,7 @@ def test_hard_case_gets_a_verdict_over_mqtt(repo: Repo, mosquitto, tmp_path: Pat
     finally:
         edge.close()
         link.stop()
-        batcher.stop()
+        service.stop()
 
 
 def test_two_workers_split_a_shared_subscription_exactly_once(repo: Repo, mosquitto):

@@ -6,6 +6,8 @@ several writes to land together (ingest stores a message and its de-duplication 
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,10 +36,20 @@ class Repo:
         self.engine = engine
         self.clock = clock
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # SQLite has one writer at a time and makes the others poll with sleeps of up to 100 ms
+        # (its busy handler); within this process we queue them on a lock instead. PostgreSQL
+        # needs no such lock.
+        self._write_lock: threading.RLock | None = (
+            threading.RLock() if engine.dialect.name == "sqlite" else None
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session committed on success, rolled back on any error; DB outages → StorageError."""
+        with self._write_lock or contextlib.nullcontext():
+            yield from self._transaction()
+
+    def _transaction(self) -> Iterator[Session]:
         session = self._sessions()
         try:
             yield session
@@ -80,16 +92,23 @@ class Repo:
         with self.transaction() as s:
             return s.get(Case, case_id)
 
-    def save_verdict(self, case_id: str, verdict: dict[str, Any], model_version: str) -> bool:
-        """Store the verdict; False when the case already had one (another worker answered it)."""
+    def save_verdicts(self, verdicts: dict[str, dict[str, Any]], model_version: str) -> set[str]:
+        """Store a batch of verdicts in one transaction; returns the case ids that had none yet
+        (a case another worker answered meanwhile keeps its first verdict)."""
+        if not verdicts:
+            return set()
+        now = self.clock()
         with self.transaction() as s:
-            case = s.get(Case, case_id, with_for_update=True)
-            if case is None or case.verdict is not None:
-                return False
-            case.verdict = verdict
-            case.verdict_model = model_version
-            case.verdict_ts = self.clock()
-            return True
+            rows = s.scalars(
+                select(Case).where(Case.case_id.in_(list(verdicts)), Case.verdict.is_(None)).with_for_update()
+            )
+            fresh = set()
+            for case in rows:
+                case.verdict = verdicts[case.case_id]
+                case.verdict_model = model_version
+                case.verdict_ts = now
+                fresh.add(case.case_id)
+            return fresh
 
     def pending_cases(self, older_than_ts: float, limit: int = 500) -> list[Case]:
         """Cases still without a verdict, received before ``older_than_ts`` (for the retry sweep)."""
