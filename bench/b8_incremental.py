@@ -1,0 +1,275 @@
+"""B8: incremental learning on the simulator's drift scenario (examples/scenarios/drift.toml:
+etch chambers recalibrated and pumps wearing faster from day 20).
+
+1. Export the scenario; windows per tool (the edge's features), tools split 70/30 into a
+   training fleet (A) and an evaluation fleet (B); "old" windows end before the drift day,
+   "new" ones a window length after it.
+2. Train the full DGA on A-old, distil and release the edge model v0 (signed, registered, active).
+3. Put A-new in the cloud database as labelled cases (as failure/maintenance events would label
+   them) and earlier rounds' bookkeeping for A-old (replay) and B-old (the frozen old set).
+4. Time one learning round (Learner + the real pipeline at the given sizes) from "labels are in"
+   to "the canary edge runs the model": fine-tune, distil, export + INT8 parity, gate, sign,
+   register, announce, then what the edge does (verify the signature and hash, load it in
+   onnxruntime).
+5. Score v0 and the new model on B-old and B-new: balanced accuracy of "fails within 72 h" (any
+   mode's probability ≥ 0.5), the gate's measure. Targets: after the update, B-new within 2 points
+   of v0's B-old; B-old loses at most 1 point.
+
+    .venv/bin/python bench/b8_incremental.py [--quick] [--tools 24] [--days 40] [--epochs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import numpy as np
+import onnxruntime as ort
+
+from cloud.config import CloudConfig
+from cloud.labels import Label, set_label
+from cloud.learning import Learner
+from cloud.metrics import CloudMetrics
+from cloud.pipeline_adapter import balanced_accuracy, make_pipeline
+from cloud.registry import Registry
+from cloud.rollout import RolloutManager
+from cloud.storage import Repo, make_engine, migrate
+from cloud.storage.models import Case, Edge, LearningRound
+from cloud.training import simdata
+from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, train_full
+from cloud.training.windows import WindowSet
+from shared.equipment import ALL_MODES
+from shared.messages import ModelAnnouncement
+from shared.signing import generate_keypair, load_public_key, verify_artifact, verify_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results" / "cloud.md"
+DRIFT_DAY = 20.0
+
+
+def score(artifact: Path, ws: WindowSet) -> float:
+    sess = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
+    probs = np.concatenate([sess.run(["probs"], {"x": ws.x[i : i + 512]})[0] for i in range(0, len(ws), 512)])
+    known = ~np.isnan(ws.labels).all(axis=1)
+    failed = np.nan_to_num(ws.labels, nan=0.0).max(axis=1) >= 0.5
+    return balanced_accuracy(probs[known].max(axis=1) >= 0.5, failed[known])
+
+
+def subset(tools: list[simdata.ToolWindows], ids: set[str], old: bool, window_s: float) -> WindowSet:
+    parts = []
+    for t in tools:
+        if t.tool_id not in ids or not len(t.ws):
+            continue
+        cut = DRIFT_DAY * 86400.0
+        keep = t.t_end_s < cut if old else t.t_end_s >= cut + window_s
+        parts.append(t.ws.take(np.flatnonzero(keep)))
+    return WindowSet.concat([p for p in parts if len(p)])
+
+
+def store_cases(repo: Repo, ws: WindowSet, prefix: str, now: float) -> list[str]:
+    """Labelled windows as cases, labelled as the failure/maintenance events would have."""
+    ids = []
+    with repo.transaction() as s:
+        for i in range(len(ws)):
+            row = ws.labels[i]
+            if np.isnan(row).all():
+                continue
+            failed = bool(np.nan_to_num(row).max() >= 0.5)
+            mode = ALL_MODES[int(np.nanargmax(row))] if failed else None
+            cid = f"{prefix}-{i}"
+            case = Case(
+                case_id=cid,
+                msg_id=cid,
+                edge_id="edge-1",
+                site="fab1",
+                tool_id=f"tool-{ws.groups[i]}",
+                tool_type="mixed",
+                window_ts=now,
+                features=ws.x[i].astype("<f4").tobytes(),
+                steps=ws.x.shape[1],
+                n_features=ws.x.shape[2],
+                edge_prediction={},
+                reasons=[],
+                model_version="v0",
+                received_ts=now,
+            )
+            s.add(case)
+            rul = None if np.isnan(ws.rul[i]) else float(ws.rul[i])
+            set_label(s, case, Label(failed, mode, rul, "failure", "bench"), now)
+            ids.append(cid)
+    return ids
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="tiny models and a small fleet (minutes → seconds)")
+    ap.add_argument("--tools", type=int, default=24)
+    ap.add_argument("--days", type=float, default=40.0)
+    ap.add_argument("--epochs", type=int, default=10, help="epochs of the initial full-model training")
+    ap.add_argument("--seed", type=int, default=3)
+    ns = ap.parse_args()
+    pcfg = PipelineConfig.tiny() if ns.quick else PipelineConfig()
+    pcfg = replace(pcfg, train=replace(pcfg.train, epochs=ns.epochs if not ns.quick else 2, progress=False))
+    with TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        data = tmp / "export"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fabpm.cli",
+                "sim",
+                "export",
+                "--scenario",
+                str(REPO / "examples/scenarios/drift.toml"),
+                "--tools",
+                str(ns.tools),
+                "--days",
+                str(ns.days),
+                "--seed",
+                str(ns.seed),
+                "--out",
+                str(data),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        info, series = simdata.load(data)
+        spec = simdata.fit_spec(info, series, pcfg.window, pcfg.step_s)
+        _, tools, _ = simdata.dataset_windows(data, spec=spec, stride=pcfg.stride, cap_h=pcfg.rul_cap_h)
+        ids = sorted(t.tool_id for t in tools)
+        rng = np.random.default_rng(ns.seed)
+        b_ids = set(rng.choice(ids, size=max(2, round(0.3 * len(ids))), replace=False))
+        a_ids = set(ids) - b_ids
+        win_s = pcfg.window * pcfg.step_s
+        a_old, a_new = subset(tools, a_ids, True, win_s), subset(tools, a_ids, False, win_s)
+        b_old, b_new = subset(tools, b_ids, True, win_s), subset(tools, b_ids, False, win_s)
+        print(f"windows: A old {len(a_old)}, A new {len(a_new)}, B old {len(b_old)}, B new {len(b_new)}")
+
+        keys = tmp / "keys"
+        generate_keypair(keys / "signing.key", keys / "signing.pub")
+        n = len(a_old)
+        val_idx = rng.permutation(n)[: n // 5]
+        mask = np.zeros(n, bool)
+        mask[val_idx] = True
+        t0 = time.perf_counter()
+        full = train_full(
+            (a_old.take(np.flatnonzero(~mask)), a_old.take(np.flatnonzero(mask)), spec.to_dict()),
+            pcfg,
+            tmp / "v0",
+        )
+        edge = distil_edge(full, a_old, pcfg)
+        v0, _ = export_release(edge, a_old, tmp / "v0" / "release", keys / "signing.key", "v0", None, pcfg)
+        print(f"initial model trained and released in {time.perf_counter() - t0:.0f} s")
+
+        cfg = CloudConfig.model_validate(
+            {
+                "storage": {"url": f"sqlite:///{tmp / 'cloud.db'}"},
+                "serving": {"checkpoint": str(full)},
+                "registry": {
+                    "dir": str(tmp / "models"),
+                    "private_key": str(keys / "signing.key"),
+                    "public_key": str(keys / "signing.pub"),
+                },
+                "learning": {
+                    "work_dir": str(tmp / "learn"),
+                    "tiny": ns.quick,
+                    "min_new_labels": 1,
+                    "replay_size": 2000,
+                    "calib_windows": 512,
+                },
+                "rollout": {"min_observations": 0},
+            }
+        )
+        engine = make_engine(cfg.storage.url)
+        migrate(engine)
+        repo, metrics, published = Repo(engine), CloudMetrics(), []
+        registry = Registry(repo, cfg.registry)
+        registry.register(v0, full, None)
+        registry.set_status("v0", "active")
+        rollout = RolloutManager(repo, registry, lambda t, p, q, r: published.append(p), cfg.rollout, metrics)
+        learner = Learner(
+            repo, cfg.learning, make_pipeline(cfg, registry), registry, rollout, metrics, lambda: full
+        )
+        now = time.time()
+        with repo.transaction() as s:
+            s.add(
+                Edge(
+                    edge_id="edge-1",
+                    site="fab1",
+                    state="online",
+                    models={"risk": "v0"},
+                    health={},
+                    last_update={},
+                    last_seen_ts=now,
+                )
+            )
+        old_train = store_cases(repo, a_old, "a-old", now - 10)
+        old_test = store_cases(repo, b_old, "b-old", now - 10)
+        with repo.transaction() as s:
+            s.add(
+                LearningRound(
+                    trigger="initial",
+                    step="watch",
+                    status="done",
+                    log=[],
+                    error="",
+                    state={"train": old_train, "new_test": old_test},
+                    label_watermark=now - 5,
+                    created_ts=now - 10,
+                    updated_ts=now - 10,
+                )
+            )
+        store_cases(repo, a_new, "a-new", now)  # the new labels
+
+        t_start = time.perf_counter()
+        rid = learner.trigger("labels")
+        row = learner.get(rid)
+        if row.status != "running":
+            print(f"round ended {row.status}: {row.log[-1]['msg']}")
+            return
+        ann = ModelAnnouncement.model_validate_json(published[-1])
+        manifest = verify_manifest(ann.manifest, ann.signature, load_public_key(keys / "signing.pub"))
+        blob = base64.b64decode(ann.artifact_b64 or "")
+        verify_artifact(manifest, blob)
+        ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+        seconds = time.perf_counter() - t_start
+        new_art = Path(row.state["artifact"])
+        steps = {e["msg"].split(" ")[0]: e["ts"] for e in row.log}
+        before_old, before_new = score(v0, b_old), score(v0, b_new)
+        after_old, after_new = score(new_art, b_old), score(new_art, b_new)
+    print(f"round steps: {list(steps)}; gate {row.state.get('gate')}")
+    print(
+        f"v0: old {before_old:.3f}, new {before_new:.3f}; updated: old {after_old:.3f}, new {after_new:.3f}"
+    )
+    recovered = after_new >= before_old - 0.02
+    forgot = before_old - after_old
+    size = "tiny models" if ns.quick else "default sizes"
+    line = (
+        f"| B8 | `.venv/bin/python bench/b8_incremental.py{' --quick' if ns.quick else ''} "
+        f"--tools {ns.tools} --days {ns.days:g}` | balanced accuracy (fails within 72 h), "
+        f"evaluation tools: before drift "
+        f"{before_old:.3f}; after drift, old model {before_new:.3f}; after the update {after_new:.3f} "
+        f"({'within' if recovered else 'NOT within'} 2 points of before); old regime {after_old:.3f} "
+        f"(lost {forgot * 100:+.1f} points); new labels → model verified and loaded on the canary edge "
+        f"{seconds:.0f} s ({len(a_new)} new windows) | {platform.machine()}, {os.cpu_count()} cores, "
+        f"{size} | "
+        f"{datetime.now(UTC):%Y-%m-%d} |"
+    )
+    print(line)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as f:
+        f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
