@@ -15,6 +15,7 @@ on APScheduler 3's asyncio scheduler. Shutdown is one cancel.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -46,7 +47,7 @@ from shared.messages import (
     Verdict,
     parse_payload,
 )
-from shared.signing import load_public_key
+from shared.signing import load_public_key, manifest_path
 from shared.topics import QOS, RETAINED, Kind, topic
 
 _logger = logging.getLogger(__name__)
@@ -151,8 +152,12 @@ class EdgeDaemon:
                         exc,
                     )
             if model is None and configured is not None:
+                path = self.cfg.resolve(configured)
                 try:
-                    model = load_verified(self.cfg.resolve(configured), self.key, threads)
+                    model = load_verified(path, self.key, threads)
+                    # Keep a copy in the store, so the cloud can roll back to it by version.
+                    doc = json.loads(manifest_path(path).read_text())
+                    self.store.save(role, model.manifest, doc["signature"], path.read_bytes())
                 except (FabpmError, OSError) as exc:
                     raise ModelError(f"models.{role.split('-')[1]}: {exc}") from exc
             if model is not None:

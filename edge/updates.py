@@ -7,7 +7,9 @@ A :class:`~shared.messages.ModelAnnouncement` arrives (retained) on the edge's m
    refused (by content: a forged announcement of a version does not block the genuine one);
 2. verifies the Ed25519 signature over the manifest (``shared.signing``) with the edge's key;
 3. fetches the artifact (inline base64, ``file://`` or ``https://``; at most ``max_artifact_mb``,
-   with a timeout) and verifies its size and sha256 against the manifest;
+   with a timeout; or, for an announcement without an artifact of a version already in the store,
+   such as the previous model on a rollback, the stored file) and verifies its size and sha256
+   against the manifest;
 4. loads it into a new onnxruntime session (in a worker thread: inference goes on meanwhile);
 5. checks it on recent windows: output shapes, no NaN, and (risk models with the same window
    grid) a mean absolute probability difference to the running model ≤ ``max_disagreement``;
@@ -167,7 +169,13 @@ class Updater:
         max_bytes = int(self.cfg.max_artifact_mb * 1024 * 1024)
         if manifest.size > max_bytes:
             raise UpdateRejected(f"artifact of {manifest.size} bytes exceeds {max_bytes}")
-        data = await asyncio.to_thread(self._fetch, ann, max_bytes)
+        stored = self.store.path_of(manifest.role, manifest.version)
+        if ann.artifact_b64 is None and ann.artifact_url is None and stored.exists():
+            # A rollback: the cloud re-announces a version this edge already holds (the previous
+            # one); the bytes on disk are checked against the newly verified manifest like any others.
+            data = await asyncio.to_thread(stored.read_bytes)
+        else:
+            data = await asyncio.to_thread(self._fetch, ann, max_bytes)
         verify_artifact(manifest, data)
         model = await asyncio.to_thread(build, data, manifest, self.cfg.intra_op_threads)
         await asyncio.to_thread(self._check, model)

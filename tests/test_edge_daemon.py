@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_edge_support import Collector, FabServer, edge_config, keys, publish, release, until
 
 from edge.daemon import EdgeDaemon
 from edge.updates import announcement_for
 from shared.messages import Tuning, Verdict
 from shared.signing import generate_keypair, load_private_key, write_release
 from shared.topics import Kind, topic
-from test_edge_support import Collector, FabServer, edge_config, keys, publish, release, until
 
 T0 = float(int(time.time()) + 3600)  # after the server's initial timestamps
 RNG = np.random.default_rng(0)
@@ -234,6 +234,17 @@ async def test_bad_updates_refused_while_the_old_model_runs_and_a_good_one_swaps
         )
         status = [s for s in collector.of("status") if s.get("models", {}).get("edge-risk") == "2"][-1]
         assert status["last_update"]["outcome"] == "accepted"
+        # Rollback: the cloud re-announces version 1 without an artifact; the edge has it on disk.
+        back = announcement_for(cfg.models.risk).model_copy(update={"artifact_b64": None})
+        publish(mosquitto.port, model_topic, back.to_bytes(), retain=True)
+        assert await until(lambda: daemon.models["edge-risk"].version == "1", 10)
+        assert daemon.store.pointer("edge-risk") == {
+            **daemon.store.pointer("edge-risk"),
+            "version": "1",
+            "previous": "2",
+        }
+        publish(mosquitto.port, model_topic, announcement_for(good2).to_bytes(), retain=True)
+        assert await until(lambda: daemon.models["edge-risk"].version == "2", 10)
     finally:
         await _stop(task)
         collector.stop()
@@ -342,3 +353,39 @@ def test_release_helper_signs(tmp_path):
 
     assert verify_release(path, load_public_key(pub)).version == "9"
     assert write_release and load_private_key
+
+
+async def test_metrics_and_health_endpoints():
+    from conftest import free_port
+
+    from edge.metrics import EdgeMetrics, serve
+
+    metrics = EdgeMetrics()
+    metrics.values.inc(5)
+    state = {"healthy": True, "opcua": True}
+    port = free_port()
+    task = asyncio.create_task(serve("127.0.0.1", port, metrics, lambda: dict(state)))
+
+    async def get(path: str) -> tuple[int, bytes]:
+        for _ in range(50):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        raw = await reader.read()
+        writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body
+
+    try:
+        code, body = await get("/metrics")
+        assert code == 200 and b"fabpm_edge_values_total 5.0" in body
+        code, body = await get("/health")
+        assert code == 200 and json.loads(body)["opcua"] is True
+        state["healthy"] = False
+        assert (await get("/health"))[0] == 503
+        assert (await get("/nope"))[0] == 404
+    finally:
+        task.cancel()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from test_edge_support import Collector, keys, release, spec, until
 
 from edge.config import EdgeConfig
 from edge.daemon import EdgeDaemon
 from edge.discover import discover
-from test_edge_support import Collector, keys, release, spec, until
 
 running_sim = pytest.importorskip("opcua_sim.testing").running_sim
 STEP = 600.0
@@ -69,3 +69,53 @@ async def test_edge_on_the_simulator_predicts_and_survives_its_restart(tmp_path,
             with pytest.raises(asyncio.CancelledError):
                 await task
             collector.stop()
+
+
+async def test_secure_channel_with_certificates_and_user_login():
+    from edge.config import OpcUaConfig, ToolConfig
+    from edge.source import AsyncuaSource, tag_table
+
+    async with running_sim(
+        tools=2, seed=1, speed=0, security=True, users={"edge": "s3cret"}, allow_anonymous=False
+    ) as sim:
+        found = await discover_secure(sim)
+        tools = [ToolConfig(id=f.tool_id, type=f.tool_type, path=f.path) for f in found]
+        base = {
+            "endpoint": sim.endpoint,
+            "security_policy": "Basic256Sha256",
+            "security_mode": "SignAndEncrypt",
+            "certificate": sim.client_cert,
+            "private_key": sim.client_key,
+            "server_certificate": sim.server_cert,
+            "publishing_interval_ms": 50,
+            "sampling_interval_ms": 0,
+            "backoff_initial_s": 0.2,
+            "backoff_max_s": 0.5,
+        }
+        good = AsyncuaSource(OpcUaConfig(**base, username="edge", password="s3cret"), tag_table(tools))
+        bad = AsyncuaSource(OpcUaConfig(**base, username="edge", password="wrong"), tag_table(tools))
+        got: list[tuple] = []
+        tasks = [
+            asyncio.create_task(good.run(got.extend, lambda e: None)),
+            asyncio.create_task(bad.run(lambda b: None, lambda e: None)),
+        ]
+        try:
+            assert await until(lambda: good.connected, 20)
+            await sim.advance(STEP)
+            assert await until(lambda: len(got) > 20, 10)
+            await asyncio.sleep(1.0)
+            assert not bad.connected and bad.sessions == 0, "a wrong password must not get in"
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def discover_secure(sim) -> list:
+    """The tool folders, read through the simulator's own address space (discover needs no login)."""
+    from edge.discover import FoundTool
+
+    return [
+        FoundTool(tn.tool.tool_id, tn.tool.type_name, f"Objects/Fab/{tn.tool.area}/{tn.tool.tool_id}")
+        for tn in sim.server.aspace.tools
+    ]
