@@ -16,8 +16,8 @@ CPU-second, decision latency per window (median, p99), and RSS.
 from __future__ import annotations
 
 import argparse
-import logging
 import asyncio
+import logging
 import os
 import platform
 import resource
