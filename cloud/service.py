@@ -61,6 +61,7 @@ class CloudService:
         )
         self.verdicts: VerdictService | None = None
         self.model_version: str | None = None
+        self._served: Path | None = None  # the full checkpoint the verdicts come from
         self.learner: Learner | None = None
         self._pipeline = pipeline
         self.scheduler = BackgroundScheduler(daemon=True)
@@ -93,7 +94,11 @@ class CloudService:
             _logger.warning("serving.checkpoint is not set: hard cases are stored but get no verdict")
             return
         s = self.cfg.serving
+        active = self.registry.active()
+        if active is not None and active.full_checkpoint and Path(active.full_checkpoint).exists():
+            ckpt = Path(active.full_checkpoint)  # a learning round improved the full model since
         replicas = load_replicas(ckpt, s.device, s.precision, s.threads, s.keep_ratio, s.trace)
+        self._served = ckpt
         self.model_version = replicas[0].version
         self.verdicts = VerdictService(
             self.repo,
@@ -178,6 +183,26 @@ class CloudService:
         self.rollout.tick()
         if self.learner is not None:
             self.learner.tick()
+        self._follow_active_model()
+
+    def _follow_active_model(self) -> None:
+        """Every worker serves the full model behind the active edge model (after a round)."""
+        active = self.registry.active()
+        if self.verdicts is None or active is None or not active.full_checkpoint:
+            return
+        ckpt = Path(active.full_checkpoint)
+        if ckpt == self._served or not ckpt.exists():
+            return
+        s = self.cfg.serving
+        try:
+            replicas = load_replicas(ckpt, s.device, s.precision, s.threads, s.keep_ratio, s.trace)
+        except ModelError as exc:
+            _logger.warning("keeping full model %s: %s", self.model_version, exc)
+            self._served = ckpt  # do not retry a broken checkpoint every tick
+            return
+        self.verdicts.swap([r.predict for r in replicas], replicas[0].version)
+        self._served = ckpt
+        self.model_version = replicas[0].version
 
     def _sweep(self) -> None:
         if self.verdicts is not None:

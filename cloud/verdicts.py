@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,8 +60,9 @@ class VerdictService:
         self.model_version = model_version
         self.metrics = metrics
         self.clock = clock
+        self._predicts: list[Predict] = list(replicas)
         self.batcher: DynamicBatcher[Job, bool] = DynamicBatcher(
-            [self._batch_fn(p) for p in replicas],
+            [self._batch_fn(i) for i in range(len(replicas))],
             cfg.max_batch,
             cfg.max_wait_ms / 1000.0,
             cfg.queue_size,
@@ -91,14 +93,28 @@ class VerdictService:
             self.metrics.queue_rejections.inc()
             return
         self.metrics.queue_depth.set(self.batcher.depth())
-        fut.add_done_callback(lambda _f, cid=case.case_id: self._release(cid))
+        case_id = case.case_id
+
+        def release(_fut: Future[bool]) -> None:
+            self._release(case_id)
+
+        fut.add_done_callback(release)
 
     def _release(self, case_id: str) -> None:
         with self._lock:
             self._in_flight.discard(case_id)
 
-    def _batch_fn(self, predict: Predict) -> Callable[[list[Job]], list[bool]]:
+    def swap(self, replicas: Sequence[Predict], model_version: str) -> None:
+        """Serve a new full model from the next batch on (same number of replicas)."""
+        if len(replicas) != len(self._predicts):
+            raise CloudError(f"{len(replicas)} replicas to swap in for {len(self._predicts)}")
+        self._predicts = list(replicas)  # one assignment: a running batch finishes on the old model
+        self.model_version = model_version
+        _logger.info("verdicts now from full model %s", model_version)
+
+    def _batch_fn(self, index: int) -> Callable[[list[Job]], list[bool]]:
         def run(jobs: list[Job]) -> list[bool]:
+            predict, version = self._predicts[index], self.model_version
             preds = predict([j.window for j in jobs])
             now = self.clock()
             verdicts = {
@@ -110,7 +126,7 @@ class VerdictService:
                     probs=p.probs,
                     rul_h=p.rul_h,
                     rul_std_h=p.rul_std_h,
-                    model_version=self.model_version,
+                    model_version=version,
                     latency_ms=max(0.0, (now - j.received_ts) * 1000.0),
                 )
                 for j, p in zip(jobs, preds, strict=True)

@@ -146,3 +146,36 @@ def test_roles_approvals_labels_and_probes(service: CloudService, mosquitto):
             assert "/api/tuning/{proposal_id}/approve" in client.get("/openapi.json").json()["paths"]
     finally:
         edge.close()
+
+
+def test_verdicts_follow_the_full_model_behind_the_active_edge_model(
+    service: CloudService, mosquitto, tmp_path
+):
+    from shared.signing import generate_keypair, load_private_key, write_release
+
+    reg = service.cfg.registry
+    generate_keypair(reg.private_key, reg.public_key)
+    artifact = tmp_path / "edge.onnx"
+    artifact.write_bytes(b"an edge model")
+    fields = {
+        "model_id": "risk",
+        "version": "v1",
+        "role": "edge-risk",
+        "created_ts": 0.0,
+        "input_spec": {},
+        "output_spec": {},
+    }
+    write_release(artifact, fields, load_private_key(reg.private_key))
+    newer = tiny_full_checkpoint(tmp_path / "full-v1.pt", seed=1, version="full-v1")
+    service.registry.register(artifact, newer, round_id=None)
+    service.registry.set_status("v1", "active")
+    assert service.model_version == "full-test"
+    service._tick()
+    assert service.model_version == "full-v1"
+    edge = EdgeClient(mosquitto.port, subscribe=topic("fab1", "edge-1", Kind.VERDICT))
+    try:
+        edge.publish(topic("fab1", "edge-1", Kind.HARDCASE), hardcase().to_bytes())
+        ((_t, raw),) = edge.wait_for(1)
+        assert parse_payload(raw, Kind.VERDICT).model_version == "full-v1"
+    finally:
+        edge.close()
