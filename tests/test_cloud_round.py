@@ -52,7 +52,7 @@ def base_checkpoint(path: Path, n_features: int) -> Path:
     return save_checkpoint(path, DGA(cfg), meta)
 
 
-def test_a_real_tiny_round_produces_a_model_the_edge_accepts(tmp_path: Path):
+async def test_a_real_tiny_round_produces_a_model_the_edge_accepts(tmp_path: Path):
     n_features = len(feature_names())
     keys = tmp_path / "keys"
     generate_keypair(keys / "signing.key", keys / "signing.pub")
@@ -128,6 +128,24 @@ def test_a_real_tiny_round_produces_a_model_the_edge_accepts(tmp_path: Path):
     ann = ModelAnnouncement.model_validate_json(raw)
     verify_artifact(verify_manifest(ann.manifest, ann.signature, pub), base64.b64decode(ann.artifact_b64))
     assert registry.require(manifest.version).full_checkpoint == row.state["full_ckpt"]
+    # The edge's own update path (edge.updates.Updater) accepts it: signature, hash, load, checks.
+    from edge.config import ModelsConfig
+    from edge.updates import ModelStore, Updater
+
+    swapped: list = []
+    updater = Updater(
+        ModelsConfig(store_dir=tmp_path / "edge-models"),
+        ModelStore(tmp_path / "edge-models"),
+        pub,
+        "edge-1",
+        lambda _slot: None,
+        lambda slot, model: swapped.append((slot, model)),
+        lambda: [],
+        lambda _w, _m: None,
+    )
+    outcome = await updater.handle(ann)
+    assert outcome is not None and outcome["outcome"] == "accepted", outcome
+    assert outcome["version"] == manifest.version and len(swapped) == 1
     assert "new_test" in row.state["gate"]
     engine.dispose()
 
