@@ -3,7 +3,7 @@ cloud.ddp_finetune BASE.pt DATA.npz RESULT.json [--tiny]``.
 
 Every rank loads the same arrays and calls :func:`cloud.training.pipeline.fine_tune`, whose
 trainer shards the batches by rank and keeps the replicas in sync (DDP). Rank 0's checkpoint is
-the result (written to RESULT.json); the other ranks' identical copies are removed.
+the result (written to RESULT.json); the other ranks work on their own copies, removed after.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,20 @@ def main(argv: list[str] | None = None) -> int:
         return WindowSet(*(arrays[f"{prefix}_{k}"] for k in ("x", "rul", "labels", "groups")))
 
     cfg = PipelineConfig.tiny() if ns.tiny else PipelineConfig()
-    ckpt = fine_tune(Path(ns.base), ws("new"), ws("replay"), cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
+    rank = int(os.environ.get("RANK", "0"))
+    base = Path(ns.base)
+    if rank != 0:
+        # fine_tune names its output after its input and the time: other ranks start from their own
+        # copy so that no two ranks can ever write (or delete) the same file.
+        own = base.with_name(f"{base.stem}.rank{rank}{base.suffix}")
+        shutil.copyfile(base, own)
+        base = own
+    ckpt = fine_tune(base, ws("new"), ws("replay"), cfg)
+    if rank == 0:
         Path(ns.result).write_text(json.dumps({"checkpoint": str(ckpt)}))
     else:
         ckpt.unlink(missing_ok=True)
+        base.unlink(missing_ok=True)
     return 0
 
 

@@ -156,3 +156,33 @@ def test_balanced_accuracy():
         0.75
     )
     assert balanced_accuracy(np.zeros(6, bool), truth) == pytest.approx(0.5)
+
+
+def test_fine_tuning_under_torchrun_ddp(tmp_path: Path):
+    """learning.ddp_nproc > 1: two gloo ranks fine-tune in sync; rank 0's checkpoint comes back."""
+    import torch
+
+    from cloud.pipeline_adapter import _fine_tune_ddp
+    from cloud.training.windows import WindowSet
+    from shared.models.checkpoint import load_checkpoint
+
+    n_features = len(feature_names())
+    base = base_checkpoint(tmp_path / "full.pt", n_features)
+    rng = np.random.default_rng(0)
+    n = 64
+    ws = WindowSet(
+        x=rng.standard_normal((n, WINDOW, n_features)).astype(np.float32),
+        rul=rng.uniform(0, 200, n).astype(np.float32),
+        labels=(rng.uniform(size=(n, 2)) < 0.2).astype(np.float32),
+        groups=np.arange(n) % 4,
+    )
+    out = _fine_tune_ddp(base, ws.take(np.arange(48)), ws.take(np.arange(48, n)), 2, True, tmp_path / "ddp")
+    tuned, meta = load_checkpoint(out)
+    original, _ = load_checkpoint(base)
+    assert meta["fine_tuned_on"] == 48
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(tuned.state_dict().values(), original.state_dict().values(), strict=True)
+    ]
+    assert any(changed)
+    assert len(list((tmp_path).glob("full.ft*.pt"))) == 1  # the other rank's copy was removed

@@ -73,8 +73,15 @@ const RENDER = {
   },
   async models() {
     const [models, rollouts] = await Promise.all([api("/api/models"), api("/api/rollouts")]);
-    fill($("#models tbody"), models, (m, tr) => tr.append(
-      cell(m.version), cell(m.role), cell(m.parent_version), cell(m.status, `status-${m.status}`), cell(m.round_id), cell(fmtTime(m.created_ts))));
+    const busy = rollouts.some((r) => r.stage === "canary");
+    fill($("#models tbody"), models, (m, tr) => {
+      const actions = cell("");
+      if (can("admin") && !busy && ["registered", "retired", "rolled_back"].includes(m.status)) {
+        actions.append(button("Roll out", () => act(post("/api/rollouts", { version: m.version }))));
+      }
+      tr.append(cell(m.version), cell(m.role), cell(m.parent_version), cell(m.status, `status-${m.status}`),
+        cell(m.round_id), cell(fmtTime(m.created_ts)), actions);
+    });
     fill($("#rollouts tbody"), rollouts, (r, tr) => {
       const actions = cell("");
       if (["canary", "all"].includes(r.stage) && can("operator")) {
