@@ -203,6 +203,7 @@ def main() -> None:
         os.sched_setaffinity(0, {1})
     seconds, warmup = (6.0, 3.0) if ns.quick else (ns.seconds, 5.0)
     py = sys.executable
+    load0 = os.getloadavg()[0]
     results = []
     port = free_port()
     base_tags = [f"Base/F{f}/V{k}" for f in range(12) for k in range(100)]
@@ -244,17 +245,19 @@ def main() -> None:
     base = results[0]["delivered_per_s"]
     print(
         f"# B4 server side — {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, window {seconds:g} s"
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, window {seconds:g} s, "
+        f"load average before/after {load0:.1f}/{os.getloadavg()[0]:.1f}"
     )
     print(
         "| case | tags | produced/s | delivered/s | delivered share | vs baseline "
-        "| server cores | client cores | start s |"
+        "| server cores | delivered per server CPU-s | client cores | start s |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(
             f"| {r['case']} | {r['tags']:,} | {r['produced_per_s']:,.0f} | {r['delivered_per_s']:,.0f} | "
             f"{r['delivered_share']:.0%} | {r['delivered_per_s'] / base:.2f}× | {r['server_cores']:.2f} | "
+            f"{r['delivered_per_s'] / max(r['server_cores'], 1e-9):,.0f} | "
             f"{r['client_cores']:.2f} | {r['start_s']:.1f} |"
         )
 

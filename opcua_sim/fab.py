@@ -29,7 +29,7 @@ from opcua_sim import e10
 from opcua_sim.e10 import E10Metrics
 from opcua_sim.errors import SimError
 from opcua_sim.physics import Context, TypeTables, sensor_values, tables, tool_key
-from opcua_sim.process import power_kw
+from opcua_sim.process import lot_yield, oracle_setpoints, power_kw
 from opcua_sim.scenario import DEFAULT_PREFIX, Scenario
 from opcua_sim.tool import DAY, Tool
 from shared.equipment import TOOL_TYPES
@@ -125,7 +125,7 @@ class Fab:
         self._truth_file: IO[str] | None = None
         if truth_path is not None:
             truth_path.parent.mkdir(parents=True, exist_ok=True)
-            self._truth_file = truth_path.open("w", encoding="utf-8")
+            self._truth_file = truth_path.open("w", encoding="utf-8", buffering=1)  # a line per event
         self.tools: list[Tool] = []
         counters: dict[str, int] = {}
         for area in scenario.areas:
@@ -255,6 +255,34 @@ class Fab:
 
     def type_tables(self, type_name: str) -> TypeTables:
         return tables(type_name)
+
+    def oracle_for(self, tool_id: str, energy_weight: float = 0.0) -> dict[str, float]:
+        """The best setpoints for a process tool right now (B9 scoring; never for the edge)."""
+        tool = self.by_id[tool_id]
+        opt = self.scenario.optimum
+        return oracle_setpoints(
+            tool.type_name,
+            float(tool.health_now(self.t).max(initial=0.0)),
+            tool.process_drift(self.t),
+            self.t,
+            energy_weight=energy_weight,
+            period_days=opt.period_days,
+            amplitude=opt.amplitude,
+        )
+
+    def expected_yield(self, tool_id: str, setpoints: dict[str, float] | None = None) -> float:
+        """Expected lot yield (%) of a process tool now, with its own or the given setpoints."""
+        tool = self.by_id[tool_id]
+        opt = self.scenario.optimum
+        return lot_yield(
+            tool.type_name,
+            setpoints if setpoints is not None else tool.setpoint_dict(),
+            float(tool.health_now(self.t).max(initial=0.0)),
+            tool.process_drift(self.t),
+            self.t,
+            period_days=opt.period_days,
+            amplitude=opt.amplitude,
+        )
 
     def e10_metrics(self, tool_id: str) -> E10Metrics:
         """SEMI E10 figures of a tool since the start (state sampled at each advance)."""

@@ -26,9 +26,9 @@ _logger = logging.getLogger(__name__)
 
 def _pick(fab: Fab, tool_id: str | None, tool_type: str) -> tuple[Tool, tuple[float, int, bool]]:
     """The tool and its first progressive failure that has at least 4 days of history before it."""
-    candidates = [fab.by_id[tool_id]] if tool_id else [t for t in fab.tools if t.type_name == tool_type]
     if tool_id and tool_id not in fab.by_id:
         raise SimError(f"--tool: no tool {tool_id!r} in this fab")
+    candidates = [fab.by_id[tool_id]] if tool_id else [t for t in fab.tools if t.type_name == tool_type]
     for tool in candidates:
         assert tool.history is not None
         for failure in tool.history.failures:

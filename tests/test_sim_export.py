@@ -158,3 +158,16 @@ def test_cli_export_and_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixt
 
     with pytest.raises(ScenarioError, match=r"areas\.0\.tools\.0\.type"):
         cli.main(["export", "--days", "1", "--out", str(out), "--scenario", str(bad)])
+
+
+def test_plot_draws_a_run_to_failure(tmp_path: Path):
+    from opcua_sim.plot import plot_run
+
+    out, tool_id = plot_run(
+        scale_tools(default_scenario(), 12), 40, tmp_path / "run.png", tool_type="vacuum_pump"
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and tool_id.startswith("PUMP")
+    from opcua_sim.errors import SimError
+
+    with pytest.raises(SimError, match="--tool"):
+        plot_run(scale_tools(default_scenario(), 12), 5, tmp_path / "x.png", tool_id="NOPE01")

@@ -185,3 +185,14 @@ def test_clock_speed_and_manual_advance():
     assert frozen.now() == 60.0
     with pytest.raises(SimError):
         SimClock(-1.0)
+
+
+def test_live_e10_tallies_and_the_oracle_for_a_tool():
+    fab = _small_fab(9, 10)
+    fab.advance_to(12 * DAY)
+    for tool in fab.tools:
+        m = fab.e10_metrics(tool.tool_id)
+        assert m.total_h == pytest.approx(12 * 24)
+    etch = next(t for t in fab.tools if t.type_name == "plasma_etch")
+    best = fab.oracle_for(etch.tool_id)
+    assert fab.expected_yield(etch.tool_id, best) >= fab.expected_yield(etch.tool_id)

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from asyncua import Client, Node, ua
 
+from opcua_sim.fab import Fab
+from opcua_sim.scenario import default_scenario, scale_tools, with_seed
 from opcua_sim.testing import SimHandle, running_sim
 from opcua_sim.tool import SensorFault
 from shared.equipment import NAMESPACE_URI
@@ -175,30 +177,27 @@ async def test_inject_fault_goes_down_with_an_alarm_and_maintenance_resets():
 
 
 async def test_same_seed_same_values_and_bad_status_for_dropouts():
-    async def read_all(sim: SimHandle) -> list[float]:
-        async with Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client:
-            tool_node, idx = await _tool_node(client, sim, 1)
-            nodes = await (await tool_node.get_child(f"{idx}:Sensors")).get_children()
-            return [dv.Value.Value for dv in await client.read_attributes(nodes)]
-
     values = []
-    for seed in (7, 7, 8):
-        async with running_sim(tools=6, seed=seed, speed=0) as sim:
+    for run in range(2):
+        async with running_sim(tools=6, seed=7, speed=0) as sim:
             await sim.advance(5 * 3600.0)
-            values.append(await read_all(sim))
-            if seed == 8:
+            async with Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client:
+                tool_node, idx = await _tool_node(client, sim, 1)
+                nodes = await (await tool_node.get_child(f"{idx}:Sensors")).get_children()
+                values.append([dv.Value.Value for dv in await client.read_attributes(nodes)])
+                if run == 0:
+                    other = Fab(scale_tools(with_seed(default_scenario(), 8), 6))  # another seed
+                    other.advance_to(sim.fab.t)
+                    row = other.groups[other.tools[1].type_name].index(other.tools[1])
+                    assert list(other.readings(other.tools[1].type_name)[row]) != values[0]
+                    continue
                 tool = sim.fab.tools[1]
                 tool.faults.append(SensorFault(0, "dropout", sim.fab.t, sim.fab.t + 3600.0))
                 await sim.advance(60.0)
-                async with Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client:
-                    tool_node, idx = await _tool_node(client, sim, 1)
-                    node = await tool_node.get_child(
-                        [f"{idx}:Sensors", f"{idx}:{tool.tt.tool.sensor_names[0]}"]
-                    )
-                    dv = await node.read_data_value(raise_on_bad_status=False)
-                    assert dv.StatusCode.value == ua.StatusCodes.BadSensorFailure
+                dv = await nodes[0].read_data_value(raise_on_bad_status=False)
+                assert dv.StatusCode.value == ua.StatusCodes.BadSensorFailure
+                assert dv.Value.Value is None
     assert values[0] == values[1]
-    assert values[0] != values[2]
 
 
 async def test_speed_factor_moves_simulated_time_and_restart_keeps_the_port():
@@ -235,3 +234,52 @@ async def test_basic256sha256_sign_and_encrypt_with_generated_certificates_and_l
         with pytest.raises(ua.UaError):
             async with bad:
                 pass
+
+
+async def test_cli_serve_runs_until_terminated(tmp_path):
+    import os
+    import signal
+    import sys
+
+    from opcua_sim.testing import free_port
+
+    port = free_port()
+    truth = tmp_path / "truth.jsonl"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fabpm.cli",
+        "sim",
+        "serve",
+        "--tools",
+        "3",
+        "--seed",
+        "2",
+        "--speed",
+        "3600",
+        "--security",
+        "none",
+        "--endpoint",
+        f"opc.tcp://127.0.0.1:{port}/fabpm/",
+        "--truth",
+        str(truth),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        banner = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert b"3 tools" in banner
+        async with Client(
+            f"opc.tcp://127.0.0.1:{port}/fabpm/", timeout=TIMEOUT, watchdog_intervall=WATCHDOG
+        ) as c:
+            idx = await c.get_namespace_index(NAMESPACE_URI)
+            n_tools = await (
+                await c.nodes.objects.get_child([f"{idx}:FabSimulator", f"{idx}:Tools"])
+            ).read_value()
+            assert n_tools == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert truth.read_text().count("\n") >= 1
