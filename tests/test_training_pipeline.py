@@ -75,7 +75,7 @@ def test_labels_mark_unknowns_and_sudden_failures():
     assert labels[0].sum() == 0 and labels[1, 2] == 1 and labels[2, 2] == 1 and labels[1].sum() == 1
     assert (labels[3] == 0).all()  # censored past the horizon: known not to fail
     assert np.isnan(labels[4]).all()  # run ends inside the horizon: unknown
-    assert np.isnan(labels[5, 3]) and labels[5, 2] == 0  # sudden: its own mode unknown
+    assert labels[5, 3] == 1 and labels[5, 2] == 0  # sudden: labelled, its head learns the base rate
 
 
 def test_split_is_by_group_never_by_window():

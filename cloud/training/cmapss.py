@@ -115,6 +115,22 @@ def last_windows(data: Fd001, window: int = WINDOW, cap: float = RUL_CAP, smooth
     return WindowSet(x=np.stack(xs), rul=rul, labels=labels, groups=np.asarray(units))
 
 
+def all_test_windows(
+    data: Fd001, window: int = WINDOW, cap: float = RUL_CAP, smooth: float = 0.0
+) -> WindowSet:
+    """Every window of every test unit, RUL known from the official file (B7's larger sample)."""
+    xs, ruls, groups = [], [], []
+    for (unit, z), final in zip(_units(data.test, data, smooth), data.rul_test, strict=True):
+        z = _pad(z, window)
+        ends = np.arange(window, len(z) + 1)
+        xs.append(np.stack([z[e - window : e] for e in ends]))
+        ruls.append(np.minimum(final + (len(z) - ends), cap).astype(np.float32))
+        groups.append(np.full(len(ends), unit))
+    rul = np.concatenate(ruls)
+    labels = (rul <= HORIZON).astype(np.float32)[:, None]
+    return WindowSet(x=np.concatenate(xs), rul=rul, labels=labels, groups=np.concatenate(groups))
+
+
 def rmse(pred: np.ndarray, truth: np.ndarray) -> float:
     d = np.asarray(pred, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
     return float(np.sqrt(np.mean(d**2)))

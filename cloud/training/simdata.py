@@ -11,9 +11,10 @@ Labels at a window's last step (``rul_h`` is the time to the tool's next failure
   and within ``horizon_h``; 0 if no failure comes within the horizon (known: ``rul_h`` > horizon,
   or the run is censored with ``censor_h`` ≥ horizon) or the coming failure is another mode;
   NaN (unknown) when the run ends within the horizon without a failure. Sudden failures have no
-  precursors: their mode's label is NaN, so the heads learn only what the sensors can show.
+  precursors but keep their labels: their heads then learn the base rate (a small, honest
+  probability) instead of staying untrained and answering ~0.5 on the edge.
 * RUL target ``min(rul_h, rul_cap_h)``; for a censored run ``rul_cap_h`` if ``censor_h`` ≥ cap,
-  else NaN; NaN too before a sudden failure.
+  else NaN; NaN before a sudden failure within the cap (no sensor can show that RUL).
 """
 
 from __future__ import annotations
@@ -79,8 +80,6 @@ def _labels(s: ToolSeries, idx: np.ndarray, horizon_h: float, cap_h: float) -> t
     labels[rows, mode[rows]] = 1.0
     unknown = ~known_fail & (censor < horizon_h)
     labels[unknown] = np.nan
-    sudden_rows = np.flatnonzero(within & sudden & (mode >= 0))
-    labels[sudden_rows, mode[sudden_rows]] = np.nan
     target = np.where(known_fail, np.minimum(rul, cap_h), np.where(censor >= cap_h, cap_h, np.nan))
     target = np.where(known_fail & sudden & (rul <= cap_h), np.nan, target)
     return target.astype(np.float32), labels

@@ -58,6 +58,10 @@ class TrainConfig:
     w_mode: float = 0.5
     distil_alpha: float = 0.5  # weight of the teacher's targets when present
     grad_clip: float = 1.0
+    drop_prob: float = 0.0  # share of training batches run with random token dropping, so the
+    drop_min_keep: float = 0.5  # model (and its gates) learn to work on the kept tokens only
+    input_noise: float = 0.0  # std of Gaussian noise added to training windows (augmentation)
+    w_gate: float = 0.0  # L1 pressure on the mean gate: gates close where tokens do not help
     ema_decay: float = 0.99  # exponential moving average of the weights (0 = off): validation and
     # the saved model use the averaged weights, which are far less noisy epoch to epoch
     progress: bool = True
@@ -261,10 +265,17 @@ def fit(
             if len(idx) == 0:
                 idx = shard[: cfg.batch_size]  # keep every rank stepping the same number of times
             batch = _tensors(train, idx, model.cfg.rul_cap, device)
+            if cfg.input_noise > 0:
+                batch["x"] = batch["x"] + cfg.input_noise * torch.randn_like(batch["x"])
             ctx = torch.autocast("cuda", dtype=amp) if amp is not None else nullcontext()
+            keep = None
+            if cfg.drop_prob > 0 and rng.uniform() < cfg.drop_prob:
+                keep = float(rng.uniform(cfg.drop_min_keep, 1.0))
             with ctx:
-                out = net(batch["x"])
+                out = net(batch["x"], keep_ratio=keep)
             loss = losses(out, batch, cfg)
+            if cfg.w_gate > 0:
+                loss = loss + cfg.w_gate * out["gates"].float().mean()
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

@@ -1,0 +1,142 @@
+"""B1: C-MAPSS FD001, standard protocol, mean ± std over seeds: full DGA, distilled edge, released graph.
+
+Protocol (cloud/training/cmapss.py): 14 sensors z-scored on train, windows of 30 cycles, target
+min(RUL, 125); validation = 20% of the training units (by unit) for early stopping only; one
+prediction per test unit at its last cycle vs RUL_FD001.txt capped at 125; RMSE and NASA score.
+Per seed: the full DGA, the edge DGA distilled from it, and the edge model's ONNX graphs (FP32,
+static INT8, dynamic INT8 and the released adaptive mix) evaluated the same way. Seeds run one
+after the other on one thread (the machine is shared).
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/b1_cmapss.py [--seeds 0 1 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from cloud.training import cmapss
+from cloud.training.export import export_dga
+from cloud.training.parity import run_onnx
+from cloud.training.pipeline import PipelineConfig
+from cloud.training.quantize import (
+    adaptive_quantize,
+    preprocess,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+)
+from shared.models.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, default=REPO / "artifacts" / "b1")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--quick", action="store_true", help="one seed, few epochs: checks the script runs")
+    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--smooth", type=float, default=0.3, help="causal EWMA alpha on the sensors (0 = raw)")
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument(
+        "--drop-prob", type=float, default=0.5, help="share of batches trained with token dropping"
+    )
+    args = ap.parse_args()
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    base = PipelineConfig(d_model=args.d_model, n_layers=args.layers, dropout=args.dropout)
+    data = cmapss.load_fd001(args.data)
+    per_seed = []
+    for seed in seeds:
+        train = replace(
+            base.train,
+            seed=seed,
+            epochs=3 if args.quick else args.epochs,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            patience=12,
+            progress=False,
+            drop_prob=args.drop_prob,
+        )
+        cfg = replace(base, train=train)
+        t0 = time.monotonic()
+        res = cmapss.run(args.data, args.out, cfg, edge=True, smooth=args.smooth)
+        edge_model, _ = load_checkpoint(Path(res["edge_checkpoint"]))
+        test = cmapss.last_windows(data, edge_model.cfg.window, cmapss.RUL_CAP, args.smooth)  # type: ignore[attr-defined]
+        calib = cmapss.train_windows(data, edge_model.cfg.window, cmapss.RUL_CAP, args.smooth)  # type: ignore[attr-defined]
+        rng = np.random.default_rng(seed)
+        cal_x = calib.x[rng.choice(len(calib), 512, replace=False)]
+        with tempfile.TemporaryDirectory() as tmpdir:
+            tmp = Path(tmpdir)
+            fp32 = export_dga(edge_model, tmp / "edge.onnx")  # type: ignore[arg-type]
+            pre = preprocess(fp32, tmp / "pre.onnx")
+            graphs = {
+                "onnx_fp32": fp32,
+                "onnx_int8_static": quantize_static_int8(pre, tmp / "static.onnx", cal_x),
+                "onnx_int8_dynamic": quantize_dynamic_int8(pre, tmp / "dynamic.onnx"),
+            }
+            mix, report = adaptive_quantize(fp32, tmp / "mix.onnx", cal_x[:256], cal_x[256:], cmapss.RUL_CAP)
+            graphs["released_mix"] = mix
+            for name, path in graphs.items():
+                pred = run_onnx(path, test.x)["rul"]
+                res[name] = {"rmse": cmapss.rmse(pred, test.rul), "score": cmapss.nasa_score(pred, test.rul)}
+        res["released_int8_groups"] = report.to_dict()["int8_groups"]
+        res["seconds"] = time.monotonic() - t0
+        per_seed.append(res)
+        print(
+            f"seed {seed}: full RMSE {res['full']['rmse']:.2f} score {res['full']['score']:.0f} | edge "
+            f"{res['edge']['rmse']:.2f}/{res['edge']['score']:.0f} | "
+            f"static INT8 {res['onnx_int8_static']['rmse']:.2f} "
+            f"| released {res['released_mix']['rmse']:.2f} | {res['seconds']:.0f} s",
+            flush=True,
+        )
+    summary = {}
+    for key in ("full", "edge", "onnx_fp32", "onnx_int8_static", "onnx_int8_dynamic", "released_mix"):
+        r = np.array([s[key]["rmse"] for s in per_seed])
+        sc = np.array([s[key]["score"] for s in per_seed])
+        summary[key] = {
+            "rmse_mean": r.mean(),
+            "rmse_std": r.std(),
+            "score_mean": sc.mean(),
+            "score_std": sc.std(),
+        }
+    full_rmse = summary["full"]["rmse_mean"]
+    for key in ("edge", "onnx_int8_static", "released_mix"):
+        summary[key]["rmse_vs_full"] = summary[key]["rmse_mean"] / full_rmse - 1
+    out = {
+        "args": vars(args) | {"data": str(args.data), "out": str(args.out)},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "summary": summary,
+        "per_seed": per_seed,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / ("b1_quick.json" if args.quick else "b1.json")).write_text(
+        json.dumps(out, indent=1, default=float)
+    )
+    print(f"B1 FD001 over seeds {seeds} (mean ± std):")
+    for key, s in summary.items():
+        extra = f"  ({s['rmse_vs_full']:+.1%} vs full)" if "rmse_vs_full" in s else ""
+        print(
+            f"  {key:18s} RMSE {s['rmse_mean']:6.2f} ± {s['rmse_std']:.2f}   "
+            f"score {s['score_mean']:7.1f} ± {s['score_std']:.1f}{extra}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""B7: compute saved by DGA token dropping vs metric lost, on C-MAPSS FD001 (full model).
+
+For each keep ratio: analytic FLOPs per window; measured time of the ONNX FP32 graph with the
+dropping baked in (batch 1 one thread and batch 64, interleaved rounds in one run); RUL RMSE at
+the last cycle of the 100 test units (the B1 protocol) and over every test window; recall and
+precision of "fails within 30 cycles" (probability ≥ 0.5) over every test window.
+
+    .venv/bin/python bench/b7_token_drop.py [--checkpoint artifacts/b1/cmapss_full_s0.pt] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+
+from cloud.training import cmapss
+from cloud.training.export import export_dga
+from cloud.training.quantize import session
+from cloud.training.trainer import predict
+from shared.models.checkpoint import load_checkpoint
+from shared.models.dga import DGA, flops
+
+REPO = Path(__file__).resolve().parent.parent
+RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument(
+        "--checkpoint", type=Path, nargs="+", default=[REPO / "artifacts" / "b1" / "cmapss_full_s0.pt"]
+    )
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=REPO / "artifacts" / "b7")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = cmapss.load_fd001(args.data)
+    results = []
+    for ckpt in args.checkpoint:
+        model, meta = load_checkpoint(ckpt)
+        assert isinstance(model, DGA)
+        smooth = float(meta["feature_spec"].get("ewma_alpha", 0.0))
+        last = cmapss.last_windows(data, model.cfg.window, cmapss.RUL_CAP, smooth)
+        every = cmapss.all_test_windows(data, model.cfg.window, cmapss.RUL_CAP, smooth)
+        sessions = {}
+        for r in RATIOS:
+            path = export_dga(model, args.out / f"keep{int(r * 100)}.onnx", keep_ratio=None if r >= 1 else r)
+            sessions[r] = session(path)
+        x1, x64 = every.x[:1], every.x[:64]
+        lat: dict[float, list[float]] = {r: [] for r in RATIOS}
+        thr: dict[float, list[float]] = {r: [] for r in RATIOS}
+        rounds, per = (4, 100) if args.quick else (15, 200)
+        for s in sessions.values():
+            for _ in range(20):
+                s.run(None, {"x": x1})
+        for _ in range(rounds):
+            for r, s in sessions.items():
+                for _ in range(per):
+                    t0 = time.perf_counter()
+                    s.run(None, {"x": x1})
+                    lat[r].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                for _ in range(4):
+                    s.run(None, {"x": x64})
+                thr[r].append(4 * 64 / (time.perf_counter() - t0))
+        rows = []
+        for r in RATIOS:
+            keep = None if r >= 1 else r
+            p_last = predict(model, last.x, keep_ratio=keep)["rul"]
+            out = predict(model, every.x, keep_ratio=keep)
+            pos = every.labels[:, 0] == 1
+            alarm = out["probs"][:, 0] >= 0.5
+            rows.append(
+                {
+                    "keep_ratio": r,
+                    "flops": flops(model.cfg, keep),
+                    "b1_median_us": float(np.median(lat[r])) * 1e6,
+                    "b64_windows_per_s": float(np.median(thr[r])),
+                    "rmse_last": cmapss.rmse(p_last, last.rul),
+                    "score_last": cmapss.nasa_score(p_last, last.rul),
+                    "rmse_all_windows": cmapss.rmse(out["rul"], every.rul),
+                    "recall_30": float(alarm[pos].mean()),
+                    "precision_30": float(pos[alarm].mean()) if alarm.any() else float("nan"),
+                }
+            )
+        base = rows[0]
+        for row in rows:
+            row["flops_saved"] = 1 - row["flops"] / base["flops"]
+            row["time_saved_b1"] = 1 - row["b1_median_us"] / base["b1_median_us"]
+            row["time_saved_b64"] = 1 - base["b64_windows_per_s"] / row["b64_windows_per_s"]
+            row["rmse_last_lost"] = row["rmse_last"] / base["rmse_last"] - 1
+            row["rmse_all_lost"] = row["rmse_all_windows"] / base["rmse_all_windows"] - 1
+            row["recall_lost"] = base["recall_30"] - row["recall_30"]
+        results.append({"checkpoint": str(ckpt), "rows": rows})
+        print(f"B7 {ckpt} ({model.n_params()} params, window {model.cfg.window})")
+        print(
+            f"{'keep':>5s} {'FLOPs saved':>11s} {'t saved b1':>10s} {'t saved b64':>11s} "
+            f"{'RMSE last':>9s} {'RMSE all':>8s} {'Δ all':>6s} {'recall':>6s} {'Δrecall':>7s}"
+        )
+        for row in rows:
+            print(
+                f"{row['keep_ratio']:5.2f} {row['flops_saved']:11.1%} {row['time_saved_b1']:10.1%} "
+                f"{row['time_saved_b64']:11.1%} {row['rmse_last']:9.2f} {row['rmse_all_windows']:8.2f} "
+                f"{row['rmse_all_lost']:6.1%} {row['recall_30']:6.3f} {row['recall_lost']:7.3f}"
+            )
+    (args.out / "b7.json").write_text(
+        json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results}, indent=1)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
