@@ -220,7 +220,9 @@ async def build(server: Server, fab: Fab, idx: int, inject: MethodFn, maintain: 
         Name="mode",
         DataType=ua.NodeId(ua.ObjectIds.String),
         ValueRank=-1,
-        Description=ua.LocalizedText("failure mode of the tool (see shared.equipment)"),
+        Description=ua.LocalizedText(
+            "failure mode (shared.equipment): fail now; '<mode>:degrade' starts its degradation now"
+        ),
     )
     inject_m = await sim_node.add_method(idx, "InjectFault", inject, [mode_arg], [])
     maintain_m = await sim_node.add_method(idx, "PerformMaintenance", maintain, [], [])

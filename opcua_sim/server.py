@@ -88,6 +88,8 @@ class SimServer:
         security: SecuritySettings | None = None,
         yield_every: int = 200,
     ) -> None:
+        if not endpoint.startswith("opc.tcp://"):
+            raise SimError(f"endpoint: expected opc.tcp://host:port/path, got {endpoint!r}")
         self.fab, self.clock, self.endpoint = fab, clock, endpoint
         self.rate_hz = rate_hz if rate_hz is not None else auto_rate(clock.speed)
         if not (0 < self.rate_hz <= 100):
@@ -135,7 +137,10 @@ class SimServer:
         self._last.clear()
         self._last_sp.clear()
         self._last_small.clear()
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:
+            raise SimError(f"endpoint {self.endpoint}: cannot listen: {exc}") from exc
         self.server = server
         await self.step()
         self._task = asyncio.create_task(self._loop(), name="fabpm-sim-update")

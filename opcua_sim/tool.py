@@ -165,6 +165,8 @@ class Tool:
         return max(t - self.last_maint, 0.0) / self.pm_interval
 
     def recipe_name(self) -> str:
+        if self.subfab:
+            return self.tt.tool.recipes[0] if self.processing else ("none" if self.down else "idle")
         if self.recipe < 0 or not self.processing:
             return "idle" if not self.down else "none"
         return self.tt.tool.recipes[min(self.recipe, len(self.tt.tool.recipes) - 1)]
@@ -318,7 +320,7 @@ class Tool:
             }
         )
 
-    def _reset_modes(self, reason: str) -> list[str]:
+    def _reset_modes(self) -> list[str]:
         """Maintenance or repair: every progressive mode under way starts over."""
         reset = []
         for i in range(len(self.modes)):
@@ -359,7 +361,7 @@ class Tool:
                 "health": {m: round(float(h), 4) for m, h in zip(self.modes, health, strict=True)},
             }
         )
-        self._reset_modes("repair")
+        self._reset_modes()
         if sudden:
             self.next_sudden = INF
         repair = float(self.rng.lognormal(math.log(self.sc.maintenance.repair_h) - 0.08, 0.4)) * HOUR
@@ -374,7 +376,7 @@ class Tool:
             self._start_pm("preventive")
 
     def _start_pm(self, kind: str) -> None:
-        reset = self._reset_modes(kind)
+        reset = self._reset_modes()
         self.pending_pm = False
         self.next_pm = self.t + self.pm_interval
         self._emit(
@@ -446,7 +448,21 @@ class Tool:
         )
 
     def inject_fault(self, mode: str) -> None:
-        """Fail now in ``mode`` (a progressive or the sudden mode of this tool type)."""
+        """Fail now in ``mode`` (a progressive or the sudden mode of this tool type; empty: the
+        sudden one). ``"<mode>:degrade"`` starts that mode's degradation now instead: the tool
+        then fails after the usual onset-to-failure time, with precursors on the way."""
+        if mode.endswith(":degrade"):
+            name = mode.removesuffix(":degrade")
+            if name not in self.modes:
+                raise FaultError(
+                    f"{self.tool_id}: no progressive mode {name!r}; known: {', '.join(self.modes)}"
+                )
+            if self.down:
+                raise FaultError(f"{self.tool_id}: is down; degradation starts when it runs again")
+            i = self.modes.index(name)
+            if math.isnan(self.onset[i]):
+                self._on_onset(i)
+            return
         if mode == self.sudden_mode or mode == "":
             self._on_failure(-1, injected=True)
         elif mode in self.modes:

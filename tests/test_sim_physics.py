@@ -196,3 +196,31 @@ def test_live_e10_tallies_and_the_oracle_for_a_tool():
     etch = next(t for t in fab.tools if t.type_name == "plasma_etch")
     best = fab.oracle_for(etch.tool_id)
     assert fab.expected_yield(etch.tool_id, best) >= fab.expected_yield(etch.tool_id)
+
+
+def test_injected_degradation_develops_precursors_then_fails():
+    sc = scale_tools(with_seed(default_scenario(), 3), 6)
+    quiet = sc.degradation.model_copy(update={"mean_days_between_onsets": 1e6, "sudden_mean_days": 1e6})
+    fab = Fab(sc.model_copy(update={"degradation": quiet}))  # nothing else fails or resets
+    fab.advance_to(DAY)
+    tool = next(t for t in fab.tools if t.type_name == "vacuum_pump")
+    tool.perform_maintenance()  # a clean start: no mode under way
+    fab.advance_to(fab.t + 7 * 3600.0)
+    row = fab.groups["vacuum_pump"].index(tool)
+    vib = tool.tt.tool.sensor_names.index("vibration_rms")
+    before = fab.readings("vacuum_pump")[row, vib]
+    tool.inject_fault("bearing_wear:degrade")
+    onset = fab.t
+    due = onset + tool.ttf[tool.modes.index("bearing_wear")]
+    with pytest.raises(FaultError, match="no progressive mode"):
+        tool.inject_fault("motor_burnout:degrade")
+    fab.advance_to(onset + 0.9 * (due - onset))
+    assert tool.health_now()[tool.modes.index("bearing_wear")] == pytest.approx(0.9, abs=1e-6)
+    assert fab.readings("vacuum_pump")[row, vib] > before + 1.0  # mm/s: the bearing is loud now
+    fab.advance_to(due + 1.0)
+    failures = [e for e in fab.truth if e["kind"] == "failure" and e["tool"] == tool.tool_id]
+    assert (
+        failures
+        and failures[-1]["mode"] == "bearing_wear"
+        and failures[-1]["t_s"] == pytest.approx(due, abs=1e-3)
+    )
