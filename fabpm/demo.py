@@ -1,0 +1,337 @@
+"""``fabpm demo``: the whole loop on this machine, with embedded defaults.
+
+It starts, each as its own process with its log under ``<dir>/logs/``:
+
+1. Mosquitto on a free local port (MQTT 5; loopback only, anonymous — a local demo, see
+   ``deploy/mosquitto`` for the TLS and per-edge ACL configuration of a real site);
+2. the OPC UA fab simulator (``fabpm sim serve``), time sped up;
+3. the cloud (``fabpm cloud run``): ingest, verdicts from the full DGA model, labels, learning,
+   the REST API and the operator console;
+4. one edge daemon (``fabpm edge run``) with the config that ``fabpm edge discover`` wrote.
+
+On first use it trains the models it needs on a fresh simulator export with the tiny config
+(about a minute on two cores; progress is shown) and signs the edge model with a new key; later
+runs reuse them. Everything lives under ``--dir`` (default ``runs/demo``); ``--fresh`` starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from shared.errors import FabpmError
+
+_logger = logging.getLogger(__name__)
+FABPM = [sys.executable, "-m", "fabpm.cli"]
+
+
+class DemoError(FabpmError):
+    """A demo step failed; the message says which and where its log is."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes], name: str, log: Path) -> None:
+    """Wait until ``port`` accepts connections; fail early when the process died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DemoError(f"{name} exited with {proc.returncode} while starting; see {log}")
+        with socket.socket() as s:
+            s.settimeout(0.3)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise DemoError(f"{name} did not listen on port {port} within {timeout_s:.0f} s; see {log}")
+
+
+@dataclass
+class Services:
+    """The child processes, stopped in reverse order of start."""
+
+    logs: Path
+    procs: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = (self.logs / f"{name}.log").open("ab")
+        _logger.info("starting %s: %s", name, " ".join(cmd))
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs.append((name, proc, log))
+        return proc
+
+    def dead(self) -> list[str]:
+        return [f"{n} (exit {p.returncode})" for n, p, _ in self.procs if p.poll() is not None]
+
+    def stop(self) -> None:
+        for name, proc, log in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    _logger.warning("%s did not stop in 15 s; killing it", name)
+                    proc.kill()
+                    proc.wait(timeout=5)
+            log.close()
+        self.procs.clear()
+
+
+def run_step(what: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> str:
+    """Run one preparation command. Its stderr (logs, progress bars) goes to the terminal, so long
+    steps show progress; its stdout (the JSON result) is returned and appended to ``log``."""
+    print(f"[demo] {what} …", flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, env=env, check=False)
+    with log.open("ab") as fh:
+        fh.write(proc.stdout)
+    if proc.returncode != 0:
+        raise DemoError(f"{what} failed (exit {proc.returncode}); its messages are above")
+    return proc.stdout.decode()
+
+
+def last_json(text: str) -> dict[str, object]:
+    """The JSON object a training command prints last."""
+    start = text.rfind("\n{")
+    start = 0 if start < 0 else start + 1
+    try:
+        value = json.loads(text[start:])
+    except json.JSONDecodeError as exc:
+        raise DemoError(f"expected a JSON result, got: {text[-300:]!r}") from exc
+    if not isinstance(value, dict):
+        raise DemoError("expected a JSON object as the result")
+    return value
+
+
+def prepare_models(root: Path, tools: int, seed: int) -> tuple[Path, Path, Path]:
+    """Keys, a training export, the full checkpoint and the signed edge release (cached)."""
+    keys, data, train, release = root / "keys", root / "data", root / "train", root / "release"
+    logs = root / "logs" / "prepare.log"
+    done = root / "models.json"
+    if done.exists():
+        info = json.loads(done.read_text())
+        paths = [Path(info["full"]), Path(info["edge_release"]), keys / "signing.pub"]
+        if all(p.exists() for p in paths):
+            return paths[0], paths[1], paths[2]
+    if not (keys / "signing.key").exists():
+        run_step("making the Ed25519 signing keys", [*FABPM, "cloud", "keys", "--out", str(keys)], logs)
+    run_step(
+        f"exporting 60 simulated days of {tools} tools for training (seed {seed})",
+        [
+            *FABPM,
+            "sim",
+            "export",
+            "--days",
+            "60",
+            "--tools",
+            str(tools),
+            "--seed",
+            str(seed),
+            "--out",
+            str(data),
+        ],
+        logs,
+    )
+    result = last_json(
+        run_step(
+            "training the full and the edge DGA (tiny config)",
+            [*FABPM, "train", "sim", "--tiny", "--edge", "--dataset", str(data), "--out", str(train)],
+            logs,
+        )
+    )
+    full, edge = Path(str(result["checkpoint"])), Path(str(result["edge_checkpoint"]))
+    rel = last_json(
+        run_step(
+            "exporting the edge model to ONNX, quantizing and signing it",
+            [
+                *FABPM,
+                "train",
+                "release",
+                "--checkpoint",
+                str(edge),
+                "--dataset",
+                str(data),
+                "--key",
+                str(keys / "signing.key"),
+                "--version",
+                "1",
+                "--out",
+                str(release),
+            ],
+            logs,
+        )
+    )
+    artifact = Path(str(rel["artifact"]))
+    done.write_text(json.dumps({"full": str(full), "edge_release": str(artifact)}))
+    return full, artifact, keys / "signing.pub"
+
+
+def write_broker_conf(folder: Path, port: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = folder / "mosquitto.conf"
+    # Mosquitto's default max_queued_messages (1000) dropped up to 24% of a QoS 1 burst to a slow
+    # subscriber (FACTS.md): raise it so nothing the edge relays is lost in the demo either.
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        f"persistence_location {folder}/\nmax_queued_messages 1000000\nlog_type error\nlog_type warning\n"
+    )
+    return conf
+
+
+def write_cloud_conf(root: Path, broker: int, api: int, full: Path) -> Path:
+    conf = root / "cloud.toml"
+    conf.write_text(
+        f'[mqtt]\nport = {broker}\n\n[storage]\nurl = "sqlite:///{root / "cloud.db"}"\n\n'
+        f'[serving]\ncheckpoint = "{full}"\n\n[api]\nport = {api}\n\n'
+        f'[registry]\ndir = "{root / "registry"}"\nprivate_key = "{root / "keys" / "signing.key"}"\n'
+        f'public_key = "{root / "keys" / "signing.pub"}"\n\n'
+        f'[learning]\ntiny = true\nwork_dir = "{root / "learning"}"\nmin_new_labels = 50\n'
+        "[rollout]\nwatch_s = 120\n"
+    )
+    return conf
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="fabpm demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", type=Path, default=Path("runs/demo"), help="where everything is kept")
+    parser.add_argument("--tools", type=int, default=16, help="tools in the simulated fab")
+    parser.add_argument("--speed", type=float, default=3600.0, help="simulated seconds per second")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--api-port", type=int, default=8080, help="console and API port (0: any free)")
+    parser.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)"
+    )
+    parser.add_argument("--fresh", action="store_true", help="delete --dir first")
+    ns = parser.parse_args(argv)
+    root = ns.dir.resolve()
+    if ns.fresh and root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(mosquitto).exists():
+        raise DemoError("mosquitto is not installed: run scripts/bootstrap.sh (or apt-get install mosquitto)")
+
+    full, release, pubkey = prepare_models(root, ns.tools, ns.seed + 1000)
+    broker_port, opc_port, metrics_port = free_port(), free_port(), free_port()
+    api_port = ns.api_port or free_port()
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", api_port)) == 0:
+            api_port = free_port()
+    endpoint = f"opc.tcp://127.0.0.1:{opc_port}/fabpm/"
+    logs = root / "logs"
+    services = Services(logs)
+    env = dict(os.environ)
+    stop_now = False
+
+    def _stop(signum: int, _frame: object) -> None:
+        nonlocal stop_now
+        stop_now = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        proc = services.start(
+            "mosquitto", [mosquitto, "-c", str(write_broker_conf(root / "broker", broker_port))]
+        )
+        wait_port(broker_port, 10, proc, "mosquitto", logs / "mosquitto.log")
+        proc = services.start(
+            "sim",
+            [
+                *FABPM,
+                "sim",
+                "serve",
+                "--endpoint",
+                endpoint,
+                "--tools",
+                str(ns.tools),
+                "--seed",
+                str(ns.seed),
+                "--speed",
+                str(ns.speed),
+                "--security",
+                "none",
+                "--truth",
+                str(root / "ground_truth.jsonl"),
+                "--cert-dir",
+                str(root / "sim-certs"),
+            ],
+        )
+        wait_port(opc_port, 120, proc, "the simulator", logs / "sim.log")
+        cloud_conf = write_cloud_conf(root, broker_port, api_port, full)
+        password = secrets.token_urlsafe(12)
+        run_step(
+            "creating the console user admin",
+            [
+                *FABPM,
+                "cloud",
+                "user",
+                "add",
+                "--config",
+                str(cloud_conf),
+                "--username",
+                "admin",
+                "--role",
+                "admin",
+            ],
+            logs / "prepare.log",
+            env={**env, "FABPM_CLOUD_PASSWORD": password},
+        )
+        secret = root / "admin-password"
+        secret.write_text(password + "\n")
+        secret.chmod(0o600)
+        proc = services.start("cloud", [*FABPM, "cloud", "run", "--config", str(cloud_conf)])
+        wait_port(api_port, 120, proc, "the cloud", logs / "cloud.log")
+        edge_conf = root / "edge.toml"
+        run_step(
+            "discovering the simulator's tools for the edge config",
+            [*FABPM, "edge", "discover", "--endpoint", endpoint, "--out", str(edge_conf)],
+            logs / "prepare.log",
+        )
+        edge_env = {
+            **env,
+            "FABPM_EDGE__SITE": "demo",
+            "FABPM_EDGE__EDGE_ID": "edge1",
+            "FABPM_EDGE__STATE_DIR": str(root / "edge-state"),
+            "FABPM_EDGE__MQTT__PORT": str(broker_port),
+            "FABPM_EDGE__MODELS__RISK": str(release),
+            "FABPM_EDGE__MODELS__PUBLIC_KEY": str(pubkey),
+            "FABPM_EDGE__METRICS__PORT": str(metrics_port),
+        }
+        services.start("edge", [*FABPM, "edge", "run", "--config", str(edge_conf)], env=edge_env)
+        print(
+            f"\n[demo] running. Console: http://127.0.0.1:{api_port}/  (user admin, password in {secret})\n"
+            f"[demo] API docs: http://127.0.0.1:{api_port}/docs   edge health: http://127.0.0.1:{metrics_port}/health\n"
+            f"[demo] OPC UA: {endpoint}   MQTT: 127.0.0.1:{broker_port}   logs: {logs}/\n"
+            f"[demo] ground truth: {root / 'ground_truth.jsonl'}   Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        started = time.monotonic()
+        while not stop_now:
+            dead = services.dead()
+            if dead:
+                raise DemoError(f"stopped because {', '.join(dead)} exited; see {logs}/")
+            if ns.duration and time.monotonic() - started >= ns.duration:
+                break
+            time.sleep(0.5)
+        print("[demo] stopping …", flush=True)
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            services.stop()
