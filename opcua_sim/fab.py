@@ -67,6 +67,8 @@ class DriftTable:
 
     def _at(self, type_name: str, t: float) -> tuple[float, np.ndarray, np.ndarray, float, np.ndarray, float]:
         steps = self._by_type[type_name]
+        if len(steps) == 1:
+            return steps[0]
         return steps[bisect.bisect_right([s[0] for s in steps], t) - 1]
 
     def onset_scale(self, type_name: str, t: float) -> float:

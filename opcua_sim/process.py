@@ -60,6 +60,19 @@ def _params(type_name: str) -> tuple[np.ndarray, ...]:
     return weight, freq, phase, drift_sens, health_sens
 
 
+@cache
+def _ranges(type_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per setpoint: lo, hi, default, reference for ratios (default, 1 for switches), energy
+    elasticity, and the indices of the tunable setpoints (all but idle_mode)."""
+    tool = TOOL_TYPES[type_name]
+    lo = np.array([sp.lo for sp in tool.setpoints])
+    hi = np.array([sp.hi for sp in tool.setpoints])
+    default = np.array([sp.default for sp in tool.setpoints])
+    ref = np.where(default > 0, default, 1.0)
+    elast = np.array([ENERGY_ELASTICITY.get(sp.name, 0.0) for sp in tool.setpoints])
+    return lo, hi, default, ref, elast, np.array(_tunable(tool), dtype=np.int64)
+
+
 def _as_array(tool: ToolType, setpoints: Mapping[str, float]) -> np.ndarray:
     try:
         return np.array([float(setpoints[sp.name]) for sp in tool.setpoints])
@@ -71,9 +84,7 @@ def _optimum(
     tool: ToolType, health: float, drift: float, t: float, period_days: float, amplitude: float
 ) -> np.ndarray:
     _, freq, phase, drift_sens, health_sens = _params(tool.name)
-    lo = np.array([sp.lo for sp in tool.setpoints])
-    hi = np.array([sp.hi for sp in tool.setpoints])
-    default = np.array([sp.default for sp in tool.setpoints])
+    lo, hi, default, *_ = _ranges(tool.name)
     span = hi - lo
     wave = amplitude * np.sin(2.0 * math.pi * t / (period_days * 86400.0) * freq + phase)
     opt = default + span * (wave + drift_sens * drift + health_sens * health)
@@ -119,16 +130,15 @@ def oracle_setpoints(
 
 def _yield(tool: ToolType, sp: np.ndarray, opt: np.ndarray, health: float, drift: float) -> float:
     weight = _params(tool.name)[0]
-    span = np.array([s.hi - s.lo for s in tool.setpoints])
-    idx = _tunable(tool)
+    lo, hi, _, _, _, idx = _ranges(tool.name)
+    span = hi - lo
     loss = 100.0 * float(np.sum(weight[idx] * ((sp[idx] - opt[idx]) / span[idx]) ** 2))
     value = MAX_YIELD - loss - 8.0 * health**2 - 1.5 * max(drift, 0.0)
     return float(min(max(value, 0.0), 100.0))
 
 
 def _energy(tool: ToolType, sp: np.ndarray, health: float, lot_hours: float) -> float:
-    ref = np.array([s.default if s.default > 0 else 1.0 for s in tool.setpoints])
-    elast = np.array([ENERGY_ELASTICITY.get(s.name, 0.0) for s in tool.setpoints])
+    _, _, _, ref, elast, _ = _ranges(tool.name)
     factor = float(np.exp(np.sum(elast * np.log(np.maximum(sp / ref, 1e-3)))))
     return tool.run_kw * lot_hours * factor * (1.0 + 0.15 * health)
 

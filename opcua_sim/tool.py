@@ -157,7 +157,8 @@ class Tool:
         """Health index per progressive mode in [0, 1] (0 where no episode runs)."""
         t = self.t if t is None else t
         h = np.clip((t - self.onset) / self.ttf, 0.0, 1.0)
-        return np.nan_to_num(h, nan=0.0)
+        h[np.isnan(h)] = 0.0
+        return h
 
     def process_drift(self, t: float | None = None) -> float:
         """Days since maintenance over the PM interval: the process drift the oracle sees."""
@@ -262,7 +263,9 @@ class Tool:
             self._set_state(E10State.NON_SCHEDULED, until)
             return
         weights = self.drift.recipe_weights(self.type_name, self.t)
-        recipe = int(self.rng.choice(len(weights), p=weights))
+        recipe = min(
+            int(np.searchsorted(np.cumsum(weights), self.rng.random(), side="right")), len(weights) - 1
+        )
         self.lot_begin = self.t
         self.lot_start = self.t + p.lot_overhead_min * 30.0  # wafers start after half the overhead
         duration = p.lot_overhead_min * 60.0 + p.wafers_per_lot * float(self.tt.wafer_s[recipe])
