@@ -20,7 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from opcua_sim.errors import ScenarioError, UnknownToolTypeError
 from shared.config import StrictModel, read_mapping, validate
-from shared.equipment import COUNTERS, TOOL_TYPES
+from shared.equipment import COUNTERS, LOT_COUNTERS, TOOL_TYPES
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_\-]{0,31}$"
 DEFAULT_PREFIX = {
@@ -30,8 +30,8 @@ DEFAULT_PREFIX = {
     "vacuum_pump": "PUMP",
     "abatement": "ABAT",
 }
-# Counters the simulator adds to shared.equipment.COUNTERS: the tuning feedback of each lot.
-SIM_COUNTERS: tuple[str, ...] = (*COUNTERS, "last_lot_yield", "last_lot_energy_kwh")
+# Every counter the simulator serves: totals, then the tuning feedback of each lot.
+SIM_COUNTERS: tuple[str, ...] = (*COUNTERS, *LOT_COUNTERS)
 _ALL_SENSORS = frozenset(s.name for t in TOOL_TYPES.values() for s in t.sensors)
 _ALL_RECIPES = frozenset(r for t in TOOL_TYPES.values() for r in t.recipes)
 

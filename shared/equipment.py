@@ -5,7 +5,8 @@ features use it to know which sensors a tool of a type has. OPC UA layout (DESIG
 
     Objects/Fab/{area}/{tool_id}/Sensors/{sensor}      Double, EngineeringUnits, EURange
     Objects/Fab/{area}/{tool_id}/Setpoints/{setpoint}  Double, writable, range enforced
-    Objects/Fab/{area}/{tool_id}/Counters/{counter}    Double (wafers, lots, energy_kwh)
+    Objects/Fab/{area}/{tool_id}/Counters/{counter}    Double (wafers, lots, energy_kwh,
+                                                       last_lot_yield, last_lot_energy_kwh)
     Objects/Fab/{area}/{tool_id}/State                 String, SEMI E10 state (E10State)
     Objects/Fab/{area}/{tool_id}/Recipe                String, the recipe running
 
@@ -97,6 +98,9 @@ class ToolType:
 
 
 COUNTERS = ("wafers", "lots", "energy_kwh")
+# The tuning feedback, updated at each lot end: yield in %, energy in kWh (the tool's own draw
+# plus its share of the sub-fab pumps and abatement that serve it).
+LOT_COUNTERS = ("last_lot_yield", "last_lot_energy_kwh")
 
 S = SensorSpec
 P = SetpointSpec
