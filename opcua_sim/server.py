@@ -45,6 +45,7 @@ ALARM_QUEUE = 1000  # pending alarm events per tick; overflow drops the oldest (
 ALARM_KINDS = {"failure": 900, "maintenance": 300, "back_up": 200}  # kind -> OPC UA severity
 _BAD_SENSOR = ua.StatusCode(ua.StatusCodes.BadSensorFailure)
 _GOOD = ua.StatusCode(ua.StatusCodes.Good)
+_NO_DATA_YET = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)  # no lot has ended yet
 _ADMIN = User(role=UserRole.Admin)  # asyncua's default for internal writes
 
 
@@ -261,11 +262,15 @@ class SimServer:
                 old = self._last_small.get(tool.index)
                 self._last_small[tool.index] = small
                 for k, value in enumerate(small[0]):
-                    if old is None or old[0][k] != value:
-                        await put(
-                            tn.counters[k],
-                            SimDataValue(ua.Variant(float(value), ua.VariantType.Double), _GOOD, src, srv),
-                        )
+                    if old is not None and (
+                        old[0][k] == value or (math.isnan(value) and math.isnan(old[0][k]))
+                    ):
+                        continue
+                    if math.isnan(value):
+                        dv = SimDataValue(ua.Variant(None, ua.VariantType.Null), _NO_DATA_YET, src, srv)
+                    else:
+                        dv = SimDataValue(ua.Variant(float(value), ua.VariantType.Double), _GOOD, src, srv)
+                    await put(tn.counters[k], dv)
                 if old is None or old[1] != small[1]:
                     await put(
                         tn.state, SimDataValue(ua.Variant(small[1], ua.VariantType.String), _GOOD, src, srv)

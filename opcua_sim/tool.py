@@ -117,8 +117,9 @@ class Tool:
         self.wafers = 0.0
         self.lots = 0.0
         self.energy_kwh = 0.0
-        self.last_lot_yield = 0.0
-        self.last_lot_energy_kwh = 0.0
+        # NaN until the first lot ends (served as BadWaitingForInitialData; sub-fab tools run no lots)
+        self.last_lot_yield = math.nan
+        self.last_lot_energy_kwh = math.nan
         self.e10_hours: dict[E10State, float] = {}  # tallied by the Fab at each advance (server side)
         self.failures = 0
         if self.subfab:

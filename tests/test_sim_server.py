@@ -89,6 +89,14 @@ async def test_browse_read_units_ranges_and_simulated_timestamps():
         counters = await tool_node.get_child(f"{idx}:Counters")
         cnames = {(await c.read_browse_name()).Name for c in await counters.get_children()}
         assert {"wafers", "lots", "energy_kwh", "last_lot_yield", "last_lot_energy_kwh"} <= cnames
+        lot_yield = await counters.get_child(f"{idx}:last_lot_yield")
+        dv = await lot_yield.read_data_value(raise_on_bad_status=False)
+        assert dv.StatusCode.value == ua.StatusCodes.BadWaitingForInitialData  # no lot has ended yet
+        await sim.advance(12 * 3600.0)  # several lots later
+        value = await lot_yield.read_value()
+        assert value == pytest.approx(tool.last_lot_yield) and 0.0 < value <= 100.0
+        energy = await (await counters.get_child(f"{idx}:last_lot_energy_kwh")).read_value()
+        assert energy == pytest.approx(tool.last_lot_energy_kwh) and energy > 0
         state = await (await tool_node.get_child(f"{idx}:State")).read_value()
         assert state == str(tool.e10)
 
