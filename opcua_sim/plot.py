@@ -17,8 +17,9 @@ from opcua_sim.degradation import SIGNATURES
 from opcua_sim.errors import SimError
 from opcua_sim.export import _PROCESSING_CODES, tool_series
 from opcua_sim.fab import Fab
+from opcua_sim.history import DAY
 from opcua_sim.scenario import Scenario
-from opcua_sim.tool import DAY, Tool
+from opcua_sim.tool import Tool
 from shared.equipment import ALL_MODES, E10_CODES, E10State
 
 _logger = logging.getLogger(__name__)

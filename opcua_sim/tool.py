@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from opcua_sim.degradation import draw_ttf_s, progressive_modes, sudden_modes
 from opcua_sim.errors import FaultError, SetpointError
+from opcua_sim.history import DAY, HOUR, INF, History, SensorFault
 from opcua_sim.physics import TypeTables, tables
 from opcua_sim.process import lot_energy, lot_yield
 from shared.equipment import ALL_MODES, E10_CODES, E10State
@@ -26,36 +26,8 @@ if TYPE_CHECKING:
     from opcua_sim.fab import DriftTable
     from opcua_sim.scenario import Scenario
 
-DAY = 86400.0
-HOUR = 3600.0
-INF = math.inf
 _PROCESSING = (E10State.PRODUCTIVE, E10State.ENGINEERING)
 _DOWN = (E10State.SCHEDULED_DOWN, E10State.UNSCHEDULED_DOWN)
-
-
-@dataclass
-class SensorFault:
-    sensor: int
-    kind: str  # "dropout" (Bad status, NaN) or "stuck" (the value freezes)
-    start: float
-    end: float
-    held: float | None = None  # the frozen value of a stuck sensor (server side)
-
-
-@dataclass
-class History:
-    """What the exporter needs to rebuild a tool's run as arrays."""
-
-    seg_t: list[float] = field(default_factory=list)
-    seg_state: list[int] = field(default_factory=list)
-    seg_recipe: list[int] = field(default_factory=list)
-    seg_lot_start: list[float] = field(default_factory=list)
-    episodes: list[tuple[int, float, float, float]] = field(default_factory=list)  # mode, onset, end, ttf
-    maint_t: list[float] = field(default_factory=list)
-    sp_t: list[float] = field(default_factory=list)
-    sp_values: list[np.ndarray] = field(default_factory=list)
-    faults: list[SensorFault] = field(default_factory=list)
-    failures: list[tuple[float, int, bool]] = field(default_factory=list)  # t, ALL_MODES index, sudden
 
 
 class Tool:
@@ -209,6 +181,10 @@ class Tool:
             best = (self.next_sp_change, self._on_sp_change, 0)
         return best
 
+    def _event(self, kind: str, **fields: Any) -> None:
+        """One ground-truth event of this tool, now."""
+        self._emit({"kind": kind, "tool": self.tool_id, "t_s": self.t, **fields})
+
     def _draw_onset_gap(self, t: float) -> float:
         scale = self.drift.onset_scale(self.type_name, t)
         return t + self.rng.exponential(self.sc.degradation.mean_days_between_onsets * DAY / scale)
@@ -218,7 +194,7 @@ class Tool:
         self.state, self.seg_end, self.recipe = state, seg_end, recipe
         self._record_segment()
         if previous != state:
-            self._emit({"kind": "state", "tool": self.tool_id, "t_s": self.t, "state": str(state)})
+            self._event("state", state=str(state))
 
     def _record_segment(self) -> None:
         if self.history is not None:
@@ -233,7 +209,7 @@ class Tool:
         if self.state == E10State.PRODUCTIVE:
             self._finish_lot()
         if self.state in (E10State.UNSCHEDULED_DOWN, E10State.SCHEDULED_DOWN):
-            self._emit({"kind": "back_up", "tool": self.tool_id, "t_s": self.t, "after": str(self.state)})
+            self._event("back_up", after=str(self.state))
             self._schedule_onsets_after_down()
             if p.qualification_h > 0 and not self.subfab:
                 self.lot_start = self.t
@@ -288,19 +264,15 @@ class Tool:
         ) * float(1.0 + self.rng.normal(0.0, 0.01))
         self.wafers += p.wafers_per_lot
         self.lots += 1
-        self._emit(
-            {
-                "kind": "lot",
-                "tool": self.tool_id,
-                "t_s": self.t,
-                "recipe": self.tt.tool.recipes[self.recipe],
-                "yield": round(self.last_lot_yield, 3),
-                "energy_kwh": round(self.last_lot_energy_kwh, 3),
-                "expected_yield": round(expected, 3),
-                "health": round(health, 4),
-                "drift": round(drift, 4),
-                "setpoints": {k: round(v, 4) for k, v in sp.items()},
-            }
+        self._event(
+            "lot",
+            recipe=self.tt.tool.recipes[self.recipe],
+            energy_kwh=round(self.last_lot_energy_kwh, 3),
+            expected_yield=round(expected, 3),
+            health=round(health, 4),
+            drift=round(drift, 4),
+            setpoints={k: round(v, 4) for k, v in sp.items()},
+            **{"yield": round(self.last_lot_yield, 3)},  # a keyword in Python
         )
 
     def wafers_now(self) -> float:
@@ -314,15 +286,7 @@ class Tool:
         self.onset[i] = self.t
         self.ttf[i] = draw_ttf_s(self.rng, self.tt.sig.mean_ttf_days[i], self.sc.degradation.ttf_spread)
         self.next_onset[i] = INF
-        self._emit(
-            {
-                "kind": "onset",
-                "tool": self.tool_id,
-                "t_s": self.t,
-                "mode": self.modes[i],
-                "failure_due_t_s": round(self.t + self.ttf[i], 1),
-            }
-        )
+        self._event("onset", mode=self.modes[i], failure_due_t_s=round(self.t + self.ttf[i], 1))
 
     def _reset_modes(self) -> list[str]:
         """Maintenance or repair: every progressive mode under way starts over."""
@@ -349,21 +313,17 @@ class Tool:
         sudden = i < 0
         mode = self.sudden_mode if sudden else self.modes[i]
         if self.state == E10State.PRODUCTIVE:
-            self._emit({"kind": "lot_aborted", "tool": self.tool_id, "t_s": self.t})
+            self._event("lot_aborted")
         health = self.health_now()
         self.failures += 1
         if self.history is not None:
             self.history.failures.append((self.t, ALL_MODES.index(mode), sudden))
-        self._emit(
-            {
-                "kind": "failure",
-                "tool": self.tool_id,
-                "t_s": self.t,
-                "mode": mode,
-                "sudden": sudden,
-                "injected": injected,
-                "health": {m: round(float(h), 4) for m, h in zip(self.modes, health, strict=True)},
-            }
+        self._event(
+            "failure",
+            mode=mode,
+            sudden=sudden,
+            injected=injected,
+            health={m: round(float(h), 4) for m, h in zip(self.modes, health, strict=True)},
         )
         self._reset_modes()
         if sudden:
@@ -383,9 +343,7 @@ class Tool:
         reset = self._reset_modes()
         self.pending_pm = False
         self.next_pm = self.t + self.pm_interval
-        self._emit(
-            {"kind": "maintenance", "tool": self.tool_id, "t_s": self.t, "type": kind, "modes_reset": reset}
-        )
+        self._event("maintenance", type=kind, modes_reset=reset)
         self._set_state(E10State.SCHEDULED_DOWN, self.t + self.sc.maintenance.pm_h * HOUR)
 
     def _on_fault(self, _: int) -> None:
@@ -399,15 +357,8 @@ class Tool:
         if self.history is not None:
             self.history.faults.append(fault)
         self.next_fault = self.t + self.rng.exponential(sf.mean_days_between * DAY)
-        self._emit(
-            {
-                "kind": "sensor_fault",
-                "tool": self.tool_id,
-                "t_s": self.t,
-                "sensor": self.tt.tool.sensor_names[sensor],
-                "fault": kind,
-                "end_t_s": round(end, 1),
-            }
+        self._event(
+            "sensor_fault", sensor=self.tt.tool.sensor_names[sensor], fault=kind, end_t_s=round(end, 1)
         )
 
     def _on_fault_end(self, k: int) -> None:
@@ -439,17 +390,7 @@ class Tool:
         if self.history is not None:
             self.history.sp_t.append(self.t)
             self.history.sp_values.append(self.setpoints.copy())
-        self._emit(
-            {
-                "kind": "setpoint",
-                "tool": self.tool_id,
-                "t_s": self.t,
-                "name": name,
-                "old": old,
-                "new": value,
-                "source": source,
-            }
-        )
+        self._event("setpoint", name=name, old=old, new=value, source=source)
 
     def inject_fault(self, mode: str) -> None:
         """Fail now in ``mode`` (a progressive or the sudden mode of this tool type; empty: the
@@ -478,5 +419,5 @@ class Tool:
     def perform_maintenance(self) -> None:
         """Preventive maintenance now (aborting a lot or ending a repair)."""
         if self.state == E10State.PRODUCTIVE:
-            self._emit({"kind": "lot_aborted", "tool": self.tool_id, "t_s": self.t})
+            self._event("lot_aborted")
         self._start_pm("requested")

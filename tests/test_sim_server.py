@@ -10,9 +10,9 @@ import pytest
 from asyncua import Client, Node, ua
 
 from opcua_sim.fab import Fab
+from opcua_sim.history import SensorFault
 from opcua_sim.scenario import default_scenario, scale_tools, with_seed
 from opcua_sim.testing import SimHandle, running_sim
-from opcua_sim.tool import SensorFault
 from shared.equipment import NAMESPACE_URI
 
 TIMEOUT = 10.0
