@@ -36,6 +36,7 @@ from opcua_sim.tool import Tool
 from shared.equipment import TOOL_TYPES
 
 _logger = logging.getLogger(__name__)
+MAX_TOOLS_PER_FOLDER = 200  # tools per area folder; beyond it, "{area}-2", "{area}-3", ...
 TRUTH_MEMORY = 20_000  # events kept in memory (oldest dropped first; the JSONL file keeps all)
 
 
@@ -132,16 +133,21 @@ class Fab:
         self.tools: list[Tool] = []
         counters: dict[str, int] = {}
         for area in scenario.areas:
+            in_area = 0
             for group in area.tools:
                 prefix = group.prefix or DEFAULT_PREFIX[group.type]
                 for _ in range(group.count):
                     counters[prefix] = counters.get(prefix, 0) + 1
                     tool_id = f"{prefix}{counters[prefix]:03d}"
+                    # A big area becomes bays of MAX_TOOLS_PER_FOLDER: asyncua slows down
+                    # quadratically with the siblings of one folder (FACTS.md).
+                    bay = in_area // MAX_TOOLS_PER_FOLDER
+                    in_area += 1
                     tool = Tool(
                         len(self.tools),
                         tool_id,
                         group.type,
-                        area.name,
+                        area.name if bay == 0 else f"{area.name}-{bay + 1}",
                         scenario,
                         self.drift,
                         self._emit,

@@ -224,3 +224,12 @@ def test_injected_degradation_develops_precursors_then_fails():
         and failures[-1]["mode"] == "bearing_wear"
         and failures[-1]["t_s"] == pytest.approx(due, abs=1e-3)
     )
+
+
+def test_big_areas_are_split_into_bays_of_small_folders():
+    fab = Fab(scale_tools(default_scenario(), 1000))
+    per_area: dict[str, int] = {}
+    for tool in fab.tools:
+        per_area[tool.area] = per_area.get(tool.area, 0) + 1
+    assert max(per_area.values()) <= 200 and "subfab-2" in per_area
+    assert len(fab.by_id) == 1000

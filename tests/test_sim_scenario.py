@@ -77,3 +77,26 @@ def test_malformed_file_and_missing_file(tmp_path: Path):
         load_scenario(path)
     with pytest.raises(ScenarioError, match="no such file"):
         load_scenario(tmp_path / "missing.toml")
+
+
+def test_security_settings_and_users_file_errors(tmp_path: Path):
+    from opcua_sim.cli import _users
+    from opcua_sim.errors import SecurityError
+    from opcua_sim.security import SecuritySettings, ensure_certificate
+
+    with pytest.raises(SecurityError, match="needs cert_dir"):
+        SecuritySettings(policies=("Basic256Sha256_Sign",))
+    with pytest.raises(SecurityError, match="unknown"):
+        SecuritySettings(policies=("Basic128",))
+    with pytest.raises(SecurityError, match="no users"):
+        SecuritySettings(allow_anonymous=False)
+    users = tmp_path / "users.toml"
+    users.write_text('operator = "pw"\nviewer = ""\n')
+    with pytest.raises(SecurityError, match="viewer"):
+        _users(users)
+    users.write_text('operator = "pw"\n')
+    assert _users(users) == {"operator": "pw"}
+    cert, key = ensure_certificate(tmp_path / "certs", "server", "urn:test")
+    first = cert.read_bytes()
+    assert ensure_certificate(tmp_path / "certs", "server", "urn:test") == (cert, key)
+    assert cert.read_bytes() == first  # reused while valid
