@@ -13,8 +13,8 @@ Layout (``shared.equipment``, DESIGN.md §4), NodeIds are strings of the browse 
     Objects/FabSimulator/{SimTime,Seed,Scenario,Tools,ValueChanges}  simulator facts
 
 asyncua adds a node to a folder in time that grows with the folder's size (FACTS.md: the 4,000th
-sibling costs about 17 ms), so nothing here has more than a few hundred siblings, and nodes go in
-with one ``add_nodes`` call per tool rather than one call per node.
+sibling costs about 17 ms), so no folder holds more than 200 tools (a bigger area becomes bays
+``{area}-2``, ...), and nodes go in with one ``add_nodes`` call per tool, not one per node.
 """
 
 # asyncua annotates with NewTypes (UInt32, Int16, DateTime) that reject the plain int/datetime it
