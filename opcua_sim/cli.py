@@ -1,4 +1,4 @@
-"""``fabpm sim serve | export | plot | info``: the fab simulator's command line."""
+"""``fabpm sim serve | export | plot | info | e10``: the fab simulator's command line."""
 
 from __future__ import annotations
 
@@ -75,11 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", type=Path, default=Path("docs/img/sim_run_to_failure.png"))
     info = sub.add_parser("info", help="print the fab's size: tools and tags")
     _common(info)
+    e10 = sub.add_parser("e10", help="SEMI E10 uptime, MTBF, MTTR and unscheduled downtime of an export")
+    e10.add_argument("dataset", type=Path, help="a folder written by fabpm sim export")
     return parser
 
 
 def main(argv: list[str]) -> int:
     ns = _parser().parse_args(argv)
+    if ns.cmd == "e10":
+        return _e10(ns.dataset)
     sc = _scenario(ns)
     if ns.cmd == "info":
         kinds: dict[str, int] = {}
@@ -115,6 +119,30 @@ def main(argv: list[str]) -> int:
         print(f"wrote {path} ({tool_id})")
         return 0
     return _serve(ns, sc)
+
+
+def _e10(folder: Path) -> int:
+    """Print E10 figures per tool type and for the fleet, the way fabs state them."""
+    from opcua_sim import e10
+    from shared.dataset import read_info, read_series
+    from shared.equipment import E10State
+
+    info = read_info(folder)
+    by_type: dict[str, list[e10.E10Metrics]] = {}
+    for tool in info.tools:
+        series = read_series(folder, tool)
+        by_type.setdefault(tool.tool_type, []).append(e10.from_series(series.state, info.sample_period_s))
+    by_type["fleet"] = [m for ms in list(by_type.values()) for m in ms]
+    print("| tools | n | equipment uptime % | MTBF (productive) h | MTTR h | unscheduled down h | failures |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, ms in by_type.items():
+        hours = {s: sum(m.hours[str(s)] for m in ms) for s in E10State}
+        total = e10.from_hours(hours, sum(m.failures for m in ms))
+        print(
+            f"| {name} | {len(ms)} | {total.equipment_uptime_pct:.2f} | {total.mtbf_productive_h:.1f} | "
+            f"{total.mttr_h:.1f} | {total.unscheduled_down_h:.1f} | {total.failures} |"
+        )
+    return 0
 
 
 def _users(path: Path | None) -> dict[str, str]:

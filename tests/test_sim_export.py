@@ -171,3 +171,10 @@ def test_plot_draws_a_run_to_failure(tmp_path: Path):
 
     with pytest.raises(SimError, match="--tool"):
         plot_run(scale_tools(default_scenario(), 12), 5, tmp_path / "x.png", tool_id="NOPE01")
+
+
+def test_cli_states_e10_figures_of_an_export(dataset: Path, capsys: pytest.CaptureFixture[str]):
+    assert cli.main(["e10", str(dataset)]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| fleet")]
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[1] == "20" and 50.0 < float(cells[2]) <= 100.0 and int(cells[6]) >= 1
