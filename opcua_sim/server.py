@@ -373,12 +373,15 @@ class SimServer:
                 passed.append(i)
             if passed:
                 sub = ua.WriteParameters(NodesToWrite=[params.NodesToWrite[i] for i in passed])
-                for i, status in zip(passed, await original(sub, user), strict=True):
-                    results[i] = status
-                    if i in applied and status.is_good():
-                        tn, k, value = applied[i]
-                        self.fab.advance_to(self.clock.now())
-                        tn.tool.set_setpoint(tn.tool.tt.tool.setpoints[k].name, value, source="opcua")
+                statuses = await original(sub, user)
+                # The lock keeps the change out of a publish in progress (one consistent tick).
+                async with self._lock:
+                    for i, status in zip(passed, statuses, strict=True):
+                        results[i] = status
+                        if i in applied and status.is_good():
+                            tn, k, value = applied[i]
+                            self.fab.advance_to(self.clock.now())
+                            tn.tool.set_setpoint(tn.tool.tt.tool.setpoints[k].name, value, source="opcua")
             return [r if r is not None else ua.StatusCode(ua.StatusCodes.BadInternalError) for r in results]
 
         service.write = write  # type: ignore[method-assign]
