@@ -109,7 +109,6 @@ class SimServer:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._last_t = fab.t
-        fab.listeners.append(self._on_truth)
 
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
@@ -129,6 +128,8 @@ class SimServer:
             cert, key = ensure_certificate(sec.cert_dir, "server", SERVER_URI)
             await server.load_certificate(str(cert))
             await server.load_private_key(str(key))
+        if self._on_truth not in self.fab.listeners:
+            self.fab.listeners.append(self._on_truth)
         idx = await server.register_namespace(NAMESPACE_URI)
         self.aspace = await aspace_mod.build(server, self.fab, idx, self._inject, self._maintain)
         for tn in self.aspace.tools:
@@ -155,6 +156,9 @@ class SimServer:
         )
 
     async def stop(self) -> None:
+        if self._on_truth in self.fab.listeners:
+            self.fab.listeners.remove(self._on_truth)
+        self._alarms.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
