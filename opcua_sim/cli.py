@@ -168,7 +168,7 @@ def _serve(ns: argparse.Namespace, sc: Scenario) -> int:
     policies = SECURITY_CHOICES[ns.security]
     settings = SecuritySettings(
         policies=policies,
-        cert_dir=ns.cert_dir if any(p != "None" for p in policies) else None,
+        cert_dir=ns.cert_dir.expanduser() if any(p != "None" for p in policies) else None,
         users=_users(ns.users_file),
         allow_anonymous=not ns.no_anonymous,
     )
