@@ -55,8 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--cert-dir",
         type=Path,
-        default=Path("var/sim-certs"),
-        help="server certificate and key (generated when missing)",
+        default=Path("~/.local/share/fabpm/sim-certs"),
+        help="server certificate and key, generated when missing (default: %(default)s)",
     )
     serve.add_argument("--users-file", type=Path, help="TOML or YAML table user = password; enables login")
     serve.add_argument("--no-anonymous", action="store_true", help="require a user name and password")
