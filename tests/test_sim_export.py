@@ -178,3 +178,29 @@ def test_cli_states_e10_figures_of_an_export(dataset: Path, capsys: pytest.Captu
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| fleet")]
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[1] == "20" and 50.0 < float(cells[2]) <= 100.0 and int(cells[6]) >= 1
+
+
+def test_export_and_server_path_give_the_same_readings(tmp_path: Path):
+    """One generator: the exporter's arrays equal the live fab's readings at the same instants."""
+    from opcua_sim.fab import Fab
+
+    sc = scale_tools(with_seed(default_scenario(), 21), 10)
+    sc = sc.model_copy(update={"sensor_faults": sc.sensor_faults.model_copy(update={"spike_per_hour": 0.0})})
+    export(sc, 2, tmp_path / "ds")
+    info = read_info(tmp_path / "ds")
+    series = {t.tool_id: read_series(tmp_path / "ds", t) for t in info.tools}
+    live = Fab(sc)
+    compared = 0
+    for k in range(3, 288, 29):
+        t = k * info.sample_period_s
+        live.advance_to(t)
+        for type_name, tools in live.groups.items():
+            readings = live.readings(type_name)
+            for row, tool in enumerate(tools):
+                exported = series[tool.tool_id].values[k]
+                ok = ~np.isnan(exported) & ~np.isnan(readings[row])
+                for f in tool.faults:  # stuck values freeze at different instants on the two paths
+                    ok[f.sensor] = False
+                np.testing.assert_allclose(readings[row][ok], exported[ok], rtol=1e-5, atol=1e-4)
+                compared += int(ok.sum())
+    assert compared > 1000
