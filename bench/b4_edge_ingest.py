@@ -91,12 +91,13 @@ def start_sims(n_proc: int, tools_each: int) -> tuple[list[subprocess.Popen[byte
     return procs, endpoints
 
 
-async def wait_up(endpoint: str, timeout: float = 300.0) -> list[ToolConfig]:
+async def wait_up(endpoint: str, prefix: str, timeout: float = 300.0) -> list[ToolConfig]:
+    """The simulator's tools, their ids prefixed: every simulator names its tools alike."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             found = await discover(endpoint, timeout_s=30)
-            return [ToolConfig(id=f.tool_id, type=f.tool_type, path=f.path) for f in found]
+            return [ToolConfig(id=f"{prefix}{f.tool_id}", type=f.tool_type, path=f.path) for f in found]
         except Exception:
             if time.monotonic() > deadline:
                 raise
@@ -186,7 +187,7 @@ async def run_size(target_tags: int, seconds: float) -> list[tuple[str, dict[str
     n_proc = 1 if tools_total <= 150 else 4
     procs, endpoints = start_sims(n_proc, tools_total // n_proc)
     try:
-        tools = [await wait_up(e) for e in endpoints]
+        tools = [await wait_up(e, f"s{i}-") for i, e in enumerate(endpoints)]
         with tempfile.TemporaryDirectory() as tmp:
             base = await measure(endpoints, tools, False, seconds, Path(tmp))
             edge = await measure(endpoints, tools, True, seconds, Path(tmp))

@@ -127,7 +127,7 @@ class OutboxConfig(StrictModel):
 
 class ModelsConfig(StrictModel):
     risk: Path | None = None  # ONNX file with <stem>.manifest.json beside it
-    tuning: Path | None = None
+    tuning: list[Path] = Field(default_factory=list)  # one signed release per tool type
     public_key: Path | None = None  # Ed25519 PEM; without it nothing is loaded or accepted
     store_dir: Path = Path("models")  # accepted updates and the previous model for rollback
     intra_op_threads: int = Field(default=1, ge=1, le=64)
@@ -228,8 +228,9 @@ def load_edge_config(path: Path | None, env: Mapping[str, str] | None = None) ->
     if path is not None and not cfg.state_dir.is_absolute():
         # A relative state_dir is relative to the config file, not to wherever the daemon started.
         cfg = cfg.model_copy(update={"state_dir": (path.parent / cfg.state_dir).resolve()})
-    for name in ("risk", "tuning", "public_key"):
-        value = getattr(cfg.models, name)
+    named = [("risk", cfg.models.risk), ("public_key", cfg.models.public_key)]
+    named += [(f"tuning.{i}", p) for i, p in enumerate(cfg.models.tuning)]
+    for name, value in named:
         if value is not None and not cfg.resolve(value).exists():
             raise ConfigError(f"{path}: models.{name}: {cfg.resolve(value)} does not exist")
     return cfg

@@ -34,7 +34,7 @@ from edge.outbox import Outbox
 from edge.pipeline import Pipeline
 from edge.source import AsyncuaSource, TagSource, tag_table
 from edge.tuning import Tuner
-from edge.updates import ModelStore, Updater
+from edge.updates import ModelStore, Updater, slot_of
 from edge.windows import ReadyWindow, features
 from shared.errors import FabpmError, SchemaError
 from shared.messages import (
@@ -96,7 +96,8 @@ class EdgeDaemon:
             cfg.decisions.infer_every_steps,
             recent=max(64, cfg.models.check_windows),
         )
-        self.models: dict[str, Model] = {}
+        self.pipeline.on_counter = self._on_counter
+        self.models: dict[str, Model] = {}  # slot (edge-risk, edge-tuning/<type>) -> model
         self.store = ModelStore(cfg.resolve(cfg.models.store_dir))
         self.key = load_public_key(cfg.resolve(cfg.models.public_key)) if cfg.models.public_key else None
         self.updater: Updater | None = None
@@ -130,38 +131,40 @@ class EdgeDaemon:
     # -- models -------------------------------------------------------------------------------
 
     def load_models(self) -> None:
-        """The stored current model of each role if any, else the configured file."""
+        """Per slot, the stored current model if any, else the configured file."""
         if self.key is None:
             _logger.warning("no models.public_key: no model is loaded and updates are refused")
             return
         threads = self.cfg.models.intra_op_threads
-        for role, configured in (
-            ("edge-risk", self.cfg.models.risk),
-            ("edge-tuning", self.cfg.models.tuning),
-        ):
-            pointer = self.store.pointer(role)
+        configured: dict[str, Path] = {}
+        if self.cfg.models.risk is not None:
+            configured["edge-risk"] = self.cfg.resolve(self.cfg.models.risk)
+        for i, rel in enumerate(self.cfg.models.tuning):
+            path = self.cfg.resolve(rel)
+            try:
+                configured[slot_of(json.loads(manifest_path(path).read_text())["manifest"])] = path
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelError(f"models.tuning.{i}: unreadable manifest beside {path}: {exc}") from exc
+        slots = set(configured) | self.store.slots()
+        for slot in sorted(slots):
             model: Model | None = None
+            pointer = self.store.pointer(slot)
             if pointer.get("version"):
                 try:
-                    model = self.store.load(role, str(pointer["version"]), self.key, threads)
+                    model = self.store.load(slot, str(pointer["version"]), self.key, threads)
                 except (FabpmError, OSError) as exc:
-                    _logger.error(
-                        "stored %s model %s does not load (%s); using the configured one",
-                        role,
-                        pointer["version"],
-                        exc,
-                    )
-            if model is None and configured is not None:
-                path = self.cfg.resolve(configured)
+                    _logger.error("stored %s model %s does not load (%s)", slot, pointer["version"], exc)
+            source = configured.get(slot)
+            if model is None and source is not None:
                 try:
-                    model = load_verified(path, self.key, threads)
+                    model = load_verified(source, self.key, threads)
                     # Keep a copy in the store, so the cloud can roll back to it by version.
-                    doc = json.loads(manifest_path(path).read_text())
-                    self.store.save(role, model.manifest, doc["signature"], path.read_bytes())
+                    doc = json.loads(manifest_path(source).read_text())
+                    self.store.save(slot, model.manifest, doc["signature"], source.read_bytes())
                 except (FabpmError, OSError) as exc:
-                    raise ModelError(f"models.{role.split('-')[1]}: {exc}") from exc
+                    raise ModelError(f"models ({slot}): {exc}") from exc
             if model is not None:
-                self._swap(role, model)
+                self._swap(slot, model)
 
     def _swap(self, role: str, model: Model) -> None:
         self.models[role] = model
@@ -310,19 +313,28 @@ class EdgeDaemon:
             return None
 
     async def tune_once(self) -> None:
-        """One round of proposals for every tool the tuning model covers."""
-        model = self.models.get("edge-tuning")
+        """One round of proposals for every tool a tuning model covers."""
+        for tool in self.pipeline.tools:
+            await self.tune_tool(tool)
+
+    async def tune_tool(self, tool: str) -> None:
+        """Propose (and in auto mode apply) a setpoint step for one tool, e.g. after each lot."""
+        info = self.pipeline.tools[tool]
+        model = self.models.get(f"edge-tuning/{info.tool_type}")
         if self.cfg.tuning.mode == "off" or not isinstance(model, TuningModel):
             return
-        for tool, info in self.pipeline.tools.items():
-            context = {**info.counters, **self._sensor_means(tool)}
-            if any(n not in info.setpoints for n in model.setpoints) or any(
-                n not in context for n in model.context
-            ):
-                continue
-            msg = self.tuner.propose(model, tool, info.tool_type, info.setpoints, context)
-            if msg is not None and self.cfg.tuning.mode == "auto":
-                await self.tuner.apply(tool, info.tool_type, msg.setpoints, info.setpoints, msg.proposal_id)
+        context = {**self._sensor_means(tool), **info.counters}
+        needed = [n for n in model.setpoints if n not in info.setpoints]
+        needed += [n for n in model.context if n not in context]
+        if needed:
+            return  # not everything the surrogate needs has been read yet
+        msg = self.tuner.propose(model, tool, info.tool_type, info.setpoints, context)
+        if msg is not None and self.cfg.tuning.mode == "auto":
+            await self.tuner.apply(tool, info.tool_type, msg.setpoints, info.setpoints, msg.proposal_id)
+
+    def _on_counter(self, tool: str, name: str, value: float) -> None:
+        if name == "last_lot_yield" and self.cfg.tuning.mode != "off":
+            self._spawn(self.tune_tool(tool))
 
     def _sensor_means(self, tool: str) -> dict[str, float]:
         return {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -203,10 +204,14 @@ class Pipeline:
 
     def on_event(self, ev: SourceEvent) -> None:
         """An OPC UA alarm/event: forwarded when it names one of this edge's tools."""
-        text = f"{ev.source} {ev.message}"
-        tool = next((t for t in self.tools if t in text), None)
+        tool: str | None = ev.source if ev.source in self.tools else None
+        if tool is None:
+            # Whole tokens only: "etch-1" must not match inside "etch-10".
+            tokens = set(re.split(r"[^A-Za-z0-9_.-]+", f"{ev.message} {ev.fields.get('ToolId', '')}"))
+            tool = next((t for t in self.tools if t in tokens), None)
         if tool is None:
             return
+        text = f"{ev.message} {ev.fields.get('Mode', '')}"
         mode = next((m for m in ALL_MODES if m in text), None)
         if mode is not None:
             self.tools[tool].last_mode = mode

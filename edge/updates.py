@@ -13,7 +13,7 @@ A :class:`~shared.messages.ModelAnnouncement` arrives (retained) on the edge's m
 4. loads it into a new onnxruntime session (in a worker thread: inference goes on meanwhile);
 5. checks it on recent windows: output shapes, no NaN, and (risk models with the same window
    grid) a mean absolute probability difference to the running model ≤ ``max_disagreement``;
-6. stores it on disk (``store_dir/<role>/<version>.onnx`` and its manifest), points
+6. stores it on disk (``store_dir/risk/<version>.onnx``, ``store_dir/tuning/<type>/…``), points
    ``current.json`` at it by an atomic rename, keeping the previous version for rollback;
 7. swaps the model reference (one assignment: the next batch uses the new model).
 
@@ -50,14 +50,35 @@ Model = RiskModel | TuningModel
 ROLE_KEY = {"edge-risk": "risk", "edge-tuning": "tuning"}
 
 
+def slot_of(manifest: dict[str, Any] | ModelManifest) -> str:
+    """Where a model runs: ``edge-risk``, or ``edge-tuning/<tool type>`` (one tuning model per type)."""
+    doc = manifest.model_dump() if isinstance(manifest, ModelManifest) else manifest
+    role = str(doc.get("role", "?"))
+    if role == "edge-tuning":
+        spec = doc.get("input_spec") or {}
+        return f"{role}/{spec.get('tool_type', '?') if isinstance(spec, dict) else '?'}"
+    return role
+
+
 class ModelStore:
-    """Accepted releases on disk and which one is current, per role."""
+    """Accepted releases on disk and which one is current, per slot (:func:`slot_of`)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _dir(self, role: str) -> Path:
-        return self.root / ROLE_KEY[role]
+    def _dir(self, slot: str) -> Path:
+        role, _, tool_type = slot.partition("/")
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in tool_type)
+        return self.root / ROLE_KEY[role] / safe if tool_type else self.root / ROLE_KEY[role]
+
+    def slots(self) -> set[str]:
+        """Every slot with a current pointer on disk."""
+        out: set[str] = set()
+        for role, key in ROLE_KEY.items():
+            for ptr in (self.root / key).rglob("current.json"):
+                rel = ptr.parent.relative_to(self.root / key)
+                out.add(f"{role}/{rel}" if str(rel) != "." else role)
+        return out
 
     def pointer(self, role: str) -> dict[str, Any]:
         path = self._dir(role) / "current.json"
@@ -132,7 +153,8 @@ class Updater:
         async with self._lock:
             version = str(ann.manifest.get("version", "?"))
             role = str(ann.manifest.get("role", "?"))
-            running = self._current(role) if role in ROLE_KEY else None
+            slot = slot_of(ann.manifest)
+            running = self._current(slot) if role in ROLE_KEY else None
             if running is not None and running.version == version:
                 return None
             # Refusals are remembered per announcement, not per version: a forged "version 2" must
@@ -150,9 +172,9 @@ class Updater:
                 self.last["ts"] = time.time()
                 return self.last
             previous = running.version if running is not None else None
-            self.store.set_current(manifest.role, manifest.version, previous)
-            self._swap(manifest.role, model)
-            _logger.info("model %s now %s (was %s)", manifest.role, manifest.version, previous)
+            self.store.set_current(slot, manifest.version, previous)
+            self._swap(slot, model)
+            _logger.info("model %s now %s (was %s)", slot, manifest.version, previous)
             self.last = {
                 "version": manifest.version,
                 "role": manifest.role,
@@ -169,7 +191,8 @@ class Updater:
         max_bytes = int(self.cfg.max_artifact_mb * 1024 * 1024)
         if manifest.size > max_bytes:
             raise UpdateRejected(f"artifact of {manifest.size} bytes exceeds {max_bytes}")
-        stored = self.store.path_of(manifest.role, manifest.version)
+        slot = slot_of(manifest)
+        stored = self.store.path_of(slot, manifest.version)
         if ann.artifact_b64 is None and ann.artifact_url is None and stored.exists():
             # A rollback: the cloud re-announces a version this edge already holds (the previous
             # one); the bytes on disk are checked against the newly verified manifest like any others.
@@ -179,7 +202,7 @@ class Updater:
         verify_artifact(manifest, data)
         model = await asyncio.to_thread(build, data, manifest, self.cfg.intra_op_threads)
         await asyncio.to_thread(self._check, model)
-        await asyncio.to_thread(self.store.save, manifest.role, manifest, ann.signature, data)
+        await asyncio.to_thread(self.store.save, slot, manifest, ann.signature, data)
         return model, manifest
 
     def _fetch(self, ann: ModelAnnouncement, max_bytes: int) -> bytes:

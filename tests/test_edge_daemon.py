@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_edge_support import Collector, FabServer, edge_config, keys, publish, release, until
+from test_edge_support import Collector, FabServer, edge_config, keys, publish, release, tuning_release, until
 
 from edge.daemon import EdgeDaemon
 from edge.updates import announcement_for
@@ -389,3 +389,31 @@ async def test_metrics_and_health_endpoints():
         assert (await get("/nope"))[0] == 404
     finally:
         task.cancel()
+
+
+async def test_auto_tuning_after_each_lot_stays_inside_the_envelope(tmp_path, fab, mosquitto):
+    priv, _ = keys(tmp_path / "keys")
+    surrogate = tuning_release(tmp_path / "tun", priv, "t1", optimum=1290.0)
+    tuning = {
+        "mode": "auto",
+        "envelope": {"plasma_etch": {"rf_power_sp": [1100.0, 1260.0]}},
+        "max_step": {"plasma_etch": {"rf_power_sp": 25.0}},
+        "min_interval_s": 0.0,
+        "max_writes_per_hour": 100,
+        "weights": {"yield": 1.0, "energy": 0.0},
+    }
+    cfg = _cfg(tmp_path, fab, mosquitto.port, tuning=tuning)
+    cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"tuning": [surrogate]})})
+    daemon, task = await _start(cfg)
+    try:
+        assert daemon.models["edge-tuning/plasma_etch"].version == "t1"
+        written = []
+        for lot in range(1, 5):  # each lot end changes the counters: one proposal and write per lot
+            await fab.set("etch-01", {"last_lot_yield": 80.0 + lot, "last_lot_energy_kwh": 20.0}, T0 + lot)
+            assert await until(lambda n=lot: daemon.tuner.applied >= min(n, 3), 10)
+            written.append(await fab.nodes[("etch-01", "rf_power_sp")].read_value())
+    finally:
+        await _stop(task)
+    # 1200 → 1225 → 1250 → 1260 (the envelope's edge, though the surrogate's optimum is 1290) → stays
+    assert written == [1225.0, 1250.0, 1260.0, 1260.0]
+    assert daemon.tuner.refused == 0

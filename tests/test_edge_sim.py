@@ -64,6 +64,32 @@ async def test_edge_on_the_simulator_predicts_and_survives_its_restart(tmp_path,
                 await asyncio.sleep(0.1)
             assert await until(lambda: daemon.metrics.windows._value.get() > windows_before, 10)
             assert daemon.health()["healthy"]
+            # A sudden failure injected through the server's method: the alarm and the failure
+            # (the tool's state going to unscheduled down) both reach the cloud, naming the mode.
+            victim = next(f for f in found if f.tool_type == "plasma_etch")
+            from asyncua import Client, ua
+
+            async with Client(sim.endpoint) as client:
+                ns = await client.get_namespace_index("urn:fabpm:sim")
+                node = await client.nodes.root.get_child(
+                    ["0:Objects", *[f"{ns}:{p}" for p in victim.path.split("/")[1:]]]
+                )
+                await node.call_method(
+                    f"{ns}:InjectFault", ua.Variant("rf_generator_trip", ua.VariantType.String)
+                )
+            for _ in range(3):
+                await sim.advance(STEP)
+                await asyncio.sleep(0.1)
+
+            def of_victim(kind: str) -> list:
+                events = collector.of("event")
+                return [e for e in events if e["tool_id"] == victim.tool_id and e["event"] == kind]
+
+            assert await until(lambda: of_victim("failure") and of_victim("alarm"), 10), collector.of("event")
+            assert of_victim("alarm")[0]["mode"] == "rf_generator_trip"
+            # The failure event (from the State tag) names the mode when the alarm came first;
+            # the two travel on different OPC UA paths, so either order happens.
+            assert of_victim("failure")[0]["mode"] in (None, "rf_generator_trip")
         finally:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):

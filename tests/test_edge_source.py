@@ -205,3 +205,53 @@ async def test_kill_9_of_the_edge_process_loses_and_corrupts_nothing(tmp_path, m
         proc.kill()
         proc.wait(timeout=10)
         await fab.stop()
+
+
+async def test_watchdog_reconnects_a_silent_subscription():
+    fab = FabServer(free_port(), {"pump-01": "vacuum_pump"})
+    await fab.start()
+    cfg = OpcUaConfig(
+        endpoint=fab.endpoint,
+        publishing_interval_ms=50,
+        silence_timeout_s=1.0,
+        backoff_initial_s=0.1,
+        backoff_max_s=0.2,
+    )
+    tool = ToolConfig(id="pump-01", type="vacuum_pump", path="Objects/Fab/subfab/pump-01")
+    src = AsyncuaSource(cfg, tag_table([tool]))
+    task = asyncio.create_task(src.run(lambda b: None, lambda e: None))
+    try:
+        # The values never change: after the initial ones nothing arrives, and the watchdog
+        # treats the silence as a dead subscription and starts a fresh session.
+        assert await until(lambda: src.sessions >= 2, 15)
+    finally:
+        task.cancel()
+        await fab.stop()
+
+
+def test_ewma_controller_tracks_a_drifting_offset():
+    from edge.tuning import EwmaController
+
+    ctl = EwmaController(target=100.0, gain=2.0, u0=10.0, lo=0.0, hi=100.0, lam=0.5, max_step=5.0)
+    offset = 80.0
+    u = ctl.u
+    for _ in range(60):
+        offset += 0.2  # the process drifts
+        y = offset + 2.0 * u
+        u = ctl.update(y)
+    assert abs((offset + 2.0 * u) - 100.0) < 1.0
+    assert 0.0 <= u <= 100.0
+
+
+def test_token_bucket_budget_with_an_injected_clock():
+    from edge.decisions import TokenBucket
+
+    now = [0.0]
+    bucket = TokenBucket(rate_per_s=0.5, burst=2, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(3)] == [True, True, False]
+    now[0] = 1.0
+    assert not bucket.take()
+    now[0] = 2.0
+    assert bucket.take() and not bucket.take()
+    now[0] = 100.0
+    assert [bucket.take() for _ in range(3)] == [True, True, False]

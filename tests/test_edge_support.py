@@ -103,6 +103,62 @@ def risk_onnx(fspec: FeatureSpec, a: float = 3.0, b: float = 6.0, nan: bool = Fa
     return model.SerializeToString()
 
 
+def tuning_release(folder: Path, key: Path, version: str, optimum: float = 1250.0) -> Path:
+    """A plasma-etch tuning surrogate: yield peaks at rf_power_sp = ``optimum``, energy grows with it."""
+    tt = tool_type("plasma_etch")
+    setpoints = list(tt.setpoint_names)
+    context = ["last_lot_yield", "last_lot_energy_kwh"]
+    width = len(setpoints) + len(context)
+    c = helper.make_tensor
+    inits = [
+        c("e0", TensorProto.FLOAT, [width], [1.0] + [0.0] * (width - 1)),
+        c("opt", TensorProto.FLOAT, [], [optimum]),
+        c("k", TensorProto.FLOAT, [], [1e-3]),
+        c("top", TensorProto.FLOAT, [], [90.0]),
+        c("kwh", TensorProto.FLOAT, [], [0.01]),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "e0"], ["x0"]),
+        helper.make_node("Sub", ["x0", "opt"], ["d"]),
+        helper.make_node("Mul", ["d", "d"], ["d2"]),
+        helper.make_node("Mul", ["d2", "k"], ["loss"]),
+        helper.make_node("Sub", ["top", "loss"], ["yield"]),
+        helper.make_node("Mul", ["x0", "kwh"], ["energy"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_tuning",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", width])],
+        [
+            helper.make_tensor_value_info("yield", TensorProto.FLOAT, ["B"]),
+            helper.make_tensor_value_info("energy", TensorProto.FLOAT, ["B"]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"tuning-{version}.onnx"
+    path.write_bytes(model.SerializeToString())
+    fields = {
+        "model_id": "tiny-tuning",
+        "version": version,
+        "role": "edge-tuning",
+        "created_ts": time.time(),
+        "input_spec": {
+            "input_name": "x",
+            "setpoints": setpoints,
+            "context": context,
+            "tool_type": "plasma_etch",
+            "mean": [0.0] * width,
+            "std": [1.0] * width,
+        },
+        "output_spec": {"names": ["yield", "energy"]},
+    }
+    write_release(path, fields, load_private_key(key))
+    return path
+
+
 def keys(folder: Path) -> tuple[Path, Path]:
     priv, pub = folder / "model.key", folder / "model.pub"
     if not priv.exists():
