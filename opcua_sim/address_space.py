@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from asyncua import Server, ua
 from asyncua.server.address_space import AttributeValue
@@ -35,12 +34,13 @@ from opcua_sim.scenario import SIM_COUNTERS
 from opcua_sim.tool import Tool
 
 UNITS_URI = "http://www.opcfoundation.org/UA/units/un/cefact"
-COUNTER_UNITS = {
-    "wafers": "",
-    "lots": "",
-    "energy_kwh": "kWh",
-    "last_lot_yield": "%",
-    "last_lot_energy_kwh": "kWh",
+# Counters: unit and EURange (what a value can be, not what it is now).
+COUNTER_SPECS: dict[str, tuple[str, float, float]] = {
+    "wafers": ("", 0.0, 1e9),
+    "lots": ("", 0.0, 1e8),
+    "energy_kwh": ("kWh", 0.0, 1e12),
+    "last_lot_yield": ("%", 0.0, 100.0),
+    "last_lot_energy_kwh": ("kWh", 0.0, 1e5),
 }
 _READ = ua.AccessLevel.CurrentRead.mask
 _READ_WRITE = ua.AccessLevel.CurrentRead.mask | ua.AccessLevel.CurrentWrite.mask
@@ -305,19 +305,9 @@ async def _build_tool(server: Server, tool: Tool, idx: int) -> ToolNodes:
     ]
     counter_ids = []
     for name in SIM_COUNTERS:
-        nid = ua.NodeId(f"{base}/Counters/{name}", idx)
-        counter_ids.append(nid)
-        items.append(
-            _variable(
-                nid,
-                folders["Counters"],
-                name,
-                idx,
-                ua.Variant(0.0, ua.VariantType.Double),
-                ua.ObjectIds.Double,
-                _READ,
-            )
-        )
+        unit, lo, hi = COUNTER_SPECS[name]
+        path = f"{base}/Counters/{name}"
+        counter_ids.append(_analog(items, path, folders["Counters"], name, idx, 0.0, unit, lo, hi, False))
     state_id, recipe_id = ua.NodeId(f"{base}/State", idx), ua.NodeId(f"{base}/Recipe", idx)
     items.append(
         _variable(
@@ -362,7 +352,3 @@ async def _build_tool(server: Server, tool: Tool, idx: int) -> ToolNodes:
 def counter_values(tool: Tool) -> list[float]:
     """The values of ``SIM_COUNTERS`` for a tool now."""
     return [tool.wafers_now(), tool.lots, tool.energy_kwh, tool.last_lot_yield, tool.last_lot_energy_kwh]
-
-
-def describe(aspace: AddressSpace) -> dict[str, Any]:
-    return {"tools": len(aspace.tools), "namespace": aspace.idx}

@@ -29,7 +29,7 @@ from opcua_sim import e10
 from opcua_sim.e10 import E10Metrics
 from opcua_sim.errors import SimError
 from opcua_sim.history import DAY
-from opcua_sim.physics import Context, TypeTables, sensor_values, tables, tool_key
+from opcua_sim.physics import Context, sensor_values, tables, tool_key
 from opcua_sim.process import lot_yield, oracle_setpoints, power_kw
 from opcua_sim.scenario import DEFAULT_PREFIX, Scenario
 from opcua_sim.tool import Tool
@@ -261,9 +261,6 @@ class Fab:
                         f.held = float(values[row, f.sensor])
                     values[row, f.sensor] = f.held
         return values
-
-    def type_tables(self, type_name: str) -> TypeTables:
-        return tables(type_name)
 
     def oracle_for(self, tool_id: str, energy_weight: float = 0.0) -> dict[str, float]:
         """The best setpoints for a process tool right now (B9 scoring; never for the edge)."""

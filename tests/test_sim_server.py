@@ -90,6 +90,9 @@ async def test_browse_read_units_ranges_and_simulated_timestamps():
         cnames = {(await c.read_browse_name()).Name for c in await counters.get_children()}
         assert {"wafers", "lots", "energy_kwh", "last_lot_yield", "last_lot_energy_kwh"} <= cnames
         lot_yield = await counters.get_child(f"{idx}:last_lot_yield")
+        yield_range = await (await lot_yield.get_child("0:EURange")).read_value()
+        assert (yield_range.Low, yield_range.High) == (0.0, 100.0)
+        assert (await (await lot_yield.get_child("0:EngineeringUnits")).read_value()).DisplayName.Text == "%"
         dv = await lot_yield.read_data_value(raise_on_bad_status=False)
         assert dv.StatusCode.value == ua.StatusCodes.BadWaitingForInitialData  # no lot has ended yet
         await sim.advance(12 * 3600.0)  # several lots later
