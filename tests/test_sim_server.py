@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -105,8 +106,9 @@ async def test_browse_read_units_ranges_and_simulated_timestamps():
 
 
 async def test_subscription_gets_changes_stamped_in_simulated_time():
+    drift = Path(__file__).resolve().parent.parent / "examples" / "scenarios" / "drift.toml"
     async with (
-        running_sim(tools=6, seed=2, speed=0) as sim,
+        running_sim(tools=6, seed=2, speed=0, scenario=drift) as sim,
         Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client,
     ):
         tool_node, idx = await _tool_node(client, sim)
@@ -120,6 +122,7 @@ async def test_subscription_gets_changes_stamped_in_simulated_time():
             await sim.advance(600.0)
             stamps.append(sim.fab.time_at(sim.fab.t))
             await _until(lambda: any(dv.SourceTimestamp == stamps[-1] for _, _, dv in handler.changes))
+        assert sim.fab.scenario.name == "drift"
         seen = {dv.SourceTimestamp for _, _, dv in handler.changes}
         assert set(stamps) <= seen
         await sub.delete()
