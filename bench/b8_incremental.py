@@ -11,9 +11,9 @@ etch chambers recalibrated and pumps wearing faster from day 20).
    to "the canary edge runs the model": fine-tune, distil, export + INT8 parity, gate, sign,
    register, announce, then what the edge does (verify the signature and hash, load it in
    onnxruntime).
-5. Score v0 and the new model on B-old and B-new: balanced accuracy of "fails within 72 h" (any
-   mode's probability ≥ 0.5), the gate's measure. Targets: after the update, B-new within 2 points
-   of v0's B-old; B-old loses at most 1 point.
+5. Score v0 and the new model on B-old and B-new: ROC AUC of "fails within 72 h" (score: the
+   highest mode probability), the gate's measure; a point is 0.01 of AUC. Targets: after the
+   update, B-new within 2 points of v0's B-old; B-old loses at most 1 point.
 
     .venv/bin/python bench/b8_incremental.py [--quick] [--tools 24] [--days 40] [--epochs 10]
 """
@@ -39,7 +39,7 @@ from cloud.config import CloudConfig
 from cloud.labels import Label, set_label
 from cloud.learning import Learner
 from cloud.metrics import CloudMetrics
-from cloud.pipeline_adapter import balanced_accuracy, make_pipeline
+from cloud.pipeline_adapter import make_pipeline, roc_auc
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.storage import Repo, make_engine, migrate
@@ -57,11 +57,12 @@ DRIFT_DAY = 20.0
 
 
 def score(artifact: Path, ws: WindowSet) -> float:
+    """ROC AUC of "fails within 72 h" (the highest mode probability), as the learning gate scores."""
     sess = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
     probs = np.concatenate([sess.run(["probs"], {"x": ws.x[i : i + 512]})[0] for i in range(0, len(ws), 512)])
     known = ~np.isnan(ws.labels).all(axis=1)
     failed = np.nan_to_num(ws.labels, nan=0.0).max(axis=1) >= 0.5
-    return balanced_accuracy(probs[known].max(axis=1) >= 0.5, failed[known])
+    return roc_auc(probs[known].max(axis=1), failed[known])
 
 
 def subset(tools: list[simdata.ToolWindows], ids: set[str], old: bool, window_s: float) -> WindowSet:
@@ -235,7 +236,10 @@ def main() -> None:
         rid = learner.trigger("labels")
         row = learner.get(rid)
         if row.status != "running":
-            print(f"round ended {row.status}: {row.log[-1]['msg']}")
+            print(
+                f"round ended {row.status} after {time.perf_counter() - t_start:.0f} s: {row.log[-1]['msg']}"
+            )
+            print(f"v0: old {score(v0, b_old):.3f}, new {score(v0, b_new):.3f}")
             return
         ann = ModelAnnouncement.model_validate_json(published[-1])
         manifest = verify_manifest(ann.manifest, ann.signature, load_public_key(keys / "signing.pub"))
@@ -244,19 +248,26 @@ def main() -> None:
         ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
         seconds = time.perf_counter() - t_start
         new_art = Path(row.state["artifact"])
-        steps = {e["msg"].split(" ")[0]: e["ts"] for e in row.log}
         before_old, before_new = score(v0, b_old), score(v0, b_new)
         after_old, after_new = score(new_art, b_old), score(new_art, b_new)
-    print(f"round steps: {list(steps)}; gate {row.state.get('gate')}")
+    print(f"round: {[(e['msg'][:60], round(e['ts'] - row.created_ts)) for e in row.log]}")
+    print(f"gate {row.state.get('gate')}")
     print(
         f"v0: old {before_old:.3f}, new {before_new:.3f}; updated: old {after_old:.3f}, new {after_new:.3f}"
     )
     recovered = after_new >= before_old - 0.02
     forgot = before_old - after_old
-    size = "tiny models" if ns.quick else "default sizes"
+    size = (
+        "tiny models"
+        if ns.quick
+        else (
+            f"default sizes, round caps: fine-tune {cfg.learning.fine_tune_epochs} / distil "
+            f"{cfg.learning.distil_epochs} epochs; initial training {ns.epochs} epochs"
+        )
+    )
     line = (
         f"| B8 | `.venv/bin/python bench/b8_incremental.py{' --quick' if ns.quick else ''} "
-        f"--tools {ns.tools} --days {ns.days:g}` | balanced accuracy (fails within 72 h), "
+        f"--tools {ns.tools} --days {ns.days:g}` | ROC AUC (fails within 72 h), "
         f"evaluation tools: before drift "
         f"{before_old:.3f}; after drift, old model {before_new:.3f}; after the update {after_new:.3f} "
         f"({'within' if recovered else 'NOT within'} 2 points of before); old regime {after_old:.3f} "

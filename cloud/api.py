@@ -315,6 +315,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 {"action": action, "actor": who.username, "ts": msg.ts, "reason": reason},
             ]
             row.updated_ts = ctx.clock()
+            # Written before the publish: the echo that comes back on our subscription then waits on
+            # this row's key and ends up a duplicate, whichever transaction the broker lets finish first.
+            s.flush()
             ctx.publish(topic(row.site, row.edge_id, Kind.TUNING), msg.to_bytes(), QOS[Kind.TUNING], False)
             return _row(row)
 

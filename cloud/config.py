@@ -111,6 +111,10 @@ class LearningConfig(StrictModel):
     )  # a candidate may lose at most this on either frozen set
     ddp_nproc: int = Field(default=1, ge=1)  # >1: fine-tuning runs under torchrun with DDP (gloo on the CPU)
     tiny: bool = False  # the pipeline's tiny config (tests, demos)
+    # Caps that keep a round (labels → model on the edge) within minutes on a small CPU (bench B8);
+    # None: the pipeline's own (15 and 80). Early stopping may end either sooner.
+    fine_tune_epochs: int | None = Field(default=8, ge=1)
+    distil_epochs: int | None = Field(default=20, ge=1)
     calib_windows: int = Field(default=256, ge=1)
 
 

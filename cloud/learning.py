@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 import traceback
@@ -92,6 +93,11 @@ class Pipeline:
         [Path, Windows, Path, str, str | None], Path
     ]  # (edge ckpt, calib, out, version, parent) → .onnx
     evaluate: Callable[[Path, Windows], float]  # (.onnx, frozen set) → score, higher is better
+
+
+def _finite(x: float | None) -> float | None:
+    """JSON has no NaN: an unscorable value is stored as null."""
+    return None if x is None or math.isnan(x) else x
 
 
 def _holdout(case_id: str, fraction: float) -> bool:
@@ -353,7 +359,9 @@ class Learner:
                 continue
             cand = self.pipeline.evaluate(artifact, data)
             base = self.pipeline.evaluate(Path(running.artifact_path), data) if running else None
-            scores[name] = {"candidate": cand, "running": base, "n": len(data)}
+            scores[name] = {"candidate": _finite(cand), "running": _finite(base), "n": len(data)}
+            if math.isnan(cand) or (base is not None and math.isnan(base)):
+                continue  # the set cannot score (e.g. one class only): it neither passes nor blocks
             if base is not None and cand < base - self.cfg.gate_tolerance:
                 worse.append(f"{name}: {cand:.4f} < running {base:.4f}")
         if worse:

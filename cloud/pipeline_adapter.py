@@ -7,8 +7,10 @@ Cases become :class:`~cloud.training.windows.WindowSet` rows: RUL capped at the 
 fine-tuning runs under ``torchrun --nproc_per_node=N`` (:mod:`cloud.ddp_finetune`; gloo on CPUs,
 NCCL on GPUs), with a bounded wall-clock time.
 
-The gate's score is the balanced accuracy of "fails within the horizon" (any mode's probability
-≥ 0.5) on a frozen set, computed with onnxruntime on the exported graph the edge will run.
+The gate's score is the ROC AUC of "fails within the horizon" (score: the highest mode
+probability) on a frozen set, computed with onnxruntime on the exported graph the edge will run.
+AUC rather than accuracy at the alert threshold: failures are rare, so a model that never alerts
+scores high accuracy and 0.5 balanced accuracy whatever it learnt; AUC ranks what it learnt.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +59,20 @@ def to_windowset(w: Windows, modes: list[str], rul_cap: float) -> WindowSet:
     )
 
 
+def roc_auc(score: np.ndarray, truth: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties averaged); NaN unless both classes occur."""
+    truth = truth.astype(bool)
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), dtype=np.float64)
+    ranks[order] = np.arange(1, len(score) + 1)
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    ranks = (np.bincount(inverse, weights=ranks) / counts)[inverse]  # tied scores share their mean rank
+    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def balanced_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
     """Mean of the recall of each class present (plain accuracy when only one is present)."""
     recalls = [float(np.mean(pred[truth == c] == c)) for c in (False, True) if np.any(truth == c)]
@@ -63,7 +80,13 @@ def balanced_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
-    pcfg = PipelineConfig.tiny() if cfg.learning.tiny else PipelineConfig()
+    lc = cfg.learning
+    pcfg = PipelineConfig.tiny() if lc.tiny else PipelineConfig()
+    pcfg = replace(pcfg, train=replace(pcfg.train, progress=False))  # a service logs, it draws no bars
+    if lc.fine_tune_epochs is not None:
+        pcfg = replace(pcfg, fine_tune_epochs=lc.fine_tune_epochs)
+    if lc.distil_epochs is not None:  # distillation trains with pcfg.train
+        pcfg = replace(pcfg, train=replace(pcfg.train, epochs=lc.distil_epochs))
 
     def model_info(ckpt: Path) -> tuple[list[str], float, tuple[int, int]]:
         _, meta = load_checkpoint(ckpt)
@@ -88,7 +111,7 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
         new_ws = to_windowset(new, modes, cap)
         replay_ws = to_windowset(replay, modes, cap) if len(replay) else new_ws.take(np.arange(0))
         if cfg.learning.ddp_nproc > 1:
-            return _fine_tune_ddp(start, new_ws, replay_ws, cfg.learning.ddp_nproc, cfg.learning.tiny, out)
+            return _fine_tune_ddp(start, new_ws, replay_ws, lc.ddp_nproc, lc.tiny, out, pcfg.fine_tune_epochs)
         return fine_tune(start, new_ws, replay_ws, pcfg)
 
     def do_distil(full: Path, data: Windows, out: Path) -> Path:
@@ -105,12 +128,21 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
 
     def evaluate(artifact: Path, data: Windows) -> float:
         probs = run_onnx(artifact, data.x.astype(np.float32))["probs"]  # (N, M)
-        return balanced_accuracy(probs.max(axis=1) >= 0.5, data.failed.astype(bool))
+        return roc_auc(probs.max(axis=1), data.failed.astype(bool))
 
     return Pipeline(do_fine_tune, do_distil, do_export, evaluate)
 
 
-def _fine_tune_ddp(start: Path, new: WindowSet, replay: WindowSet, nproc: int, tiny: bool, out: Path) -> Path:
+def _fine_tune_ddp(
+    start: Path,
+    new: WindowSet,
+    replay: WindowSet,
+    nproc: int,
+    tiny: bool,
+    out: Path,
+    epochs: int | None = None,
+) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
     data = out / "ddp_data.npz"
     np.savez(
         data,
@@ -121,7 +153,7 @@ def _fine_tune_ddp(start: Path, new: WindowSet, replay: WindowSet, nproc: int, t
     cmd = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
         "-m", "cloud.ddp_finetune", str(start), str(data), str(result),
-    ] + (["--tiny"] if tiny else [])  # fmt: skip
+    ] + (["--tiny"] if tiny else []) + (["--epochs", str(epochs)] if epochs else [])  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=DDP_TIMEOUT_S, env=env)

@@ -150,7 +150,14 @@ async def test_a_real_tiny_round_produces_a_model_the_edge_accepts(tmp_path: Pat
     engine.dispose()
 
 
-def test_balanced_accuracy():
+def test_scores():
+    from cloud.pipeline_adapter import roc_auc
+
+    truth = np.array([True, False, True, False])
+    assert roc_auc(np.array([0.9, 0.1, 0.8, 0.2]), truth) == pytest.approx(1.0)
+    assert roc_auc(np.array([0.5, 0.5, 0.5, 0.5]), truth) == pytest.approx(0.5)
+    assert roc_auc(np.array([0.1, 0.9, 0.2, 0.8]), truth) == pytest.approx(0.0)
+    assert np.isnan(roc_auc(np.array([0.1, 0.2]), np.array([True, True])))
     truth = np.array([True, True, False, False, False, False])
     assert balanced_accuracy(np.array([True, False, False, False, False, False]), truth) == pytest.approx(
         0.75
