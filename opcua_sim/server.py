@@ -132,6 +132,7 @@ class SimServer:
             self.fab.listeners.append(self._on_truth)
         idx = await server.register_namespace(NAMESPACE_URI)
         self.aspace = await aspace_mod.build(server, self.fab, idx, self._inject, self._maintain)
+        self._groups = {}
         for tn in self.aspace.tools:
             self._groups.setdefault(tn.tool.type_name, []).append(tn)
         self._event_gen = await server.get_event_generator(self.aspace.event_type, ua.ObjectIds.Server)
