@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 from opcua_sim.errors import ScenarioError, SecurityError
+from opcua_sim.fab import Fab
 from opcua_sim.scenario import Scenario, load_scenario, scale_tools, tag_count, with_seed
 from shared.config import read_mapping
 
@@ -145,6 +146,25 @@ def _e10(folder: Path) -> int:
     return 0
 
 
+def _log_fleet_e10(fab: Fab) -> None:
+    """One line of SEMI E10 figures for the whole fab over the run (on shutdown)."""
+    from opcua_sim import e10
+    from shared.equipment import E10State
+
+    hours = {s: sum(t.e10_hours.get(s, 0.0) for t in fab.tools) for s in E10State}
+    m = e10.from_hours(hours, sum(t.failures for t in fab.tools))
+    _logger.info(
+        "fleet over %.1f simulated h: equipment uptime %.2f%%, MTBF(productive) %.1f h, MTTR %.1f h, "
+        "unscheduled down %.1f tool-h, %d failures",
+        fab.t / 3600.0,
+        m.equipment_uptime_pct,
+        m.mtbf_productive_h,
+        m.mttr_h,
+        m.unscheduled_down_h,
+        m.failures,
+    )
+
+
 def _users(path: Path | None) -> dict[str, str]:
     if path is None:
         return {}
@@ -159,7 +179,7 @@ def _users(path: Path | None) -> dict[str, str]:
 
 
 def _serve(ns: argparse.Namespace, sc: Scenario) -> int:
-    from opcua_sim.fab import Fab, SimClock
+    from opcua_sim.fab import SimClock
     from opcua_sim.security import SecuritySettings
     from opcua_sim.server import SimServer
 
@@ -193,6 +213,7 @@ def _serve(ns: argparse.Namespace, sc: Scenario) -> int:
             await server.stop()
             fab.close()
             _logger.info("stopped after %d ticks, %d value changes", server.stats.ticks, server.stats.changes)
+            _log_fleet_e10(fab)
 
     asyncio.run(run())
     return 0
