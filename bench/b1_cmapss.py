@@ -49,29 +49,40 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="one seed, few epochs: checks the script runs")
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--dropout", type=float, default=0.2)
-    ap.add_argument("--smooth", type=float, default=0.3, help="causal EWMA alpha on the sensors (0 = raw)")
-    ap.add_argument("--epochs", type=int, default=50)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--window", type=int, default=40)
+    ap.add_argument("--smooth", type=float, default=0.2, help="causal EWMA alpha on the sensors (0 = raw)")
+    ap.add_argument("--epochs", type=int, default=22, help="one-cycle schedule length; best epoch kept")
+    ap.add_argument("--lr", type=float, default=7e-4)
     ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--noise", type=float, default=0.05, help="Gaussian input noise (augmentation)")
+    ap.add_argument("--val-fraction", type=float, default=0.1, help="training units held out, by unit")
     ap.add_argument(
         "--drop-prob", type=float, default=0.5, help="share of batches trained with token dropping"
     )
+    ap.add_argument("--summarize", action="store_true", help="only aggregate the per-seed files in --out")
     args = ap.parse_args()
     seeds = args.seeds[:1] if args.quick else args.seeds
-    base = PipelineConfig(d_model=args.d_model, n_layers=args.layers, dropout=args.dropout)
+    base = PipelineConfig(
+        d_model=args.d_model,
+        n_layers=args.layers,
+        dropout=args.dropout,
+        cmapss_window=args.window,
+        val_fraction=args.val_fraction,
+    )
     data = cmapss.load_fd001(args.data)
     per_seed = []
-    for seed in seeds:
+    for seed in [] if args.summarize else seeds:
         train = replace(
             base.train,
             seed=seed,
             epochs=3 if args.quick else args.epochs,
             lr=args.lr,
             weight_decay=args.weight_decay,
-            patience=12,
+            patience=args.epochs,
             progress=False,
             drop_prob=args.drop_prob,
+            input_noise=args.noise,
         )
         cfg = replace(base, train=train)
         t0 = time.monotonic()
@@ -98,6 +109,9 @@ def main() -> int:
         res["released_int8_groups"] = report.to_dict()["int8_groups"]
         res["seconds"] = time.monotonic() - t0
         per_seed.append(res)
+        args.out.mkdir(parents=True, exist_ok=True)
+        if not args.quick:
+            (args.out / f"b1_seed{seed}.json").write_text(json.dumps(res, indent=1, default=float))
         print(
             f"seed {seed}: full RMSE {res['full']['rmse']:.2f} score {res['full']['score']:.0f} | edge "
             f"{res['edge']['rmse']:.2f}/{res['edge']['score']:.0f} | "
@@ -105,6 +119,9 @@ def main() -> int:
             f"| released {res['released_mix']['rmse']:.2f} | {res['seconds']:.0f} s",
             flush=True,
         )
+    if args.summarize:
+        per_seed = [json.loads(p.read_text()) for p in sorted(args.out.glob("b1_seed*.json"))]
+        seeds = [s["seed"] for s in per_seed]
     summary = {}
     for key in ("full", "edge", "onnx_fp32", "onnx_int8_static", "onnx_int8_dynamic", "released_mix"):
         r = np.array([s[key]["rmse"] for s in per_seed])

@@ -65,11 +65,11 @@ def risks(folder: Path, spec: FeatureSpec, probs_fn, groups: set[int] | None = N
         for tw in tools
         if tw.tool_id in keep and len(tw.ws)
     ]
-    return series, truth, info.days * len(series)
+    return series, truth, info.days * len(series), spec.window * spec.step_s
 
 
-def evaluate(series, truth, tool_days: float, rule: AlertRule) -> dict[str, float]:
-    alerts = {tool: run_rule(rule, ts, risk, truth.resets.get(tool, [])) for tool, ts, risk in series}
+def evaluate(series, truth, tool_days: float, span_s: float, rule: AlertRule) -> dict[str, float]:
+    alerts = {tool: run_rule(rule, ts, risk, truth.resets.get(tool, []), span_s) for tool, ts, risk in series}
     return score(alerts, truth, tool_days, run_start_s=0.0)
 
 

@@ -37,7 +37,7 @@ class Truth:
     failures: dict[str, list[tuple[float, str, bool]]] = field(default_factory=dict)  # t, mode, sudden
     resets: dict[str, list[float]] = field(default_factory=dict)  # failures and maintenance times
     episodes: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # degradation spans
-    back_up: dict[str, list[float]] = field(default_factory=dict)
+    back_up: dict[str, list[float]] = field(default_factory=dict)  # ends of unscheduled downs
     pm_hours: float = 0.0  # median planned-maintenance duration
 
 
@@ -67,7 +67,8 @@ def read_truth(folder: Path, end_s: float) -> Truth:
                 if start is not None:
                     t.episodes[tool].append((start, ts))
         elif kind == "back_up":
-            t.back_up[tool].append(ts)
+            if r.get("after") == "unscheduled_down":  # the end of a repair after a failure
+                t.back_up[tool].append(ts)
             if r.get("after") == "scheduled_down" and tool in pm_start:
                 pm_durations.append((ts - pm_start.pop(tool)) / H)
     for (tool, _), start in open_onsets.items():
@@ -82,14 +83,23 @@ def risk_series(probs: np.ndarray, type_name: str) -> np.ndarray:
     return probs[:, idx].max(axis=1)
 
 
-def run_rule(rule: AlertRule, ts: np.ndarray, risk: np.ndarray, resets: list[float]) -> list[AlertDecision]:
-    """The edge's alert rule over one tool's series, re-armed at each reset time."""
+def run_rule(
+    rule: AlertRule, ts: np.ndarray, risk: np.ndarray, resets: list[float], holdoff_s: float = 0.0
+) -> list[AlertDecision]:
+    """The edge's alert rule over one tool's series, re-armed at each reset time.
+
+    ``holdoff_s``: after a reset, windows ending within this time are skipped (they still hold
+    the sensors from before the repair; the edge restarts its window after maintenance).
+    """
     state, out = AlertState(), []
     marks = sorted(resets)
     j = 0
+    last_reset = -np.inf
     for t, p in zip(ts, risk, strict=True):
         while j < len(marks) and marks[j] <= t:
-            state, j = AlertRule.reset(), j + 1
+            state, last_reset, j = AlertRule.reset(), marks[j], j + 1
+        if t - last_reset < holdoff_s:
+            continue
         state, d = step(rule, state, float(p), float(t))
         if d is not None:
             out.append(d)

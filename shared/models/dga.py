@@ -142,7 +142,8 @@ class DGA(nn.Module):
         self.pool_score = nn.Linear(cfg.d_model, 1)  # attention pooling: one learned query
         self.trunk = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.SiLU())
         self.mode_head = nn.Linear(cfg.d_model, cfg.n_modes)
-        self.rul_head = nn.Linear(cfg.d_model, 2)  # mean (normalised), log variance
+        self.rul_head = nn.Linear(cfg.d_model, 1)  # mean (normalised by rul_cap)
+        self.var_head = nn.Linear(cfg.d_model, 1)  # log variance, on detached features (below)
         # The embedding is a fixed random projection of the trunk features (no loss trains it):
         # random projections preserve distances (Johnson-Lindenstrauss), which is all novelty needs,
         # and a frozen head cannot drift between fine-tunes, so centroids stay comparable.
@@ -185,9 +186,10 @@ class DGA(nn.Module):
         pooled = (w.unsqueeze(-1) * h).sum(dim=1)  # (B, D)
         z = self.trunk(pooled)  # (B, D)
         mode_logits = self.mode_head(z)  # (B, M)
-        rul_out = self.rul_head(z)  # (B, 2)
-        rul_norm = rul_out[:, 0]
-        rul_logvar = rul_out[:, 1].clamp(self.cfg.logvar_min, self.cfg.logvar_max)
+        rul_norm = self.rul_head(z).squeeze(-1)  # (B,)
+        # the variance head reads detached features: learning the uncertainty must not bend the
+        # representation the mean (and the mode heads) rely on
+        rul_logvar = self.var_head(z.detach()).squeeze(-1).clamp(self.cfg.logvar_min, self.cfg.logvar_max)
         return {
             "probs": torch.sigmoid(mode_logits),
             "rul": rul_norm.clamp_min(0.0) * self.cfg.rul_cap,
