@@ -105,16 +105,16 @@ SIGNATURES: dict[str, dict[str, Signature]] = {
     "burner_fouling": {
         "combustion_temp": G(-0.06, 0.7),
         "fuel_flow": G(0.15, 0.7),
-        "differential_pressure": G(0.20, 0.7),
+        "differential_pressure": G(0.06, 0.7),
     },
     "scrubber_clogging": {
-        "differential_pressure": G(0.35),
+        "differential_pressure": G(0.20),
         "scrubber_water_flow": G(-0.25),
         "inlet_pressure": G(0.01),
     },
-    "fan_bearing_wear": {
+    "fan_bearing_wear": {  # a tired fan pulls less: the pressure drop falls while its current rises
         "exhaust_fan_current": G(0.15, 1.0, 1.5),
-        "differential_pressure": G(0.12),
+        "differential_pressure": G(-0.08),
     },
 }
 del G

@@ -20,7 +20,7 @@ from opcua_sim import e10
 from opcua_sim.errors import SimError
 from opcua_sim.fab import Fab
 from opcua_sim.history import DAY
-from opcua_sim.physics import Context, sensor_values, tool_key
+from opcua_sim.physics import SUBFAB_LOADS, Context, sensor_values, tool_key
 from opcua_sim.scenario import Scenario, tag_count
 from opcua_sim.tool import Tool
 from shared.dataset import DatasetInfo, ToolInfo, ToolSeries, write_info, write_series
@@ -36,9 +36,7 @@ _PROCESSING_CODES = np.array([E10_CODES[E10State.PRODUCTIVE], E10_CODES[E10State
 _DOWN_CODES = np.array([E10_CODES[E10State.SCHEDULED_DOWN], E10_CODES[E10State.UNSCHEDULED_DOWN]])
 
 
-def tool_series(
-    fab: Fab, tool: Tool, ts: np.ndarray, end_s: float, host_processing: np.ndarray | None
-) -> ToolSeries:
+def tool_series(fab: Fab, tool: Tool, ts: np.ndarray, end_s: float, host: ToolSeries | None) -> ToolSeries:
     """Arrays of one tool's recorded run at sample times ``ts`` (the tool must be advanced to ``end_s``)."""
     h = tool.history
     if h is None:
@@ -51,9 +49,14 @@ def tool_series(
     lot_start = np.asarray(h.seg_lot_start)[seg]
     down = np.isin(state, _DOWN_CODES)
     if tool.subfab:
-        processing = ~down & (host_processing if host_processing is not None else True)
+        host_busy = np.isin(host.state, _PROCESSING_CODES) if host is not None else True
+        processing = ~down & host_busy
         state = np.where(down, state, np.where(processing, _PRODUCTIVE, _STANDBY)).astype(np.int8)
-        recipe = np.zeros(n, dtype=np.int64)
+        recipe = (
+            np.maximum(host.recipe, 0).astype(np.int64) % SUBFAB_LOADS
+            if host is not None
+            else np.zeros(n, int)
+        )
     else:
         processing = np.isin(state, _PROCESSING_CODES)
     sp_idx = np.searchsorted(np.asarray(h.sp_t), ts, side="right") - 1
@@ -80,7 +83,7 @@ def tool_series(
         health=health,
         days_since_pm=since,
         drift_rate=np.broadcast_to(tool.drift_rate, (n, tt.n_sensors)),
-        gain=gain,
+        gain=gain * tool.tool_gain,
         offset=offset,
         noise_scale=noise,
         key=np.full(n, tool_key(fab.scenario.seed, tool.index)),
@@ -147,15 +150,15 @@ def export(
     ts = np.arange(0.0, end, sample_period_s)
     out.mkdir(parents=True, exist_ok=True)
     tools: list[ToolInfo] = []
-    processing: dict[str, np.ndarray] = {}
+    hosts: dict[str, ToolSeries] = {}
     fleet: list[e10.E10Metrics] = []
     # Hosts first: a sub-fab tool's load follows its host's processing.
     for tool in sorted(fab.tools, key=lambda t: t.subfab):
         tool.advance_to(end)
-        host = processing.get(tool.host.tool_id) if tool.host is not None else None
+        host = hosts.get(tool.host.tool_id) if tool.host is not None else None
         series = tool_series(fab, tool, ts, end, host)
         if not tool.subfab:
-            processing[tool.tool_id] = np.isin(series.state, _PROCESSING_CODES)
+            hosts[tool.tool_id] = series
         fleet.append(e10.from_series(series.state, sample_period_s))
         tool_info = ToolInfo(
             tool_id=tool.tool_id,

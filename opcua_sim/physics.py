@@ -82,6 +82,12 @@ SETPOINT_LINKS: dict[str, dict[str, dict[str, float]]] = {
     },
     "abatement": {"fuel_flow_sp": {"fuel_flow": 1.0, "combustion_temp": 0.3}},
 }
+SUBFAB_LOADS = 3  # sub-fab load levels, indexed by the host's recipe
+# Sub-fab sensors the catalog keeps at one level that in fact follow the gas load: their value
+# while the host idles, as a fraction of nominal (the rest of the sub-fab's idle values are in
+# shared.equipment).
+SUBFAB_LOAD_IDLE = {"differential_pressure": 0.8, "exhaust_pressure": 0.97, "scrubber_water_flow": 0.9}
+TOOL_SPREAD = 0.03  # tool-to-tool spread of each sensor's level (relative): no two tools read alike
 ECO_FACTOR = 0.6  # sub-fab eco mode: loaded sensors drop to this fraction of their idle value
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -136,12 +142,30 @@ def tables(type_name: str) -> TypeTables:
     nominal = np.array([s.nominal for s in sensors])
     idle = np.array([s.nominal if s.idle is None else s.idle for s in sensors])
     active = np.array([s.idle is not None for s in sensors])
+    if tool.subfab:
+        for j, s in enumerate(sensors):
+            if s.idle is None and s.name in SUBFAB_LOAD_IDLE:
+                idle[j], active[j] = s.nominal * SUBFAB_LOAD_IDLE[s.name], True
     lo = np.array([s.lo for s in sensors])
-    down = np.where(active, lo + 0.1 * (idle - lo), nominal) if tool.subfab else idle.copy()
+    if tool.subfab:  # a stopped pump or burner: motors and flames near zero, the rest at idle
+        motor = np.array([s.idle is not None for s in sensors])
+        down = np.where(motor, lo + 0.1 * (idle - lo), idle)
+    else:
+        down = idle.copy()
     scale = np.maximum(np.abs(nominal), np.abs(nominal - idle))
-    if tool.subfab:  # one "recipe", one step: loaded while the host processes
-        recipe_gain = np.ones((1, len(sensors)))
-        step_cum = np.array([[60.0]])
+    if tool.subfab:
+        # One step, loaded while the host processes; how much depends on the host's recipe (its
+        # gas load), so the sub-fab changes regime with the process too.
+        recipe_gain = np.array(
+            [
+                [
+                    1.0 + (0.15 if s.idle is not None else 0.02) * _unit(f"{tool.name}/load{r}/{s.name}")
+                    for s in sensors
+                ]
+                for r in range(SUBFAB_LOADS)
+            ]
+        )
+        step_cum = np.full((SUBFAB_LOADS, 1), 60.0)
         step_level = np.ones((1, len(sensors)))
     else:
         recipe_gain = np.array(

@@ -60,9 +60,7 @@ def plot_run(
     onset = episode[1]
     t0, t1 = max(0.0, min(onset, t_fail - 3 * DAY) - 3 * DAY), min(end, t_fail + 1.5 * DAY)
     ts = np.arange(0.0, end, 300.0)
-    host = None
-    if tool.host is not None:
-        host = np.isin(tool_series(fab, tool.host, ts, end, None).state, _PROCESSING_CODES)
+    host = tool_series(fab, tool.host, ts, end, None) if tool.host is not None else None
     series = tool_series(fab, tool, ts, end, host)
     window = (ts >= t0) & (ts <= t1)
     names = list(tool.tt.tool.sensor_names)
@@ -80,7 +78,7 @@ def plot_run(
         v = series.values[window, j].astype(float)
         ax.plot(days_axis, v, lw=0.4, color="0.55")
         busy = np.where(processing, v, np.nan)
-        k = 36  # 3 h of 5-minute samples
+        k = 144  # 12 h of 5-minute samples: the trend through the recipe-driven load changes
         med = np.full(len(busy), np.nan)
         for i in range(len(busy)):
             chunk = busy[max(0, i - k) : i + 1]
@@ -103,7 +101,7 @@ def plot_run(
     fig.suptitle(
         f"{tool.tool_id} ({tool.type_name}): {mode} — onset (orange, dashed) to failure (red) after "
         f"{(t_fail - onset) / DAY:.1f} days; maintenance dotted green; down time shaded; "
-        f"bold = 3 h median while processing",
+        f"bold = 12 h median while processing",
         fontsize=8,
     )
     fig.tight_layout()

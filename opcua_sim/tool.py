@@ -18,7 +18,7 @@ import numpy as np
 from opcua_sim.degradation import draw_ttf_s, progressive_modes, sudden_modes
 from opcua_sim.errors import FaultError, SetpointError
 from opcua_sim.history import DAY, HOUR, INF, History, SensorFault
-from opcua_sim.physics import TypeTables, tables
+from opcua_sim.physics import SUBFAB_LOADS, TOOL_SPREAD, TypeTables, tables
 from opcua_sim.process import lot_energy, lot_yield
 from shared.equipment import ALL_MODES, E10_CODES, E10State
 
@@ -61,6 +61,7 @@ class Tool:
         pm_days = sc.maintenance.subfab_pm_interval_days if self.subfab else sc.maintenance.pm_interval_days
         self.pm_interval = pm_days * DAY
         self.drift_rate = self.rng.normal(0.0, 0.25, self.tt.n_sensors)  # noise units per day since PM
+        self.tool_gain = 1.0 + self.rng.normal(0.0, TOOL_SPREAD, self.tt.n_sensors)
         self.setpoints = self.tt.sp_default.astype(np.float64).copy()
         self.t = 0.0
         # Tools were running before the simulation starts: staggered maintenance, modes under way.
@@ -110,6 +111,14 @@ class Tool:
                 return False
             return self.host.processing if self.host is not None else True
         return self.state in _PROCESSING
+
+    @property
+    def load_recipe(self) -> int:
+        """The recipe row of the physics tables: a sub-fab tool's load follows its host's recipe."""
+        if self.subfab:
+            host = self.host
+            return max(host.recipe, 0) % SUBFAB_LOADS if host is not None else 0
+        return max(self.recipe, 0)
 
     @property
     def down(self) -> bool:
