@@ -1,7 +1,10 @@
 """B6: cloud verdict throughput with dynamic batching vs batch size 1, at the same p99 budget.
 
 The full DGA at its default size (PipelineConfig: d_model 64, 3 layers, 48-step windows of 34
-features), one replica, torch threads from --threads, behind cloud.batcher.DynamicBatcher. An
+features), one replica (TorchScript-traced, as served), torch threads from --threads, behind
+cloud.batcher.DynamicBatcher. The run also prints the device's ceiling: the time of one case
+alone over the time per case in a full batch (on a CPU the model is compute-bound, so batching
+cannot gain more than that; on a GPU, where one case leaves the device idle, it gains far more). An
 open-loop generator offers cases at a fixed rate (Poisson arrivals); latency is submit → answer.
 For each policy we search the highest offered rate whose p99 stays within the budget and whose
 answers keep up with the offered rate; the figure is the ratio of those rates, measured in one run.
@@ -124,6 +127,16 @@ def main() -> None:
     for _ in range(50):
         replica.predict([window])
     single_ms = (time.perf_counter() - t) / 50 * 1000
+    big = [window] * ns.max_batch
+    t = time.perf_counter()
+    for _ in range(10):
+        replica.predict(big)
+    per_case_big = (time.perf_counter() - t) / 10 / ns.max_batch * 1000
+    ceiling = single_ms / per_case_big
+    print(
+        f"per case in a full batch of {ns.max_batch}: {per_case_big:.3f} ms → the most batching can gain on "
+        f"this device is {ceiling:.1f}×"
+    )
     print(
         f"one case alone: {single_ms:.2f} ms; budget p99 {ns.budget_ms} ms; "
         f"torch threads {torch.get_num_threads()}"
@@ -150,7 +163,8 @@ def main() -> None:
         f"{dyn['answered_per_s']:.0f} cases/s (p99 {dyn['p99_ms']:.1f} ms, "
         f"mean batch {dyn['mean_batch']:.1f}); "
         f"**{ratio:.1f}×** | {platform.machine()}, {os.cpu_count()} cores, {ns.threads} torch thread(s), "
-        f"one case alone {single_ms:.2f} ms | {datetime.now(UTC):%Y-%m-%d} |"
+        f"one case alone {single_ms:.2f} ms, in a full batch {per_case_big:.3f} ms/case (ceiling "
+        f"{ceiling:.1f}×) | {datetime.now(UTC):%Y-%m-%d} |"
     )
     print(line)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

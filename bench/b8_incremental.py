@@ -27,7 +27,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -47,6 +47,7 @@ from cloud.storage.models import Case, Edge, LearningRound
 from cloud.training import simdata
 from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, train_full
 from cloud.training.windows import WindowSet
+from shared.dataset import ToolSeries
 from shared.equipment import ALL_MODES
 from shared.messages import ModelAnnouncement
 from shared.signing import generate_keypair, load_public_key, verify_artifact, verify_manifest
@@ -115,7 +116,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny models and a small fleet (minutes → seconds)")
     ap.add_argument("--tools", type=int, default=24)
     ap.add_argument("--days", type=float, default=40.0)
-    ap.add_argument("--epochs", type=int, default=10, help="epochs of the initial full-model training")
+    ap.add_argument("--epochs", type=int, default=30, help="cap of the initial training (early stopping)")
     ap.add_argument("--seed", type=int, default=3)
     ns = ap.parse_args()
     pcfg = PipelineConfig.tiny() if ns.quick else PipelineConfig()
@@ -145,7 +146,12 @@ def main() -> None:
             capture_output=True,
         )
         info, series = simdata.load(data)
-        spec = simdata.fit_spec(info, series, pcfg.window, pcfg.step_s)
+        # The scaler is fitted before the drift, as it was for the deployed model.
+        before = {
+            k: ToolSeries(**{f.name: getattr(v, f.name)[v.t_s < DRIFT_DAY * 86400.0] for f in fields(v)})
+            for k, v in series.items()
+        }
+        spec = simdata.fit_spec(info, before, pcfg.window, pcfg.step_s)
         _, tools, _ = simdata.dataset_windows(data, spec=spec, stride=pcfg.stride, cap_h=pcfg.rul_cap_h)
         ids = sorted(t.tool_id for t in tools)
         rng = np.random.default_rng(ns.seed)
