@@ -109,7 +109,8 @@ SIGNATURES: dict[str, dict[str, Signature]] = {
     },
     "scrubber_clogging": {
         "differential_pressure": G(0.20),
-        "scrubber_water_flow": G(-0.25),
+        "scrubber_water_flow": G(-0.12),
+        "scrubber_ph": G(-0.04),  # less fresh water through the packing: the liquor turns acid
         "inlet_pressure": G(0.01),
     },
     "fan_bearing_wear": {  # a tired fan pulls less: the pressure drop falls while its current rises

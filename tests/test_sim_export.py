@@ -204,3 +204,34 @@ def test_export_and_server_path_give_the_same_readings(tmp_path: Path):
                 np.testing.assert_allclose(readings[row][ok], exported[ok], rtol=1e-5, atol=1e-4)
                 compared += int(ok.sum())
     assert compared > 1000
+
+
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    ranks = np.concatenate([pos, neg]).argsort().argsort() + 1
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def test_no_single_sensor_threshold_separates_the_last_72_hours(dataset: Path):
+    """Recipes, tool-to-tool spread and several modes keep every one-sensor threshold weak."""
+    info = read_info(dataset)
+    pooled: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for tool in info.tools:
+        s = read_series(dataset, tool)
+        busy = s.state == E10_CODES[E10State.PRODUCTIVE]
+        soon = busy & (s.rul_h < 72) & ~s.sudden
+        later = busy & ~(s.rul_h < 72)
+        pos, neg = pooled.setdefault(tool.tool_type, ([], []))
+        pos.append(s.values[soon])
+        neg.append(s.values[later])
+    checked = 0
+    for pos_list, neg_list in pooled.values():
+        pos, neg = np.concatenate(pos_list), np.concatenate(neg_list)
+        if len(pos) < 50:
+            continue
+        best = max(
+            abs(_auc(np.nan_to_num(pos[:, j]), np.nan_to_num(neg[:, j])) - 0.5) + 0.5
+            for j in range(pos.shape[1])
+        )
+        assert best < 0.9
+        checked += 1
+    assert checked >= 2
