@@ -88,7 +88,18 @@ SUBFAB_LOADS = 3  # sub-fab load levels, indexed by the host's recipe
 # shared.equipment).
 SUBFAB_LOAD_IDLE = {"differential_pressure": 0.8, "exhaust_pressure": 0.97, "scrubber_water_flow": 0.9}
 TOOL_SPREAD = 0.03  # tool-to-tool spread of each sensor's level (relative): no two tools read alike
-ECO_FACTOR = 0.6  # sub-fab eco mode: loaded sensors drop to this fraction of their idle value
+# Sub-fab eco mode (idle_mode = 1 while the host idles): slower rotor, less purge and fuel, so
+# these readings drop to this fraction of their idle value; pressures and water stay as they are.
+ECO_FACTORS = {
+    "motor_current": 0.6,
+    "motor_power": 0.55,
+    "rotor_speed": 0.6,
+    "n2_purge_flow": 0.5,
+    "bearing_temp": 0.92,
+    "body_temp": 0.9,
+    "fuel_flow": 0.55,
+    "combustion_temp": 0.85,
+}
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -128,6 +139,7 @@ class TypeTables:
     sp_hi: np.ndarray  # (P,)
     sig: SignatureTable
     eco_setpoint: int  # index of the idle_mode setpoint, -1 if none
+    eco: np.ndarray  # (S,) factor on the idle value in eco mode (1 where eco changes nothing)
 
     @property
     def n_sensors(self) -> int:
@@ -212,6 +224,7 @@ def tables(type_name: str) -> TypeTables:
         sp_hi=np.array([sp.hi for sp in tool.setpoints]),
         sig=signature_table(tool),
         eco_setpoint=sp_names.index("idle_mode") if "idle_mode" in sp_names else -1,
+        eco=np.array([ECO_FACTORS.get(s.name, 1.0) for s in sensors]),
     )
 
 
@@ -290,8 +303,8 @@ def sensor_values(tt: TypeTables, ctx: Context) -> np.ndarray:
     level = tt.step_level[step_index(tt, r, ctx.phase_s)] * proc  # (N, S)
     idle = np.broadcast_to(tt.idle, (n, tt.n_sensors))
     if tt.eco_setpoint >= 0:
-        eco = (ctx.setpoints[:, tt.eco_setpoint] >= 0.5)[:, None] & ~proc & tt.active
-        idle = np.where(eco, idle * ECO_FACTOR, idle)
+        eco = (ctx.setpoints[:, tt.eco_setpoint] >= 0.5)[:, None] & ~proc
+        idle = np.where(eco, idle * tt.eco, idle)
     value = np.where(tt.active, idle + (nominal - idle) * level, nominal)
     # Degradation: h² makes the precursors creep at first and accelerate near failure.
     h2 = ctx.health**2  # (N, M)

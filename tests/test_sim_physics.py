@@ -109,7 +109,9 @@ def test_subfab_draws_power_while_idle_and_saves_in_eco_mode():
     sp[1, tt.eco_setpoint] = 1.0
     v = sensor_values(tt, _context("vacuum_pump", 2, processing=np.zeros(2, bool), setpoints=sp))
     power = tt.tool.sensor_names.index("motor_power")
-    assert v[1, power] < v[0, power]
+    exhaust = tt.tool.sensor_names.index("exhaust_pressure")
+    assert v[1, power] < 0.7 * v[0, power]
+    assert v[1, exhaust] == pytest.approx(v[0, exhaust])  # still pumping to atmosphere
 
 
 def test_runs_have_concurrent_modes_sudden_failures_and_maintenance():
