@@ -166,6 +166,14 @@ class SimServer:
                 await self._task
             self._task = None
         if self.server is not None:
+            # asyncua's stop waits out the 1 s sleep of its clock task; cancelling it first makes
+            # a stop (and so every restart in tests) a second faster.
+            clock_task = getattr(self.server.iserver, "time_task", None)
+            if clock_task is not None and not clock_task.done():
+                clock_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await clock_task
+                self.server.iserver.time_task = None
             await self.server.stop()
             self.server = None
 
