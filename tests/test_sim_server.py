@@ -219,10 +219,15 @@ async def test_speed_factor_moves_simulated_time_and_restart_keeps_the_port():
         async with Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client:
             idx = await client.get_namespace_index(NAMESPACE_URI)
             sim_time = await client.nodes.objects.get_child([f"{idx}:FabSimulator", f"{idx}:SimTime"])
-            t0 = await sim_time.read_value()
-            await asyncio.sleep(0.6)
-            elapsed = (await sim_time.read_value() - t0).total_seconds()
-            assert 900 <= elapsed <= 4 * 3600  # about 0.6 s × 3600
+            loop = asyncio.get_running_loop()
+            t0, wall0 = await sim_time.read_value(), loop.time()
+            elapsed = 0.0
+            while elapsed < 1800.0 and loop.time() - wall0 < TIMEOUT:  # half a simulated hour
+                await asyncio.sleep(0.1)
+                elapsed = (await sim_time.read_value() - t0).total_seconds()
+            wall = loop.time() - wall0
+            assert elapsed >= 1800.0
+            assert elapsed <= 3600.0 * (wall + 0.3)  # never faster than the speed factor (+ one tick)
         t_before = sim.fab.t
         await sim.restart()
         async with Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client:
