@@ -97,6 +97,7 @@ class EdgeDaemon:
             recent=max(64, cfg.models.check_windows),
         )
         self.pipeline.on_counter = self._on_counter
+        self._lot_ts: dict[str, float] = {}
         self.models: dict[str, Model] = {}  # slot (edge-risk, edge-tuning/<type>) -> model
         self.store = ModelStore(cfg.resolve(cfg.models.store_dir))
         self.key = load_public_key(cfg.resolve(cfg.models.public_key)) if cfg.models.public_key else None
@@ -317,11 +318,20 @@ class EdgeDaemon:
         for tool in self.pipeline.tools:
             await self.tune_tool(tool)
 
-    async def tune_tool(self, tool: str) -> None:
-        """Propose (and in auto mode apply) a setpoint step for one tool, e.g. after each lot."""
+    async def tune_tool(self, tool: str, lot_yield: float | None = None) -> None:
+        """After a lot: take back a change that made yield worse, else propose (and in auto mode
+        apply) the next step for one tool."""
         info = self.pipeline.tools[tool]
         model = self.models.get(f"edge-tuning/{info.tool_type}")
         if self.cfg.tuning.mode == "off" or not isinstance(model, TuningModel):
+            return
+        if lot_yield is not None:
+            back = self.tuner.outcome.observe(tool, lot_yield)
+            if back is not None:
+                _logger.warning("%s: the last setpoint change lowered yield; taking it back", tool)
+                await self.tuner.apply(tool, info.tool_type, back, info.setpoints, actor="edge-revert")
+                return
+        if not self.tuner.outcome.may_tune(tool):
             return
         context = {**self._sensor_means(tool), **info.counters}
         needed = [n for n in model.setpoints if n not in info.setpoints]
@@ -330,11 +340,21 @@ class EdgeDaemon:
             return  # not everything the surrogate needs has been read yet
         msg = self.tuner.propose(model, tool, info.tool_type, info.setpoints, context)
         if msg is not None and self.cfg.tuning.mode == "auto":
-            await self.tuner.apply(tool, info.tool_type, msg.setpoints, info.setpoints, msg.proposal_id)
+            before = {n: info.setpoints[n] for n in msg.setpoints}
+            if await self.tuner.apply(tool, info.tool_type, msg.setpoints, info.setpoints, msg.proposal_id):
+                self.tuner.outcome.applied(tool, before)
 
-    def _on_counter(self, tool: str, name: str, value: float) -> None:
-        if name == "last_lot_yield" and self.cfg.tuning.mode != "off":
-            self._spawn(self.tune_tool(tool))
+    def _on_counter(self, tool: str, name: str, ts: float) -> None:
+        """A lot ended (its yield or energy counter changed at a new source time)."""
+        if self.cfg.tuning.mode == "off" or self._lot_ts.get(tool) == ts:
+            return
+        self._lot_ts[tool] = ts
+        self._spawn(self._after_lot(tool))
+
+    async def _after_lot(self, tool: str) -> None:
+        # Runs as its own task, after the rest of the batch: both counters are current by then.
+        lot_yield = self.pipeline.tools[tool].counters.get("last_lot_yield")
+        await self.tune_tool(tool, lot_yield)
 
     def _sensor_means(self, tool: str) -> dict[str, float]:
         return {

@@ -75,7 +75,7 @@ class Pipeline:
         self.recent: deque[ReadyWindow] = deque(maxlen=recent)
         self.model: RiskModel | None = None
         self.latencies: deque[float] = deque(maxlen=100_000)
-        self.on_counter: Callable[[str, str, float], None] | None = None
+        self.on_counter: Callable[[str, str, float], None] | None = None  # (tool, counter, source ts)
         self.values = 0
         self.bad = 0
         self._dirty: set[str] = set()
@@ -152,19 +152,19 @@ class Pipeline:
             elif kind == SETPOINT:
                 self.tools[tool].setpoints[str(key)] = _number(value)
             elif kind == COUNTER:
-                self._on_counter(tool, str(key), _number(value))
+                self._on_counter(tool, str(key), _number(value), ts)
         self.values += len(batch)
         self.bad += bad
         self.metrics.values.inc(len(batch))
         if bad:
             self.metrics.bad_values.inc(bad)
 
-    def _on_counter(self, tool: str, name: str, value: float) -> None:
+    def _on_counter(self, tool: str, name: str, value: float, ts: float) -> None:
         info = self.tools[tool]
         before = info.counters.get(name)
         info.counters[name] = value
         if before is not None and before != value and self.on_counter is not None:
-            self.on_counter(tool, name, value)
+            self.on_counter(tool, name, ts)
 
     def _on_state(self, tool: str, state: str, ts: float, now: float) -> None:
         win = self.windows.get(tool)

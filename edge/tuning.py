@@ -105,6 +105,109 @@ class SetpointGuard:
         self._tool_writes.setdefault(tool_id, deque()).append(now)
 
 
+TRUST_STD = 2.0  # how far (in training standard deviations) the surrogate is trusted
+
+
+def trusted_box(
+    model: TuningModel, envelope: Mapping[str, tuple[float, float]], k: float = TRUST_STD
+) -> dict[str, tuple[float, float]]:
+    """The envelope narrowed to where the surrogate saw data: mean ± k·std of its training rows.
+
+    A surrogate extrapolates badly; the manifest's ``input_spec`` mean and std (per input column,
+    setpoints first) say where it was trained. Where the two do not overlap, the envelope wins
+    (the tuner then only steps back towards it)."""
+    spec = model.manifest.input_spec
+    mean, std = spec.get("mean"), spec.get("std")
+    out = {n: (float(v[0]), float(v[1])) for n, v in envelope.items()}
+    if not isinstance(mean, list) or not isinstance(std, list) or len(mean) < len(model.setpoints):
+        return out
+    for i, name in enumerate(model.setpoints):
+        if name in out:
+            lo, hi = out[name]
+            a, b = max(lo, mean[i] - k * std[i]), min(hi, mean[i] + k * std[i])
+            if a <= b:
+                out[name] = (a, b)
+    return out
+
+
+def propose(
+    model: TuningModel,
+    current: Mapping[str, float],
+    context: Mapping[str, float],
+    envelope: Mapping[str, tuple[float, float]],
+    max_step: Mapping[str, float],
+    weights: Mapping[str, float],
+) -> dict[str, float]:
+    """The next setpoints for one tool: ``shared.tuning.propose_step`` inside the trusted box."""
+
+    def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return model.predict(x)
+
+    return propose_step(
+        predict,
+        {n: float(current[n]) for n in model.setpoints},
+        {n: float(context[n]) for n in model.context},
+        trusted_box(model, envelope),
+        max_step,
+        weights,
+        setpoint_order=model.setpoints,
+        context_order=model.context,
+        min_gain=0.05,  # a predicted gain below the surrogate's resolution is not worth a write
+    )
+
+
+@dataclass
+class _Trial:
+    before: dict[str, float]  # setpoints before the change
+    baseline: float  # mean yield of the lots before it
+    yields: list[float]
+
+
+class OutcomeGuard:
+    """Judges every applied change by the lots that follow it, and takes back the ones that hurt.
+
+    A surrogate can be wrong where it looks confident. After a change, the next ``lots`` lot
+    yields are compared with the mean of the ``lots`` before it; if they are worse by more than
+    ``tolerance`` points, :meth:`observe` returns the setpoints to go back to, and the tool is
+    left alone for ``cooldown`` lots. Pure: the caller writes (through the guards) and records.
+    """
+
+    def __init__(self, lots: int = 2, tolerance: float = 1.0, cooldown: int = 12) -> None:
+        self.lots, self.tolerance, self.cooldown = lots, tolerance, cooldown
+        self.history: dict[str, deque[float]] = {}
+        self.trials: dict[str, _Trial] = {}
+        self.frozen: dict[str, int] = {}
+        self.reverted = 0
+
+    def may_tune(self, tool_id: str) -> bool:
+        return tool_id not in self.trials and self.frozen.get(tool_id, 0) <= 0
+
+    def applied(self, tool_id: str, before: Mapping[str, float]) -> None:
+        recent = self.history.get(tool_id)
+        if recent:
+            self.trials[tool_id] = _Trial(dict(before), float(np.mean(recent)), [])
+
+    def observe(self, tool_id: str, lot_yield: float) -> dict[str, float] | None:
+        """One finished lot; the setpoints to restore when the last change made things worse."""
+        if self.frozen.get(tool_id, 0) > 0:
+            self.frozen[tool_id] -= 1
+        trial = self.trials.get(tool_id)
+        out = None
+        if trial is not None:
+            trial.yields.append(lot_yield)
+            if len(trial.yields) >= self.lots:
+                del self.trials[tool_id]
+                if float(np.mean(trial.yields)) < trial.baseline - self.tolerance:
+                    self.reverted += 1
+                    self.frozen[tool_id] = self.cooldown
+                    out = trial.before
+                self.history[tool_id] = deque(trial.yields, maxlen=self.lots)
+                return out
+            return None
+        self.history.setdefault(tool_id, deque(maxlen=self.lots)).append(lot_yield)
+        return None
+
+
 @dataclass
 class Pending:
     tool_id: str
@@ -136,6 +239,7 @@ class Tuner:
         self._record = record
         self._log_path = log_path
         self.pending: dict[str, Pending] = {}
+        self.outcome = OutcomeGuard()
         self.applied = 0
         self.refused = 0
 
@@ -150,22 +254,14 @@ class Tuner:
         """A proposal for one tool (None when the model proposes no change or the mode is off)."""
         if self.cfg.mode == "off" or model.tool_type != ttype:
             return None
-        envelope = self.cfg.envelope.get(ttype, {})
-        max_step = self.cfg.max_step.get(ttype, {})
         sp = {n: float(current[n]) for n in model.setpoints}
-
-        def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return model.predict(x)
-
-        proposal = propose_step(
-            predict,
+        proposal = propose(
+            model,
             sp,
-            {n: float(context[n]) for n in model.context},
-            {n: (float(v[0]), float(v[1])) for n, v in envelope.items()},
-            max_step,
+            context,
+            self.cfg.envelope.get(ttype, {}),
+            self.cfg.max_step.get(ttype, {}),
             self.cfg.weights,
-            setpoint_order=model.setpoints,
-            context_order=model.context,
         )
         changed = {n: v for n, v in proposal.items() if abs(v - sp[n]) > 1e-9}
         if not changed:

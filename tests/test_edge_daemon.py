@@ -407,13 +407,41 @@ async def test_auto_tuning_after_each_lot_stays_inside_the_envelope(tmp_path, fa
     daemon, task = await _start(cfg)
     try:
         assert daemon.models["edge-tuning/plasma_etch"].version == "t1"
-        written = []
-        for lot in range(1, 5):  # each lot end changes the counters: one proposal and write per lot
-            await fab.set("etch-01", {"last_lot_yield": 80.0 + lot, "last_lot_energy_kwh": 20.0}, T0 + lot)
-            assert await until(lambda n=lot: daemon.tuner.applied >= min(n, 3), 10)
-            written.append(await fab.nodes[("etch-01", "rf_power_sp")].read_value())
+        rf = fab.nodes[("etch-01", "rf_power_sp")]
+        written = [await rf.read_value()]
+        lot = 0
+
+        async def finish_lot(lot_yield: float) -> None:
+            nonlocal lot
+            lot += 1
+            before = (daemon.tuner.applied, daemon.tuner.outcome.reverted, len(daemon.tuner.outcome.trials))
+            await fab.set(
+                "etch-01", {"last_lot_yield": lot_yield, "last_lot_energy_kwh": 20.0 + lot}, T0 + lot
+            )
+            await until(
+                lambda: (
+                    (daemon.tuner.applied, daemon.tuner.outcome.reverted, len(daemon.tuner.outcome.trials))
+                    != before
+                ),
+                2,
+            )
+            written.append(await rf.read_value())
+
+        for k in range(8):  # every lot a little better: each change is kept
+            await finish_lot(80.0 + k)
+        assert written[-1] == 1260.0, written
+        steps = np.diff(written)
+        assert (steps >= 0).all() and (steps <= 25.0).all(), written
+        # Now the lots after a change get much worse: the change is taken back.
+        # (As if the last change had come from 1235.)
+        daemon.tuner.outcome.frozen.clear()
+        daemon.tuner.outcome.trials.clear()
+        daemon.tuner.outcome.applied("etch-01", {"rf_power_sp": 1235.0})
+        await finish_lot(70.0)
+        await finish_lot(70.0)
+        assert daemon.tuner.outcome.reverted == 1
+        assert await until(lambda: daemon.tuner.applied and written, 1)
+        assert await rf.read_value() == 1235.0
     finally:
         await _stop(task)
-    # 1200 → 1225 → 1250 → 1260 (the envelope's edge, though the surrogate's optimum is 1290) → stays
-    assert written == [1225.0, 1250.0, 1260.0, 1260.0]
     assert daemon.tuner.refused == 0
