@@ -5,9 +5,21 @@ and turns their state into readings with :mod:`opcua_sim.physics`. The server ca
 :meth:`Fab.advance_to` and :meth:`Fab.readings` once per update tick; the exporter asks each tool
 for its whole history instead (same events, same physics).
 
-Ground truth: every onset, failure, maintenance, setpoint change, sensor fault, lot and state
-change is a dict with the simulated time (``t_s`` and ISO ``time``); listeners receive each one
-(the server turns failures into alarm events), and a JSONL file keeps them when a path is given.
+Ground truth: every event is a dict with ``kind``, ``tool``, the simulated time (``t_s`` since
+the start and ISO ``time``) and, by kind::
+
+    onset         mode, failure_due_t_s          a progressive mode starts degrading
+    failure       mode, sudden, injected, health the tool goes unscheduled-down (health per mode)
+    maintenance   type (preventive|requested), modes_reset
+    back_up       after (the down state it leaves)
+    setpoint      name, old, new, source (engineer|opcua)
+    sensor_fault  sensor, fault (dropout|stuck), end_t_s
+    lot           recipe, yield, energy_kwh, expected_yield, health, drift, setpoints
+    lot_aborted   (a failure or maintenance cut the lot short)
+    state         state (SEMI E10)
+
+Listeners receive each one (the server turns failures, maintenance and returns into alarm
+events), and a JSONL file keeps them when a path is given.
 """
 
 from __future__ import annotations

@@ -235,3 +235,14 @@ def test_big_areas_are_split_into_bays_of_small_folders():
         per_area[tool.area] = per_area.get(tool.area, 0) + 1
     assert max(per_area.values()) <= 200 and "subfab-2" in per_area
     assert len(fab.by_id) == 1000
+
+
+def test_server_settings_are_checked():
+    from opcua_sim.server import SimServer, auto_rate
+
+    assert auto_rate(0.0) == 1.0 and auto_rate(3600.0) == 6.0 and auto_rate(1e6) == 10.0
+    fab = _small_fab(0, 2)
+    with pytest.raises(SimError, match=r"opc\.tcp"):
+        SimServer(fab, SimClock(1.0), endpoint="http://localhost:4840")
+    with pytest.raises(SimError, match="rate"):
+        SimServer(fab, SimClock(1.0), endpoint="opc.tcp://127.0.0.1:4840/", rate_hz=0.0)
