@@ -70,6 +70,7 @@ class ToolConfig(StrictModel):
     type: str
     path: str | None = None  # browse path of the tool folder, e.g. Objects/Fab/etch/etch-01
     tags: dict[str, str] = Field(default_factory=dict)  # tag name -> NodeId or browse path
+    host: str | None = None  # sub-fab tools (pumps, abatement): the process tool they serve
 
     @field_validator("id")
     @classmethod
@@ -82,6 +83,12 @@ class ToolConfig(StrictModel):
         if value not in TOOL_TYPES:
             raise ValueError(f"unknown tool type {value!r}; known: {', '.join(sorted(TOOL_TYPES))}")
         return value
+
+    @model_validator(mode="after")
+    def _host_only_for_subfab(self) -> ToolConfig:
+        if self.host is not None and not TOOL_TYPES[self.type].subfab:
+            raise ValueError(f"host is for sub-fab tools; {self.type} is not one")
+        return self
 
     @model_validator(mode="after")
     def _has_tags(self) -> ToolConfig:
@@ -160,6 +167,9 @@ class TuningConfig(StrictModel):
     readback_tolerance: float = Field(default=1e-3, ge=0)  # relative
     weights: dict[str, float] = Field(default_factory=lambda: {"yield": 1.0, "energy": 0.1})
     approval_timeout_s: float = Field(default=86400.0, gt=0)
+    # Sub-fab eco rule (auto mode): a pump or abatement unit with a host idles while the host is
+    # not processing (idle_mode = 1), through the same guards (idle_mode needs an envelope).
+    eco: bool = True
 
     @field_validator("envelope")
     @classmethod
@@ -215,6 +225,9 @@ class EdgeConfig(StrictModel):
             if tool.id in seen:
                 raise ValueError(f"tool id {tool.id!r} appears twice")
             seen.add(tool.id)
+        for tool in self.tools:
+            if tool.host is not None and tool.host not in seen:
+                raise ValueError(f"tool {tool.id!r}: host {tool.host!r} is not a configured tool")
         return self
 
     def resolve(self, path: Path) -> Path:

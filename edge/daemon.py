@@ -97,6 +97,11 @@ class EdgeDaemon:
             recent=max(64, cfg.models.check_windows),
         )
         self.pipeline.on_counter = self._on_counter
+        self.pipeline.on_state = self._on_state
+        self._served_by: dict[str, list[str]] = {}
+        for t in cfg.tools:
+            if t.host is not None:
+                self._served_by.setdefault(t.host, []).append(t.id)
         self._lot_ts: dict[str, float] = {}
         self.models: dict[str, Model] = {}  # slot (edge-risk, edge-tuning/<type>) -> model
         self.store = ModelStore(cfg.resolve(cfg.models.store_dir))
@@ -350,6 +355,20 @@ class EdgeDaemon:
             return
         self._lot_ts[tool] = ts
         self._spawn(self._after_lot(tool))
+
+    def _on_state(self, tool: str, state: str) -> None:
+        """Eco rule: the sub-fab units serving ``tool`` idle while it is not processing."""
+        if self.cfg.tuning.mode != "auto" or not self.cfg.tuning.eco:
+            return
+        want = 0.0 if state == "productive" else 1.0
+        for unit in self._served_by.get(tool, []):
+            info = self.pipeline.tools[unit]
+            if info.setpoints.get("idle_mode") != want:
+                self._spawn(self._eco(unit, info.tool_type, want))
+
+    async def _eco(self, unit: str, ttype: str, want: float) -> None:
+        info = self.pipeline.tools[unit]
+        await self.tuner.apply(unit, ttype, {"idle_mode": want}, dict(info.setpoints), actor="edge-eco")
 
     async def _after_lot(self, tool: str) -> None:
         # Runs as its own task, after the rest of the batch: both counters are current by then.

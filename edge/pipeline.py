@@ -76,6 +76,7 @@ class Pipeline:
         self.model: RiskModel | None = None
         self.latencies: deque[float] = deque(maxlen=100_000)
         self.on_counter: Callable[[str, str, float], None] | None = None  # (tool, counter, source ts)
+        self.on_state: Callable[[str, str], None] | None = None  # (tool, new state)
         self.values = 0
         self.bad = 0
         self._dirty: set[str] = set()
@@ -176,6 +177,8 @@ class Pipeline:
             win.set_state(state, ts)
         if state == previous:
             return
+        if self.on_state is not None:
+            self.on_state(tool, state)
         info = self.tools[tool]
         kind = "state"
         if state == E10State.UNSCHEDULED_DOWN.value:

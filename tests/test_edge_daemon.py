@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from test_edge_support import Collector, FabServer, edge_config, keys, publish, release, tuning_release, until
 
+from edge.config import EdgeConfig
 from edge.daemon import EdgeDaemon
 from edge.updates import announcement_for
 from shared.messages import Tuning, Verdict
@@ -445,3 +446,26 @@ async def test_auto_tuning_after_each_lot_stays_inside_the_envelope(tmp_path, fa
     finally:
         await _stop(task)
     assert daemon.tuner.refused == 0
+
+
+async def test_eco_rule_idles_the_pump_while_its_host_is_not_processing(tmp_path, fab, mosquitto):
+    tuning = {
+        "mode": "auto",
+        "envelope": {"vacuum_pump": {"idle_mode": [0.0, 1.0]}},
+        "min_interval_s": 0.0,
+        "max_writes_per_hour": 100,
+    }
+    cfg = _cfg(tmp_path, fab, mosquitto.port, tuning=tuning)
+    tools = [t.model_copy(update={"host": "etch-01"}) if t.id == "pump-01" else t for t in cfg.tools]
+    daemon, task = await _start(EdgeConfig.model_validate({**cfg.model_dump(), "tools": tools}))
+    idle = fab.nodes[("pump-01", "idle_mode")]
+    try:
+        await _push(fab, daemon, 0)
+        await _push(fab, daemon, 1, state="standby")
+        assert await until(lambda: daemon.tuner.applied == 1, 5)
+        assert await idle.read_value() == 1.0
+        await _push(fab, daemon, 2, state="productive")
+        assert await until(lambda: daemon.tuner.applied == 2, 5)
+        assert await idle.read_value() == 0.0
+    finally:
+        await _stop(task)
