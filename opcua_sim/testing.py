@@ -55,6 +55,8 @@ class SimHandle:
     def server_cert(self) -> Path | None:
         return self.cert_dir / "server_cert.der" if self.cert_dir else None
 
+    client_application_uri: str = CLIENT_URI  # set it as the Client's application_uri (it is in the cert)
+
     def security_string(self, mode: str = "SignAndEncrypt") -> str:
         """For ``asyncua.Client.set_security_string``: Basic256Sha256 with the generated client cert."""
         if self.cert_dir is None:

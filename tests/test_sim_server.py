@@ -240,6 +240,7 @@ async def test_basic256sha256_sign_and_encrypt_with_generated_certificates_and_l
     async with running_sim(tools=3, seed=6, speed=0, security=True, users={"operator": "s3cret"}) as sim:
         for mode in ("SignAndEncrypt", "Sign"):
             client = Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG)
+            client.application_uri = sim.client_application_uri
             await client.set_security_string(sim.security_string(mode))
             client.set_user("operator")
             client.set_password("s3cret")
