@@ -1,0 +1,139 @@
+"""The MQTT relay over TLS against a real Mosquitto: client-certificate login, and user/password
+over TLS; a client without a certificate is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import free_port, wait_port
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from test_edge_support import until
+
+from edge.config import MqttConfig
+from edge.mqtt import MqttRelay
+from edge.outbox import Outbox
+from shared.topics import Kind
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(subject: str, key, issuer: str, issuer_key, ca: bool, san: bool = False) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if san:
+        import ipaddress
+
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(folder: Path, name: str, cert: x509.Certificate, key) -> None:
+    (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path):
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("fabpm test CA", ca_key, "fabpm test CA", ca_key, ca=True)
+    _write(pki, "ca", ca, ca_key)
+    for name, san in (("server", True), ("edge1", False)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write(pki, name, _cert(name, key, "fabpm test CA", ca_key, ca=False, san=san), key)
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    # Certificates required; the certificate's CN is the user name. max_queued_messages raised as
+    # in every test broker (FACTS.md).
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        f"cafile {pki}/ca.pem\ncertfile {pki}/server.pem\nkeyfile {pki}/server.key\n"
+        "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n"
+        "max_queued_messages 1000000\nlog_type error\n"
+        # Started as root, Mosquitto drops to its own user before loading the certificates, which
+        # then cannot read pytest's private temporary folder; ignored when not root.
+        "user root\n"
+    )
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield port, pki
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def test_client_certificate_login_over_tls(tmp_path: Path, tls_broker):
+    port, pki = tls_broker
+    cfg = MqttConfig(
+        port=port,
+        tls=True,
+        ca_file=pki / "ca.pem",
+        cert_file=pki / "edge1.pem",
+        key_file=pki / "edge1.key",
+        reconnect_min_s=0.5,
+        reconnect_max_s=1.0,
+    )
+    box = Outbox(tmp_path / "o.sqlite", 1_000_000)
+    box.put(Kind.EVENT, "fabpm/v1/s1/e1/event", b'{"x": 1}', 1)
+    relay = MqttRelay(cfg, "s1", "e1", box)
+    relay.start()
+    task = asyncio.create_task(relay.run())
+    try:
+        assert await until(lambda: relay.connected, 15)
+        assert await relay.flushed(10)
+    finally:
+        task.cancel()
+        await relay.stop()
+    # Without a client certificate the broker refuses the TLS handshake.
+    bare = MqttRelay(cfg.model_copy(update={"cert_file": None, "key_file": None}), "s1", "e2", box)
+    bare.start()
+    try:
+        await asyncio.sleep(2.0)
+        assert not bare.connected
+    finally:
+        await bare.stop()
+
+
+def test_tls_config_errors_are_clear(tmp_path: Path):
+    from edge.errors import PublishError
+
+    with pytest.raises(PublishError, match="TLS"):
+        MqttRelay(
+            MqttConfig(tls=True, ca_file=tmp_path / "missing.pem"),
+            "s1",
+            "e1",
+            Outbox(tmp_path / "o.sqlite", 1000),
+        )
+    with pytest.raises(ValueError, match="cert_file and key_file"):
+        MqttConfig(tls=True, cert_file=tmp_path / "a.pem")
