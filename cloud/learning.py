@@ -51,6 +51,8 @@ from cloud.storage.repo import Repo
 _logger = logging.getLogger(__name__)
 STEPS = ("collect", "fine_tune", "distil", "export", "gate", "register", "canary", "watch")
 FINAL = ("done", "rejected", "failed", "rolled_back")
+FAILED_BACKOFF_S = 3600.0
+FAILED_BACKOFF_MAX_S = 86400.0
 
 
 @dataclass
@@ -177,9 +179,26 @@ class Learner:
         _logger.info("learning round %d opened (%s)", row.id, trigger)
         return row
 
+    def retry_wait_s(self) -> float:
+        """After failed rounds, automatic triggers wait 1 h, doubling per consecutive failure up to a
+        day (a broken pipeline must not retrain every minute); 0 when the last round did not fail."""
+        failures, last_ts = 0, 0.0
+        for r in self.rounds(20):
+            if r.status != "failed":
+                break
+            failures += 1
+            last_ts = max(last_ts, r.updated_ts)
+        if failures == 0:
+            return 0.0
+        backoff = min(FAILED_BACKOFF_S * 2 ** (failures - 1), FAILED_BACKOFF_MAX_S)
+        return max(0.0, last_ts + backoff - self.clock())
+
     def trigger(self, reason: str, min_labels: int = 1) -> int | None:
-        """Open a round when there are at least ``min_labels`` new labels and run it to the canary."""
+        """Open a round when there are at least ``min_labels`` new labels and run it to the canary.
+        Automatic triggers (anything but ``manual``) respect :meth:`retry_wait_s`."""
         if self.open_round() is not None:
+            return None
+        if reason != "manual" and self.retry_wait_s() > 0:
             return None
         if self.new_labels() < min_labels:
             return None

@@ -263,3 +263,23 @@ def test_a_worker_killed_mid_round_resumes_from_the_persisted_step(world):
     row = learner2.get(row.id)
     assert row.step == "watch" and ro2.get(row.state["rollout_id"]).stage == "canary"
     assert pipe.calls == ["fine_tune", "distil", "distil", "export"]  # fine-tuning was not redone
+
+
+def test_failed_rounds_back_off_automatic_triggers(world):
+    clock, pipe, published = Clock(), TinyPipeline(world["keys"] / "signing.key"), []
+    learner, _, ingest = build(world, pipe, clock, published)
+    feed(ingest, clock, "etch-01")
+
+    def broken(*_args):
+        raise RuntimeError("disk full")
+
+    learner.pipeline.distil = broken
+    r1 = learner.get(learner.trigger("labels"))
+    assert r1.status == "failed" and r1.step == "distil" and "disk full" in r1.error
+    assert learner.trigger("labels") is None  # backing off: 1 h after the first failure
+    clock.t += 3601
+    r2 = learner.get(learner.trigger("labels"))
+    assert r2.status == "failed"
+    clock.t += 3601
+    assert learner.trigger("time") is None  # 2 h after the second
+    assert learner.get(learner.trigger("manual")).status == "failed"  # an operator may always retry
