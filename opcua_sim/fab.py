@@ -14,7 +14,8 @@ the start and ISO ``time``) and, by kind::
     back_up       after (the down state it leaves)
     setpoint      name, old, new, source (engineer|opcua)
     sensor_fault  sensor, fault (dropout|stuck), end_t_s
-    lot           recipe, yield, energy_kwh, expected_yield, health, drift, setpoints
+    lot           recipe, yield, energy_kwh, expected_yield, best_yield, best_setpoints (the
+                  oracle's), health, drift, setpoints
     lot_aborted   (a failure or maintenance cut the lot short)
     state         state (SEMI E10)
 

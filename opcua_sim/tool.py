@@ -19,7 +19,7 @@ from opcua_sim.degradation import draw_ttf_s, progressive_modes, sudden_modes
 from opcua_sim.errors import FaultError, SetpointError
 from opcua_sim.history import DAY, HOUR, INF, History, SensorFault
 from opcua_sim.physics import SUBFAB_LOADS, TOOL_SPREAD, TypeTables, tables
-from opcua_sim.process import lot_energy, lot_yield
+from opcua_sim.process import lot_energy, lot_yield, oracle_setpoints
 from shared.equipment import ALL_MODES, E10_CODES, E10State
 
 if TYPE_CHECKING:
@@ -267,6 +267,13 @@ class Tool:
         expected = lot_yield(
             self.type_name, sp, health, drift, self.t, period_days=opt.period_days, amplitude=opt.amplitude
         )
+        # What the oracle's setpoints would have given: B9 scores tuning by the gap to it.
+        best = oracle_setpoints(
+            self.type_name, health, drift, self.t, period_days=opt.period_days, amplitude=opt.amplitude
+        )
+        best_yield = lot_yield(
+            self.type_name, best, health, drift, self.t, period_days=opt.period_days, amplitude=opt.amplitude
+        )
         self.last_lot_yield = float(np.clip(expected + self.rng.normal(0.0, 0.6), 0.0, 100.0))
         self.last_lot_energy_kwh = lot_energy(
             self.type_name, sp, health, drift, self.t, lot_hours=hours, subfab_kwh=self.subfab_run_kw * hours
@@ -278,6 +285,8 @@ class Tool:
             recipe=self.tt.tool.recipes[self.recipe],
             energy_kwh=round(self.last_lot_energy_kwh, 3),
             expected_yield=round(expected, 3),
+            best_yield=round(best_yield, 3),
+            best_setpoints={k: round(v, 4) for k, v in best.items()},
             health=round(health, 4),
             drift=round(drift, 4),
             setpoints={k: round(v, 4) for k, v in sp.items()},

@@ -246,3 +246,13 @@ def test_server_settings_are_checked():
         SimServer(fab, SimClock(1.0), endpoint="http://localhost:4840")
     with pytest.raises(SimError, match="rate"):
         SimServer(fab, SimClock(1.0), endpoint="opc.tcp://127.0.0.1:4840/", rate_hz=0.0)
+
+
+def test_lot_events_carry_the_oracle_for_scoring():
+    fab = _small_fab(4, 6)
+    fab.advance_to(2 * DAY)
+    lots = [e for e in fab.truth if e["kind"] == "lot"]
+    assert lots
+    for lot in lots:
+        assert lot["best_yield"] >= lot["expected_yield"] - 1e-6
+        assert 0.0 <= lot["yield"] <= 100.0 and lot["energy_kwh"] > 0
