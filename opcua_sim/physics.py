@@ -264,7 +264,9 @@ def _uniform(bits: np.ndarray) -> np.ndarray:
 
 
 def tool_key(seed: int, tool_index: int) -> np.uint64:
-    return np.uint64(mix64(np.array([(seed << 20) ^ tool_index], dtype=np.uint64))[0])
+    """The noise key of a tool: seed (32 bits) and tool index (20 bits) mixed into 64 bits."""
+    packed = ((seed & 0xFFFFFFFF) << 20) ^ (tool_index & 0xFFFFF)
+    return np.uint64(mix64(np.array([packed], dtype=np.uint64))[0])
 
 
 def hashed_normal(

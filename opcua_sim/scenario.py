@@ -144,7 +144,7 @@ class Drift(StrictModel):
 
 class Scenario(StrictModel):
     name: str = Field(default="default", pattern=NAME_PATTERN)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     start: datetime = datetime(2026, 1, 5, tzinfo=UTC)
     tick_s: float = Field(default=1.0, gt=0.0, le=3600.0)  # simulated seconds per noise sample
     # Sub-fab pumps and abatement serve the process tools round-robin: they are loaded while their
@@ -256,6 +256,9 @@ def scale_tools(scenario: Scenario, n_tools: int) -> Scenario:
 
 
 def with_seed(scenario: Scenario, seed: int) -> Scenario:
+    """The same scenario with another seed (validated: ``--seed`` errors name the flag)."""
+    if not 0 <= seed <= 2**32 - 1:
+        raise ScenarioError(f"--seed: must be in [0, 2**32 - 1], got {seed}")
     return scenario.model_copy(update={"seed": seed})
 
 

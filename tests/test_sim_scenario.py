@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from opcua_sim.errors import ScenarioError, UnknownToolTypeError
-from opcua_sim.scenario import default_scenario, load_scenario, scale_tools, tag_count
+from opcua_sim.scenario import default_scenario, load_scenario, scale_tools, tag_count, with_seed
 from shared.errors import ConfigError, FabpmError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
@@ -28,6 +28,8 @@ def test_scaling_reaches_10000_tags_with_exact_tool_count():
     assert small.n_tools == 7
     with pytest.raises(ScenarioError, match="--tools"):
         scale_tools(default_scenario(), 0)
+    with pytest.raises(ScenarioError, match="--seed"):
+        with_seed(default_scenario(), 2**40)
 
 
 def test_drift_scenario_loads_from_toml():
