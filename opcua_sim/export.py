@@ -8,8 +8,12 @@ format is ``shared.dataset`` (``dataset.json``, ``tools/<id>.npz``, ``ground_tru
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import json
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -129,6 +133,31 @@ def _fleet_summary(fleet: list[e10.E10Metrics]) -> dict[str, float]:
     }
 
 
+MERGE_FAN_IN = 128  # files merged at once (well under the usual limit of open files)
+
+
+def _merge_by_time(paths: list[Path], target: Path) -> None:
+    """Merge time-sorted ``t_s<TAB>json`` files into one JSONL file sorted by time (stable: equal
+    times keep the order of ``paths``), in rounds of at most MERGE_FAN_IN open files."""
+    round_no = 0
+    while len(paths) > MERGE_FAN_IN:
+        merged = []
+        for i in range(0, len(paths), MERGE_FAN_IN):
+            dest = paths[0].parent / f"merge{round_no}-{i:06d}.tsv"
+            _merge_files(paths[i : i + MERGE_FAN_IN], dest, keep_key=True)
+            merged.append(dest)
+        paths, round_no = merged, round_no + 1
+    _merge_files(paths, target, keep_key=False)
+
+
+def _merge_files(paths: list[Path], dest: Path, keep_key: bool) -> None:
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(p.open(encoding="utf-8")) for p in paths]
+        with dest.open("w", encoding="utf-8") as out:
+            for line in heapq.merge(*files, key=lambda x: float(x.split("\t", 1)[0])):
+                out.write(line if keep_key else line.split("\t", 1)[1])
+
+
 def export(
     scenario: Scenario,
     days: float,
@@ -143,12 +172,22 @@ def export(
     if sample_period_s <= 0:
         raise SimError(f"--sample-period-s: must be > 0, got {sample_period_s}")
     started = time.perf_counter()
-    events: list[dict[str, Any]] = []
+    # Each tool's events arrive in time order while it runs; they wait in a file per tool and are
+    # merged at the end, so the memory held does not grow with the size of the fab.
+    lines: list[str] = []
+    failures = 0
+
+    def collect(event: dict[str, Any]) -> None:
+        nonlocal failures
+        failures += event["kind"] == "failure"
+        lines.append(f"{event['t_s']!r}\t{json.dumps(event)}\n")
+
     fab = Fab(scenario, record=True, truth_kinds=TRUTH_KINDS)
-    fab.listeners.append(events.append)
+    fab.listeners.append(collect)
     end = days * DAY
     ts = np.arange(0.0, end, sample_period_s)
     out.mkdir(parents=True, exist_ok=True)
+    parts = Path(tempfile.mkdtemp(prefix=".truth-", dir=out))
     tools: list[ToolInfo] = []
     hosts: dict[str, ToolSeries] = {}
     fleet: list[e10.E10Metrics] = []
@@ -170,10 +209,13 @@ def export(
         )
         write_series(out, tool_info, series)
         tools.append(tool_info)
+        (parts / f"{len(tools):06d}.tsv").write_text("".join(lines), encoding="utf-8")
+        lines.clear()
     tools.sort(key=lambda i: fab.by_id[i.tool_id].index)
-    events.sort(key=lambda e: e["t_s"])
-    with (out / "ground_truth.jsonl").open("w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(e) + "\n" for e in events)
+    try:
+        _merge_by_time(sorted(parts.iterdir()), out / "ground_truth.jsonl")
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
     elapsed = time.perf_counter() - started
     info = DatasetInfo(
         seed=scenario.seed,
@@ -189,7 +231,7 @@ def export(
             "hosts": {t.tool_id: t.host.tool_id for t in fab.tools if t.host is not None},
             "tags": tag_count(scenario),
             "drift_days": [d.day for d in scenario.drifts],
-            "failures": sum(1 for e in events if e["kind"] == "failure"),
+            "failures": failures,
             "e10_fleet": _fleet_summary(fleet),
             "wall_s": round(elapsed, 3),
         },

@@ -235,3 +235,19 @@ def test_no_single_sensor_threshold_separates_the_last_72_hours(dataset: Path):
         assert best < 0.9
         checked += 1
     assert checked >= 2
+
+
+def test_ground_truth_merge_in_rounds_gives_the_same_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import opcua_sim.export as exporter
+
+    sc = scale_tools(with_seed(default_scenario(), 2), 12)
+    export(sc, 3, tmp_path / "one")
+    monkeypatch.setattr(exporter, "MERGE_FAN_IN", 3)  # several merge rounds
+    export(sc, 3, tmp_path / "rounds")
+    one = (tmp_path / "one" / "ground_truth.jsonl").read_bytes()
+    assert one == (tmp_path / "rounds" / "ground_truth.jsonl").read_bytes() and one
+    assert sorted(p.name for p in (tmp_path / "rounds").iterdir()) == [
+        "dataset.json",
+        "ground_truth.jsonl",
+        "tools",
+    ]
