@@ -108,6 +108,7 @@ class CloudService:
             self.metrics,
             s,
             self.clock,
+            replicas[0].refuses,
         )
         self.verdicts.start()
 
@@ -201,6 +202,7 @@ class CloudService:
             self._served = ckpt  # do not retry a broken checkpoint every tick
             return
         self.verdicts.swap([r.predict for r in replicas], replicas[0].version)
+        self.verdicts.refuses = replicas[0].refuses
         self._served = ckpt
         self.model_version = replicas[0].version
 

@@ -113,6 +113,13 @@ class FullModel:
                 f"checkpoint has {meta['config']['n_modes']} mode heads but {len(self.modes)} mode names"
             )
 
+    def refuses(self, window: np.ndarray) -> str | None:
+        """Why this model cannot answer the window (None: it can). Checked before batching, so one
+        malformed case never fails a whole batch."""
+        if window.ndim != 2 or window.shape[1] != self.n_features or window.shape[0] < 1:
+            return f"window shape {window.shape}, the model takes (T ≤ {self.window}, {self.n_features})"
+        return None
+
     def _fit(self, window: np.ndarray) -> np.ndarray:
         """Windows longer than the model's are cut to their newest steps; wrong widths are errors."""
         if window.ndim != 2 or window.shape[1] != self.n_features:

@@ -54,8 +54,10 @@ class VerdictService:
         metrics: CloudMetrics,
         cfg: ServingConfig,
         clock: Callable[[], float] = time.time,
+        refuses: Callable[[np.ndarray], str | None] = lambda _w: None,
     ) -> None:
         self.repo = repo
+        self.refuses = refuses
         self.publish = publish
         self.model_version = model_version
         self.metrics = metrics
@@ -83,9 +85,15 @@ class VerdictService:
             if case.case_id in self._in_flight:
                 return
             self._in_flight.add(case.case_id)
-        job = Job(
-            case.case_id, case.edge_id, case.site, case.tool_id, case.received_ts, self.repo.case_window(case)
-        )
+        window = self.repo.case_window(case)
+        reason = self.refuses(window)
+        if reason is not None:
+            # Stored as the case's answer so the sweep does not offer it again; nothing is published.
+            self.repo.save_verdicts({case.case_id: {"error": reason}}, self.model_version)
+            self._release(case.case_id)
+            _logger.warning("case %s cannot be answered: %s", case.case_id, reason)
+            return
+        job = Job(case.case_id, case.edge_id, case.site, case.tool_id, case.received_ts, window)
         try:
             fut = self.batcher.submit(job)
         except QueueFullError:

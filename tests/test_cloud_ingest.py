@@ -164,6 +164,7 @@ def test_hard_case_gets_a_verdict_over_mqtt(repo: Repo, mosquitto, tmp_path: Pat
         replicas[0].version,
         metrics,
         ServingConfig(max_batch=8, max_wait_ms=5),
+        refuses=replicas[0].refuses,
     )
     ingest = Ingestor(repo, metrics, on_case=service.on_case)
     link.handler = ingest.handle
@@ -185,6 +186,15 @@ def test_hard_case_gets_a_verdict_over_mqtt(repo: Repo, mosquitto, tmp_path: Pat
             time.sleep(0.05)
         assert ingest.dead == 1 and _count(repo, Case) == 1
         assert repo.get_case(case.case_id).verdict["case_id"] == case.case_id
+        # A window the model cannot take (wrong width) gets an error instead of failing its batch.
+        odd = hardcase(n_features=5, seed=3)
+        edge.publish(topic("fab1", "edge-1", Kind.HARDCASE), odd.to_bytes())
+        deadline = time.monotonic() + 10
+        while (repo.get_case(odd.case_id) is None or repo.get_case(odd.case_id).verdict is None) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        assert "window shape" in repo.get_case(odd.case_id).verdict["error"]
         time.sleep(0.3)
         assert len(edge.received) == 1  # one verdict, though the case came twice
     finally:

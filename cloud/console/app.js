@@ -67,7 +67,7 @@ const RENDER = {
           button("Healthy", () => act(post(`/api/cases/${c.case_id}/labels`, { failed: false }))));
       }
       tr.append(cell(fmtTime(c.received_ts)), cell(c.tool_id), cell((c.reasons || []).join(", ")),
-        cell(fmtProbs(c.edge_prediction?.probs)), cell(c.verdict ? `${fmtProbs(c.verdict.probs)}; RUL ${fmtNum(c.verdict.rul_h, 1)} h` : "waiting"),
+        cell(fmtProbs(c.edge_prediction?.probs)), cell(c.verdict ? (c.verdict.error ? `not answerable: ${c.verdict.error}` : `${fmtProbs(c.verdict.probs)}; RUL ${fmtNum(c.verdict.rul_h, 1)} h`) : "waiting"),
         cell(label), actions);
     });
   },
