@@ -4,6 +4,7 @@ discover its tools, predict on its windows, survive its restart, inject a fault 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from test_edge_support import Collector, keys, release, spec, until
@@ -145,3 +146,71 @@ async def discover_secure(sim) -> list:
         FoundTool(tn.tool.tool_id, tn.tool.type_name, f"Objects/Fab/{tn.tool.area}/{tn.tool.tool_id}")
         for tn in sim.server.aspace.tools
     ]
+
+
+@pytest.fixture(scope="module")
+def real_release(tmp_path_factory) -> tuple[Path, Path]:
+    """A release from the MODELS helper's real pipeline (tiny config: seconds) on a simulator export."""
+    torch = pytest.importorskip("torch")
+    from cloud.training import simdata
+    from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, train_full
+    from opcua_sim.export import export
+    from opcua_sim.scenario import load_scenario, scale_tools, with_seed
+    from shared.features import FeatureSpec
+    from shared.models.checkpoint import load_checkpoint
+    from shared.signing import generate_keypair
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("release")
+    export(scale_tools(with_seed(load_scenario(None), 7), 6), 12.0, out / "set")
+    generate_keypair(out / "k.pem", out / "k.pub")
+    cfg = PipelineConfig.tiny()
+    full = train_full(out / "set", cfg, out)
+    spec = FeatureSpec.from_dict(load_checkpoint(full)[1]["feature_spec"])
+    _, tools, _ = simdata.dataset_windows(out / "set", spec=spec, stride=cfg.stride)
+    windows = simdata.merge(tools)
+    path, _ = export_release(
+        distil_edge(full, windows, cfg), windows, out / "rel", out / "k.pem", "v1", None, cfg
+    )
+    return path, out / "k.pub"
+
+
+async def test_the_real_released_model_runs_in_the_daemon_on_the_simulator(tmp_path, mosquitto, real_release):
+    from edge.inference import RiskModel
+
+    path, pub = real_release
+    async with running_sim(tools=6, seed=11, speed=0) as sim:
+        found = await discover(sim.endpoint)
+        cfg = EdgeConfig.model_validate(
+            {
+                "site": "s1",
+                "edge_id": "e1",
+                "state_dir": str(tmp_path / "state"),
+                "opcua": {"endpoint": sim.endpoint, "publishing_interval_ms": 50, "sampling_interval_ms": 0},
+                "tools": [{"id": f.tool_id, "type": f.tool_type, "path": f.path} for f in found],
+                "mqtt": {"port": mosquitto.port},
+                "models": {"risk": str(path), "public_key": str(pub)},
+                "metrics": {"port": 0},
+            }
+        )
+        collector = Collector(mosquitto.port)
+        daemon = EdgeDaemon(cfg)
+        task = asyncio.create_task(daemon.run())
+        try:
+            assert await until(lambda: daemon.source.connected and daemon.relay.connected, 15)
+            model = daemon.models["edge-risk"]
+            assert isinstance(model, RiskModel) and model.version == "v1"
+            for _ in range(model.spec.window + 4):
+                await sim.advance(model.spec.step_s)
+                await asyncio.sleep(0.05)
+            assert await until(lambda: daemon.metrics.windows._value.get() >= len(found), 10), daemon.health()
+            assert await until(
+                lambda: any(s.get("models", {}).get("edge-risk") == "v1" for s in collector.of("status")), 10
+            )
+            risks = [info.risk for info in daemon.pipeline.tools.values()]
+            assert all(0.0 <= r <= 1.0 for r in risks if r == r)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            collector.stop()
