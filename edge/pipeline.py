@@ -12,6 +12,7 @@ maintenance resets the tool's alert rule, and no window is judged while the tool
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -34,6 +35,7 @@ _logger = logging.getLogger(__name__)
 
 SENSOR, STATE, SETPOINT, COUNTER, OTHER = 0, 1, 2, 3, 4
 # A tool that is down has failed or is being maintained: no risk to predict until it is back.
+MODE_MATCH_S = 3600.0  # an alarm this close (source time) to a failure names its mode
 DOWN = frozenset({E10State.UNSCHEDULED_DOWN.value, E10State.SCHEDULED_DOWN.value})
 Emit = Callable[[Message], None]
 
@@ -45,6 +47,7 @@ class ToolInfo:
     setpoints: dict[str, float]
     counters: dict[str, float]
     last_mode: str | None = None  # the mode named by the last alarm, for the failure event
+    last_mode_ts: float | None = None
     risk: float = float("nan")
 
 
@@ -77,6 +80,7 @@ class Pipeline:
         self.latencies: deque[float] = deque(maxlen=100_000)
         self.on_counter: Callable[[str, str, float], None] | None = None  # (tool, counter, source ts)
         self.on_state: Callable[[str, str], None] | None = None  # (tool, new state)
+        self.failure_grace_s = 1.0  # wall seconds a failure event waits for its alarm
         self.values = 0
         self.bad = 0
         self._dirty: set[str] = set()
@@ -189,21 +193,33 @@ class Pipeline:
             self.decider.reset(tool)
         if not previous and kind == "state":
             return  # the first value after (re)connecting is not a change of state
-        mode = info.last_mode if kind == "failure" else None
-        self.emit(
-            message(
-                Event,
-                edge_id=self.decider.edge_id,
-                site=self.decider.site,
-                tool_id=tool,
-                event=kind,  # type: ignore[arg-type]
-                state=state,
-                mode=mode,
-                source_ts=ts,
-                detail={"previous": previous},
+
+        def send() -> None:
+            # The failure's mode comes from the alarm, which travels on another OPC UA path (events,
+            # not data) and may arrive just after the state change: use it when it is near in time.
+            near = info.last_mode_ts is not None and abs(info.last_mode_ts - ts) <= MODE_MATCH_S
+            self.emit(
+                message(
+                    Event,
+                    edge_id=self.decider.edge_id,
+                    site=self.decider.site,
+                    tool_id=tool,
+                    event=kind,
+                    state=state,
+                    mode=info.last_mode if kind == "failure" and near else None,
+                    source_ts=ts,
+                    detail={"previous": previous},
+                )
             )
-        )
-        self.metrics.events.labels(kind).inc()
+            self.metrics.events.labels(kind).inc()
+
+        if kind == "failure" and self.failure_grace_s > 0:
+            try:
+                asyncio.get_running_loop().call_later(self.failure_grace_s, send)
+                return
+            except RuntimeError:  # no event loop (offline use): send at once
+                pass
+        send()
 
     def on_event(self, ev: SourceEvent) -> None:
         """An OPC UA alarm/event: forwarded when it names one of this edge's tools."""
@@ -218,6 +234,7 @@ class Pipeline:
         mode = next((m for m in ALL_MODES if m in text), None)
         if mode is not None:
             self.tools[tool].last_mode = mode
+            self.tools[tool].last_mode_ts = ev.ts
         self.emit(
             message(
                 Event,
