@@ -7,8 +7,8 @@ step, so a worker killed mid-round re-runs only the step it was in)::
                                               │                          └─▶ rolled_back
                                               └─▶ rejected (worse on the old or the new frozen set)
 
-- **collect** freezes the round's data: the labels that arrived since the last round, split by a
-  hash of the case id into training cases and the *new* frozen test set; the *old* frozen set is
+- **collect** freezes the round's data: the labels that arrived since the last round, split by
+  tool (:func:`split_holdout`) into training cases and the *new* frozen test set; the *old* frozen set is
   the union of earlier rounds' new sets; the replay set is up to ``replay_size`` earlier training
   cases (against forgetting). Case ids go into the round's state, the windows into ``data.npz``.
 - **fine_tune** the full model on new + replay; **distil** the edge model from it; **export**
@@ -102,8 +102,26 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or math.isnan(x) else x
 
 
-def _holdout(case_id: str, fraction: float) -> bool:
-    return int(hashlib.sha256(case_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+def _hash01(key: str) -> float:
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def split_holdout(cases: list[tuple[str, str]], fraction: float) -> tuple[list[str], list[str]]:
+    """(case id, tool id) pairs → (training ids, frozen test ids), split by tool.
+
+    Neighbouring windows of one tool overlap, so a test set drawn from the training tools' cases
+    flatters a model that memorised those tools (bench B8 caught exactly that). Tools go to the test
+    set by a stable hash of their id, at least one each way when there are two tools or more; with
+    a single tool the cases themselves are split by hash.
+    """
+    tools = sorted({t for _, t in cases}, key=_hash01)
+    if len(tools) < 2:
+        test = {c for c, _ in cases if _hash01(c) < fraction}
+        return [c for c, _ in cases if c not in test], [c for c, _ in cases if c in test]
+    held = {t for t in tools if _hash01(t) < fraction} or {tools[0]}
+    if len(held) == len(tools):
+        held.discard(tools[-1])
+    return [c for c, t in cases if t not in held], [c for c, t in cases if t in held]
 
 
 class Learner:
@@ -297,8 +315,7 @@ class Learner:
         prev = self.last_watermark_before(row.id)
         cases = self.repo.labelled_cases(prev, row.label_watermark)
         ids = [c.case_id for c in cases]
-        new_test = [c for c in ids if _holdout(c, self.cfg.holdout_fraction)]
-        train = [c for c in ids if c not in set(new_test)]
+        train, new_test = split_holdout([(c.case_id, c.tool_id) for c in cases], self.cfg.holdout_fraction)
         if not train or not new_test:
             return self._finish(
                 row.id, "rejected", f"{len(ids)} new labels: too few for a training and a test part"

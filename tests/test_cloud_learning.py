@@ -283,3 +283,19 @@ def test_failed_rounds_back_off_automatic_triggers(world):
     clock.t += 3601
     assert learner.trigger("time") is None  # 2 h after the second
     assert learner.get(learner.trigger("manual")).status == "failed"  # an operator may always retry
+
+
+def test_holdout_is_split_by_tool():
+    from cloud.learning import split_holdout
+
+    cases = [(f"c{t}-{i}", f"tool-{t}") for t in range(10) for i in range(5)]
+    train, test = split_holdout(cases, 0.3)
+    tool_of = dict(cases)
+    assert train and test and set(train) | set(test) == {c for c, _ in cases}
+    assert not {tool_of[c] for c in train} & {tool_of[c] for c in test}  # no tool on both sides
+    assert split_holdout(cases, 0.3) == (train, test)  # stable
+    two = [("a", "t1"), ("b", "t2")]
+    assert sorted(map(len, split_holdout(two, 0.99))) == [1, 1]  # one tool each way, always
+    one_tool = [(f"c{i}", "t") for i in range(40)]
+    tr, te = split_holdout(one_tool, 0.3)
+    assert tr and te  # a single tool: split by case
