@@ -119,6 +119,8 @@ def main() -> None:
     ap.add_argument("--days", type=float, default=40.0)
     ap.add_argument("--epochs", type=int, default=30, help="cap of the initial training (early stopping)")
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--fine-tune-epochs", type=int, help="learning.fine_tune_epochs (default: the config's)")
+    ap.add_argument("--distil-epochs", type=int, help="learning.distil_epochs (default: the config's)")
     ns = ap.parse_args()
     pcfg = PipelineConfig.tiny() if ns.quick else PipelineConfig()
     pcfg = replace(pcfg, train=replace(pcfg.train, epochs=ns.epochs if not ns.quick else 2, progress=False))
@@ -179,6 +181,11 @@ def main() -> None:
         v0, _ = export_release(edge, a_old, tmp / "v0" / "release", keys / "signing.key", "v0", None, pcfg)
         print(f"initial model trained and released in {time.perf_counter() - t0:.0f} s")
 
+        caps = {
+            k: v
+            for k, v in (("fine_tune_epochs", ns.fine_tune_epochs), ("distil_epochs", ns.distil_epochs))
+            if v
+        }
         cfg = CloudConfig.model_validate(
             {
                 "storage": {"url": f"sqlite:///{tmp / 'cloud.db'}"},
@@ -189,6 +196,7 @@ def main() -> None:
                     "public_key": str(keys / "signing.pub"),
                 },
                 "learning": {
+                    **caps,
                     "work_dir": str(tmp / "learn"),
                     "tiny": ns.quick,
                     "min_new_labels": 1,
@@ -281,9 +289,10 @@ def main() -> None:
     figures = "; ".join(
         f"{k}: v0 {before[k]:.3f} → candidate {after[k]:.3f}" for k in ("old", "new", "new, drifted types")
     )
+    extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in caps.items())
     line = (
         f"| B8 | `.venv/bin/python bench/b8_incremental.py{' --quick' if ns.quick else ''} "
-        f"--tools {ns.tools} --days {ns.days:g}` | ROC AUC (fails within 72 h) on the evaluation tools, "
+        f"--tools {ns.tools} --days {ns.days:g}{extra}` | ROC AUC (fails within 72 h) on the evaluation tools, "
         f"before (old) and after (new) the drift day — {figures}. Round: {outcome}; {len(a_new)} new "
         f"labelled windows | {platform.machine()}, {os.cpu_count()} cores, {size} | "
         f"{datetime.now(UTC):%Y-%m-%d} |"
