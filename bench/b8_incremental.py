@@ -292,7 +292,8 @@ def main() -> None:
     extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in caps.items())
     line = (
         f"| B8 | `.venv/bin/python bench/b8_incremental.py{' --quick' if ns.quick else ''} "
-        f"--tools {ns.tools} --days {ns.days:g}{extra}` | ROC AUC (fails within 72 h) on the evaluation tools, "
+        f"--tools {ns.tools} --days {ns.days:g}{extra}` | ROC AUC (fails within 72 h) on the evaluation "
+        f"tools, "
         f"before (old) and after (new) the drift day — {figures}. Round: {outcome}; {len(a_new)} new "
         f"labelled windows | {platform.machine()}, {os.cpu_count()} cores, {size} | "
         f"{datetime.now(UTC):%Y-%m-%d} |"
