@@ -13,6 +13,7 @@ Modules, bottom to top::
     pipeline    Pipeline: values → windows → batched inference → decisions
     updates     Updater, ModelStore: signed model updates, atomic swap, rollback
     tuning      SetpointGuard, Tuner, OutcomeGuard, EwmaController
+    control     SetpointControl: tuning after each lot, approvals, the eco rule
     metrics     EdgeMetrics, /metrics and /health
     daemon      EdgeDaemon: the wiring, supervised loops, APScheduler jobs
     discover    discover(): a starting config from a server's address space

@@ -25,15 +25,15 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from edge.config import EdgeConfig
+from edge.control import SetpointControl
 from edge.decisions import Decider, message
-from edge.errors import EdgeError, ModelError, OutboxError
+from edge.errors import ModelError, OutboxError
 from edge.inference import RiskModel, TuningModel, load_verified
 from edge.metrics import EdgeMetrics, serve
 from edge.mqtt import MqttRelay
 from edge.outbox import Outbox
 from edge.pipeline import Pipeline
 from edge.source import AsyncuaSource, TagSource, tag_table
-from edge.tuning import Tuner
 from edge.updates import ModelStore, Updater, slot_of
 from edge.windows import ReadyWindow, features
 from shared.errors import FabpmError, SchemaError
@@ -96,13 +96,6 @@ class EdgeDaemon:
             cfg.decisions.infer_every_steps,
             recent=max(64, cfg.models.check_windows),
         )
-        self.pipeline.on_counter = self._on_counter
-        self.pipeline.on_state = self._on_state
-        self._served_by: dict[str, list[str]] = {}
-        for t in cfg.tools:
-            if t.host is not None:
-                self._served_by.setdefault(t.host, []).append(t.id)
-        self._lot_ts: dict[str, float] = {}
         self.models: dict[str, Model] = {}  # slot (edge-risk, edge-tuning/<type>) -> model
         self.store = ModelStore(cfg.resolve(cfg.models.store_dir))
         self.key = load_public_key(cfg.resolve(cfg.models.public_key)) if cfg.models.public_key else None
@@ -118,15 +111,10 @@ class EdgeDaemon:
                 lambda: list(self.pipeline.recent),
                 self._features_for,
             )
-        self.tuner = Tuner(
-            cfg.tuning,
-            cfg.site,
-            cfg.edge_id,
-            self._write_setpoint,
-            self._range_of,
-            self.emit,
-            cfg.resolve(Path("tuning.jsonl")),
+        self.control = SetpointControl(
+            cfg, self.tags, self.source, self.pipeline, self.models, self.emit, self._spawn
         )
+        self.tuner = self.control.tuner
         self.verdicts: dict[str, int] = {"matched": 0, "unmatched": 0}
         self.dead_letters = 0
         self._dead_reasons: set[str] = set()
@@ -257,7 +245,7 @@ class EdgeDaemon:
         elif isinstance(msg, ModelAnnouncement):
             self._spawn(self._on_announcement(msg))
         elif isinstance(msg, Tuning) and msg.action in ("approval", "rejection"):
-            self._spawn(self.tuner.on_command(msg, self._ttype, self._current_setpoint))
+            self._spawn(self.control.on_command(msg))
 
     def _on_verdict(self, msg: Verdict) -> None:
         case = self.outbox.take_case(msg.case_id)
@@ -292,93 +280,6 @@ class EdgeDaemon:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    # -- tuning hooks -------------------------------------------------------------------------
-
-    def _ttype(self, tool: str) -> str:
-        return self.pipeline.tools[tool].tool_type
-
-    def _current_setpoint(self, tool: str, name: str) -> float:
-        return self.pipeline.tools[tool].setpoints.get(name, float("nan"))
-
-    def _index(self, tool: str, name: str) -> int:
-        for i, ref in enumerate(self.tags):
-            if ref.tool_id == tool and ref.group == "setpoint" and ref.name == name:
-                return i
-        raise EdgeError(f"{tool} has no configured setpoint tag {name}")
-
-    async def _write_setpoint(self, tool: str, name: str, value: float) -> float:
-        back = await self.source.write(self._index(tool, name), value)
-        self.pipeline.tools[tool].setpoints[name] = back
-        return back
-
-    async def _range_of(self, tool: str, name: str) -> tuple[float, float] | None:
-        try:
-            return await self.source.eu_range(self._index(tool, name))
-        except EdgeError:
-            return None
-
-    async def tune_once(self) -> None:
-        """One round of proposals for every tool a tuning model covers."""
-        for tool in self.pipeline.tools:
-            await self.tune_tool(tool)
-
-    async def tune_tool(self, tool: str, lot_yield: float | None = None) -> None:
-        """After a lot: take back a change that made yield worse, else propose (and in auto mode
-        apply) the next step for one tool."""
-        info = self.pipeline.tools[tool]
-        model = self.models.get(f"edge-tuning/{info.tool_type}")
-        if self.cfg.tuning.mode == "off" or not isinstance(model, TuningModel):
-            return
-        if lot_yield is not None:
-            back = self.tuner.outcome.observe(tool, lot_yield)
-            if back is not None:
-                _logger.warning("%s: the last setpoint change lowered yield; taking it back", tool)
-                await self.tuner.apply(tool, info.tool_type, back, info.setpoints, actor="edge-revert")
-                return
-        if not self.tuner.outcome.may_tune(tool):
-            return
-        context = {**self._sensor_means(tool), **info.counters}
-        needed = [n for n in model.setpoints if n not in info.setpoints]
-        needed += [n for n in model.context if n not in context]
-        if needed:
-            return  # not everything the surrogate needs has been read yet
-        msg = self.tuner.propose(model, tool, info.tool_type, info.setpoints, context)
-        if msg is not None and self.cfg.tuning.mode == "auto":
-            before = {n: info.setpoints[n] for n in msg.setpoints}
-            if await self.tuner.apply(tool, info.tool_type, msg.setpoints, info.setpoints, msg.proposal_id):
-                self.tuner.outcome.applied(tool, before)
-
-    def _on_counter(self, tool: str, name: str, ts: float) -> None:
-        """A lot ended (its yield or energy counter changed at a new source time)."""
-        if self.cfg.tuning.mode == "off" or self._lot_ts.get(tool) == ts:
-            return
-        self._lot_ts[tool] = ts
-        self._spawn(self._after_lot(tool))
-
-    def _on_state(self, tool: str, state: str) -> None:
-        """Eco rule: the sub-fab units serving ``tool`` idle while it is not processing."""
-        if self.cfg.tuning.mode != "auto" or not self.cfg.tuning.eco:
-            return
-        want = 0.0 if state == "productive" else 1.0
-        for unit in self._served_by.get(tool, []):
-            info = self.pipeline.tools[unit]
-            if info.setpoints.get("idle_mode") != want:
-                self._spawn(self._eco(unit, info.tool_type, want))
-
-    async def _eco(self, unit: str, ttype: str, want: float) -> None:
-        info = self.pipeline.tools[unit]
-        await self.tuner.apply(unit, ttype, {"idle_mode": want}, dict(info.setpoints), actor="edge-eco")
-
-    async def _after_lot(self, tool: str) -> None:
-        # Runs as its own task, after the rest of the batch: both counters are current by then.
-        lot_yield = self.pipeline.tools[tool].counters.get("last_lot_yield")
-        await self.tune_tool(tool, lot_yield)
-
-    def _sensor_means(self, tool: str) -> dict[str, float]:
-        return {
-            k: v["mean"] for k, v in self.pipeline.summary(tool, 1_000_000).items() if v["mean"] is not None
-        }
 
     # -- periodic jobs ------------------------------------------------------------------------
 
@@ -447,7 +348,9 @@ class EdgeDaemon:
         sch.add_job(self.housekeeping_once, "interval", seconds=s.housekeeping_s, id="housekeeping", **opts)
         sch.add_job(self.model_check_once, "interval", seconds=s.model_check_s, id="model_check", **opts)
         if self.cfg.tuning.mode != "off":
-            sch.add_job(self.tune_once, "interval", seconds=self.cfg.tuning.interval_s, id="tuning", **opts)
+            sch.add_job(
+                self.control.tune_once, "interval", seconds=self.cfg.tuning.interval_s, id="tuning", **opts
+            )
         return sch
 
     # -- running ------------------------------------------------------------------------------
