@@ -159,6 +159,7 @@ class AsyncuaSource:
         self._last_data = 0.0
         self.polling = cfg.mode == "poll"
         self.values_received = 0
+        self.sink_errors = 0
         self.sessions = 0
         self.unresolved: list[str] = []
 
@@ -345,7 +346,16 @@ class AsyncuaSource:
         self._last_data = time.monotonic()
         self.values_received += len(batch)
         if self._on_values is not None:
-            self._on_values(batch)
+            try:
+                self._on_values(batch)
+            except Exception:
+                # A bug downstream must not kill the library's publish loop (and with it every
+                # later value): count it, log the first one with its traceback.
+                self.sink_errors += 1
+                if self.sink_errors == 1:
+                    _logger.exception(
+                        "processing a batch of %d values failed; later failures are counted", len(batch)
+                    )
 
     def _deliver_event(self, event: Any) -> None:
         if self._on_event is None:
