@@ -179,3 +179,53 @@ def test_verdicts_follow_the_full_model_behind_the_active_edge_model(
         assert parse_payload(raw, Kind.VERDICT).model_version == "full-v1"
     finally:
         edge.close()
+
+
+def test_on_demand_learning_round_through_the_api(mosquitto, tmp_path: Path):
+    from test_cloud_learning import TinyPipeline
+
+    from shared.messages import Status
+    from shared.signing import generate_keypair
+
+    keys = tmp_path / "k"
+    generate_keypair(keys / "signing.key", keys / "signing.pub")
+    cfg = CloudConfig.model_validate(
+        {
+            "storage": {"url": f"sqlite:///{tmp_path / 'c.db'}"},
+            "mqtt": {"port": mosquitto.port, "client_id": "cloud-learn-test"},
+            "serving": {"checkpoint": str(tiny_full_checkpoint(tmp_path / "full.pt"))},
+            "api": {"port": free_port(), "auth": {"scrypt_n": 2**10}},
+            "registry": {
+                "dir": str(tmp_path / "models"),
+                "private_key": str(keys / "signing.key"),
+                "public_key": str(keys / "signing.pub"),
+            },
+            "learning": {"work_dir": str(tmp_path / "learn"), "interval_h": None, "min_new_labels": 1000},
+        }
+    )
+    svc = CloudService(cfg, pipeline=TinyPipeline(keys / "signing.key").as_pipeline())
+    svc.start()
+    try:
+        svc.users.add("ada", "ada-password", "admin")
+        svc.users.add("vic", "vic-password", "viewer")
+        svc.ingest.handle(
+            topic("fab1", "edge-1", Kind.STATUS),
+            Status(edge_id="edge-1", site="fab1", state="online").to_bytes(),
+        )
+        for i in range(12):
+            hc = hardcase(window_ts=1e6 - (i + 1) * 36000, seed=i, case_id=f"case-{i}")
+            svc.ingest.handle(topic("fab1", "edge-1", Kind.HARDCASE), hc.to_bytes())
+        svc.ingest.handle(topic("fab1", "edge-1", Kind.EVENT), failure("etch-01", 1e6).to_bytes())
+        with httpx.Client(base_url=f"http://127.0.0.1:{cfg.api.port}", timeout=10) as client:
+            admin, viewer = login(client, "ada"), login(client, "vic")
+            assert client.post("/api/learning/rounds", headers=viewer).status_code == 403
+            r = client.post("/api/learning/rounds", headers=admin)
+            assert r.status_code == 202 and r.json()["new_labels"] == 12
+            wait(lambda: client.get("/api/learning/rounds", headers=viewer).json()[0]["step"] == "watch")
+            (round_,) = client.get("/api/learning/rounds", headers=viewer).json()
+            assert round_["status"] == "running" and len(round_["log"]) >= 8  # every step is visible
+            (ro,) = client.get("/api/rollouts", headers=viewer).json()
+            assert ro["stage"] == "canary" and ro["canary_edges"] == ["edge-1"]
+            assert client.post("/api/learning/rounds", headers=admin).status_code == 409  # one at a time
+    finally:
+        svc.stop()
