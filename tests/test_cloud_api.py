@@ -229,3 +229,56 @@ def test_on_demand_learning_round_through_the_api(mosquitto, tmp_path: Path):
             assert client.post("/api/learning/rounds", headers=admin).status_code == 409  # one at a time
     finally:
         svc.stop()
+
+
+def test_a_restarted_worker_resumes_the_round_it_was_in(mosquitto, tmp_path: Path):
+    """The worker dies in the middle of distillation; a new worker on the same database picks the
+    round up at that step when it starts (fine-tuning is not redone)."""
+    from test_cloud_learning import Killed, TinyPipeline
+
+    from shared.messages import Status
+    from shared.signing import generate_keypair
+
+    keys = tmp_path / "k"
+    generate_keypair(keys / "signing.key", keys / "signing.pub")
+    cfg = CloudConfig.model_validate(
+        {
+            "storage": {"url": f"sqlite:///{tmp_path / 'c.db'}"},
+            "mqtt": {"port": mosquitto.port, "client_id": "cloud-restart-test"},
+            "api": {"enabled": False},
+            "registry": {
+                "dir": str(tmp_path / "models"),
+                "private_key": str(keys / "signing.key"),
+                "public_key": str(keys / "signing.pub"),
+            },
+            "serving": {"checkpoint": str(tiny_full_checkpoint(tmp_path / "full.pt"))},
+            "learning": {"work_dir": str(tmp_path / "learn"), "interval_h": None, "min_new_labels": 1000},
+        }
+    )
+    pipe = TinyPipeline(keys / "signing.key")
+    first = CloudService(cfg, pipeline=pipe.as_pipeline())
+    first.start()
+    try:
+        first.ingest.handle(
+            topic("fab1", "edge-1", Kind.STATUS),
+            Status(edge_id="edge-1", site="fab1", state="online").to_bytes(),
+        )
+        for i in range(12):
+            hc = hardcase(window_ts=1e6 - (i + 1) * 36000, seed=i, case_id=f"case-{i}")
+            first.ingest.handle(topic("fab1", "edge-1", Kind.HARDCASE), hc.to_bytes())
+        first.ingest.handle(topic("fab1", "edge-1", Kind.EVENT), failure("etch-01", 1e6).to_bytes())
+        pipe.kill_in = "distil"
+        assert first.learner is not None
+        with pytest.raises(Killed):
+            first.learner.trigger("manual")
+    finally:
+        first.stop()
+    second = CloudService(cfg, pipeline=pipe.as_pipeline())
+    second.start()  # resumes running rounds in the background
+    try:
+        assert second.learner is not None
+        wait(lambda: second.learner.rounds()[0].step == "watch")
+        assert pipe.calls == ["fine_tune", "distil", "distil", "export"]
+        assert second.rollout.rollouts()[0].stage == "canary"
+    finally:
+        second.stop()
