@@ -13,7 +13,7 @@ Modules, bottom up (nothing is imported here, so ``import cloud.training`` stays
     verdicts    VerdictService: batch → model → store → publish Verdict
     registry    Registry: signed releases with lineage; announcements
     rollout     RolloutManager: canary → all, automatic rollback
-    learning    Learner: persisted incremental-learning rounds; Pipeline (injected training work)
+    learning    Learner: persisted incremental-learning rounds (learning_data: Windows, Pipeline, split)
     pipeline_adapter   the production Pipeline over cloud.training.pipeline (+ ddp_finetune)
     auth, api   users, tokens, roles; the FastAPI app and the console (console/)
     metrics     Prometheus metrics of one worker
