@@ -110,16 +110,15 @@ def oracle_setpoints(
     opt = _optimum(tool, health, drift, t, period_days, amplitude)
     if energy_weight > 0 and not tool.subfab:
         best = opt.copy()
-        for _ in range(3):
+        for _ in range(3):  # coordinate sweeps, each setpoint on a 61-point grid (vectorized)
             for i in _tunable(tool):
                 sp = tool.setpoints[i]
                 grid = np.linspace(sp.lo, sp.hi, 61)
                 trial = np.repeat(best[None], len(grid), axis=0)
                 trial[:, i] = grid
-                scores = [
-                    _yield(tool, row, opt, health, drift) - energy_weight * _energy(tool, row, health, 1.0)
-                    for row in trial
-                ]
+                scores = _yields(tool, trial, opt, health, drift) - energy_weight * _energies(
+                    tool, trial, health, 1.0
+                )
                 best[i] = grid[int(np.argmax(scores))]
         opt = best
     out = {sp.name: float(opt[i]) for i, sp in enumerate(tool.setpoints)}
@@ -128,19 +127,28 @@ def oracle_setpoints(
     return out
 
 
-def _yield(tool: ToolType, sp: np.ndarray, opt: np.ndarray, health: float, drift: float) -> float:
+def _yields(tool: ToolType, sp: np.ndarray, opt: np.ndarray, health: float, drift: float) -> np.ndarray:
+    """Expected yield (%) of each row of setpoints ``sp`` (G, P)."""
     weight = _params(tool.name)[0]
     lo, hi, _, _, _, idx = _ranges(tool.name)
     span = hi - lo
-    loss = 100.0 * float(np.sum(weight[idx] * ((sp[idx] - opt[idx]) / span[idx]) ** 2))
-    value = MAX_YIELD - loss - 8.0 * health**2 - 1.5 * max(drift, 0.0)
-    return float(min(max(value, 0.0), 100.0))
+    loss = 100.0 * np.sum(weight[idx] * ((sp[:, idx] - opt[idx]) / span[idx]) ** 2, axis=1)
+    return np.clip(MAX_YIELD - loss - 8.0 * health**2 - 1.5 * max(drift, 0.0), 0.0, 100.0)
+
+
+def _energies(tool: ToolType, sp: np.ndarray, health: float, lot_hours: float) -> np.ndarray:
+    """Energy (kWh) of a lot for each row of setpoints ``sp`` (G, P), without the sub-fab."""
+    _, _, _, ref, elast, _ = _ranges(tool.name)
+    factor = np.exp(np.sum(elast * np.log(np.maximum(sp / ref, 1e-3)), axis=1))
+    return tool.run_kw * lot_hours * factor * (1.0 + 0.15 * health)
+
+
+def _yield(tool: ToolType, sp: np.ndarray, opt: np.ndarray, health: float, drift: float) -> float:
+    return float(_yields(tool, sp[None], opt, health, drift)[0])
 
 
 def _energy(tool: ToolType, sp: np.ndarray, health: float, lot_hours: float) -> float:
-    _, _, _, ref, elast, _ = _ranges(tool.name)
-    factor = float(np.exp(np.sum(elast * np.log(np.maximum(sp / ref, 1e-3)))))
-    return tool.run_kw * lot_hours * factor * (1.0 + 0.15 * health)
+    return float(_energies(tool, sp[None], health, lot_hours)[0])
 
 
 def lot_yield(
