@@ -43,7 +43,7 @@ from shared.models.dga import DGA
 from shared.signing import generate_keypair
 
 REPO = Path(__file__).resolve().parent.parent
-GRID_P = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+GRID_P = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 GRID_N = (2, 4, 6, 8, 12)
 
 
@@ -81,6 +81,10 @@ def main() -> int:
     ap.add_argument("--train-days", type=int, default=90)
     ap.add_argument("--test-days", type=int, default=60)
     ap.add_argument("--tools", type=int, default=30)
+    ap.add_argument("--reuse", action="store_true", help="reuse the checkpoints in --out/ckpt when present")
+    ap.add_argument(
+        "--label-horizon", type=float, default=None, help="train the probability heads on this horizon (h)"
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -95,9 +99,13 @@ def main() -> int:
     full, meta = load_checkpoint(full_ckpt)
     assert isinstance(full, DGA)
     spec = FeatureSpec.from_dict(meta["feature_spec"])
-    _, tools, _ = simdata.dataset_windows(train_dir, spec=spec, stride=cfg.stride)
+    _, tools, _ = simdata.dataset_windows(
+        train_dir, spec=spec, stride=cfg.stride, horizon_h=args.label_horizon
+    )
     windows = simdata.merge(tools)
-    edge_ckpt = distil_edge(full_ckpt, windows, cfg)
+    edge_ckpt = args.out / "ckpt" / "full.edge.pt"
+    if not (args.reuse and edge_ckpt.exists()):
+        edge_ckpt = distil_edge(full_ckpt, windows, cfg)
     edge, _ = load_checkpoint(edge_ckpt)
     assert isinstance(edge, DGA)
     # the validation tools of the training export (the same split as train_full's)

@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cmapss", help="C-MAPSS FD001, standard protocol (RUL cap 125, last test cycle)")
     common(c)
     c.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    c.add_argument("--window", type=int, default=40)
+    c.add_argument("--smooth", type=float, default=0.2, help="causal EWMA alpha on the sensors (0 = raw)")
     s = sub.add_parser("sim", help="a data set written by `fabpm sim export`")
     common(s)
     s.add_argument("--dataset", type=Path, required=True)
@@ -103,7 +105,15 @@ def _cmapss(ns: argparse.Namespace) -> int:
     from cloud.training import cmapss
 
     cfg = _train_config(ns, ns.tiny)
-    res = cmapss.run(ns.data, ns.out, cfg, edge=ns.edge)
+    if not ns.tiny:  # the configuration of bench/b1_cmapss.py
+        train = replace(
+            cfg.train, lr=7e-4, weight_decay=0.01, input_noise=0.05, drop_prob=0.5, epochs=ns.epochs or 22
+        )
+        cfg = replace(
+            cfg, n_layers=2, dropout=0.1, val_fraction=0.1, train=replace(train, patience=train.epochs)
+        )
+    cfg = replace(cfg, cmapss_window=ns.window)
+    res = cmapss.run(ns.data, ns.out, cfg, edge=ns.edge, smooth=ns.smooth)
     print(json.dumps(res, indent=1))
     return 0
 

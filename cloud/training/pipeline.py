@@ -57,6 +57,7 @@ class PipelineConfig:
     fine_tune_lr: float = 3e-4
     thresholds: AlertThresholds = field(default_factory=AlertThresholds)
     model_id: str = "fabpm-edge-risk"
+    label_horizon_h: float | None = None  # the probability heads' horizon; None: the export's (72 h)
     cmapss_window: int = 30  # C-MAPSS FD001 protocol (its own window; cap 125 cycles)
 
     @classmethod
@@ -101,10 +102,11 @@ def train_full(data: Data, cfg: PipelineConfig, out_dir: Path) -> Path:
             spec=FeatureSpec(window=cfg.window, step_s=cfg.step_s, scaler=_scaler_for(Path(data), cfg)),
             stride=cfg.stride,
             cap_h=cfg.rul_cap_h,
+            horizon_h=cfg.label_horizon_h,
         )
         train, val = split_by_group(simdata.merge(tools), cfg.val_fraction, cfg.train.seed)
         spec_dict: dict[str, Any] = spec.to_dict()
-        horizon = info.horizon_h
+        horizon = cfg.label_horizon_h or info.horizon_h
         source = {"dataset": str(data), "seed": info.seed, "days": info.days, "tools": len(info.tools)}
     else:
         train, val, spec_dict = data

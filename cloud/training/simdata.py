@@ -121,9 +121,16 @@ def tool_windows(
 
 
 def dataset_windows(
-    folder: Path, spec: FeatureSpec | None = None, stride: int = 4, cap_h: float = RUL_CAP_H
+    folder: Path,
+    spec: FeatureSpec | None = None,
+    stride: int = 4,
+    cap_h: float = RUL_CAP_H,
+    horizon_h: float | None = None,
 ) -> tuple[FeatureSpec, list[ToolWindows], DatasetInfo]:
-    """Windows of every tool of an export; fits the spec (scaler) on this set when none is given."""
+    """Windows of every tool of an export; fits the spec (scaler) on this set when none is given.
+
+    ``horizon_h`` overrides the export's horizon for the mode labels (None: the export's).
+    """
     info, series = load(folder)
     if spec is None:
         spec = fit_spec(info, series)
@@ -136,7 +143,7 @@ def dataset_windows(
                 series[tool.tool_id],
                 spec,
                 info.sample_period_s,
-                info.horizon_h,
+                horizon_h if horizon_h is not None else info.horizon_h,
                 g,
                 stride,
                 cap_h,
