@@ -299,9 +299,17 @@ def main() -> None:
         f"{datetime.now(UTC):%Y-%m-%d} |"
     )
     print(line)
+    add_row(line)
+
+
+def add_row(line: str) -> None:
+    """Add a row to the results table (before the notes, when the file has them)."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as f:
-        f.write(line + "\n")
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    head, sep, notes = text.partition("\n## Notes\n")
+    RESULTS.write_text(
+        head.rstrip("\n") + "\n" + line + "\n" + ("\n" + sep.lstrip("\n") + notes if sep else "")
+    )
 
 
 if __name__ == "__main__":
