@@ -5,14 +5,21 @@ changes switched off so each arm owns its setpoints), each deciding the next lot
 every lot end:
 
 - ``none``: the recipe defaults, never changed;
-- ``ewma``: what fabs run between lots today: per tunable setpoint, an EWMA run-to-run controller
-  (``edge.tuning.EwmaController``, λ = 0.3) fed by a lot metrology reading of how far that knob's
-  effect is off target, ``(u − u_opt)/span`` plus noise (σ = 0.02), one lot late. No eco modes;
-- ``fabpm``: the edge's tuning as the daemon runs it: the edge-tuning ONNX surrogate per tool type
-  (trained by ``cloud.training.tuning`` on a separate 20-day export with exploratory setpoint
-  changes, a different seed), ``shared.tuning.propose_step`` inside the envelope with a largest
-  step, every write through ``edge.tuning.SetpointGuard``; and the sub-fab rule: pumps and
-  abatement in idle (eco) mode while their host tool is not processing;
+- ``ewma``: the honest EWMA run-to-run baseline: it sees only what the tool reports per lot (the
+  measured yield, with the simulator's lot noise) and runs, per setpoint, an EWMA of the yield's
+  response to a ±2% perturbation (the slope) and moves up it. No eco modes;
+- ``ewma-oracle``: the earlier baseline, kept for reference and NOT comparable: per setpoint an
+  EWMA controller (``edge.tuning.EwmaController``, λ = 0.3) fed a per-knob "metrology" reading
+  ``(u − u_opt)/span`` plus noise (σ = 0.02), one lot late, computed from the oracle's optimum.
+  The simulator publishes no such per-knob output (only lot yield and energy), so this arm knows
+  where the optimum is, which no controller on the tool's data can;
+- ``fabpm``: the edge's tuning as the daemon runs it (``edge.tuning.Tuner``): one
+  ``edge.tuning_pool.PooledOptimizer`` per tool type fitting the moving yield optimum from the
+  lots of every tool of the type (curvature prior from the edge-tuning ONNX surrogate, trained by
+  ``cloud.training.tuning`` on a separate 20-day export with exploratory setpoint changes, a
+  different seed, floored at the default), stepping towards it with a small dither, every write
+  through ``edge.tuning.SetpointGuard``; and the sub-fab rule: pumps and abatement in idle (eco)
+  mode while their host tool is not processing;
 - ``fabpm-eco``: the sub-fab rule alone, the setpoints left at the defaults (tuning in advise
   mode with nobody approving);
 - ``oracle``: the simulator's own optimum (``opcua_sim.process.oracle_setpoints``, knowing health
@@ -47,7 +54,9 @@ from cloud.training.tuning import release_tuning  # noqa: E402
 from edge.config import TuningConfig  # noqa: E402
 from edge.errors import WriteRefused  # noqa: E402
 from edge.inference import TuningModel, load_verified  # noqa: E402
-from edge.tuning import EwmaController, OutcomeGuard, SetpointGuard, propose  # noqa: E402
+from edge.tuning import EwmaController, SetpointGuard  # noqa: E402
+from edge.tuning_pool import PooledOptimizer  # noqa: E402
+from edge.tuning_r2r import DEFAULT_CURVATURE, surrogate_curvature  # noqa: E402
 from opcua_sim.export import export  # noqa: E402
 from opcua_sim.fab import Fab  # noqa: E402
 from opcua_sim.process import oracle_setpoints, power_kw  # noqa: E402
@@ -115,7 +124,8 @@ class Arm:
         self.ewma: dict[tuple[str, str], EwmaController] = {}
         self.rng = np.random.default_rng(7)
         self.last_metrology: dict[str, dict[str, float]] = {}
-        self.outcome = OutcomeGuard()
+        self.r2r: dict[str, PooledOptimizer] = {}
+        self.es: dict[str, dict[str, Any]] = {}
         self.reasons: Counter[str] = Counter()
         fab.listeners.append(self._on_event)
 
@@ -157,8 +167,10 @@ class Arm:
                 env = envelope_for(tool.type_name)
                 for n, (lo, hi) in env.items():
                     self.write(tool, n, float(np.clip(opt[n], lo, hi)))
-            elif self.name == "ewma":
+            elif self.name == "ewma-oracle":
                 self._ewma(tool, ev)
+            elif self.name == "ewma":
+                self._ewma_yield(tool, ev)
             elif self.name == "fabpm":
                 self._fabpm(tool, ev)
         self.pending.clear()
@@ -184,31 +196,71 @@ class Arm:
             self.write(tool, n, ctl.update(late[n][0], late[n][1]))
         self.last_metrology[tool.tool_id] = {n: (now[n], float(ev["setpoints"][n])) for n in now}
 
-    def _fabpm(self, tool: Any, ev: dict[str, Any]) -> None:
-        model = self.models[tool.type_name]
-        # The tool's own values: the lot record rounds them, and a step must be measured exactly.
-        names = tool.tt.tool.setpoint_names
-        current = {n: float(tool.setpoints[names.index(n)]) for n in model.setpoints}
-        back = self.outcome.observe(tool.tool_id, float(ev["yield"]))
-        if back is not None:
-            for n, v in back.items():
-                self.write(tool, n, v)
-            return
-        if not self.outcome.may_tune(tool.tool_id):
-            return
-        context = {"last_lot_yield": float(ev["yield"]), "last_lot_energy_kwh": float(ev["energy_kwh"])}
-        proposal = propose(
-            model,
-            current,
-            context,
-            self.cfg.envelope[tool.type_name],
-            self.cfg.max_step[tool.type_name],
-            self.weights,
+    def _ewma_yield(self, tool: Any, ev: dict[str, Any]) -> None:
+        """The honest EWMA run-to-run baseline: it sees what the tool reports per lot (the
+        measured yield), not the oracle. Per setpoint, an EWMA of the yield's response to a
+        ±2% perturbation estimates the slope; the input moves up the slope (gain × slope,
+        limited to the step), the classic EWMA extremum-seeking R2R loop."""
+        env = envelope_for(tool.type_name)
+        names = list(env)
+        st = self.es.get(tool.tool_id)
+        y = float(ev["yield"])
+        if st is None:
+            st = self.es[tool.tool_id] = {
+                "mean": y,
+                "slope": np.zeros(len(names)),
+                "nominal": np.array([float(ev["setpoints"][n]) for n in names]),
+                "signs": np.zeros(len(names)),
+            }
+        span = np.array([hi - lo for lo, hi in env.values()])
+        resid = y - st["mean"]
+        st["mean"] = 0.3 * y + 0.7 * st["mean"]
+        st["slope"] = 0.3 * resid * st["signs"] / 0.02 + 0.7 * st["slope"]
+        move = np.clip(0.0004 * st["slope"], -0.03, 0.03)
+        st["nominal"] = np.clip(
+            st["nominal"] + move * span, [v[0] for v in env.values()], [v[1] for v in env.values()]
         )
-        if any(abs(proposal[n] - current[n]) > 1e-9 for n in current):
-            for n, v in proposal.items():
-                self.write(tool, n, v)
-            self.outcome.applied(tool.tool_id, current)
+        st["signs"] = self.rng.choice([-1.0, 1.0], size=len(names))
+        for i, n in enumerate(names):
+            lo, hi = env[n]
+            self.write(tool, n, float(np.clip(st["nominal"][i] + st["signs"][i] * 0.02 * span[i], lo, hi)))
+
+    def _fabpm(self, tool: Any, ev: dict[str, Any]) -> None:
+        """The edge's run-to-run optimiser (``edge.tuning_r2r.LotOptimizer``) on the tool's own
+        lot history, the surrogate's curvature as its prior, every write through the guard."""
+        model = self.models[tool.type_name]
+        names = tool.tt.tool.setpoint_names
+        # The tool's own values: the lot record rounds them, and a step must be measured exactly.
+        current = {n: float(tool.setpoints[names.index(n)]) for n in model.setpoints}
+        env = self.cfg.envelope[tool.type_name]
+        opt = self.r2r.get(tool.type_name)
+        if opt is None:
+            context = {"last_lot_yield": float(ev["yield"]), "last_lot_energy_kwh": float(ev["energy_kwh"])}
+            row = [current[n] for n in model.setpoints] + [context[n] for n in model.context]
+            spans = [env[n][1] - env[n][0] for n in model.setpoints]
+            curv = surrogate_curvature(lambda x: model.predict(x)[0], row, spans)
+            # The surrogate's curvature is a floor: it smooths the yield surface (it is trained across
+            # a wandering optimum), and the pooled fit estimates the curvature from the lots.
+            prior = {
+                n: max(float(c), DEFAULT_CURVATURE) if np.isfinite(c) else DEFAULT_CURVATURE
+                for n, c in zip(model.setpoints, curv, strict=True)
+            }
+            print(f"# {tool.type_name}: surrogate curvature prior {prior}", file=sys.stderr)
+            opt = self.r2r[tool.type_name] = PooledOptimizer(
+                model.setpoints,
+                env,
+                self.cfg.max_step[tool.type_name],
+                self.weights,
+                curvature=prior,
+                seed=len(self.r2r),
+            )
+        # Every lot is evidence for the fit (a change that hurt is undone by the next fit, so
+        # the outcome guard's freeze is not used here).
+        opt.observe(
+            tool.tool_id, float(ev["t_s"]), ev["setpoints"], float(ev["yield"]), float(ev["energy_kwh"])
+        )
+        for n, v in opt.propose(tool.tool_id, current).items():
+            self.write(tool, n, v)
 
     def eco(self) -> None:
         """Sub-fab idle mode while the host is not processing (fabpm and oracle arms)."""
@@ -266,7 +318,7 @@ def main() -> int:
         models = train_surrogates(Path(tmp), seed=args.seed + 1000)
         results = {
             name: run_arm(name, args.seed, tools, days, models, weights)
-            for name in ("none", "ewma", "fabpm", "fabpm-eco", "oracle")
+            for name in ("none", "ewma", "ewma-oracle", "fabpm", "fabpm-eco", "oracle")
         }
     base, best = results["none"], results["oracle"]
     print(

@@ -8,6 +8,12 @@ Modes (``tuning.mode``):
   ``approval_timeout_s``; a rejection or the timeout drops them;
 - ``auto``: proposals are applied at once, inside the guards.
 
+Proposals (``tuning.optimiser``): ``surrogate`` (default) is :func:`propose`, the offline tuning
+model's one-step search; ``pooled`` is :class:`edge.tuning_pool.PooledOptimizer` (one per tool
+type): after each new lot (a new ``last_lot_yield``/``last_lot_energy_kwh`` pair) it fits the
+moving yield optimum from the lots of every tool of the type, the tuning model's curvature as the
+prior, and steps towards it with a small dither (what B9 measures).
+
 Every write passes :class:`SetpointGuard`, in this order, and is refused with the reason at the
 first failure: the tag's EURange (from the server, else the equipment table), the configured
 envelope for the tool type (no envelope entry: never written), the largest step, the minimum
@@ -35,8 +41,10 @@ import numpy as np
 
 from edge.config import TuningConfig
 from edge.decisions import message
-from edge.errors import SourceError, WriteRefused
+from edge.errors import ModelError, SourceError, WriteRefused
 from edge.inference import TuningModel
+from edge.tuning_pool import PooledOptimizer
+from edge.tuning_r2r import DEFAULT_CURVATURE, surrogate_curvature
 from shared.equipment import tool_type
 from shared.messages import Tuning
 from shared.tuning import propose_step
@@ -240,6 +248,8 @@ class Tuner:
         self._log_path = log_path
         self.pending: dict[str, Pending] = {}
         self.outcome = OutcomeGuard()
+        self.pools: dict[str, PooledOptimizer] = {}  # per tool type
+        self._last_lot: dict[str, tuple[float, float]] = {}
         self.applied = 0
         self.refused = 0
 
@@ -255,14 +265,27 @@ class Tuner:
         if self.cfg.mode == "off" or model.tool_type != ttype:
             return None
         sp = {n: float(current[n]) for n in model.setpoints}
-        proposal = propose(
-            model,
-            sp,
-            context,
-            self.cfg.envelope.get(ttype, {}),
-            self.cfg.max_step.get(ttype, {}),
-            self.cfg.weights,
-        )
+        if self.cfg.optimiser == "pooled":
+            lot = (
+                float(context.get("last_lot_yield", np.nan)),
+                float(context.get("last_lot_energy_kwh", np.nan)),
+            )
+            if not all(np.isfinite(lot)) or self._last_lot.get(tool_id) == lot:
+                return None  # no new lot since the last proposal: nothing new to learn from
+            self._last_lot[tool_id] = lot
+            pool = self._pool(model, ttype, sp, context)
+            # The lot just reported ran with the setpoints the tool holds now (writes follow lot ends).
+            pool.observe(tool_id, self.clock(), sp, lot[0], lot[1])
+            proposal = {**sp, **pool.propose(tool_id, sp)}
+        else:
+            proposal = propose(
+                model,
+                sp,
+                context,
+                self.cfg.envelope.get(ttype, {}),
+                self.cfg.max_step.get(ttype, {}),
+                self.cfg.weights,
+            )
         changed = {n: v for n, v in proposal.items() if abs(v - sp[n]) > 1e-9}
         if not changed:
             return None
@@ -279,7 +302,7 @@ class Tuner:
             setpoints=changed,
             previous={n: sp[n] for n in changed},
             expected={"yield_delta": float(y1[0] - y0[0]), "energy_delta": float(e1[0] - e0[0])},
-            reason=f"tuning model {model.version}",
+            reason=f"{self.cfg.optimiser} optimiser, tuning model {model.version}",
         )
         self._record(msg)
         if self.cfg.mode == "advise":
@@ -287,6 +310,31 @@ class Tuner:
                 tool_id, changed, self.clock() + self.cfg.approval_timeout_s
             )
         return msg
+
+    def _pool(
+        self, model: TuningModel, ttype: str, current: Mapping[str, float], context: Mapping[str, float]
+    ) -> PooledOptimizer:
+        """The run-to-run optimiser of ``ttype``, created at its first lot with the surrogate's
+        curvature (never below the default: the surrogate smooths the surface) as the prior."""
+        pool = self.pools.get(ttype)
+        if pool is None:
+            envelope = self.cfg.envelope.get(ttype, {})
+            names = [n for n in model.setpoints if n in envelope]
+            row = [float(current[n]) for n in model.setpoints] + [float(context[n]) for n in model.context]
+            spans = [envelope[n][1] - envelope[n][0] if n in envelope else 1.0 for n in model.setpoints]
+            try:
+                curv = surrogate_curvature(lambda x: model.predict(x)[0], row, spans)
+            except (ModelError, KeyError, ValueError) as exc:
+                _logger.warning("%s: surrogate curvature unavailable (%s); default prior", ttype, exc)
+                curv = np.full(len(model.setpoints), np.nan)
+            prior = {
+                n: max(float(c), DEFAULT_CURVATURE) if np.isfinite(c) else DEFAULT_CURVATURE
+                for n, c in zip(model.setpoints, curv, strict=True)
+            }
+            pool = self.pools[ttype] = PooledOptimizer(
+                names, envelope, self.cfg.max_step.get(ttype, {}), self.cfg.weights, curvature=prior
+            )
+        return pool
 
     async def on_command(
         self, msg: Tuning, ttype_of: Callable[[str], str], current_of: Callable[[str, str], float]

@@ -1,0 +1,180 @@
+"""The run-to-run optimiser: inside the envelope and the step limit, converges to the optimum of
+a synthetic quadratic process, follows a moving optimum, and pools tools of one type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge.tuning_pool import PooledOptimizer
+from edge.tuning_r2r import surrogate_curvature
+
+NAMES = ["a", "b", "c"]
+ENVELOPE = {"a": (0.0, 10.0), "b": (100.0, 300.0), "c": (-1.0, 1.0)}
+STEP = {n: 0.04 * (hi - lo) for n, (lo, hi) in ENVELOPE.items()}
+Q = np.array([200.0, 250.0, 160.0])  # yield points per envelope span²
+LO = np.array([v[0] for v in ENVELOPE.values()])
+SPAN = np.array([v[1] - v[0] for v in ENVELOPE.values()])
+
+
+def process(u: dict[str, float], opt_z: np.ndarray) -> float:
+    z = (np.array([u[n] for n in NAMES]) - LO) / SPAN
+    return float(95.0 - np.sum(Q * (z - opt_z) ** 2))
+
+
+def run(
+    pool: PooledOptimizer,
+    optimum: object,
+    tools: int = 1,
+    lots: int = 200,
+    noise: float = 0.6,
+    seed: int = 0,
+) -> list[list[float]]:
+    """Lots every 1.5 h per tool; returns per lot the nominal's distance (spans) to the optimum."""
+    rng = np.random.default_rng(seed)
+    cur = {f"t{j}": {"a": 5.0, "b": 200.0, "c": 0.0} for j in range(tools)}
+    errors: list[list[float]] = []
+    for i in range(lots):
+        row = []
+        for j in range(tools):
+            tool = f"t{j}"
+            t = i * 5400.0 + j * 60.0
+            opt_z = optimum(t)  # type: ignore[operator]
+            y = process(cur[tool], opt_z) + float(rng.normal(0.0, noise))
+            pool.observe(tool, t, cur[tool], y, 10.0)
+            nxt = pool.propose(tool, cur[tool])
+            for n in NAMES:
+                lo, hi = ENVELOPE[n]
+                assert lo <= nxt[n] <= hi, (n, nxt[n])
+                assert abs(nxt[n] - cur[tool][n]) <= STEP[n] + 1e-12
+            cur[tool] = nxt
+            nominal = (pool.nominal[tool] - LO) / SPAN
+            row.append(float(np.max(np.abs(nominal - opt_z))))
+        errors.append(row)
+    return errors
+
+
+def make(**kw: object) -> PooledOptimizer:
+    return PooledOptimizer(
+        NAMES,
+        ENVELOPE,
+        STEP,
+        {"yield": 1.0, "energy": 0.0},
+        curvature=dict(zip(NAMES, [180.0] * 3, strict=True)),
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def test_converges_to_a_fixed_optimum_inside_the_limits() -> None:
+    target = np.array([0.75, 0.3, 0.6])
+    errors = run(make(), lambda t: target, lots=200)
+    assert errors[0][0] > 0.2
+    assert np.mean([e[0] for e in errors[-50:]]) < 0.06
+
+
+def test_follows_a_moving_optimum_better_than_standing_still() -> None:
+    def moving(t: float) -> np.ndarray:
+        return 0.5 + 0.15 * np.sin(2 * np.pi * t / (8 * 86400.0) + np.array([0.0, 1.0, 2.0]))
+
+    errors = run(make(), moving, tools=4, lots=150)
+    tracked = np.mean(errors[-100:])
+    still = np.mean([np.max(np.abs(np.array([0.5, 0.5, 0.5]) - moving(i * 5400.0))) for i in range(50, 150)])
+    assert tracked < 0.5 * still, (tracked, still)
+
+
+def test_a_jump_in_the_optimum_is_followed() -> None:
+    def jump(t: float) -> np.ndarray:
+        return np.array([0.4, 0.5, 0.5]) if t < 60 * 5400.0 else np.array([0.7, 0.4, 0.6])
+
+    errors = run(make(), jump, tools=4, lots=140)
+    assert np.mean(errors[60]) > 0.2
+    assert np.mean(errors[-20:]) < 0.08
+
+
+def test_pooling_beats_one_tool_alone() -> None:
+    def moving(t: float) -> np.ndarray:
+        return 0.5 + 0.15 * np.sin(2 * np.pi * t / (6 * 86400.0) + np.array([0.0, 1.0, 2.0]))
+
+    alone = np.mean(run(make(), moving, tools=1, lots=150, seed=3)[-100:])
+    pooled = np.mean(run(make(), moving, tools=6, lots=150, seed=3)[-100:])
+    assert pooled < alone
+
+
+def test_proposals_at_the_envelope_edge_stay_inside() -> None:
+    # The optimum lies outside the envelope: the tool sits on the edge, never beyond it.
+    errors = run(make(dither=0.05), lambda t: np.array([1.3, -0.2, 0.5]), lots=120, noise=0.0)
+    assert errors  # every proposal was checked inside run()
+
+
+def test_non_finite_lots_are_ignored_and_bad_arguments_refused() -> None:
+    pool = make()
+    pool.observe("t0", 0.0, {"a": 5.0, "b": 200.0, "c": 0.0}, float("nan"), 1.0)
+    assert pool.lots == {}
+    assert pool.propose("t0", {"a": 5.0, "b": 200.0, "c": 0.0})["a"] == pytest.approx(5.0, abs=0.2 + 1e-9)
+    with pytest.raises(ValueError, match="no envelope"):
+        PooledOptimizer(["x"], ENVELOPE, STEP, {})
+    with pytest.raises(ValueError, match="memory_days"):
+        PooledOptimizer(NAMES, ENVELOPE, STEP, {}, memory_days=0.0)
+
+
+def test_surrogate_curvature_of_a_known_quadratic() -> None:
+    def predict(x: np.ndarray) -> np.ndarray:
+        return 90.0 - 3.0 * (x[:, 0] - 1.0) ** 2 - 0.5 * (x[:, 1] - 2.0) ** 2 + 0.0 * x[:, 2]
+
+    curv = surrogate_curvature(predict, [1.0, 2.0, 7.0], [10.0, 2.0])
+    assert curv == pytest.approx([300.0, 2.0], rel=1e-6)
+    flat = surrogate_curvature(lambda x: x[:, 0], [1.0, 2.0], [1.0])
+    assert np.isnan(flat[0])
+
+
+class _FakeModel:
+    """Stands in for the edge-tuning ONNX model: a known quadratic surrogate."""
+
+    setpoints = ["rf_power_sp", "pressure_sp"]
+    context = ["last_lot_yield", "last_lot_energy_kwh"]
+    tool_type = "plasma_etch"
+    version = "fake"
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        yld = 95.0 - 1e-4 * (x[:, 0] - 1300.0) ** 2 - 1e-2 * (x[:, 1] - 50.0) ** 2
+        return yld, np.full(len(x), 20.0)
+
+
+def test_tuner_pooled_proposes_once_per_lot_inside_the_guards() -> None:
+    from edge.config import TuningConfig
+    from edge.tuning import Tuner
+
+    cfg = TuningConfig(
+        mode="auto",
+        optimiser="pooled",
+        envelope={"plasma_etch": {"rf_power_sp": (1100.0, 1400.0), "pressure_sp": (20.0, 80.0)}},
+        max_step={"plasma_etch": {"rf_power_sp": 20.0, "pressure_sp": 3.0}},
+    )
+    records: list[object] = []
+
+    async def never(*_: object) -> float:
+        raise AssertionError("propose must not write")
+
+    async def no_range(*_: object) -> None:
+        return None
+
+    now = [0.0]
+    tuner = Tuner(cfg, "s", "e", never, no_range, records.append, clock=lambda: now[0])
+    model = _FakeModel()
+    current = {"rf_power_sp": 1200.0, "pressure_sp": 40.0}
+    lot = {"last_lot_yield": 90.0, "last_lot_energy_kwh": 20.0}
+    msg = tuner.propose(model, "etch-01", "plasma_etch", current, lot)  # type: ignore[arg-type]
+    assert msg is not None and msg.setpoints
+    for name, value in msg.setpoints.items():
+        lo, hi = cfg.envelope["plasma_etch"][name]
+        assert lo <= value <= hi
+        assert abs(value - current[name]) <= cfg.max_step["plasma_etch"][name]
+    # The same lot again (a periodic round): nothing new to learn, nothing proposed.
+    assert tuner.propose(model, "etch-01", "plasma_etch", current, lot) is None  # type: ignore[arg-type]
+    # The surrogate's curvature (rf: 1e-4·300² = 9 points per span²) is below the floor.
+    pool = tuner.pools["plasma_etch"]
+    assert pool.q.tolist() == [150.0, 150.0]  # pressure: 1e-2·60² = 36, also below the floor
+    now[0] = 5400.0
+    lot2 = {"last_lot_yield": 91.0, "last_lot_energy_kwh": 20.5}
+    assert tuner.propose(model, "etch-01", "plasma_etch", current, lot2) is not None  # type: ignore[arg-type]
+    assert len(pool.lots["etch-01"]) == 2
