@@ -247,7 +247,10 @@ class Tuner:
         self._record = record
         self._log_path = log_path
         self.pending: dict[str, Pending] = {}
-        self.outcome = OutcomeGuard()
+        # The pooled optimiser learns from every lot and dithers: judging a change by one lot
+        # (taking back only a clear loss, 3 points ≈ 3.5σ of a two-lot difference) keeps it
+        # proposing after every lot, as B9 measures it.
+        self.outcome = OutcomeGuard(lots=1, tolerance=3.0) if cfg.optimiser == "pooled" else OutcomeGuard()
         self.pools: dict[str, PooledOptimizer] = {}  # per tool type
         self._last_lot: dict[str, tuple[float, float]] = {}
         self.applied = 0
