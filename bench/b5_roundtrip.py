@@ -29,6 +29,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from _results import add_row
 from conftest import Broker, free_port, write_mosquitto_conf
 
 from cloud.config import CloudConfig
@@ -165,17 +166,7 @@ def main() -> None:
         f"{datetime.now(UTC):%Y-%m-%d} |"
     )
     print(line)
-    add_row(line)
-
-
-def add_row(line: str) -> None:
-    """Add a row to the results table (before the notes, when the file has them)."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    head, sep, notes = text.partition("\n## Notes\n")
-    RESULTS.write_text(
-        head.rstrip("\n") + "\n" + line + "\n" + ("\n" + sep.lstrip("\n") + notes if sep else "")
-    )
+    add_row(RESULTS, line)
 
 
 if __name__ == "__main__":

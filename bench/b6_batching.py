@@ -24,6 +24,7 @@ from tempfile import TemporaryDirectory
 
 import numpy as np
 import torch
+from _results import add_row
 
 from cloud.batcher import DynamicBatcher
 from cloud.serving import load_replicas
@@ -167,17 +168,7 @@ def main() -> None:
         f"{ceiling:.1f}×) | {datetime.now(UTC):%Y-%m-%d} |"
     )
     print(line)
-    add_row(line)
-
-
-def add_row(line: str) -> None:
-    """Add a row to the results table (before the notes, when the file has them)."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    head, sep, notes = text.partition("\n## Notes\n")
-    RESULTS.write_text(
-        head.rstrip("\n") + "\n" + line + "\n" + ("\n" + sep.lstrip("\n") + notes if sep else "")
-    )
+    add_row(RESULTS, line)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ from shared.messages import ModelAnnouncement
 from shared.signing import generate_keypair, load_public_key, verify_artifact, verify_manifest
 
 REPO = Path(__file__).resolve().parent.parent
+from _results import add_row  # noqa: E402  (bench/ is the script's folder)
+
 RESULTS = Path(__file__).resolve().parent / "results" / "cloud.md"
 DRIFT_DAY = 20.0
 DRIFTED_TYPES = ("plasma_etch", "vacuum_pump")  # what examples/scenarios/drift.toml changes
@@ -299,17 +301,7 @@ def main() -> None:
         f"{datetime.now(UTC):%Y-%m-%d} |"
     )
     print(line)
-    add_row(line)
-
-
-def add_row(line: str) -> None:
-    """Add a row to the results table (before the notes, when the file has them)."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    head, sep, notes = text.partition("\n## Notes\n")
-    RESULTS.write_text(
-        head.rstrip("\n") + "\n" + line + "\n" + ("\n" + sep.lstrip("\n") + notes if sep else "")
-    )
+    add_row(RESULTS, line)
 
 
 if __name__ == "__main__":
