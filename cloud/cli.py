@@ -7,6 +7,9 @@
     fabpm cloud migrate --config cloud.toml       bring the database schema up to date
     fabpm cloud user add --config cloud.toml --username NAME --role viewer|operator|admin
                                                   (password from FABPM_CLOUD_PASSWORD or stdin)
+    fabpm cloud model register --config cloud.toml --artifact M.onnx [--checkpoint FULL.pt] [--active]
+                                                  record a signed release made outside a learning
+                                                  round (e.g. the first model every edge starts with)
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cloud import config as cloud_config
-from cloud.errors import AuthError, CloudError
+from cloud.errors import AuthError, CloudError, RegistryError
 from shared.signing import generate_keypair
+
+if TYPE_CHECKING:
+    from cloud.storage import Repo
 
 
 def _cfg(ns: argparse.Namespace) -> cloud_config.CloudConfig:
@@ -43,6 +50,13 @@ def main(argv: list[str]) -> int:
     p_add.add_argument("--config")
     p_add.add_argument("--username", required=True)
     p_add.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    p_model = sub.add_parser("model", help="the model registry")
+    model_sub = p_model.add_subparsers(dest="model_cmd", required=True)
+    p_reg = model_sub.add_parser("register", help="verify and record a signed release")
+    p_reg.add_argument("--config")
+    p_reg.add_argument("--artifact", type=Path, required=True, help="the ONNX file, manifest beside it")
+    p_reg.add_argument("--checkpoint", type=Path, help="the full model it was distilled from")
+    p_reg.add_argument("--active", action="store_true", help="mark it the model the edges run now")
     ns = parser.parse_args(argv)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step is noise here
 
@@ -68,6 +82,8 @@ def main(argv: list[str]) -> int:
         if ns.cmd == "migrate":
             print(f"database at revision {revision}")
             return 0
+        if ns.cmd == "model":
+            return _register(cfg, Repo(engine), ns)
         from cloud.auth import Users
 
         password = os.environ.get("FABPM_CLOUD_PASSWORD")
@@ -84,3 +100,17 @@ def main(argv: list[str]) -> int:
         return 0
     finally:
         engine.dispose()
+
+
+def _register(cfg: cloud_config.CloudConfig, repo: Repo, ns: argparse.Namespace) -> int:
+    from cloud.registry import Registry
+
+    registry = Registry(repo, cfg.registry)
+    try:
+        row = registry.register(ns.artifact, ns.checkpoint)
+        if ns.active:
+            registry.set_status(row.version, "active")
+    except RegistryError as exc:
+        raise CloudError(str(exc)) from exc
+    print(f"model {row.role} {row.version} registered{' as active' if ns.active else ''}")
+    return 0

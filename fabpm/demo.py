@@ -293,6 +293,23 @@ def main(argv: list[str]) -> int:
             logs / "prepare.log",
             env={**env, "FABPM_CLOUD_PASSWORD": password},
         )
+        run_step(
+            "registering the first edge model as the one the edges run",
+            [
+                *FABPM,
+                "cloud",
+                "model",
+                "register",
+                "--config",
+                str(cloud_conf),
+                "--artifact",
+                str(release),
+                "--checkpoint",
+                str(full),
+                "--active",
+            ],
+            logs / "prepare.log",
+        )
         secret = root / "admin-password"
         secret.write_text(password + "\n")
         secret.chmod(0o600)
