@@ -54,6 +54,9 @@ class SetpointControl:
             emit,
             cfg.resolve(Path("tuning.jsonl")),
         )
+        # Take-backs a guard or a link outage refused: retried before anything new is tried on
+        # that tool, since leaving a change that lowered yield in place is the worse failure.
+        self._pending_revert: dict[str, dict[str, float]] = {}
         self._served_by: dict[str, list[str]] = {}
         for t in cfg.tools:
             if t.host is not None:
@@ -105,8 +108,14 @@ class SetpointControl:
             back = self.tuner.outcome.observe(tool, lot_yield)
             if back is not None:
                 _logger.warning("%s: the last setpoint change lowered yield; taking it back", tool)
-                await self.tuner.apply(tool, info.tool_type, back, info.setpoints, actor="edge-revert")
-                return
+                self._pending_revert[tool] = back
+        pending = self._pending_revert.get(tool)
+        if pending is not None:
+            if await self.tuner.apply(tool, info.tool_type, pending, info.setpoints, actor="edge-revert"):
+                del self._pending_revert[tool]
+            else:
+                _logger.warning("%s: take-back refused; retried after the next lot, nothing new tried", tool)
+            return
         if not self.tuner.outcome.may_tune(tool):
             return
         context = {**self._sensor_means(tool), **info.counters}

@@ -403,7 +403,10 @@ async def test_auto_tuning_after_each_lot_stays_inside_the_envelope(tmp_path, fa
         "max_writes_per_hour": 100,
         "weights": {"yield": 1.0, "energy": 0.0},
     }
-    cfg = _cfg(tmp_path, fab, mosquitto.port, tuning=tuning)
+    # Only lot counters change in this test: a short silence watchdog would reconnect mid-test
+    # (and refuse the take-back write while the link is down) on a busy machine.
+    quiet = {"silence_timeout_s": 120, "watchdog_interval_s": 10.0}
+    cfg = _cfg(tmp_path, fab, mosquitto.port, tuning=tuning, opcua=quiet)
     cfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"tuning": [surrogate]})})
     daemon, task = await _start(cfg)
     try:
@@ -438,10 +441,24 @@ async def test_auto_tuning_after_each_lot_stays_inside_the_envelope(tmp_path, fa
         daemon.tuner.outcome.frozen.clear()
         daemon.tuner.outcome.trials.clear()
         daemon.tuner.outcome.applied("etch-01", {"rf_power_sp": 1235.0})
+        # The first take-back is refused (as when the OPC UA link is down): it must be retried
+        # after the next lot rather than forgotten.
+        real_apply, refused = daemon.tuner.apply, []
+
+        async def refuse_first_revert(*args, **kw):
+            if kw.get("actor") == "edge-revert" and not refused:
+                refused.append(args)
+                return False
+            return await real_apply(*args, **kw)
+
+        daemon.tuner.apply = refuse_first_revert
         await finish_lot(70.0)
         await finish_lot(70.0)
         assert daemon.tuner.outcome.reverted == 1
-        assert await until(lambda: daemon.tuner.applied and written, 1)
+        assert refused and await rf.read_value() == 1260.0
+        await finish_lot(70.0)
+        setpoints = daemon.control.pipeline.tools["etch-01"].setpoints
+        assert await until(lambda: setpoints.get("rf_power_sp") == 1235.0, 5), setpoints
         assert await rf.read_value() == 1235.0
     finally:
         await _stop(task)
