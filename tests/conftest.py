@@ -103,3 +103,18 @@ def data_dir() -> Path:
 def pg_url() -> str | None:
     """PostgreSQL URL for the storage tests (scripts/test.sh sets it when a server answers)."""
     return os.environ.get("FABPM_TEST_PG_URL")
+
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database, once on SQLite and once on PostgreSQL (one test body, both sides of
+    the seam); the PostgreSQL case skips where no server is configured (CI always has one)."""
+    from cloud.testing import fresh_database  # imported here: most tests never need the cloud
+
+    if request.param == "postgres" and not pg_url():
+        pytest.skip("no PostgreSQL (FABPM_TEST_PG_URL unset)")
+    with fresh_database(request.param, tmp_path, pg_url()) as url:
+        yield url

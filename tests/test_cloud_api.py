@@ -9,43 +9,38 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, pg_url
+from conftest import free_port
 from test_cloud_ingest import EdgeClient
 
 from cloud.config import CloudConfig
 from cloud.service import CloudService
-from cloud.testing import failure, fresh_database, hardcase, tiny_full_checkpoint
+from cloud.testing import failure, hardcase, tiny_full_checkpoint
 from shared.messages import Tuning, parse_payload
 from shared.topics import Kind, topic
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
-
-@pytest.fixture(params=BACKENDS)
-def service(request, mosquitto, tmp_path: Path) -> Iterator[CloudService]:
-    if request.param == "postgres" and not pg_url():
-        pytest.skip("no PostgreSQL (FABPM_TEST_PG_URL unset)")
-    with fresh_database(request.param, tmp_path, pg_url()) as url:
-        cfg = CloudConfig.model_validate(
-            {
-                "storage": {"url": url},
-                "mqtt": {"port": mosquitto.port, "client_id": "cloud-api-test"},
-                "serving": {"checkpoint": str(tiny_full_checkpoint(tmp_path / "full.pt")), "max_wait_ms": 2},
-                "api": {"port": free_port(), "auth": {"scrypt_n": 2**10}},
-                "registry": {
-                    "dir": str(tmp_path / "models"),
-                    "private_key": str(tmp_path / "k/signing.key"),
-                    "public_key": str(tmp_path / "k/signing.pub"),
-                },
-                "learning": {"enabled": False},
-            }
-        )
-        svc = CloudService(cfg)
-        svc.start()
-        for name, role in (("ada", "admin"), ("olga", "operator"), ("vic", "viewer")):
-            svc.users.add(name, f"{name}-password", role)
-        yield svc
-        svc.stop()
+@pytest.fixture
+def service(db_url: str, mosquitto, tmp_path: Path) -> Iterator[CloudService]:
+    cfg = CloudConfig.model_validate(
+        {
+            "storage": {"url": db_url},
+            "mqtt": {"port": mosquitto.port, "client_id": "cloud-api-test"},
+            "serving": {"checkpoint": str(tiny_full_checkpoint(tmp_path / "full.pt")), "max_wait_ms": 2},
+            "api": {"port": free_port(), "auth": {"scrypt_n": 2**10}},
+            "registry": {
+                "dir": str(tmp_path / "models"),
+                "private_key": str(tmp_path / "k/signing.key"),
+                "public_key": str(tmp_path / "k/signing.pub"),
+            },
+            "learning": {"enabled": False},
+        }
+    )
+    svc = CloudService(cfg)
+    svc.start()
+    for name, role in (("ada", "admin"), ("olga", "operator"), ("vic", "viewer")):
+        svc.users.add(name, f"{name}-password", role)
+    yield svc
+    svc.stop()
 
 
 def login(client: httpx.Client, name: str) -> dict[str, str]:

@@ -12,7 +12,6 @@ import paho.mqtt.client as paho
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import pg_url
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func, select
 
@@ -24,20 +23,10 @@ from cloud.serving import load_replicas
 from cloud.storage import Repo, make_engine, migrate
 from cloud.storage.db import head_revision
 from cloud.storage.models import AlertRow, Base, Case, DeadLetter, LabelRow, SeenMessage
-from cloud.testing import failure, fresh_database, hardcase, maintenance, tiny_full_checkpoint
+from cloud.testing import failure, hardcase, maintenance, tiny_full_checkpoint
 from cloud.verdicts import VerdictService
 from shared.messages import Alert, Verdict, parse_payload
 from shared.topics import Kind, topic
-
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request, tmp_path: Path) -> Iterator[str]:
-    if request.param == "postgres" and not pg_url():
-        pytest.skip("no PostgreSQL (FABPM_TEST_PG_URL unset)")
-    with fresh_database(request.param, tmp_path, pg_url()) as url:
-        yield url
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import pg_url
 
 from cloud.config import LearningConfig, RegistryConfig, RolloutConfig
 from cloud.ingest import Ingestor
@@ -22,7 +21,7 @@ from cloud.metrics import CloudMetrics
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.storage import Repo, make_engine, migrate
-from cloud.testing import failure, fresh_database, hardcase
+from cloud.testing import failure, hardcase
 from shared.messages import ModelAnnouncement, Status
 from shared.signing import (
     generate_keypair,
@@ -33,8 +32,6 @@ from shared.signing import (
     write_release,
 )
 from shared.topics import Kind, topic
-
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 class Clock:
@@ -103,17 +100,14 @@ class TinyPipeline:
         return Pipeline(self.fine_tune, self.distil, self.export, self.evaluate)
 
 
-@pytest.fixture(params=BACKENDS)
-def world(request, tmp_path: Path) -> Iterator[dict]:
-    if request.param == "postgres" and not pg_url():
-        pytest.skip("no PostgreSQL (FABPM_TEST_PG_URL unset)")
-    with fresh_database(request.param, tmp_path, pg_url()) as url:
-        engine = make_engine(url)
-        migrate(engine)
-        keys = tmp_path / "keys"
-        generate_keypair(keys / "signing.key", keys / "signing.pub")
-        yield {"url": url, "engine": engine, "tmp": tmp_path, "keys": keys}
-        engine.dispose()
+@pytest.fixture
+def world(db_url: str, tmp_path: Path) -> Iterator[dict]:
+    engine = make_engine(db_url)
+    migrate(engine)
+    keys = tmp_path / "keys"
+    generate_keypair(keys / "signing.key", keys / "signing.pub")
+    yield {"url": db_url, "engine": engine, "tmp": tmp_path, "keys": keys}
+    engine.dispose()
 
 
 def build(
