@@ -296,6 +296,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             if row.status != "proposal":
                 raise HTTPException(409, f"proposal is {row.status}, not awaiting a decision")
             msg = Tuning(
+                schema=Tuning.SCHEMA,
                 edge_id=row.edge_id,
                 site=row.site,
                 tool_id=row.tool_id,

@@ -150,6 +150,7 @@ class Registry:
                 f"{public_url.rstrip('/')}/api/models/{row.version}/artifact" if public_url else path.as_uri()
             )
         return ModelAnnouncement(
+            schema=ModelAnnouncement.SCHEMA,
             edge_id=edge_id,
             site=site,
             manifest=row.manifest,

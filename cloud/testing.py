@@ -83,6 +83,7 @@ def hardcase(
     rng = np.random.default_rng(seed)
     window = rng.standard_normal((steps, n_features)).astype(np.float32)
     return HardCase(
+        schema=HardCase.SCHEMA,
         edge_id=edge,
         site=site,
         case_id=case_id or uuid.uuid4().hex,
@@ -100,8 +101,18 @@ def hardcase(
 def failure(
     tool: str, source_ts: float, mode: str = "wear", edge: str = "edge-1", site: str = "fab1"
 ) -> Event:
-    return Event(edge_id=edge, site=site, tool_id=tool, event="failure", mode=mode, source_ts=source_ts)
+    return Event(
+        schema=Event.SCHEMA,
+        edge_id=edge,
+        site=site,
+        tool_id=tool,
+        event="failure",
+        mode=mode,
+        source_ts=source_ts,
+    )
 
 
 def maintenance(tool: str, source_ts: float, edge: str = "edge-1", site: str = "fab1") -> Event:
-    return Event(edge_id=edge, site=site, tool_id=tool, event="maintenance", source_ts=source_ts)
+    return Event(
+        schema=Event.SCHEMA, edge_id=edge, site=site, tool_id=tool, event="maintenance", source_ts=source_ts
+    )

@@ -127,6 +127,7 @@ class VerdictService:
             now = self.clock()
             verdicts = {
                 j.case_id: Verdict(
+                    schema=Verdict.SCHEMA,
                     edge_id=j.edge_id,
                     site=j.site,
                     case_id=j.case_id,
