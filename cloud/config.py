@@ -97,7 +97,8 @@ class RolloutConfig(StrictModel):
 
 
 class LearningConfig(StrictModel):
-    enabled: bool = True  # exactly one worker of a deployment should learn (rounds are not leased)
+    enabled: bool = True  # any number of workers may learn: one at a time runs a round (a lease)
+    lease_s: float = Field(default=60.0, gt=0)  # a dead worker's round is taken over this long after
     work_dir: Path = Path("fabpm-cloud/learning")
     interval_h: float | None = Field(default=24.0, gt=0)  # time trigger; None: off
     min_new_labels: int = Field(default=200, ge=1)  # label-count trigger

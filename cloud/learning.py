@@ -20,26 +20,36 @@ step, so a worker killed mid-round re-runs only the step it was in)::
 
 The training work is injected (:class:`Pipeline`), so the state machine is tested with small
 real functions and run in production with :mod:`cloud.pipeline_adapter`.
-Exactly one worker per deployment should run learning (``learning.enabled``): rounds are not
-leased between workers.
+Any number of workers may run learning on one database: a round runs only under the ``learning``
+lease (:class:`cloud.storage.models.Lease`), which one worker takes, renews from a heartbeat
+thread while a step runs and with every committed step, and releases when the round finishes or
+waits on its rollout. Each step's commit re-checks the lease in the same transaction, so a worker
+that lost it (paused past the expiry while another took over) stops without writing. A worker that
+dies keeps the lease until it expires (``lease_s``); then the next worker's tick takes it and
+resumes the round from its persisted step.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cloud.config import LearningConfig
-from cloud.errors import LearningError
+from cloud.errors import CloudError, LearningError
 from cloud.learning_data import Pipeline, Windows, split_holdout
 from cloud.metrics import CloudMetrics
 from cloud.registry import Registry
@@ -52,6 +62,12 @@ STEPS = ("collect", "fine_tune", "distil", "export", "gate", "register", "canary
 FINAL = ("done", "rejected", "failed", "rolled_back")
 FAILED_BACKOFF_S = 3600.0
 FAILED_BACKOFF_MAX_S = 86400.0
+LEASE = "learning"
+HEARTBEATS_PER_LEASE = 3  # renew three times per lease period: two renewals may fail before it lapses
+
+
+class LeaseLost(LearningError):
+    """Another worker holds the learning lease now: this one stops without writing."""
 
 
 def _finite(x: float | None) -> float | None:
@@ -72,6 +88,7 @@ class Learner:
         metrics: CloudMetrics,
         base_checkpoint: Callable[[], Path],
         clock: Callable[[], float] = time.time,
+        owner: str | None = None,
     ) -> None:
         self.repo = repo
         self.cfg = cfg
@@ -82,6 +99,9 @@ class Learner:
         self.base_checkpoint = base_checkpoint
         self.clock = clock
         self._lock = threading.Lock()  # one round runs at a time in this process
+        # Who holds the lease: unique per Learner, so a restarted worker waits out its dead
+        # predecessor's lease like any other worker would.
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # ---- rounds ------------------------------------------------------------------------------
     def rounds(self, limit: int = 50) -> list[LearningRound]:
@@ -155,42 +175,104 @@ class Learner:
             return None
         if self.new_labels() < min_labels:
             return None
-        row = self.create(reason)
-        if row is None:
-            return None
+        if not self._lock.acquire(blocking=False):
+            return None  # a round is running in this worker
+        try:
+            if not self._take_lease():
+                return None  # another worker is opening or running a round
+            row = self.create(reason)
+            if row is None:
+                self.repo.release_lease(LEASE, self.owner)
+                return None
+        finally:
+            self._lock.release()
         self.run(row.id)
         return row.id
 
     def resume(self) -> list[int]:
-        """Continue every running round from its persisted step (call at start-up)."""
-        ids = [r.id for r in self.rounds(1000) if r.status == "running"]
-        for rid in ids:
+        """Continue every running round from its persisted step (call at start-up); returns the
+        rounds this worker ran (not those another worker holds the lease for)."""
+        ran = []
+        for rid in [r.id for r in self.rounds(1000) if r.status == "running"]:
             _logger.info("resuming learning round %d at step %s", rid, self.get(rid).step)
-            self.run(rid)
-        return ids
+            if self._run_leased(rid):
+                ran.append(rid)
+        return ran
 
     def run(self, round_id: int) -> LearningRound:
-        """Run steps until the round finishes or waits for its rollout (``watch``)."""
+        """Run steps until the round finishes or waits for its rollout (``watch``); only under the
+        lease: while another worker holds it, nothing runs and the round is returned as it is."""
+        self._run_leased(round_id)
+        return self.get(round_id)
+
+    def _run_leased(self, round_id: int) -> bool:
+        """True when this worker held the lease and ran the round as far as it goes now."""
         with self._lock:
-            while True:
-                row = self.get(round_id)
-                if row.status != "running":
-                    return row
-                step = row.step
+            if not self._take_lease():
+                _logger.info("learning round %d: another worker holds the lease", round_id)
+                return False
+            with self._heartbeat():
                 try:
-                    outcome = getattr(self, f"_step_{step}")(row)
-                except Exception as exc:
-                    _logger.exception("learning round %d failed in %s", round_id, step)
-                    self._finish(round_id, "failed", f"{step}: {exc}", tb=traceback.format_exc(limit=5))
-                    return self.get(round_id)
-                if outcome == "wait":
-                    return self.get(round_id)
-                if outcome in FINAL:
-                    return self.get(round_id)
+                    self._steps(round_id)
+                except LeaseLost as exc:
+                    _logger.warning("learning round %d: %s; stopping here", round_id, exc)
+                    return False
+            # Not in a finally: a worker that dies mid-step keeps the lease until it expires.
+            self.repo.release_lease(LEASE, self.owner)
+            return True
+
+    def _steps(self, round_id: int) -> None:
+        while True:
+            row = self.get(round_id)
+            if row.status != "running":
+                return
+            step = row.step
+            try:
+                outcome = getattr(self, f"_step_{step}")(row)
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                _logger.exception("learning round %d failed in %s", round_id, step)
+                self._finish(round_id, "failed", f"{step}: {exc}", tb=traceback.format_exc(limit=5))
+                return
+            if outcome == "wait" or outcome in FINAL:
+                return
+
+    # ---- the lease ---------------------------------------------------------------------------
+    def _take_lease(self) -> bool:
+        return self.repo.take_lease(LEASE, self.owner, self.clock(), self.cfg.lease_s)
+
+    def _hold_lease(self, s: Session) -> None:
+        """Renew the lease inside the step's commit; LeaseLost (and the commit rolled back) if gone."""
+        if not self.repo.hold_lease(s, LEASE, self.owner, self.clock(), self.cfg.lease_s):
+            raise LeaseLost(f"the learning lease is no longer held by {self.owner}")
+
+    @contextmanager
+    def _heartbeat(self) -> Iterator[None]:
+        """Renew the lease from a thread while a step runs (fine-tuning takes minutes)."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.cfg.lease_s / HEARTBEATS_PER_LEASE):
+                try:
+                    if not self._take_lease():
+                        _logger.warning("learning lease taken by another worker")
+                        return  # the step's commit fails with LeaseLost
+                except CloudError as exc:  # the database is down: retry next beat; the lease may lapse
+                    _logger.warning("renewing the learning lease failed: %s", exc)
+
+        t = threading.Thread(target=beat, name="learning-lease", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
 
     # ---- persistence helpers -----------------------------------------------------------------
     def _save(self, round_id: int, step: str, note: str, **state: Any) -> None:
         with self.repo.transaction() as s:
+            self._hold_lease(s)
             row = s.get(LearningRound, round_id)
             assert row is not None
             row.state = {**row.state, **state}
@@ -200,6 +282,7 @@ class Learner:
 
     def _finish(self, round_id: int, status: str, note: str, tb: str = "") -> str:
         with self.repo.transaction() as s:
+            self._hold_lease(s)
             row = s.get(LearningRound, round_id)
             assert row is not None
             row.status = status
@@ -365,7 +448,8 @@ class Learner:
         return "wait"
 
     def tick(self) -> None:
-        """Follow rounds waiting on their rollout (scheduled with the rollout tick)."""
+        """Follow rounds waiting on their rollout, and take over a round whose worker died (its
+        lease expired); scheduled with the rollout tick. A round another live worker runs is left."""
         row = self.open_round()
-        if row is not None and row.step in ("canary", "watch") and not self._lock.locked():
-            self.run(row.id)
+        if row is not None and not self._lock.locked():
+            self._run_leased(row.id)

@@ -216,7 +216,12 @@ def test_on_demand_learning_round_through_the_api(mosquitto, tmp_path: Path):
             assert client.post("/api/learning/rounds", headers=viewer).status_code == 403
             r = client.post("/api/learning/rounds", headers=admin)
             assert r.status_code == 202 and r.json()["new_labels"] == 12
-            wait(lambda: client.get("/api/learning/rounds", headers=viewer).json()[0]["step"] == "watch")
+            wait(
+                lambda: (
+                    [r["step"] for r in client.get("/api/learning/rounds", headers=viewer).json()]
+                    == ["watch"]
+                )
+            )
             (round_,) = client.get("/api/learning/rounds", headers=viewer).json()
             assert round_["status"] == "running" and len(round_["log"]) >= 8  # every step is visible
             (ro,) = client.get("/api/rollouts", headers=viewer).json()
@@ -268,7 +273,8 @@ def test_a_restarted_worker_resumes_the_round_it_was_in(mosquitto, tmp_path: Pat
             first.learner.trigger("manual")
     finally:
         first.stop()
-    second = CloudService(cfg, pipeline=pipe.as_pipeline())
+    # The dead worker still holds the learning lease; the new one starts after it expired.
+    second = CloudService(cfg, pipeline=pipe.as_pipeline(), clock=lambda: time.time() + cfg.learning.lease_s)
     second.start()  # resumes running rounds in the background
     try:
         assert second.learner is not None

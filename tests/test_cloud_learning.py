@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from cloud.config import LearningConfig, RegistryConfig, RolloutConfig
 from cloud.ingest import Ingestor
-from cloud.learning import Learner, Pipeline, Windows
+from cloud.learning import LEASE, Learner, Pipeline, Windows
 from cloud.metrics import CloudMetrics
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
@@ -54,9 +55,12 @@ class TinyPipeline:
         self.quality = 0.8
         self.calls: list[str] = []
         self.kill_in: str | None = None
+        self.during: dict[str, Callable[[], None]] = {}  # runs inside a step (what others do meanwhile)
 
     def _maybe_die(self, step: str) -> None:
         self.calls.append(step)
+        if step in self.during:
+            self.during.pop(step)()
         if self.kill_in == step:
             self.kill_in = None
             raise Killed(step)
@@ -251,12 +255,91 @@ def test_a_worker_killed_mid_round_resumes_from_the_persisted_step(world):
         learner.trigger("manual")
     (row,) = learner.rounds()
     assert row.status == "running" and row.step == "distil"
-    # A new worker process: fresh objects over the same database.
+    # A new worker process: fresh objects over the same database. It waits out the dead one's lease.
     learner2, ro2, _ = build(world, pipe, clock, published)
+    assert learner2.resume() == []
+    clock.t += learner2.cfg.lease_s
     assert learner2.resume() == [row.id]
     row = learner2.get(row.id)
     assert row.step == "watch" and ro2.get(row.state["rollout_id"]).stage == "canary"
     assert pipe.calls == ["fine_tune", "distil", "distil", "export"]  # fine-tuning was not redone
+
+
+def test_one_worker_runs_a_round_and_another_takes_over_when_the_holder_dies(world):
+    clock, published = Clock(), []
+    pipe_a, pipe_b = TinyPipeline(world["keys"] / "signing.key"), TinyPipeline(world["keys"] / "signing.key")
+    a, _, ingest = build(world, pipe_a, clock, published)
+    b, ro_b, _ = build(world, pipe_b, clock, published)
+    feed(ingest, clock, "etch-01")
+    pipe_a.kill_in = "distil"
+    with pytest.raises(Killed):
+        a.trigger("manual")  # worker A dies inside distil, holding the lease
+    (row,) = a.rounds()
+    assert row.step == "distil" and a.repo.lease(LEASE).owner == a.owner
+    # While A's lease runs, B neither opens a round nor runs this one, whatever asks it to.
+    clock.t += a.cfg.lease_s - 1
+    assert b.trigger("manual") is None and b.resume() == []
+    b.tick()
+    assert b.run(row.id).step == "distil" and pipe_b.calls == []
+    # A never renewed it: once expired, B's tick takes the lease and resumes at the persisted step.
+    clock.t += 1
+    b.tick()
+    row = b.get(row.id)
+    assert row.step == "watch" and ro_b.get(row.state["rollout_id"]).stage == "canary"
+    assert pipe_a.calls == ["fine_tune", "distil"] and pipe_b.calls == ["distil", "export"]
+    assert b.repo.lease(LEASE).expires_ts <= clock.t  # let go while the round waits on its rollout
+
+
+def test_a_worker_that_lost_the_lease_stops_without_writing(world):
+    clock, published = Clock(), []
+    pipe_a, pipe_b = TinyPipeline(world["keys"] / "signing.key"), TinyPipeline(world["keys"] / "signing.key")
+    a, _, ingest = build(world, pipe_a, clock, published)
+    b, _, _ = build(world, pipe_b, clock, published)
+    feed(ingest, clock, "etch-01")
+
+    def stalled_past_the_lease() -> None:  # A hangs in distil (no heartbeat gets through) and B takes over
+        clock.t += a.cfg.lease_s + 1
+        assert b.repo.take_lease(LEASE, b.owner, clock(), b.cfg.lease_s)
+
+    pipe_a.during["distil"] = stalled_past_the_lease
+    rid = a.trigger("manual")
+    row = a.get(rid)
+    assert row.status == "running" and row.step == "distil"
+    assert "edge_ckpt" not in row.state  # A wrote nothing
+    assert a.repo.lease(LEASE).owner == b.owner  # and did not release B's lease
+    assert b.run(rid).step == "watch" and pipe_b.calls == ["distil", "export"]
+
+
+def test_lease_is_taken_by_exactly_one_owner(db_url: str):
+    engine = make_engine(db_url)
+    migrate(engine)
+    try:
+        repo = Repo(engine)
+        assert repo.take_lease("x", "a", now=0.0, ttl_s=10.0)
+        assert not repo.take_lease("x", "b", now=5.0, ttl_s=10.0)
+        assert repo.take_lease("x", "a", now=5.0, ttl_s=10.0)  # renewed to 15
+        assert not repo.take_lease("x", "b", now=14.0, ttl_s=10.0)
+        repo.release_lease("x", "b")  # not b's: nothing happens
+        assert not repo.take_lease("x", "b", now=14.0, ttl_s=10.0)
+        repo.release_lease("x", "a")
+        assert repo.take_lease("x", "b", now=14.0, ttl_s=10.0)
+        # Eight workers (each its own Repo, as separate processes would be) race for the expired lease.
+        barrier, won = threading.Barrier(8), []
+
+        def race(i: int) -> None:
+            worker = Repo(engine)
+            barrier.wait()
+            if worker.take_lease("x", f"w{i}", now=100.0, ttl_s=10.0):
+                won.append(i)
+
+        threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1 and repo.lease("x").owner == f"w{won[0]}"
+    finally:
+        engine.dispose()
 
 
 def test_failed_rounds_back_off_automatic_triggers(world):

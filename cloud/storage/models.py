@@ -219,3 +219,14 @@ class LearningRound(Base):
     label_watermark: Mapped[float] = mapped_column(Float)  # labels up to this time are in the round
     created_ts: Mapped[float] = mapped_column(Float)
     updated_ts: Mapped[float] = mapped_column(Float)
+
+
+class Lease(Base):
+    """A named lease: ``owner`` holds it until ``expires_ts`` unless it renews it. Taken and renewed
+    with one conditional UPDATE (see :meth:`cloud.storage.repo.Repo.take_lease`), so of N workers on
+    one database exactly one holds it; a worker that dies loses it when it expires."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    expires_ts: Mapped[float] = mapped_column(Float)

@@ -1,4 +1,4 @@
-"""Queries the cloud shares: transactions, cases and verdicts, labels, users and tokens.
+"""Queries the cloud shares: transactions, cases and verdicts, labels, leases.
 
 Every method opens its own short transaction; :meth:`Repo.transaction` is for callers that need
 several writes to land together (ingest stores a message and its de-duplication key at once).
@@ -14,12 +14,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.errors import StorageError
-from cloud.storage.models import Case, LabelRow, SeenMessage
+from cloud.storage.models import Case, LabelRow, Lease, SeenMessage
 
 Clock = Callable[[], float]
 UPSERT_ATTEMPTS = 3  # concurrent first inserts of one edge/tool row by two workers
@@ -143,3 +143,49 @@ class Repo:
             if limit is not None:
                 q = q.limit(limit)
             return list(s.scalars(q))
+
+    # ---- leases ------------------------------------------------------------------------------
+    @staticmethod
+    def hold_lease(session: Session, name: str, owner: str, now: float, ttl_s: float) -> bool:
+        """Take or renew ``name`` for ``owner`` until ``now + ttl_s``, inside ``session``'s transaction;
+        False when another owner holds it unexpired (or the lease row does not exist yet).
+
+        One conditional UPDATE, atomic on SQLite (one writer) and on PostgreSQL (a concurrent update
+        of the row waits for the other's commit, then re-checks the WHERE): of two workers taking an
+        expired lease at once, exactly one matches the row.
+        """
+        result = session.execute(
+            update(Lease)
+            .where(Lease.name == name, or_(Lease.owner == owner, Lease.expires_ts <= now))
+            .values(owner=owner, expires_ts=now + ttl_s)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def take_lease(self, name: str, owner: str, now: float, ttl_s: float) -> bool:
+        """Take or renew ``name`` (its own transaction); creates the lease row on first use."""
+        with self.transaction() as s:
+            if self.hold_lease(s, name, owner, now, ttl_s):
+                return True
+            if s.get(Lease, name) is not None:
+                return False
+        try:
+            with self.transaction() as s:
+                s.add(Lease(name=name, owner=owner, expires_ts=now + ttl_s))
+        except IntegrityError:
+            return False  # another worker created it first, so it holds it
+        return True
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Let ``name`` go now, if ``owner`` still holds it (never someone else's)."""
+        with self.transaction() as s:
+            s.execute(
+                update(Lease)
+                .where(Lease.name == name, Lease.owner == owner)
+                .values(expires_ts=0.0)
+                .execution_options(synchronize_session=False)
+            )
+
+    def lease(self, name: str) -> Lease | None:
+        with self.transaction() as s:
+            return s.get(Lease, name)
