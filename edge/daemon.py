@@ -9,7 +9,9 @@
 Long-running loops (source, relay, inference) run under :func:`supervise`: an exception is
 logged with its traceback and the loop restarts after a back-off that doubles to a cap and resets
 after a healthy minute. Periodic jobs (health, telemetry, housekeeping, model checks, tuning) run
-on APScheduler 3's asyncio scheduler. Shutdown is one cancel.
+on APScheduler 3's asyncio scheduler. Shutdown is one cancel, and it ends within a bound: the
+source's disconnect is bounded, cancelled background tasks get ``STOP_TASKS_S``, the relay its
+stop timeout; no loop uses ``asyncio.wait_for``, which on Python 3.11 can lose a cancel.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from shared.topics import QOS, RETAINED, Kind, topic
 
 _logger = logging.getLogger(__name__)
 Model = RiskModel | TuningModel
+STOP_TASKS_S = 5.0  # how long a stop waits for cancelled background tasks (writes, update checks)
 
 
 async def supervise(name: str, factory: Callable[[], Awaitable[None]], cap_s: float = 30.0) -> None:
@@ -391,7 +394,14 @@ class EdgeDaemon:
                     )
         finally:
             scheduler.shutdown(wait=False)
-            for task in list(self._tasks):
+            spawned = list(self._tasks)
+            for task in spawned:
                 task.cancel()
+            if spawned:
+                # They write to the outbox, which closes next; bounded, so one that ignores its
+                # cancel cannot hold up the stop.
+                _, late = await asyncio.wait(spawned, timeout=STOP_TASKS_S)
+                if late:
+                    _logger.warning("%d background tasks did not stop within %.0f s", len(late), STOP_TASKS_S)
             await self.relay.stop()
             self.outbox.close()

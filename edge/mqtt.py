@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import ssl
 import threading
@@ -199,10 +200,11 @@ class MqttRelay:
             self._drain_acks()
             if self._connected.is_set():
                 self._publish_some()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 a wake() and a cancel in the same loop step
+            # made wait_for return normally and drop the cancel, so the daemon never stopped.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self._wake.wait()
 
     def wake(self) -> None:
         """Call after putting rows into the outbox so they leave without waiting for the tick."""

@@ -19,6 +19,10 @@
   fresh client, resolves again and re-creates the subscriptions. A subscription that delivered
   nothing for ``silence_timeout_s`` while the link looked healthy counts as a failure (watchdog).
   Link state changes are logged once each way.
+- Cancellation always finishes, within ``DISCONNECT_S`` of the cancel at worst: nothing
+  here uses ``asyncio.wait_for``, which on Python 3.11 returns the inner result and drops the
+  cancel when both happen in the same loop step, and the client is closed by :func:`close_client`,
+  which bounds asyncua's disconnect (that swallows a cancel while it awaits its own tasks).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ Value = tuple[int, Any, float, bool]
 ValuesSink = Callable[[list[Value]], None]
 EventSink = Callable[["SourceEvent"], None]
 _EVENT_HANDLE = 1 << 30
+DISCONNECT_S = 2.0  # how long a polite disconnect (CloseSession) may take before the socket is cut
+_abandoned: set[asyncio.Task[None]] = set()  # disconnects given up on, referenced until they end
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +167,8 @@ class AsyncuaSource:
         self.values_received = 0
         self.sink_errors = 0
         self.sessions = 0
+        self.attempts = 0  # connects tried
+        self.watchdog_trips = 0  # sessions ended by the silence watchdog
         self.unresolved: list[str] = []
 
     @property
@@ -174,18 +182,18 @@ class AsyncuaSource:
         delay = self.cfg.backoff_initial_s
         while True:
             started = time.monotonic()
+            sessions = self.sessions
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if self._up:
+                if self.sessions > sessions:  # the link had come up in this session
                     _logger.warning("OPC UA link to %s lost: %s", self.cfg.endpoint, exc)
                 elif self.sessions == 0 and delay == self.cfg.backoff_initial_s:
                     _logger.warning("OPC UA server %s not reachable yet: %s", self.cfg.endpoint, exc)
                 else:
                     _logger.debug("OPC UA connect failed", exc_info=True)
-            self._up = False
             if time.monotonic() - started > 4 * self.cfg.backoff_max_s:
                 delay = self.cfg.backoff_initial_s  # a long healthy session resets the backoff
             await asyncio.sleep(delay)
@@ -193,6 +201,7 @@ class AsyncuaSource:
 
     async def _connect(self) -> Client:
         cfg = self.cfg
+        self.attempts += 1
         client = Client(
             cfg.endpoint, timeout=cfg.request_timeout_s, watchdog_intervall=cfg.watchdog_interval_s
         )
@@ -211,11 +220,15 @@ class AsyncuaSource:
             client.set_user(cfg.username)
             client.set_password(cfg.password or "")
         try:
-            await asyncio.wait_for(client.connect(), timeout=cfg.request_timeout_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancel (module docstring).
+            async with asyncio.timeout(cfg.request_timeout_s):
+                await client.connect()
         except (OSError, TimeoutError, ua.UaError) as exc:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), timeout=2)
+            await close_client(client)
             raise SourceError(f"cannot connect to {cfg.endpoint}: {exc!r}") from exc
+        except BaseException:
+            await close_client(client)  # cancelled half-way: the socket must not stay open
+            raise
         return client
 
     async def _session(self) -> None:
@@ -250,11 +263,12 @@ class AsyncuaSource:
                     raise SourceError(f"connection state is {client.state.value}")
                 silent = time.monotonic() - self._last_data
                 if silent > self.cfg.silence_timeout_s:
+                    self.watchdog_trips += 1
                     raise SourceError(f"no data for {silent:.0f} s (watchdog)")
         finally:
+            self._up = False  # first: writes and health see the link down while it is closed
             self._client = None
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), timeout=2)
+            await close_client(client)
 
     # -- resolution ----------------------------------------------------------------------------
 
@@ -407,6 +421,51 @@ class AsyncuaSource:
         except (ua.UaError, OSError, TimeoutError):
             return None
         return (float(rng.Low), float(rng.High))
+
+
+async def close_client(client: Client, timeout_s: float = DISCONNECT_S) -> None:
+    """Disconnect ``client`` politely if that takes under ``timeout_s``, else cut its socket.
+
+    Returns within ``timeout_s`` whatever the server does, and re-raises a cancel of the caller
+    after that. asyncua's ``disconnect()`` cannot be bounded from outside: it awaits its
+    supervisor and renew tasks and swallows a CancelledError that arrives meanwhile
+    (``Client._cancel_task``), then sends CloseSession, which on a hung server waits out the
+    request timeout; ``asyncio.wait_for`` around it then waits for it after its own timeout, and
+    on 3.11 can return its result instead of the cancel. So it runs in a task of its own that
+    :func:`asyncio.wait` watches without ever cancelling or swallowing; a disconnect still running
+    at the deadline is cancelled and kept referenced until it ends, and the transport is closed
+    at once. A cancel of the caller does not cut the polite disconnect short (it is bounded
+    anyway), a second one does.
+    """
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(client.disconnect(), name="opcua-disconnect")
+    deadline = loop.time() + timeout_s
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done() and loop.time() < deadline:
+        try:
+            await asyncio.wait({task}, timeout=deadline - loop.time())
+        except asyncio.CancelledError as exc:
+            if cancelled is not None:
+                break
+            cancelled = exc
+    if task.done():
+        _retrieve(task)
+    else:
+        _logger.debug("OPC UA disconnect did not finish in %.1f s; closing the socket", timeout_s)
+        task.cancel()
+        _abandoned.add(task)
+        task.add_done_callback(_abandoned.discard)
+        task.add_done_callback(_retrieve)
+        with contextlib.suppress(Exception):
+            client.disconnect_socket()
+    if cancelled is not None:
+        raise cancelled
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Collect the outcome of a disconnect, so a failure is logged here and not as 'never retrieved'."""
+    if not task.cancelled() and task.exception() is not None:
+        _logger.debug("OPC UA disconnect failed: %r", task.exception())
 
 
 def _looks_like_nodeid(address: str) -> bool:

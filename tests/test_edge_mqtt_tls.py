@@ -137,3 +137,19 @@ def test_tls_config_errors_are_clear(tmp_path: Path):
         )
     with pytest.raises(ValueError, match="cert_file and key_file"):
         MqttConfig(tls=True, cert_file=tmp_path / "a.pem")
+
+
+async def test_the_relay_stops_when_a_wake_and_the_cancel_come_in_the_same_step(tmp_path: Path):
+    # On Python 3.11, asyncio.wait_for returns normally when its inner wait finishes in the step
+    # the cancel arrives in, and the cancel is lost: the relay loop (and the daemon's TaskGroup
+    # around it) then never stopped. No broker is needed: the loop runs unconnected.
+    box = Outbox(tmp_path / "o.sqlite", 1000)
+    relay = MqttRelay(MqttConfig(port=free_port()), "s1", "e1", box)
+    task = asyncio.create_task(relay.run())
+    await asyncio.sleep(0)  # the loop is now waiting for a wake
+    relay.wake()
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    box.close()
+    assert done, "the relay loop swallowed its cancel"
+    assert task.cancelled()

@@ -4,6 +4,7 @@ windows on the model grid; config errors; discover; kill -9 of the whole edge pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import signal
@@ -14,13 +15,14 @@ import time
 import numpy as np
 import pytest
 import yaml
+from asyncua import Client
 from conftest import REPO, free_port
 from test_edge_support import AREA, TOOLS, Collector, FabServer, keys, release, until
 
 from edge.config import OpcUaConfig, ToolConfig, load_edge_config
 from edge.discover import discover, render_config
 from edge.outbox import Outbox
-from edge.source import AsyncuaSource, tag_table
+from edge.source import DISCONNECT_S, AsyncuaSource, tag_table
 from edge.windows import ToolWindow
 from fabpm.cli import main as fabpm_main
 from shared.errors import ConfigError
@@ -30,6 +32,62 @@ T0 = float(int(time.time()) + 3600)
 
 def _tools() -> list[ToolConfig]:
     return [ToolConfig(id=t, type=ty, path=f"Objects/Fab/{AREA[ty]}/{t}") for t, ty in TOOLS.items()]
+
+
+PUMP = ToolConfig(id="pump-01", type="vacuum_pump", path="Objects/Fab/subfab/pump-01")
+
+
+class FreezableProxy:
+    """A TCP proxy in front of an OPC UA server that can hang like a wedged server: connections
+    stay open and accepted, but nothing is forwarded in either direction while frozen."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.frozen = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}/fabpm/"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if not self.frozen:
+                    writer.write(data)
+                    await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        if self.frozen:  # accepted, never answered
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(65536):
+                    pass
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.append(up_writer)
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
 
 
 async def test_values_flow_again_after_a_server_restart_without_restarting_the_source():
@@ -255,3 +313,68 @@ def test_token_bucket_budget_with_an_injected_clock():
     assert bucket.take() and not bucket.take()
     now[0] = 100.0
     assert [bucket.take() for _ in range(3)] == [True, True, False]
+
+
+async def test_a_cancel_that_comes_as_the_connect_completes_is_not_lost(monkeypatch):
+    # Python 3.11's asyncio.wait_for returns the inner result when the cancel arrives in the step
+    # the inner call completes, and the cancel is lost: the source then ran on and a daemon that
+    # was being stopped hung. Here the stop arrives in exactly that step.
+    fab = FabServer(free_port(), {"pump-01": "vacuum_pump"})
+    await fab.start()
+    src = AsyncuaSource(OpcUaConfig(endpoint=fab.endpoint, request_timeout_s=5), tag_table([PUMP]))
+    real_connect = Client.connect
+    task: asyncio.Task[None] | None = None
+
+    async def connect_then_stop(self: Client, **kw: object) -> None:
+        await real_connect(self, **kw)  # type: ignore[arg-type]
+        assert task is not None
+        task.cancel()
+
+    monkeypatch.setattr(Client, "connect", connect_then_stop)
+    task = asyncio.create_task(src.run(lambda b: None, lambda e: None))
+    try:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_S + 5)
+        assert done, "the source swallowed the cancel that came with the connect"
+        assert task.cancelled() and src.sessions == 0
+    finally:
+        task.cancel()
+        await fab.stop()
+
+
+@pytest.mark.parametrize(
+    "when", ["disconnecting from a hung server", "reconnecting to a hung server", "server stopped"]
+)
+async def test_cancel_finishes_while_the_server_hangs_or_is_gone(when):
+    fab = FabServer(free_port(), {"pump-01": "vacuum_pump"})
+    await fab.start()
+    proxy = FreezableProxy(fab.port)
+    await proxy.start()
+    cfg = OpcUaConfig(
+        endpoint=proxy.endpoint,
+        publishing_interval_ms=50,
+        silence_timeout_s=1.0,
+        watchdog_interval_s=60.0,  # asyncua's probe stays out of it: the silence watchdog notices
+        request_timeout_s=30.0,  # a hung CloseSession or connect would hold a stop this long
+        backoff_initial_s=0.1,
+        backoff_max_s=0.2,
+    )
+    src = AsyncuaSource(cfg, tag_table([PUMP]))
+    task = asyncio.create_task(src.run(lambda b: None, lambda e: None))
+    try:
+        assert await until(lambda: src.connected, 10)
+        if when == "server stopped":
+            await fab.stop()
+            assert await until(lambda: src.attempts >= 3, 15)
+        else:
+            proxy.frozen = True
+            assert await until(lambda: src.watchdog_trips == 1, 10)  # now in the hung disconnect
+            if when.startswith("reconnecting"):
+                assert await until(lambda: src.attempts == 2, 10)  # now in the hung connect
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_S + 5)
+        assert done, f"cancelling the source {when} did not finish"
+        assert task.cancelled() and not src.connected
+    finally:
+        task.cancel()
+        await proxy.stop()
+        await fab.stop()
