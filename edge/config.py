@@ -51,7 +51,9 @@ class OpcUaConfig(StrictModel):
     request_timeout_s: float = Field(default=10.0, gt=0)
     # asyncua's default 1 s watchdog disconnects during slow large reads (FACTS.md).
     watchdog_interval_s: float = Field(default=10.0, gt=0)
-    silence_timeout_s: float = Field(default=30.0, gt=0)  # no data for this long while connected → reconnect
+    # No publish response (data or keep-alive; keep-alives are requested every ≤ a third of it)
+    # for this long while connected → reconnect.
+    silence_timeout_s: float = Field(default=30.0, gt=0)
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=30.0, gt=0)
     subscribe_events: bool = True  # alarms as OPC UA events from the Server object

@@ -16,8 +16,11 @@
   server timestamp.
 - Reconnect: any failure ends the session; the loop backs off exponentially
   (``backoff_initial_s`` doubling to ``backoff_max_s``, reset after a healthy session), connects a
-  fresh client, resolves again and re-creates the subscriptions. A subscription that delivered
-  nothing for ``silence_timeout_s`` while the link looked healthy counts as a failure (watchdog).
+  fresh client, resolves again and re-creates the subscriptions. A subscription from which no
+  publish response came for ``silence_timeout_s`` while the link looked healthy counts as a
+  failure (watchdog). Keep-alives count as responses: the server is asked for one after at most
+  a third of ``silence_timeout_s`` without data, so tags that sit still (a frozen process, a
+  deadband) do not look dead. When polling, a successful read is the sign of life.
   Link state changes are logged once each way.
 - Cancellation always finishes, within ``DISCONNECT_S`` of the cancel at worst: nothing
   here uses ``asyncio.wait_for``, which on Python 3.11 returns the inner result and drops the
@@ -136,9 +139,11 @@ class _FastSubscription(Subscription):
         self._owner = owner
 
     async def publish_callback(self, publish_result: ua.PublishResult) -> None:
+        # Any publish response, data or keep-alive, shows the subscription alive (the watchdog).
         self.last_publish_at = time.monotonic()
         data = publish_result.NotificationMessage.NotificationData
         if not data:
+            self._owner.keepalives += 1
             return
         for notif in data:
             if isinstance(notif, ua.DataChangeNotification):
@@ -169,6 +174,9 @@ class AsyncuaSource:
         self.sessions = 0
         self.attempts = 0  # connects tried
         self.watchdog_trips = 0  # sessions ended by the silence watchdog
+        self.keepalives = 0  # publish responses without data
+        self.keepalive_s = 0.0  # the longest keep-alive period the server granted (0: polling)
+        self._silence_s = cfg.silence_timeout_s
         self.unresolved: list[str] = []
 
     @property
@@ -247,13 +255,15 @@ class AsyncuaSource:
                     self.polling = True
             self.sessions += 1
             self._up = True
-            self._last_data = time.monotonic()
+            up_at = self._last_data = time.monotonic()
             _logger.info(
                 "OPC UA link to %s up: %d tags (%s)",
                 self.cfg.endpoint,
                 sum(n is not None for n in self._nodes),
                 "polling" if self.polling else f"{len(subs)} subscriptions",
             )
+            if self.polling:
+                self._silence_s = self.cfg.silence_timeout_s
             tick = self.cfg.poll_interval_s if self.polling else min(1.0, self.cfg.silence_timeout_s / 4)
             while True:
                 if self.polling:
@@ -261,14 +271,23 @@ class AsyncuaSource:
                 await asyncio.sleep(tick)
                 if client.state is not UaClientState.CONNECTED:
                     raise SourceError(f"connection state is {client.state.value}")
-                silent = time.monotonic() - self._last_data
-                if silent > self.cfg.silence_timeout_s:
+                silent = self._silent_for(subs, up_at)
+                if silent > self._silence_s:
                     self.watchdog_trips += 1
-                    raise SourceError(f"no data for {silent:.0f} s (watchdog)")
+                    what = "data" if self.polling or not subs else "publish response"
+                    raise SourceError(f"no {what} for {silent:.0f} s (watchdog)")
         finally:
             self._up = False  # first: writes and health see the link down while it is closed
             self._client = None
             await close_client(client)
+
+    def _silent_for(self, subs: Sequence[Subscription], up_at: float) -> float:
+        """Seconds since the quietest subscription last answered a publish (or since the last
+        successful read when polling)."""
+        now = time.monotonic()
+        if self.polling or not subs:
+            return now - self._last_data
+        return max(now - (sub.last_publish_at or up_at) for sub in subs)
 
     # -- resolution ----------------------------------------------------------------------------
 
@@ -307,19 +326,23 @@ class AsyncuaSource:
         items = [(i, n) for i, n in enumerate(self._nodes) if n is not None]
         subs: list[Subscription] = []
         mfilter: ua.DataChangeFilter | None = None
+        keepalive = keepalive_count(cfg, client.get_keepalive_count(cfg.publishing_interval_ms))
+        self.keepalive_s = 0.0
         for start in range(0, len(items), cfg.max_items_per_subscription):
             group = items[start : start + cfg.max_items_per_subscription]
             params = ua.CreateSubscriptionParameters(
                 RequestedPublishingInterval=cfg.publishing_interval_ms,
-                RequestedLifetimeCount=10000,
-                RequestedMaxKeepAliveCount=client.get_keepalive_count(cfg.publishing_interval_ms),
+                RequestedLifetimeCount=max(10000, 3 * keepalive),  # the spec wants ≥ 3 keep-alives
+                RequestedMaxKeepAliveCount=keepalive,
                 MaxNotificationsPerPublish=0,
                 PublishingEnabled=True,
                 Priority=0,
             )
             sub = _FastSubscription(client.uaclient.session, params, self)
-            await sub.init()
+            granted = await sub.init()
             subs.append(sub)
+            period = granted.RevisedPublishingInterval * granted.RevisedMaxKeepAliveCount / 1000
+            self.keepalive_s = max(self.keepalive_s, period)
             for cstart in range(0, len(group), cfg.create_chunk):
                 requests = []
                 for i, node in group[cstart : cstart + cfg.create_chunk]:
@@ -339,6 +362,15 @@ class AsyncuaSource:
                 bad = [r for r in results if isinstance(r, ua.StatusCode)]
                 if bad:
                     _logger.warning("%d monitored items refused, e.g. %s", len(bad), bad[0])
+        self._silence_s = max(cfg.silence_timeout_s, 3 * self.keepalive_s)
+        if self._silence_s > cfg.silence_timeout_s:
+            # The server revised the keep-alive upwards: a tighter watchdog would trip on a healthy
+            # but quiet subscription.
+            _logger.warning(
+                "the server keeps subscriptions alive only every %.1f s; silence watchdog at %.0f s",
+                self.keepalive_s,
+                self._silence_s,
+            )
         if cfg.subscribe_events and subs:
             # The library numbers its own items from a counter; keep them clear of the tag handles.
             subs[0]._client_handle = _EVENT_HANDLE
@@ -421,6 +453,17 @@ class AsyncuaSource:
         except (ua.UaError, OSError, TimeoutError):
             return None
         return (float(rng.Low), float(rng.High))
+
+
+def keepalive_count(cfg: OpcUaConfig, session_count: int) -> int:
+    """Publishing intervals without data after which the server sends a keep-alive.
+
+    At most a third of ``silence_timeout_s`` (so the watchdog sees at least two keep-alives
+    before it trips) and at most ``session_count`` (the library's count, 75% of the session
+    timeout, which keeps the session alive); at least 1.
+    """
+    per_silence = int(cfg.silence_timeout_s * 1000 / 3 / cfg.publishing_interval_ms)
+    return max(1, min(per_silence, session_count or per_silence))
 
 
 async def close_client(client: Client, timeout_s: float = DISCONNECT_S) -> None:

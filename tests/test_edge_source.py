@@ -265,25 +265,39 @@ async def test_kill_9_of_the_edge_process_loses_and_corrupts_nothing(tmp_path, m
         await fab.stop()
 
 
-async def test_watchdog_reconnects_a_silent_subscription():
+async def test_the_watchdog_trusts_keepalives_and_trips_on_a_server_that_stops_answering():
     fab = FabServer(free_port(), {"pump-01": "vacuum_pump"})
     await fab.start()
+    proxy = FreezableProxy(fab.port)
+    await proxy.start()
     cfg = OpcUaConfig(
-        endpoint=fab.endpoint,
+        endpoint=proxy.endpoint,
         publishing_interval_ms=50,
         silence_timeout_s=1.0,
+        watchdog_interval_s=60.0,  # asyncua's own probe stays out of it: this is the silence watchdog
+        request_timeout_s=2.0,
         backoff_initial_s=0.1,
         backoff_max_s=0.2,
     )
-    tool = ToolConfig(id="pump-01", type="vacuum_pump", path="Objects/Fab/subfab/pump-01")
-    src = AsyncuaSource(cfg, tag_table([tool]))
+    src = AsyncuaSource(cfg, tag_table([PUMP]))
     task = asyncio.create_task(src.run(lambda b: None, lambda e: None))
     try:
-        # The values never change: after the initial ones nothing arrives, and the watchdog
-        # treats the silence as a dead subscription and starts a fresh session.
-        assert await until(lambda: src.sessions >= 2, 15)
+        assert await until(lambda: src.connected, 10)
+        assert 0 < src.keepalive_s <= cfg.silence_timeout_s / 3
+        # The tags never change: after the initial values only keep-alives come, for three
+        # silence timeouts at least (the server sends one per keep-alive period, no faster).
+        wanted = src.keepalives + math.ceil(3 * cfg.silence_timeout_s / src.keepalive_s)
+        assert await until(lambda: src.keepalives >= wanted, 20)
+        assert src.sessions == 1 and src.watchdog_trips == 0 and src.connected
+        # A server that stops answering sends no keep-alive either: the watchdog drops the link,
+        # and the source comes back once the server answers again.
+        proxy.frozen = True
+        assert await until(lambda: src.watchdog_trips == 1, 10)
+        proxy.frozen = False
+        assert await until(lambda: src.sessions == 2 and src.connected, 20)
     finally:
         task.cancel()
+        await proxy.stop()
         await fab.stop()
 
 
