@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from shared.config import StrictModel, load_config
 from shared.equipment import NAMESPACE_URI, TOOL_TYPES
@@ -36,7 +36,7 @@ class OpcUaConfig(StrictModel):
     private_key: Path | None = None
     server_certificate: Path | None = None  # pin the server's certificate
     username: str | None = None
-    password: str | None = None
+    password: SecretStr | None = None  # SecretStr: shown as ****** in a repr, a dump or a log
     mode: Literal["subscribe", "poll"] = "subscribe"  # poll is also the fallback when subscribing fails
     publishing_interval_ms: float = Field(default=1000.0, gt=0)
     sampling_interval_ms: float = Field(default=1000.0, ge=0)
@@ -109,7 +109,7 @@ class MqttConfig(StrictModel):
     cert_file: Path | None = None  # client certificate login
     key_file: Path | None = None
     username: str | None = None
-    password: str | None = None
+    password: SecretStr | None = None
     client_id: str | None = None  # default: fabpm-edge-<edge_id>
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     connect_timeout_s: float = Field(default=10.0, gt=0)

@@ -43,6 +43,9 @@ from shared.topics import Kind, topic
 _logger = logging.getLogger(__name__)
 
 QUOTA_EXCEEDED = 0x97
+# CONNACK reasons that mean the login itself is wrong: bad user name or password, not
+# authorized, bad authentication method.
+AUTH_REFUSALS = (0x86, 0x87, 0x8C)
 SESSION_EXPIRY_S = 7 * 86400
 SUBSCRIBED = (Kind.VERDICT, Kind.MODEL, Kind.TUNING)
 
@@ -77,6 +80,8 @@ class MqttRelay:
         self.acked = 0
         self.rejected = 0
         self.connects = 0
+        self.refusals = 0  # CONNACKs with a failure reason
+        self.refused: str | None = None  # the broker's reason while it refuses us, else None
         self._status: Status | None = None
         self._status_topic = topic(site, edge_id, Kind.STATUS)
         self._own_topics = {topic(site, edge_id, k): k for k in SUBSCRIBED}
@@ -92,7 +97,8 @@ class MqttRelay:
             protocol=paho.MQTTv5,
         )
         if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
+            secret = cfg.password.get_secret_value() if cfg.password is not None else None
+            client.username_pw_set(cfg.username, secret)
         if cfg.tls:
             try:
                 client.tls_set(
@@ -146,11 +152,28 @@ class MqttRelay:
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            _logger.warning(
-                "mqtt broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason
-            )
+            # paho retries with its bounded back-off; the refusal is state: logged when it starts
+            # or changes, counted every time, shown in ``refused`` until a connect succeeds.
+            self.refusals += 1
+            text = str(reason)
+            if text != self.refused:
+                self.refused = text
+                hint = ""
+                if reason.value in AUTH_REFUSALS and self.cfg.username:
+                    hint = f" (login as {self.cfg.username!r}: check mqtt.username and mqtt.password)"
+                elif reason.value in AUTH_REFUSALS:
+                    hint = " (the broker wants a login: mqtt.username and mqtt.password, or a certificate)"
+                _logger.warning(
+                    "mqtt broker %s:%d refused the connection: %s%s; retrying with back-off up to %.0f s",
+                    self.cfg.host,
+                    self.cfg.port,
+                    text,
+                    hint,
+                    self.cfg.reconnect_max_s,
+                )
             return
         self.connects += 1
+        self.refused = None
         _logger.info("mqtt connected to %s:%d", self.cfg.host, self.cfg.port)
         for name in self._own_topics:
             client.subscribe(name, qos=1)

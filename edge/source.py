@@ -226,7 +226,7 @@ class AsyncuaSource:
             )
         if cfg.username is not None:
             client.set_user(cfg.username)
-            client.set_password(cfg.password or "")
+            client.set_password(cfg.password.get_secret_value() if cfg.password else "")
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancel (module docstring).
             async with asyncio.timeout(cfg.request_timeout_s):
