@@ -2,21 +2,30 @@
 
 Looks for tool folders in the layout of ``shared.equipment`` (a folder holding ``Sensors`` whose
 variables match the sensor names of a known tool type) anywhere under ``Objects`` up to a depth,
-and writes one ``[[tools]]`` entry per tool found, with its browse path. Other vendors' servers
-can then be mapped by hand with ``[tools.tags]``.
+and writes one ``[[tools]]`` entry per tool found, with its browse path. A sub-fab tool (pump,
+abatement) whose object has a ``HostTool`` property (String: the id of the process tool it serves,
+as the simulator publishes it) gets ``host = "..."``, which the eco rule needs; the properties are
+found and read in batched TranslateBrowsePaths and Read calls. Other vendors' servers can then be
+mapped by hand with ``[tools.tags]``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
 from asyncua import Client, Node, ua
 
 from edge.errors import SourceError
+from edge.source import close_client
 from shared.equipment import TOOL_TYPES
 
 _logger = logging.getLogger(__name__)
+
+
+HOST_PROPERTY = "HostTool"
+_CHUNK = 1000  # paths or values per request
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,7 @@ class FoundTool:
     tool_id: str
     tool_type: str
     path: str
+    host: str | None = None  # sub-fab tools: the process tool they serve, when the server says
 
 
 def _guess_type(sensor_names: set[str]) -> str | None:
@@ -41,38 +51,87 @@ async def discover(
     """Tool folders found under ``Objects`` of the server at ``endpoint``."""
     client = Client(endpoint, timeout=timeout_s, watchdog_intervall=max(10.0, timeout_s))
     try:
-        await client.connect()
+        async with asyncio.timeout(timeout_s):
+            await client.connect()
     except (OSError, TimeoutError, ua.UaError) as exc:
+        await close_client(client)
         raise SourceError(f"cannot connect to {endpoint}: {exc!r}") from exc
-    found: list[FoundTool] = []
-    visited = 0
     try:
-        frontier: list[tuple[Node, str]] = [(client.nodes.objects, "Objects")]
-        for _ in range(max_depth):
-            nxt: list[tuple[Node, str]] = []
-            for node, path in frontier:
-                children = await node.get_children(nodeclassmask=ua.NodeClass.Object)
-                for child in children:
-                    visited += 1
-                    if visited > max_nodes:
-                        _logger.warning("stopped browsing after %d nodes", max_nodes)
-                        return found
-                    name = str((await child.read_browse_name()).Name)
-                    if path == "Objects" and name == "Server":
-                        continue
-                    child_path = f"{path}/{name}"
-                    sensors = await _child(child, "Sensors")
-                    if sensors is not None:
-                        names = {str((await v.read_browse_name()).Name) for v in await sensors.get_children()}
-                        ttype = _guess_type(names)
-                        if ttype is not None:
-                            found.append(FoundTool(name, ttype, child_path))
-                            continue
-                    nxt.append((child, child_path))
-            frontier = nxt
+        found, nodes = await _browse(client, max_depth, max_nodes)
+        hosts = await _hosts(client, [w for f, w in zip(found, nodes, strict=True) if _is_subfab(f)])
+        return [
+            FoundTool(f.tool_id, f.tool_type, f.path, hosts.get(w[0])) if _is_subfab(f) else f
+            for f, w in zip(found, nodes, strict=True)
+        ]
     finally:
-        await client.disconnect()
-    return found
+        await close_client(client)
+
+
+def _is_subfab(tool: FoundTool) -> bool:
+    return TOOL_TYPES[tool.tool_type].subfab
+
+
+# A found tool's NodeId and the namespace index of its browse name.
+_Where = tuple[ua.NodeId, int]
+
+
+async def _browse(client: Client, max_depth: int, max_nodes: int) -> tuple[list[FoundTool], list[_Where]]:
+    """Tool folders breadth-first under ``Objects``, with where they are."""
+    found: list[FoundTool] = []
+    nodes: list[_Where] = []
+    visited = 0
+    frontier: list[tuple[Node, str]] = [(client.nodes.objects, "Objects")]
+    for _ in range(max_depth):
+        nxt: list[tuple[Node, str]] = []
+        for node, path in frontier:
+            children = await node.get_children(nodeclassmask=ua.NodeClass.Object)
+            for child in children:
+                visited += 1
+                if visited > max_nodes:
+                    _logger.warning("stopped browsing after %d nodes", max_nodes)
+                    return found, nodes
+                qname = await child.read_browse_name()
+                name = str(qname.Name)
+                if path == "Objects" and name == "Server":
+                    continue
+                child_path = f"{path}/{name}"
+                sensors = await _child(child, "Sensors")
+                if sensors is not None:
+                    names = {str((await v.read_browse_name()).Name) for v in await sensors.get_children()}
+                    ttype = _guess_type(names)
+                    if ttype is not None:
+                        found.append(FoundTool(name, ttype, child_path))
+                        nodes.append((child.nodeid, qname.NamespaceIndex))
+                        continue
+                nxt.append((child, child_path))
+        frontier = nxt
+    return found, nodes
+
+
+async def _hosts(client: Client, tools: list[_Where]) -> dict[ua.NodeId, str]:
+    """The ``HostTool`` property of each tool object that has one (in the tool's namespace)."""
+    paths: list[ua.BrowsePath] = []
+    for node, ns in tools:
+        # "." follows Aggregates references, HasProperty among them.
+        rel = ua.RelativePath.from_string(f".{ns}:{HOST_PROPERTY}")
+        paths.append(ua.BrowsePath(StartingNode=node, RelativePath=rel))
+    props: list[tuple[ua.NodeId, ua.NodeId]] = []
+    for start in range(0, len(paths), _CHUNK):
+        results = await client.uaclient.translate_browsepaths_to_nodeids(paths[start : start + _CHUNK])
+        for (node, _), res in zip(tools[start : start + _CHUNK], results, strict=True):
+            if res.StatusCode.is_good() and res.Targets:
+                target = res.Targets[0].TargetId
+                props.append((node, ua.NodeId(target.Identifier, target.NamespaceIndex)))
+    hosts: dict[ua.NodeId, str] = {}
+    for start in range(0, len(props), _CHUNK):
+        batch = props[start : start + _CHUNK]
+        values = await client.uaclient.read_attributes([nid for _, nid in batch], ua.AttributeIds.Value)
+        for (node, _), dv in zip(batch, values, strict=True):
+            value = dv.Value.Value if dv.Value is not None else None
+            good = dv.StatusCode is None or dv.StatusCode.is_good()
+            if good and isinstance(value, str) and value:
+                hosts[node] = value
+    return hosts
 
 
 async def _child(node: Node, name: str) -> Node | None:
@@ -101,6 +160,7 @@ def render_config(endpoint: str, tools: list[FoundTool]) -> str:
         '# risk = "models/risk.onnx"',
         '# public_key = "keys/model.pub"',
     ]
+    ids = {tool.tool_id for tool in tools}
     for tool in tools:
         lines += [
             "",
@@ -109,4 +169,9 @@ def render_config(endpoint: str, tools: list[FoundTool]) -> str:
             f'type = "{tool.tool_type}"',
             f'path = "{tool.path}"',
         ]
+        if tool.host is not None and tool.host in ids:
+            lines.append(f'host = "{tool.host}"')
+        elif tool.host is not None:
+            # The config only accepts a configured tool as host (the eco rule watches its state).
+            lines.append(f'# host = "{tool.host}"  # not found by discover: add that tool first')
     return "\n".join(lines) + "\n"

@@ -8,6 +8,8 @@ Layout (``shared.equipment``, DESIGN.md §4), NodeIds are strings of the browse 
                                                    last_lot_yield, last_lot_energy_kwh)
     Objects/Fab/{area}/{tool}/State                String, SEMI E10 state
     Objects/Fab/{area}/{tool}/Recipe               String
+    Objects/Fab/{area}/{tool}/HostTool             property String, the id of the process tool a
+                                                   sub-fab tool serves (sub-fab tools with a host)
     Objects/Fab/{area}/{tool}/InjectFault(mode)    method (shared node, referenced by every tool)
     Objects/Fab/{area}/{tool}/PerformMaintenance() method
     Objects/FabSimulator/{SimTime,Seed,Scenario,Tools,ValueChanges}  simulator facts
@@ -331,6 +333,21 @@ async def _build_tool(server: Server, tool: Tool, idx: int) -> ToolNodes:
             _READ,
         )
     )
+    if tool.host is not None:
+        # A property of the tool object (HasProperty, PropertyType), in the simulator's namespace
+        # as it is no standard property; in the same add_nodes call as the rest of the tool.
+        host = _variable(
+            ua.NodeId(f"{base}.HostTool", idx),
+            node,
+            "HostTool",
+            idx,
+            ua.Variant(tool.host.tool_id, ua.VariantType.String),
+            ua.ObjectIds.String,
+            _READ,
+            prop=True,
+        )
+        host.BrowseName = _qn("HostTool", idx)
+        items.append(host)
     await _add(server, items)
     aspace = server.iserver.aspace
 

@@ -105,6 +105,22 @@ async def test_browse_read_units_ranges_and_simulated_timestamps():
         assert state == str(tool.e10)
 
 
+async def test_subfab_tools_name_their_host_tool_in_a_property():
+    async with (
+        running_sim(tools=12, seed=3, speed=0) as sim,
+        Client(sim.endpoint, timeout=TIMEOUT, watchdog_intervall=WATCHDOG) as client,
+    ):
+        seen: dict[str, str | None] = {}
+        for i, tool in enumerate(sim.fab.tools):
+            node, idx = await _tool_node(client, sim, i)
+            props = {(await p.read_browse_name()).to_string(): p for p in await node.get_properties()}
+            host = props.get(f"{idx}:HostTool")
+            seen[tool.tool_id] = await host.read_value() if host is not None else None
+        expected = {t.tool_id: t.host.tool_id if t.host is not None else None for t in sim.fab.tools}
+        assert seen == expected
+        assert any(v is not None for v in seen.values()) and any(v is None for v in seen.values())
+
+
 async def test_subscription_gets_changes_stamped_in_simulated_time():
     drift = Path(__file__).resolve().parent.parent / "examples" / "scenarios" / "drift.toml"
     async with (
