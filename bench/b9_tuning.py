@@ -343,7 +343,7 @@ def main() -> int:
         )
         print(
             f"| {name} | {int(r['lots'])} | {r['yield']:.2f} | {dy:+.2f} | {r['energy']:.0f} | {de:+.1f}% | "
-            f"{gy * 100:.0f}% | {ge * 100:.0f}% | {int(r['refused'])} | {int(r['outside'])} |"
+            f"{gy * 100:.1f}% | {ge * 100:.1f}% | {int(r['refused'])} | {int(r['outside'])} |"
         )
     return 0
 

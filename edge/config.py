@@ -172,9 +172,10 @@ class TuningConfig(StrictModel):
     # Sub-fab eco rule (auto mode): a pump or abatement unit with a host idles while the host is
     # not processing (idle_mode = 1), through the same guards (idle_mode needs an envelope).
     eco: bool = True
-    # How proposals are made: the offline surrogate's one-step search, or the run-to-run optimiser
-    # pooled per tool type (edge.tuning_pool; what B9 measures).
-    optimiser: Literal["surrogate", "pooled"] = "surrogate"
+    # How proposals are made: the run-to-run optimiser pooled per tool type (edge.tuning_pool;
+    # what B9 measures, the default), or the offline surrogate's one-step search (B9: it lost
+    # yield, since the surrogate is trained across a wandering optimum).
+    optimiser: Literal["surrogate", "pooled"] = "pooled"
 
     @field_validator("envelope")
     @classmethod

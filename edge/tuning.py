@@ -8,11 +8,11 @@ Modes (``tuning.mode``):
   ``approval_timeout_s``; a rejection or the timeout drops them;
 - ``auto``: proposals are applied at once, inside the guards.
 
-Proposals (``tuning.optimiser``): ``surrogate`` (default) is :func:`propose`, the offline tuning
-model's one-step search; ``pooled`` is :class:`edge.tuning_pool.PooledOptimizer` (one per tool
-type): after each new lot (a new ``last_lot_yield``/``last_lot_energy_kwh`` pair) it fits the
+Proposals (``tuning.optimiser``): ``pooled`` (default) is :class:`edge.tuning_pool.PooledOptimizer`
+(one per tool type): after each new lot (a new ``last_lot_yield``/``last_lot_energy_kwh`` pair) it fits the
 moving yield optimum from the lots of every tool of the type, the tuning model's curvature as the
-prior, and steps towards it with a small dither (what B9 measures).
+prior, and steps towards it with a small dither (what B9 measures); ``surrogate`` is
+:func:`propose`, the offline tuning model's one-step search.
 
 Every write passes :class:`SetpointGuard`, in this order, and is refused with the reason at the
 first failure: the tag's EURange (from the server, else the equipment table), the configured

@@ -405,6 +405,7 @@ async def test_auto_tuning_after_each_lot_stays_inside_the_envelope(tmp_path, fa
         "min_interval_s": 0.0,
         "max_writes_per_hour": 100,
         "weights": {"yield": 1.0, "energy": 0.0},
+        "optimiser": "surrogate",  # the one-step search: each lot steps towards the surrogate's optimum
     }
     # Only lot counters change in this test: a short silence watchdog would reconnect mid-test
     # (and refuse the take-back write while the link is down) on a busy machine.
