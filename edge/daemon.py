@@ -203,6 +203,7 @@ class EdgeDaemon:
             "healthy": self.source.connected and self.relay.connected and risk is not None,
             "opcua": self.source.connected,
             "mqtt": self.relay.connected,
+            "mqtt_refused": self.relay.refused,  # the broker's reason while it refuses our login
             "uptime_s": round(time.time() - self.started, 1),
             "values": self.pipeline.values,
             "bad_values": self.pipeline.bad,
