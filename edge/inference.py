@@ -64,6 +64,10 @@ class RiskModel:
             centroids = manifest.output_spec.get("embedding_centroids")
             self.centroids = np.asarray(centroids, dtype=np.float64) if centroids else None
             self.novelty_scale = float(manifest.output_spec.get("novelty_scale", 1.0))
+            # The release's calibration of the RUL interval (cloud.training.release.calibrate_std).
+            self.rul_std_scale = float(manifest.output_spec.get("rul_std_scale", 1.0))
+            if not (np.isfinite(self.rul_std_scale) and self.rul_std_scale > 0):
+                raise ValueError(f"rul_std_scale must be a positive number, got {self.rul_std_scale}")
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"manifest input/output spec is malformed: {exc!r}") from exc
         self.input_name = str(manifest.input_spec.get("input_name", "x"))
@@ -102,7 +106,7 @@ class RiskModel:
         return Prediction(
             probs=probs,
             rul=np.asarray(rul, dtype=np.float64).reshape(batch),
-            rul_std=np.asarray(rul_std, dtype=np.float64).reshape(batch),
+            rul_std=np.asarray(rul_std, dtype=np.float64).reshape(batch) * self.rul_std_scale,
             embedding=emb,
             novelty=nov,
         )

@@ -11,6 +11,7 @@ from shared.alerting import AlertRule, AlertState, evaluate
 from shared.tuning import propose_step, step_box
 from shared.uncertainty import (
     fit_centroids,
+    fit_std_scale,
     flagged_error_ratio,
     hard_case_reasons,
     interval_coverage,
@@ -92,6 +93,18 @@ def test_calibration_measures():
     assert 0.85 < interval_coverage(m, np.ones(1000), y) < 0.95
     err = np.abs(y)
     assert flagged_error_ratio(err, err > 1.0) > 2.0
+
+
+def test_std_scale_fitted_on_some_units_calibrates_the_others():
+    rng = np.random.default_rng(2)
+    mean = rng.normal(50, 20, 4000)
+    std = rng.uniform(2, 10, 4000)  # what an over-confident model says
+    truth = mean + rng.normal(0, 1, 4000) * 2.5 * std  # the truth is 2.5× as spread
+    scale = fit_std_scale(mean[:2000], std[:2000], truth[:2000])
+    assert 2.3 < scale < 2.7
+    assert interval_coverage(mean[2000:], std[2000:], truth[2000:]) < 0.55
+    assert 0.87 < interval_coverage(mean[2000:], scale * std[2000:], truth[2000:]) < 0.93
+    assert fit_std_scale(mean, std, np.full(4000, np.nan)) == 1.0
 
 
 def _surrogate(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -163,6 +163,10 @@ def test_pipeline_tiny_end_to_end(export_dir, keys, tmp_path):
         np.asarray(out["embedding_centroids"]).shape[1] == edge_model.cfg.embed_dim
         and out["novelty_scale"] > 0
     )
+    # the RUL interval's scale, fitted on held-out units, travels to the edge and is applied there
+    assert out["rul_std_scale"] > 0
+    calib = manifest.metrics["calibration"]
+    assert calib["rul_std_scale"] == out["rul_std_scale"]
     assert set(manifest.thresholds) >= {
         "alert_probability", "alert_persistence_steps", "alert_clear_probability",
         "hard_margin", "hard_rul_std_h", "hard_novelty",
@@ -181,6 +185,10 @@ def test_pipeline_tiny_end_to_end(export_dir, keys, tmp_path):
     probs, rul, rul_std, emb = sess.run(None, {"x": feats})
     assert probs.shape == (1, len(ALL_MODES)) and rul.shape == (1,) and rul_std.shape == (1,)
     assert emb.shape == (1, edge_model.cfg.embed_dim)
+    from edge.inference import RiskModel
+
+    pred = RiskModel(path.read_bytes(), manifest).predict(feats.astype(np.float32))
+    assert np.allclose(pred.rul_std, rul_std * out["rul_std_scale"], rtol=1e-5)
 
 
 def test_tuning_model_release_and_step(export_dir, keys, tmp_path):

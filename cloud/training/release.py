@@ -26,7 +26,7 @@ from cloud.training.quantize import adaptive_quantize
 from cloud.training.windows import WindowSet
 from shared.models.dga import DGA, INPUT_NAME, OUTPUT_NAMES
 from shared.signing import ModelManifest, write_release
-from shared.uncertainty import fit_centroids, flagged_error_ratio, interval_coverage, novelty
+from shared.uncertainty import fit_centroids, fit_std_scale, flagged_error_ratio, interval_coverage, novelty
 
 _logger = logging.getLogger(__name__)
 
@@ -61,6 +61,33 @@ def calibration_metrics(
         "share_high_std": float(np.mean(std > thresholds["hard_rul_std_h"])),
         "share_novel": float(np.mean(novelty_score[ok] > thresholds["hard_novelty"])),
     }
+
+
+def calibrate_std(out: dict[str, np.ndarray], holdout: WindowSet) -> tuple[float, dict[str, float]]:
+    """The RUL interval's scale, fitted on half the held-out units (even group ids) and measured
+    on the other half, so the coverage reported is on units the scale was not fitted on; the
+    scale shipped is then fitted on all of them."""
+    ok = np.isfinite(holdout.rul)
+    if not ok.any():
+        return 1.0, {}
+    fit_part = ok & (holdout.groups % 2 == 0)
+    test_part = ok & (holdout.groups % 2 == 1)
+    mean, std, truth = out["rul"], out["rul_std"], holdout.rul
+    report: dict[str, float] = {}
+    if fit_part.any() and test_part.any():
+        half = fit_std_scale(mean[fit_part], std[fit_part], truth[fit_part])
+        report = {
+            "rul_std_scale_half": half,
+            "rul_interval90_coverage_raw_other_half": interval_coverage(
+                mean[test_part], std[test_part], truth[test_part]
+            ),
+            "rul_interval90_coverage_scaled_other_half": interval_coverage(
+                mean[test_part], half * std[test_part], truth[test_part]
+            ),
+        }
+    scale = fit_std_scale(mean[ok], std[ok], truth[ok])
+    _logger.info("RUL std scale %.2f (%s)", scale, report)
+    return scale, {"rul_std_scale": scale, **report}
 
 
 def release_edge(
@@ -99,18 +126,24 @@ def release_edge(
     cen, scale = fit_centroids(calib_out["embedding"], k=centroids, seed=0)
     hold_out = run_onnx(released, holdout.x)
     nov = novelty(hold_out["embedding"], cen, scale)
+    std_scale, std_calibration = calibrate_std(hold_out, holdout)
+    edge_std = hold_out["rul_std"] * std_scale  # what the edge will see
     shipped = {
         "alert_probability": th.alert_probability,
         "alert_persistence_steps": float(th.alert_persistence_steps),
         "alert_clear_probability": th.alert_clear_probability,
         "hard_margin": th.hard_margin,
         "hard_rul_std_h": float(
-            th.hard_rul_std_h if th.hard_rul_std_h is not None else np.quantile(hold_out["rul_std"], 0.9)
+            th.hard_rul_std_h if th.hard_rul_std_h is not None else np.quantile(edge_std, 0.9)
         ),
         "hard_novelty": th.hard_novelty,
         **th.extra,
     }
-    calibration = calibration_metrics(hold_out, holdout.rul, nov, shipped)
+    # The model's own interval (before the scale), as earlier releases reported it; the scale's
+    # effect, measured on units it was not fitted on, is in std_calibration.
+    raw_thresholds = {**shipped, "hard_rul_std_h": shipped["hard_rul_std_h"] / std_scale}
+    calibration = calibration_metrics(hold_out, holdout.rul, nov, raw_thresholds)
+    calibration.update(std_calibration)
     all_metrics = {**(metrics or {}), "parity": parity["candidate_vs_fp32"], "calibration": calibration}
     fields = {
         "model_id": model_id,
@@ -126,6 +159,7 @@ def release_edge(
             "rul_cap_h": float(model.cfg.rul_cap),
             "embedding_centroids": cen.astype(float).tolist(),
             "novelty_scale": float(scale),
+            "rul_std_scale": float(std_scale),
             "keep_ratio": keep_ratio,
         },
         "thresholds": shipped,
