@@ -14,6 +14,10 @@ etch chambers recalibrated and pumps wearing faster from day 20).
 5. Score v0 and the new model on B-old and B-new: ROC AUC of "fails within 72 h" (score: the
    highest mode probability), the gate's measure; a point is 0.01 of AUC. Targets: after the
    update, B-new within 2 points of v0's B-old; B-old loses at most 1 point.
+6. The reference the round is measured against: an edge-size model trained from scratch, on the
+   labels only, on exactly the round's training windows (new + replay) with the round's
+   distillation budget. What it scores on B-new is about as far as these labels take this model:
+   a round that gets there lost nothing in fine-tuning, distillation, INT8 or the gate.
 
     .venv/bin/python bench/b8_incremental.py [--quick] [--tools 24] [--days 40] [--epochs 10]
 """
@@ -39,17 +43,21 @@ from cloud.config import CloudConfig
 from cloud.labels import Label, set_label
 from cloud.learning import Learner
 from cloud.metrics import CloudMetrics
-from cloud.pipeline_adapter import make_pipeline, roc_auc
+from cloud.pipeline_adapter import make_pipeline, roc_auc, to_windowset
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.storage import Repo, make_engine, migrate
 from cloud.storage.models import Case, Edge, LearningRound
 from cloud.training import simdata
+from cloud.training.distil import edge_config
 from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, train_full
-from cloud.training.windows import WindowSet
+from cloud.training.trainer import fit, predict
+from cloud.training.windows import WindowSet, split_by_group
 from shared.dataset import ToolSeries
 from shared.equipment import ALL_MODES
 from shared.messages import ModelAnnouncement
+from shared.models.checkpoint import load_checkpoint
+from shared.models.dga import DGA
 from shared.signing import generate_keypair, load_public_key, verify_artifact, verify_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,6 +72,14 @@ def score(artifact: Path, ws: WindowSet) -> float:
     """ROC AUC of "fails within 72 h" (the highest mode probability), as the learning gate scores."""
     sess = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
     probs = np.concatenate([sess.run(["probs"], {"x": ws.x[i : i + 512]})[0] for i in range(0, len(ws), 512)])
+    known = ~np.isnan(ws.labels).all(axis=1)
+    failed = np.nan_to_num(ws.labels, nan=0.0).max(axis=1) >= 0.5
+    return roc_auc(probs[known].max(axis=1), failed[known])
+
+
+def auc_torch(model: DGA, ws: WindowSet) -> float:
+    """The same measure as :func:`score` on a torch model (FP32)."""
+    probs = predict(model, ws.x)["probs"]
     known = ~np.isnan(ws.labels).all(axis=1)
     failed = np.nan_to_num(ws.labels, nan=0.0).max(axis=1) >= 0.5
     return roc_auc(probs[known].max(axis=1), failed[known])
@@ -152,11 +168,11 @@ def main() -> None:
         )
         info, series = simdata.load(data)
         # The scaler is fitted before the drift, as it was for the deployed model.
-        before = {
+        pre_drift = {
             k: ToolSeries(**{f.name: getattr(v, f.name)[v.t_s < DRIFT_DAY * 86400.0] for f in fields(v)})
             for k, v in series.items()
         }
-        spec = simdata.fit_spec(info, before, pcfg.window, pcfg.step_s)
+        spec = simdata.fit_spec(info, pre_drift, pcfg.window, pcfg.step_s)
         _, tools, _ = simdata.dataset_windows(data, spec=spec, stride=pcfg.stride, cap_h=pcfg.rul_cap_h)
         ids = sorted(t.tool_id for t in tools)
         rng = np.random.default_rng(ns.seed)
@@ -251,6 +267,7 @@ def main() -> None:
 
         t_start = time.perf_counter()
         rid = learner.trigger("labels")
+        assert rid is not None, "the round did not open"
         row = learner.get(rid)
         seconds = time.perf_counter() - t_start
         promoted = row.status == "running"
@@ -271,10 +288,31 @@ def main() -> None:
         }
         before = {k: score(v0, v) for k, v in sets.items()}
         after = {k: score(cand, v) for k, v in sets.items()}
+        # The reference: labels only, from scratch, the round's windows and distillation budget.
+        teacher, teacher_meta = load_checkpoint(full)
+        assert isinstance(teacher, DGA)
+        modes = list(teacher_meta.get("modes") or [])
+        round_ws = to_windowset(
+            learner.windows([*row.state["train"], *row.state["replay"]]), modes, teacher.cfg.rul_cap
+        )
+        ref_train, ref_val = split_by_group(round_ws, pcfg.val_fraction, pcfg.train.seed)
+        t_ref = time.perf_counter()
+        ref = fit(
+            DGA(
+                edge_config(
+                    teacher.cfg, pcfg.edge_d_model, pcfg.edge_layers, max(1, min(4, pcfg.edge_d_model // 8))
+                )
+            ),
+            ref_train,
+            ref_val,
+            replace(pcfg.train, epochs=cfg.learning.distil_epochs or pcfg.train.epochs),
+        ).model
+        reference = {k: auc_torch(ref, v) for k, v in sets.items()}
+        print(f"reference trained in {time.perf_counter() - t_ref:.0f} s")
     print(f"round: {[(e['msg'][:70], round(e['ts'] - row.created_ts)) for e in row.log]}")
     print(f"gate {row.state.get('gate')}")
     for k in sets:
-        print(f"  {k:20s} v0 {before[k]:.3f}  candidate {after[k]:.3f}")
+        print(f"  {k:20s} v0 {before[k]:.3f}  candidate {after[k]:.3f}  reference {reference[k]:.3f}")
     size = (
         "tiny models"
         if ns.quick
@@ -290,6 +328,10 @@ def main() -> None:
     )
     figures = "; ".join(
         f"{k}: v0 {before[k]:.3f} → candidate {after[k]:.3f}" for k in ("old", "new", "new, drifted types")
+    )
+    figures += (
+        f"; reference (edge size, from scratch on the round's windows, labels only, FP32): "
+        f"old {reference['old']:.3f}, new {reference['new']:.3f}"
     )
     extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in caps.items())
     line = (
