@@ -113,7 +113,7 @@ def main() -> int:
     ap.add_argument("--patience", type=int, default=6)
     ap.add_argument("--label-horizon", type=float, default=144.0, help="h; the heads answer 'fails within'")
     ap.add_argument("--w-mode", type=float, default=1.0, help="weight of the failure-mode loss")
-    ap.add_argument("--minutes", type=float, default=6.0, help="wall-clock cap per training stage")
+    ap.add_argument("--minutes", type=float, default=6.5, help="wall-clock cap per training stage")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     t_start = time.monotonic()
