@@ -1,0 +1,71 @@
+"""The RUL interval's calibration: the model's own interval vs the release's std scale.
+
+The scale (``shared.uncertainty.fit_std_scale``, what ``cloud.training.release`` ships as
+``output_spec.rul_std_scale``) is fitted on one simulator seed and measured on another, with the
+trained edge model of ``tests/fixtures/trained_edge`` (trained on seeds 101/102/202, so both seeds
+here are unseen). Windows with a known RUL only (before a failure).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/rul_calibration.py [--fit-seed 303 --test-seed 404]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from cloud.training import simdata  # noqa: E402
+from cloud.training.parity import run_onnx  # noqa: E402
+from shared.features import FeatureSpec  # noqa: E402
+from shared.uncertainty import fit_std_scale, interval_coverage  # noqa: E402
+
+FIXTURE = REPO / "tests" / "fixtures" / "trained_edge"
+
+
+def predictions(
+    tmp: Path, seed: int, spec: FeatureSpec, days: int, tools: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    out = tmp / f"seed{seed}"
+    cmd = [sys.executable, "-m", "fabpm.cli", "sim", "export", "--days", str(days), "--tools", str(tools)]
+    subprocess.run([*cmd, "--seed", str(seed), "--out", str(out)], check=True, cwd=REPO, timeout=1800)
+    _, per_tool, _ = simdata.dataset_windows(out, spec=spec, stride=4)
+    ws = simdata.merge(per_tool)
+    o = run_onnx(FIXTURE / "edge_risk.onnx", ws.x)
+    ok = np.isfinite(ws.rul)
+    return o["rul"][ok], o["rul_std"][ok], ws.rul[ok]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fit-seed", type=int, default=303)
+    ap.add_argument("--test-seed", type=int, default=404)
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--tools", type=int, default=30)
+    args = ap.parse_args()
+    manifest = json.loads((FIXTURE / "edge_risk.manifest.json").read_text())
+    manifest = manifest.get("manifest", manifest)
+    spec = FeatureSpec.from_dict(manifest["input_spec"])
+    with tempfile.TemporaryDirectory() as tmp:
+        m1, s1, y1 = predictions(Path(tmp), args.fit_seed, spec, args.days, args.tools)
+        m2, s2, y2 = predictions(Path(tmp), args.test_seed, spec, args.days, args.tools)
+    k = fit_std_scale(m1, s1, y1)
+    print(f"# windows: {len(y1)} fit (seed {args.fit_seed}), {len(y2)} measured (seed {args.test_seed})")
+    print(f"# std scale fitted: {k:.2f}")
+    print("| nominal | coverage, model's own std | coverage, scaled std |")
+    print("|---|---|---|")
+    for z, nominal in ((1.645, 90), (1.0, 68)):
+        raw, scaled = interval_coverage(m2, s2, y2, z), interval_coverage(m2, k * s2, y2, z)
+        print(f"| {nominal}% | {raw:.1%} | {scaled:.1%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
