@@ -150,7 +150,8 @@ class ModelsConfig(StrictModel):
 class DecisionsConfig(StrictModel):
     thresholds: dict[str, float] = Field(default_factory=dict)  # overrides of the manifest's
     infer_every_steps: int = Field(default=1, ge=1)
-    max_stale_steps: float = Field(default=3.0, gt=0)  # older samples count as missing
+    # Held values expire this many steps after a tool's stream stops (edge.windows).
+    max_stale_steps: float = Field(default=3.0, gt=0)
     hardcase_per_hour: float = Field(default=60.0, ge=0)  # upload budget: token bucket rate
     hardcase_burst: int = Field(default=10, ge=0)
     pending_cases_max: int = Field(default=10000, ge=1)

@@ -5,8 +5,12 @@ The model was trained on rows sampled every ``step_s`` seconds (the manifest's
 publishes them. :class:`ToolWindow` keeps each sensor's last value and its source timestamp and,
 when a value stamped at or after the next grid point arrives, closes that grid row with the last
 value of each sensor stamped before it (sample and hold, like the exporter's periodic samples).
-A sensor whose last value is older than ``max_stale_steps`` steps, or was Bad, is missing (NaN)
-in the row: never a made-up number. A jump of more than a window (an outage, a restarted server)
+A sensor's last good value holds while the tool's stream goes on: a subscription (or a poll)
+sends a value only when it changes, so a sensor that sits still behind a deadband, or a stuck
+sensor the server still calls Good, is held exactly as the exporter's samples hold it. Once the
+tool's stream stops (the link is down) the held values expire ``max_stale_steps`` steps after
+the tool's last value, and a Bad value is missing until a good one comes (NaN in the row): never
+a made-up number. A jump of more than a window (an outage, a restarted server)
 starts the window afresh rather than filling it with empty rows, and so does source time going
 back by more than a window.
 """
@@ -49,6 +53,7 @@ class ToolWindow:
         "closed_at",
         "last",
         "last_ts",
+        "latest",
         "max_age",
         "next_t",
         "processing",
@@ -70,6 +75,9 @@ class ToolWindow:
         n = len(self.sensors)
         self.last = np.full(n, NAN)
         self.last_ts = np.full(n, -math.inf)
+        # The tool's latest source timestamp before the row being closed: the stream vouches that
+        # sensors it did not update were unchanged until then.
+        self.latest = -math.inf
         self.processing = False
         self.state = ""
         self.next_t: float | None = None
@@ -91,12 +99,15 @@ class ToolWindow:
             self.restart(ts)
         self.last[sensor] = value
         self.last_ts[sensor] = ts
+        if ts > self.latest:
+            self.latest = ts
 
     def restart(self, ts: float) -> None:
         """Source time went back by more than a window (a restarted simulator, a reset clock)."""
         self.next_t = (math.floor(ts / self.step) + 1) * self.step
         self.last[:] = NAN
         self.last_ts[:] = -math.inf
+        self.latest = -math.inf
         self._filled = 0
 
     def set_state(self, state: str, ts: float) -> None:
@@ -118,7 +129,7 @@ class ToolWindow:
             steps = 1
         for _ in range(steps):
             g = self.next_t
-            fresh = (g - self.last_ts) <= self.max_age
+            fresh = (g - np.maximum(self.last_ts, self.latest)) <= self.max_age
             row = self._count % self.window
             self._values[row] = np.where(fresh, self.last, NAN)
             self._proc[row] = 1.0 if self.processing else 0.0

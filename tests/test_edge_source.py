@@ -169,7 +169,7 @@ async def test_discover_writes_a_config_that_loads(tmp_path):
     assert {t.id for t in cfg.tools} == set(TOOLS) and cfg.tools[0].path.startswith("Objects/Fab/")
 
 
-def test_window_resamples_on_the_grid_and_marks_stale_values_missing():
+def test_window_resamples_on_the_grid_holds_quiet_sensors_and_expires_a_stopped_stream():
     win = ToolWindow("t", "vacuum_pump", window=4, step_s=10.0, max_stale_steps=2)
     win.set_state("productive", 0.0)
     for k in range(6):
@@ -181,12 +181,24 @@ def test_window_resamples_on_the_grid_and_marks_stale_values_missing():
     got = win.take()
     assert got.ts == 60.0
     assert got.values[:, 0].tolist() == [2.0, 3.0, 4.0, 5.0]
-    # sensor 1 was last seen at t=12: fresh for 2 steps (until t=32), then missing
-    assert got.values[0, 1] == 101.0 and all(math.isnan(v) for v in got.values[1:, 1])
+    # sensor 1 sent nothing after t=12 while the tool's stream went on: unchanged, so held
+    # (a subscription only sends changes; the exporter holds the value the same way)
+    assert got.values[:, 1].tolist() == [101.0] * 4
     assert np.all(got.processing == 1.0)
-    win.update(0, 7.0, 1000.0)  # a gap longer than the window: start afresh
+    # The whole stream stops after t=61 (link down) and comes back at t=101: held values are
+    # current until 2 steps after the tool's last value (t=81), missing after that.
+    win.update(0, 7.0, 101.0)
+    got = win.take()
+    assert got.ts == 100.0
+    assert got.values[:, 0].tolist()[:2] == [6.0, 6.0] and all(math.isnan(v) for v in got.values[2:, 0])
+    assert got.values[:2, 1].tolist() == [101.0, 101.0] and all(math.isnan(v) for v in got.values[2:, 1])
+    # A Bad value is missing at once, whatever the stream does.
+    win.update(1, math.nan, 102.0)
+    win.update(0, 8.0, 111.0)
+    assert math.isnan(win.take().values[-1, 1])
+    win.update(0, 9.0, 1000.0)  # a gap longer than the window: start afresh
     assert not win.ready(1)
-    win.update(0, 8.0, 5.0)  # source time went back by more than a window (restarted server)
+    win.update(0, 10.0, 5.0)  # source time went back by more than a window (restarted server)
     assert win.next_t == 10.0
 
 
