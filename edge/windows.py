@@ -44,6 +44,7 @@ class ToolWindow:
     """One tool's sensor rows on the grid ``k · step_s``; see the module docstring."""
 
     __slots__ = (
+        "_back",
         "_count",
         "_filled",
         "_new_rows",
@@ -78,6 +79,7 @@ class ToolWindow:
         # The tool's latest source timestamp before the row being closed: the stream vouches that
         # sensors it did not update were unchanged until then.
         self.latest = -math.inf
+        self._back = 0  # far-back values in a row (see update)
         self.processing = False
         self.state = ""
         self.next_t: float | None = None
@@ -95,8 +97,17 @@ class ToolWindow:
             self.next_t = (math.floor(ts / self.step) + 1) * self.step
         elif ts >= self.next_t:
             self.close_until(ts)
+            self._back = 0
         elif ts < self.next_t - self.step * (self.window + 1):
-            self.restart(ts)
+            # Far back: a quiet sensor's SourceTimestamp is when it last changed (a poll, or the
+            # first values of a new subscription), which can be days old while the tool's other
+            # sensors are current. Only a whole round of far-back values, none current between
+            # them, means source time itself went back (a restarted server, a reset clock).
+            self._back += 1
+            if self._back > len(self.sensors):
+                self.restart(ts)
+        else:
+            self._back = 0
         self.last[sensor] = value
         self.last_ts[sensor] = ts
         if ts > self.latest:
@@ -108,6 +119,7 @@ class ToolWindow:
         self.last[:] = NAN
         self.last_ts[:] = -math.inf
         self.latest = -math.inf
+        self._back = 0
         self._filled = 0
 
     def set_state(self, state: str, ts: float) -> None:

@@ -198,8 +198,19 @@ def test_window_resamples_on_the_grid_holds_quiet_sensors_and_expires_a_stopped_
     assert math.isnan(win.take().values[-1, 1])
     win.update(0, 9.0, 1000.0)  # a gap longer than the window: start afresh
     assert not win.ready(1)
-    win.update(0, 10.0, 5.0)  # source time went back by more than a window (restarted server)
-    assert win.next_t == 10.0
+    for k in range(6):  # a full window of rows, every sensor sending
+        for s in range(len(win.sensors)):
+            win.update(s, float(s), 1001.0 + 10 * k)
+    # A quiet sensor's value stamped when it last changed, long ago (a poll or a new
+    # subscription's first values), while the others are current: held, not a clock reset.
+    win.update(2, 42.0, 3.0)
+    win.update(0, 11.0, 1061.0)
+    assert win.ready(1) and win.take().values[-1, 2] == 42.0
+    # A whole round of far-back values with nothing current between: source time went back by
+    # more than a window (a restarted server), so the window starts afresh.
+    for s in range(len(win.sensors) + 1):
+        win.update(s % len(win.sensors), 10.0, 5.0)
+    assert win.next_t == 10.0 and not win.ready(1)
 
 
 def test_malformed_config_names_the_field(tmp_path, capsys):
