@@ -47,7 +47,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "artifacts" / "b1")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--quick", action="store_true", help="one seed, few epochs: checks the script runs")
-    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--d-model", type=int, default=96)  # chosen on the validation units (second session)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--window", type=int, default=40)
