@@ -130,6 +130,21 @@ def password_broker(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         yield port, pki
 
 
+async def _publishes_one_event(cfg: MqttConfig, box: Outbox) -> MqttRelay:
+    """A relay with ``cfg`` connects and delivers one queued event; returned stopped."""
+    box.put(Kind.EVENT, "fabpm/v1/s1/e1/event", b'{"x": 1}', 1)
+    relay = MqttRelay(cfg, "s1", "e1", box)
+    relay.start()
+    task = asyncio.create_task(relay.run())
+    try:
+        assert await until(lambda: relay.connected, 15)
+        assert await relay.flushed(10)
+    finally:
+        task.cancel()
+        await relay.stop()
+    return relay
+
+
 async def test_client_certificate_login_over_tls(tmp_path: Path, tls_broker):
     port, pki = tls_broker
     cfg = MqttConfig(
@@ -142,16 +157,7 @@ async def test_client_certificate_login_over_tls(tmp_path: Path, tls_broker):
         reconnect_max_s=1.0,
     )
     box = Outbox(tmp_path / "o.sqlite", 1_000_000)
-    box.put(Kind.EVENT, "fabpm/v1/s1/e1/event", b'{"x": 1}', 1)
-    relay = MqttRelay(cfg, "s1", "e1", box)
-    relay.start()
-    task = asyncio.create_task(relay.run())
-    try:
-        assert await until(lambda: relay.connected, 15)
-        assert await relay.flushed(10)
-    finally:
-        task.cancel()
-        await relay.stop()
+    await _publishes_one_event(cfg, box)
     # Without a client certificate the broker refuses the TLS handshake.
     bare = MqttRelay(cfg.model_copy(update={"cert_file": None, "key_file": None}), "s1", "e2", box)
     bare.start()
@@ -205,17 +211,8 @@ async def test_user_and_password_login_over_tls(tmp_path: Path, password_broker,
         reconnect_max_s=1.0,
     )
     box = Outbox(tmp_path / "o.sqlite", 1_000_000)
-    box.put(Kind.EVENT, "fabpm/v1/s1/e1/event", b'{"x": 1}', 1)
-    relay = MqttRelay(cfg, "s1", "e1", box)
-    relay.start()
-    task = asyncio.create_task(relay.run())
-    try:
-        assert await until(lambda: relay.connected, 15)
-        assert await relay.flushed(10)
-        assert relay.refusals == 0 and relay.refused is None
-    finally:
-        task.cancel()
-        await relay.stop()
+    relay = await _publishes_one_event(cfg, box)
+    assert relay.refusals == 0 and relay.refused is None
     # A wrong password: refused at every try (paho's back-off, 1 s here), the relay loop keeps
     # running, the refusal is logged once with what to check, and neither password is written.
     wrong_pw = "wr0ng-Pa55-02aa"

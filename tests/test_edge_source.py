@@ -302,7 +302,9 @@ async def test_kill_9_of_the_edge_process_loses_and_corrupts_nothing(tmp_path, m
         await fab.stop()
 
 
-async def test_the_watchdog_trusts_keepalives_and_trips_on_a_server_that_stops_answering():
+async def _pump_behind_a_proxy(request_timeout_s: float) -> tuple[FabServer, FreezableProxy, OpcUaConfig]:
+    """A one-pump server behind a freezable proxy, and a source config with a 1 s silence
+    watchdog (asyncua's own probe kept out of it) and a short reconnect back-off."""
     fab = FabServer(free_port(), {"pump-01": "vacuum_pump"})
     await fab.start()
     proxy = FreezableProxy(fab.port)
@@ -311,11 +313,16 @@ async def test_the_watchdog_trusts_keepalives_and_trips_on_a_server_that_stops_a
         endpoint=proxy.endpoint,
         publishing_interval_ms=50,
         silence_timeout_s=1.0,
-        watchdog_interval_s=60.0,  # asyncua's own probe stays out of it: this is the silence watchdog
-        request_timeout_s=2.0,
+        watchdog_interval_s=60.0,
+        request_timeout_s=request_timeout_s,
         backoff_initial_s=0.1,
         backoff_max_s=0.2,
     )
+    return fab, proxy, cfg
+
+
+async def test_the_watchdog_trusts_keepalives_and_trips_on_a_server_that_stops_answering():
+    fab, proxy, cfg = await _pump_behind_a_proxy(request_timeout_s=2.0)
     src = AsyncuaSource(cfg, tag_table([PUMP]))
     task = asyncio.create_task(src.run(lambda b: None, lambda e: None))
     try:
@@ -396,19 +403,8 @@ async def test_a_cancel_that_comes_as_the_connect_completes_is_not_lost(monkeypa
     "when", ["disconnecting from a hung server", "reconnecting to a hung server", "server stopped"]
 )
 async def test_cancel_finishes_while_the_server_hangs_or_is_gone(when):
-    fab = FabServer(free_port(), {"pump-01": "vacuum_pump"})
-    await fab.start()
-    proxy = FreezableProxy(fab.port)
-    await proxy.start()
-    cfg = OpcUaConfig(
-        endpoint=proxy.endpoint,
-        publishing_interval_ms=50,
-        silence_timeout_s=1.0,
-        watchdog_interval_s=60.0,  # asyncua's probe stays out of it: the silence watchdog notices
-        request_timeout_s=30.0,  # a hung CloseSession or connect would hold a stop this long
-        backoff_initial_s=0.1,
-        backoff_max_s=0.2,
-    )
+    # A hung CloseSession or connect would hold a stop for the whole request timeout.
+    fab, proxy, cfg = await _pump_behind_a_proxy(request_timeout_s=30.0)
     src = AsyncuaSource(cfg, tag_table([PUMP]))
     task = asyncio.create_task(src.run(lambda b: None, lambda e: None))
     try:
