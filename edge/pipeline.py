@@ -198,20 +198,8 @@ class Pipeline:
             # The failure's mode comes from the alarm, which travels on another OPC UA path (events,
             # not data) and may arrive just after the state change: use it when it is near in time.
             near = info.last_mode_ts is not None and abs(info.last_mode_ts - ts) <= MODE_MATCH_S
-            self.emit(
-                message(
-                    Event,
-                    edge_id=self.decider.edge_id,
-                    site=self.decider.site,
-                    tool_id=tool,
-                    event=kind,
-                    state=state,
-                    mode=info.last_mode if kind == "failure" and near else None,
-                    source_ts=ts,
-                    detail={"previous": previous},
-                )
-            )
-            self.metrics.events.labels(kind).inc()
+            mode = info.last_mode if kind == "failure" and near else None
+            self._emit_event(tool, kind, mode, ts, {"previous": previous}, state=state)
 
         if kind == "failure" and self.failure_grace_s > 0:
             try:
@@ -235,19 +223,33 @@ class Pipeline:
         if mode is not None:
             self.tools[tool].last_mode = mode
             self.tools[tool].last_mode_ts = ev.ts
+        detail = {"message": ev.message[:500], "severity": ev.severity, "source": ev.source[:200]}
+        self._emit_event(tool, "alarm", mode, ev.ts, detail)
+
+    def _emit_event(
+        self,
+        tool: str,
+        kind: str,
+        mode: str | None,
+        ts: float,
+        detail: dict[str, object],
+        state: str | None = None,
+    ) -> None:
+        """Queue one equipment event of ``tool`` and count it."""
         self.emit(
             message(
                 Event,
                 edge_id=self.decider.edge_id,
                 site=self.decider.site,
                 tool_id=tool,
-                event="alarm",
+                event=kind,
                 mode=mode,
-                source_ts=ev.ts,
-                detail={"message": ev.message[:500], "severity": ev.severity, "source": ev.source[:200]},
+                source_ts=ts,
+                detail=detail,
+                state=state,
             )
         )
-        self.metrics.events.labels("alarm").inc()
+        self.metrics.events.labels(kind).inc()
 
     # -- inference ----------------------------------------------------------------------------
 
