@@ -170,7 +170,13 @@ class FullModel:
                 fn = torch.jit.trace(_Outputs(self.model, self.keep_ratio), example, check_trace=False)
             ref = _Outputs(self.model, self.keep_ratio)(x)
             got = fn(x)
-            if not all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(ref, got, strict=True)):
+            # Under autocast the trace and the eager pass may hand back different dtypes (BF16 vs
+            # FP32 heads) and round differently: compare in FP32 with the precision's tolerance.
+            tol = (1e-4, 1e-5) if self.autocast is None else (3e-2, 3e-2)
+            if not all(
+                torch.allclose(a.float(), b.float(), rtol=tol[0], atol=tol[1])
+                for a, b in zip(ref, got, strict=True)
+            ):
                 _logger.warning("traced model disagrees with eager on %d steps; serving eager", steps)
                 self.trace = False
                 return ref

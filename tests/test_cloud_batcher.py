@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from cloud.batcher import DynamicBatcher
 from cloud.errors import QueueFullError
@@ -102,3 +103,22 @@ def test_traced_serving_matches_eager_for_any_batch_and_length(tmp_path):
             assert a.rul_h == pytest.approx(b.rul_h, rel=1e-4, abs=1e-4)
             assert all(a.probs[m] == pytest.approx(b.probs[m], abs=1e-5) for m in a.probs)
     assert traced.trace and set(traced._traced) == {10, 16}  # one trace per window length
+
+
+def test_bf16_autocast_on_the_cpu_serves_close_to_fp32(tmp_path):
+    """``serving.precision = "bf16"`` on a CPU (AMX machines) traces and answers like FP32."""
+    import numpy as np
+
+    from cloud.serving import load_replicas
+    from cloud.testing import tiny_full_checkpoint
+
+    ckpt = tiny_full_checkpoint(tmp_path / "full.pt", n_features=8, window=16)
+    (bf16,) = load_replicas(ckpt, "cpu", "bf16", 1)
+    (fp32,) = load_replicas(ckpt, "cpu", "fp32", 1)
+    assert bf16.autocast is torch.bfloat16 and fp32.autocast is None
+    rng = np.random.default_rng(0)
+    windows = [rng.standard_normal((16, 8)).astype(np.float32) for _ in range(5)]
+    for a, b in zip(bf16.predict(windows), fp32.predict(windows), strict=True):
+        assert a.rul_h == pytest.approx(b.rul_h, rel=0.05, abs=0.5)
+        assert all(a.probs[m] == pytest.approx(b.probs[m], abs=0.03) for m in a.probs)
+    assert bf16.trace  # the trace passed its own check in BF16
