@@ -1,7 +1,9 @@
 """B7: compute saved by DGA token dropping vs metric lost, on C-MAPSS FD001 (full model).
 
 For each keep ratio: analytic FLOPs per window; measured time of the ONNX FP32 graph with the
-dropping baked in (batch 1 one thread and batch 64, interleaved rounds in one run); RUL RMSE at
+dropping baked in (batch 1 one thread and batch 64) and of the cloud's verdict path (the
+TorchScript-traced replica of ``cloud.serving``, its ``predict`` on batches of 64 and 256, the
+sizes the dynamic batcher forms under load), all in interleaved rounds in one run; RUL RMSE at
 the last cycle of the 100 test units (the B1 protocol) and over every test window; recall and
 precision of "fails within 30 cycles" (probability ≥ 0.5) over every test window, its ROC AUC, and
 its recall at the full model's precision (a release picks its alert threshold for the graph it
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from cloud.pipeline_adapter import roc_auc
+from cloud.serving import load_replicas
 from cloud.training import cmapss
 from cloud.training.export import export_dga
 from cloud.training.quantize import session
@@ -35,6 +38,7 @@ from shared.models.dga import DGA, flops
 
 REPO = Path(__file__).resolve().parent.parent
 RATIOS = (1.0, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4)
+CLOUD_BATCHES = (64, 256)
 
 
 def recall_at_precision(score: np.ndarray, positive: np.ndarray, precision: float) -> float:
@@ -68,13 +72,26 @@ def main() -> int:
         for r in RATIOS:
             path = export_dga(model, args.out / f"keep{int(r * 100)}.onnx", keep_ratio=None if r >= 1 else r)
             sessions[r] = session(path)
+        replicas = {r: load_replicas(ckpt, "cpu", "fp32", 1, None if r >= 1 else r)[0] for r in RATIOS}
         x1, x64 = every.x[:1], every.x[:64]
+        cloud_batches = {b: list(every.x[:b]) for b in CLOUD_BATCHES}
         lat: dict[float, list[float]] = {r: [] for r in RATIOS}
         thr: dict[float, list[float]] = {r: [] for r in RATIOS}
+        cloud: dict[tuple[float, int], list[float]] = {(r, b): [] for r in RATIOS for b in CLOUD_BATCHES}
         rounds, per = (4, 100) if args.quick else (15, 200)
         for s in sessions.values():
             for _ in range(20):
                 s.run(None, {"x": x1})
+        for rep in replicas.values():
+            for batch in cloud_batches.values():
+                rep.predict(batch)  # traces once per window length, then warm
+        for _ in range(rounds):
+            for r, rep in replicas.items():
+                for b, batch in cloud_batches.items():
+                    t0 = time.perf_counter()
+                    for _ in range(2):
+                        rep.predict(batch)
+                    cloud[(r, b)].append(2 * b / (time.perf_counter() - t0))
         for _ in range(rounds):
             for r, s in sessions.items():
                 for _ in range(per):
@@ -98,6 +115,7 @@ def main() -> int:
                     "flops": flops(model.cfg, keep),
                     "b1_median_us": float(np.median(lat[r])) * 1e6,
                     "b64_windows_per_s": float(np.median(thr[r])),
+                    **{f"cloud_b{b}_windows_per_s": float(np.median(cloud[(r, b)])) for b in CLOUD_BATCHES},
                     "rmse_last": cmapss.rmse(p_last, last.rul),
                     "score_last": cmapss.nasa_score(p_last, last.rul),
                     "rmse_all_windows": cmapss.rmse(out["rul"], every.rul),
@@ -116,6 +134,9 @@ def main() -> int:
             row["flops_saved"] = 1 - row["flops"] / base["flops"]
             row["time_saved_b1"] = 1 - row["b1_median_us"] / base["b1_median_us"]
             row["time_saved_b64"] = 1 - base["b64_windows_per_s"] / row["b64_windows_per_s"]
+            for b in CLOUD_BATCHES:
+                key = f"cloud_b{b}_windows_per_s"
+                row[f"time_saved_cloud_b{b}"] = 1 - base[key] / row[key]
             row["rmse_last_lost"] = row["rmse_last"] / base["rmse_last"] - 1
             row["rmse_all_lost"] = row["rmse_all_windows"] / base["rmse_all_windows"] - 1
             row["recall_lost"] = base["recall_30"] - row["recall_30"]
@@ -126,13 +147,16 @@ def main() -> int:
         print(f"B7 {ckpt} ({model.n_params()} params, window {model.cfg.window})")
         print(
             f"{'keep':>5s} {'FLOPs saved':>11s} {'t saved b1':>10s} {'t saved b64':>11s} "
+            f"{'cloud b64':>9s} {'cloud b256':>10s} "
             f"{'RMSE last':>9s} {'RMSE all':>8s} {'Δ all':>6s} {'recall':>6s} {'Δrecall':>7s} "
             f"{'AUC':>6s} {'Δrecall@P':>9s}"
         )
         for row in rows:
             print(
                 f"{row['keep_ratio']:5.2f} {row['flops_saved']:11.1%} {row['time_saved_b1']:10.1%} "
-                f"{row['time_saved_b64']:11.1%} {row['rmse_last']:9.2f} {row['rmse_all_windows']:8.2f} "
+                f"{row['time_saved_b64']:11.1%} {row['time_saved_cloud_b64']:9.1%} "
+                f"{row['time_saved_cloud_b256']:10.1%} {row['rmse_last']:9.2f} "
+                f"{row['rmse_all_windows']:8.2f} "
                 f"{row['rmse_all_lost']:6.1%} {row['recall_30']:6.3f} {row['recall_lost']:7.3f} "
                 f"{row['auc_30']:6.4f} {row['recall_at_precision_lost']:9.3f}"
             )

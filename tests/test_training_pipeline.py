@@ -238,3 +238,33 @@ def test_fit_scaler_matches_features():
     spec = FeatureSpec(window=4, step_s=600.0, scaler=fit_scaler({"plasma_etch": vals}))
     f = build_features(vals[:4], np.ones(4), "plasma_etch", spec)
     assert np.isfinite(f).all() and abs(float(f[:, :14].mean())) < 1.5
+
+
+def test_cmapss_padded_training_windows_match_how_test_units_are_padded(data_dir):
+    from cloud.training import cmapss
+
+    data = cmapss.load_fd001(data_dir)
+    plain = cmapss.train_windows(data, window=40, smooth=0.2)
+    padded = cmapss.train_windows(data, window=40, smooth=0.2, first_end=31)
+    unit1 = np.flatnonzero(padded.groups == 1)
+    life = int(np.sum(data.train[:, 0] == 1))
+    # nine more windows per unit (ends at cycles 31..39), the first one padded by 9 copies of cycle 1
+    assert len(padded) == len(plain) + 9 * 100 and len(unit1) == life - 30
+    first = padded.x[unit1[0]]
+    assert np.array_equal(first[:10], np.repeat(first[:1], 10, axis=0)) and not np.array_equal(
+        first[9], first[10]
+    )
+    assert padded.rul[unit1[0]] == min(life - 31, cmapss.RUL_CAP) and padded.rul[unit1[-1]] == 0
+    # a test unit of 31 cycles is shown to the model exactly like the training window ending at 31
+    short = cmapss._pad(cmapss._units(data.train, data, 0.2)[0][1][:31], 40)
+    assert np.array_equal(short, first)
+    assert np.array_equal(plain.x, padded.x[_not_padded(padded, 40, 31)])  # the rest is unchanged
+
+
+def _not_padded(ws, window: int, first_end: int) -> np.ndarray:
+    """Indices of the windows that end at cycle ≥ window (the unpadded ones), unit by unit."""
+    keep = []
+    for unit in np.unique(ws.groups):
+        idx = np.flatnonzero(ws.groups == unit)
+        keep.extend(idx[window - first_end :].tolist())
+    return np.asarray(keep)

@@ -50,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cmapss", help="C-MAPSS FD001, standard protocol (RUL cap 125, last test cycle)")
     common(c)
     c.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    c.add_argument("--window", type=int, default=40)
+    c.add_argument("--window", type=int, default=80)
+    c.add_argument(
+        "--first-end", type=int, default=31, help="train also on left-padded windows ending from this cycle"
+    )
     c.add_argument("--smooth", type=float, default=0.2, help="causal EWMA alpha on the sensors (0 = raw)")
     s = sub.add_parser("sim", help="a data set written by `fabpm sim export`")
     common(s)
@@ -107,13 +110,18 @@ def _cmapss(ns: argparse.Namespace) -> int:
     cfg = _train_config(ns, ns.tiny)
     if not ns.tiny:  # the configuration of bench/b1_cmapss.py
         train = replace(
-            cfg.train, lr=7e-4, weight_decay=0.01, input_noise=0.05, drop_prob=0.5, epochs=ns.epochs or 22
+            cfg.train, lr=7e-4, weight_decay=0.01, input_noise=0.05, drop_prob=0.5, epochs=ns.epochs or 8
         )
         cfg = replace(
-            cfg, n_layers=2, dropout=0.1, val_fraction=0.1, train=replace(train, patience=train.epochs)
+            cfg,
+            d_model=96,
+            n_layers=2,
+            dropout=0.1,
+            val_fraction=0.1,
+            train=replace(train, patience=train.epochs),
         )
     cfg = replace(cfg, cmapss_window=ns.window)
-    res = cmapss.run(ns.data, ns.out, cfg, edge=ns.edge, smooth=ns.smooth)
+    res = cmapss.run(ns.data, ns.out, cfg, edge=ns.edge, smooth=ns.smooth, first_end=ns.first_end)
     print(json.dumps(res, indent=1))
     return 0
 

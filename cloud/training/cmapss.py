@@ -89,11 +89,18 @@ def _pad(seq: np.ndarray, window: int) -> np.ndarray:
     return np.concatenate([np.repeat(seq[:1], window - len(seq), axis=0), seq])
 
 
-def train_windows(data: Fd001, window: int = WINDOW, cap: float = RUL_CAP, smooth: float = 0.0) -> WindowSet:
-    """Every window of every training unit, target min(RUL at its last cycle, cap)."""
+def train_windows(
+    data: Fd001, window: int = WINDOW, cap: float = RUL_CAP, smooth: float = 0.0, first_end: int | None = None
+) -> WindowSet:
+    """Every window of every training unit, target min(RUL at its last cycle, cap).
+
+    ``first_end`` (cycles, ≤ window): windows also end at cycles ``first_end … window - 1``, left-
+    padded the way :func:`last_windows` pads a short test unit, so a window longer than the
+    shortest test unit (31 cycles) is trained on what it will be shown. None: from ``window`` on.
+    """
     xs, ruls, groups = [], [], []
     for unit, z in _units(data.train, data, smooth):
-        z = _pad(z, window)
+        z = _pad(z, max(window, len(z) + window - min(first_end or window, window)))
         life = len(z)
         idx = np.arange(window, life + 1)  # window ends (exclusive)
         xs.append(np.stack([z[e - window : e] for e in idx]))
@@ -143,11 +150,17 @@ def nasa_score(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def run(
-    data_dir: Path, out_dir: Path, cfg: PipelineConfig, edge: bool = False, smooth: float = SMOOTH
+    data_dir: Path,
+    out_dir: Path,
+    cfg: PipelineConfig,
+    edge: bool = False,
+    smooth: float = SMOOTH,
+    first_end: int | None = None,
 ) -> dict[str, Any]:
     """Train the full DGA on FD001 (validation: 20% of the training units), evaluate the protocol.
 
-    With ``edge``, also distil the edge model and evaluate it the same way. Returns the metrics
+    ``first_end``: see :func:`train_windows`. With ``edge``, also distil the edge model and
+    evaluate it the same way. Returns the metrics
     (RMSE and score on the 100 test units, per-unit predictions) and the checkpoint paths.
     """
     from cloud.training.distil import distil, edge_config
@@ -155,7 +168,7 @@ def run(
     from shared.models.dga import DGA, DGAConfig
 
     data = load_fd001(data_dir)
-    ws = train_windows(data, cfg.cmapss_window, RUL_CAP, smooth)
+    ws = train_windows(data, cfg.cmapss_window, RUL_CAP, smooth, first_end)
     test = last_windows(data, cfg.cmapss_window, RUL_CAP, smooth)
     train, val = split_by_group(ws, cfg.val_fraction, cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
@@ -175,6 +188,7 @@ def run(
         "feature_spec": feature_spec(data, cfg.cmapss_window, smooth),
         "modes": list(MODES),
         "source": "cmapss/FD001",
+        "train_windows_from_cycle": first_end or cfg.cmapss_window,
     }
     out_dir = Path(out_dir)
     res = fit(DGA(mcfg), train, val, cfg.train, out_dir / f"cmapss_full_s{cfg.train.seed}.pt", meta)

@@ -1,0 +1,141 @@
+"""B1 model selection: k-fold cross-validation on the FD001 training units (the test set unused).
+
+The 100 training units are split into ``--folds`` groups (a fixed permutation); for each fold the
+full DGA is trained on the other units (early stopping on the held-out ones, as in B1) and scored
+on every window of the held-out units that ends at cycle 31 or later, left-padded like a short
+test unit: the same situation as the test protocol, at every point of each life rather than at
+one. A setting is chosen by the mean of that RMSE over the folds; ten held-out units (B1's own
+split) were too few to tell settings apart. The test RMSE is printed alongside for the record,
+not for choosing.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/b1_cv.py --name w80 --window 80 [--folds 5] [--fold K ...]
+    .venv/bin/python bench/b1_cv.py --summarize
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+
+from cloud.training import cmapss
+from cloud.training.pipeline import PipelineConfig
+from cloud.training.trainer import fit, predict
+from shared.models.dga import DGA, DGAConfig
+
+REPO = Path(__file__).resolve().parent.parent
+SHORTEST_TEST_UNIT = 31  # cycles
+
+
+def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
+    ws = cmapss.train_windows(data, args.window, cmapss.RUL_CAP, args.smooth, args.first_end)
+    units = np.random.default_rng(123).permutation(np.unique(ws.groups))
+    held = np.array_split(units, args.folds)[fold]
+    is_val = np.isin(ws.groups, held)
+    train, val = ws.take(np.flatnonzero(~is_val)), ws.take(np.flatnonzero(is_val))
+    every = cmapss.train_windows(data, args.window, cmapss.RUL_CAP, args.smooth, SHORTEST_TEST_UNIT)
+    scored = every.take(np.flatnonzero(np.isin(every.groups, held)))
+    test = cmapss.last_windows(data, args.window, cmapss.RUL_CAP, args.smooth)
+    base = PipelineConfig()
+    tcfg = replace(
+        base.train,
+        seed=args.seed,
+        epochs=args.epochs,
+        lr=args.lr,
+        weight_decay=0.01,
+        patience=args.epochs,
+        progress=False,
+        drop_prob=0.5,
+        input_noise=0.05,
+    )
+    torch.manual_seed(args.seed)
+    mcfg = DGAConfig(
+        n_features=len(cmapss.SENSORS),
+        window=args.window,
+        n_modes=1,
+        d_model=args.d_model,
+        n_heads=4,
+        n_layers=args.layers,
+        d_ff=2 * args.d_model,
+        dropout=0.1,
+        rul_cap=cmapss.RUL_CAP,
+        horizon=cmapss.HORIZON,
+    )
+    t0 = time.monotonic()
+    res = fit(DGA(mcfg), train, val, tcfg, None, {})
+    p_val = predict(res.model, scored.x)["rul"]
+    p_test = predict(res.model, test.x)["rul"]
+    return {
+        "name": args.name,
+        "fold": fold,
+        "held_out_units": held.tolist(),
+        "cv_rmse": cmapss.rmse(p_val, scored.rul),
+        "cv_rmse_below_cap": cmapss.rmse(
+            p_val[scored.rul < cmapss.RUL_CAP], scored.rul[scored.rul < cmapss.RUL_CAP]
+        ),
+        "test_rmse": cmapss.rmse(p_test, test.rul),
+        "test_score": cmapss.nasa_score(p_test, test.rul),
+        "best_epoch": res.metrics.get("epoch"),
+        "seconds": time.monotonic() - t0,
+        "args": {k: v for k, v in vars(args).items() if k not in ("data", "out", "fold", "summarize")},
+    }
+
+
+def summarize(out: Path) -> None:
+    by_name: dict[str, list[dict]] = {}
+    for path in sorted(out.glob("*_f*.json")):
+        doc = json.loads(path.read_text())
+        by_name.setdefault(doc["name"], []).append(doc)
+    print(f"{'setting':12s} {'folds':>5s} {'CV RMSE':>8s} {'< cap':>6s} {'test RMSE':>9s} {'score':>6s}")
+    for name, docs in sorted(by_name.items(), key=lambda kv: np.mean([d["cv_rmse"] for d in kv[1]])):
+        print(
+            f"{name:12s} {len(docs):5d} {np.mean([d['cv_rmse'] for d in docs]):8.2f} "
+            f"{np.mean([d['cv_rmse_below_cap'] for d in docs]):6.2f} "
+            f"{np.mean([d['test_rmse'] for d in docs]):9.2f} {np.mean([d['test_score'] for d in docs]):6.0f}"
+        )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--out", type=Path, default=REPO / "artifacts" / "b1_cv")
+    ap.add_argument("--name", default="setting")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--fold", type=int, nargs="+", help="only these folds (default: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--window", type=int, default=80)
+    ap.add_argument("--first-end", type=int, default=SHORTEST_TEST_UNIT)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=7e-4)
+    ap.add_argument("--d-model", type=int, default=96)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--smooth", type=float, default=0.2)
+    ap.add_argument("--summarize", action="store_true", help="only the table of what --out holds")
+    args = ap.parse_args()
+    if not args.summarize:
+        data = cmapss.load_fd001(args.data)
+        args.out.mkdir(parents=True, exist_ok=True)
+        for fold in args.fold if args.fold is not None else range(args.folds):
+            doc = run_fold(args, data, fold)
+            (args.out / f"{args.name}_f{fold}.json").write_text(json.dumps(doc, indent=1, default=float))
+            print(
+                f"{args.name} fold {fold}: CV RMSE {doc['cv_rmse']:.2f} (test {doc['test_rmse']:.2f}) "
+                f"{doc['seconds']:.0f} s",
+                flush=True,
+            )
+    summarize(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
