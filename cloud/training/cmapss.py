@@ -157,7 +157,7 @@ def run(
     smooth: float = SMOOTH,
     first_end: int | None = None,
 ) -> dict[str, Any]:
-    """Train the full DGA on FD001 (validation: 20% of the training units), evaluate the protocol.
+    """Train the full DGA on FD001 (validation: cfg.val_fraction of the units), evaluate the protocol.
 
     ``first_end``: see :func:`train_windows`. With ``edge``, also distil the edge model and
     evaluate it the same way. Returns the metrics
