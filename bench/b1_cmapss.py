@@ -31,7 +31,6 @@ import numpy as np
 from cloud.training import cmapss
 from cloud.training.export import export_dga
 from cloud.training.parity import run_onnx
-from cloud.training.pipeline import PipelineConfig
 from cloud.training.quantize import (
     adaptive_quantize,
     preprocess,
@@ -71,28 +70,23 @@ def main() -> int:
     ap.add_argument("--summarize", action="store_true", help="only aggregate the per-seed files in --out")
     args = ap.parse_args()
     seeds = args.seeds[:1] if args.quick else args.seeds
-    base = PipelineConfig(
-        d_model=args.d_model,
-        n_layers=args.layers,
-        dropout=args.dropout,
-        cmapss_window=args.window,
-        val_fraction=args.val_fraction,
-    )
     data = cmapss.load_fd001(args.data)
     per_seed = []
     for seed in [] if args.summarize else seeds:
-        train = replace(
-            base.train,
+        cfg = cmapss.b1_config(
             seed=seed,
             epochs=3 if args.quick else args.epochs,
+            d_model=args.d_model,
+            n_layers=args.layers,
+            dropout=args.dropout,
+            window=args.window,
             lr=args.lr,
             weight_decay=args.weight_decay,
-            patience=args.epochs,
-            progress=False,
-            drop_prob=args.drop_prob,
             input_noise=args.noise,
+            drop_prob=args.drop_prob,
+            val_fraction=args.val_fraction,
         )
-        cfg = replace(base, train=train)
+        cfg = replace(cfg, train=replace(cfg.train, progress=False, patience=args.epochs))
         t0 = time.monotonic()
         res = cmapss.run(args.data, args.out, cfg, edge=True, smooth=args.smooth, first_end=args.first_end)
         edge_model, _ = load_checkpoint(Path(res["edge_checkpoint"]))

@@ -29,9 +29,8 @@ import numpy as np
 import torch
 
 from cloud.training import cmapss
-from cloud.training.pipeline import PipelineConfig
 from cloud.training.trainer import fit, predict
-from shared.models.dga import DGA, DGAConfig
+from shared.models.dga import DGA
 
 REPO = Path(__file__).resolve().parent.parent
 SHORTEST_TEST_UNIT = 31  # cycles
@@ -46,33 +45,17 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
     every = cmapss.train_windows(data, args.window, cmapss.RUL_CAP, args.smooth, SHORTEST_TEST_UNIT)
     scored = every.take(np.flatnonzero(np.isin(every.groups, held)))
     test = cmapss.last_windows(data, args.window, cmapss.RUL_CAP, args.smooth)
-    base = PipelineConfig()
-    tcfg = replace(
-        base.train,
+    cfg = cmapss.b1_config(
         seed=args.seed,
         epochs=args.epochs,
+        d_model=args.d_model,
+        n_layers=args.layers,
+        window=args.window,
         lr=args.lr,
-        weight_decay=0.01,
-        patience=args.epochs,
-        progress=False,
-        drop_prob=0.5,
-        input_noise=0.05,
     )
     torch.manual_seed(args.seed)
-    mcfg = DGAConfig(
-        n_features=len(cmapss.SENSORS),
-        window=args.window,
-        n_modes=1,
-        d_model=args.d_model,
-        n_heads=4,
-        n_layers=args.layers,
-        d_ff=2 * args.d_model,
-        dropout=0.1,
-        rul_cap=cmapss.RUL_CAP,
-        horizon=cmapss.HORIZON,
-    )
     t0 = time.monotonic()
-    res = fit(DGA(mcfg), train, val, tcfg, None, {})
+    res = fit(DGA(cmapss.model_config(cfg)), train, val, replace(cfg.train, progress=False), None, {})
     p_val = predict(res.model, scored.x)["rul"]
     p_test = predict(res.model, test.x)["rul"]
     return {

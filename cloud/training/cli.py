@@ -107,20 +107,12 @@ def _train_config(ns: argparse.Namespace, tiny: bool) -> PipelineConfig:
 def _cmapss(ns: argparse.Namespace) -> int:
     from cloud.training import cmapss
 
-    cfg = _train_config(ns, ns.tiny)
-    if not ns.tiny:  # the configuration of bench/b1_cmapss.py
-        train = replace(
-            cfg.train, lr=7e-4, weight_decay=0.01, input_noise=0.05, drop_prob=0.5, epochs=ns.epochs or 8
-        )
-        cfg = replace(
-            cfg,
-            d_model=96,
-            n_layers=2,
-            dropout=0.1,
-            val_fraction=0.1,
-            train=replace(train, patience=train.epochs),
-        )
-    cfg = replace(cfg, cmapss_window=ns.window)
+    if ns.tiny:
+        cfg = replace(_train_config(ns, tiny=True), cmapss_window=ns.window)
+    else:
+        b1 = cmapss.b1_config(seed=ns.seed, epochs=ns.epochs or 8, window=ns.window)
+        progress = not ns.no_progress and b1.train.progress
+        cfg = replace(b1, train=replace(b1.train, device=ns.device, threads=ns.threads, progress=progress))
     res = cmapss.run(ns.data, ns.out, cfg, edge=ns.edge, smooth=ns.smooth, first_end=ns.first_end)
     print(json.dumps(res, indent=1))
     return 0

@@ -9,7 +9,7 @@ RMSE over the 100 units and the PHM08 score ``Σ exp(-d/13) − 1`` (d < 0) / ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from shared.errors import DatasetError
 
 if TYPE_CHECKING:
     from cloud.training.pipeline import PipelineConfig
+    from shared.models.dga import DGAConfig
 
 # s2 s3 s4 s7 s8 s9 s11 s12 s13 s14 s15 s17 s20 s21 → columns 2 + 3 + (n - 1)
 SENSORS = (2, 3, 4, 7, 8, 9, 11, 12, 13, 14, 15, 17, 20, 21)
@@ -149,6 +150,57 @@ def nasa_score(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.sum(np.where(d < 0, np.exp(-d / 13.0) - 1.0, np.exp(d / 10.0) - 1.0)))
 
 
+def b1_config(
+    seed: int = 0,
+    epochs: int = 8,
+    d_model: int = 96,
+    n_layers: int = 2,
+    dropout: float = 0.1,
+    window: int = 80,
+    lr: float = 7e-4,
+    weight_decay: float = 0.01,
+    input_noise: float = 0.05,
+    drop_prob: float = 0.5,
+    val_fraction: float = 0.1,
+) -> PipelineConfig:
+    """The configuration B1 measures (chosen by ``bench/b1_cv.py``): what ``fabpm train cmapss``
+    and the C-MAPSS benchmarks train. The one-cycle schedule runs all ``epochs`` (best kept)."""
+    from cloud.training.pipeline import PipelineConfig
+
+    base = PipelineConfig(
+        d_model=d_model, n_layers=n_layers, dropout=dropout, cmapss_window=window, val_fraction=val_fraction
+    )
+    train = replace(
+        base.train,
+        seed=seed,
+        epochs=epochs,
+        patience=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        input_noise=input_noise,
+        drop_prob=drop_prob,
+    )
+    return replace(base, train=train)
+
+
+def model_config(cfg: PipelineConfig) -> DGAConfig:
+    """The full DGA's shape for FD001 under ``cfg``."""
+    from shared.models.dga import DGAConfig
+
+    return DGAConfig(
+        n_features=len(SENSORS),
+        window=cfg.cmapss_window,
+        n_modes=1,
+        d_model=cfg.d_model,
+        n_heads=cfg.n_heads,
+        n_layers=cfg.n_layers,
+        d_ff=2 * cfg.d_model,
+        dropout=cfg.dropout,
+        rul_cap=RUL_CAP,
+        horizon=HORIZON,
+    )
+
+
 def run(
     data_dir: Path,
     out_dir: Path,
@@ -165,25 +217,14 @@ def run(
     """
     from cloud.training.distil import distil, edge_config
     from cloud.training.trainer import fit, predict
-    from shared.models.dga import DGA, DGAConfig
+    from shared.models.dga import DGA
 
     data = load_fd001(data_dir)
     ws = train_windows(data, cfg.cmapss_window, RUL_CAP, smooth, first_end)
     test = last_windows(data, cfg.cmapss_window, RUL_CAP, smooth)
     train, val = split_by_group(ws, cfg.val_fraction, cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
-    mcfg = DGAConfig(
-        n_features=len(SENSORS),
-        window=cfg.cmapss_window,
-        n_modes=1,
-        d_model=cfg.d_model,
-        n_heads=cfg.n_heads,
-        n_layers=cfg.n_layers,
-        d_ff=2 * cfg.d_model,
-        dropout=cfg.dropout,
-        rul_cap=RUL_CAP,
-        horizon=HORIZON,
-    )
+    mcfg = model_config(cfg)
     meta = {
         "feature_spec": feature_spec(data, cfg.cmapss_window, smooth),
         "modes": list(MODES),
