@@ -52,6 +52,8 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
         n_layers=args.layers,
         window=args.window,
         lr=args.lr,
+        dropout=args.dropout,
+        input_noise=args.noise,
     )
     torch.manual_seed(args.seed)
     t0 = time.monotonic()
@@ -102,6 +104,8 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=7e-4)
     ap.add_argument("--d-model", type=int, default=96)
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--noise", type=float, default=0.05, help="std of the training input noise")
     ap.add_argument("--smooth", type=float, default=0.2)
     ap.add_argument("--summarize", action="store_true", help="only the table of what --out holds")
     args = ap.parse_args()

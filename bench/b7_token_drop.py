@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -47,6 +48,32 @@ def recall_at_precision(score: np.ndarray, positive: np.ndarray, precision: floa
     tp = np.cumsum(positive[order])
     ok = tp / np.arange(1, len(score) + 1) >= precision
     return float(tp[ok].max() / max(positive.sum(), 1)) if ok.any() else 0.0
+
+
+MEAN_KEYS = (
+    "flops_saved",
+    "time_saved_b1",
+    "time_saved_b64",
+    "time_saved_cloud_b64",
+    "rmse_last_lost",
+    "rmse_all_lost",
+    "auc_lost",
+    "recall_at_precision_lost",
+)
+
+
+def print_mean(results: list[dict]) -> None:
+    """Mean over the checkpoints (seeds) of each keep ratio's savings and losses, worst seed beside."""
+    print(f"B7 mean over {len(results)} checkpoints (worst in brackets): *_saved columns, then *_lost")
+    heads = (k.replace("_saved", "").replace("_lost", "") for k in MEAN_KEYS)
+    print(f"{'keep':>5s} {'k':>4s} " + " ".join(f"{h:>17s}" for h in heads))
+    for i, row in enumerate(results[0]["rows"]):
+        cells = []
+        for key in MEAN_KEYS:
+            vals = np.array([res["rows"][i][key] for res in results])
+            worst = vals.min() if key.endswith("saved") or key.startswith("time") else vals.max()
+            cells.append(f"{vals.mean():>8.2%} [{worst:>6.2%}]")
+        print(f"{row['keep_ratio']:5.2f} {row['kept_tokens']:4d} " + " ".join(cells))
 
 
 def main() -> int:
@@ -112,6 +139,7 @@ def main() -> int:
             rows.append(
                 {
                     "keep_ratio": r,
+                    "kept_tokens": math.ceil(r * model.cfg.window),
                     "flops": flops(model.cfg, keep),
                     "b1_median_us": float(np.median(lat[r])) * 1e6,
                     "b64_windows_per_s": float(np.median(thr[r])),
@@ -140,6 +168,7 @@ def main() -> int:
             row["rmse_last_lost"] = row["rmse_last"] / base["rmse_last"] - 1
             row["rmse_all_lost"] = row["rmse_all_windows"] / base["rmse_all_windows"] - 1
             row["recall_lost"] = base["recall_30"] - row["recall_30"]
+            row["auc_lost"] = base["auc_30"] - row["auc_30"]
             row["recall_at_precision_lost"] = (
                 base["recall_30_at_full_precision"] - row["recall_30_at_full_precision"]
             )
@@ -163,6 +192,8 @@ def main() -> int:
     (args.out / "b7.json").write_text(
         json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results}, indent=1)
     )
+    if len(results) > 1:
+        print_mean(results)
     return 0
 
 
