@@ -133,6 +133,20 @@ def test_static_int8_parity_within_stated_tolerance(tmp_path):
     assert all(g.why for g in report.groups)  # every decision says why
     got = compare(run_onnx(fp32, x[100:]), run_onnx(mix, x[100:]), model.cfg.rul_cap)
     assert got["rul_rms_diff_rel_cap"] <= 0.01
+    # a group whose INT8 saves less than min_saving_us per call stays FP32, whatever its ratio
+    mix, report = adaptive_quantize(
+        fp32,
+        tmp_path / "mix2.onnx",
+        x[:100],
+        x[100:],
+        model.cfg.rul_cap,
+        min_speedup=0.0,
+        min_saving_us=1e9,
+        repeats=20,
+    )
+    assert not any(g.int8 for g in report.groups)
+    assert all("not faster" in g.why for g in report.groups if not g.why.startswith("error"))
+    assert compare(run_onnx(fp32, x[100:]), run_onnx(mix, x[100:]), model.cfg.rul_cap)["rul_rms_diff"] < 1e-4
 
 
 def test_pipeline_tiny_end_to_end(export_dir, keys, tmp_path):
