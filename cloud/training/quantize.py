@@ -200,8 +200,8 @@ def time_pair(
     """Median seconds per run of two sessions timed in alternation, run by run.
 
     Timed one after the other, a change in the machine's load between the two runs reads as a
-    speed difference (a B1 rerun under a concurrent job released a group in INT8 that was 5x
-    slower alone); alternating puts any load on both alike.
+    speed difference (a B1 rerun with a second job on the other core released groups in INT8
+    that every other run on that CPU measured slower); alternating puts any load on both alike.
     """
     for _ in range(max(3, repeats // 10)):
         a.run(None, feeds)
