@@ -42,7 +42,11 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
     held = np.array_split(units, args.folds)[fold]
     is_val = np.isin(ws.groups, held)
     train, val = ws.take(np.flatnonzero(~is_val)), ws.take(np.flatnonzero(is_val))
-    every = cmapss.train_windows(data, args.window, cmapss.RUL_CAP, args.smooth, SHORTEST_TEST_UNIT)
+    every = (  # scored: every window from cycle 31 on (the same set as ws at the default --first-end)
+        ws
+        if args.first_end == SHORTEST_TEST_UNIT
+        else cmapss.train_windows(data, args.window, cmapss.RUL_CAP, args.smooth, SHORTEST_TEST_UNIT)
+    )
     scored = every.take(np.flatnonzero(np.isin(every.groups, held)))
     test = cmapss.last_windows(data, args.window, cmapss.RUL_CAP, args.smooth)
     cfg = cmapss.b1_config(

@@ -184,21 +184,9 @@ def b1_config(
 
 
 def model_config(cfg: PipelineConfig) -> DGAConfig:
-    """The full DGA's shape for FD001 under ``cfg``."""
-    from shared.models.dga import DGAConfig
-
-    return DGAConfig(
-        n_features=len(SENSORS),
-        window=cfg.cmapss_window,
-        n_modes=1,
-        d_model=cfg.d_model,
-        n_heads=cfg.n_heads,
-        n_layers=cfg.n_layers,
-        d_ff=2 * cfg.d_model,
-        dropout=cfg.dropout,
-        rul_cap=RUL_CAP,
-        horizon=HORIZON,
-    )
+    """The full DGA's shape for FD001 under ``cfg``: the pipeline's, with FD001's window and cap."""
+    full = cfg.model_config(n_features=len(SENSORS), n_modes=len(MODES), horizon_h=HORIZON)
+    return replace(full, window=cfg.cmapss_window, rul_cap=RUL_CAP)
 
 
 def run(
