@@ -80,20 +80,30 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--train-days", type=int, default=90)
     ap.add_argument("--test-days", type=int, default=60)
-    ap.add_argument("--tools", type=int, default=30)
+    ap.add_argument("--tools", type=int, default=30, help="tools of each test export")
+    ap.add_argument("--train-tools", type=int, default=30, help="tools of the training export")
     ap.add_argument("--reuse", action="store_true", help="reuse the checkpoints in --out/ckpt when present")
     ap.add_argument(
         "--label-horizon", type=float, default=None, help="train the probability heads on this horizon (h)"
     )
+    ap.add_argument("--step-min", type=float, default=30.0, help="minutes per window step (a multiple of 10)")
+    ap.add_argument("--window", type=int, default=48, help="steps per window (48 × 30 min = the last 24 h)")
+    ap.add_argument("--stride", type=int, default=4, help="steps between training windows")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     days_train, days_test = (30, 20) if args.quick else (args.train_days, args.test_days)
-    train_dir = export(args.out / f"train_s101_d{days_train}", 101, days_train, args.tools)
+    train_name = f"train_s101_d{days_train}" + (f"_t{args.train_tools}" if args.train_tools != 30 else "")
+    train_dir = export(args.out / train_name, 101, days_train, args.train_tools)
     tests = [export(args.out / f"test_s{s}_d{days_test}", s, days_test, args.tools) for s in (202, 303)]
     cfg = PipelineConfig(d_model=64, n_layers=2, dropout=0.1, edge_d_model=32, edge_layers=2)
     cfg = replace(
-        cfg, train=replace(cfg.train, epochs=3 if args.quick else args.epochs, patience=6, progress=False)
+        cfg,
+        window=args.window,
+        step_s=args.step_min * 60.0,
+        stride=args.stride,
+        label_horizon_h=args.label_horizon,  # the full model's heads too, not only the distillation's
+        train=replace(cfg.train, epochs=3 if args.quick else args.epochs, patience=6, progress=False),
     )
     full_ckpt = train_full(train_dir, cfg, args.out / "ckpt")
     full, meta = load_checkpoint(full_ckpt)
@@ -143,6 +153,7 @@ def main() -> int:
     out = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "train": str(train_dir),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "rule": {"threshold": p, "persistence": n, "clear": rule.clear_threshold, "validation": val_score},
         "grid": [{"p": c[0], "n": c[1], **c[2]} for c in choices],
         "release": {
