@@ -34,7 +34,7 @@ from cloud.training.alert_eval import read_truth, risk_series, run_rule, score
 from cloud.training.parity import run_onnx
 from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, train_full
 from cloud.training.release import AlertThresholds
-from cloud.training.trainer import predict
+from cloud.training.trainer import MONITORS, predict
 from cloud.training.windows import split_by_group
 from shared.alerting import AlertRule
 from shared.features import FeatureSpec
@@ -89,6 +89,7 @@ def main() -> int:
     ap.add_argument("--step-min", type=float, default=30.0, help="minutes per window step (a multiple of 10)")
     ap.add_argument("--window", type=int, default=48, help="steps per window (48 × 30 min = the last 24 h)")
     ap.add_argument("--stride", type=int, default=4, help="steps between training windows")
+    ap.add_argument("--monitor", choices=sorted(MONITORS), help="early stopping (default: the pipeline's)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -103,7 +104,13 @@ def main() -> int:
         step_s=args.step_min * 60.0,
         stride=args.stride,
         label_horizon_h=args.label_horizon,  # the full model's heads too, not only the distillation's
-        train=replace(cfg.train, epochs=3 if args.quick else args.epochs, patience=6, progress=False),
+        train=replace(
+            cfg.train,
+            epochs=3 if args.quick else args.epochs,
+            patience=6,
+            progress=False,
+            monitor=args.monitor or cfg.train.monitor,
+        ),
     )
     full_ckpt = train_full(train_dir, cfg, args.out / "ckpt")
     full, meta = load_checkpoint(full_ckpt)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ import torch
 from conftest import free_port
 
 from cloud.training import simdata
+from cloud.training.errors import TrainingError
 from cloud.training.parity import Tolerance, compare, run_onnx
+from cloud.training.trainer import TrainConfig, fit
 from cloud.training.windows import WindowSet, split_by_group
 from shared.dataset import ToolSeries
 from shared.equipment import ALL_MODES, E10_CODES, E10State
@@ -90,6 +93,39 @@ def test_split_is_by_group_never_by_window():
     assert len(train) + len(val) == 100
     assert not set(train.groups) & set(val.groups)
     assert len(set(val.groups)) == 3
+
+
+def test_early_stopping_watches_the_chosen_validation_metric():
+    """monitor="mode" keeps the epoch of the lowest mode BCE, "loss" that of the summed loss.
+
+    The RUL target is noise and weighs most in the loss, while the mode label follows the input
+    and keeps improving: the criteria disagree on the best epoch (checked, so that a fit that
+    ignored ``monitor`` would fail here).
+    """
+    rng = np.random.default_rng(0)
+    n = 600
+    x = rng.normal(size=(n, 6, 3)).astype(np.float32)
+    labels = (x[:, :, 0].mean(axis=1) > 0).astype(np.float32)[:, None]
+    rul = rng.uniform(0, 10, n).astype(np.float32)
+    ws = WindowSet(x=x, rul=rul, labels=labels, groups=np.arange(n) % 20)
+    train, val = split_by_group(ws, 0.3, seed=0)
+    cfg = DGAConfig(
+        n_features=3, window=6, n_modes=1, d_model=8, n_heads=2, n_layers=1, d_ff=16, rul_cap=10.0
+    )
+    base = TrainConfig(
+        epochs=8, batch_size=32, patience=100, min_delta=0.0, progress=False, ema_decay=0.0, w_mode=0.01
+    )
+    chosen = {}
+    for monitor, key in (("mode", "val_mode_bce"), ("loss", "val_loss"), ("rul", "val_rul_mse")):
+        torch.manual_seed(0)
+        res = fit(DGA(cfg), train, val, replace(base, monitor=monitor))
+        watched = [h[key] for h in res.history]
+        chosen[monitor] = res.metrics["epoch"]
+        assert chosen[monitor] == float(np.argmin(watched)), (monitor, watched)
+        assert all(np.isfinite(h["val_mode_bce"]) and np.isfinite(h["val_rul_mse"]) for h in res.history)
+    assert chosen["mode"] != chosen["loss"], chosen
+    with pytest.raises(TrainingError, match="monitor"):
+        fit(DGA(cfg), train, val, replace(base, monitor="brier"))
 
 
 def test_one_ddp_step_with_two_gloo_processes(tmp_path):

@@ -23,7 +23,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,10 @@ from shared.models.checkpoint import save_checkpoint
 from shared.models.dga import DGA
 
 _logger = logging.getLogger(__name__)
+
+
+# early-stopping criteria (TrainConfig.monitor) → the validation metric each watches
+MONITORS = {"loss": "val_loss", "mode": "val_mode_bce", "rul": "val_rul_mse"}
 
 
 @dataclass
@@ -62,6 +66,12 @@ class TrainConfig:
     drop_min_keep: float = 0.5  # model (and its gates) learn to work on the kept tokens only
     input_noise: float = 0.0  # std of Gaussian noise added to training windows (augmentation)
     w_gate: float = 0.0  # L1 pressure on the mean gate: gates close where tokens do not help
+    # What early stopping watches on the validation split: "loss" (the weighted training loss
+    # without the variance term), "mode" (the failure-mode BCE alone: what alerts are raised on)
+    # or "rul" (the RUL squared error alone). On the simulator's fleet the RUL error starts to rise
+    # after two epochs while the mode heads keep improving for ten more, so a summed loss stops
+    # them half-trained (bench/results/models.md, B2).
+    monitor: str = "loss"
     ema_decay: float = 0.99  # exponential moving average of the weights (0 = off): validation and
     # the saved model use the averaged weights, which are far less noisy epoch to epoch
     progress: bool = True
@@ -170,21 +180,32 @@ def evaluate(model: DGA, ws: WindowSet, cfg: TrainConfig) -> dict[str, float]:
     model.eval()
     device = next(model.parameters()).device
     cap = model.cfg.rul_cap
-    total, n = 0.0, 0
+    total, mode_bce, rul_mse, n = 0.0, 0.0, 0.0, 0
+    only_mode = replace(cfg, w_rul=0.0, w_mode=1.0)
+    only_rul = replace(cfg, w_rul=1.0, w_mode=0.0)
     with torch.no_grad():
         for start in range(0, len(ws), 1024):
             idx = np.arange(start, min(start + 1024, len(ws)))
             batch = _tensors(ws, idx, cap, device)
             batch.pop("teacher_rul", None)
             batch.pop("teacher_probs", None)
-            total += float(losses(model(batch["x"]), batch, cfg, nll=False)) * len(idx)
+            out = model(batch["x"])
+            total += float(losses(out, batch, cfg, nll=False)) * len(idx)
+            mode_bce += float(losses(out, batch, only_mode, nll=False)) * len(idx)
+            rul_mse += float(losses(out, batch, only_rul, nll=False)) * len(idx)
             n += len(idx)
     pred = predict(model, ws.x)
     known = np.isfinite(ws.rul)
     rmse = float(np.sqrt(np.mean((pred["rul"][known] - ws.rul[known]) ** 2))) if known.any() else math.nan
     lab = np.isfinite(ws.labels)
     brier = float(np.mean((pred["probs"][lab] - ws.labels[lab]) ** 2)) if lab.any() else math.nan
-    return {"val_loss": total / max(n, 1), "val_rmse": rmse, "val_brier": brier}
+    return {
+        "val_loss": total / max(n, 1),
+        "val_mode_bce": mode_bce / max(n, 1),
+        "val_rul_mse": rul_mse / max(n, 1),
+        "val_rmse": rmse,
+        "val_brier": brier,
+    }
 
 
 def fit(
@@ -198,6 +219,9 @@ def fit(
     """Train ``model`` with early stopping; returns the best model (on CPU) and its metrics."""
     if len(train) == 0 or len(val) == 0:
         raise TrainingError(f"empty split: {len(train)} training and {len(val)} validation windows")
+    if cfg.monitor not in MONITORS:
+        raise TrainingError(f"train.monitor: {cfg.monitor!r} is not one of {sorted(MONITORS)}")
+    watched = MONITORS[cfg.monitor]
     if train.window > model.cfg.window or train.n_features != model.cfg.n_features:
         raise TrainingError(
             f"windows are {train.window}×{train.n_features}, model expects "
@@ -297,14 +321,14 @@ def fit(
         metrics.update(epoch=float(epoch), train_loss=running / max(count, 1))
         history.append(metrics)
         bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", val_rmse=f"{metrics['val_rmse']:.2f}")
-        if metrics["val_loss"] < best - cfg.min_delta:
-            best, bad_epochs = metrics["val_loss"], 0
+        if metrics[watched] < best - cfg.min_delta:
+            best, bad_epochs = metrics[watched], 0
             best_state = copy.deepcopy(scored.state_dict())
             best_metrics = dict(metrics)
         else:
             bad_epochs += 1
         if bad_epochs >= cfg.patience:
-            _logger.info("early stop after epoch %d (best val_loss %.5f)", epoch, best)
+            _logger.info("early stop after epoch %d (best %s %.5f)", epoch, watched, best)
             break
         if cfg.max_minutes and time.monotonic() - t0 > 60 * cfg.max_minutes:
             _logger.info("wall-clock limit after epoch %d", epoch)
