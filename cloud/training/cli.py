@@ -108,7 +108,8 @@ def _cmapss(ns: argparse.Namespace) -> int:
     from cloud.training import cmapss
 
     if ns.tiny:
-        cfg = replace(_train_config(ns, tiny=True), cmapss_window=ns.window)
+        tiny = _train_config(ns, tiny=True)  # C-MAPSS's target is the RUL: watch the summed loss
+        cfg = replace(tiny, cmapss_window=ns.window, train=replace(tiny.train, monitor="loss"))
     else:
         b1 = cmapss.b1_config(seed=ns.seed, epochs=ns.epochs or 8, window=ns.window)
         progress = not ns.no_progress and b1.train.progress

@@ -179,6 +179,7 @@ def b1_config(
         weight_decay=weight_decay,
         input_noise=input_noise,
         drop_prob=drop_prob,
+        monitor="loss",  # the RUL is B1's target (the simulator pipeline watches the mode heads)
     )
     return replace(base, train=train)
 
