@@ -68,9 +68,9 @@ class TrainConfig:
     w_gate: float = 0.0  # L1 pressure on the mean gate: gates close where tokens do not help
     # What early stopping watches on the validation split: "loss" (the weighted training loss
     # without the variance term), "mode" (the failure-mode BCE alone: what alerts are raised on)
-    # or "rul" (the RUL squared error alone). On the simulator's fleet the RUL error starts to rise
-    # after two epochs while the mode heads keep improving for ten more, so a summed loss stops
-    # them half-trained (bench/results/models.md, B2).
+    # or "rul" (the RUL squared error alone). On the simulator's fleet the validation RUL error
+    # rises from the first epochs while the mode heads improve for ten, so the summed loss dipped
+    # at epoch 2 and patience stopped training before the schedule annealed (models.md, B2).
     monitor: str = "loss"
     ema_decay: float = 0.99  # exponential moving average of the weights (0 = off): validation and
     # the saved model use the averaged weights, which are far less noisy epoch to epoch
