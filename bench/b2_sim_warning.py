@@ -10,6 +10,12 @@
    shared alert rule re-armed at failures and maintenance, scored by cloud.training.alert_eval.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/b2_sim_warning.py [--quick]
+
+Variants (fifth session, bench/results/models.md): ``--train-tools`` (a larger training fleet),
+``--step-min``/``--window``/``--stride`` (what a window sees), ``--label-horizon`` (the heads'
+horizon, for the full model and the distillation alike), ``--monitor`` (early stopping).
+``bench/b2_diagnose.py`` looks at a finished run's test exports (the whole rule grid, and the
+context of each false alarm).
 """
 
 from __future__ import annotations
