@@ -175,6 +175,8 @@ def main() -> int:
             "int8_groups": manifest.precision.get("int8_groups"),
         },
         "calibration": manifest.metrics.get("calibration"),
+        # the kept epoch and its validation metrics (early stopping's choice, see --monitor)
+        "training": {"full": meta.get("metrics"), "edge": load_checkpoint(edge_ckpt)[1].get("metrics")},
         "tests": results,
         "seconds": time.monotonic() - t_start,
     }

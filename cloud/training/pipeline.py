@@ -52,10 +52,11 @@ class PipelineConfig:
     step_s: float = simdata.STEP_S
     stride: int = 4  # steps between training windows
     val_fraction: float = 0.2  # of tools, never of windows
-    # Early stopping watches the failure-mode BCE: alerts are raised on those heads, and on the
-    # simulator's fleet the summed loss peaks early in the one-cycle schedule (its RUL part is
-    # noisy at high learning rate), so watching it stopped at epoch 2 of 25. Watching the mode BCE
-    # kept epoch 10, better on every validation metric, RUL included (bench/results/models.md, B2).
+    # Early stopping watches the failure-mode BCE: alerts are raised on those heads. On the
+    # simulator's fleet the summed loss was lowest at epoch 2 (its RUL part rises from the first
+    # epochs), so patience stopped B2's training at epoch 8 of 25, before the one-cycle schedule
+    # annealed. Watching the mode BCE kept epoch 10 of 17 run, better on every validation metric,
+    # the summed loss and the RUL error included (bench/results/models.md, B2).
     train: TrainConfig = field(default_factory=lambda: TrainConfig(monitor="mode"))
     fine_tune_epochs: int = 15
     fine_tune_lr: float = 3e-4

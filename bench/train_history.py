@@ -1,0 +1,62 @@
+"""Per-epoch validation metrics of the simulator pipeline's full model (a diagnostic, not a target).
+
+Trains the full DGA as ``PipelineConfig`` does (B2's sizes) on a ``fabpm sim export`` folder with
+early stopping off, and prints each epoch's validation loss and its parts: the summed loss, the
+failure-mode BCE, the RUL squared error, the RUL RMSE in hours and the Brier score of the mode
+heads. This is what showed that the summed loss bottoms out after two epochs while the mode heads
+keep improving (bench/results/models.md, B2).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/train_history.py artifacts/b2/train_s101_d90 --epochs 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from cloud.training import simdata
+from cloud.training.pipeline import PipelineConfig, _scaler_for
+from cloud.training.trainer import fit
+from cloud.training.windows import split_by_group
+from shared.features import FeatureSpec
+from shared.models.dga import DGA
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dataset", type=Path, help="a fabpm sim export folder")
+    ap.add_argument("--epochs", type=int, default=12, help="length of the one-cycle schedule")
+    ap.add_argument("--label-horizon", type=float, default=None)
+    args = ap.parse_args()
+    if not (args.dataset / "dataset.json").exists():
+        ap.error(f"{args.dataset}: not a fabpm sim export (no dataset.json)")
+    cfg = PipelineConfig(d_model=64, n_layers=2, dropout=0.1, edge_d_model=32, edge_layers=2)  # as B2
+    cfg = replace(
+        cfg,
+        label_horizon_h=args.label_horizon,
+        train=replace(cfg.train, epochs=args.epochs, patience=args.epochs + 1, progress=False),
+    )
+    spec = FeatureSpec(window=cfg.window, step_s=cfg.step_s, scaler=_scaler_for(args.dataset, cfg))
+    _, tools, info = simdata.dataset_windows(
+        args.dataset, spec=spec, stride=cfg.stride, cap_h=cfg.rul_cap_h, horizon_h=args.label_horizon
+    )
+    train, val = split_by_group(simdata.merge(tools), cfg.val_fraction, cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    model = DGA(cfg.model_config(train.n_features, train.n_modes, args.label_horizon or info.horizon_h))
+    res = fit(model, train, val, cfg.train)
+    for h in res.history:
+        print(json.dumps({k: round(v, 4) for k, v in h.items()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
