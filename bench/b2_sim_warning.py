@@ -53,9 +53,10 @@ GRID_P = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 GRID_N = (2, 4, 6, 8, 12)
 
 
-def export(out: Path, seed: int, days: int, tools: int) -> Path:
+def export(out: Path, seed: int, days: int, tools: int, scenario: Path | None = None) -> Path:
     if not (out / "dataset.json").exists():
         cmd = [sys.executable, "-m", "fabpm.cli", "sim", "export", "--days", str(days), "--tools", str(tools)]
+        cmd += ["--scenario", str(scenario)] if scenario is not None else []
         subprocess.run([*cmd, "--seed", str(seed), "--out", str(out)], check=True, cwd=REPO, timeout=1800)
     return out
 
@@ -95,14 +96,20 @@ def main() -> int:
     ap.add_argument("--step-min", type=float, default=30.0, help="minutes per window step (a multiple of 10)")
     ap.add_argument("--window", type=int, default=48, help="steps per window (48 × 30 min = the last 24 h)")
     ap.add_argument("--stride", type=int, default=4, help="steps between training windows")
+    ap.add_argument(
+        "--scenario", type=Path, help="scenario file for every export (default: the built-in fab)"
+    )
     ap.add_argument("--monitor", choices=sorted(MONITORS), help="early stopping (default: the pipeline's)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     days_train, days_test = (30, 20) if args.quick else (args.train_days, args.test_days)
     train_name = f"train_s101_d{days_train}" + (f"_t{args.train_tools}" if args.train_tools != 30 else "")
-    train_dir = export(args.out / train_name, 101, days_train, args.train_tools)
-    tests = [export(args.out / f"test_s{s}_d{days_test}", s, days_test, args.tools) for s in (202, 303)]
+    train_dir = export(args.out / train_name, 101, days_train, args.train_tools, args.scenario)
+    tests = [
+        export(args.out / f"test_s{s}_d{days_test}", s, days_test, args.tools, args.scenario)
+        for s in (202, 303)
+    ]
     cfg = PipelineConfig(d_model=64, n_layers=2, dropout=0.1, edge_d_model=32, edge_layers=2)
     cfg = replace(
         cfg,

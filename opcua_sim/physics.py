@@ -87,7 +87,6 @@ SUBFAB_LOADS = 3  # sub-fab load levels, indexed by the host's recipe
 # while the host idles, as a fraction of nominal (the rest of the sub-fab's idle values are in
 # shared.equipment).
 SUBFAB_LOAD_IDLE = {"differential_pressure": 0.8, "exhaust_pressure": 0.97, "scrubber_water_flow": 0.9}
-TOOL_SPREAD = 0.03  # tool-to-tool spread of each sensor's level (relative): no two tools read alike
 # Sub-fab eco mode (idle_mode = 1 while the host idles): slower rotor, less purge and fuel, so
 # these readings drop to this fraction of their idle value; pressures and water stay as they are.
 ECO_FACTORS = {

@@ -100,6 +100,14 @@ class Degradation(StrictModel):
     severity: float = Field(default=1.0, gt=0.0, le=5.0)  # scales every precursor signature
 
 
+class ToolVariation(StrictModel):
+    """How tools of one type differ: no two read alike, and each drifts its own way."""
+
+    tool_spread: float = Field(default=0.03, ge=0.0, le=0.3)  # relative std of each sensor's level
+    drift_per_day: float = Field(default=0.25, ge=0.0, le=5.0)  # std of each sensor's drift rate
+    # (noise units per day since maintenance)
+
+
 class SensorFaults(StrictModel):
     mean_days_between: float = Field(default=2.5, gt=0.0)  # stuck values and dropouts, per tool
     spike_per_hour: float = Field(default=0.05, ge=0.0)  # isolated spikes, per sensor
@@ -155,6 +163,7 @@ class Scenario(StrictModel):
     maintenance: Maintenance = Maintenance()
     degradation: Degradation = Degradation()
     sensor_faults: SensorFaults = SensorFaults()
+    variation: ToolVariation = ToolVariation()
     optimum: ProcessOptimum = ProcessOptimum()
     drifts: list[Drift] = Field(default_factory=list)
 

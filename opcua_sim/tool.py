@@ -18,7 +18,7 @@ import numpy as np
 from opcua_sim.degradation import draw_ttf_s, progressive_modes, sudden_modes
 from opcua_sim.errors import FaultError, SetpointError
 from opcua_sim.history import DAY, HOUR, INF, History, SensorFault
-from opcua_sim.physics import SUBFAB_LOADS, TOOL_SPREAD, TypeTables, tables
+from opcua_sim.physics import SUBFAB_LOADS, TypeTables, tables
 from opcua_sim.process import lot_energy, lot_yield, oracle_setpoints
 from shared.equipment import ALL_MODES, E10_CODES, E10State
 
@@ -60,8 +60,9 @@ class Tool:
         m, sc = len(self.modes), scenario
         pm_days = sc.maintenance.subfab_pm_interval_days if self.subfab else sc.maintenance.pm_interval_days
         self.pm_interval = pm_days * DAY
-        self.drift_rate = self.rng.normal(0.0, 0.25, self.tt.n_sensors)  # noise units per day since PM
-        self.tool_gain = 1.0 + self.rng.normal(0.0, TOOL_SPREAD, self.tt.n_sensors)
+        var = scenario.variation
+        self.drift_rate = self.rng.normal(0.0, var.drift_per_day, self.tt.n_sensors)  # noise units / day
+        self.tool_gain = 1.0 + self.rng.normal(0.0, var.tool_spread, self.tt.n_sensors)
         self.setpoints = self.tt.sp_default.astype(np.float64).copy()
         self.t = 0.0
         # Tools were running before the simulation starts: staggered maintenance, modes under way.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,10 @@ from opcua_sim.errors import FaultError, SetpointError, SimError
 from opcua_sim.fab import Fab, SimClock
 from opcua_sim.physics import Context, sensor_values, tables, tool_key
 from opcua_sim.process import lot_energy, lot_yield, oracle_setpoints, power_kw
-from opcua_sim.scenario import default_scenario, scale_tools, with_seed
+from opcua_sim.scenario import ToolVariation, default_scenario, load_scenario, scale_tools, with_seed
 from shared.equipment import E10_CODES, TOOL_TYPES, E10State
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
 
 DAY = 86400.0
 
@@ -256,3 +259,24 @@ def test_lot_events_carry_the_oracle_for_scoring():
     for lot in lots:
         assert lot["best_yield"] >= lot["expected_yield"] - 1e-6
         assert 0.0 <= lot["yield"] <= 100.0 and lot["energy_kwh"] > 0
+
+
+def test_tool_variation_is_a_scenario_setting():
+    """Tools of a type differ by gain and drift rate by default; the uniform fleet turns both off."""
+    default = _small_fab(3)
+    assert all(np.std(t.tool_gain) > 0 and np.any(t.drift_rate != 0) for t in default.tools)
+    uniform = Fab(scale_tools(with_seed(load_scenario(EXAMPLES / "uniform_fleet.yaml"), 3), 12))
+    assert all(np.all(t.tool_gain == 1.0) and np.all(t.drift_rate == 0.0) for t in uniform.tools)
+    uniform.advance_to(2 * DAY)
+    default.advance_to(2 * DAY)
+    down = (E10State.UNSCHEDULED_DOWN, E10State.SCHEDULED_DOWN)  # a stopped tool reads its down values
+    running = [
+        g for g in default.groups if all(t.state not in down for t in default.tools if t.type_name == g)
+    ]
+    assert running
+    for name in running:
+        assert not np.array_equal(
+            np.nan_to_num(default.readings(name)), np.nan_to_num(uniform.readings(name))
+        )
+    with pytest.raises(ValueError, match="tool_spread"):
+        ToolVariation(tool_spread=-0.1)
