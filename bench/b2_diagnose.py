@@ -30,11 +30,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from b2_sim_warning import GRID_N, GRID_P, evaluate, risks
+from b2_sim_warning import GRID_N, GRID_P, evaluate, risks, rule_for
 
 from cloud.training.alert_eval import run_rule
 from cloud.training.parity import run_onnx
-from shared.alerting import AlertRule
 from shared.features import FeatureSpec
 from shared.models.checkpoint import load_checkpoint
 
@@ -43,13 +42,9 @@ TESTS = ("test_s202_d60", "test_s303_d60")
 FINER_P = (0.01, 0.015, 0.04, 0.06, 0.08, 0.12)
 
 
-def rule(p: float, n: int) -> AlertRule:
-    return AlertRule(threshold=p, persistence=n, clear_threshold=min(p, 0.5) * 0.5)  # as B2 builds it
-
-
 def oracle(series: tuple) -> None:
     pairs = itertools.product(sorted(GRID_P + FINER_P), GRID_N)
-    grid = [(p, n, evaluate(*series, rule(p, n))) for p, n in pairs]
+    grid = [(p, n, evaluate(*series, rule_for(p, n))) for p, n in pairs]
     for floor in (0.95, 0.90, 0.85):
         ok = [g for g in grid if g[2]["precision"] >= floor]
         if not ok:
@@ -81,7 +76,7 @@ def false_alarms(folder: Path, series: tuple, p: float, n: int) -> None:
     for tool, ts, risk in tool_series:
         fails = [f[0] for f in truth.failures.get(tool, []) if not f[2]]
         eps = truth.episodes.get(tool, [])
-        for a in run_rule(rule(p, n), ts, risk, truth.resets.get(tool, []), span_s):
+        for a in run_rule(rule_for(p, n), ts, risk, truth.resets.get(tool, []), span_s):
             if any(0 <= f - a.ts <= 240 * H for f in fails) or any(s <= a.ts < e for s, e in eps):
                 continue  # a true alert (alert_eval's definition)
             in_window = sorted({k for s, e, k in faults[tool] if s <= a.ts and e >= a.ts - span_s})

@@ -53,6 +53,16 @@ GRID_P = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 GRID_N = (2, 4, 6, 8, 12)
 
 
+def b2_config() -> PipelineConfig:
+    """B2's model sizes (full d 64 × 2 layers, edge d 32 × 2), the pipeline's defaults otherwise."""
+    return PipelineConfig(d_model=64, n_layers=2, dropout=0.1, edge_d_model=32, edge_layers=2)
+
+
+def rule_for(p: float, n: int) -> AlertRule:
+    """The alert rule of one grid point: threshold ``p`` for ``n`` steps, cleared below half of it."""
+    return AlertRule(threshold=p, persistence=n, clear_threshold=min(p, 0.5) * 0.5)
+
+
 def export(out: Path, seed: int, days: int, tools: int, scenario: Path | None = None) -> Path:
     if not (out / "dataset.json").exists():
         cmd = [sys.executable, "-m", "fabpm.cli", "sim", "export", "--days", str(days), "--tools", str(tools)]
@@ -110,7 +120,7 @@ def main() -> int:
         export(args.out / f"test_s{s}_d{days_test}", s, days_test, args.tools, args.scenario)
         for s in (202, 303)
     ]
-    cfg = PipelineConfig(d_model=64, n_layers=2, dropout=0.1, edge_d_model=32, edge_layers=2)
+    cfg = b2_config()
     cfg = replace(
         cfg,
         window=args.window,
@@ -145,12 +155,11 @@ def main() -> int:
     choices = []
     val_series = risks(train_dir, spec, edge_probs, val_groups)
     for p, n in itertools.product(GRID_P, GRID_N):
-        rule = AlertRule(threshold=p, persistence=n, clear_threshold=min(p, 0.5) * 0.5)
-        choices.append((p, n, evaluate(*val_series, rule)))
+        choices.append((p, n, evaluate(*val_series, rule_for(p, n))))
     ok = [c for c in choices if c[2]["precision"] >= 0.95]
     pool = ok or choices
     p, n, val_score = max(pool, key=lambda c: (c[2]["recall_ge_lead"], c[2]["precision"], -c[2]["alerts"]))
-    rule = AlertRule(threshold=p, persistence=n, clear_threshold=min(p, 0.5) * 0.5)
+    rule = rule_for(p, n)
     print(f"rule chosen on validation tools: threshold {p}, persistence {n}: {val_score}", flush=True)
     keyf = args.out / "keys" / "release.pem"
     if not keyf.exists():

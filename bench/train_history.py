@@ -20,11 +20,13 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from b2_sim_warning import b2_config
 
 from cloud.training import simdata
-from cloud.training.pipeline import PipelineConfig, _scaler_for
+from cloud.training.pipeline import _scaler_for
 from cloud.training.trainer import fit
 from cloud.training.windows import split_by_group
 from shared.features import FeatureSpec
@@ -39,7 +41,7 @@ def main() -> int:
     args = ap.parse_args()
     if not (args.dataset / "dataset.json").exists():
         ap.error(f"{args.dataset}: not a fabpm sim export (no dataset.json)")
-    cfg = PipelineConfig(d_model=64, n_layers=2, dropout=0.1, edge_d_model=32, edge_layers=2)  # as B2
+    cfg = b2_config()
     cfg = replace(
         cfg,
         label_horizon_h=args.label_horizon,
