@@ -14,6 +14,8 @@
 Variants (fifth session, bench/results/models.md): ``--train-tools`` (a larger training fleet),
 ``--step-min``/``--window``/``--stride`` (what a window sees), ``--label-horizon`` (the heads'
 horizon, for the full model and the distillation alike), ``--monitor`` (early stopping).
+Sixth session: ``--reference-rows`` (each tool compared with its own readings after it last came
+back up, ``shared.reference``).
 ``bench/b2_diagnose.py`` looks at a finished run's test exports (the whole rule grid, and the
 context of each false alarm).
 """
@@ -110,6 +112,13 @@ def main() -> int:
         "--scenario", type=Path, help="scenario file for every export (default: the built-in fab)"
     )
     ap.add_argument("--monitor", choices=sorted(MONITORS), help="early stopping (default: the pipeline's)")
+    ap.add_argument(
+        "--reference-rows",
+        type=int,
+        default=None,
+        help="rows of each state after a tool comes back up that form its own reference (0: none; "
+        "default: the pipeline's)",
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -127,6 +136,7 @@ def main() -> int:
         step_s=args.step_min * 60.0,
         stride=args.stride,
         label_horizon_h=args.label_horizon,  # the full model's heads too, not only the distillation's
+        reference_rows=cfg.reference_rows if args.reference_rows is None else args.reference_rows,
         train=replace(
             cfg.train,
             epochs=3 if args.quick else args.epochs,

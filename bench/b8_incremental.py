@@ -172,7 +172,7 @@ def main() -> None:
             k: ToolSeries(**{f.name: getattr(v, f.name)[v.t_s < DRIFT_DAY * 86400.0] for f in fields(v)})
             for k, v in series.items()
         }
-        spec = simdata.fit_spec(info, pre_drift, pcfg.window, pcfg.step_s)
+        spec = simdata.fit_spec(info, pre_drift, pcfg.window, pcfg.step_s, pcfg.reference_rows)
         _, tools, _ = simdata.dataset_windows(data, spec=spec, stride=pcfg.stride, cap_h=pcfg.rul_cap_h)
         ids = sorted(t.tool_id for t in tools)
         rng = np.random.default_rng(ns.seed)

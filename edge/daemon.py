@@ -26,6 +26,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from edge import references
 from edge.config import EdgeConfig
 from edge.control import SetpointControl
 from edge.decisions import Decider, message
@@ -124,6 +125,7 @@ class EdgeDaemon:
         self._infer_wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = time.time()
+        self.references_path = cfg.state_dir / "references.json"
 
     # -- models -------------------------------------------------------------------------------
 
@@ -316,6 +318,23 @@ class EdgeDaemon:
             )
         self.outbox.checkpoint()
         self.tuner.expire()
+        self.save_references()
+
+    def save_references(self) -> None:
+        """Keep the tools' references on disk (``edge.references``)."""
+        states = self.pipeline.reference_states()
+        if states is None:
+            return
+        try:
+            references.save(self.references_path, states)
+        except OSError as exc:
+            _logger.error("could not save the tools' references to %s: %s", self.references_path, exc)
+
+    def restore_references(self) -> None:
+        saved = references.load(self.references_path)
+        if saved is not None:
+            n = self.pipeline.restore_references(saved)
+            _logger.info("references restored for %d of %d tools", n, len(saved["tools"]))
 
     def model_check_once(self) -> None:
         """Re-verify the running models' files on disk (a corrupted store is found before a restart)."""
@@ -377,6 +396,7 @@ class EdgeDaemon:
     async def run(self) -> None:
         """Run until cancelled."""
         self.load_models()
+        self.restore_references()
         self.relay.start()
         scheduler = self._scheduler()
         scheduler.start()
@@ -404,5 +424,6 @@ class EdgeDaemon:
                 _, late = await asyncio.wait(spawned, timeout=STOP_TASKS_S)
                 if late:
                     _logger.warning("%d background tasks did not stop within %.0f s", len(late), STOP_TASKS_S)
+            self.save_references()
             await self.relay.stop()
             self.outbox.close()

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -27,16 +28,15 @@ from edge.decisions import Decider, message
 from edge.inference import RiskModel
 from edge.metrics import EdgeMetrics
 from edge.source import SourceEvent, TagRef, Value
-from edge.windows import ReadyWindow, ToolWindow, features
+from edge.windows import DOWN, ReadyWindow, ToolWindow, features
 from shared.equipment import ALL_MODES, E10State
 from shared.messages import Event, Message
+from shared.reference import ReferenceTracker
 
 _logger = logging.getLogger(__name__)
 
 SENSOR, STATE, SETPOINT, COUNTER, OTHER = 0, 1, 2, 3, 4
-# A tool that is down has failed or is being maintained: no risk to predict until it is back.
 MODE_MATCH_S = 3600.0  # an alarm this close (source time) to a failure names its mode
-DOWN = frozenset({E10State.UNSCHEDULED_DOWN.value, E10State.SCHEDULED_DOWN.value})
 Emit = Callable[[Message], None]
 
 
@@ -100,15 +100,57 @@ class Pipeline:
             old is None
             or old.spec.window != spec.window
             or old.spec.step_s != spec.step_s
+            or old.spec.reference_rows != spec.reference_rows
             or not self.windows
         ):
+            kept = self.reference_states()  # a tool's reference outlives a model swap when it fits
             self.windows = {
-                t: ToolWindow(t, info.tool_type, spec.window, spec.step_s, self.max_stale_steps)
+                t: ToolWindow(
+                    t, info.tool_type, spec.window, spec.step_s, self.max_stale_steps, spec.reference_rows
+                )
                 for t, info in self.tools.items()
             }
             self._routes = []
+            if kept is not None:
+                self.restore_references(kept)
         if not self._routes:
             self._build_routes()
+
+    def reference_states(self) -> dict[str, Any] | None:
+        """Every tool's reference tracker (``shared.reference``), to keep across restarts; None
+        when the running model uses no reference."""
+        if not self.windows:
+            return None
+        first = next(iter(self.windows.values()))
+        if first.reference is None:
+            return None
+        return {
+            "step_s": first.step,
+            "rows": first.reference.rows,
+            "tools": {t: w.reference.to_dict() for t, w in self.windows.items() if w.reference is not None},
+        }
+
+    def restore_references(self, data: dict[str, Any]) -> int:
+        """Take back saved trackers that fit the current windows (same grid step and rows per
+        state); returns how many tools got theirs. A tool whose saved state does not fit, or
+        does not parse, starts unknown: its next return from down gives it a reference."""
+        restored = 0
+        for tool, state in dict(data.get("tools") or {}).items():
+            win = self.windows.get(tool)
+            if win is None or win.reference is None:
+                continue
+            if float(data.get("step_s", -1.0)) != win.step or int(data.get("rows", -1)) != win.reference.rows:
+                continue
+            try:
+                tracker = ReferenceTracker.from_dict(state, win.reference.max_gap_s)
+            except (KeyError, TypeError, ValueError) as exc:
+                _logger.warning("saved reference of %s ignored: %s", tool, exc)
+                continue
+            if tracker.n_sensors != len(win.sensors):
+                continue
+            win.reference = tracker
+            restored += 1
+        return restored
 
     def _build_routes(self) -> None:
         routes: list[tuple[int, str, int | str]] = []

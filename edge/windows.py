@@ -13,6 +13,11 @@ the tool's last value, and a Bad value is missing until a good one comes (NaN in
 a made-up number. A jump of more than a window (an outage, a restarted server)
 starts the window afresh rather than filling it with empty rows, and so does source time going
 back by more than a window.
+
+With a model whose spec has ``reference_rows`` (``shared.reference``), each closed row also goes
+through the tool's :class:`~shared.reference.ReferenceTracker`, so every row carries the tool's
+own reference and the hours since it last came back up, exactly as the trainer computes them.
+The tracker's state is what the edge keeps across restarts (:mod:`edge.references`).
 """
 
 from __future__ import annotations
@@ -24,8 +29,15 @@ import numpy as np
 
 from shared.equipment import E10State, tool_type
 from shared.features import FeatureSpec, build_features
+from shared.reference import ReferenceTracker
 
 NAN = float("nan")
+# A tool that is down has failed or is being maintained: no risk to predict until it is back,
+# and its return starts a new reference.
+DOWN = frozenset({E10State.UNSCHEDULED_DOWN.value, E10State.SCHEDULED_DOWN.value})
+# Running wafers: production, and the engineering (qualification) runs after maintenance, as the
+# trainer's windows count them (cloud.training.simdata) and the simulator's physics runs them.
+PROCESSING = frozenset({E10State.PRODUCTIVE.value, E10State.ENGINEERING.value})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +50,8 @@ class ReadyWindow:
     values: np.ndarray  # (W, S) raw, NaN = missing
     processing: np.ndarray  # (W,)
     closed_at: float  # wall clock (monotonic) when the last row closed: decision latency starts here
+    ref: np.ndarray | None = None  # (W, S) the tool's reference per row, NaN = unknown
+    since_up_h: np.ndarray | None = None  # (W,) hours since the tool came back up, NaN = unknown
 
 
 class ToolWindow:
@@ -49,6 +63,8 @@ class ToolWindow:
         "_filled",
         "_new_rows",
         "_proc",
+        "_ref",
+        "_since",
         "_ts",
         "_values",
         "closed_at",
@@ -58,6 +74,7 @@ class ToolWindow:
         "max_age",
         "next_t",
         "processing",
+        "reference",
         "sensors",
         "state",
         "step",
@@ -66,7 +83,15 @@ class ToolWindow:
         "window",
     )
 
-    def __init__(self, tool_id: str, tool_type_name: str, window: int, step_s: float, max_stale_steps: float):
+    def __init__(
+        self,
+        tool_id: str,
+        tool_type_name: str,
+        window: int,
+        step_s: float,
+        max_stale_steps: float,
+        reference_rows: int = 0,
+    ):
         self.tool_id = tool_id
         self.tool_type = tool_type_name
         self.sensors = tool_type(tool_type_name).sensor_names
@@ -86,6 +111,9 @@ class ToolWindow:
         self._values = np.full((window, n), NAN, dtype=np.float32)  # ring buffer
         self._proc = np.zeros(window, dtype=np.float32)
         self._ts = np.zeros(window)
+        self.reference = ReferenceTracker(n, reference_rows) if reference_rows > 0 else None
+        self._ref = np.full((window, n), NAN) if self.reference is not None else None
+        self._since = np.full(window, NAN) if self.reference is not None else None
         self._count = 0  # rows written in total
         self._filled = 0  # rows in the buffer since the last restart of the window
         self._new_rows = 0  # rows since the last take()
@@ -121,12 +149,16 @@ class ToolWindow:
         self.latest = -math.inf
         self._back = 0
         self._filled = 0
+        if self.reference is not None:
+            # A new source clock: the old rows' times mean nothing against it.
+            self.reference.forget()
+            self.reference.last_ts = NAN
 
     def set_state(self, state: str, ts: float) -> None:
         if self.next_t is not None and ts >= self.next_t:
             self.close_until(ts)
         self.state = state
-        self.processing = state == E10State.PRODUCTIVE.value
+        self.processing = state in PROCESSING
 
     def close_until(self, ts: float, now: float = 0.0) -> None:
         """Close every grid row at or before ``ts``."""
@@ -146,6 +178,11 @@ class ToolWindow:
             self._values[row] = np.where(fresh, self.last, NAN)
             self._proc[row] = 1.0 if self.processing else 0.0
             self._ts[row] = g
+            if self.reference is not None:
+                assert self._ref is not None and self._since is not None
+                self._ref[row], self._since[row] = self.reference.update(
+                    g, self._values[row], self.processing, self.state in DOWN
+                )
             self._count += 1
             self._filled += 1
             self._new_rows += 1
@@ -168,6 +205,8 @@ class ToolWindow:
             values=self._values[order].copy(),
             processing=self._proc[order].copy(),
             closed_at=self.closed_at,
+            ref=None if self._ref is None else self._ref[order].copy(),
+            since_up_h=None if self._since is None else self._since[order].copy(),
         )
 
     def take_rows(self, n: int) -> np.ndarray:
@@ -179,4 +218,6 @@ class ToolWindow:
 
 def features(win: ReadyWindow, spec: FeatureSpec) -> np.ndarray:
     """(W, F) float32 model input for one window (``shared.features``)."""
-    return build_features(win.values, win.processing, win.tool_type, spec)
+    if spec.reference_rows > 0 and win.ref is None:
+        raise ValueError(f"{win.tool_id}: the model needs the tool's reference; this window has none")
+    return build_features(win.values, win.processing, win.tool_type, spec, win.ref, win.since_up_h)

@@ -8,6 +8,14 @@ A tool of any type becomes, per time step, a vector of ``F`` features (names in
     type_<name>        one-hot of the tool type
     processing         1 while the tool is processing a lot (E10 productive)
 
+With ``FeatureSpec.reference_rows > 0`` (``shared.reference``: the tool's own readings just after
+it last came back up) three groups follow::
+
+    dz_00 … dz_*       (reading − the tool's reference for the row's state) / the type's std;
+                       0 where either is unknown
+    ref_known          1 where the row's reference is known
+    since_up           days since the tool last came back up / 30, clipped to 3; 0 if unknown
+
 No I/O, no clock: the same window gives the same features on the edge and in the cloud.
 """
 
@@ -21,12 +29,18 @@ import numpy as np
 
 from shared.equipment import MAX_SENSORS, TOOL_TYPES, tool_type
 
+SINCE_UP_SCALE_H = 30 * 24.0  # since_up is in units of 30 days
+SINCE_UP_MAX = 3.0
 
-def feature_names(tool_types: Sequence[str] = tuple(TOOL_TYPES)) -> list[str]:
+
+def feature_names(tool_types: Sequence[str] = tuple(TOOL_TYPES), reference: bool = False) -> list[str]:
     names = [f"z_{i:02d}" for i in range(MAX_SENSORS)]
     names += [f"miss_{i:02d}" for i in range(MAX_SENSORS)]
     names += [f"type_{t}" for t in tool_types]
     names.append("processing")
+    if reference:
+        names += [f"dz_{i:02d}" for i in range(MAX_SENSORS)]
+        names += ["ref_known", "since_up"]
     return names
 
 
@@ -57,10 +71,14 @@ class FeatureSpec:
     scaler: Scaler
     tool_types: tuple[str, ...] = tuple(TOOL_TYPES)
     names: tuple[str, ...] = field(default_factory=tuple)
+    reference_rows: int = 0  # > 0: the dz_* features against each tool's own reference
 
     def __post_init__(self) -> None:
+        if self.reference_rows < 0:
+            raise ValueError(f"reference_rows must be >= 0, got {self.reference_rows}")
         if not self.names:
-            object.__setattr__(self, "names", tuple(feature_names(self.tool_types)))
+            names = feature_names(self.tool_types, self.reference_rows > 0)
+            object.__setattr__(self, "names", tuple(names))
 
     @property
     def n_features(self) -> int:
@@ -73,6 +91,7 @@ class FeatureSpec:
             "scaler": self.scaler.to_dict(),
             "tool_types": list(self.tool_types),
             "feature_names": list(self.names),
+            "reference_rows": self.reference_rows,
         }
 
     @classmethod
@@ -83,6 +102,7 @@ class FeatureSpec:
             scaler=Scaler.from_dict(data["scaler"]),
             tool_types=tuple(data["tool_types"]),
             names=tuple(data["feature_names"]),
+            reference_rows=int(data.get("reference_rows", 0)),  # absent before the reference existed
         )
 
 
@@ -101,9 +121,18 @@ def fit_scaler(samples: Mapping[str, np.ndarray]) -> Scaler:
 
 
 def build_features(
-    values: np.ndarray, processing: np.ndarray, tool_type_name: str, spec: FeatureSpec
+    values: np.ndarray,
+    processing: np.ndarray,
+    tool_type_name: str,
+    spec: FeatureSpec,
+    ref: np.ndarray | None = None,
+    since_up_h: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(T, S) raw values with NaN for Bad, (T,) processing flags → (T, F) float32 features."""
+    """(T, S) raw values with NaN for Bad, (T,) processing flags → (T, F) float32 features.
+
+    A spec with ``reference_rows`` also needs each row's reference ``ref`` (T, S), raw units,
+    NaN where unknown, and ``since_up_h`` (T,), NaN where unknown (``shared.reference``).
+    """
     ttype = tool_type(tool_type_name)
     n_sensors = len(ttype.sensors)
     if values.ndim != 2 or values.shape[1] != n_sensors:
@@ -117,5 +146,19 @@ def build_features(
     out[:, :n_sensors] = np.clip(z, -20.0, 20.0)
     out[:, MAX_SENSORS : MAX_SENSORS + n_sensors] = missing
     out[:, 2 * MAX_SENSORS + spec.tool_types.index(tool_type_name)] = 1.0
-    out[:, -1] = processing.astype(np.float32)
+    proc_col = 2 * MAX_SENSORS + len(spec.tool_types)
+    out[:, proc_col] = processing.astype(np.float32)
+    if spec.reference_rows > 0:
+        if ref is None or since_up_h is None:
+            raise ValueError("this spec compares each tool with its own reference: pass ref and since_up_h")
+        if ref.shape != values.shape or since_up_h.shape != (steps,):
+            raise ValueError(f"reference {ref.shape} / {since_up_h.shape} does not fit window {values.shape}")
+        known = np.isfinite(ref)
+        diff = np.where(missing, 0.0, values) - np.where(known, ref, 0.0)
+        dz = np.where(known & ~missing, diff / std, 0.0)
+        base = proc_col + 1
+        out[:, base : base + n_sensors] = np.clip(dz, -20.0, 20.0)
+        out[:, base + MAX_SENSORS] = known.any(axis=1)
+        since = np.where(np.isfinite(since_up_h), since_up_h / SINCE_UP_SCALE_H, 0.0)
+        out[:, base + MAX_SENSORS + 1] = np.clip(since, 0.0, SINCE_UP_MAX)
     return out

@@ -493,3 +493,37 @@ async def test_eco_rule_idles_the_pump_while_its_host_is_not_processing(tmp_path
         assert await idle.read_value() == 0.0
     finally:
         await _stop(task)
+
+
+async def test_the_tools_references_survive_a_restart_of_the_edge(tmp_path, fab, mosquitto):
+    """A reference forms only when a tool comes back up, every few weeks: a restart keeps it."""
+    from edge.windows import features
+    from test_edge_support import spec
+
+    priv, pub = keys(tmp_path / "keys")
+    model = release(tmp_path / "rel", priv, "1", spec(reference_rows=2))
+    cfg = edge_config(tmp_path, fab.endpoint, mosquitto.port, models={"risk": str(model), "public_key": str(pub)})
+    daemon, task = await _start(cfg)
+    try:
+        for k in range(12):  # etch-01 is maintained at steps 4-5, then runs again; the pump never stops
+            await _push(fab, daemon, k, state="scheduled_down" if k in (4, 5) else "productive")
+        etch = daemon.pipeline.windows["etch-01"].reference
+        assert etch is not None and etch.known_start and etch.seen[1] == 2
+        assert not daemon.pipeline.windows["pump-01"].reference.known_start
+        before = etch.to_dict()
+    finally:
+        await _stop(task)
+    saved = json.loads((tmp_path / "state" / "references.json").read_text())
+    assert saved["tools"]["etch-01"] == before
+    daemon, task = await _start(cfg)
+    try:
+        assert daemon.pipeline.windows["etch-01"].reference.to_dict()["sums"] == before["sums"]
+        for k in range(12, 22):
+            await _push(fab, daemon, k)
+        win = daemon.pipeline.windows["etch-01"].take()
+        x = features(win, daemon.models["edge-risk"].spec)
+    finally:
+        await _stop(task)
+    names = list(daemon.models["edge-risk"].spec.names)
+    assert np.all(x[:, names.index("ref_known")] == 1.0), "the restored reference is used at once"
+    assert np.all(x[:, names.index("since_up")] > 0.0)

@@ -35,11 +35,12 @@ TOOLS = {"etch-01": "plasma_etch", "pump-01": "vacuum_pump"}
 AREA = {"plasma_etch": "etch", "vacuum_pump": "subfab"}
 
 
-def spec(window: int = 8, step_s: float = 60.0) -> FeatureSpec:
+def spec(window: int = 8, step_s: float = 60.0, reference_rows: int = 0) -> FeatureSpec:
     """Scaler from the equipment table: nominal mean, noise × 4 as the spread."""
     mean = {t: tuple(s.nominal for s in tt.sensors) for t, tt in TOOL_TYPES.items()}
     std = {t: tuple(max(s.noise * 4, 1e-3) for s in tt.sensors) for t, tt in TOOL_TYPES.items()}
-    return FeatureSpec(window=window, step_s=step_s, scaler=Scaler(mean=mean, std=std))
+    scaler = Scaler(mean=mean, std=std)
+    return FeatureSpec(window=window, step_s=step_s, scaler=scaler, reference_rows=reference_rows)
 
 
 def risk_onnx(fspec: FeatureSpec, a: float = 3.0, b: float = 6.0, nan: bool = False) -> bytes:
@@ -49,8 +50,8 @@ def risk_onnx(fspec: FeatureSpec, a: float = 3.0, b: float = 6.0, nan: bool = Fa
     inits = [
         c("starts", TensorProto.INT64, [1], [0]),
         c("ends", TensorProto.INT64, [1], [MAX_SENSORS]),
-        c("pstart", TensorProto.INT64, [1], [n_f - 1]),
-        c("pend", TensorProto.INT64, [1], [n_f]),
+        c("pstart", TensorProto.INT64, [1], [fspec.names.index("processing")]),
+        c("pend", TensorProto.INT64, [1], [fspec.names.index("processing") + 1]),
         c("axis2", TensorProto.INT64, [1], [2]),
         c("axes12", TensorProto.INT64, [2], [1, 2]),
         c("axes1", TensorProto.INT64, [1], [1]),

@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sim", help="a data set written by `fabpm sim export`")
     common(s)
     s.add_argument("--dataset", type=Path, required=True)
+    s.add_argument(
+        "--reference-rows",
+        type=int,
+        default=None,
+        help="rows of each state after a tool comes back up that form its own reference "
+        "(0: windows alone; default: the pipeline's)",
+    )
     r = sub.add_parser("release", help="export, quantize, check and sign an edge checkpoint")
     r.add_argument("--checkpoint", type=Path, required=True)
     r.add_argument("--dataset", type=Path, required=True, help="export whose windows calibrate and check")
@@ -126,6 +133,10 @@ def _sim(ns: argparse.Namespace) -> int:
     from shared.models.checkpoint import load_checkpoint
 
     cfg = _train_config(ns, ns.tiny)
+    if ns.reference_rows is not None:
+        if ns.reference_rows < 0:
+            raise TrainingError(f"--reference-rows must be >= 0, got {ns.reference_rows}")
+        cfg = replace(cfg, reference_rows=ns.reference_rows)
     ckpt = train_full(ns.dataset, cfg, ns.out)
     _, meta = load_checkpoint(ckpt)
     result: dict[str, object] = {"checkpoint": str(ckpt), "metrics": meta.get("metrics")}

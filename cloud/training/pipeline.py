@@ -64,6 +64,9 @@ class PipelineConfig:
     model_id: str = "fabpm-edge-risk"
     label_horizon_h: float | None = None  # the probability heads' horizon; None: the export's (72 h)
     cmapss_window: int = 30  # C-MAPSS FD001 protocol (its own window; cap 125 cycles)
+    # > 0: windows carry each tool's own reference (shared.reference), its first rows of each
+    # state after it last came back up; 0: the window alone.
+    reference_rows: int = 0
 
     @classmethod
     def tiny(cls) -> PipelineConfig:
@@ -104,7 +107,12 @@ def train_full(data: Data, cfg: PipelineConfig, out_dir: Path) -> Path:
     if isinstance(data, Path | str):
         spec, tools, info = simdata.dataset_windows(
             Path(data),
-            spec=FeatureSpec(window=cfg.window, step_s=cfg.step_s, scaler=_scaler_for(Path(data), cfg)),
+            spec=FeatureSpec(
+                window=cfg.window,
+                step_s=cfg.step_s,
+                scaler=_scaler_for(Path(data), cfg),
+                reference_rows=cfg.reference_rows,
+            ),
             stride=cfg.stride,
             cap_h=cfg.rul_cap_h,
             horizon_h=cfg.label_horizon_h,

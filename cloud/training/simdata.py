@@ -30,6 +30,7 @@ from cloud.training.windows import WindowSet
 from shared.dataset import DatasetInfo, ToolSeries, read_info, read_series
 from shared.equipment import ALL_MODES, E10_CODES, UPTIME_STATES, E10State
 from shared.features import FeatureSpec, build_features, fit_scaler
+from shared.reference import reference_series
 
 _logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ STEP_S = 1800.0  # 30 min per step: a window sees the last 24 h
 RUL_CAP_H = 240.0
 _UP_CODES = np.array([E10_CODES[s] for s in UPTIME_STATES])
 _PROCESSING = np.array([E10_CODES[E10State.PRODUCTIVE], E10_CODES[E10State.ENGINEERING]])
+# What the edge calls down (edge.pipeline.DOWN): a return from these starts a new reference.
+_DOWN_CODES = np.array([E10_CODES[E10State.SCHEDULED_DOWN], E10_CODES[E10State.UNSCHEDULED_DOWN]])
 
 
 @dataclass
@@ -56,7 +59,11 @@ def load(folder: Path) -> tuple[DatasetInfo, dict[str, ToolSeries]]:
 
 
 def fit_spec(
-    info: DatasetInfo, series: dict[str, ToolSeries], window: int = WINDOW, step_s: float = STEP_S
+    info: DatasetInfo,
+    series: dict[str, ToolSeries],
+    window: int = WINDOW,
+    step_s: float = STEP_S,
+    reference_rows: int = 0,
 ) -> FeatureSpec:
     """A FeatureSpec whose scaler is fitted on these (training) tools only."""
     per_type: dict[str, list[np.ndarray]] = {}
@@ -65,7 +72,7 @@ def fit_spec(
         up = np.isin(s.state, _UP_CODES)
         per_type.setdefault(tool.tool_type, []).append(s.values[up])
     scaler = fit_scaler({t: np.concatenate(v) for t, v in per_type.items()})
-    return FeatureSpec(window=window, step_s=step_s, scaler=scaler)
+    return FeatureSpec(window=window, step_s=step_s, scaler=scaler, reference_rows=reference_rows)
 
 
 def _labels(s: ToolSeries, idx: np.ndarray, horizon_h: float, cap_h: float) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +111,14 @@ def tool_windows(
         )
     sel = np.arange(0, len(s.t_s), every)
     processing = np.isin(s.state[sel], _PROCESSING)
-    feats = build_features(s.values[sel].astype(np.float64), processing, tool_type, spec)  # (T', F)
+    raw = s.values[sel].astype(np.float64)
+    if spec.reference_rows > 0:
+        # Row by row, as the edge does: the same causal reference (shared.reference).
+        down = np.isin(s.state[sel], _DOWN_CODES)
+        ref, since = reference_series(s.t_s[sel], raw, processing, down, spec.reference_rows)
+        feats = build_features(raw, processing, tool_type, spec, ref, since)  # (T', F)
+    else:
+        feats = build_features(raw, processing, tool_type, spec)
     w = spec.window
     ends = np.arange(w - 1, len(sel), stride)
     ends = ends[np.isin(s.state[sel][ends], _UP_CODES)]
