@@ -15,7 +15,9 @@ Variants (fifth session, bench/results/models.md): ``--train-tools`` (a larger t
 ``--step-min``/``--window``/``--stride`` (what a window sees), ``--label-horizon`` (the heads'
 horizon, for the full model and the distillation alike), ``--monitor`` (early stopping).
 Sixth session: ``--reference-rows`` (each tool compared with its own readings after it last came
-back up, ``shared.reference``).
+back up, ``shared.reference``) and ``--seed``. Until then the full model's initial weights were not
+seeded, so two runs of one command differed (sixth session: run E kept epoch 10 once, epoch 6 the
+next time); runs are now repeatable, and variants are compared over several seeds.
 ``bench/b2_diagnose.py`` looks at a finished run's test exports (the whole rule grid, and the
 context of each false alarm).
 """
@@ -113,6 +115,9 @@ def main() -> int:
     )
     ap.add_argument("--monitor", choices=sorted(MONITORS), help="early stopping (default: the pipeline's)")
     ap.add_argument(
+        "--seed", type=int, default=0, help="training seed: initial weights, batches, validation tools"
+    )
+    ap.add_argument(
         "--reference-rows",
         type=int,
         default=None,
@@ -143,6 +148,7 @@ def main() -> int:
             patience=6,
             progress=False,
             monitor=args.monitor or cfg.train.monitor,
+            seed=args.seed,
         ),
     )
     full_ckpt = train_full(train_dir, cfg, args.out / "ckpt")

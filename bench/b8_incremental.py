@@ -38,6 +38,7 @@ from tempfile import TemporaryDirectory
 
 import numpy as np
 import onnxruntime as ort
+import torch
 
 from cloud.config import CloudConfig
 from cloud.labels import Label, set_label
@@ -297,6 +298,7 @@ def main() -> None:
         )
         ref_train, ref_val = split_by_group(round_ws, pcfg.val_fraction, pcfg.train.seed)
         t_ref = time.perf_counter()
+        torch.manual_seed(pcfg.train.seed)  # the reference's initial weights, as fit() would seed them
         ref = fit(
             DGA(
                 edge_config(

@@ -118,7 +118,7 @@ class Pipeline:
 
     def reference_states(self) -> dict[str, Any] | None:
         """Every tool's reference tracker (``shared.reference``), to keep across restarts; None
-        when the running model uses no reference."""
+        when the windows carry none (the running model uses no reference)."""
         if not self.windows:
             return None
         first = next(iter(self.windows.values()))

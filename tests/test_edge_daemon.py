@@ -14,11 +14,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_edge_support import Collector, FabServer, edge_config, keys, publish, release, tuning_release, until
+from test_edge_support import (
+    Collector,
+    FabServer,
+    edge_config,
+    keys,
+    publish,
+    release,
+    spec,
+    tuning_release,
+    until,
+)
 
 from edge.config import EdgeConfig
 from edge.daemon import EdgeDaemon
 from edge.updates import announcement_for
+from edge.windows import features
 from shared.messages import Tuning, Verdict
 from shared.signing import generate_keypair, load_private_key, write_release
 from shared.topics import Kind, topic
@@ -497,12 +508,10 @@ async def test_eco_rule_idles_the_pump_while_its_host_is_not_processing(tmp_path
 
 async def test_the_tools_references_survive_a_restart_of_the_edge(tmp_path, fab, mosquitto):
     """A reference forms only when a tool comes back up, every few weeks: a restart keeps it."""
-    from edge.windows import features
-    from test_edge_support import spec
-
     priv, pub = keys(tmp_path / "keys")
     model = release(tmp_path / "rel", priv, "1", spec(reference_rows=2))
-    cfg = edge_config(tmp_path, fab.endpoint, mosquitto.port, models={"risk": str(model), "public_key": str(pub)})
+    models = {"risk": str(model), "public_key": str(pub)}
+    cfg = edge_config(tmp_path, fab.endpoint, mosquitto.port, models=models)
     daemon, task = await _start(cfg)
     try:
         for k in range(12):  # etch-01 is maintained at steps 4-5, then runs again; the pump never stops

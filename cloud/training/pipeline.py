@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud.training import simdata
@@ -124,6 +125,9 @@ def train_full(data: Data, cfg: PipelineConfig, out_dir: Path) -> Path:
     else:
         train, val, spec_dict = data
         horizon, source = 72.0, {"dataset": "arrays"}
+    # Seeded here, not only in fit(): the initial weights come from the global RNG, and an
+    # unseeded start made two runs of the same command train different models.
+    torch.manual_seed(cfg.train.seed)
     model = DGA(cfg.model_config(train.n_features, train.n_modes, horizon))
     meta = {
         "feature_spec": spec_dict,
