@@ -6,7 +6,7 @@ A tool of any type becomes, per time step, a vector of ``F`` features (names in
     z_00 … z_{S-1}     sensor values z-scored with the tool type's scaler, padded to MAX_SENSORS (0)
     miss_00 … miss_*   1 where the reading was Bad/missing (the z value is then 0, never invented)
     type_<name>        one-hot of the tool type
-    processing         1 while the tool is processing a lot (E10 productive)
+    processing         1 while the tool runs wafers (E10 productive, or engineering: qualification)
 
 With ``FeatureSpec.reference_rows > 0`` (``shared.reference``: the tool's own readings just after
 it last came back up) three groups follow::

@@ -39,7 +39,7 @@ STEP_S = 1800.0  # 30 min per step: a window sees the last 24 h
 RUL_CAP_H = 240.0
 _UP_CODES = np.array([E10_CODES[s] for s in UPTIME_STATES])
 _PROCESSING = np.array([E10_CODES[E10State.PRODUCTIVE], E10_CODES[E10State.ENGINEERING]])
-# What the edge calls down (edge.pipeline.DOWN): a return from these starts a new reference.
+# What the edge calls down (edge.windows.DOWN): a return from these starts a new reference.
 _DOWN_CODES = np.array([E10_CODES[E10State.SCHEDULED_DOWN], E10_CODES[E10State.UNSCHEDULED_DOWN]])
 
 
