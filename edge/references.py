@@ -40,6 +40,8 @@ def load(path: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a {FORMAT} file")
+        if not isinstance(data.get("step_s"), int | float) or not isinstance(data.get("rows"), int):
+            raise ValueError("step_s and rows must be numbers")
         if not isinstance(data.get("tools"), dict):
             raise ValueError(f"not a {FORMAT} file")
     except (OSError, ValueError) as exc:

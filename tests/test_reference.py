@@ -137,3 +137,5 @@ def test_saved_references_are_read_back_and_a_bad_file_is_set_aside(tmp_path: Pa
     path.write_text("{ half a file")
     assert references.load(path) is None
     assert not path.exists() and (tmp_path / "references.json.bad").exists()
+    path.write_text(json.dumps({"format": references.FORMAT, "step_s": "x", "rows": 2, "tools": {}}))
+    assert references.load(path) is None, "a wrong type is set aside too, never a crash at start"
