@@ -3,7 +3,7 @@
 ::
 
     fabpm train cmapss  [--data DIR] [--out DIR] [--seed N] [--tiny] [--edge]    # C-MAPSS FD001
-    fabpm train sim     --dataset DIR [--out DIR] [--tiny] [--edge]               # a sim export
+    fabpm train sim     --dataset DIR [--out DIR] [--tiny] [--edge] [--reference-rows N]  # a sim export
     fabpm train release --checkpoint EDGE.pt --dataset DIR --key PEM --version V [--parent P]
     fabpm train tuning  --dataset DIR --tool-type T --key PEM --version V [--out DIR]
     fabpm train ddp-check --out DIR                                 # one DDP step, under torchrun
