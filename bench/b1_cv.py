@@ -26,11 +26,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-import torch
 
 from cloud.training import cmapss
-from cloud.training.trainer import fit, predict
-from shared.models.dga import DGA
+from cloud.training.trainer import fit, new_model, predict
 
 REPO = Path(__file__).resolve().parent.parent
 SHORTEST_TEST_UNIT = 31  # cycles
@@ -59,9 +57,9 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
         dropout=args.dropout,
         input_noise=args.noise,
     )
-    torch.manual_seed(args.seed)
     t0 = time.monotonic()
-    res = fit(DGA(cmapss.model_config(cfg)), train, val, replace(cfg.train, progress=False), None, {})
+    model = new_model(cmapss.model_config(cfg), args.seed)
+    res = fit(model, train, val, replace(cfg.train, progress=False), None, {})
     p_val = predict(res.model, scored.x)["rul"]
     p_test = predict(res.model, test.x)["rul"]
     return {

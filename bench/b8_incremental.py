@@ -38,7 +38,6 @@ from tempfile import TemporaryDirectory
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
 from cloud.config import CloudConfig
 from cloud.labels import Label, set_label
@@ -52,7 +51,7 @@ from cloud.storage.models import Case, Edge, LearningRound
 from cloud.training import simdata
 from cloud.training.distil import edge_config
 from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, train_full
-from cloud.training.trainer import fit, predict
+from cloud.training.trainer import fit, new_model, predict
 from cloud.training.windows import WindowSet, split_by_group
 from shared.dataset import ToolSeries
 from shared.equipment import ALL_MODES
@@ -298,13 +297,9 @@ def main() -> None:
         )
         ref_train, ref_val = split_by_group(round_ws, pcfg.val_fraction, pcfg.train.seed)
         t_ref = time.perf_counter()
-        torch.manual_seed(pcfg.train.seed)  # the reference's initial weights, as fit() would seed them
+        heads = max(1, min(4, pcfg.edge_d_model // 8))
         ref = fit(
-            DGA(
-                edge_config(
-                    teacher.cfg, pcfg.edge_d_model, pcfg.edge_layers, max(1, min(4, pcfg.edge_d_model // 8))
-                )
-            ),
+            new_model(edge_config(teacher.cfg, pcfg.edge_d_model, pcfg.edge_layers, heads), pcfg.train.seed),
             ref_train,
             ref_val,
             replace(pcfg.train, epochs=cfg.learning.distil_epochs or pcfg.train.epochs),

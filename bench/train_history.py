@@ -22,15 +22,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch
 from b2_sim_warning import b2_config
 
-from cloud.training import simdata
-from cloud.training.pipeline import _scaler_for
-from cloud.training.trainer import fit
-from cloud.training.windows import split_by_group
-from shared.features import FeatureSpec
-from shared.models.dga import DGA
+from cloud.training.pipeline import sim_split
+from cloud.training.trainer import fit, new_model
 
 
 def main() -> int:
@@ -47,13 +42,9 @@ def main() -> int:
         label_horizon_h=args.label_horizon,
         train=replace(cfg.train, epochs=args.epochs, patience=args.epochs + 1, progress=False),
     )
-    spec = FeatureSpec(window=cfg.window, step_s=cfg.step_s, scaler=_scaler_for(args.dataset, cfg))
-    _, tools, info = simdata.dataset_windows(
-        args.dataset, spec=spec, stride=cfg.stride, cap_h=cfg.rul_cap_h, horizon_h=args.label_horizon
-    )
-    train, val = split_by_group(simdata.merge(tools), cfg.val_fraction, cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
-    model = DGA(cfg.model_config(train.n_features, train.n_modes, args.label_horizon or info.horizon_h))
+    train, val, _, info = sim_split(args.dataset, cfg)  # what train_full trains on
+    horizon = args.label_horizon or info.horizon_h
+    model = new_model(cfg.model_config(train.n_features, train.n_modes, horizon), cfg.train.seed)
     res = fit(model, train, val, cfg.train)
     for h in res.history:
         print(json.dumps({k: round(v, 4) for k, v in h.items()}), flush=True)

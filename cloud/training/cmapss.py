@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from cloud.training.windows import WindowSet, split_by_group
 from shared.errors import DatasetError
@@ -205,14 +204,12 @@ def run(
     (RMSE and score on the 100 test units, per-unit predictions) and the checkpoint paths.
     """
     from cloud.training.distil import distil, edge_config
-    from cloud.training.trainer import fit, predict
-    from shared.models.dga import DGA
+    from cloud.training.trainer import fit, new_model, predict
 
     data = load_fd001(data_dir)
     ws = train_windows(data, cfg.cmapss_window, RUL_CAP, smooth, first_end)
     test = last_windows(data, cfg.cmapss_window, RUL_CAP, smooth)
     train, val = split_by_group(ws, cfg.val_fraction, cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
     mcfg = model_config(cfg)
     meta = {
         "feature_spec": feature_spec(data, cfg.cmapss_window, smooth),
@@ -221,7 +218,8 @@ def run(
         "train_windows_from_cycle": first_end or cfg.cmapss_window,
     }
     out_dir = Path(out_dir)
-    res = fit(DGA(mcfg), train, val, cfg.train, out_dir / f"cmapss_full_s{cfg.train.seed}.pt", meta)
+    model = new_model(mcfg, cfg.train.seed)
+    res = fit(model, train, val, cfg.train, out_dir / f"cmapss_full_s{cfg.train.seed}.pt", meta)
     pred = predict(res.model, test.x)["rul"]
     result: dict[str, Any] = {
         "seed": cfg.train.seed,

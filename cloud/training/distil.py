@@ -12,9 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from cloud.training.trainer import FitResult, TrainConfig, fit, predict
+from cloud.training.trainer import FitResult, TrainConfig, fit, new_model, predict
 from cloud.training.windows import WindowSet
 from shared.models.dga import DGA, DGAConfig
 
@@ -46,8 +44,7 @@ def distil(
     meta: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train a student of ``student_cfg`` on the teacher's soft targets; returns its FitResult."""
-    torch.manual_seed(cfg.seed)
-    student = DGA(student_cfg)
+    student = new_model(student_cfg, cfg.seed)
     doc = dict(meta or {})
     doc["distilled_from"] = {"config": teacher.cfg.to_dict(), "alpha": cfg.distil_alpha}
     return fit(student, with_teacher(teacher, train), val, cfg, checkpoint, doc)

@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud.training import simdata
 from cloud.training.distil import distil, edge_config
 from cloud.training.errors import TrainingError
 from cloud.training.release import AlertThresholds, release_edge
-from cloud.training.trainer import TrainConfig, fit, predict
+from cloud.training.trainer import TrainConfig, fit, new_model, predict
 from cloud.training.windows import WindowSet, split_by_group
+from shared.dataset import DatasetInfo
 from shared.equipment import ALL_MODES
 from shared.features import FeatureSpec, Scaler
 from shared.models.checkpoint import load_checkpoint, save_checkpoint
@@ -106,29 +106,14 @@ def train_full(data: Data, cfg: PipelineConfig, out_dir: Path) -> Path:
     """Train the full DGA on an export folder, or on ``(train, val, feature_spec dict)`` arrays."""
     out_dir = Path(out_dir)
     if isinstance(data, Path | str):
-        spec, tools, info = simdata.dataset_windows(
-            Path(data),
-            spec=FeatureSpec(
-                window=cfg.window,
-                step_s=cfg.step_s,
-                scaler=_scaler_for(Path(data), cfg),
-                reference_rows=cfg.reference_rows,
-            ),
-            stride=cfg.stride,
-            cap_h=cfg.rul_cap_h,
-            horizon_h=cfg.label_horizon_h,
-        )
-        train, val = split_by_group(simdata.merge(tools), cfg.val_fraction, cfg.train.seed)
+        train, val, spec, info = sim_split(Path(data), cfg)
         spec_dict: dict[str, Any] = spec.to_dict()
         horizon = cfg.label_horizon_h or info.horizon_h
         source = {"dataset": str(data), "seed": info.seed, "days": info.days, "tools": len(info.tools)}
     else:
         train, val, spec_dict = data
         horizon, source = 72.0, {"dataset": "arrays"}
-    # Seeded here, not only in fit(): the initial weights come from the global RNG, and an
-    # unseeded start made two runs of the same command train different models.
-    torch.manual_seed(cfg.train.seed)
-    model = DGA(cfg.model_config(train.n_features, train.n_modes, horizon))
+    model = new_model(cfg.model_config(train.n_features, train.n_modes, horizon), cfg.train.seed)
     meta = {
         "feature_spec": spec_dict,
         "modes": list(ALL_MODES)[: train.n_modes],
@@ -138,6 +123,22 @@ def train_full(data: Data, cfg: PipelineConfig, out_dir: Path) -> Path:
     res = fit(model, train, val, cfg.train, out_dir / "full.pt", meta)
     assert res.checkpoint is not None
     return res.checkpoint
+
+
+def sim_split(folder: Path, cfg: PipelineConfig) -> tuple[WindowSet, WindowSet, FeatureSpec, DatasetInfo]:
+    """The windows :func:`train_full` trains on from an export: the spec fitted on it, the
+    training and validation windows (split by tool with the training seed) and the export's info."""
+    spec = FeatureSpec(
+        window=cfg.window,
+        step_s=cfg.step_s,
+        scaler=_scaler_for(folder, cfg),
+        reference_rows=cfg.reference_rows,
+    )
+    spec, tools, info = simdata.dataset_windows(
+        folder, spec=spec, stride=cfg.stride, cap_h=cfg.rul_cap_h, horizon_h=cfg.label_horizon_h
+    )
+    train, val = split_by_group(simdata.merge(tools), cfg.val_fraction, cfg.train.seed)
+    return train, val, spec, info
 
 
 def _scaler_for(folder: Path, cfg: PipelineConfig) -> Scaler:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from cloud.training.errors import TrainingError
 from cloud.training.windows import WindowSet
 from shared.models.checkpoint import save_checkpoint
-from shared.models.dga import DGA
+from shared.models.dga import DGA, DGAConfig
 
 _logger = logging.getLogger(__name__)
 
@@ -206,6 +206,17 @@ def evaluate(model: DGA, ws: WindowSet, cfg: TrainConfig) -> dict[str, float]:
         "val_rmse": rmse,
         "val_brier": brier,
     }
+
+
+def new_model(config: DGAConfig, seed: int) -> DGA:
+    """A DGA whose initial weights are drawn from ``seed``.
+
+    :func:`fit` seeds torch for the batches, but only once the model exists; a model built
+    before that draws its weights from whatever the global RNG holds, and two runs of one command
+    then train different models. Every trainer builds its model here.
+    """
+    torch.manual_seed(seed)
+    return DGA(config)
 
 
 def fit(
