@@ -1,7 +1,8 @@
 """B1 model selection: k-fold cross-validation on the FD001 training units (the test set unused).
 
 The 100 training units are split into ``--folds`` groups (a fixed permutation); for each fold the
-full DGA is trained on the other units (early stopping on the held-out ones, as in B1) and scored
+full DGA is trained on the other units (early stopping on the held-out ones, as in B1; with
+``--keep last`` the end of the schedule, which is what a refit on every unit keeps) and scored
 on every window of the held-out units that ends at cycle 31 or later, left-padded like a short
 test unit: the same situation as the test protocol, at every point of each life rather than at
 one. A setting is chosen by the mean of that RMSE over the folds; ten held-out units (B1's own
@@ -57,6 +58,7 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
         dropout=args.dropout,
         input_noise=args.noise,
     )
+    cfg = replace(cfg, train=replace(cfg.train, keep=args.keep))
     t0 = time.monotonic()
     model = new_model(cmapss.model_config(cfg), args.seed)
     res = fit(model, train, val, replace(cfg.train, progress=False), None, {})
@@ -109,6 +111,13 @@ def main() -> int:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--noise", type=float, default=0.05, help="std of the training input noise")
     ap.add_argument("--smooth", type=float, default=0.2)
+    ap.add_argument(
+        "--keep",
+        choices=("best", "last"),
+        default="best",
+        help="best: the epoch with the lowest loss on the held-out fold (optimistic: it is also the "
+        "scored fold); last: the end of the schedule, the held-out fold unseen until scored",
+    )
     ap.add_argument("--summarize", action="store_true", help="only the table of what --out holds")
     args = ap.parse_args()
     if not args.summarize:

@@ -17,7 +17,7 @@ from conftest import free_port
 from cloud.training import simdata
 from cloud.training.errors import TrainingError
 from cloud.training.parity import Tolerance, compare, run_onnx
-from cloud.training.trainer import TrainConfig, fit
+from cloud.training.trainer import TrainConfig, fit, new_model
 from cloud.training.windows import WindowSet, split_by_group
 from shared.dataset import ToolSeries
 from shared.equipment import ALL_MODES, E10_CODES, E10State
@@ -126,6 +126,41 @@ def test_early_stopping_watches_the_chosen_validation_metric():
     assert chosen["mode"] != chosen["loss"], chosen
     with pytest.raises(TrainingError, match="monitor"):
         fit(DGA(cfg), train, val, replace(base, monitor="brier"))
+
+
+def test_keep_last_runs_the_whole_schedule_and_needs_no_validation_split():
+    """keep="last" (a refit on every unit) returns the end of the schedule, never early-stops, and
+    trains the same weights whether or not a validation split is there to be reported on."""
+    rng = np.random.default_rng(1)
+    n = 400
+    x = rng.normal(size=(n, 6, 3)).astype(np.float32)
+    ws = WindowSet(
+        x=x,
+        rul=rng.uniform(0, 10, n).astype(np.float32),  # noise: validation stops improving early
+        labels=(x[:, :, 0].mean(axis=1) > 0).astype(np.float32)[:, None],
+        groups=np.arange(n) % 20,
+    )
+    train, val = split_by_group(ws, 0.3, seed=0)
+    cfg = DGAConfig(
+        n_features=3, window=6, n_modes=1, d_model=8, n_heads=2, n_layers=1, d_ff=16, rul_cap=10.0
+    )
+    base = TrainConfig(
+        epochs=6, batch_size=32, patience=1, min_delta=0.0, progress=False, ema_decay=0.0, monitor="rul"
+    )
+    best = fit(new_model(cfg, 0), train, val, base)
+    assert best.metrics["epoch"] < 5 and len(best.history) < 6  # early stopping did end this one
+    last = fit(new_model(cfg, 0), train, val, replace(base, keep="last"))
+    alone = fit(new_model(cfg, 0), train, val.take(np.array([], dtype=np.int64)), replace(base, keep="last"))
+    assert len(last.history) == len(alone.history) == 6
+    assert last.metrics["epoch"] == alone.metrics["epoch"] == 5.0 and "val_loss" not in alone.metrics
+    sl, sa, sb = last.model.state_dict(), alone.model.state_dict(), best.model.state_dict()
+    assert all(torch.equal(sl[k], sa[k]) for k in sl)
+    assert not all(torch.equal(sl[k], sb[k]) for k in sl)
+    empty = val.take(np.array([], dtype=np.int64))
+    with pytest.raises(TrainingError, match="empty split"):
+        fit(new_model(cfg, 0), train, empty, base)  # "best" has nothing to pick an epoch on
+    with pytest.raises(TrainingError, match="keep"):
+        fit(new_model(cfg, 0), train, val, replace(base, keep="first"))
 
 
 def test_one_ddp_step_with_two_gloo_processes(tmp_path):

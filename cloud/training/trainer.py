@@ -44,6 +44,7 @@ _logger = logging.getLogger(__name__)
 
 # early-stopping criteria (TrainConfig.monitor) → the validation metric each watches
 MONITORS = {"loss": "val_loss", "mode": "val_mode_bce", "rul": "val_rul_mse"}
+KEEPS = ("best", "last")
 
 
 @dataclass
@@ -74,6 +75,11 @@ class TrainConfig:
     monitor: str = "loss"
     ema_decay: float = 0.99  # exponential moving average of the weights (0 = off): validation and
     # the saved model use the averaged weights, which are far less noisy epoch to epoch
+    # Which weights fit() returns: "best" (lowest validation ``monitor``; early stopping applies)
+    # or "last" (the end of the schedule, no early stopping; the validation split may be empty).
+    # "last" is for a refit on every unit once cross-validation has fixed the schedule, so that
+    # no unit is held out of training to pick an epoch.
+    keep: str = "best"
     progress: bool = True
     max_minutes: float = 0.0  # 0 = no wall-clock limit
     extra: dict[str, Any] = field(default_factory=dict)
@@ -227,8 +233,15 @@ def fit(
     checkpoint: Path | None = None,
     meta: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Train ``model`` with early stopping; returns the best model (on CPU) and its metrics."""
-    if len(train) == 0 or len(val) == 0:
+    """Train ``model``; returns the model (on CPU) and its metrics.
+
+    With ``cfg.keep == "best"``: early stopping on ``val``, the best epoch's weights returned. With
+    ``"last"``: the whole schedule, the final weights returned; ``val`` (may be empty) is only
+    reported.
+    """
+    if cfg.keep not in KEEPS:
+        raise TrainingError(f"train.keep: {cfg.keep!r} is not one of {sorted(KEEPS)}")
+    if len(train) == 0 or (len(val) == 0 and cfg.keep == "best"):
         raise TrainingError(f"empty split: {len(train)} training and {len(val)} validation windows")
     if cfg.monitor not in MONITORS:
         raise TrainingError(f"train.monitor: {cfg.monitor!r} is not one of {sorted(MONITORS)}")
@@ -328,17 +341,20 @@ def fit(
             running += float(loss.detach()) * len(idx)
             count += len(idx)
         scored: DGA = ema.module if ema is not None else model  # type: ignore[assignment]
-        metrics = evaluate(scored, val, cfg)
+        metrics = evaluate(scored, val, cfg) if len(val) else {}
         metrics.update(epoch=float(epoch), train_loss=running / max(count, 1))
         history.append(metrics)
-        bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", val_rmse=f"{metrics['val_rmse']:.2f}")
-        if metrics[watched] < best - cfg.min_delta:
+        val_rmse = metrics.get("val_rmse", math.nan)  # none without a validation split (keep="last")
+        bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", val_rmse=f"{val_rmse:.2f}")
+        if cfg.keep == "last":  # every epoch: a wall-clock stop keeps the latest weights
+            best_state, best_metrics = copy.deepcopy(scored.state_dict()), dict(metrics)
+        elif metrics[watched] < best - cfg.min_delta:
             best, bad_epochs = metrics[watched], 0
             best_state = copy.deepcopy(scored.state_dict())
             best_metrics = dict(metrics)
         else:
             bad_epochs += 1
-        if bad_epochs >= cfg.patience:
+        if bad_epochs >= cfg.patience and cfg.keep == "best":
             _logger.info("early stop after epoch %d (best %s %.5f)", epoch, watched, best)
             break
         if cfg.max_minutes and time.monotonic() - t0 > 60 * cfg.max_minutes:
