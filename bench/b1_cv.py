@@ -1,8 +1,9 @@
 """B1 model selection: k-fold cross-validation on the FD001 training units (the test set unused).
 
 The 100 training units are split into ``--folds`` groups (a fixed permutation); for each fold the
-full DGA is trained on the other units (early stopping on the held-out ones, as in B1; with
-``--keep last`` the end of the schedule, which is what a refit on every unit keeps) and scored
+full DGA is trained on the other units (early stopping on the held-out ones; with
+``--inner-val F`` on a share F of the training units, as B1 does; with ``--keep last`` the end
+of the schedule, which is what a refit on every unit keeps) and scored
 on every window of the held-out units that ends at cycle 31 or later, left-padded like a short
 test unit: the same situation as the test protocol, at every point of each life rather than at
 one. A setting is chosen by the mean of that RMSE over the folds; ten held-out units (B1's own
@@ -30,6 +31,7 @@ import numpy as np
 
 from cloud.training import cmapss
 from cloud.training.trainer import fit, new_model, predict
+from cloud.training.windows import split_by_group
 
 REPO = Path(__file__).resolve().parent.parent
 SHORTEST_TEST_UNIT = 31  # cycles
@@ -41,6 +43,8 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
     held = np.array_split(units, args.folds)[fold]
     is_val = np.isin(ws.groups, held)
     train, val = ws.take(np.flatnonzero(~is_val)), ws.take(np.flatnonzero(is_val))
+    if args.inner_val > 0:  # B1's own protocol inside the fold: early stopping on training units only
+        train, val = split_by_group(train, args.inner_val, args.seed)
     every = (  # scored: every window from cycle 31 on (the same set as ws at the default --first-end)
         ws
         if args.first_end == SHORTEST_TEST_UNIT
@@ -111,6 +115,13 @@ def main() -> int:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--noise", type=float, default=0.05, help="std of the training input noise")
     ap.add_argument("--smooth", type=float, default=0.2)
+    ap.add_argument(
+        "--inner-val",
+        type=float,
+        default=0.0,
+        help="hold this share of the fold's training units out for early stopping, as B1 does "
+        "(0: stop on the scored fold itself, the first sessions' optimistic procedure)",
+    )
     ap.add_argument(
         "--keep",
         choices=("best", "last"),

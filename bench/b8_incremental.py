@@ -139,8 +139,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--fine-tune-epochs", type=int, help="learning.fine_tune_epochs (default: the config's)")
     ap.add_argument("--distil-epochs", type=int, help="learning.distil_epochs (default: the config's)")
+    ap.add_argument("--replay-size", type=int, help="learning.replay_size (default: the config's)")
+    ap.add_argument(
+        "--reference-rows",
+        type=int,
+        help="rows of each tool's own reference (shared.reference; 0: none; default: the pipeline's)",
+    )
     ns = ap.parse_args()
     pcfg = PipelineConfig.tiny() if ns.quick else PipelineConfig()
+    if ns.reference_rows is not None:
+        if ns.reference_rows < 0:
+            ap.error(f"--reference-rows must be >= 0, got {ns.reference_rows}")
+        pcfg = replace(pcfg, reference_rows=ns.reference_rows)
     pcfg = replace(pcfg, train=replace(pcfg.train, epochs=ns.epochs if not ns.quick else 2, progress=False))
     with TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -201,7 +211,11 @@ def main() -> None:
 
         caps = {
             k: v
-            for k, v in (("fine_tune_epochs", ns.fine_tune_epochs), ("distil_epochs", ns.distil_epochs))
+            for k, v in (
+                ("fine_tune_epochs", ns.fine_tune_epochs),
+                ("distil_epochs", ns.distil_epochs),
+                ("replay_size", ns.replay_size),
+            )
             if v
         }
         cfg = CloudConfig.model_validate(
@@ -218,7 +232,6 @@ def main() -> None:
                     "work_dir": str(tmp / "learn"),
                     "tiny": ns.quick,
                     "min_new_labels": 1,
-                    "replay_size": 2000,
                     "calib_windows": 512,
                 },
                 "rollout": {"min_observations": 0},
@@ -315,7 +328,8 @@ def main() -> None:
         if ns.quick
         else (
             f"default sizes, round caps: fine-tune {cfg.learning.fine_tune_epochs} / distil "
-            f"{cfg.learning.distil_epochs} epochs; initial training ≤{ns.epochs} epochs"
+            f"{cfg.learning.distil_epochs} epochs, replay {cfg.learning.replay_size}; initial training "
+            f"≤{ns.epochs} epochs; reference rows {pcfg.reference_rows}"
         )
     )
     outcome = (
@@ -331,6 +345,8 @@ def main() -> None:
         f"old {reference['old']:.3f}, new {reference['new']:.3f}"
     )
     extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in caps.items())
+    extra += "" if ns.reference_rows is None else f" --reference-rows {ns.reference_rows}"
+    extra += "" if ns.seed == 3 else f" --seed {ns.seed}"
     line = (
         f"| B8 | `.venv/bin/python bench/b8_incremental.py{' --quick' if ns.quick else ''} "
         f"--tools {ns.tools} --days {ns.days:g}{extra}` | ROC AUC (fails within 72 h) on the evaluation "

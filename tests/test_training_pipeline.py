@@ -282,7 +282,9 @@ def test_pipeline_tiny_end_to_end(export_dir, keys, tmp_path):
     tt = "plasma_etch"
     raw = np.full((spec.window, len(tool_type(tt).sensors)), np.nan)
     raw[:, :] = np.asarray(spec.scaler.mean[tt])
-    feats = build_features(raw, np.ones(spec.window), tt, spec)[None]
+    assert spec.reference_rows > 0  # the default: each tool against its own reference
+    unknown = np.full(spec.window, np.nan)  # a tool not yet seen coming back up: reference unknown
+    feats = build_features(raw, np.ones(spec.window), tt, spec, np.full_like(raw, np.nan), unknown)[None]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     probs, rul, rul_std, emb = sess.run(None, {"x": feats})
     assert probs.shape == (1, len(ALL_MODES)) and rul.shape == (1,) and rul_std.shape == (1,)
