@@ -161,7 +161,7 @@ def b1_config(
     weight_decay: float = 0.01,
     input_noise: float = 0.05,
     drop_prob: float = 0.5,
-    val_fraction: float = 0.1,
+    val_fraction: float = 0.0,
 ) -> PipelineConfig:
     """The configuration B1 measures (chosen by ``bench/b1_cv.py``): what ``fabpm train cmapss``
     and the C-MAPSS benchmarks train. The one-cycle schedule runs all ``epochs``; the best epoch
@@ -200,7 +200,8 @@ def run(
     smooth: float = SMOOTH,
     first_end: int | None = None,
 ) -> dict[str, Any]:
-    """Train the full DGA on FD001 (validation: cfg.val_fraction of the units), evaluate the protocol.
+    """Train the full DGA on FD001, evaluate the protocol. Validation: ``cfg.val_fraction`` of the
+    units, by unit; with 0 (B1's default, ``train.keep`` "last") every unit is trained on.
 
     ``first_end``: see :func:`train_windows`. With ``edge``, also distil the edge model and
     evaluate it the same way. Returns the metrics
