@@ -126,8 +126,8 @@ def main() -> int:
         "--keep",
         choices=("best", "last"),
         default="best",
-        help="best: the epoch with the lowest loss on the held-out fold (optimistic: it is also the "
-        "scored fold); last: the end of the schedule, the held-out fold unseen until scored",
+        help="best: the epoch with the lowest validation loss (on the scored fold itself, optimistic, "
+        "unless --inner-val); last: the end of the schedule, the held-out fold unseen until scored",
     )
     ap.add_argument("--summarize", action="store_true", help="only the table of what --out holds")
     args = ap.parse_args()

@@ -216,7 +216,7 @@ def main() -> None:
                 ("distil_epochs", ns.distil_epochs),
                 ("replay_size", ns.replay_size),
             )
-            if v
+            if v is not None  # 0 is a setting (no replay), not "unset"; the config validates it
         }
         cfg = CloudConfig.model_validate(
             {

@@ -354,7 +354,7 @@ def fit(
             best_metrics = dict(metrics)
         else:
             bad_epochs += 1
-        if bad_epochs >= cfg.patience and cfg.keep == "best":
+        if bad_epochs >= cfg.patience:  # never with keep="last": it counts no bad epochs
             _logger.info("early stop after epoch %d (best %s %.5f)", epoch, watched, best)
             break
         if cfg.max_minutes and time.monotonic() - t0 > 60 * cfg.max_minutes:
