@@ -49,7 +49,7 @@ from cloud.rollout import RolloutManager
 from cloud.storage import Repo, make_engine, migrate
 from cloud.storage.models import Case, Edge, LearningRound
 from cloud.training import simdata
-from cloud.training.distil import edge_config
+from cloud.training.distil import edge_config, edge_heads
 from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, train_full
 from cloud.training.trainer import fit, new_model, predict
 from cloud.training.windows import WindowSet, split_by_group
@@ -310,7 +310,7 @@ def main() -> None:
         )
         ref_train, ref_val = split_by_group(round_ws, pcfg.val_fraction, pcfg.train.seed)
         t_ref = time.perf_counter()
-        heads = max(1, min(4, pcfg.edge_d_model // 8))
+        heads = edge_heads(pcfg.edge_d_model)
         ref = fit(
             new_model(edge_config(teacher.cfg, pcfg.edge_d_model, pcfg.edge_layers, heads), pcfg.train.seed),
             ref_train,

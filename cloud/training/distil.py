@@ -29,6 +29,11 @@ def edge_config(full: DGAConfig, d_model: int = 32, n_layers: int = 2, n_heads: 
     )
 
 
+def edge_heads(d_model: int) -> int:
+    """Attention heads of an edge student of width ``d_model``: about 8 dimensions each, 1 to 4."""
+    return max(1, min(4, d_model // 8))
+
+
 def with_teacher(teacher: DGA, ws: WindowSet) -> WindowSet:
     out = predict(teacher, ws.x)
     return ws.with_teacher(out["rul"], out["probs"])

@@ -25,7 +25,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud.training import simdata
-from cloud.training.distil import distil, edge_config
+from cloud.training.distil import distil, edge_config, edge_heads
 from cloud.training.errors import TrainingError
 from cloud.training.release import AlertThresholds, release_edge
 from cloud.training.trainer import TrainConfig, fit, new_model, predict
@@ -189,9 +189,7 @@ def distil_edge(full_ckpt: Path, windows: WindowSet, cfg: PipelineConfig) -> Pat
     if not isinstance(teacher, DGA):
         raise TrainingError(f"{full_ckpt} is not a DGA checkpoint")
     train, val = split_by_group(windows, cfg.val_fraction, cfg.train.seed)
-    student = edge_config(
-        teacher.cfg, cfg.edge_d_model, cfg.edge_layers, max(1, min(4, cfg.edge_d_model // 8))
-    )
+    student = edge_config(teacher.cfg, cfg.edge_d_model, cfg.edge_layers, edge_heads(cfg.edge_d_model))
     out = Path(full_ckpt).with_name(f"{Path(full_ckpt).stem}.edge.pt")
     meta = {k: v for k, v in meta.items() if k not in ("config", "kind", "metrics")}
     meta["role"] = "edge"

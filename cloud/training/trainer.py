@@ -346,14 +346,13 @@ def fit(
         history.append(metrics)
         val_rmse = metrics.get("val_rmse", math.nan)  # none without a validation split (keep="last")
         bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", val_rmse=f"{val_rmse:.2f}")
-        if cfg.keep == "last":  # every epoch: a wall-clock stop keeps the latest weights
-            best_state, best_metrics = copy.deepcopy(scored.state_dict()), dict(metrics)
-        elif metrics[watched] < best - cfg.min_delta:
-            best, bad_epochs = metrics[watched], 0
-            best_state = copy.deepcopy(scored.state_dict())
-            best_metrics = dict(metrics)
-        else:
-            bad_epochs += 1
+        if cfg.keep == "best":  # with "last", the weights after the loop are kept, whatever ended it
+            if metrics[watched] < best - cfg.min_delta:
+                best, bad_epochs = metrics[watched], 0
+                best_state = copy.deepcopy(scored.state_dict())
+                best_metrics = dict(metrics)
+            else:
+                bad_epochs += 1
         if bad_epochs >= cfg.patience:  # never with keep="last": it counts no bad epochs
             _logger.info("early stop after epoch %d (best %s %.5f)", epoch, watched, best)
             break
@@ -361,6 +360,8 @@ def fit(
             _logger.info("wall-clock limit after epoch %d", epoch)
             break
     bar.close()
+    if cfg.keep == "last":
+        best_state, best_metrics = copy.deepcopy(scored.state_dict()), dict(history[-1])
     model.load_state_dict(best_state)
     model.cpu().eval()
     best_metrics["train_seconds"] = time.monotonic() - t0
