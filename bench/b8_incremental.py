@@ -8,7 +8,8 @@ etch chambers recalibrated and pumps wearing faster from day 20).
 3. Put A-new in the cloud database as labelled cases (as failure/maintenance events would label
    them) and earlier rounds' bookkeeping for A-old (replay) and B-old (the frozen old set).
 4. Time one learning round (Learner + the real pipeline at the given sizes) from "labels are in"
-   to "the canary edge runs the model": fine-tune, distil, export + INT8 parity, gate, sign,
+   to "the canary edge runs the model": fine-tune, distil (the student starts from v0's weights
+   unless --no-warm-start), export + INT8 parity, gate, sign,
    register, announce, then what the edge does (verify the signature and hash, load it in
    onnxruntime).
 5. Score v0 and the new model on B-old and B-new: ROC AUC of "fails within 72 h" (score: the
@@ -141,6 +142,11 @@ def main() -> None:
     ap.add_argument("--distil-epochs", type=int, help="learning.distil_epochs (default: the config's)")
     ap.add_argument("--replay-size", type=int, help="learning.replay_size (default: the config's)")
     ap.add_argument(
+        "--no-warm-start",
+        action="store_true",
+        help="learning.warm_start_edge off: the round distils a fresh student, not v0's weights continued",
+    )
+    ap.add_argument(
         "--reference-rows",
         type=int,
         help="rows of each tool's own reference (shared.reference; 0: none; default: the pipeline's)",
@@ -233,6 +239,7 @@ def main() -> None:
                     "tiny": ns.quick,
                     "min_new_labels": 1,
                     "calib_windows": 512,
+                    "warm_start_edge": not ns.no_warm_start,
                 },
                 "rollout": {"min_observations": 0},
             }
@@ -241,7 +248,7 @@ def main() -> None:
         migrate(engine)
         repo, metrics, published = Repo(engine), CloudMetrics(), []
         registry = Registry(repo, cfg.registry)
-        registry.register(v0, full, None)
+        registry.register(v0, full, None, edge_checkpoint=edge)
         registry.set_status("v0", "active")
         rollout = RolloutManager(repo, registry, lambda t, p, q, r: published.append(p), cfg.rollout, metrics)
         learner = Learner(
@@ -328,7 +335,8 @@ def main() -> None:
         if ns.quick
         else (
             f"default sizes, round caps: fine-tune {cfg.learning.fine_tune_epochs} / distil "
-            f"{cfg.learning.distil_epochs} epochs, replay {cfg.learning.replay_size}; initial training "
+            f"{cfg.learning.distil_epochs} epochs, replay {cfg.learning.replay_size}, edge student "
+            f"{'from v0' if cfg.learning.warm_start_edge else 'fresh'}; initial training "
             f"≤{ns.epochs} epochs; reference rows {pcfg.reference_rows}"
         )
     )
@@ -347,6 +355,7 @@ def main() -> None:
     extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in caps.items())
     extra += "" if ns.reference_rows is None else f" --reference-rows {ns.reference_rows}"
     extra += "" if ns.seed == 3 else f" --seed {ns.seed}"
+    extra += " --no-warm-start" if ns.no_warm_start else ""
     line = (
         f"| B8 | `.venv/bin/python bench/b8_incremental.py{' --quick' if ns.quick else ''} "
         f"--tools {ns.tools} --days {ns.days:g}{extra}` | ROC AUC (fails within 72 h) on the evaluation "

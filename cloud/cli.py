@@ -7,7 +7,8 @@
     fabpm cloud migrate --config cloud.toml       bring the database schema up to date
     fabpm cloud user add --config cloud.toml --username NAME --role viewer|operator|admin
                                                   (password from FABPM_CLOUD_PASSWORD or stdin)
-    fabpm cloud model register --config cloud.toml --artifact M.onnx [--checkpoint FULL.pt] [--active]
+    fabpm cloud model register --config cloud.toml --artifact M.onnx [--checkpoint FULL.pt]
+        [--edge-checkpoint EDGE.pt] [--active]
                                                   record a signed release made outside a learning
                                                   round (e.g. the first model every edge starts with)
 """
@@ -56,6 +57,9 @@ def main(argv: list[str]) -> int:
     p_reg.add_argument("--config")
     p_reg.add_argument("--artifact", type=Path, required=True, help="the ONNX file, manifest beside it")
     p_reg.add_argument("--checkpoint", type=Path, help="the full model it was distilled from")
+    p_reg.add_argument(
+        "--edge-checkpoint", type=Path, help="the edge checkpoint it was exported from (rounds start there)"
+    )
     p_reg.add_argument("--active", action="store_true", help="mark it the model the edges run now")
     ns = parser.parse_args(argv)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step is noise here
@@ -107,7 +111,7 @@ def _register(cfg: cloud_config.CloudConfig, repo: Repo, ns: argparse.Namespace)
 
     registry = Registry(repo, cfg.registry)
     try:
-        row = registry.register(ns.artifact, ns.checkpoint)
+        row = registry.register(ns.artifact, ns.checkpoint, edge_checkpoint=ns.edge_checkpoint)
         if ns.active:
             registry.set_status(row.version, "active")
     except RegistryError as exc:

@@ -117,6 +117,9 @@ class LearningConfig(StrictModel):
     fine_tune_epochs: int | None = Field(default=8, ge=1)
     distil_epochs: int | None = Field(default=20, ge=1)
     calib_windows: int = Field(default=256, ge=1)
+    # Distil the round's edge model starting from the running one's weights (its registered edge
+    # checkpoint) rather than from scratch; a fresh student where there is none (bench B8).
+    warm_start_edge: bool = True
 
 
 class CloudConfig(StrictModel):

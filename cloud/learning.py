@@ -11,7 +11,8 @@ step, so a worker killed mid-round re-runs only the step it was in)::
   tool (:func:`split_holdout`) into training cases and the *new* frozen test set; the *old* frozen set is
   the union of earlier rounds' new sets; the replay set is up to ``replay_size`` earlier training
   cases (against forgetting). Case ids go into the round's state, the windows into ``data.npz``.
-- **fine_tune** the full model on new + replay; **distil** the edge model from it; **export**
+- **fine_tune** the full model on new + replay; **distil** the edge model from it (by default
+  continuing the running edge model's weights, ``warm_start_edge``); **export**
   to ONNX, INT8 with the parity check, signed (the pipeline's ``export_release``).
 - **gate** scores the candidate and the running edge model on both frozen sets; a candidate that
   loses more than ``gate_tolerance`` on either is rejected (never registered or rolled out).
@@ -380,9 +381,23 @@ class Learner:
 
     def _step_distil(self, row: LearningRound) -> str:
         data = Windows.concat([self.windows(row.state["train"]), self.windows(row.state["replay"])])
-        edge = self.pipeline.distil(Path(row.state["full_ckpt"]), data, self._dir(row) / "edge")
-        self._save(row.id, self._next("distil"), f"distilled {edge.name}", edge_ckpt=str(edge))
+        init, note = self._warm_start()
+        edge = self.pipeline.distil(Path(row.state["full_ckpt"]), data, self._dir(row) / "edge", init)
+        self._save(row.id, self._next("distil"), f"distilled {edge.name}{note}", edge_ckpt=str(edge))
         return "next"
+
+    def _warm_start(self) -> tuple[Path | None, str]:
+        """The running edge model's checkpoint to start the student from (``warm_start_edge``), and
+        what the round log says about it; (None, note) where there is none to start from."""
+        if not self.cfg.warm_start_edge:
+            return None, ""
+        running = self.registry.active("edge-risk")
+        if running is None:
+            return None, " (no running model: a fresh student)"
+        path = Path(running.edge_checkpoint) if running.edge_checkpoint else None
+        if path is None or not path.exists():
+            return None, f" (no edge checkpoint of {running.version} on file: a fresh student)"
+        return path, f" (from {running.version}'s weights)"
 
     def _step_export(self, row: LearningRound) -> str:
         running = self.registry.active("edge-risk")
@@ -425,7 +440,12 @@ class Learner:
         return "next"
 
     def _step_register(self, row: LearningRound) -> str:
-        model = self.registry.register(Path(row.state["artifact"]), Path(row.state["full_ckpt"]), row.id)
+        model = self.registry.register(
+            Path(row.state["artifact"]),
+            Path(row.state["full_ckpt"]),
+            row.id,
+            edge_checkpoint=Path(row.state["edge_ckpt"]),
+        )
         self._save(row.id, self._next("register"), f"registered {model.version}")
         return "next"
 

@@ -47,7 +47,8 @@ class Pipeline:
     """The training work a round calls. Paths in, paths out; each call writes only under ``out``."""
 
     fine_tune: Callable[[Path, Windows, Windows, Path], Path]  # (full ckpt, new, replay, out) → full ckpt
-    distil: Callable[[Path, Windows, Path], Path]  # (full ckpt, windows, out) → edge ckpt
+    # (full ckpt, windows, out, running edge ckpt to start from or None) → edge ckpt
+    distil: Callable[[Path, Windows, Path, Path | None], Path]
     export: Callable[
         [Path, Windows, Path, str, str | None], Path
     ]  # (edge ckpt, calib, out, version, parent) → .onnx

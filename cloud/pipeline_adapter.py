@@ -114,10 +114,10 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
             return _fine_tune_ddp(start, new_ws, replay_ws, lc.ddp_nproc, lc.tiny, out, pcfg.fine_tune_epochs)
         return fine_tune(start, new_ws, replay_ws, pcfg)
 
-    def do_distil(full: Path, data: Windows, out: Path) -> Path:
+    def do_distil(full: Path, data: Windows, out: Path, init: Path | None) -> Path:
         modes, cap, _ = model_info(full)
         out.mkdir(parents=True, exist_ok=True)
-        return distil_edge(full, to_windowset(data, modes, cap), pcfg)
+        return distil_edge(full, to_windowset(data, modes, cap), pcfg, init)
 
     def do_export(edge: Path, calib: Windows, out: Path, version: str, parent: str | None) -> Path:
         modes, cap, _ = model_info(edge)

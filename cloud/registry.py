@@ -3,7 +3,7 @@
 :meth:`Registry.register` accepts a release only if its manifest verifies with the fleet's public
 key (the same check the edge makes), copies the ONNX file and manifest under
 ``registry.dir/<version>/`` and records the model with its parent version, the learning round
-and the full checkpoint it came from. :meth:`Registry.announcements` builds the retained
+and the full and edge checkpoints it came from. :meth:`Registry.announcements` builds the retained
 :class:`~shared.messages.ModelAnnouncement` for each edge, with the artifact inline up to
 ``inline_max_bytes`` and by URL above.
 """
@@ -53,9 +53,15 @@ class Registry:
             raise RegistryError(f"registry.private_key: {exc} (make one with `fabpm cloud keys`)") from exc
 
     def register(
-        self, artifact: Path, full_checkpoint: Path | None = None, round_id: int | None = None
+        self,
+        artifact: Path,
+        full_checkpoint: Path | None = None,
+        round_id: int | None = None,
+        edge_checkpoint: Path | None = None,
     ) -> ModelRow:
-        """Verify and record a release; registering the same release again returns the same row."""
+        """Verify and record a release; registering the same release again returns the same row.
+        ``edge_checkpoint``: the torch checkpoint the ONNX file was exported from (the next
+        learning round's student starts from it)."""
         try:
             manifest = verify_release(artifact, self.public_key())
         except SignatureError as exc:
@@ -82,6 +88,7 @@ class Registry:
             signature=doc["signature"],
             artifact_path=str(target),
             full_checkpoint=str(full_checkpoint) if full_checkpoint else None,
+            edge_checkpoint=str(edge_checkpoint) if edge_checkpoint else None,
             status="registered",
             created_ts=self.clock(),
         )

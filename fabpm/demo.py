@@ -120,16 +120,18 @@ def last_json(text: str) -> dict[str, object]:
     return value
 
 
-def prepare_models(root: Path, tools: int, seed: int) -> tuple[Path, Path, Path]:
-    """Keys, a training export, the full checkpoint and the signed edge release (cached)."""
+def prepare_models(root: Path, tools: int, seed: int) -> tuple[Path, Path, Path, Path]:
+    """Keys, a training export, the full and edge checkpoints and the signed edge release (cached):
+    (full, edge, release, public key)."""
     keys, data, train, release = root / "keys", root / "data", root / "train", root / "release"
     logs = root / "logs" / "prepare.log"
     done = root / "models.json"
     if done.exists():
         info = json.loads(done.read_text())
-        paths = [Path(info["full"]), Path(info["edge_release"]), keys / "signing.pub"]
-        if all(p.exists() for p in paths):
-            return paths[0], paths[1], paths[2]
+        # A cache from before the edge checkpoint was kept has no "edge": it is rebuilt.
+        paths = [Path(info[k]) for k in ("full", "edge", "edge_release") if k in info]
+        if len(paths) == 3 and all(p.exists() for p in [*paths, keys / "signing.pub"]):
+            return paths[0], paths[1], paths[2], keys / "signing.pub"
     if not (keys / "signing.key").exists():
         run_step("making the Ed25519 signing keys", [*FABPM, "cloud", "keys", "--out", str(keys)], logs)
     run_step(
@@ -179,8 +181,8 @@ def prepare_models(root: Path, tools: int, seed: int) -> tuple[Path, Path, Path]
         )
     )
     artifact = Path(str(rel["artifact"]))
-    done.write_text(json.dumps({"full": str(full), "edge_release": str(artifact)}))
-    return full, artifact, keys / "signing.pub"
+    done.write_text(json.dumps({"full": str(full), "edge": str(edge), "edge_release": str(artifact)}))
+    return full, edge, artifact, keys / "signing.pub"
 
 
 def write_broker_conf(folder: Path, port: int) -> Path:
@@ -228,7 +230,7 @@ def main(argv: list[str]) -> int:
     if not Path(mosquitto).exists():
         raise DemoError("mosquitto is not installed: run scripts/bootstrap.sh (or apt-get install mosquitto)")
 
-    full, release, pubkey = prepare_models(root, ns.tools, ns.seed + 1000)
+    full, edge, release, pubkey = prepare_models(root, ns.tools, ns.seed + 1000)
     broker_port, opc_port, metrics_port = free_port(), free_port(), free_port()
     api_port = ns.api_port or free_port()
     with socket.socket() as s:
@@ -306,6 +308,8 @@ def main(argv: list[str]) -> int:
                 str(release),
                 "--checkpoint",
                 str(full),
+                "--edge-checkpoint",
+                str(edge),
                 "--active",
             ],
             logs / "prepare.log",

@@ -12,6 +12,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,6 +55,7 @@ class TinyPipeline:
         self.key_path = key_path
         self.quality = 0.8
         self.calls: list[str] = []
+        self.inits: list[Path | None] = []  # the running edge checkpoint each distil started from
         self.kill_in: str | None = None
         self.during: dict[str, Callable[[], None]] = {}  # runs inside a step (what others do meanwhile)
 
@@ -72,8 +74,9 @@ class TinyPipeline:
         path.write_text(json.dumps({"base": str(base), "new": len(new), "replay": len(replay)}))
         return path
 
-    def distil(self, full: Path, data: Windows, out: Path) -> Path:
+    def distil(self, full: Path, data: Windows, out: Path, init: Path | None = None) -> Path:
         self._maybe_die("distil")
+        self.inits.append(init)
         out.mkdir(parents=True, exist_ok=True)
         path = out / "edge.json"
         path.write_text(json.dumps({"teacher": str(full), "n": len(data), "shape": list(data.x.shape)}))
@@ -115,7 +118,7 @@ def world(db_url: str, tmp_path: Path) -> Iterator[dict]:
 
 
 def build(
-    world: dict, pipe: TinyPipeline, clock: Clock, published: list
+    world: dict, pipe: TinyPipeline, clock: Clock, published: list, **learning: Any
 ) -> tuple[Learner, RolloutManager, Ingestor]:
     """A learner, its rollout manager and an ingestor over the world's database (fresh objects:
     building them again is what a restarted worker does)."""
@@ -139,7 +142,7 @@ def build(
         clock=clock,
     )
     cfg = LearningConfig(
-        work_dir=world["tmp"] / "learning", min_new_labels=4, holdout_fraction=0.3, replay_size=10
+        work_dir=world["tmp"] / "learning", min_new_labels=4, holdout_fraction=0.3, replay_size=10, **learning
     )
     base = world["tmp"] / "base.pt"
     base.write_text("base")
@@ -218,6 +221,9 @@ def test_worse_model_is_not_promoted_and_rollback_restores_the_previous(world):
     ro.tick()
     learner.tick()
     assert learner.registry.active().version == v1
+    edge1 = Path(r1.state["edge_ckpt"])
+    assert learner.registry.require(v1).edge_checkpoint == str(edge1)
+    assert pipe.inits == [None]  # nothing ran before v1: a fresh student
     # Round 2: a worse candidate (quality 0.5 < 0.8) is rejected at the gate, never registered.
     pipe.quality = 0.5
     feed(ingest, clock, "etch-02")
@@ -244,6 +250,31 @@ def test_worse_model_is_not_promoted_and_rollback_restores_the_previous(world):
     assert announced(published, "edge-1").manifest["version"] == v1  # the previous model again
     assert learner.registry.active().version == v1
     assert learner.registry.require(v3).status == "rolled_back"
+    # Rounds 2 and 3 both distilled from v1's weights, the model running while they ran.
+    assert pipe.inits == [None, edge1, edge1]
+    assert any(f"from {v1}'s weights" in e["msg"] for e in r3.log)
+
+
+def test_warm_start_off_or_without_a_checkpoint_distils_a_fresh_student(world):
+    clock, pipe, published = Clock(), TinyPipeline(world["keys"] / "signing.key"), []
+    learner, ro, ingest = build(world, pipe, clock, published, warm_start_edge=False)
+    feed(ingest, clock, "etch-01")
+    v1 = learner.get(learner.trigger("manual")).state["version"]
+    report(ingest, "edge-1", {"risk": v1})
+    clock.t += 601
+    ro.tick()
+    learner.tick()
+    pipe.quality = 0.5  # rejected at the gate: the round ends without waiting on a rollout
+    feed(ingest, clock, "etch-02")
+    assert learner.get(learner.trigger("manual")).status == "rejected"
+    assert pipe.inits == [None, None]  # off: never the running model's weights
+    # On, but the running model's checkpoint is gone (a registry moved without it): fresh, and said so.
+    Path(learner.registry.require(v1).edge_checkpoint).unlink()
+    learner, ro, ingest = build(world, pipe, clock, published)
+    feed(ingest, clock, "etch-03")
+    r3 = learner.get(learner.trigger("manual"))
+    assert pipe.inits == [None, None, None]
+    assert any(f"no edge checkpoint of {v1}" in e["msg"] for e in r3.log), r3.log
 
 
 def test_a_worker_killed_mid_round_resumes_from_the_persisted_step(world):

@@ -295,6 +295,39 @@ def test_pipeline_tiny_end_to_end(export_dir, keys, tmp_path):
     assert np.allclose(pred.rul_std, rul_std * out["rul_std_scale"], rtol=1e-5)
 
 
+def test_distil_edge_warm_start_continues_the_running_edge_model(export_dir, tmp_path):
+    from cloud.training.pipeline import PipelineConfig, distil_edge, train_full
+    from shared.models.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = PipelineConfig.tiny()
+    full = train_full(export_dir, cfg, tmp_path)
+    spec = FeatureSpec.from_dict(load_checkpoint(full)[1]["feature_spec"])
+    _, tools, _ = simdata.dataset_windows(export_dir, spec=spec, stride=cfg.stride)
+    ws = simdata.merge(tools)
+    running = distil_edge(full, ws, cfg)
+    run_model, run_meta = load_checkpoint(running)
+    (tmp_path / "round").mkdir()
+    teacher = tmp_path / "round" / "full.pt"
+    teacher.write_bytes(full.read_bytes())
+    # The student is the running model continued, whatever size the config asks for now: with a
+    # learning rate of 0 it comes out with exactly the running weights (a fresh one would not).
+    frozen = replace(cfg, fine_tune_lr=0.0, edge_d_model=2 * cfg.edge_d_model)
+    warm, meta = load_checkpoint(distil_edge(teacher, ws, frozen, init=running))
+    assert meta["warm_start"] == str(running) and warm.cfg == run_model.cfg
+    ref = run_model.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in warm.state_dict().items())
+    # A running model whose scaler differs from the teacher's reads other numbers: fresh student.
+    other_spec = {**run_meta["feature_spec"], "reference_rows": spec.reference_rows + 1}
+    stale = save_checkpoint(tmp_path / "stale.pt", run_model, {**run_meta, "feature_spec": other_spec})
+    fresh, meta = load_checkpoint(distil_edge(teacher, ws, cfg, init=stale))
+    assert "warm_start" not in meta and fresh.cfg.d_model == cfg.edge_d_model
+    # One that takes other inputs cannot be continued on these windows: a clear error.
+    wrong = new_model(replace(run_model.cfg, n_features=run_model.cfg.n_features + 1), 0)
+    bad = save_checkpoint(tmp_path / "wrong.pt", wrong, run_meta)
+    with pytest.raises(TrainingError, match="n_features"):
+        distil_edge(teacher, ws, cfg, init=bad)
+
+
 def test_tuning_model_release_and_step(export_dir, keys, tmp_path):
     import onnxruntime as ort
 

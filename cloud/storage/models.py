@@ -188,6 +188,7 @@ class ModelRow(Base):
     signature: Mapped[str] = mapped_column(Text)
     artifact_path: Mapped[str] = mapped_column(Text)
     full_checkpoint: Mapped[str | None] = mapped_column(Text, nullable=True)
+    edge_checkpoint: Mapped[str | None] = mapped_column(Text, nullable=True)  # torch, the ONNX's source
     status: Mapped[str] = mapped_column(String(16))  # registered/canary/active/retired/rolled_back
     created_ts: Mapped[float] = mapped_column(Float)
 

@@ -183,20 +183,51 @@ def _rmse(model: DGA, ws: WindowSet) -> float:
     return float(np.sqrt(np.mean((pred - ws.rul[ok]) ** 2)))
 
 
-def distil_edge(full_ckpt: Path, windows: WindowSet, cfg: PipelineConfig) -> Path:
-    """Distil the small edge DGA from a full checkpoint on ``windows``; returns its checkpoint."""
+def distil_edge(full_ckpt: Path, windows: WindowSet, cfg: PipelineConfig, init: Path | None = None) -> Path:
+    """Distil the small edge DGA from a full checkpoint on ``windows``; returns its checkpoint.
+
+    ``init``: the edge checkpoint running now. The student then starts from its weights and
+    trains like :func:`fine_tune` (``fine_tune_lr``), so what it learnt from the whole earlier
+    history is kept unless the new windows move it. It must take the teacher's inputs and give
+    its heads; when its feature spec (scaler) differs from the teacher's, its weights would read
+    other numbers, and a fresh student is distilled instead (logged).
+    """
     teacher, meta = load_checkpoint(Path(full_ckpt))
     if not isinstance(teacher, DGA):
         raise TrainingError(f"{full_ckpt} is not a DGA checkpoint")
     train, val = split_by_group(windows, cfg.val_fraction, cfg.train.seed)
-    student = edge_config(teacher.cfg, cfg.edge_d_model, cfg.edge_layers, edge_heads(cfg.edge_d_model))
+    student_cfg = edge_config(teacher.cfg, cfg.edge_d_model, cfg.edge_layers, edge_heads(cfg.edge_d_model))
+    start, tcfg = _warm_start(init, teacher, meta), cfg.train
+    if start is not None:
+        student_cfg, tcfg = start.cfg, replace(cfg.train, lr=cfg.fine_tune_lr)
     out = Path(full_ckpt).with_name(f"{Path(full_ckpt).stem}.edge.pt")
     meta = {k: v for k, v in meta.items() if k not in ("config", "kind", "metrics")}
     meta["role"] = "edge"
     meta["teacher_checkpoint"] = str(full_ckpt)
-    res = distil(teacher, train, val, student, cfg.train, out, meta)
+    if start is not None:
+        meta["warm_start"] = str(init)
+    res = distil(teacher, train, val, student_cfg, tcfg, out, meta, start=start)
     assert res.checkpoint is not None
     return res.checkpoint
+
+
+def _warm_start(init: Path | None, teacher: DGA, teacher_meta: dict[str, Any]) -> DGA | None:
+    """The running edge model to continue from, or None for a fresh student."""
+    if init is None:
+        return None
+    model, meta = load_checkpoint(Path(init))
+    if not isinstance(model, DGA):
+        raise TrainingError(f"warm start {init} is not a DGA checkpoint")
+    got, want = model.cfg, teacher.cfg
+    for name in ("n_features", "window", "n_modes"):
+        if getattr(got, name) != getattr(want, name):
+            raise TrainingError(
+                f"warm start {init}: {name} is {getattr(got, name)}, the teacher's is {getattr(want, name)}"
+            )
+    if meta.get("feature_spec") != teacher_meta.get("feature_spec"):
+        _logger.warning("warm start %s: its feature spec differs from the teacher's; distilling afresh", init)
+        return None
+    return model
 
 
 def export_release(
