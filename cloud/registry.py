@@ -61,7 +61,8 @@ class Registry:
     ) -> ModelRow:
         """Verify and record a release; registering the same release again returns the same row.
         ``edge_checkpoint``: the torch checkpoint the ONNX file was exported from (the next
-        learning round's student starts from it)."""
+        learning round's student starts from it); copied beside the artifact, like the artifact,
+        so the registry's folder alone holds what a round needs."""
         try:
             manifest = verify_release(artifact, self.public_key())
         except SignatureError as exc:
@@ -77,6 +78,11 @@ class Registry:
         if artifact.resolve() != target.resolve():
             shutil.copyfile(artifact, target)
             shutil.copyfile(manifest_path(artifact), manifest_path(target))
+        edge_copy = None
+        if edge_checkpoint is not None:
+            edge_copy = folder / Path(edge_checkpoint).name
+            if Path(edge_checkpoint).resolve() != edge_copy.resolve():
+                shutil.copyfile(edge_checkpoint, edge_copy)
         doc = json.loads(manifest_path(target).read_text())
         row = ModelRow(
             version=manifest.version,
@@ -88,7 +94,7 @@ class Registry:
             signature=doc["signature"],
             artifact_path=str(target),
             full_checkpoint=str(full_checkpoint) if full_checkpoint else None,
-            edge_checkpoint=str(edge_checkpoint) if edge_checkpoint else None,
+            edge_checkpoint=str(edge_copy) if edge_copy else None,
             status="registered",
             created_ts=self.clock(),
         )

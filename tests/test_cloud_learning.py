@@ -221,8 +221,9 @@ def test_worse_model_is_not_promoted_and_rollback_restores_the_previous(world):
     ro.tick()
     learner.tick()
     assert learner.registry.active().version == v1
-    edge1 = Path(r1.state["edge_ckpt"])
-    assert learner.registry.require(v1).edge_checkpoint == str(edge1)
+    edge1 = Path(learner.registry.require(v1).edge_checkpoint)  # kept in the registry's folder
+    assert edge1.parent == world["tmp"] / "models" / v1
+    assert edge1.read_bytes() == Path(r1.state["edge_ckpt"]).read_bytes()
     assert pipe.inits == [None]  # nothing ran before v1: a fresh student
     # Round 2: a worse candidate (quality 0.5 < 0.8) is rejected at the gate, never registered.
     pipe.quality = 0.5
