@@ -118,8 +118,10 @@ class LearningConfig(StrictModel):
     distil_epochs: int | None = Field(default=20, ge=1)
     calib_windows: int = Field(default=256, ge=1)
     # Distil the round's edge model starting from the running one's weights (its registered edge
-    # checkpoint) rather than from scratch; a fresh student where there is none (bench B8).
-    warm_start_edge: bool = True
+    # checkpoint) rather than from scratch. Off by default: on B8's drift scenario it lost more on
+    # the old regime than a fresh student did, on each data seed tried, and took longer
+    # (bench/results/cloud.md, B8 eighth session).
+    warm_start_edge: bool = False
 
 
 class CloudConfig(StrictModel):

@@ -11,8 +11,8 @@ step, so a worker killed mid-round re-runs only the step it was in)::
   tool (:func:`split_holdout`) into training cases and the *new* frozen test set; the *old* frozen set is
   the union of earlier rounds' new sets; the replay set is up to ``replay_size`` earlier training
   cases (against forgetting). Case ids go into the round's state, the windows into ``data.npz``.
-- **fine_tune** the full model on new + replay; **distil** the edge model from it (by default
-  continuing the running edge model's weights, ``warm_start_edge``); **export**
+- **fine_tune** the full model on new + replay; **distil** the edge model from it (a fresh student,
+  or with ``warm_start_edge`` the running edge model's weights continued); **export**
   to ONNX, INT8 with the parity check, signed (the pipeline's ``export_release``).
 - **gate** scores the candidate and the running edge model on both frozen sets; a candidate that
   loses more than ``gate_tolerance`` on either is rejected (never registered or rolled out).

@@ -212,7 +212,7 @@ def test_round_to_canary_then_all_with_a_signed_model(world):
 
 def test_worse_model_is_not_promoted_and_rollback_restores_the_previous(world):
     clock, pipe, published = Clock(), TinyPipeline(world["keys"] / "signing.key"), []
-    learner, ro, ingest = build(world, pipe, clock, published)
+    learner, ro, ingest = build(world, pipe, clock, published, warm_start_edge=True)
     feed(ingest, clock, "etch-01")
     r1 = learner.get(learner.trigger("manual"))
     v1 = r1.state["version"]
@@ -257,8 +257,10 @@ def test_worse_model_is_not_promoted_and_rollback_restores_the_previous(world):
 
 
 def test_warm_start_off_or_without_a_checkpoint_distils_a_fresh_student(world):
+    """Off (the default): a fresh student every round. On, but the running model's checkpoint is
+    gone: a fresh student too, and the round's log says why."""
     clock, pipe, published = Clock(), TinyPipeline(world["keys"] / "signing.key"), []
-    learner, ro, ingest = build(world, pipe, clock, published, warm_start_edge=False)
+    learner, ro, ingest = build(world, pipe, clock, published)  # off: the default
     feed(ingest, clock, "etch-01")
     v1 = learner.get(learner.trigger("manual")).state["version"]
     report(ingest, "edge-1", {"risk": v1})
@@ -271,7 +273,7 @@ def test_warm_start_off_or_without_a_checkpoint_distils_a_fresh_student(world):
     assert pipe.inits == [None, None]  # off: never the running model's weights
     # On, but the running model's checkpoint is gone (a registry moved without it): fresh, and said so.
     Path(learner.registry.require(v1).edge_checkpoint).unlink()
-    learner, ro, ingest = build(world, pipe, clock, published)
+    learner, ro, ingest = build(world, pipe, clock, published, warm_start_edge=True)
     feed(ingest, clock, "etch-03")
     r3 = learner.get(learner.trigger("manual"))
     assert pipe.inits == [None, None, None]
