@@ -71,13 +71,60 @@ DRIFT_DAY = 20.0
 DRIFTED_TYPES = ("plasma_etch", "vacuum_pump")  # what examples/scenarios/drift.toml changes
 
 
-def score(artifact: Path, ws: WindowSet) -> float:
-    """ROC AUC of "fails within 72 h" (the highest mode probability), as the learning gate scores."""
+def risk(artifact: Path, ws: WindowSet) -> np.ndarray:
+    """The released graph's highest mode probability for each window (the gate's score)."""
     sess = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
     probs = np.concatenate([sess.run(["probs"], {"x": ws.x[i : i + 512]})[0] for i in range(0, len(ws), 512)])
+    return probs.max(axis=1)
+
+
+def truth(ws: WindowSet) -> tuple[np.ndarray, np.ndarray]:
+    """(label known, failed within the horizon) for each window."""
     known = ~np.isnan(ws.labels).all(axis=1)
-    failed = np.nan_to_num(ws.labels, nan=0.0).max(axis=1) >= 0.5
-    return roc_auc(probs[known].max(axis=1), failed[known])
+    return known, np.nan_to_num(ws.labels, nan=0.0).max(axis=1) >= 0.5
+
+
+def score(artifact: Path, ws: WindowSet) -> float:
+    """ROC AUC of "fails within 72 h" (the highest mode probability), as the learning gate scores."""
+    known, failed = truth(ws)
+    return roc_auc(risk(artifact, ws)[known], failed[known])
+
+
+def tool_bootstrap(
+    v0: Path, cand: Path, old: WindowSet, new: WindowSet, n: int = 1000, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """90% intervals, over the evaluation tools resampled whole with replacement, of the two
+    targets' quantities: candidate − v0 on the old regime, and candidate on the new regime − v0 on
+    the old one. The old and new windows come from the same tools, so one draw picks both."""
+    scores = {
+        ("v0", "old"): risk(v0, old),
+        ("cand", "old"): risk(cand, old),
+        ("cand", "new"): risk(cand, new),
+    }
+    parts = {}
+    for name, ws in (("old", old), ("new", new)):
+        known, failed = truth(ws)
+        parts[name] = ({g: np.flatnonzero((ws.groups == g) & known) for g in np.unique(ws.groups)}, failed)
+    tools = sorted(set(parts["old"][0]) & set(parts["new"][0]))
+    rng = np.random.default_rng(seed)
+    diffs: dict[str, list[float]] = {"old loss": [], "recovery": []}
+    for _ in range(n):
+        pick = rng.choice(tools, len(tools), replace=True)
+        auc = {}
+        for model, regime in scores:
+            rows, failed = parts[regime]
+            idx = np.concatenate([rows[g] for g in pick])
+            auc[(model, regime)] = roc_auc(scores[(model, regime)][idx], failed[idx])
+        diffs["old loss"].append(auc[("cand", "old")] - auc[("v0", "old")])
+        diffs["recovery"].append(auc[("cand", "new")] - auc[("v0", "old")])
+    out = {}
+    for k, v in diffs.items():
+        arr = np.array(v)
+        arr = arr[~np.isnan(arr)]
+        out[k] = (
+            (float(np.percentile(arr, 5)), float(np.percentile(arr, 95))) if len(arr) else (np.nan, np.nan)
+        )
+    return out
 
 
 def evaluate(auc: Callable[[WindowSet], float], data: WindowSet | list[WindowSet]) -> float:
@@ -335,6 +382,8 @@ def main() -> None:
             sets[name] = [by_type[(ty, old)] for ty in b_types]
         before = {k: evaluate(lambda ws: score(v0, ws), v) for k, v in sets.items()}
         after = {k: evaluate(lambda ws: score(cand, ws), v) for k, v in sets.items()}
+        ci = tool_bootstrap(v0, cand, b_old, b_new)
+        n_eval = len(np.unique(b_old.groups))
         # The reference: labels only, from scratch, the round's windows and distillation budget.
         teacher, teacher_meta = load_checkpoint(full)
         assert isinstance(teacher, DGA)
@@ -363,10 +412,12 @@ def main() -> None:
         # Every label of both regimes in one model: if even this loses on the old regime, the
         # regimes disagree (the same features mean different risks), which no replay set fixes.
         joint = from_scratch(WindowSet.concat([a_old, a_new])) if ns.joint else {}
+        old_only = from_scratch(a_old) if ns.joint else {}  # the same recipe on v0's data: the control
     print(f"round: {[(e['msg'][:70], round(e['ts'] - row.created_ts)) for e in row.log]}")
     print(f"gate {row.state.get('gate')}")
+    print(f"90% intervals over the evaluation tools: {ci}")
     for k in sets:
-        both = f"  both regimes {joint[k]:.3f}" if joint else ""
+        both = f"  both regimes {joint[k]:.3f}  old only {old_only[k]:.3f}" if joint else ""
         print(f"  {k:20s} v0 {before[k]:.3f}  candidate {after[k]:.3f}  reference {reference[k]:.3f}{both}")
     size = (
         "tiny models"
@@ -394,8 +445,15 @@ def main() -> None:
     if joint:
         figures += (
             f"; the same on every training window of both regimes (A old + A new): old {joint['old']:.3f}, "
-            f"new {joint['new']:.3f}"
+            f"new {joint['new']:.3f}, within a type old {joint['old, within a type']:.3f}; on A old only: "
+            f"old {old_only['old']:.3f}, new {old_only['new']:.3f}, within a type old "
+            f"{old_only['old, within a type']:.3f}"
         )
+    figures += (
+        f"; 90% interval over the {n_eval} evaluation tools (bootstrap): candidate − v0 "
+        f"on old [{ci['old loss'][0]:+.3f}, {ci['old loss'][1]:+.3f}], candidate new − v0 old "
+        f"[{ci['recovery'][0]:+.3f}, {ci['recovery'][1]:+.3f}]"
+    )
     extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in caps.items())
     extra += "" if ns.reference_rows is None else f" --reference-rows {ns.reference_rows}"
     extra += "" if ns.seed == 3 else f" --seed {ns.seed}"
