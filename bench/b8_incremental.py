@@ -15,13 +15,19 @@ etch chambers recalibrated and pumps wearing faster from day 20).
 5. Score v0 and the new model on B-old and B-new: ROC AUC of "fails within 72 h" (score: the
    highest mode probability), the gate's measure; a point is 0.01 of AUC. Targets: after the
    update, B-new within 2 points of v0's B-old; B-old loses at most 1 point. Also the mean of the
-   AUC within each tool type, which leaves out how the types rank against each other.
+   AUC within each tool type, which leaves out how the types rank against each other, and 90%
+   intervals (bootstrap over the evaluation tools) of the two targets' quantities. With
+   ``--eval-tools N`` the evaluation also takes a second fleet of N tools (data seed + 1000,
+   never trained on, outside the gate's frozen sets): B's ~14 tools resolve a few points only.
 6. The reference the round is measured against: an edge-size model trained from scratch, on the
    labels only, on exactly the round's training windows (new + replay) with the round's
    distillation budget. What it scores on B-new is about as far as these labels take this model:
-   a round that gets there lost nothing in fine-tuning, distillation, INT8 or the gate.
+   a round that gets there lost nothing in fine-tuning, distillation, INT8 or the gate. With
+   ``--joint`` the same recipe also trains on A-old alone and on A-old + A-new: whether the
+   regimes themselves disagree.
 
     .venv/bin/python bench/b8_incremental.py [--quick] [--tools 24] [--days 40] [--epochs 10]
+        [--seed N] [--warm-start] [--joint] [--eval-tools N]
 """
 
 from __future__ import annotations
