@@ -63,6 +63,10 @@ class Registry:
         ``edge_checkpoint``: the torch checkpoint the ONNX file was exported from (the next
         learning round's student starts from it); copied beside the artifact, like the artifact,
         so the registry's folder alone holds what a round needs."""
+        if edge_checkpoint is not None and not Path(edge_checkpoint).is_file():
+            raise RegistryError(
+                f"edge checkpoint {edge_checkpoint} does not exist, {artifact.name} not registered"
+            )
         try:
             manifest = verify_release(artifact, self.public_key())
         except SignatureError as exc:

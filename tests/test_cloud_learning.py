@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from cloud.config import LearningConfig, RegistryConfig, RolloutConfig
+from cloud.errors import RegistryError
 from cloud.ingest import Ingestor
 from cloud.learning import LEASE, Learner, Pipeline, Windows
 from cloud.metrics import CloudMetrics
@@ -225,6 +226,9 @@ def test_worse_model_is_not_promoted_and_rollback_restores_the_previous(world):
     assert edge1.parent == world["tmp"] / "models" / v1
     assert edge1.read_bytes() == Path(r1.state["edge_ckpt"]).read_bytes()
     assert pipe.inits == [None]  # nothing ran before v1: a fresh student
+    gone = world["tmp"] / "gone.pt"
+    with pytest.raises(RegistryError, match="does not exist"):  # a wrong path is refused, not kept
+        learner.registry.register(Path(learner.registry.require(v1).artifact_path), None, None, gone)
     # Round 2: a worse candidate (quality 0.5 < 0.8) is rejected at the gate, never registered.
     pipe.quality = 0.5
     feed(ingest, clock, "etch-02")

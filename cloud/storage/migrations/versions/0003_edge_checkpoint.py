@@ -1,7 +1,7 @@
 """models.edge_checkpoint: the torch checkpoint a release was exported from
 
-A learning round distils its edge model starting from the running model's weights, so the
-registry keeps where those weights are.
+A learning round can distil its edge model starting from the running model's weights
+(``learning.warm_start_edge``), so the registry keeps where those weights are.
 
 Revision ID: 0003
 Revises: 0002
