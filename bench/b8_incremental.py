@@ -227,7 +227,7 @@ def main() -> None:
     ap.add_argument(
         "--joint",
         action="store_true",
-        help="also train an edge-size model from scratch on all training windows of both regimes",
+        help="also train the from-scratch reference on every training window of both regimes, and of the old",
     )
     ap.add_argument(
         "--reference-rows",
@@ -428,7 +428,8 @@ def main() -> None:
             return {k: evaluate(lambda w: auc_torch(ref, w), v) for k, v in sets.items()}
 
         reference = from_scratch(round_ws)
-        # Every label of both regimes in one model: if even this loses on the old regime, the
+        # Every label of both regimes in one model, against the same recipe on the old regime
+        # alone: if the first loses on the old regime (scored on enough tools: --eval-tools), the
         # regimes disagree (the same features mean different risks), which no replay set fixes.
         joint = from_scratch(WindowSet.concat([a_old, a_new])) if ns.joint else {}
         old_only = from_scratch(a_old) if ns.joint else {}  # the same recipe on v0's data: the control
