@@ -20,9 +20,11 @@ def test_demo_runs_the_whole_loop(tmp_path: Path):
         edges = db.execute("select count(*) from edges").fetchone()[0]
         events = db.execute("select count(*) from events").fetchone()[0]
         active = db.execute("select version from models where status = 'active'").fetchall()
+        (edge_ckpt,) = db.execute("select edge_checkpoint from models where version = '1'").fetchone()
     assert edges == 1, "the edge never reached the cloud"
     assert events > 0, "no equipment event travelled edge → broker → cloud"
     assert active == [("1",)], "the first edge model should be registered as active"
+    assert edge_ckpt and Path(edge_ckpt).is_file(), "the edge checkpoint should be kept with the release"
     # A second start reuses the trained and signed models instead of training again.
     again = subprocess.run(
         [*cmd, "--duration", "3"], capture_output=True, text=True, timeout=200, check=False
