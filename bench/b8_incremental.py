@@ -144,10 +144,8 @@ def evaluate(auc: Callable[[WindowSet], float], data: WindowSet | list[WindowSet
 
 def auc_torch(model: DGA, ws: WindowSet) -> float:
     """The same measure as :func:`score` on a torch model (FP32)."""
-    probs = predict(model, ws.x)["probs"]
-    known = ~np.isnan(ws.labels).all(axis=1)
-    failed = np.nan_to_num(ws.labels, nan=0.0).max(axis=1) >= 0.5
-    return roc_auc(probs[known].max(axis=1), failed[known])
+    known, failed = truth(ws)
+    return roc_auc(predict(model, ws.x)["probs"][known].max(axis=1), failed[known])
 
 
 def subset(tools: list[simdata.ToolWindows], ids: set[str], old: bool, window_s: float) -> WindowSet:

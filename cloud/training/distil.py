@@ -43,18 +43,15 @@ def distil(
     teacher: DGA,
     train: WindowSet,
     val: WindowSet,
-    student_cfg: DGAConfig,
+    student: DGAConfig | DGA,
     cfg: TrainConfig,
     checkpoint: Path | None = None,
     meta: dict[str, Any] | None = None,
-    start: DGA | None = None,
 ) -> FitResult:
-    """Train a student of ``student_cfg`` on the teacher's soft targets; returns its FitResult.
-    ``start``: a model of ``student_cfg`` to continue training (it is trained in place) instead of
-    a fresh one."""
-    if start is not None and start.cfg != student_cfg:
-        raise ValueError("distil: the start model's config is not student_cfg")
-    student = start if start is not None else new_model(student_cfg, cfg.seed)
+    """Train a student on the teacher's soft targets; returns its FitResult. ``student``: the
+    config of a fresh one, or a model to continue training (it is trained in place)."""
+    if isinstance(student, DGAConfig):
+        student = new_model(student, cfg.seed)
     doc = dict(meta or {})
     doc["distilled_from"] = {"config": teacher.cfg.to_dict(), "alpha": cfg.distil_alpha}
     return fit(student, with_teacher(teacher, train), val, cfg, checkpoint, doc)

@@ -187,7 +187,7 @@ def distil_edge(full_ckpt: Path, windows: WindowSet, cfg: PipelineConfig, init: 
     """Distil the small edge DGA from a full checkpoint on ``windows``; returns its checkpoint.
 
     ``init``: the edge checkpoint running now. The student then starts from its weights and
-    trains like :func:`fine_tune` (``fine_tune_lr``), so what it learnt from the whole earlier
+    trains at ``fine_tune_lr`` (for the distillation's epochs), so what it learnt from the whole earlier
     history is kept unless the new windows move it. It must take the teacher's inputs and give
     its heads; when its feature spec (scaler) differs from the teacher's, its weights would read
     other numbers, and a fresh student is distilled instead (logged).
@@ -196,17 +196,17 @@ def distil_edge(full_ckpt: Path, windows: WindowSet, cfg: PipelineConfig, init: 
     if not isinstance(teacher, DGA):
         raise TrainingError(f"{full_ckpt} is not a DGA checkpoint")
     train, val = split_by_group(windows, cfg.val_fraction, cfg.train.seed)
-    student_cfg = edge_config(teacher.cfg, cfg.edge_d_model, cfg.edge_layers, edge_heads(cfg.edge_d_model))
-    start, tcfg = _warm_start(init, teacher, meta), cfg.train
-    if start is not None:
-        student_cfg, tcfg = start.cfg, replace(cfg.train, lr=cfg.fine_tune_lr)
+    start = _warm_start(init, teacher, meta)
+    fresh = edge_config(teacher.cfg, cfg.edge_d_model, cfg.edge_layers, edge_heads(cfg.edge_d_model))
+    student: DGAConfig | DGA = fresh if start is None else start
+    tcfg = cfg.train if start is None else replace(cfg.train, lr=cfg.fine_tune_lr)
     out = Path(full_ckpt).with_name(f"{Path(full_ckpt).stem}.edge.pt")
     meta = {k: v for k, v in meta.items() if k not in ("config", "kind", "metrics")}
     meta["role"] = "edge"
     meta["teacher_checkpoint"] = str(full_ckpt)
     if start is not None:
         meta["warm_start"] = str(init)
-    res = distil(teacher, train, val, student_cfg, tcfg, out, meta, start=start)
+    res = distil(teacher, train, val, student, tcfg, out, meta)
     assert res.checkpoint is not None
     return res.checkpoint
 
