@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import torch
 
-from cloud.pipeline_adapter import roc_auc
+from cloud.gate import roc_auc
 from cloud.serving import load_replicas
 from cloud.training import cmapss
 from cloud.training.export import export_dga

@@ -9,7 +9,8 @@ etch chambers recalibrated and pumps wearing faster from day 20).
    them) and earlier rounds' bookkeeping for A-old (replay) and B-old (the frozen old set).
 4. Time one learning round (Learner + the real pipeline at the given sizes) from "labels are in"
    to "the canary edge runs the model": fine-tune, distil (a fresh student; with
-   --warm-start it continues v0's weights), export + INT8 parity, gate, sign,
+   --warm-start it continues v0's weights), export + INT8 parity, gate (it rejects a candidate
+   it is learning.gate_confidence sure lost more than the tolerance: cloud.gate), sign,
    register, announce, then what the edge does (verify the signature and hash, load it in
    onnxruntime).
 5. Score v0 and the new model on B-old and B-new: ROC AUC of "fails within 72 h" (score: the
@@ -27,7 +28,7 @@ etch chambers recalibrated and pumps wearing faster from day 20).
    regimes themselves disagree.
 
     .venv/bin/python bench/b8_incremental.py [--quick] [--tools 24] [--days 40] [--epochs 10]
-        [--seed N] [--warm-start] [--joint] [--eval-tools N]
+        [--seed N] [--warm-start] [--joint] [--eval-tools N] [--gate-confidence C]
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ import numpy as np
 import onnxruntime as ort
 
 from cloud.config import CloudConfig
+from cloud.gate import roc_auc
 from cloud.labels import Label, set_label
 from cloud.learning import Learner
 from cloud.metrics import CloudMetrics
-from cloud.pipeline_adapter import make_pipeline, roc_auc, to_windowset
+from cloud.pipeline_adapter import make_pipeline, to_windowset
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.storage import Repo, make_engine, migrate
@@ -142,6 +144,21 @@ def evaluate(auc: Callable[[WindowSet], float], data: WindowSet | list[WindowSet
     return float(np.mean(values)) if values else float("nan")
 
 
+def gate_summary(gate: dict[str, dict], confidence: float) -> str:
+    """The round's gate record in a line: per frozen set, candidate − running, the
+    ``confidence`` quantile of that change over the resampled tools, and P(worse)."""
+    parts = []
+    for name, v in gate.items():
+        if v.get("upper") is None:
+            parts.append(f"{name} not compared")
+            continue
+        parts.append(
+            f"{name} {v['change']:+.3f} over {v['tools']} tools (at {confidence:.0%} at most "
+            f"{v['upper']:+.3f}, P(worse) {v['p_worse']:.2f}{', **worse**' if v['worse'] else ''})"
+        )
+    return "gate: " + ", ".join(parts)
+
+
 def auc_torch(model: DGA, ws: WindowSet) -> float:
     """The same measure as :func:`score` on a torch model (FP32)."""
     known, failed = truth(ws)
@@ -211,6 +228,11 @@ def main() -> None:
     ap.add_argument("--fine-tune-epochs", type=int, help="learning.fine_tune_epochs (default: the config's)")
     ap.add_argument("--distil-epochs", type=int, help="learning.distil_epochs (default: the config's)")
     ap.add_argument("--replay-size", type=int, help="learning.replay_size (default: the config's)")
+    ap.add_argument(
+        "--gate-confidence",
+        type=float,
+        help="learning.gate_confidence (default: the config's; 0.5 is about comparing point estimates)",
+    )
     ap.add_argument(
         "--warm-start",
         action="store_true",
@@ -300,6 +322,7 @@ def main() -> None:
                 ("fine_tune_epochs", ns.fine_tune_epochs),
                 ("distil_epochs", ns.distil_epochs),
                 ("replay_size", ns.replay_size),
+                ("gate_confidence", ns.gate_confidence),
             )
             if v is not None  # 0 is a setting (no replay), not "unset"; the config validates it
         }
@@ -467,6 +490,7 @@ def main() -> None:
             f"old {old_only['old']:.3f}, new {old_only['new']:.3f}, within a type old "
             f"{old_only['old, within a type']:.3f}"
         )
+    figures += "; " + gate_summary(row.state.get("gate") or {}, cfg.learning.gate_confidence)
     figures += (
         f"; 90% interval over the {n_eval} evaluation tools (bootstrap): candidate − v0 "
         f"on old [{ci['old loss'][0]:+.3f}, {ci['old loss'][1]:+.3f}], candidate new − v0 old "

@@ -107,9 +107,14 @@ class LearningConfig(StrictModel):
         default=2000, ge=0
     )  # old labelled windows mixed into fine-tuning against forgetting
     holdout_fraction: float = Field(default=0.25, gt=0, lt=1)  # of the new labels, frozen as the new test set
-    gate_tolerance: float = Field(
-        default=0.01, ge=0
-    )  # a candidate may lose at most this on either frozen set
+    # The gate rejects a candidate when it is gate_confidence sure (a bootstrap over the frozen
+    # set's tools, gate_resamples draws) that it lost more than gate_tolerance of AUC on either
+    # frozen set. 0.95: the 90% interval that bench B8 reports lies wholly below -gate_tolerance.
+    # 0.5 is about the plain comparison of point estimates, which a frozen set of a few tools
+    # makes reject good candidates on noise (bench/results/cloud.md, B8 ninth session).
+    gate_tolerance: float = Field(default=0.01, ge=0)
+    gate_confidence: float = Field(default=0.95, ge=0.5, lt=1)
+    gate_resamples: int = Field(default=1000, ge=100, le=100_000)
     ddp_nproc: int = Field(default=1, ge=1)  # >1: fine-tuning runs under torchrun with DDP (gloo on the CPU)
     tiny: bool = False  # the pipeline's tiny config (tests, demos)
     # Caps that keep a round (labels → model on the edge) within minutes on a small CPU (bench B8);

@@ -14,8 +14,9 @@ step, so a worker killed mid-round re-runs only the step it was in)::
 - **fine_tune** the full model on new + replay; **distil** the edge model from it (a fresh student,
   or with ``warm_start_edge`` the running edge model's weights continued); **export**
   to ONNX, INT8 with the parity check, signed (the pipeline's ``export_release``).
-- **gate** scores the candidate and the running edge model on both frozen sets; a candidate that
-  loses more than ``gate_tolerance`` on either is rejected (never registered or rolled out).
+- **gate** scores the candidate and the running edge model on both frozen sets; a candidate is
+  rejected (never registered or rolled out) when, on either, it is ``gate_confidence`` sure that
+  it lost more than ``gate_tolerance`` (a bootstrap over the set's tools: :mod:`cloud.gate`).
 - **register** with lineage (parent = the running version, the round, the full checkpoint);
   **canary** starts the rollout; **watch** follows it to ``all``/``done`` or ``rolled_back``.
 
@@ -33,7 +34,6 @@ resumes the round from its persisted step.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
@@ -51,6 +51,7 @@ from sqlalchemy.orm import Session
 
 from cloud.config import LearningConfig
 from cloud.errors import CloudError, LearningError
+from cloud.gate import compare
 from cloud.learning_data import Pipeline, Windows, split_holdout
 from cloud.metrics import CloudMetrics
 from cloud.registry import Registry
@@ -69,11 +70,6 @@ HEARTBEATS_PER_LEASE = 3  # renew three times per lease period: two renewals may
 
 class LeaseLost(LearningError):
     """Another worker holds the learning lease now: this one stops without writing."""
-
-
-def _finite(x: float | None) -> float | None:
-    """JSON has no NaN: an unscorable value is stored as null."""
-    return None if x is None or math.isnan(x) else x
 
 
 class Learner:
@@ -426,13 +422,23 @@ class Learner:
             data = self.windows(row.state[name])
             if not len(data):
                 continue
-            cand = self.pipeline.evaluate(artifact, data)
-            base = self.pipeline.evaluate(Path(running.artifact_path), data) if running else None
-            scores[name] = {"candidate": _finite(cand), "running": _finite(base), "n": len(data)}
-            if math.isnan(cand) or (base is not None and math.isnan(base)):
-                continue  # the set cannot score (e.g. one class only): it neither passes nor blocks
-            if base is not None and cand < base - self.cfg.gate_tolerance:
-                worse.append(f"{name}: {cand:.4f} < running {base:.4f}")
+            base = self.pipeline.risk(Path(running.artifact_path), data) if running else None
+            verdict = compare(
+                self.pipeline.risk(artifact, data),
+                base,
+                data.failed.astype(bool),
+                data.tools,
+                self.cfg.gate_tolerance,
+                self.cfg.gate_confidence,
+                self.cfg.gate_resamples,
+            )
+            scores[name] = verdict.as_dict()
+            if verdict.worse:
+                worse.append(
+                    f"{name}: {verdict.candidate:.4f} < running {verdict.running:.4f}; at "
+                    f"{self.cfg.gate_confidence:.0%} confidence the change is at most {verdict.upper:+.4f} "
+                    f"over {verdict.tools} tools"
+                )
         if worse:
             self._save(row.id, "gate", "gate: candidate is worse", gate=scores)
             return self._finish(row.id, "rejected", "not promoted: " + "; ".join(worse))

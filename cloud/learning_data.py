@@ -52,7 +52,8 @@ class Pipeline:
     export: Callable[
         [Path, Windows, Path, str, str | None], Path
     ]  # (edge ckpt, calib, out, version, parent) → .onnx
-    evaluate: Callable[[Path, Windows], float]  # (.onnx, frozen set) → score, higher is better
+    # (.onnx, frozen set) → each window's risk of failing within the horizon, higher is likelier
+    risk: Callable[[Path, Windows], np.ndarray]
 
 
 def _hash01(key: str) -> float:

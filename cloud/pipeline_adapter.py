@@ -7,10 +7,11 @@ Cases become :class:`~cloud.training.windows.WindowSet` rows: RUL capped at the 
 fine-tuning runs under ``torchrun --nproc_per_node=N`` (:mod:`cloud.ddp_finetune`; gloo on CPUs,
 NCCL on GPUs), with a bounded wall-clock time.
 
-The gate's score is the ROC AUC of "fails within the horizon" (score: the highest mode
-probability) on a frozen set, computed with onnxruntime on the exported graph the edge will run.
-AUC rather than accuracy at the alert threshold: failures are rare, so a model that never alerts
-scores high accuracy and 0.5 balanced accuracy whatever it learnt; AUC ranks what it learnt.
+The gate's per-window score is the highest mode probability, computed with onnxruntime on the
+exported graph the edge will run; :mod:`cloud.gate` turns it into the ROC AUC of "fails within
+the horizon". AUC rather than accuracy at the alert threshold: failures are rare, so a model that
+never alerts scores high accuracy and 0.5 balanced accuracy whatever it learnt; AUC ranks what it
+learnt.
 """
 
 from __future__ import annotations
@@ -57,20 +58,6 @@ def to_windowset(w: Windows, modes: list[str], rul_cap: float) -> WindowSet:
         labels=labels,
         groups=np.array([tool_codes[t] for t in w.tools], dtype=np.int64),
     )
-
-
-def roc_auc(score: np.ndarray, truth: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties averaged); NaN unless both classes occur."""
-    truth = truth.astype(bool)
-    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(score, kind="mergesort")
-    ranks = np.empty(len(score), dtype=np.float64)
-    ranks[order] = np.arange(1, len(score) + 1)
-    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
-    ranks = (np.bincount(inverse, weights=ranks) / counts)[inverse]  # tied scores share their mean rank
-    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def balanced_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -126,11 +113,10 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
         )
         return onnx_path
 
-    def evaluate(artifact: Path, data: Windows) -> float:
-        probs = run_onnx(artifact, data.x.astype(np.float32))["probs"]  # (N, M)
-        return roc_auc(probs.max(axis=1), data.failed.astype(bool))
+    def risk(artifact: Path, data: Windows) -> np.ndarray:
+        return run_onnx(artifact, data.x.astype(np.float32))["probs"].max(axis=1)  # (N, M) → (N,)
 
-    return Pipeline(do_fine_tune, do_distil, do_export, evaluate)
+    return Pipeline(do_fine_tune, do_distil, do_export, risk)
 
 
 def _fine_tune_ddp(

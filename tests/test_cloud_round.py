@@ -151,7 +151,7 @@ async def test_a_real_tiny_round_produces_a_model_the_edge_accepts(tmp_path: Pat
 
 
 def test_scores():
-    from cloud.pipeline_adapter import roc_auc
+    from cloud.gate import roc_auc
 
     truth = np.array([True, False, True, False])
     assert roc_auc(np.array([0.9, 0.1, 0.8, 0.2]), truth) == pytest.approx(1.0)

@@ -1,0 +1,71 @@
+"""The learning gate's verdict: worse only when sure beyond the frozen set's noise (cloud.gate)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from cloud.config import LearningConfig
+from cloud.gate import compare, roc_auc
+
+
+def fleet(n_tools: int, per_tool: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and tools of a frozen set: each tool's windows, a third of them failing."""
+    rng = np.random.default_rng(seed)
+    failed = rng.random(n_tools * per_tool) < 1 / 3
+    tools = np.repeat([f"tool-{i:02d}" for i in range(n_tools)], per_tool)
+    return failed, tools
+
+
+def noisy(failed: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    return failed + np.random.default_rng(seed).normal(0.0, noise, len(failed))
+
+
+def test_a_candidate_worse_on_every_tool_is_rejected():
+    failed, tools = fleet(20)
+    running, candidate = noisy(failed, 0.5, 1), noisy(failed, 1.5, 2)
+    v = compare(candidate, running, failed, tools, tolerance=0.01, confidence=0.95)
+    assert v.worse and v.unit == "tool" and v.tools == 20 and v.n == len(failed)
+    assert v.change == pytest.approx(roc_auc(candidate, failed) - roc_auc(running, failed))
+    assert v.change < v.upper < -0.01 and v.p_worse == 1.0
+
+
+def test_an_equally_good_candidate_is_not_rejected_on_the_noise_of_a_few_tools():
+    """Twenty candidates as good as the running model (the same noise, other draws) on an
+    8-tool set: comparing point estimates (about confidence 0.5) rejects a third of them, the
+    95% gate none. A fixed seed: the same verdict every time it is asked."""
+    failed, tools = fleet(8)
+    point = sure = 0
+    for k in range(20):
+        running, candidate = noisy(failed, 1.0, 100 + 2 * k), noisy(failed, 1.0, 101 + 2 * k)
+        point += compare(candidate, running, failed, tools, 0.01, 0.5, resamples=300).worse
+        v = compare(candidate, running, failed, tools, 0.01, 0.95, resamples=300)
+        sure += v.worse
+        assert v == compare(candidate, running, failed, tools, 0.01, 0.95, resamples=300)
+    assert point >= 5 and sure == 0
+
+
+def test_a_one_tool_set_is_resampled_by_window():
+    failed, tools = fleet(1, per_tool=200)
+    v = compare(noisy(failed, 2.0, 2), noisy(failed, 0.4, 1), failed, tools, 0.01, 0.95)
+    assert v.unit == "window" and v.tools == 1 and v.worse
+
+
+def test_nothing_to_compare_never_blocks():
+    failed, tools = fleet(4)
+    first = compare(noisy(failed, 0.5, 1), None, failed, tools, 0.01, 0.95)  # no running model yet
+    assert not first.worse and np.isnan(first.running) and first.as_dict()["running"] is None
+    none_failed = np.zeros(len(failed), bool)
+    v = compare(np.zeros(len(failed)), np.ones(len(failed)), none_failed, tools, 0.01, 0.95)
+    assert not v.worse and np.isnan(v.candidate) and v.as_dict()["upper"] is None
+
+
+def test_bad_input_is_refused():
+    failed, tools = fleet(3)
+    with pytest.raises(ValueError, match="differ in length"):
+        compare(np.zeros(len(failed) - 1), np.zeros(len(failed)), failed, tools, 0.01, 0.95)
+    with pytest.raises(ValueError, match="confidence"):
+        compare(np.zeros(len(failed)), np.zeros(len(failed)), failed, tools, 0.01, 1.0)
+    with pytest.raises(ValidationError):
+        LearningConfig(gate_confidence=0.3)
