@@ -50,7 +50,7 @@ import numpy as np
 import onnxruntime as ort
 
 from cloud.config import CloudConfig
-from cloud.gate import roc_auc
+from cloud.gate import GateScore, roc_auc
 from cloud.labels import Label, set_label
 from cloud.learning import Learner
 from cloud.metrics import CloudMetrics
@@ -145,18 +145,8 @@ def evaluate(auc: Callable[[WindowSet], float], data: WindowSet | list[WindowSet
 
 
 def gate_summary(gate: dict[str, dict], confidence: float) -> str:
-    """The round's gate record in a line: per frozen set, candidate − running, the
-    ``confidence`` quantile of that change over the resampled tools, and P(worse)."""
-    parts = []
-    for name, v in gate.items():
-        if v.get("upper") is None:
-            parts.append(f"{name} not compared")
-            continue
-        parts.append(
-            f"{name} {v['change']:+.3f} over {v['tools']} tools (at {confidence:.0%} at most "
-            f"{v['upper']:+.3f}, P(worse) {v['p_worse']:.2f}{', **worse**' if v['worse'] else ''})"
-        )
-    return "gate: " + ", ".join(parts)
+    """The round's gate record in a line (what the round's log says)."""
+    return "gate: " + "; ".join(f"{k} {GateScore.from_dict(v).describe(confidence)}" for k, v in gate.items())
 
 
 def auc_torch(model: DGA, ws: WindowSet) -> float:

@@ -66,7 +66,25 @@ class GateScore:
     worse: bool
 
     def as_dict(self) -> dict[str, float | int | str | bool | None]:
+        """JSON has no NaN: a missing score is stored as null."""
         return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in asdict(self).items()}
+
+    @staticmethod
+    def from_dict(d: dict[str, float | int | str | bool | None]) -> GateScore:
+        return GateScore(**{k: (float("nan") if v is None else v) for k, v in d.items()})  # type: ignore[arg-type]
+
+    def describe(self, confidence: float) -> str:
+        """One line for the round's log and the benchmark, in points of AUC (0.01)."""
+        if np.isnan(self.candidate) or np.isnan(self.running):
+            return f"candidate {self.candidate:.3f}, not compared (no running model, or one class only)"
+        line = f"candidate {self.candidate:.3f} vs running {self.running:.3f}"
+        line += f" ({100 * self.change:+.1f} points"
+        if np.isnan(self.upper):
+            return line + ")"
+        return line + (
+            f" over {self.tools} {self.unit}s; at {confidence:.0%} confidence at most "
+            f"{100 * self.upper:+.1f}, P(worse) {self.p_worse:.2f})" + (": worse" if self.worse else "")
+        )
 
 
 def compare(

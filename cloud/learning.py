@@ -417,7 +417,8 @@ class Learner:
         artifact = Path(row.state["artifact"])
         running = self.registry.active("edge-risk")
         scores: dict[str, Any] = {}
-        worse = []
+        said: list[str] = []
+        worse: list[str] = []
         for name in ("old_test", "new_test"):
             data = self.windows(row.state[name])
             if not len(data):
@@ -433,16 +434,13 @@ class Learner:
                 self.cfg.gate_resamples,
             )
             scores[name] = verdict.as_dict()
+            said.append(f"{name}: {verdict.describe(self.cfg.gate_confidence)}")
             if verdict.worse:
-                worse.append(
-                    f"{name}: {verdict.candidate:.4f} < running {verdict.running:.4f}; at "
-                    f"{self.cfg.gate_confidence:.0%} confidence the change is at most {verdict.upper:+.4f} "
-                    f"over {verdict.tools} tools"
-                )
+                worse.append(said[-1])
         if worse:
             self._save(row.id, "gate", "gate: candidate is worse", gate=scores)
             return self._finish(row.id, "rejected", "not promoted: " + "; ".join(worse))
-        self._save(row.id, self._next("gate"), f"gate passed: {scores}", gate=scores)
+        self._save(row.id, self._next("gate"), "gate passed: " + "; ".join(said), gate=scores)
         return "next"
 
     def _step_register(self, row: LearningRound) -> str:

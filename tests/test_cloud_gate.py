@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from cloud.config import LearningConfig
-from cloud.gate import compare, roc_auc
+from cloud.gate import GateScore, compare, roc_auc
 
 
 def fleet(n_tools: int, per_tool: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -29,6 +29,9 @@ def test_a_candidate_worse_on_every_tool_is_rejected():
     assert v.worse and v.unit == "tool" and v.tools == 20 and v.n == len(failed)
     assert v.change == pytest.approx(roc_auc(candidate, failed) - roc_auc(running, failed))
     assert v.change < v.upper < -0.01 and v.p_worse == 1.0
+    said = v.describe(0.95)
+    assert said.endswith(": worse") and "over 20 tools" in said and "P(worse) 1.00" in said
+    assert GateScore.from_dict(v.as_dict()) == v  # what the round stores comes back whole
 
 
 def test_an_equally_good_candidate_is_not_rejected_on_the_noise_of_a_few_tools():
@@ -56,6 +59,7 @@ def test_nothing_to_compare_never_blocks():
     failed, tools = fleet(4)
     first = compare(noisy(failed, 0.5, 1), None, failed, tools, 0.01, 0.95)  # no running model yet
     assert not first.worse and np.isnan(first.running) and first.as_dict()["running"] is None
+    assert "not compared" in first.describe(0.95)
     none_failed = np.zeros(len(failed), bool)
     v = compare(np.zeros(len(failed)), np.ones(len(failed)), none_failed, tools, 0.01, 0.95)
     assert not v.worse and np.isnan(v.candidate) and v.as_dict()["upper"] is None

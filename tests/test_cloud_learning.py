@@ -246,6 +246,7 @@ def test_worse_model_is_not_promoted_and_rollback_restores_the_previous(world):
     new_test = r2.state["gate"]["new_test"]
     assert new_test["running"] == pytest.approx(0.8, abs=0.05) and new_test["candidate"] == pytest.approx(0.5)
     assert new_test["unit"] == "window" and new_test["p_worse"] > 0.95  # one tool: resampled by window
+    assert "at 95% confidence at most" in r2.log[-1]["msg"] and r2.log[-1]["msg"].endswith(": worse")
     assert learner.registry.get(r2.state["version"], missing_ok=True) is None
     assert len(published) == n_published
     # Round 3: a better model; the canary refuses it → automatic rollback to v1.
