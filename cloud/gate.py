@@ -81,8 +81,9 @@ class GateScore:
         line += f" ({100 * self.change:+.1f} points"
         if np.isnan(self.upper):
             return line + ")"
+        over = f"{self.tools} tools" if self.unit == "tool" else f"the {self.n} windows of one tool"
         return line + (
-            f" over {self.tools} {self.unit}s; at {confidence:.0%} confidence at most "
+            f" over {over}; at {confidence:.0%} confidence at most "
             f"{100 * self.upper:+.1f}, P(worse) {self.p_worse:.2f})" + (": worse" if self.worse else "")
         )
 

@@ -53,6 +53,7 @@ def test_a_one_tool_set_is_resampled_by_window():
     failed, tools = fleet(1, per_tool=200)
     v = compare(noisy(failed, 2.0, 2), noisy(failed, 0.4, 1), failed, tools, 0.01, 0.95)
     assert v.unit == "window" and v.tools == 1 and v.worse
+    assert "over the 200 windows of one tool" in v.describe(0.95)
 
 
 def test_nothing_to_compare_never_blocks():
