@@ -7,7 +7,7 @@ tools one draw said −3.7 points on the old regime where 110 tools said +0.2). 
 the two point estimates against a 1-point tolerance rejects good candidates on noise. So
 :func:`compare` resamples the set's tools whole, with replacement (``resamples`` times, a fixed
 seed: the same verdict when a round resumes), scores both models on each resample (paired: the
-same windows), and calls the candidate *worse* only when even the ``confidence`` quantile of the
+same windows; :class:`WeightedAuc`, ``bench/gate_speed.py``), and calls the candidate *worse* only when even the ``confidence`` quantile of the
 change is below ``-tolerance``: it is that sure the candidate lost more than the tolerance. With
 ``confidence = 0.5`` this is about the point-estimate gate. A set of a single tool is resampled
 by window instead, which sees less of the noise; the verdict records which unit was used.
@@ -38,16 +38,25 @@ def roc_auc(score: np.ndarray, truth: np.ndarray) -> float:
     return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def group_rows(groups: np.ndarray | list[str]) -> list[np.ndarray]:
-    """The row indices of each distinct group (tool), in a stable order."""
-    keys = np.asarray(groups)
-    return [np.flatnonzero(keys == g) for g in np.unique(keys)]
+class WeightedAuc:
+    """:func:`roc_auc` of one score over many resamples of the same rows, each given as a weight
+    per row (how many times the draw took it). The scores are ranked once; each resample then
+    costs two bincounts and a cumulative sum, not a sort: the gate's cost grows with the frozen
+    set (the old one gains every round's new set), and a round must stay within minutes."""
 
+    def __init__(self, score: np.ndarray, truth: np.ndarray) -> None:
+        _, self.level = np.unique(score, return_inverse=True)  # tied scores share a level
+        self.n_levels = int(self.level.max()) + 1 if len(score) else 0
+        self.pos = truth.astype(bool)
 
-def resample(rows: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """One bootstrap draw: as many groups as there are, picked whole with replacement."""
-    pick = rng.integers(0, len(rows), len(rows))
-    return np.concatenate([rows[i] for i in pick])
+    def __call__(self, weight: np.ndarray) -> float:
+        pos_w = np.bincount(self.level, weights=weight * self.pos, minlength=self.n_levels)
+        neg_w = np.bincount(self.level, weights=weight * ~self.pos, minlength=self.n_levels)
+        n_pos, n_neg = pos_w.sum(), neg_w.sum()
+        if n_pos == 0 or n_neg == 0:
+            return float("nan")
+        below = np.cumsum(neg_w) - neg_w  # negatives scored strictly lower; a tie counts half
+        return float((pos_w * (below + 0.5 * neg_w)).sum() / (n_pos * n_neg))
 
 
 @dataclass(frozen=True)
@@ -106,21 +115,24 @@ def compare(
         raise ValueError("gate: scores, labels and tools differ in length")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"gate: confidence must be in (0, 1), not {confidence}")
-    rows = group_rows(tools)
-    n_tools = len(rows)
+    _, group = np.unique(np.asarray(tools), return_inverse=True)
+    n_tools = int(group.max()) + 1 if n else 0
     unit = "tool" if n_tools > 1 else "window"
     if unit == "window":
-        rows = [np.array([i]) for i in range(n)]
+        group = np.arange(n)
+    n_groups = int(group.max()) + 1 if n else 0
     cand = roc_auc(candidate, failed)
     base = roc_auc(running, failed) if running is not None else float("nan")
     nan = float("nan")
     if running is None or np.isnan(cand) or np.isnan(base):
         return GateScore(cand, base, n, n_tools, unit, cand - base, nan, nan, False)
     rng = np.random.default_rng(seed)
+    auc_cand, auc_run = WeightedAuc(candidate, failed), WeightedAuc(running, failed)
     diffs = []
     for _ in range(resamples):
-        idx = resample(rows, rng)
-        diffs.append(roc_auc(candidate[idx], failed[idx]) - roc_auc(running[idx], failed[idx]))
+        # a draw of n_groups groups with replacement, as each row's weight: its group's count
+        weight = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[group].astype(float)
+        diffs.append(auc_cand(weight) - auc_run(weight))
     d = np.array(diffs)
     d = d[~np.isnan(d)]  # resamples that drew one class only
     if not len(d):
@@ -130,4 +142,4 @@ def compare(
     return GateScore(cand, base, n, n_tools, unit, cand - base, upper, p_worse, upper < -tolerance)
 
 
-__all__ = ["GateScore", "compare", "group_rows", "resample", "roc_auc"]
+__all__ = ["GateScore", "WeightedAuc", "compare", "roc_auc"]

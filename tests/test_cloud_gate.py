@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from cloud.config import LearningConfig
-from cloud.gate import GateScore, compare, roc_auc
+from cloud.gate import GateScore, WeightedAuc, compare, roc_auc
 
 
 def fleet(n_tools: int, per_tool: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -74,3 +74,21 @@ def test_bad_input_is_refused():
         compare(np.zeros(len(failed)), np.zeros(len(failed)), failed, tools, 0.01, 1.0)
     with pytest.raises(ValidationError):
         LearningConfig(gate_confidence=0.3)
+
+
+def test_weighted_auc_equals_the_auc_of_the_resampled_rows():
+    """A resample given as weights per row (how often its tool was drawn) scores exactly as the
+    drawn rows themselves would, ties included (scores rounded to make many)."""
+    failed, tools = fleet(9, per_tool=40)
+    score = np.round(noisy(failed, 1.0, 3), 1)
+    auc = WeightedAuc(score, failed)
+    _, group = np.unique(tools, return_inverse=True)
+    rows = [np.flatnonzero(group == g) for g in range(9)]
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        pick = rng.integers(0, 9, 9)
+        idx = np.concatenate([rows[g] for g in pick])
+        weight = np.bincount(pick, minlength=9)[group].astype(float)
+        assert auc(weight) == pytest.approx(roc_auc(score[idx], failed[idx]), abs=1e-12)
+    assert auc(np.ones(len(score))) == pytest.approx(roc_auc(score, failed), abs=1e-12)
+    assert np.isnan(auc(np.where(failed, 1.0, 0.0)))  # only failing rows drawn: no AUC
