@@ -7,9 +7,10 @@ tools one draw said −3.7 points on the old regime where 110 tools said +0.2). 
 the two point estimates against a 1-point tolerance rejects good candidates on noise. So
 :func:`compare` resamples the set's tools whole, with replacement (``resamples`` times, a fixed
 seed: the same verdict when a round resumes), scores both models on each resample (paired: the
-same windows; :class:`WeightedAuc`, ``bench/gate_speed.py``), and calls the candidate *worse* only when even the ``confidence`` quantile of the
-change is below ``-tolerance``: it is that sure the candidate lost more than the tolerance. With
-``confidence = 0.5`` this is about the point-estimate gate. A set of a single tool is resampled
+same windows; :class:`WeightedAuc`, ``bench/gate_speed.py``), and calls the candidate *worse*
+only when even the ``confidence`` quantile of the change is below ``-tolerance``: it is that
+sure the candidate lost more than the tolerance. With ``confidence = 0.5`` this is about the
+point-estimate gate. A set of a single tool is resampled
 by window instead, which sees less of the noise; the verdict records which unit was used.
 
 What this gives up: a loss on one tool of a few looks like noise to it, as it would to anyone
