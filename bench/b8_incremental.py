@@ -29,6 +29,7 @@ etch chambers recalibrated and pumps wearing faster from day 20).
 
     .venv/bin/python bench/b8_incremental.py [--quick] [--tools 24] [--days 40] [--epochs 10]
         [--seed N] [--warm-start] [--joint] [--eval-tools N] [--gate-confidence C]
+        [--holdout-fraction F]
 """
 
 from __future__ import annotations
@@ -219,6 +220,11 @@ def main() -> None:
     ap.add_argument("--distil-epochs", type=int, help="learning.distil_epochs (default: the config's)")
     ap.add_argument("--replay-size", type=int, help="learning.replay_size (default: the config's)")
     ap.add_argument(
+        "--holdout-fraction",
+        type=float,
+        help="learning.holdout_fraction: the new labels' share (by tool) frozen as the new test set",
+    )
+    ap.add_argument(
         "--gate-confidence",
         type=float,
         help="learning.gate_confidence (default: the config's; 0.5 is about comparing point estimates)",
@@ -313,6 +319,7 @@ def main() -> None:
                 ("distil_epochs", ns.distil_epochs),
                 ("replay_size", ns.replay_size),
                 ("gate_confidence", ns.gate_confidence),
+                ("holdout_fraction", ns.holdout_fraction),
             )
             if v is not None  # 0 is a setting (no replay), not "unset"; the config validates it
         }
