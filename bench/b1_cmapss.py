@@ -103,53 +103,50 @@ def main() -> int:
         res = cmapss.run(
             args.data, args.out, cfg, edge=not args.full_only, smooth=args.smooth, first_end=args.first_end
         )
-        if args.full_only:
-            res["seconds"] = time.monotonic() - t0
-            per_seed.append(res)
-            args.out.mkdir(parents=True, exist_ok=True)
-            if not args.quick:
-                (args.out / f"b1_seed{seed}.json").write_text(json.dumps(res, indent=1, default=float))
-            full = res["full"]
-            print(f"seed {seed}: full RMSE {full['rmse']:.2f} score {full['score']:.0f}", flush=True)
-            continue
-        edge_model, _ = load_checkpoint(Path(res["edge_checkpoint"]))
-        test = cmapss.last_windows(data, edge_model.cfg.window, cmapss.RUL_CAP, args.smooth)  # type: ignore[attr-defined]
-        calib = cmapss.train_windows(
-            data,
-            edge_model.cfg.window,  # type: ignore[attr-defined]
-            cmapss.RUL_CAP,
-            args.smooth,
-            args.first_end,
-        )
-        rng = np.random.default_rng(seed)
-        cal_x = calib.x[rng.choice(len(calib), 512, replace=False)]
-        with tempfile.TemporaryDirectory() as tmpdir:
-            tmp = Path(tmpdir)
-            fp32 = export_dga(edge_model, tmp / "edge.onnx")  # type: ignore[arg-type]
-            pre = preprocess(fp32, tmp / "pre.onnx")
-            graphs = {
-                "onnx_fp32": fp32,
-                "onnx_int8_static": quantize_static_int8(pre, tmp / "static.onnx", cal_x),
-                "onnx_int8_dynamic": quantize_dynamic_int8(pre, tmp / "dynamic.onnx"),
-            }
-            mix, report = adaptive_quantize(fp32, tmp / "mix.onnx", cal_x[:256], cal_x[256:], cmapss.RUL_CAP)
-            graphs["released_mix"] = mix
-            for name, path in graphs.items():
-                pred = run_onnx(path, test.x)["rul"]
-                res[name] = {"rmse": cmapss.rmse(pred, test.rul), "score": cmapss.nasa_score(pred, test.rul)}
-        res["released_int8_groups"] = report.to_dict()["int8_groups"]
+        if not args.full_only:  # the edge model, its ONNX graphs and the released mix
+            edge_model, _ = load_checkpoint(Path(res["edge_checkpoint"]))
+            test = cmapss.last_windows(data, edge_model.cfg.window, cmapss.RUL_CAP, args.smooth)  # type: ignore[attr-defined]
+            calib = cmapss.train_windows(
+                data,
+                edge_model.cfg.window,  # type: ignore[attr-defined]
+                cmapss.RUL_CAP,
+                args.smooth,
+                args.first_end,
+            )
+            rng = np.random.default_rng(seed)
+            cal_x = calib.x[rng.choice(len(calib), 512, replace=False)]
+            with tempfile.TemporaryDirectory() as tmpdir:
+                tmp = Path(tmpdir)
+                fp32 = export_dga(edge_model, tmp / "edge.onnx")  # type: ignore[arg-type]
+                pre = preprocess(fp32, tmp / "pre.onnx")
+                graphs = {
+                    "onnx_fp32": fp32,
+                    "onnx_int8_static": quantize_static_int8(pre, tmp / "static.onnx", cal_x),
+                    "onnx_int8_dynamic": quantize_dynamic_int8(pre, tmp / "dynamic.onnx"),
+                }
+                mix, report = adaptive_quantize(
+                    fp32, tmp / "mix.onnx", cal_x[:256], cal_x[256:], cmapss.RUL_CAP
+                )
+                graphs["released_mix"] = mix
+                for name, path in graphs.items():
+                    pred = run_onnx(path, test.x)["rul"]
+                    res[name] = {
+                        "rmse": cmapss.rmse(pred, test.rul),
+                        "score": cmapss.nasa_score(pred, test.rul),
+                    }
+            res["released_int8_groups"] = report.to_dict()["int8_groups"]
         res["seconds"] = time.monotonic() - t0
         per_seed.append(res)
         args.out.mkdir(parents=True, exist_ok=True)
         if not args.quick:
             (args.out / f"b1_seed{seed}.json").write_text(json.dumps(res, indent=1, default=float))
-        print(
-            f"seed {seed}: full RMSE {res['full']['rmse']:.2f} score {res['full']['score']:.0f} | edge "
-            f"{res['edge']['rmse']:.2f}/{res['edge']['score']:.0f} | "
-            f"static INT8 {res['onnx_int8_static']['rmse']:.2f} "
-            f"| released {res['released_mix']['rmse']:.2f} | {res['seconds']:.0f} s",
-            flush=True,
-        )
+        line = f"seed {seed}: full RMSE {res['full']['rmse']:.2f} score {res['full']['score']:.0f}"
+        if not args.full_only:
+            line += (
+                f" | edge {res['edge']['rmse']:.2f}/{res['edge']['score']:.0f} | static INT8 "
+                f"{res['onnx_int8_static']['rmse']:.2f} | released {res['released_mix']['rmse']:.2f}"
+            )
+        print(f"{line} | {res['seconds']:.0f} s", flush=True)
     if args.summarize:
         per_seed = [json.loads(p.read_text()) for p in sorted(args.out.glob("b1_seed*.json"))]
         seeds = [s["seed"] for s in per_seed]

@@ -51,7 +51,7 @@ import numpy as np
 import onnxruntime as ort
 
 from cloud.config import CloudConfig
-from cloud.gate import GateScore, roc_auc
+from cloud.gate import GateScore, WeightedAuc, roc_auc
 from cloud.labels import Label, set_label
 from cloud.learning import Learner
 from cloud.metrics import CloudMetrics
@@ -110,20 +110,24 @@ def tool_bootstrap(
         ("cand", "old"): risk(cand, old),
         ("cand", "new"): risk(cand, new),
     }
-    parts = {}
+    tools = sorted(set(np.unique(old.groups)) & set(np.unique(new.groups)))
+    index = {g: i for i, g in enumerate(tools)}
+    parts = {}  # per regime: each scored row's tool (its index in ``tools``, -1: not in both) and AUCs
     for name, ws in (("old", old), ("new", new)):
         known, failed = truth(ws)
-        parts[name] = ({g: np.flatnonzero((ws.groups == g) & known) for g in np.unique(ws.groups)}, failed)
-    tools = sorted(set(parts["old"][0]) & set(parts["new"][0]))
+        row_tool = np.array([index.get(g, -1) for g in ws.groups[known]], dtype=np.int64)
+        parts[name] = (
+            row_tool,
+            {m: WeightedAuc(sc[known], failed[known]) for (m, r), sc in scores.items() if r == name},
+        )
     rng = np.random.default_rng(seed)
     diffs: dict[str, list[float]] = {"old loss": [], "recovery": []}
     for _ in range(n):
-        pick = rng.choice(tools, len(tools), replace=True)
+        counts = np.bincount(rng.choice(len(tools), len(tools), replace=True), minlength=len(tools))
         auc = {}
-        for model, regime in scores:
-            rows, failed = parts[regime]
-            idx = np.concatenate([rows[g] for g in pick])
-            auc[(model, regime)] = roc_auc(scores[(model, regime)][idx], failed[idx])
+        for regime, (row_tool, aucs) in parts.items():
+            weight = np.where(row_tool >= 0, counts[row_tool], 0).astype(float)  # the draw as row weights
+            auc.update({(m, regime): f(weight) for m, f in aucs.items()})
         diffs["old loss"].append(auc[("cand", "old")] - auc[("v0", "old")])
         diffs["recovery"].append(auc[("cand", "new")] - auc[("v0", "old")])
     out = {}

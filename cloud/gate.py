@@ -10,8 +10,8 @@ seed: the same verdict when a round resumes), scores both models on each resampl
 same windows; :class:`WeightedAuc`, ``bench/gate_speed.py``), and calls the candidate *worse*
 only when even the ``confidence`` quantile of the change is below ``-tolerance``: it is that
 sure the candidate lost more than the tolerance. With ``confidence = 0.5`` this is about the
-point-estimate gate. A set of a single tool is resampled
-by window instead, which sees less of the noise; the verdict records which unit was used.
+point-estimate gate. A set of a single tool is resampled by window instead, which sees less of
+the noise; the verdict records which unit was used.
 
 What this gives up: a loss on one tool of a few looks like noise to it, as it would to anyone
 judging from so few tools. The frozen old set grows with every round, and the gate sharpens with
