@@ -90,7 +90,8 @@ class TagSource(Protocol):
     def connected(self) -> bool: ...
 
     async def run(self, on_values: ValuesSink, on_event: EventSink) -> None:
-        """Deliver values and events until cancelled; reconnects by itself."""
+        """Deliver values and events until cancelled; reconnects by itself. Each batch is in
+        source-timestamp order (the windows close a grid row on the first later value)."""
 
     async def write(self, index: int, value: float) -> float:
         """Write a numeric tag and return the value read back."""
@@ -131,6 +132,23 @@ def decode(index: int, dv: ua.DataValue) -> Value:
     return (index, variant.Value if variant is not None else None, _epoch(dv), True)
 
 
+def data_changes(notif: ua.DataChangeNotification) -> list[Value]:
+    """One notification's values in source-timestamp order (stable: same-instant values keep the
+    server's order).
+
+    A server sends each monitored item's queued values together: with several samples per item
+    in one publish (a burst, a publishing interval longer than the sampling), item A's later
+    value comes before item B's earlier one. The windows close a grid row on the first value
+    stamped at or after it, so in the server's order the row would close without B's value."""
+    batch = [decode(item.ClientHandle - 1, item.Value) for item in notif.MonitoredItems]
+    batch.sort(key=_stamp)
+    return batch
+
+
+def _stamp(value: Value) -> float:
+    return value[2]
+
+
 class _FastSubscription(Subscription):
     """Decodes data changes straight from the publish response into one batch per publish."""
 
@@ -147,8 +165,7 @@ class _FastSubscription(Subscription):
             return
         for notif in data:
             if isinstance(notif, ua.DataChangeNotification):
-                batch = [decode(item.ClientHandle - 1, item.Value) for item in notif.MonitoredItems]
-                self._owner._deliver(batch)
+                self._owner._deliver(data_changes(notif))
             elif isinstance(notif, ua.EventNotificationList):
                 for ev in self._explode_events(notif):
                     self._owner._deliver_event(ev.event)

@@ -109,6 +109,10 @@ class SimServer:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._last_t = fab.t
+        # A spike is a property of a sample: a repeated reading at the same simulated instant (the
+        # loop ticking while the clock stands still, or between a test's advances) must be the
+        # same reading, so the spike probability of an instant is kept until time moves on.
+        self._spike_p = 0.0
 
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
@@ -206,8 +210,10 @@ class SimServer:
             t = self.clock.now()
             dt = max(t - self._last_t, 0.0)
             self._last_t = t
+            if dt > 0:
+                self._spike_p = min(1.0, self.fab.scenario.sensor_faults.spike_per_hour * dt / 3600.0)
             self.fab.advance_to(t)
-            n = await self._publish(dt)
+            n = await self._publish()
             await self._fire_alarms()
             self.stats.ticks += 1
             self.stats.changes += n
@@ -222,11 +228,11 @@ class SimServer:
                 ua.Variant(self.stats.changes, ua.VariantType.Int64), _GOOD, None, datetime.now(UTC)
             )
 
-    async def _publish(self, dt: float) -> int:
+    async def _publish(self) -> int:
         assert self.aspace is not None
         src = self.fab.time_at(self.fab.t)
         srv = datetime.now(UTC)
-        spike_p = min(1.0, self.fab.scenario.sensor_faults.spike_per_hour * dt / 3600.0)
+        spike_p = self._spike_p
         written = 0
         yield_every = self.yield_every
 

@@ -13,8 +13,12 @@ Ground truth decides who is healthy: every tool gets preventive maintenance befo
 connects (no degradation carried over from before the run) and the scenario makes natural onsets
 and sudden failures rare enough not to happen in a week, so the only degradation of the run is
 the injected one. The injected mode is the one the model warns best on the held-out seed
-(``training.json``). Healthy tools may raise at most the false alarms the measured rate implies
-over their tool-months in this run, rounded up (about 0.3 expected, so 1 allowed; 0 seen).
+(``training.json``). Every alert on a healthy tool is a false alarm: on the other tools at any
+time, on the victim before its onset. The run may raise at most the false alarms the measured
+rate implies over its healthy tool-months, rounded up (about 0.3 expected, so 1 allowed; 0 seen).
+The scores are the same from run to run (the simulator's readings at an instant do not depend
+on how many wall-clock ticks fall on it), but some healthy tools come within a few thousandths
+of the threshold, so a false alarm is counted against that rate, not treated as impossible.
 """
 
 from __future__ import annotations
@@ -152,7 +156,6 @@ async def test_injected_failure_is_warned_before_it_happens(tmp_path: Path, mosq
             assert await until(lambda: daemon.source.connected and daemon.relay.connected, 20)
             for _ in range(int(HEALTHY_H * H / step_s)):
                 await step()
-            assert not collector.of("alert"), "an alert while every tool was healthy"
             from asyncua import Client, ua
 
             async with Client(sim.endpoint, timeout=10) as client:
@@ -189,8 +192,8 @@ async def test_injected_failure_is_warned_before_it_happens(tmp_path: Path, mosq
     degraded = {e["tool"] for e in truth if e["kind"] == "onset"}
     assert degraded == {victim.tool_id}, "the injected mode is the only degradation of the run"
     alerts = collector.of("alert")
-    mine = [a for a in alerts if a["tool_id"] == victim.tool_id]
-    others = [a for a in alerts if a["tool_id"] != victim.tool_id]
+    mine = [a for a in alerts if a["tool_id"] == victim.tool_id and a["episode_start_ts"] >= onset_ts]
+    false = [a for a in alerts if a not in mine]  # other tools, or the victim while healthy
     assert mine, f"no alert for {victim.tool_id} before its {mode} failure"
     first = mine[0]
     # Lead time on the simulated clock: the failure minus when the alert had reached the collector.
@@ -206,12 +209,11 @@ async def test_injected_failure_is_warned_before_it_happens(tmp_path: Path, mosq
         first["probability"],
     )
     assert lead_h > 0, f"the alert reached the collector {-lead_h:.1f} h after the failure"
-    assert first["episode_start_ts"] >= onset_ts, "the alert's episode began after the onset"
     # Healthy tools: the worse of the false-alarm rates measured on the threshold and held-out
     # seeds, times the healthy tool-months of this run, is what the model is expected to raise.
     # Allowed: that expectation rounded up (below 1: none at all).
     rate = max(record["rule"]["threshold_export"]["false_alarms_per_tool_month"], record["heldout"][FA])
-    healthy_months = (TOOLS - 1) * fails[0]["t_s"] / 86400.0 / 30.0
+    healthy_months = ((TOOLS - 1) * fails[0]["t_s"] + onset[0]["t_s"]) / 86400.0 / 30.0
     allowed = math.ceil(rate * healthy_months - 1e-9)
     per_mode = record["heldout_per_mode"][mode]
     _logger.warning(
@@ -225,6 +227,6 @@ async def test_injected_failure_is_warned_before_it_happens(tmp_path: Path, mosq
         rate * healthy_months,
         healthy_months,
         allowed,
-        len(others),
+        len(false),
     )
-    assert len(others) <= allowed, f"healthy tools alerted: {others}"
+    assert len(false) <= allowed, f"healthy tools alerted: {false}"

@@ -213,6 +213,37 @@ def test_window_resamples_on_the_grid_holds_quiet_sensors_and_expires_a_stopped_
     assert win.next_t == 10.0 and not win.ready(1)
 
 
+def test_a_publish_with_several_samples_per_item_is_applied_in_source_time_order() -> None:
+    """A server sends each item's queued values together; applied in that order, the row at
+    t=20 would close on sensor 0's value at t=20 before sensor 1's value at t=10 was in."""
+    from datetime import UTC, datetime
+
+    from asyncua import ua
+
+    from edge.source import data_changes
+
+    def item(handle: int, value: float, ts: float) -> ua.MonitoredItemNotification:
+        stamp = datetime.fromtimestamp(ts, UTC)
+        dv = ua.DataValue(ua.Variant(value, ua.VariantType.Double), SourceTimestamp=stamp)
+        return ua.MonitoredItemNotification(ClientHandle=handle, Value=dv)
+
+    win = ToolWindow("t", "vacuum_pump", window=2, step_s=10.0, max_stale_steps=2)
+    win.set_state("productive", 0.0)
+    for s in range(len(win.sensors)):
+        win.update(s, 0.0, 0.0)
+    notif = ua.DataChangeNotification()
+    # handle = tag index + 1; item by item, as the server queues them
+    notif.MonitoredItems = [item(1, 1.0, 10.0), item(1, 2.0, 20.0), item(2, 11.0, 10.0), item(2, 12.0, 20.0)]
+    batch = data_changes(notif)
+    in_order = [(0, 1.0, 10.0), (1, 11.0, 10.0), (0, 2.0, 20.0), (1, 12.0, 20.0)]
+    assert [(i, v, ts) for i, v, ts, _ in batch] == in_order
+    for index, value, ts, _ in batch:
+        win.update(index, value, ts)
+    assert win.ready(1)
+    got = win.take()
+    assert got.ts == 20.0 and got.values[-1, :2].tolist() == [1.0, 11.0]  # both sensors' t=10 values
+
+
 def test_malformed_config_names_the_field(tmp_path, capsys):
     bad = tmp_path / "edge.toml"
     bad.write_text(

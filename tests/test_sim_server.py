@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from asyncua import Client, Node, ua
 
@@ -228,6 +230,26 @@ async def test_same_seed_same_values_and_bad_status_for_dropouts():
                 assert dv.StatusCode.value == ua.StatusCodes.BadSensorFailure
                 assert dv.Value.Value is None
     assert values[0] == values[1]
+
+
+async def test_a_repeated_reading_at_the_same_instant_is_the_same_reading(tmp_path: Path) -> None:
+    """Spikes belong to a sample: a tick that finds the clock where it was publishes nothing.
+
+    Before, a second tick at the same simulated time drew its readings with no spike, so a spike
+    published by one tick was taken back by the next, at the same SourceTimestamp, and what a
+    subscriber held for that instant depended on how many wall-clock ticks fell between two
+    advances of a stopped clock."""
+    data = scale_tools(default_scenario(), 4).model_dump(mode="json")
+    data["sensor_faults"]["spike_per_hour"] = 1.0  # an hour's step: every reading is a spike
+    path = tmp_path / "spiky.yaml"
+    path.write_text(json.dumps(data))  # JSON is YAML
+    # One background tick per 100 s: the test's own steps are the only ones in its few seconds.
+    async with running_sim(seed=4, speed=0, scenario=path, rate_hz=0.01) as sim:
+        await sim.advance(3600.0)
+        type_name = sim.fab.tools[0].type_name
+        spiked = sim.fab.readings(type_name, 1.0)
+        assert not np.allclose(spiked, sim.fab.readings(type_name), equal_nan=True), "no spike drawn"
+        assert await sim.server.step() == 0, "a tick at the same instant changed published values"
 
 
 async def test_speed_factor_moves_simulated_time_and_restart_keeps_the_port():
