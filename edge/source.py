@@ -36,6 +36,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Literal, Protocol
 
 from asyncua import Client, ua
@@ -140,13 +141,13 @@ def data_changes(notif: ua.DataChangeNotification) -> list[Value]:
     in one publish (a burst, a publishing interval longer than the sampling), item A's later
     value comes before item B's earlier one. The windows close a grid row on the first value
     stamped at or after it, so in the server's order the row would close without B's value."""
-    batch = [decode(item.ClientHandle - 1, item.Value) for item in notif.MonitoredItems]
-    batch.sort(key=_stamp)
+    return in_source_order([decode(item.ClientHandle - 1, item.Value) for item in notif.MonitoredItems])
+
+
+def in_source_order(batch: list[Value]) -> list[Value]:
+    """The batch sorted by source timestamp, in place and stable."""
+    batch.sort(key=itemgetter(2))
     return batch
-
-
-def _stamp(value: Value) -> float:
-    return value[2]
 
 
 class _FastSubscription(Subscription):
@@ -398,10 +399,14 @@ class AsyncuaSource:
     async def _poll_once(self, client: Client) -> None:
         pairs = [(i, n) for i, n in enumerate(self._nodes) if n is not None]
         chunk = self.cfg.read_chunk
+        batch: list[Value] = []
         for start in range(0, len(pairs), chunk):
             part = pairs[start : start + chunk]
             dvs = await client.uaclient.read_attributes([n for _, n in part], ua.AttributeIds.Value)
-            self._deliver([decode(i, dv) for (i, _), dv in zip(part, dvs, strict=True)])
+            batch += [decode(i, dv) for (i, _), dv in zip(part, dvs, strict=True)]
+        # One batch per poll, in source-time order, as a publish is (see data_changes): a tag
+        # stamped after the next grid point must not close the row before an earlier one is in.
+        self._deliver(in_source_order(batch))
 
     # -- delivery ------------------------------------------------------------------------------
 
