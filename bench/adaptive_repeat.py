@@ -40,8 +40,8 @@ def main() -> int:
     data = cmapss.load_fd001(args.data)
     model, meta = load_checkpoint(args.checkpoint)
     assert isinstance(model, DGA)
-    smooth = float(meta["feature_spec"].get("ewma_alpha", 0.0))
-    ws = cmapss.train_windows(data, model.cfg.window, cmapss.RUL_CAP, smooth, 31)
+    smooth, reference = cmapss.preprocessing(meta["feature_spec"])
+    ws = cmapss.train_windows(data, model.cfg.window, cmapss.RUL_CAP, smooth, 31, reference)
     x = ws.x[np.random.default_rng(0).choice(len(ws.x), 512, replace=False)]
     with tempfile.TemporaryDirectory() as tmpdir:
         fp32 = export_dga(model.eval(), Path(tmpdir) / "edge.onnx")

@@ -61,6 +61,12 @@ def main() -> int:
         help="train also on windows ending from this cycle on, left-padded as short test units are",
     )
     ap.add_argument("--smooth", type=float, default=0.2, help="causal EWMA alpha on the sensors (0 = raw)")
+    ap.add_argument(
+        "--reference",
+        type=int,
+        default=cmapss.B1_REFERENCE,
+        help="each unit's own reference: its first N cycles (0: none; at most 30)",
+    )
     ap.add_argument("--epochs", type=int, default=8, help="one-cycle schedule length; best epoch kept")
     ap.add_argument("--lr", type=float, default=7e-4)
     ap.add_argument("--weight-decay", type=float, default=0.01)
@@ -101,17 +107,20 @@ def main() -> int:
         cfg = replace(cfg, train=replace(cfg.train, progress=False, patience=args.epochs))
         t0 = time.monotonic()
         res = cmapss.run(
-            args.data, args.out, cfg, edge=not args.full_only, smooth=args.smooth, first_end=args.first_end
+            args.data,
+            args.out,
+            cfg,
+            edge=not args.full_only,
+            smooth=args.smooth,
+            first_end=args.first_end,
+            reference=args.reference,
         )
         if not args.full_only:  # the edge model, its ONNX graphs and the released mix
             edge_model, _ = load_checkpoint(Path(res["edge_checkpoint"]))
-            test = cmapss.last_windows(data, edge_model.cfg.window, cmapss.RUL_CAP, args.smooth)  # type: ignore[attr-defined]
+            window = cfg.cmapss_window  # the edge model is distilled on the same windows
+            test = cmapss.last_windows(data, window, cmapss.RUL_CAP, args.smooth, args.reference)
             calib = cmapss.train_windows(
-                data,
-                edge_model.cfg.window,  # type: ignore[attr-defined]
-                cmapss.RUL_CAP,
-                args.smooth,
-                args.first_end,
+                data, window, cmapss.RUL_CAP, args.smooth, args.first_end, args.reference
             )
             rng = np.random.default_rng(seed)
             cal_x = calib.x[rng.choice(len(calib), 512, replace=False)]

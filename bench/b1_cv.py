@@ -34,11 +34,11 @@ from cloud.training.trainer import fit, new_model, predict
 from cloud.training.windows import split_by_group
 
 REPO = Path(__file__).resolve().parent.parent
-SHORTEST_TEST_UNIT = 31  # cycles
+SHORTEST_TEST_UNIT = cmapss.SHORTEST_TEST_UNIT
 
 
 def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
-    ws = cmapss.train_windows(data, args.window, cmapss.RUL_CAP, args.smooth, args.first_end)
+    ws = cmapss.train_windows(data, args.window, cmapss.RUL_CAP, args.smooth, args.first_end, args.reference)
     units = np.random.default_rng(123).permutation(np.unique(ws.groups))
     held = np.array_split(units, args.folds)[fold]
     is_val = np.isin(ws.groups, held)
@@ -48,10 +48,12 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
     every = (  # scored: every window from cycle 31 on (the same set as ws at the default --first-end)
         ws
         if args.first_end == SHORTEST_TEST_UNIT
-        else cmapss.train_windows(data, args.window, cmapss.RUL_CAP, args.smooth, SHORTEST_TEST_UNIT)
+        else cmapss.train_windows(
+            data, args.window, cmapss.RUL_CAP, args.smooth, SHORTEST_TEST_UNIT, args.reference
+        )
     )
     scored = every.take(np.flatnonzero(np.isin(every.groups, held)))
-    test = cmapss.last_windows(data, args.window, cmapss.RUL_CAP, args.smooth)
+    test = cmapss.last_windows(data, args.window, cmapss.RUL_CAP, args.smooth, args.reference)
     cfg = cmapss.b1_config(
         seed=args.seed,
         epochs=args.epochs,
@@ -64,7 +66,7 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
     )
     cfg = replace(cfg, train=replace(cfg.train, keep=args.keep))
     t0 = time.monotonic()
-    model = new_model(cmapss.model_config(cfg), args.seed)
+    model = new_model(cmapss.model_config(cfg, args.reference), args.seed)
     res = fit(model, train, val, replace(cfg.train, progress=False), None, {})
     p_val = predict(res.model, scored.x)["rul"]
     p_test = predict(res.model, test.x)["rul"]
@@ -115,6 +117,7 @@ def main() -> int:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--noise", type=float, default=0.05, help="std of the training input noise")
     ap.add_argument("--smooth", type=float, default=0.2)
+    ap.add_argument("--reference", type=int, default=0, help="each unit's own reference: its first N cycles")
     ap.add_argument(
         "--inner-val",
         type=float,

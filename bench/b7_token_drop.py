@@ -92,9 +92,9 @@ def main() -> int:
     for ckpt in args.checkpoint:
         model, meta = load_checkpoint(ckpt)
         assert isinstance(model, DGA)
-        smooth = float(meta["feature_spec"].get("ewma_alpha", 0.0))
-        last = cmapss.last_windows(data, model.cfg.window, cmapss.RUL_CAP, smooth)
-        every = cmapss.all_test_windows(data, model.cfg.window, cmapss.RUL_CAP, smooth)
+        smooth, reference = cmapss.preprocessing(meta["feature_spec"])
+        last = cmapss.last_windows(data, model.cfg.window, cmapss.RUL_CAP, smooth, reference)
+        every = cmapss.all_test_windows(data, model.cfg.window, cmapss.RUL_CAP, smooth, reference)
         sessions = {}
         for r in RATIOS:
             path = export_dga(model, args.out / f"keep{int(r * 100)}.onnx", keep_ratio=None if r >= 1 else r)

@@ -55,19 +55,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoints", type=Path, nargs="+", help="B1 full-model checkpoints")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--smooth", type=float, default=0.2, help="B1's causal EWMA alpha")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = cmapss.load_fd001(args.data)
     lengths = np.array([int((data.test[:, 0] == u).sum()) for u in np.unique(data.test[:, 0])])
     for path in args.checkpoints:
-        model, _ = load_checkpoint(path)
+        model, meta = load_checkpoint(path)
         if not isinstance(model, DGA):
             sys.exit(f"{path}: not a DGA checkpoint")
         model.eval()
         t = model.cfg.window
-        last = cmapss.last_windows(data, t, cmapss.RUL_CAP, args.smooth)
-        every = cmapss.all_test_windows(data, t, cmapss.RUL_CAP, args.smooth)
+        smooth, reference = cmapss.preprocessing(meta["feature_spec"])
+        last = cmapss.last_windows(data, t, cmapss.RUL_CAP, smooth, reference)
+        every = cmapss.all_test_windows(data, t, cmapss.RUL_CAP, smooth, reference)
         base = {"last": cmapss.rmse(rul(model, last.x, 1.0, 0), last.rul)}
         base["all"] = cmapss.rmse(rul(model, every.x, 1.0, 0), every.rul)
         print(f"{path}: RMSE, every token kept: last cycle {base['last']:.3f}, all {base['all']:.3f}")

@@ -398,6 +398,37 @@ def test_cmapss_padded_training_windows_match_how_test_units_are_padded(data_dir
     assert np.array_equal(plain.x, padded.x[_not_padded(padded, 40, 31)])  # the rest is unchanged
 
 
+def test_cmapss_own_reference_sees_no_cycle_after_the_window_end(data_dir):
+    from cloud.training import cmapss
+
+    data = cmapss.load_fd001(data_dir)
+    ws = cmapss.train_windows(data, window=40, smooth=0.2, first_end=31, reference=30)
+    assert ws.x.shape[2] == cmapss.n_features(30) == 28
+    plain = cmapss.train_windows(data, window=40, smooth=0.2, first_end=31)
+    assert np.array_equal(ws.x[..., :14], plain.x)  # the sensors themselves unchanged
+    unit1 = np.flatnonzero(ws.groups == 1)
+    z = ((data.train[data.train[:, 0] == 1][:, list(cmapss.SENSOR_COLS)] - data.mean) / data.std).astype(
+        np.float32
+    )
+    last = ws.x[unit1[-1]]  # the unit's last window: the deviation from its first 30 raw cycles
+    np.testing.assert_allclose(last[:, 14:], last[:, :14] - z[:30].mean(0), atol=1e-5)
+    # The first window (ending at cycle 31) is the same when the unit's life is cut there:
+    # nothing after its end went into it.
+    cut = replace(
+        data,
+        train=np.concatenate([data.train[data.train[:, 0] == 1][:31], data.train[data.train[:, 0] == 2]]),
+    )
+    alone = cmapss.train_windows(cut, window=40, smooth=0.2, first_end=31, reference=30)
+    assert np.array_equal(alone.x[alone.groups == 1][0], ws.x[unit1[0]])
+    # A reference longer than the first window end, or than a test unit's history before its
+    # last cycle, would see the future.
+    with pytest.raises(ValueError, match="reference"):
+        cmapss.train_windows(data, window=40, first_end=31, reference=32)
+    with pytest.raises(ValueError, match="reference"):
+        cmapss.last_windows(data, window=40, reference=31)
+    assert cmapss.last_windows(data, window=40, reference=30).x.shape == (100, 40, 28)
+
+
 def _not_padded(ws, window: int, first_end: int) -> np.ndarray:
     """Indices of the windows that end at cycle ≥ window (the unpadded ones), unit by unit."""
     keep = []

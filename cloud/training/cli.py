@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         "--first-end", type=int, default=31, help="train also on left-padded windows ending from this cycle"
     )
     c.add_argument("--smooth", type=float, default=0.2, help="causal EWMA alpha on the sensors (0 = raw)")
+    c.add_argument(
+        "--reference",
+        type=int,
+        default=None,
+        help="each unit's own reference: its first N cycles, at most 30 (0: none; default: B1's)",
+    )
     s = sub.add_parser("sim", help="a data set written by `fabpm sim export`")
     common(s)
     s.add_argument("--dataset", type=Path, required=True)
@@ -121,7 +127,10 @@ def _cmapss(ns: argparse.Namespace) -> int:
         b1 = cmapss.b1_config(seed=ns.seed, epochs=ns.epochs or 8, window=ns.window)
         progress = not ns.no_progress and b1.train.progress
         cfg = replace(b1, train=replace(b1.train, device=ns.device, threads=ns.threads, progress=progress))
-    res = cmapss.run(ns.data, ns.out, cfg, edge=ns.edge, smooth=ns.smooth, first_end=ns.first_end)
+    reference = cmapss.B1_REFERENCE if ns.reference is None else ns.reference
+    res = cmapss.run(
+        ns.data, ns.out, cfg, edge=ns.edge, smooth=ns.smooth, first_end=ns.first_end, reference=reference
+    )
     print(json.dumps(res, indent=1))
     return 0
 

@@ -5,6 +5,12 @@ training target ``min(RUL, 125)`` (piece-wise linear); ONE prediction per test u
 window ending at its last observed cycle, compared with ``RUL_FD001.txt`` capped at 125. Metrics:
 RMSE over the 100 units and the PHM08 score ``Σ exp(-d/13) − 1`` (d < 0) / ``exp(d/10) − 1``
 (d ≥ 0), ``d = predicted − true``.
+
+Each unit's own reference (``reference`` cycles, as the simulator pipeline's tools have theirs):
+every engine starts with its own manufacturing variation and initial wear, so the model also sees
+each sensor minus the mean of the unit's first ``reference`` cycles. Every test unit has at least
+31 cycles, so up to 30 of them are known at its last cycle; a training window uses the reference
+only when it ends at or after cycle ``reference``, so no window sees a cycle after its end.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ WINDOW = 30
 HORIZON = 30.0  # cycles: the C-MAPSS stand-in for the fab's 72 h "fails within the horizon" head
 MODES = ("hpc_degradation",)
 SMOOTH = 0.0  # EWMA alpha applied causally per unit (0 = raw sensors, the plain protocol)
+SHORTEST_TEST_UNIT = 31  # cycles
+B1_REFERENCE = 0  # cycles of each unit's own reference B1 trains with (chosen by bench/b1_cv.py)
 
 
 @dataclass
@@ -75,11 +83,38 @@ def ewma(z: np.ndarray, alpha: float) -> np.ndarray:
     return out
 
 
-def _units(raw: np.ndarray, data: Fd001, smooth: float = 0.0) -> list[tuple[int, np.ndarray]]:
-    """[(unit id, (cycles, 14) z-scored, optionally EWMA-smoothed sensors)] in unit order."""
+def n_features(reference: int = 0) -> int:
+    """The model's input width: the 14 sensors, and as many deviations from the reference."""
+    return len(SENSORS) * (2 if reference > 0 else 1)
+
+
+def _units(
+    raw: np.ndarray, data: Fd001, smooth: float = 0.0, reference: int = 0
+) -> list[tuple[int, np.ndarray]]:
+    """[(unit id, (cycles, 14) z-scored, optionally EWMA-smoothed sensors)] in unit order; with
+    ``reference``, 14 more columns: the smoothed sensors minus the mean of the unit's first
+    ``reference`` cycles (raw, since the EWMA starts from cycle 1 and is still settling there)."""
     z = ((raw[:, list(SENSOR_COLS)] - data.mean) / data.std).astype(np.float32)
     units = raw[:, 0].astype(int)
-    return [(int(u), ewma(z[units == u], smooth)) for u in np.unique(units)]
+    out = []
+    for u in np.unique(units):
+        own = z[units == u]
+        seq = ewma(own, smooth)
+        if reference > 0:
+            if len(own) < reference:
+                raise DatasetError(f"unit {u}: {len(own)} cycles, fewer than the {reference}-cycle reference")
+            seq = np.concatenate([seq, seq - own[:reference].mean(0, keepdims=True)], axis=1)
+        out.append((int(u), seq.astype(np.float32)))
+    return out
+
+
+def _check_reference(reference: int, first_end: int) -> None:
+    if not 0 <= reference <= first_end:
+        raise ValueError(
+            f"reference: {reference} cycles, but windows end from cycle {first_end} on; a window would "
+            "see cycles after its end (at most the first window end, and at most "
+            f"{SHORTEST_TEST_UNIT - 1} for the test units)"
+        )
 
 
 def _pad(seq: np.ndarray, window: int) -> np.ndarray:
@@ -90,16 +125,23 @@ def _pad(seq: np.ndarray, window: int) -> np.ndarray:
 
 
 def train_windows(
-    data: Fd001, window: int = WINDOW, cap: float = RUL_CAP, smooth: float = 0.0, first_end: int | None = None
+    data: Fd001,
+    window: int = WINDOW,
+    cap: float = RUL_CAP,
+    smooth: float = 0.0,
+    first_end: int | None = None,
+    reference: int = 0,
 ) -> WindowSet:
     """Every window of every training unit, target min(RUL at its last cycle, cap).
 
     ``first_end`` (cycles, ≤ window): windows also end at cycles ``first_end … window - 1``, left-
     padded the way :func:`last_windows` pads a short test unit, so a window longer than the
     shortest test unit (31 cycles) is trained on what it will be shown. None: from ``window`` on.
+    ``reference``: see the module docstring; at most the first window end.
     """
+    _check_reference(reference, min(first_end or window, window))
     xs, ruls, groups = [], [], []
-    for unit, z in _units(data.train, data, smooth):
+    for unit, z in _units(data.train, data, smooth, reference):
         z = _pad(z, max(window, len(z) + window - min(first_end or window, window)))
         life = len(z)
         idx = np.arange(window, life + 1)  # window ends (exclusive)
@@ -111,10 +153,13 @@ def train_windows(
     return WindowSet(x=np.concatenate(xs), rul=rul, labels=labels, groups=np.concatenate(groups))
 
 
-def last_windows(data: Fd001, window: int = WINDOW, cap: float = RUL_CAP, smooth: float = 0.0) -> WindowSet:
+def last_windows(
+    data: Fd001, window: int = WINDOW, cap: float = RUL_CAP, smooth: float = 0.0, reference: int = 0
+) -> WindowSet:
     """The last window of each test unit; ``rul`` is the official truth capped at ``cap``."""
+    _check_reference(reference, SHORTEST_TEST_UNIT - 1)
     xs, units = [], []
-    for unit, z in _units(data.test, data, smooth):
+    for unit, z in _units(data.test, data, smooth, reference):
         xs.append(_pad(z, window)[-window:])
         units.append(unit)
     rul = np.minimum(data.rul_test, cap).astype(np.float32)
@@ -123,11 +168,12 @@ def last_windows(data: Fd001, window: int = WINDOW, cap: float = RUL_CAP, smooth
 
 
 def all_test_windows(
-    data: Fd001, window: int = WINDOW, cap: float = RUL_CAP, smooth: float = 0.0
+    data: Fd001, window: int = WINDOW, cap: float = RUL_CAP, smooth: float = 0.0, reference: int = 0
 ) -> WindowSet:
     """Every window of every test unit, RUL known from the official file (B7's larger sample)."""
+    _check_reference(reference, window)
     xs, ruls, groups = [], [], []
-    for (unit, z), final in zip(_units(data.test, data, smooth), data.rul_test, strict=True):
+    for (unit, z), final in zip(_units(data.test, data, smooth, reference), data.rul_test, strict=True):
         z = _pad(z, window)
         ends = np.arange(window, len(z) + 1)
         xs.append(np.stack([z[e - window : e] for e in ends]))
@@ -185,9 +231,9 @@ def b1_config(
     return replace(base, train=train)
 
 
-def model_config(cfg: PipelineConfig) -> DGAConfig:
+def model_config(cfg: PipelineConfig, reference: int = 0) -> DGAConfig:
     """The full DGA's shape for FD001 under ``cfg``: the pipeline's, with FD001's window and cap."""
-    full = cfg.model_config(n_features=len(SENSORS), n_modes=len(MODES), horizon_h=HORIZON)
+    full = cfg.model_config(n_features=n_features(reference), n_modes=len(MODES), horizon_h=HORIZON)
     return replace(full, window=cfg.cmapss_window, rul_cap=RUL_CAP)
 
 
@@ -198,11 +244,12 @@ def run(
     edge: bool = False,
     smooth: float = SMOOTH,
     first_end: int | None = None,
+    reference: int = 0,
 ) -> dict[str, Any]:
     """Train the full DGA on FD001, evaluate the protocol. Validation: ``cfg.val_fraction`` of the
     units, by unit; with 0 (B1's default, ``train.keep`` "last") every unit is trained on.
 
-    ``first_end``: see :func:`train_windows`. With ``edge``, also distil the edge model and
+    ``first_end``, ``reference``: see :func:`train_windows`. With ``edge``, also distil the edge model and
     evaluate it the same way. Returns the metrics
     (RMSE and score on the 100 test units, per-unit predictions) and the checkpoint paths.
     """
@@ -210,15 +257,15 @@ def run(
     from cloud.training.trainer import fit, new_model, predict
 
     data = load_fd001(data_dir)
-    ws = train_windows(data, cfg.cmapss_window, RUL_CAP, smooth, first_end)
-    test = last_windows(data, cfg.cmapss_window, RUL_CAP, smooth)
+    ws = train_windows(data, cfg.cmapss_window, RUL_CAP, smooth, first_end, reference)
+    test = last_windows(data, cfg.cmapss_window, RUL_CAP, smooth, reference)
     if cfg.val_fraction > 0:
         train, val = split_by_group(ws, cfg.val_fraction, cfg.train.seed)
     else:  # a refit on every unit (fit() refuses an empty split unless train.keep is "last")
         train, val = ws, ws.take(np.array([], dtype=np.int64))
-    mcfg = model_config(cfg)
+    mcfg = model_config(cfg, reference)
     meta = {
-        "feature_spec": feature_spec(data, cfg.cmapss_window, smooth),
+        "feature_spec": feature_spec(data, cfg.cmapss_window, smooth, reference),
         "modes": list(MODES),
         "source": "cmapss/FD001",
         "train_windows_from_cycle": first_end or cfg.cmapss_window,
@@ -254,13 +301,20 @@ def run(
     return result
 
 
-def feature_spec(data: Fd001, window: int, smooth: float) -> dict[str, Any]:
+def feature_spec(data: Fd001, window: int, smooth: float, reference: int = 0) -> dict[str, Any]:
     """The C-MAPSS input description carried by checkpoints and manifests."""
+    names = [f"s{s}" for s in SENSORS]
     return {
         "source": "cmapss/FD001",
         "window": window,
         "step_s": 1.0,  # one cycle per step
-        "feature_names": [f"s{s}" for s in SENSORS],
+        "feature_names": names + ([f"{n}-ref" for n in names] if reference > 0 else []),
         "scaler": {"mean": data.mean.tolist(), "std": data.std.tolist()},
         "ewma_alpha": smooth,
+        "reference_cycles": reference,
     }
+
+
+def preprocessing(spec: dict[str, Any]) -> tuple[float, int]:
+    """(EWMA alpha, reference cycles) of a checkpoint's feature spec; older ones had no reference."""
+    return float(spec.get("ewma_alpha", 0.0)), int(spec.get("reference_cycles", 0))
