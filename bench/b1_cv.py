@@ -88,13 +88,19 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
 
 def summarize(out: Path) -> None:
     by_name: dict[str, list[dict]] = {}
+    older = 0
     for path in sorted(out.glob("*_f*.json")):
         doc = json.loads(path.read_text())
+        if "cv_rmse" not in doc:  # the first version of this script wrote another layout
+            older += 1
+            continue
         by_name.setdefault(doc["name"], []).append(doc)
-    print(f"{'setting':12s} {'folds':>5s} {'CV RMSE':>8s} {'< cap':>6s} {'test RMSE':>9s} {'score':>6s}")
+    if older:
+        print(f"({older} files of the script's first version left out: see bench/results/models.md)")
+    print(f"{'setting':16s} {'folds':>5s} {'CV RMSE':>8s} {'< cap':>6s} {'test RMSE':>9s} {'score':>6s}")
     for name, docs in sorted(by_name.items(), key=lambda kv: np.mean([d["cv_rmse"] for d in kv[1]])):
         print(
-            f"{name:12s} {len(docs):5d} {np.mean([d['cv_rmse'] for d in docs]):8.2f} "
+            f"{name:16s} {len(docs):5d} {np.mean([d['cv_rmse'] for d in docs]):8.2f} "
             f"{np.mean([d['cv_rmse_below_cap'] for d in docs]):6.2f} "
             f"{np.mean([d['test_rmse'] for d in docs]):9.2f} {np.mean([d['test_score'] for d in docs]):6.0f}"
         )
