@@ -65,7 +65,7 @@ def main() -> int:
         "--reference",
         type=int,
         default=cmapss.B1_REFERENCE,
-        help="each unit's own reference: its first N cycles (0: none; at most 30)",
+        help="each unit's own reference: its first N cycles (0: none; at most 31)",
     )
     ap.add_argument("--epochs", type=int, default=8, help="one-cycle schedule length; best epoch kept")
     ap.add_argument("--lr", type=float, default=7e-4)

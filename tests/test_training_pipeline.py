@@ -420,13 +420,15 @@ def test_cmapss_own_reference_sees_no_cycle_after_the_window_end(data_dir):
     )
     alone = cmapss.train_windows(cut, window=40, smooth=0.2, first_end=31, reference=30)
     assert np.array_equal(alone.x[alone.groups == 1][0], ws.x[unit1[0]])
-    # A reference longer than the first window end, or than a test unit's history before its
-    # last cycle, would see the future.
+    # A reference longer than the first window end, or than a test unit's whole history, would
+    # see the future.
     with pytest.raises(ValueError, match="reference"):
         cmapss.train_windows(data, window=40, first_end=31, reference=32)
-    with pytest.raises(ValueError, match="reference"):
-        cmapss.last_windows(data, window=40, reference=31)
-    assert cmapss.last_windows(data, window=40, reference=30).x.shape == (100, 40, 28)
+    from shared.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="fewer than the 32-cycle reference"):
+        cmapss.last_windows(data, window=40, reference=32)  # the shortest test unit has 31
+    assert cmapss.last_windows(data, window=40, reference=31).x.shape == (100, 40, 28)
 
 
 def _not_padded(ws, window: int, first_end: int) -> np.ndarray:

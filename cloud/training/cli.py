@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         "--reference",
         type=int,
         default=None,
-        help="each unit's own reference: its first N cycles, at most 30 (0: none; default: B1's)",
+        help="each unit's own reference: its first N cycles, at most 31 (0: none; default: B1's)",
     )
     s = sub.add_parser("sim", help="a data set written by `fabpm sim export`")
     common(s)

@@ -9,8 +9,9 @@ RMSE over the 100 units and the PHM08 score ``Σ exp(-d/13) − 1`` (d < 0) / ``
 Each unit's own reference (``reference`` cycles, as the simulator pipeline's tools have theirs):
 every engine starts with its own manufacturing variation and initial wear, so the model also sees
 each sensor minus the mean of the unit's first ``reference`` cycles. Every test unit has at least
-31 cycles, so up to 30 of them are known at its last cycle; a training window uses the reference
-only when it ends at or after cycle ``reference``, so no window sees a cycle after its end.
+31 cycles, all known at its last cycle; a unit shorter than the reference is refused, and a
+training window uses the reference only when it ends at or after cycle ``reference``, so no
+window sees a cycle after its end.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ def _check_reference(reference: int, first_end: int) -> None:
     if not 0 <= reference <= first_end:
         raise ValueError(
             f"reference: {reference} cycles, but windows end from cycle {first_end} on; a window would "
-            "see cycles after its end (at most the first window end, and at most "
-            f"{SHORTEST_TEST_UNIT - 1} for the test units)"
+            "see cycles after its end (at most the first window end; the shortest test unit has "
+            f"{SHORTEST_TEST_UNIT} cycles)"
         )
 
 
@@ -156,8 +157,8 @@ def train_windows(
 def last_windows(
     data: Fd001, window: int = WINDOW, cap: float = RUL_CAP, smooth: float = 0.0, reference: int = 0
 ) -> WindowSet:
-    """The last window of each test unit; ``rul`` is the official truth capped at ``cap``."""
-    _check_reference(reference, SHORTEST_TEST_UNIT - 1)
+    """The last window of each test unit; ``rul`` is the official truth capped at ``cap``. Each window
+    ends at its unit's last cycle: a unit shorter than ``reference`` is refused (DatasetError)."""
     xs, units = [], []
     for unit, z in _units(data.test, data, smooth, reference):
         xs.append(_pad(z, window)[-window:])
