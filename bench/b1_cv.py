@@ -34,7 +34,6 @@ from cloud.training.trainer import fit, new_model, predict
 from cloud.training.windows import split_by_group
 
 REPO = Path(__file__).resolve().parent.parent
-SHORTEST_TEST_UNIT = cmapss.SHORTEST_TEST_UNIT
 
 
 def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
@@ -47,9 +46,9 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
         train, val = split_by_group(train, args.inner_val, args.seed)
     every = (  # scored: every window from cycle 31 on (the same set as ws at the default --first-end)
         ws
-        if args.first_end == SHORTEST_TEST_UNIT
+        if args.first_end == cmapss.SHORTEST_TEST_UNIT
         else cmapss.train_windows(
-            data, args.window, cmapss.RUL_CAP, args.smooth, SHORTEST_TEST_UNIT, args.reference
+            data, args.window, cmapss.RUL_CAP, args.smooth, cmapss.SHORTEST_TEST_UNIT, args.reference
         )
     )
     scored = every.take(np.flatnonzero(np.isin(every.groups, held)))
@@ -115,7 +114,7 @@ def main() -> int:
     ap.add_argument("--fold", type=int, nargs="+", help="only these folds (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--window", type=int, default=80)
-    ap.add_argument("--first-end", type=int, default=SHORTEST_TEST_UNIT)
+    ap.add_argument("--first-end", type=int, default=cmapss.SHORTEST_TEST_UNIT)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--lr", type=float, default=7e-4)
     ap.add_argument("--d-model", type=int, default=96)
@@ -123,7 +122,12 @@ def main() -> int:
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--noise", type=float, default=0.05, help="std of the training input noise")
     ap.add_argument("--smooth", type=float, default=0.2)
-    ap.add_argument("--reference", type=int, default=0, help="each unit's own reference: its first N cycles")
+    ap.add_argument(
+        "--reference",
+        type=int,
+        default=cmapss.B1_REFERENCE,
+        help="each unit's own reference: its first N cycles",
+    )
     ap.add_argument(
         "--inner-val",
         type=float,

@@ -121,7 +121,7 @@ def compare(
     unit = "tool" if n_tools > 1 else "window"
     if unit == "window":
         group = np.arange(n)
-    n_groups = int(group.max()) + 1 if n else 0
+    n_groups = n_tools if unit == "tool" else n
     cand = roc_auc(candidate, failed)
     base = roc_auc(running, failed) if running is not None else float("nan")
     nan = float("nan")
