@@ -18,7 +18,7 @@ from cloud.training import simdata
 from cloud.training.errors import TrainingError
 from cloud.training.parity import Tolerance, compare, run_onnx
 from cloud.training.trainer import TrainConfig, fit, new_model
-from cloud.training.windows import WindowSet, split_by_group
+from cloud.training.windows import WindowSet, held_out_groups, split_by_group
 from shared.dataset import ToolSeries
 from shared.equipment import ALL_MODES, E10_CODES, E10State
 from shared.features import FeatureSpec, build_features, fit_scaler
@@ -93,6 +93,8 @@ def test_split_is_by_group_never_by_window():
     assert len(train) + len(val) == 100
     assert not set(train.groups) & set(val.groups)
     assert len(set(val.groups)) == 3
+    # what a benchmark finds without the windows: the same tools (bench/b7_sim.py relies on it)
+    assert set(held_out_groups(np.arange(10), 0.3, seed=1)) == set(val.groups)
 
 
 def test_early_stopping_watches_the_chosen_validation_metric():

@@ -79,13 +79,18 @@ class WindowSet:
         )
 
 
-def split_by_group(ws: WindowSet, val_fraction: float, seed: int) -> tuple[WindowSet, WindowSet]:
-    """Hold out whole units/tools (at least one) for validation; never splits a group."""
-    groups = np.unique(ws.groups)
+def held_out_groups(groups: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """The groups :func:`split_by_group` holds out of a set whose groups are ``groups`` (at least one,
+    never all), so a benchmark can find a run's validation tools without rebuilding its windows."""
+    groups = np.unique(groups)
     if len(groups) < 2:
         raise TrainingError(f"need at least 2 units/tools to split by unit, got {len(groups)}")
     rng = np.random.default_rng(seed)
     n_val = min(len(groups) - 1, max(1, round(val_fraction * len(groups))))
-    val_groups = rng.choice(groups, size=n_val, replace=False)
-    is_val = np.isin(ws.groups, val_groups)
+    return rng.choice(groups, size=n_val, replace=False)
+
+
+def split_by_group(ws: WindowSet, val_fraction: float, seed: int) -> tuple[WindowSet, WindowSet]:
+    """Hold out whole units/tools (at least one) for validation; never splits a group."""
+    is_val = np.isin(ws.groups, held_out_groups(ws.groups, val_fraction, seed))
     return ws.take(np.flatnonzero(~is_val)), ws.take(np.flatnonzero(is_val))

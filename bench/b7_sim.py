@@ -1,0 +1,228 @@
+"""B7 on the simulator: token dropping on a finished B2 run's models, scored the way B2 scores them.
+
+``bench/b7_token_drop.py`` measures token dropping on C-MAPSS; DESIGN.md's B7 also names the
+simulator. This takes the folder of a finished ``bench/b2_sim_warning.py`` run (its ``--out``) and,
+for the cloud's full DGA and the edge's distilled one, at each keep ratio:
+
+* analytic FLOPs per window, and the ONNX FP32 graph with the dropping baked in, timed at batch 1
+  and batch 64 on one thread, all ratios in interleaved rounds (``b7_token_drop.time_onnx``);
+* on each test export (seeds never trained on): failures warned ≥ 72 h ahead, alert precision and
+  false alarms per tool-month under the alert rule chosen *for that graph* on the training
+  export's validation tools, as B2 chooses it (a release picks the rule for the graph it ships);
+  the same under the keep-1 graph's rule; and the ROC AUC of the per-window risk (max over the tool
+  type's progressive modes) against "a progressive failure of the tool within the horizon".
+
+The test exports decide nothing here: the rule of each graph comes from the validation tools.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/b7_sim.py artifacts/b2_s0 [artifacts/b2_s1 ...] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+from b2_sim_warning import GRID_N, GRID_P, b2_config, rule_for
+from b7_token_drop import time_onnx
+
+from cloud.gate import roc_auc
+from cloud.training import simdata
+from cloud.training.alert_eval import Truth, read_truth, risk_series, run_rule, score
+from cloud.training.export import export_dga
+from cloud.training.quantize import session
+from cloud.training.windows import held_out_groups
+from shared.alerting import AlertRule
+from shared.equipment import ALL_MODES, tool_type
+from shared.features import FeatureSpec
+from shared.models.checkpoint import load_checkpoint
+from shared.models.dga import DGA, flops
+
+REPO = Path(__file__).resolve().parent.parent
+RATIOS = (1.0, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
+MODELS = {"full": "full.pt", "edge": "full.edge.pt"}
+
+
+@dataclass
+class Export:
+    """One export's windows (stride 1, as the edge scores them) and its ground truth."""
+
+    name: str
+    tools: list[simdata.ToolWindows]
+    truth: Truth
+    tool_days: float
+    span_s: float
+
+
+def load_export(folder: Path, spec: FeatureSpec, groups: set[int] | None = None) -> Export:
+    """Windows of every tool (or only those whose index is in ``groups``), built once per export."""
+    info, series = simdata.load(folder)
+    tools = [
+        simdata.tool_windows(
+            t.tool_id, t.tool_type, series[t.tool_id], spec, info.sample_period_s, info.horizon_h, g, 1
+        )
+        for g, t in enumerate(info.tools)
+        if groups is None or g in groups
+    ]
+    tools = [t for t in tools if len(t.ws)]
+    truth = read_truth(folder, info.days * 86400.0)
+    keep = {t.tool_id for t in tools}
+    truth.failures = {k: v for k, v in truth.failures.items() if k in keep}
+    return Export(folder.name, tools, truth, info.days * len(tools), spec.window * spec.step_s)
+
+
+def progressive(type_name: str) -> list[int]:
+    return [ALL_MODES.index(m.name) for m in tool_type(type_name).modes if not m.sudden]
+
+
+def onnx_probs(s: Any) -> Any:
+    """windows → per-mode probabilities of one ONNX session, in batches of 512."""
+    return lambda x: np.concatenate(
+        [s.run(["probs"], {"x": x[i : i + 512]})[0] for i in range(0, len(x), 512)]
+    )
+
+
+def risks(exp: Export, run: Any) -> list[np.ndarray]:
+    """Per tool: the risk series B2's alert rule runs on (``run``: windows → per-mode probabilities)."""
+    return [risk_series(run(tw.ws.x), tw.tool_type) for tw in exp.tools]
+
+
+def alerts_score(exp: Export, series: list[np.ndarray], rule: AlertRule) -> dict[str, float]:
+    alerts = {
+        tw.tool_id: run_rule(rule, tw.t_end_s, r, exp.truth.resets.get(tw.tool_id, []), exp.span_s)
+        for tw, r in zip(exp.tools, series, strict=True)
+    }
+    return score(alerts, exp.truth, exp.tool_days, run_start_s=0.0)
+
+
+def window_auc(exp: Export, series: list[np.ndarray]) -> float:
+    """ROC AUC of the risk against "a progressive failure within the horizon"; unknown labels out."""
+    scores, truth = [], []
+    for tw, r in zip(exp.tools, series, strict=True):
+        lab = tw.ws.labels[:, progressive(tw.tool_type)]
+        known = ~np.isnan(lab).any(axis=1)
+        scores.append(r[known])
+        truth.append(lab[known].max(axis=1))
+    return roc_auc(np.concatenate(scores), np.concatenate(truth))
+
+
+def choose_rule(val: Export, series: list[np.ndarray]) -> tuple[float, int]:
+    """B2's choice: most failures warned ≥ 72 h at precision ≥ 95% on the validation tools."""
+    grid = [(p, n, alerts_score(val, series, rule_for(p, n))) for p, n in itertools.product(GRID_P, GRID_N)]
+    pool = [g for g in grid if g[2]["precision"] >= 0.95] or grid
+    p, n, _ = max(pool, key=lambda g: (g[2]["recall_ge_lead"], g[2]["precision"], -g[2]["alerts"]))
+    return p, n
+
+
+def measure(run_dir: Path, quick: bool) -> dict[str, Any]:
+    b2 = json.loads((run_dir / "b2.json").read_text())
+    seed = int(b2["args"]["seed"])
+    tests = sorted(run_dir.glob("test_s*_d*"))
+    if not tests:
+        raise SystemExit(f"{run_dir}: no test export (test_s*_d*) beside b2.json")
+    train_dir = Path(b2["train"])
+    train_dir = train_dir if train_dir.is_absolute() else REPO / train_dir
+    out: dict[str, Any] = {"run": str(run_dir), "rule_b2": b2["rule"], "models": {}}
+    for name, file in MODELS.items():
+        model, meta = load_checkpoint(run_dir / "ckpt" / file)
+        assert isinstance(model, DGA)
+        spec = FeatureSpec.from_dict(meta["feature_spec"])
+        graphs = {
+            r: export_dga(model, run_dir / "b7" / f"{name}_keep{int(r * 100)}.onnx", None if r >= 1 else r)
+            for r in RATIOS
+        }
+        sessions = {r: session(p) for r, p in graphs.items()}
+
+        # the validation tools of the training export: the same split as train_full's
+        n_tools = len(simdata.load(train_dir)[0].tools)
+        val_groups = held_out_groups(np.arange(n_tools), b2_config().val_fraction, seed)
+        val = load_export(train_dir, spec, {int(g) for g in val_groups})
+        rules = {r: choose_rule(val, risks(val, onnx_probs(sessions[r]))) for r in RATIOS}
+        del val
+        rows = {
+            r: {
+                "keep_ratio": r,
+                "kept_tokens": math.ceil(r * model.cfg.window),
+                "flops": flops(model.cfg, None if r >= 1 else r),
+                "rule": rules[r],
+            }
+            for r in RATIOS
+        }
+        for folder in tests:
+            exp = load_export(folder, spec, set(range(8)) if quick else None)
+            sample = np.concatenate([tw.ws.x[:64] for tw in exp.tools])[:64]
+            for r in RATIOS:
+                series = risks(exp, onnx_probs(sessions[r]))
+                rows[r][exp.name] = {
+                    "auc": window_auc(exp, series),
+                    "own_rule": alerts_score(exp, series, rule_for(*rules[r])),
+                    "keep1_rule": alerts_score(exp, series, rule_for(*rules[1.0])),
+                }
+            del exp
+        lat, thr = time_onnx(sessions, sample[:1], sample, *((4, 100) if quick else (15, 200)))
+        base = rows[1.0]
+        for r, row in rows.items():
+            row["b1_median_us"], row["b64_windows_per_s"] = lat[r] * 1e6, thr[r]
+            row["flops_saved"] = 1 - row["flops"] / base["flops"]
+            row["time_saved_b1"] = 1 - lat[r] / lat[1.0]
+            row["time_saved_b64"] = 1 - thr[1.0] / thr[r]
+        out["models"][name] = {
+            "params": model.n_params(),
+            "window": model.cfg.window,
+            "rows": list(rows.values()),
+        }
+        print_model(run_dir, name, out["models"][name], [t.name for t in tests])
+    return out
+
+
+def print_model(run_dir: Path, name: str, res: dict[str, Any], tests: list[str]) -> None:
+    print(f"B7 simulator {run_dir} {name} DGA ({res['params']} params, window {res['window']})")
+    head = " ".join(f"{t[5:9]:>4s}: AUC  warned prec | keep-1 rule" for t in tests)
+    print(f"{'keep':>5s} {'FLOPs':>6s} {'t b1':>6s} {'t b64':>6s} {'rule':>10s}  {head}")
+    for row in res["rows"]:
+        cells = []
+        for t in tests:
+            m = row[t]
+            cells.append(
+                f"{m['auc']:.4f} {m['own_rule']['recall_ge_lead']:5.1%} {m['own_rule']['precision']:5.1%} | "
+                f"{m['keep1_rule']['recall_ge_lead']:5.1%} {m['keep1_rule']['precision']:5.1%}"
+            )
+        p, n = row["rule"]
+        print(
+            f"{row['keep_ratio']:5.2f} {row['flops_saved']:6.1%} {row['time_saved_b1']:6.1%} "
+            f"{row['time_saved_b64']:6.1%} {f'p≥{p} ×{n}':>10s}  " + "  ".join(cells),
+            flush=True,
+        )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", type=Path, nargs="+", help="folders of finished bench/b2_sim_warning.py runs")
+    ap.add_argument("--quick", action="store_true", help="8 tools per test export, fewer timing rounds")
+    ap.add_argument("--out", type=Path, default=REPO / "artifacts" / "b7_sim")
+    args = ap.parse_args()
+    for run_dir in args.runs:
+        if not (run_dir / "b2.json").exists():
+            ap.error(f"{run_dir}: no b2.json; run bench/b2_sim_warning.py --out {run_dir} first")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = [measure(run_dir, args.quick) for run_dir in args.runs]
+    (args.out / ("b7_sim_quick.json" if args.quick else "b7_sim.json")).write_text(
+        json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results}, indent=1)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
