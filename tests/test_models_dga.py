@@ -34,6 +34,24 @@ def test_shapes_and_ranges(model: DGA):
     assert torch.allclose(out["embedding"].norm(dim=-1), torch.ones(5), atol=1e-5)
 
 
+def test_rul_stays_within_the_target_range_in_torch_and_onnx(model: DGA, tmp_path):
+    """Every training target is min(RUL, cap): a head that overshoots either end reads 0 or the cap."""
+    import onnxruntime as ort
+
+    from cloud.training.export import export_dga
+
+    x = torch.randn(6, CFG.window, CFG.n_features)
+    for bias, bound in ((+5.0, CFG.rul_cap), (-5.0, 0.0)):
+        with torch.no_grad():
+            model.rul_head.bias.fill_(bias)  # the normalised RUL far outside [0, 1]
+            out = model(x)
+        assert ((out["rul_norm"] > 1) if bias > 0 else (out["rul_norm"] < 0)).all()
+        assert torch.equal(out["rul"], torch.full((6,), bound))
+        path = export_dga(model, tmp_path / f"b{bias}.onnx")
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(sess.run(["rul"], {"x": x.numpy()})[0], np.full(6, bound, np.float32))
+
+
 def test_gates_strictly_inside_unit_interval(model: DGA):
     out = model(torch.randn(4, CFG.window, CFG.n_features) * 10)
     g = out["gates"]

@@ -169,7 +169,7 @@ class DGA(nn.Module):
         ``token_mask`` (B, T) bool: attend only to the True tokens (the masked equivalent of
         dropping; used by tests and by evaluation of what dropping would do).
 
-        Returns ``probs`` (B, M) in (0, 1), ``rul`` (B,) ≥ 0 in the target's units, ``rul_std``
+        Returns ``probs`` (B, M) in (0, 1), ``rul`` (B,) in [0, rul_cap] in the target's units, ``rul_std``
         (B,), ``embedding`` (B, E) unit-norm, ``gates`` (B, T) in (0, 1) for all input tokens, and
         for the losses ``mode_logits`` (B, M), ``rul_norm`` (B,) and ``rul_logvar`` (B,).
         """
@@ -199,7 +199,9 @@ class DGA(nn.Module):
         rul_logvar = self.var_head(z.detach()).squeeze(-1).clamp(self.cfg.logvar_min, self.cfg.logvar_max)
         return {
             "probs": torch.sigmoid(mode_logits),
-            "rul": rul_norm.clamp_min(0.0) * self.cfg.rul_cap,
+            # every target is min(RUL, cap), so a mean outside [0, cap] is never right: bounding
+            # it can only bring each prediction closer to its truth (training reads rul_norm)
+            "rul": rul_norm.clamp(0.0, 1.0) * self.cfg.rul_cap,
             "rul_std": torch.exp(0.5 * rul_logvar) * self.cfg.rul_cap,
             "embedding": F.normalize(self.emb_head(z), dim=-1),
             "gates": gates,
