@@ -15,7 +15,8 @@ Variants (fifth session, bench/results/models.md): ``--train-tools`` (a larger t
 ``--step-min``/``--window``/``--stride`` (what a window sees), ``--label-horizon`` (the heads'
 horizon, for the full model and the distillation alike), ``--monitor`` (early stopping).
 Sixth session: ``--reference-rows`` (each tool compared with its own readings after it last came
-back up, ``shared.reference``) and ``--seed``. Until then the full model's initial weights were not
+back up, ``shared.reference``) and ``--seed``. Eleventh: ``--drop-prob`` (training with token
+dropping, for ``bench/b7_sim.py``). Until then the full model's initial weights were not
 seeded, so two runs of one command differed (sixth session: run E kept epoch 10 once, epoch 6 the
 next time); runs are now repeatable, and variants are compared over several seeds.
 ``bench/b2_diagnose.py`` looks at a finished run's test exports (the whole rule grid, and the
@@ -124,6 +125,13 @@ def main() -> int:
         help="rows of each state after a tool comes back up that form its own reference (0: none; "
         "default: the pipeline's)",
     )
+    ap.add_argument(
+        "--drop-prob",
+        type=float,
+        default=None,
+        help="share of training batches run with random token dropping, for the full model and the "
+        "distillation (default: the pipeline's; B1 trains with 0.5)",
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -149,6 +157,7 @@ def main() -> int:
             progress=False,
             monitor=args.monitor or cfg.train.monitor,
             seed=args.seed,
+            drop_prob=cfg.train.drop_prob if args.drop_prob is None else args.drop_prob,
         ),
     )
     full_ckpt = train_full(train_dir, cfg, args.out / "ckpt")
