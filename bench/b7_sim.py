@@ -43,12 +43,11 @@ from b7_token_drop import time_onnx
 
 from cloud.gate import roc_auc
 from cloud.training import simdata
-from cloud.training.alert_eval import Truth, read_truth, risk_series, run_rule, score
+from cloud.training.alert_eval import Truth, progressive_modes, read_truth, risk_series, run_rule, score
 from cloud.training.export import export_dga
 from cloud.training.quantize import session
 from cloud.training.windows import held_out_groups
 from shared.alerting import AlertRule
-from shared.equipment import ALL_MODES, tool_type
 from shared.features import FeatureSpec
 from shared.models.checkpoint import load_checkpoint
 from shared.models.dga import DGA, flops
@@ -86,10 +85,6 @@ def load_export(folder: Path, spec: FeatureSpec, groups: set[int] | None = None)
     return Export(folder.name, tools, truth, info.days * len(tools), spec.window * spec.step_s)
 
 
-def progressive(type_name: str) -> list[int]:
-    return [ALL_MODES.index(m.name) for m in tool_type(type_name).modes if not m.sudden]
-
-
 def onnx_probs(s: Any) -> Any:
     """windows → per-mode probabilities of one ONNX session, in batches of 512."""
     return lambda x: np.concatenate(
@@ -114,7 +109,7 @@ def window_auc(exp: Export, series: list[np.ndarray]) -> float:
     """ROC AUC of the risk against "a progressive failure within the horizon"; unknown labels out."""
     scores, truth = [], []
     for tw, r in zip(exp.tools, series, strict=True):
-        lab = tw.ws.labels[:, progressive(tw.tool_type)]
+        lab = tw.ws.labels[:, progressive_modes(tw.tool_type)]
         known = ~np.isnan(lab).any(axis=1)
         scores.append(r[known])
         truth.append(lab[known].max(axis=1))

@@ -77,10 +77,14 @@ def read_truth(folder: Path, end_s: float) -> Truth:
     return t
 
 
+def progressive_modes(type_name: str) -> list[int]:
+    """Columns of ``ALL_MODES`` that are the tool type's progressive (warnable) failure modes."""
+    return [ALL_MODES.index(m.name) for m in tool_type(type_name).modes if not m.sudden]
+
+
 def risk_series(probs: np.ndarray, type_name: str) -> np.ndarray:
     """(N, M) per-mode probabilities → (N,) max over the tool type's progressive modes."""
-    idx = [ALL_MODES.index(m.name) for m in tool_type(type_name).modes if not m.sudden]
-    return probs[:, idx].max(axis=1)
+    return probs[:, progressive_modes(type_name)].max(axis=1)
 
 
 def run_rule(
