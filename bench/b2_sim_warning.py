@@ -32,7 +32,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from cloud.training import simdata
-from cloud.training.alert_eval import read_truth, risk_series, run_rule, score
+from cloud.training.alert_eval import Truth, read_truth, risk_series, run_rule, score
 from cloud.training.parity import run_onnx
 from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, train_full
 from cloud.training.release import AlertThresholds
@@ -76,18 +76,48 @@ def export(out: Path, seed: int, days: int, tools: int, scenario: Path | None = 
     return out
 
 
+@dataclass
+class ScoredTools:
+    """An export's tools as B2 scores them: windows at stride 1 (as the edge sees them), the truth
+    of those tools, their tool-days, and the span of a window (the hold-off after a reset)."""
+
+    tools: list[simdata.ToolWindows]
+    truth: Truth
+    tool_days: float
+    span_s: float
+
+    def series(self, probs_fn) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(tool, window end times, risk) per tool, ``probs_fn``: windows → per-mode probabilities."""
+        return [(tw.tool_id, tw.t_end_s, risk_series(probs_fn(tw.ws.x), tw.tool_type)) for tw in self.tools]
+
+
+def scored_tools(folder: Path, spec: FeatureSpec, groups: set[int] | None = None) -> ScoredTools:
+    """Every tool of the export, or only those whose index is in ``groups`` (only theirs are built)."""
+    info, raw = simdata.load(folder)
+    chosen = [(g, t) for g, t in enumerate(info.tools) if groups is None or g in groups]
+    truth = read_truth(folder, info.days * 86400.0)
+    truth.failures = {k: v for k, v in truth.failures.items() if k in {t.tool_id for _, t in chosen}}
+    tools = [
+        simdata.tool_windows(
+            t.tool_id, t.tool_type, raw[t.tool_id], spec, info.sample_period_s, info.horizon_h, g, 1
+        )
+        for g, t in chosen
+    ]
+    tools = [tw for tw in tools if len(tw.ws)]
+    return ScoredTools(tools, truth, info.days * len(tools), spec.window * spec.step_s)
+
+
 def risks(folder: Path, spec: FeatureSpec, probs_fn, groups: set[int] | None = None):
     """Per tool of the export (or only ``groups``): window end times and risk; with the truth."""
-    _, tools, info = simdata.dataset_windows(folder, spec=spec, stride=1)
-    truth = read_truth(folder, info.days * 86400.0)
-    keep = {t.tool_id for i, t in enumerate(tools) if groups is None or i in groups}
-    truth.failures = {k: v for k, v in truth.failures.items() if k in keep}
-    series = [
-        (tw.tool_id, tw.t_end_s, risk_series(probs_fn(tw.ws.x), tw.tool_type))
-        for tw in tools
-        if tw.tool_id in keep and len(tw.ws)
-    ]
-    return series, truth, info.days * len(series), spec.window * spec.step_s
+    st = scored_tools(folder, spec, groups)
+    return st.series(probs_fn), st.truth, st.tool_days, st.span_s
+
+
+def choose_rule(grid: list[tuple[float, int, dict[str, float]]]) -> tuple[float, int, dict[str, float]]:
+    """B2's choice from scored grid points: most failures warned ≥ 72 h at precision ≥ 95% (the
+    whole grid when no point gets there), then the higher precision, then fewer alerts."""
+    pool = [c for c in grid if c[2]["precision"] >= 0.95] or grid
+    return max(pool, key=lambda c: (c[2]["recall_ge_lead"], c[2]["precision"], -c[2]["alerts"]))
 
 
 def evaluate(series, truth, tool_days: float, span_s: float, rule: AlertRule) -> dict[str, float]:
@@ -181,9 +211,7 @@ def main() -> int:
     val_series = risks(train_dir, spec, edge_probs, val_groups)
     for p, n in itertools.product(GRID_P, GRID_N):
         choices.append((p, n, evaluate(*val_series, rule_for(p, n))))
-    ok = [c for c in choices if c[2]["precision"] >= 0.95]
-    pool = ok or choices
-    p, n, val_score = max(pool, key=lambda c: (c[2]["recall_ge_lead"], c[2]["precision"], -c[2]["alerts"]))
+    p, n, val_score = choose_rule(choices)
     rule = rule_for(p, n)
     print(f"rule chosen on validation tools: threshold {p}, persistence {n}: {val_score}", flush=True)
     keyf = args.out / "keys" / "release.pem"

@@ -29,7 +29,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +37,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from b2_sim_warning import GRID_N, GRID_P, b2_config, rule_for
+from b2_sim_warning import (
+    GRID_N,
+    GRID_P,
+    ScoredTools,
+    b2_config,
+    choose_rule,
+    evaluate,
+    rule_for,
+    scored_tools,
+)
 from b7_token_drop import time_onnx
 
 from cloud.gate import roc_auc
-from cloud.training import simdata
-from cloud.training.alert_eval import Truth, progressive_modes, read_truth, risk_series, run_rule, score
+from cloud.training.alert_eval import progressive_modes
 from cloud.training.export import export_dga
 from cloud.training.quantize import session
 from cloud.training.windows import held_out_groups
-from shared.alerting import AlertRule
+from shared.dataset import read_info
 from shared.features import FeatureSpec
 from shared.models.checkpoint import load_checkpoint
 from shared.models.dga import DGA, flops
@@ -57,34 +64,6 @@ RATIOS = (1.0, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5)
 MODELS = {"full": "full.pt", "edge": "full.edge.pt"}
 
 
-@dataclass
-class Export:
-    """One export's windows (stride 1, as the edge scores them) and its ground truth."""
-
-    name: str
-    tools: list[simdata.ToolWindows]
-    truth: Truth
-    tool_days: float
-    span_s: float
-
-
-def load_export(folder: Path, spec: FeatureSpec, groups: set[int] | None = None) -> Export:
-    """Windows of every tool (or only those whose index is in ``groups``), built once per export."""
-    info, series = simdata.load(folder)
-    tools = [
-        simdata.tool_windows(
-            t.tool_id, t.tool_type, series[t.tool_id], spec, info.sample_period_s, info.horizon_h, g, 1
-        )
-        for g, t in enumerate(info.tools)
-        if groups is None or g in groups
-    ]
-    tools = [t for t in tools if len(t.ws)]
-    truth = read_truth(folder, info.days * 86400.0)
-    keep = {t.tool_id for t in tools}
-    truth.failures = {k: v for k, v in truth.failures.items() if k in keep}
-    return Export(folder.name, tools, truth, info.days * len(tools), spec.window * spec.step_s)
-
-
 def onnx_probs(s: Any) -> Any:
     """windows → per-mode probabilities of one ONNX session, in batches of 512."""
     return lambda x: np.concatenate(
@@ -92,46 +71,28 @@ def onnx_probs(s: Any) -> Any:
     )
 
 
-def risks(exp: Export, run: Any) -> list[np.ndarray]:
-    """Per tool: the risk series B2's alert rule runs on (``run``: windows → per-mode probabilities)."""
-    return [risk_series(run(tw.ws.x), tw.tool_type) for tw in exp.tools]
-
-
-def alerts_score(exp: Export, series: list[np.ndarray], rule: AlertRule) -> dict[str, float]:
-    alerts = {
-        tw.tool_id: run_rule(rule, tw.t_end_s, r, exp.truth.resets.get(tw.tool_id, []), exp.span_s)
-        for tw, r in zip(exp.tools, series, strict=True)
-    }
-    return score(alerts, exp.truth, exp.tool_days, run_start_s=0.0)
-
-
-def window_auc(exp: Export, series: list[np.ndarray]) -> float:
+def window_auc(st: ScoredTools, series: list[tuple[str, np.ndarray, np.ndarray]]) -> float:
     """ROC AUC of the risk against "a progressive failure within the horizon"; unknown labels out."""
     scores, truth = [], []
-    for tw, r in zip(exp.tools, series, strict=True):
+    for tw, (_, _, risk) in zip(st.tools, series, strict=True):
         lab = tw.ws.labels[:, progressive_modes(tw.tool_type)]
         known = ~np.isnan(lab).any(axis=1)
-        scores.append(r[known])
+        scores.append(risk[known])
         truth.append(lab[known].max(axis=1))
     return roc_auc(np.concatenate(scores), np.concatenate(truth))
 
 
-def grid_scores(exp: Export, series: list[np.ndarray]) -> list[tuple[float, int, dict[str, float]]]:
-    return [(p, n, alerts_score(exp, series, rule_for(p, n))) for p, n in itertools.product(GRID_P, GRID_N)]
+def grid_scores(st: ScoredTools, series: list) -> list[tuple[float, int, dict[str, float]]]:
+    return [
+        (p, n, evaluate(series, st.truth, st.tool_days, st.span_s, rule_for(p, n)))
+        for p, n in itertools.product(GRID_P, GRID_N)
+    ]
 
 
-def choose_rule(val: Export, series: list[np.ndarray]) -> tuple[float, int]:
-    """B2's choice: most failures warned ≥ 72 h at precision ≥ 95% on the validation tools."""
-    grid = grid_scores(val, series)
-    pool = [g for g in grid if g[2]["precision"] >= 0.95] or grid
-    p, n, _ = max(pool, key=lambda g: (g[2]["recall_ge_lead"], g[2]["precision"], -g[2]["alerts"]))
-    return p, n
-
-
-def best_warned(exp: Export, series: list[np.ndarray], precision: float = 0.95) -> float:
+def best_warned(st: ScoredTools, series: list, precision: float = 0.95) -> float:
     """The most failures warned ≥ 72 h by any rule of the grid at ``precision`` on this export:
     chosen on the test export, so optimistic, but free of the rule choice's noise (B2's --oracle)."""
-    ok = [g[2]["recall_ge_lead"] for g in grid_scores(exp, series) if g[2]["precision"] >= precision]
+    ok = [g[2]["recall_ge_lead"] for g in grid_scores(st, series) if g[2]["precision"] >= precision]
     return max(ok, default=0.0)
 
 
@@ -156,10 +117,10 @@ def measure(run_dir: Path, quick: bool) -> dict[str, Any]:
         sessions = {r: session(p) for r, p in graphs.items()}
 
         # the validation tools of the training export: the same split as train_full's
-        n_tools = len(simdata.load(train_dir)[0].tools)
+        n_tools = len(read_info(train_dir).tools)
         val_groups = held_out_groups(np.arange(n_tools), b2_config().val_fraction, seed)
-        val = load_export(train_dir, spec, {int(g) for g in val_groups})
-        rules = {r: choose_rule(val, risks(val, onnx_probs(sessions[r]))) for r in RATIOS}
+        val = scored_tools(train_dir, spec, {int(g) for g in val_groups})
+        rules = {r: choose_rule(grid_scores(val, val.series(onnx_probs(sessions[r]))))[:2] for r in RATIOS}
         del val
         if name == "edge" and rules[1.0] != (b2_rule.threshold, b2_rule.persistence):
             print(f"note: B2 chose {b2['rule']} for the released graph, this choice {rules[1.0]}")
@@ -173,17 +134,18 @@ def measure(run_dir: Path, quick: bool) -> dict[str, Any]:
             for r in RATIOS
         }
         for folder in tests:
-            exp = load_export(folder, spec, set(range(8)) if quick else None)
-            sample = np.concatenate([tw.ws.x[:64] for tw in exp.tools])[:64]
+            st = scored_tools(folder, spec, set(range(8)) if quick else None)
+            sample = np.concatenate([tw.ws.x[:64] for tw in st.tools])[:64]
             for r in RATIOS:
-                series = risks(exp, onnx_probs(sessions[r]))
-                rows[r][exp.name] = {
-                    "auc": window_auc(exp, series),
-                    "own_rule": alerts_score(exp, series, rule_for(*rules[r])),
-                    "b2_rule": alerts_score(exp, series, b2_rule),
-                    "best_warned_at_95": best_warned(exp, series),
+                series = st.series(onnx_probs(sessions[r]))
+                scored = (series, st.truth, st.tool_days, st.span_s)
+                rows[r][folder.name] = {
+                    "auc": window_auc(st, series),
+                    "own_rule": evaluate(*scored, rule_for(*rules[r])),
+                    "b2_rule": evaluate(*scored, b2_rule),
+                    "best_warned_at_95": best_warned(st, series),
                 }
-            del exp
+            del st
         lat, thr = time_onnx(sessions, sample[:1], sample, *((4, 100) if quick else (15, 200)))
         base = rows[1.0]
         for r, row in rows.items():
