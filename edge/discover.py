@@ -11,14 +11,13 @@ mapped by hand with ``[tools.tags]``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
 from asyncua import Client, Node, ua
 
 from edge.errors import SourceError
-from edge.source import close_client
+from edge.source import close_client, connect_client
 from shared.equipment import TOOL_TYPES
 
 _logger = logging.getLogger(__name__)
@@ -51,10 +50,8 @@ async def discover(
     """Tool folders found under ``Objects`` of the server at ``endpoint``."""
     client = Client(endpoint, timeout=timeout_s, watchdog_intervall=max(10.0, timeout_s))
     try:
-        async with asyncio.timeout(timeout_s):
-            await client.connect()
+        await connect_client(client, timeout_s)
     except (OSError, TimeoutError, ua.UaError) as exc:
-        await close_client(client)
         raise SourceError(f"cannot connect to {endpoint}: {exc!r}") from exc
     try:
         found, nodes = await _browse(client, max_depth, max_nodes)

@@ -24,7 +24,8 @@
   Link state changes are logged once each way.
 - Cancellation always finishes, within ``DISCONNECT_S`` of the cancel at worst: nothing
   here uses ``asyncio.wait_for``, which on Python 3.11 returns the inner result and drops the
-  cancel when both happen in the same loop step, and the client is closed by :func:`close_client`,
+  cancel when both happen in the same loop step; asyncua's connect does use it, so it runs in a
+  task of its own (:func:`connect_client`), and the client is closed by :func:`close_client`,
   which bounds asyncua's disconnect (that swallows a cancel while it awaits its own tasks).
 """
 
@@ -57,7 +58,7 @@ ValuesSink = Callable[[list[Value]], None]
 EventSink = Callable[["SourceEvent"], None]
 _EVENT_HANDLE = 1 << 30
 DISCONNECT_S = 2.0  # how long a polite disconnect (CloseSession) may take before the socket is cut
-_abandoned: set[asyncio.Task[None]] = set()  # disconnects given up on, referenced until they end
+_abandoned: set[asyncio.Task[None]] = set()  # connects and disconnects given up on, until they end
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,15 +247,9 @@ class AsyncuaSource:
             client.set_user(cfg.username)
             client.set_password(cfg.password.get_secret_value() if cfg.password else "")
         try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancel (module docstring).
-            async with asyncio.timeout(cfg.request_timeout_s):
-                await client.connect()
+            await connect_client(client, cfg.request_timeout_s)
         except (OSError, TimeoutError, ua.UaError) as exc:
-            await close_client(client)
             raise SourceError(f"cannot connect to {cfg.endpoint}: {exc!r}") from exc
-        except BaseException:
-            await close_client(client)  # cancelled half-way: the socket must not stay open
-            raise
         return client
 
     async def _session(self) -> None:
@@ -488,6 +483,34 @@ def keepalive_count(cfg: OpcUaConfig, session_count: int) -> int:
     return max(1, min(per_silence, session_count or per_silence))
 
 
+async def connect_client(client: Client, timeout_s: float) -> None:
+    """Connect ``client`` (socket, Hello, channel, session) within ``timeout_s``.
+
+    Raises TimeoutError at the deadline, what the connect raised, or the caller's cancel the
+    moment it comes, after closing the client (:func:`close_client`): no socket stays open.
+    asyncua opens the socket under ``asyncio.wait_for``, which on Python 3.11 drops a cancel that
+    arrives in the step the socket opens; the connect then runs on into a Hello that a hung server
+    never answers, for the whole timeout (a stopping edge hung so in CI). So the connect runs in a
+    task of its own that :func:`asyncio.wait` watches, which never loses a cancel; a connect still
+    running when the caller gives up is cancelled, its socket cut (which fails its pending
+    requests at once) and the task kept referenced until it ends.
+    """
+    task = asyncio.get_running_loop().create_task(client.connect(), name="opcua-connect")
+    task.add_done_callback(_retrieve)
+    try:
+        await asyncio.wait({task}, timeout=timeout_s)
+        if not task.done():
+            raise TimeoutError(f"no OPC UA session within {timeout_s:g} s")
+        task.result()
+    except BaseException:
+        if not task.done():
+            _abandon(task)
+            with contextlib.suppress(Exception):
+                client.disconnect_socket()
+        await close_client(client)
+        raise
+
+
 async def close_client(client: Client, timeout_s: float = DISCONNECT_S) -> None:
     """Disconnect ``client`` politely if that takes under ``timeout_s``, else cut its socket.
 
@@ -517,9 +540,7 @@ async def close_client(client: Client, timeout_s: float = DISCONNECT_S) -> None:
         _retrieve(task)
     else:
         _logger.debug("OPC UA disconnect did not finish in %.1f s; closing the socket", timeout_s)
-        task.cancel()
-        _abandoned.add(task)
-        task.add_done_callback(_abandoned.discard)
+        _abandon(task)
         task.add_done_callback(_retrieve)
         with contextlib.suppress(Exception):
             client.disconnect_socket()
@@ -527,10 +548,17 @@ async def close_client(client: Client, timeout_s: float = DISCONNECT_S) -> None:
         raise cancelled
 
 
+def _abandon(task: asyncio.Task[None]) -> None:
+    """Cancel a client task given up on, and keep it referenced until it ends."""
+    task.cancel()
+    _abandoned.add(task)
+    task.add_done_callback(_abandoned.discard)
+
+
 def _retrieve(task: asyncio.Task[None]) -> None:
-    """Collect the outcome of a disconnect, so a failure is logged here and not as 'never retrieved'."""
+    """Collect the outcome of a client task, so a failure is logged here and not as 'never retrieved'."""
     if not task.cancelled() and task.exception() is not None:
-        _logger.debug("OPC UA disconnect failed: %r", task.exception())
+        _logger.debug("%s failed: %r", task.get_name(), task.exception())
 
 
 def _looks_like_nodeid(address: str) -> bool:

@@ -19,6 +19,7 @@ from asyncua import Client
 from conftest import REPO, free_port
 from test_edge_support import AREA, TOOLS, Collector, FabServer, keys, release, until
 
+from edge import source as source_module
 from edge.config import OpcUaConfig, ToolConfig, load_edge_config
 from edge.discover import discover, render_config
 from edge.outbox import Outbox
@@ -427,6 +428,41 @@ async def test_a_cancel_that_comes_as_the_connect_completes_is_not_lost(monkeypa
         assert task.cancelled() and src.sessions == 0
     finally:
         task.cancel()
+        await fab.stop()
+
+
+async def test_a_cancel_the_library_loses_in_the_connect_still_stops_the_source(monkeypatch):
+    # asyncua opens the socket under asyncio.wait_for, which on 3.11 drops a cancel that arrives
+    # in the step the socket opens; the connect then ran on into a Hello the hung server never
+    # answered, for the whole request timeout (CI saw a stop hang so). Here the connect loses the
+    # cancel every time, as the library does in that race.
+    fab, proxy, cfg = await _pump_behind_a_proxy(request_timeout_s=10.0)
+    proxy.frozen = True
+    src = AsyncuaSource(cfg, tag_table([PUMP]))
+    in_connect = asyncio.Event()
+
+    async def connect_that_loses_the_cancel(self: Client, **kw: object) -> None:
+        await self.connect_socket()
+        in_connect.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # lost, as 3.11's wait_for loses it
+        await self.send_hello()  # never answered: waits out the request timeout unless cut
+
+    monkeypatch.setattr(Client, "connect", connect_that_loses_the_cancel)
+    task = asyncio.create_task(src.run(lambda b: None, lambda e: None))
+    try:
+        await asyncio.wait_for(in_connect.wait(), 10)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_S + 5)
+        assert done, "a cancel lost inside asyncua's connect held the source for the request timeout"
+        assert task.cancelled() and src.sessions == 0
+        # The abandoned connect ends too: cutting the socket failed its pending Hello.
+        assert await until(lambda: not source_module._abandoned, 5)
+    finally:
+        task.cancel()
+        await proxy.stop()
         await fab.stop()
 
 
