@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from cloud.training import simdata  # noqa: E402
 from cloud.training.parity import run_onnx  # noqa: E402
 from shared.features import FeatureSpec  # noqa: E402
-from shared.uncertainty import fit_std_scale, interval_coverage  # noqa: E402
+from shared.uncertainty import fit_std_scale, flagged_error_ratio, interval_coverage  # noqa: E402
 
 FIXTURE = REPO / "tests" / "fixtures" / "trained_edge"
 
@@ -64,7 +64,44 @@ def main() -> int:
     for z, nominal in ((1.645, 90), (1.0, 68)):
         raw, scaled = interval_coverage(m2, s2, y2, z), interval_coverage(m2, k * s2, y2, z)
         print(f"| {nominal}% | {raw:.1%} | {scaled:.1%} |")
+    print()
+    print_flag_strata(m2, s2, y2)
     return 0
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(np.float64)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation (ties broken by position: the RUL std and the error are continuous)."""
+    if len(a) < 3:
+        return float("nan")
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
+def print_flag_strata(mean: np.ndarray, std: np.ndarray, truth: np.ndarray, top: float = 0.1) -> None:
+    """Does a high RUL std single out larger errors among comparable windows?
+
+    Over all windows, a high std can stand for "far from failure" (where the capped target is easy)
+    rather than "the model is unsure"; so the same is measured within bands of the true RUL. The
+    flag here is the top ``top`` share of the std within the group (a ranking, so the std scale
+    changes nothing).
+    """
+    err = np.abs(mean - truth)
+    edges = np.quantile(truth, [0.0, 0.25, 0.5, 0.75, 1.0])
+    groups = [("all windows", np.ones(len(truth), dtype=bool))]
+    for lo, hi, last in zip(edges[:-1], edges[1:], [False, False, False, True], strict=True):
+        band = (truth >= lo) & ((truth <= hi) if last else (truth < hi))
+        groups.append((f"true RUL {lo:.0f}–{hi:.0f} h", band))
+    flag = f"error of the top {top:.0%} std / the rest"
+    print(f"| windows | n | mean error, h | {flag} | rank corr. std vs error |")
+    print("|---|---|---|---|---|")
+    for name, sel in groups:
+        e, sd = err[sel], std[sel]
+        flagged = sd > np.quantile(sd, 1 - top) if len(sd) else sd.astype(bool)
+        ratio = flagged_error_ratio(e, flagged)
+        print(f"| {name} | {sel.sum()} | {e.mean():.1f} | {ratio:.2f} | {spearman(sd, e):+.2f} |")
 
 
 if __name__ == "__main__":
