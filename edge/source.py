@@ -501,6 +501,8 @@ async def connect_client(client: Client, timeout_s: float) -> None:
         await asyncio.wait({task}, timeout=timeout_s)
         if not task.done():
             raise TimeoutError(f"no OPC UA session within {timeout_s:g} s")
+        if task.cancelled():  # not by this caller (its cancel ends the wait above): a failed connect
+            raise ConnectionError("the OPC UA connect was cancelled")
         task.result()
     except BaseException:
         if not task.done():
