@@ -99,7 +99,7 @@ def print_flag_strata(mean: np.ndarray, std: np.ndarray, truth: np.ndarray, top:
     print("|---|---|---|---|---|")
     for name, sel in groups:
         e, sd = err[sel], std[sel]
-        flagged = sd > np.quantile(sd, 1 - top) if len(sd) else sd.astype(bool)
+        flagged = sd > np.quantile(sd, 1 - top)
         ratio = flagged_error_ratio(e, flagged)
         print(f"| {name} | {sel.sum()} | {e.mean():.1f} | {ratio:.2f} | {spearman(sd, e):+.2f} |")
 
