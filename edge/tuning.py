@@ -5,7 +5,12 @@ Modes (``tuning.mode``):
 - ``off``: nothing is proposed or written;
 - ``advise``: proposals are published (``Tuning(action="proposal")``) and applied only when the
   cloud answers ``Tuning(action="approval")`` with the same ``proposal_id`` before
-  ``approval_timeout_s``; a rejection or the timeout drops them;
+  ``approval_timeout_s``; a rejection drops them, the timeout too (published as
+  ``action="expired"``, so the console stops offering it). A tool has at most one open proposal:
+  while it waits, the pooled optimiser keeps learning from every lot but proposes nothing new for
+  that tool, so operators decide on one step at a time instead of a pile that grows each lot. An
+  approval the edge does not know (expired, or lost in a restart: pending proposals live in
+  memory) is answered ``action="refused"``;
 - ``auto``: proposals are applied at once, inside the guards.
 
 Proposals (``tuning.optimiser``): ``pooled`` (default) is :class:`edge.tuning_pool.PooledOptimizer`
@@ -264,9 +269,12 @@ class Tuner:
         current: Mapping[str, float],
         context: Mapping[str, float],
     ) -> Tuning | None:
-        """A proposal for one tool (None when the model proposes no change or the mode is off)."""
+        """A proposal for one tool (None when the model proposes no change, the mode is off, or
+        the tool's previous proposal still waits for a decision)."""
         if self.cfg.mode == "off" or model.tool_type != ttype:
             return None
+        self.expire()
+        waiting = self.open_proposal(tool_id) is not None
         sp = {n: float(current[n]) for n in model.setpoints}
         if self.cfg.optimiser == "pooled":
             lot = (
@@ -279,7 +287,11 @@ class Tuner:
             pool = self._pool(model, ttype, sp, context)
             # The lot just reported ran with the setpoints the tool holds now (writes follow lot ends).
             pool.observe(tool_id, self.clock(), sp, lot[0], lot[1])
+            if waiting:
+                return None
             proposal = {**sp, **pool.propose(tool_id, sp)}
+        elif waiting:
+            return None
         else:
             proposal = propose(
                 model,
@@ -347,6 +359,9 @@ class Tuner:
         pending = self.pending.pop(msg.proposal_id, None)
         if pending is None:
             _logger.info("tuning %s for unknown or expired proposal %s ignored", msg.action, msg.proposal_id)
+            if msg.action == "approval":  # the cloud shows it approved: say that nothing was written
+                why = "proposal unknown to this edge (expired, or pending when the edge restarted)"
+                self._emit(msg.tool_id, "refused", msg.proposal_id, dict(msg.setpoints), {}, why, msg.actor)
             return
         if msg.action == "approval":
             tool = pending.tool_id
@@ -360,9 +375,16 @@ class Tuner:
             )
 
     def expire(self) -> None:
+        """Drop the proposals whose approval timeout passed, and publish that they expired."""
         now = self.clock()
         for pid in [p for p, v in self.pending.items() if v.expires < now]:
-            del self.pending[pid]
+            gone = self.pending.pop(pid)
+            reason = f"no decision within {self.cfg.approval_timeout_s:g} s"
+            self._emit(gone.tool_id, "expired", pid, gone.setpoints, {}, reason, "edge")
+
+    def open_proposal(self, tool_id: str) -> str | None:
+        """The id of the tool's proposal that still waits for a decision, if any."""
+        return next((pid for pid, p in self.pending.items() if p.tool_id == tool_id), None)
 
     async def apply(
         self,

@@ -7,11 +7,14 @@ It starts, each as its own process with its log under ``<dir>/logs/``:
 2. the OPC UA fab simulator (``fabpm sim serve``), time sped up;
 3. the cloud (``fabpm cloud run``): ingest, verdicts from the full DGA model, labels, learning,
    the REST API and the operator console;
-4. one edge daemon (``fabpm edge run``) with the config that ``fabpm edge discover`` wrote.
+4. one edge daemon (``fabpm edge run``) with the config that ``fabpm edge discover`` wrote, and
+   setpoint tuning in ``advise`` mode: each process tool's proposal waits in the console's Tuning
+   tab until an operator approves or rejects it (:func:`tuning_env` holds the demo's envelope).
 
 On first use it trains the models it needs on a fresh simulator export with the tiny config
-(about a minute on two cores; progress is shown) and signs the edge model with a new key; later
-runs reuse them. Everything lives under ``--dir`` (default ``runs/demo``); ``--fresh`` starts over.
+(about a minute on two cores; progress is shown), one tuning model per process tool type, and
+signs them with a new key; later runs reuse them. Everything lives under ``--dir`` (default
+``runs/demo``); ``--fresh`` starts over.
 """
 
 from __future__ import annotations
@@ -185,6 +188,84 @@ def prepare_models(root: Path, tools: int, seed: int) -> tuple[Path, Path, Path,
     return full, edge, artifact, keys / "signing.pub"
 
 
+def prepare_tuning(root: Path) -> dict[str, Path]:
+    """One signed tuning release per process tool type of the training export (cached in
+    ``models.json``), by tool type: what the edge's advise mode proposes with."""
+    from shared.equipment import TOOL_TYPES  # light: no torch
+
+    done, keys, data = root / "models.json", root / "keys", root / "data"
+    info = json.loads(done.read_text())
+    cached = {t: Path(p) for t, p in info.get("tuning", {}).items()}
+    if cached and all(p.exists() for p in cached.values()):
+        return cached
+    types = sorted(
+        {t["tool_type"] for t in json.loads((data / "dataset.json").read_text())["tools"]}
+        - {name for name, tt in TOOL_TYPES.items() if tt.subfab}  # pumps and abatement run no lots
+    )
+    releases = {}
+    for ttype in types:
+        out = last_json(
+            run_step(
+                f"training the {ttype} tuning model (yield and energy surrogate) and signing it",
+                [
+                    *FABPM,
+                    "train",
+                    "tuning",
+                    "--dataset",
+                    str(data),
+                    "--tool-type",
+                    ttype,
+                    "--key",
+                    str(keys / "signing.key"),
+                    "--version",
+                    "1",
+                    "--out",
+                    str(root / "release"),
+                ],
+                root / "logs" / "prepare.log",
+            )
+        )
+        releases[ttype] = Path(str(out["artifact"]))
+    done.write_text(json.dumps({**info, "tuning": {t: str(p) for t, p in releases.items()}}))
+    return releases
+
+
+def tuning_env(releases: dict[str, Path]) -> dict[str, str]:
+    """The edge's tuning settings for the demo, as environment overrides: ``advise`` mode; the
+    envelope is each setpoint's range less 5% at each end, with steps of at most 4% of it (as B9
+    runs). The time limits are wall-clock seconds while the simulator runs an hour a second, so
+    they are shortened here: a proposal expires after 10 minutes and one tag may be written every
+    10 s, 60 times an hour; a real site keeps the defaults of examples/edge.toml."""
+    from shared.equipment import TOOL_TYPES
+
+    envelope: dict[str, dict[str, str]] = {}
+    step: dict[str, dict[str, str]] = {}
+    for ttype in releases:
+        for sp in TOOL_TYPES[ttype].setpoints:
+            if sp.name != "idle_mode":  # the eco rule's switch, not a process setting
+                lo, hi = sp.lo + 0.05 * (sp.hi - sp.lo), sp.hi - 0.05 * (sp.hi - sp.lo)
+                envelope.setdefault(ttype, {})[sp.name] = f"[{lo:.6g}, {hi:.6g}]"
+                step.setdefault(ttype, {})[sp.name] = f"{0.04 * (hi - lo):.6g}"
+    return {
+        "FABPM_EDGE__MODELS__TUNING": json.dumps([str(p) for p in releases.values()]),
+        "FABPM_EDGE__TUNING__MODE": "advise",
+        "FABPM_EDGE__TUNING__ENVELOPE": _inline_table(envelope),
+        "FABPM_EDGE__TUNING__MAX_STEP": _inline_table(step),
+        "FABPM_EDGE__TUNING__APPROVAL_TIMEOUT_S": "600.0",
+        "FABPM_EDGE__TUNING__MIN_INTERVAL_S": "10.0",
+        "FABPM_EDGE__TUNING__MAX_WRITES_PER_HOUR": "60",
+    }
+
+
+def _inline_table(table: dict[str, dict[str, str]]) -> str:
+    """A TOML inline table of inline tables (values already TOML), as config overrides take it."""
+    parts = []
+    for name, row in table.items():
+        inner = ", ".join(f"{k} = {v}" for k, v in row.items())
+        parts.append(f"{name} = {{{inner}}}")
+    return "{" + ", ".join(parts) + "}"
+
+
 def write_broker_conf(folder: Path, port: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "mosquitto.conf"
@@ -231,6 +312,7 @@ def main(argv: list[str]) -> int:
         raise DemoError("mosquitto is not installed: run scripts/bootstrap.sh (or apt-get install mosquitto)")
 
     full, edge, release, pubkey = prepare_models(root, ns.tools, ns.seed + 1000)
+    tuning = prepare_tuning(root)
     broker_port, opc_port, metrics_port = free_port(), free_port(), free_port()
     api_port = ns.api_port or free_port()
     with socket.socket() as s:
@@ -334,12 +416,15 @@ def main(argv: list[str]) -> int:
             "FABPM_EDGE__MODELS__RISK": str(release),
             "FABPM_EDGE__MODELS__PUBLIC_KEY": str(pubkey),
             "FABPM_EDGE__METRICS__PORT": str(metrics_port),
+            **tuning_env(tuning),
         }
         services.start("edge", [*FABPM, "edge", "run", "--config", str(edge_conf)], env=edge_env)
         print(
             f"\n[demo] running. Console: http://127.0.0.1:{api_port}/  (user admin, password in {secret})\n"
             f"[demo] API docs: http://127.0.0.1:{api_port}/docs   edge health: http://127.0.0.1:{metrics_port}/health\n"
             f"[demo] OPC UA: {endpoint}   MQTT: 127.0.0.1:{broker_port}   logs: {logs}/\n"
+            f"[demo] tuning: advise mode for {len(tuning)} tool type(s); proposals wait in the console's "
+            "Tuning tab for an operator's approval\n"
             f"[demo] ground truth: {root / 'ground_truth.jsonl'}   Ctrl-C stops everything.\n",
             flush=True,
         )

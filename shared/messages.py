@@ -114,7 +114,8 @@ class Tuning(Message):
     SCHEMA: ClassVar[str] = "tuning/1"
     KIND: ClassVar[Kind] = Kind.TUNING
     tool_id: _ID
-    action: Literal["proposal", "approval", "rejection", "applied", "refused"]
+    # "expired": the edge dropped a proposal nobody decided on within its approval timeout.
+    action: Literal["proposal", "approval", "rejection", "applied", "refused", "expired"]
     proposal_id: _ID
     setpoints: dict[str, float]
     previous: dict[str, float] = Field(default_factory=dict)

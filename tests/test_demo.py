@@ -2,18 +2,73 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def _console_url(out: Path, proc: subprocess.Popen[str], timeout_s: float) -> str:
+    """The console address the demo prints once everything runs (first start: after training)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = re.search(r"\[demo\] running\. Console: (http://127\.0\.0\.1:\d+)/", out.read_text())
+        if found:
+            return found.group(1)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    raise AssertionError(f"the demo did not come up (exit {proc.poll()}):\n{out.read_text()[-2000:]}")
+
+
+def _approve_a_proposal(url: str, root: Path) -> dict[str, Any]:
+    """As an operator would in the console's Tuning tab: approve the first open proposal and wait
+    for the edge to report the write."""
+    password = (root / "admin-password").read_text().strip()
+    with httpx.Client(base_url=url, timeout=10.0) as client:
+        r = client.post("/api/auth/token", json={"username": "admin", "password": password})
+        r.raise_for_status()
+        client.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
+        deadline = time.monotonic() + 25.0
+        open_rows: list[dict[str, Any]] = []
+        while not open_rows and time.monotonic() < deadline:
+            open_rows = client.get("/api/tuning", params={"status": "proposal"}).json()
+            time.sleep(0.5)
+        assert open_rows, "no tuning proposal reached the console"
+        pid = open_rows[0]["proposal_id"]
+        assert client.post(f"/api/tuning/{pid}/approve", json={"reason": "test"}).status_code == 200
+        row: dict[str, Any] = {}
+        while time.monotonic() < deadline + 10.0:
+            row = next(t for t in client.get("/api/tuning").json() if t["proposal_id"] == pid)
+            if row["status"] in ("applied", "refused"):
+                break
+            time.sleep(0.5)
+        return row
 
 
 def test_demo_runs_the_whole_loop(tmp_path: Path):
     root = tmp_path / "demo"
     cmd = [sys.executable, "-m", "fabpm.cli", "demo", "--dir", str(root), "--tools", "6", "--api-port", "0"]
-    out = subprocess.run([*cmd, "--duration", "25"], capture_output=True, text=True, timeout=280, check=False)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "[demo] running. Console: http://127.0.0.1:" in out.stdout
+    out_path, err_path = tmp_path / "demo.out", tmp_path / "demo.err"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        proc = subprocess.Popen([*cmd, "--duration", "45"], stdout=out, stderr=err, text=True)
+    try:
+        url = _console_url(out_path, proc, 280)
+        approved = _approve_a_proposal(url, root)
+        assert proc.wait(timeout=120) == 0, out_path.read_text()[-2000:] + err_path.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Advise mode in the main job: a proposal approved in the console is written by the edge,
+    # through its guards, and reported back.
+    assert approved["status"] == "applied", approved
+    assert [h["action"] for h in approved["history"]][:2] == ["proposal", "approval"], approved
     edge_log = (root / "logs" / "edge.log").read_text()
     assert "OPC UA link" in edge_log and " up: " in edge_log, edge_log[-2000:]
     with sqlite3.connect(root / "cloud.db") as db:
@@ -21,13 +76,17 @@ def test_demo_runs_the_whole_loop(tmp_path: Path):
         events = db.execute("select count(*) from events").fetchone()[0]
         active = db.execute("select version from models where status = 'active'").fetchall()
         (edge_ckpt,) = db.execute("select edge_checkpoint from models where version = '1'").fetchone()
+        waiting = db.execute("select tool_id from tuning where status = 'proposal'").fetchall()
     assert edges == 1, "the edge never reached the cloud"
     assert events > 0, "no equipment event travelled edge → broker → cloud"
     assert active == [("1",)], "the first edge model should be registered as active"
     assert edge_ckpt and Path(edge_ckpt).is_file(), "the edge checkpoint should be kept with the release"
+    # One open proposal per tool at most: operators decide one step at a time.
+    assert max(Counter(t for (t,) in waiting).values(), default=0) <= 1, waiting
     # A second start reuses the trained and signed models instead of training again.
     again = subprocess.run(
         [*cmd, "--duration", "3"], capture_output=True, text=True, timeout=200, check=False
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training the full and the edge DGA" not in again.stdout
+    assert "tuning model" not in again.stdout

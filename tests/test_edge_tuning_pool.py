@@ -178,3 +178,63 @@ def test_tuner_pooled_proposes_once_per_lot_inside_the_guards() -> None:
     lot2 = {"last_lot_yield": 91.0, "last_lot_energy_kwh": 20.5}
     assert tuner.propose(model, "etch-01", "plasma_etch", current, lot2) is not None  # type: ignore[arg-type]
     assert len(pool.lots["etch-01"]) == 2
+
+
+def test_advise_keeps_one_open_proposal_per_tool_and_publishes_expiry() -> None:
+    """Operators decide one step at a time per tool; what nobody decided on is closed, not left
+    looking approvable; an approval the edge no longer knows is answered, not ignored."""
+    import asyncio
+
+    from edge.config import TuningConfig
+    from edge.tuning import Tuner
+    from shared.messages import Tuning
+
+    cfg = TuningConfig(
+        mode="advise",
+        optimiser="pooled",
+        envelope={"plasma_etch": {"rf_power_sp": (1100.0, 1400.0), "pressure_sp": (20.0, 80.0)}},
+        max_step={"plasma_etch": {"rf_power_sp": 20.0, "pressure_sp": 3.0}},
+        approval_timeout_s=100.0,
+    )
+    records: list[Tuning] = []
+
+    async def never(*_: object) -> float:
+        raise AssertionError("advise mode writes only on approval")
+
+    async def no_range(*_: object) -> None:
+        return None
+
+    now = [0.0]
+    tuner = Tuner(cfg, "s", "e", never, no_range, records.append, clock=lambda: now[0])  # type: ignore[arg-type]
+    model = _FakeModel()
+    current = {"rf_power_sp": 1200.0, "pressure_sp": 40.0}
+
+    def lot(i: int, tool: str = "etch-01") -> Tuning | None:
+        ctx = {"last_lot_yield": 90.0 + i, "last_lot_energy_kwh": 20.0 + i}
+        return tuner.propose(model, tool, "plasma_etch", current, ctx)  # type: ignore[arg-type]
+
+    first = lot(0)
+    assert first is not None and tuner.open_proposal("etch-01") == first.proposal_id
+    now[0] = 50.0
+    assert lot(1) is None, "a second proposal while the first waits"
+    assert len(tuner.pools["plasma_etch"].lots["etch-01"]) == 2, "the waiting tool's lots still count"
+    other = lot(1, "etch-02")
+    assert other is not None, "another tool is not held back"
+    now[0] = 120.0  # etch-01's proposal is past its timeout, etch-02's (made at 50 s) is not
+    again = lot(2)
+    assert again is not None and again.proposal_id != first.proposal_id
+    expired = [r for r in records if r.action == "expired"]
+    assert [(r.tool_id, r.proposal_id) for r in expired] == [("etch-01", first.proposal_id)]
+    assert set(tuner.pending) == {again.proposal_id, other.proposal_id}
+    late = Tuning(
+        edge_id="cloud",
+        site="s",
+        tool_id="etch-01",
+        action="approval",
+        proposal_id=first.proposal_id,
+        setpoints=first.setpoints,
+        actor="alice",
+    )
+    asyncio.run(tuner.on_command(late, lambda _t: "plasma_etch", lambda _t, n: current[n]))
+    assert records[-1].action == "refused" and records[-1].proposal_id == first.proposal_id
+    assert "unknown to this edge" in records[-1].reason and tuner.applied == 0
