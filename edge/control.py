@@ -53,6 +53,7 @@ class SetpointControl:
             self._range_of,
             emit,
             cfg.resolve(Path("tuning.jsonl")),
+            pending_path=cfg.resolve(Path("tuning_pending.json")),
         )
         # Take-backs a guard or a link outage refused: retried before anything new is tried on
         # that tool, since leaving a change that lowered yield in place is the worse failure.

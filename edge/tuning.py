@@ -9,8 +9,9 @@ Modes (``tuning.mode``):
   ``action="expired"``, so the console stops offering it). A tool has at most one open proposal:
   while it waits, the pooled optimiser keeps learning from every lot but proposes nothing new for
   that tool, so operators decide on one step at a time instead of a pile that grows each lot. An
-  approval the edge does not know (expired, or lost in a restart: pending proposals live in
-  memory) is answered ``action="refused"``;
+  approval the edge does not know (expired, or its state directory lost) is answered
+  ``action="refused"``. Open proposals are kept in ``tuning_pending.json`` in the state
+  directory, so a restarted edge still applies an approval and still expires what waits;
 - ``auto``: proposals are applied at once, inside the guards.
 
 Proposals (``tuning.optimiser``): ``pooled`` (default) is :class:`edge.tuning_pool.PooledOptimizer`
@@ -35,11 +36,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -240,7 +242,8 @@ class Tuner:
         range_of: RangeOf,
         record: Record,
         log_path: Path | None = None,
-        clock: Clock = time.monotonic,
+        clock: Clock = time.time,  # wall clock: a proposal's expiry outlives a restart
+        pending_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.site = site
@@ -252,6 +255,8 @@ class Tuner:
         self._record = record
         self._log_path = log_path
         self.pending: dict[str, Pending] = {}
+        self._pending_path = pending_path
+        self._load_pending()
         # The pooled optimiser learns from every lot and dithers: judging a change by one lot
         # (taking back only a clear loss, 3 points ≈ 3.5σ of a two-lot difference) keeps it
         # proposing after every lot, as B9 measures it.
@@ -324,7 +329,39 @@ class Tuner:
             self.pending[msg.proposal_id] = Pending(
                 tool_id, changed, self.clock() + self.cfg.approval_timeout_s
             )
+            self._save_pending()
         return msg
+
+    def _load_pending(self) -> None:
+        path = self._pending_path
+        if path is None or not path.exists():
+            return
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            self.pending = {
+                str(pid): Pending(
+                    str(p["tool_id"]),
+                    {str(k): float(v) for k, v in p["setpoints"].items()},
+                    float(p["expires"]),
+                )
+                for pid, p in raw.items()
+            }
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # Losing them costs a fresh proposal per tool; refusing to start would cost the edge.
+            _logger.warning("%s unreadable (%s): its open proposals are dropped", path, exc)
+            self.pending = {}
+
+    def _save_pending(self) -> None:
+        path = self._pending_path
+        if path is None:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({pid: asdict(p) for pid, p in self.pending.items()}), encoding="utf-8")
+            os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one
+        except OSError as exc:  # the proposals still work in memory; only a restart would lose them
+            _logger.warning("open tuning proposals not saved to %s: %s", path, exc)
 
     def _pool(
         self, model: TuningModel, ttype: str, current: Mapping[str, float], context: Mapping[str, float]
@@ -360,9 +397,10 @@ class Tuner:
         if pending is None:
             _logger.info("tuning %s for unknown or expired proposal %s ignored", msg.action, msg.proposal_id)
             if msg.action == "approval":  # the cloud shows it approved: say that nothing was written
-                why = "proposal unknown to this edge (expired, or pending when the edge restarted)"
+                why = "proposal unknown to this edge (expired, or its state directory was lost)"
                 self._emit(msg.tool_id, "refused", msg.proposal_id, dict(msg.setpoints), {}, why, msg.actor)
             return
+        self._save_pending()
         if msg.action == "approval":
             tool = pending.tool_id
             await self.apply(
@@ -377,10 +415,12 @@ class Tuner:
     def expire(self) -> None:
         """Drop the proposals whose approval timeout passed, and publish that they expired."""
         now = self.clock()
-        for pid in [p for p, v in self.pending.items() if v.expires < now]:
-            gone = self.pending.pop(pid)
+        gone = {pid: self.pending.pop(pid) for pid in [p for p, v in self.pending.items() if v.expires < now]}
+        if gone:
+            self._save_pending()
+        for pid, p in gone.items():
             reason = f"no decision within {self.cfg.approval_timeout_s:g} s"
-            self._emit(gone.tool_id, "expired", pid, gone.setpoints, {}, reason, "edge")
+            self._emit(p.tool_id, "expired", pid, p.setpoints, {}, reason, "edge")
 
     def open_proposal(self, tool_id: str) -> str | None:
         """The id of the tool's proposal that still waits for a decision, if any."""

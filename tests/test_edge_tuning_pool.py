@@ -238,3 +238,58 @@ def test_advise_keeps_one_open_proposal_per_tool_and_publishes_expiry() -> None:
     asyncio.run(tuner.on_command(late, lambda _t: "plasma_etch", lambda _t, n: current[n]))
     assert records[-1].action == "refused" and records[-1].proposal_id == first.proposal_id
     assert "unknown to this edge" in records[-1].reason and tuner.applied == 0
+
+
+def test_open_proposals_survive_a_restart_of_the_edge(tmp_path) -> None:
+    """An approval that arrives after the edge restarted is still applied; a damaged state file
+    costs the open proposals, not the start."""
+    import asyncio
+
+    from edge.config import TuningConfig
+    from edge.tuning import Tuner
+    from shared.messages import Tuning
+
+    cfg = TuningConfig(
+        mode="advise",
+        optimiser="pooled",
+        envelope={"plasma_etch": {"rf_power_sp": (1100.0, 1400.0), "pressure_sp": (20.0, 80.0)}},
+        max_step={"plasma_etch": {"rf_power_sp": 20.0, "pressure_sp": 3.0}},
+    )
+    state = tmp_path / "state" / "tuning_pending.json"
+    records: list[Tuning] = []
+    written: dict[str, float] = {}
+
+    async def write(_tool: str, name: str, value: float) -> float:
+        written[name] = value
+        return value
+
+    async def no_range(*_: object) -> None:
+        return None
+
+    def start() -> Tuner:
+        return Tuner(cfg, "s", "e", write, no_range, records.append, pending_path=state)  # type: ignore[arg-type]
+
+    model = _FakeModel()
+    current = {"rf_power_sp": 1200.0, "pressure_sp": 40.0}
+    proposal = start().propose(
+        model, "etch-01", "plasma_etch", current, {"last_lot_yield": 90.0, "last_lot_energy_kwh": 20.0}
+    )  # type: ignore[arg-type]
+    assert proposal is not None and state.exists()
+    again = start()  # the restarted edge
+    assert again.open_proposal("etch-01") == proposal.proposal_id
+    lot = {"last_lot_yield": 91.0, "last_lot_energy_kwh": 20.0}
+    assert again.propose(model, "etch-01", "plasma_etch", current, lot) is None  # type: ignore[arg-type]
+    approve = Tuning(
+        edge_id="cloud",
+        site="s",
+        tool_id="etch-01",
+        action="approval",
+        proposal_id=proposal.proposal_id,
+        setpoints=proposal.setpoints,
+        actor="olga",
+    )
+    asyncio.run(again.on_command(approve, lambda _t: "plasma_etch", lambda _t, n: current[n]))
+    assert written == proposal.setpoints and again.applied == len(proposal.setpoints)
+    assert start().pending == {}, "the decided proposal is no longer open after another restart"
+    state.write_text("{not json")
+    assert start().pending == {}
