@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from b2_sim_warning import GRID_N, GRID_P, evaluate, risks, rule_for
 
+from cloud.training.alert_choice import GRID_N, GRID_P, evaluate, risks, rule_for
 from cloud.training.alert_eval import Truth, run_rule
 from cloud.training.parity import run_onnx
 from shared.features import FeatureSpec

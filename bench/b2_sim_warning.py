@@ -32,7 +32,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -41,31 +41,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from cloud.training import simdata
-from cloud.training.alert_eval import Truth, read_truth, risk_series, run_rule, score
+from cloud.training.alert_choice import GRID_N, GRID_P, choose_rule, evaluate, risks, rule_for
 from cloud.training.parity import run_onnx
 from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, train_full
 from cloud.training.release import AlertThresholds
 from cloud.training.trainer import MONITORS, predict
 from cloud.training.windows import split_by_group
-from shared.alerting import AlertRule
 from shared.features import FeatureSpec
 from shared.models.checkpoint import load_checkpoint
 from shared.models.dga import DGA
 from shared.signing import generate_keypair
 
 REPO = Path(__file__).resolve().parent.parent
-GRID_P = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-GRID_N = (2, 4, 6, 8, 12)
 
 
 def b2_config() -> PipelineConfig:
     """B2's model sizes (full d 64 × 2 layers, edge d 32 × 2), the pipeline's defaults otherwise."""
     return PipelineConfig(d_model=64, n_layers=2, dropout=0.1, edge_d_model=32, edge_layers=2)
-
-
-def rule_for(p: float, n: int) -> AlertRule:
-    """The alert rule of one grid point: threshold ``p`` for ``n`` steps, cleared below half of it."""
-    return AlertRule(threshold=p, persistence=n, clear_threshold=min(p, 0.5) * 0.5)
 
 
 def export(out: Path, seed: int, days: int, tools: int, scenario: Path | None = None) -> Path:
@@ -74,55 +66,6 @@ def export(out: Path, seed: int, days: int, tools: int, scenario: Path | None = 
         cmd += ["--scenario", str(scenario)] if scenario is not None else []
         subprocess.run([*cmd, "--seed", str(seed), "--out", str(out)], check=True, cwd=REPO, timeout=1800)
     return out
-
-
-@dataclass
-class ScoredTools:
-    """An export's tools as B2 scores them: windows at stride 1 (as the edge sees them), the truth
-    of those tools, their tool-days, and the span of a window (the hold-off after a reset)."""
-
-    tools: list[simdata.ToolWindows]
-    truth: Truth
-    tool_days: float
-    span_s: float
-
-    def series(self, probs_fn) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """(tool, window end times, risk) per tool, ``probs_fn``: windows → per-mode probabilities."""
-        return [(tw.tool_id, tw.t_end_s, risk_series(probs_fn(tw.ws.x), tw.tool_type)) for tw in self.tools]
-
-
-def scored_tools(folder: Path, spec: FeatureSpec, groups: set[int] | None = None) -> ScoredTools:
-    """Every tool of the export, or only those whose index is in ``groups`` (only theirs are built)."""
-    info, raw = simdata.load(folder)
-    chosen = [(g, t) for g, t in enumerate(info.tools) if groups is None or g in groups]
-    truth = read_truth(folder, info.days * 86400.0)
-    truth.failures = {k: v for k, v in truth.failures.items() if k in {t.tool_id for _, t in chosen}}
-    tools = [
-        simdata.tool_windows(
-            t.tool_id, t.tool_type, raw[t.tool_id], spec, info.sample_period_s, info.horizon_h, g, 1
-        )
-        for g, t in chosen
-    ]
-    tools = [tw for tw in tools if len(tw.ws)]
-    return ScoredTools(tools, truth, info.days * len(tools), spec.window * spec.step_s)
-
-
-def risks(folder: Path, spec: FeatureSpec, probs_fn, groups: set[int] | None = None):
-    """Per tool of the export (or only ``groups``): window end times and risk; with the truth."""
-    st = scored_tools(folder, spec, groups)
-    return st.series(probs_fn), st.truth, st.tool_days, st.span_s
-
-
-def choose_rule(grid: list[tuple[float, int, dict[str, float]]]) -> tuple[float, int, dict[str, float]]:
-    """B2's choice from scored grid points: most failures warned ≥ 72 h at precision ≥ 95% (the
-    whole grid when no point gets there), then the higher precision, then fewer alerts."""
-    pool = [c for c in grid if c[2]["precision"] >= 0.95] or grid
-    return max(pool, key=lambda c: (c[2]["recall_ge_lead"], c[2]["precision"], -c[2]["alerts"]))
-
-
-def evaluate(series, truth, tool_days: float, span_s: float, rule: AlertRule) -> dict[str, float]:
-    alerts = {tool: run_rule(rule, ts, risk, truth.resets.get(tool, []), span_s) for tool, ts, risk in series}
-    return score(alerts, truth, tool_days, run_start_s=0.0)
 
 
 def main() -> int:

@@ -23,7 +23,6 @@ column only reads them.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -37,19 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from b2_sim_warning import (
-    GRID_N,
-    GRID_P,
-    ScoredTools,
-    b2_config,
-    choose_rule,
-    evaluate,
-    rule_for,
-    scored_tools,
-)
+from b2_sim_warning import b2_config
 from b7_token_drop import time_onnx
 
 from cloud.gate import roc_auc
+from cloud.training.alert_choice import (
+    ScoredTools,
+    choose_rule,
+    evaluate,
+    grid_scores,
+    rule_for,
+    scored_tools,
+)
 from cloud.training.alert_eval import progressive_modes
 from cloud.training.export import export_dga
 from cloud.training.quantize import session
@@ -80,13 +78,6 @@ def window_auc(st: ScoredTools, series: list[tuple[str, np.ndarray, np.ndarray]]
         scores.append(risk[known])
         truth.append(lab[known].max(axis=1))
     return roc_auc(np.concatenate(scores), np.concatenate(truth))
-
-
-def grid_scores(st: ScoredTools, series: list) -> list[tuple[float, int, dict[str, float]]]:
-    return [
-        (p, n, evaluate(series, st.truth, st.tool_days, st.span_s, rule_for(p, n)))
-        for p, n in itertools.product(GRID_P, GRID_N)
-    ]
 
 
 def best_warned(st: ScoredTools, series: list, precision: float = 0.95) -> float:

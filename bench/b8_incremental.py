@@ -339,7 +339,7 @@ def main() -> None:
                 "learning": {
                     **caps,
                     "work_dir": str(tmp / "learn"),
-                    "tiny": ns.quick,
+                    "size": "tiny" if ns.quick else "default",
                     "min_new_labels": 1,
                     "calib_windows": 512,
                     "warm_start_edge": ns.warm_start,

@@ -116,7 +116,8 @@ class LearningConfig(StrictModel):
     gate_confidence: float = Field(default=0.95, ge=0.5, lt=1)
     gate_resamples: int = Field(default=1000, ge=100, le=100_000)
     ddp_nproc: int = Field(default=1, ge=1)  # >1: fine-tuning runs under torchrun with DDP (gloo on the CPU)
-    tiny: bool = False  # the pipeline's tiny config (tests, demos)
+    # The pipeline's preset (PipelineConfig.sized): "small" is the demo's, "tiny" the tests'.
+    size: Literal["default", "small", "tiny"] = "default"
     # Caps that keep a round (labels → model on the edge) within minutes on a small CPU (bench B8);
     # None: the pipeline's own (15 and 80). Early stopping may end either sooner.
     fine_tune_epochs: int | None = Field(default=8, ge=1)

@@ -1,5 +1,5 @@
 """Fine-tuning under torchrun (DDP): ``python -m torch.distributed.run --nproc_per_node=N -m
-cloud.ddp_finetune BASE.pt DATA.npz RESULT.json [--tiny] [--epochs N]``.
+cloud.ddp_finetune BASE.pt DATA.npz RESULT.json [--size default|small|tiny] [--epochs N]``.
 
 Every rank loads the same arrays and calls :func:`cloud.training.pipeline.fine_tune`, whose
 trainer shards the batches by rank and keeps the replicas in sync (DDP). Rank 0's checkpoint is
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud.training.pipeline import PipelineConfig, fine_tune
+from cloud.training.pipeline import SIZES, PipelineConfig, fine_tune
 from cloud.training.windows import WindowSet
 
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("base")
     parser.add_argument("data")
     parser.add_argument("result")
-    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--size", choices=SIZES, default="default")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default: the pipeline's)")
     ns = parser.parse_args(argv)
     arrays = np.load(ns.data)
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     def ws(prefix: str) -> WindowSet:
         return WindowSet(*(arrays[f"{prefix}_{k}"] for k in ("x", "rul", "labels", "groups")))
 
-    cfg = PipelineConfig.tiny() if ns.tiny else PipelineConfig()
+    cfg = PipelineConfig.sized(ns.size)
     if ns.epochs:
         cfg = replace(cfg, fine_tune_epochs=ns.epochs)
     rank = int(os.environ.get("RANK", "0"))

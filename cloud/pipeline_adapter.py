@@ -33,6 +33,7 @@ from cloud.learning import Pipeline, Windows
 from cloud.registry import Registry
 from cloud.training.parity import run_onnx
 from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, fine_tune
+from cloud.training.release import AlertThresholds
 from cloud.training.windows import WindowSet
 from shared.models.checkpoint import load_checkpoint
 
@@ -68,7 +69,7 @@ def balanced_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
     lc = cfg.learning
-    pcfg = PipelineConfig.tiny() if lc.tiny else PipelineConfig()
+    pcfg = PipelineConfig.sized(lc.size)
     pcfg = replace(pcfg, train=replace(pcfg.train, progress=False))  # a service logs, it draws no bars
     if lc.fine_tune_epochs is not None:
         pcfg = replace(pcfg, fine_tune_epochs=lc.fine_tune_epochs)
@@ -98,7 +99,7 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
         new_ws = to_windowset(new, modes, cap)
         replay_ws = to_windowset(replay, modes, cap) if len(replay) else new_ws.take(np.arange(0))
         if cfg.learning.ddp_nproc > 1:
-            return _fine_tune_ddp(start, new_ws, replay_ws, lc.ddp_nproc, lc.tiny, out, pcfg.fine_tune_epochs)
+            return _fine_tune_ddp(start, new_ws, replay_ws, lc.ddp_nproc, lc.size, out, pcfg.fine_tune_epochs)
         return fine_tune(start, new_ws, replay_ws, pcfg)
 
     def do_distil(full: Path, data: Windows, out: Path, init: Path | None) -> Path:
@@ -108,8 +109,9 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
 
     def do_export(edge: Path, calib: Windows, out: Path, version: str, parent: str | None) -> Path:
         modes, cap, _ = model_info(edge)
+        cfg = replace(pcfg, thresholds=parent_thresholds(registry, parent, pcfg.thresholds))
         onnx_path, _manifest = export_release(
-            edge, to_windowset(calib, modes, cap), out, registry.cfg.private_key, version, parent, pcfg
+            edge, to_windowset(calib, modes, cap), out, registry.cfg.private_key, version, parent, cfg
         )
         return onnx_path
 
@@ -119,12 +121,29 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
     return Pipeline(do_fine_tune, do_distil, do_export, risk)
 
 
+def parent_thresholds(registry: Registry, parent: str | None, default: AlertThresholds) -> AlertThresholds:
+    """The alert rule of the model a round starts from, kept by its candidate: it was chosen when
+    that model was released, on tools with ground truth (``cloud.training.alert_choice``), which a
+    round's labelled cases are not. ``default`` when the parent is unknown or ships none."""
+    row = registry.get(parent, missing_ok=True) if parent else None
+    shipped = (row.manifest.get("thresholds") if row is not None else None) or {}
+    try:
+        return replace(
+            default,
+            alert_probability=float(shipped["alert_probability"]),
+            alert_persistence_steps=int(shipped["alert_persistence_steps"]),
+            alert_clear_probability=float(shipped["alert_clear_probability"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return default
+
+
 def _fine_tune_ddp(
     start: Path,
     new: WindowSet,
     replay: WindowSet,
     nproc: int,
-    tiny: bool,
+    size: str,
     out: Path,
     epochs: int | None = None,
 ) -> Path:
@@ -139,7 +158,7 @@ def _fine_tune_ddp(
     cmd = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
         "-m", "cloud.ddp_finetune", str(start), str(data), str(result),
-    ] + (["--tiny"] if tiny else []) + (["--epochs", str(epochs)] if epochs else [])  # fmt: skip
+    ] + ["--size", size] + (["--epochs", str(epochs)] if epochs else [])  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=DDP_TIMEOUT_S, env=env)

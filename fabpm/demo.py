@@ -39,6 +39,7 @@ from shared.errors import FabpmError
 
 _logger = logging.getLogger(__name__)
 FABPM = [sys.executable, "-m", "fabpm.cli"]
+MODEL_SIZE = "small"  # PipelineConfig.small: about half a minute of training, heads that mean something
 
 
 class DemoError(FabpmError):
@@ -131,9 +132,11 @@ def prepare_models(root: Path, tools: int, seed: int) -> tuple[Path, Path, Path,
     done = root / "models.json"
     if done.exists():
         info = json.loads(done.read_text())
-        # A cache from before the edge checkpoint was kept has no "edge": it is rebuilt.
+        # A cache from before the edge checkpoint was kept has no "edge", one from before the
+        # small size was trained with the tiny one (heads near 0.5: alerts on every tool): rebuilt.
         paths = [Path(info[k]) for k in ("full", "edge", "edge_release") if k in info]
-        if len(paths) == 3 and all(p.exists() for p in [*paths, keys / "signing.pub"]):
+        current = len(paths) == 3 and info.get("size") == MODEL_SIZE
+        if current and all(p.exists() for p in [*paths, keys / "signing.pub"]):
             return paths[0], paths[1], paths[2], keys / "signing.pub"
     if not (keys / "signing.key").exists():
         run_step("making the Ed25519 signing keys", [*FABPM, "cloud", "keys", "--out", str(keys)], logs)
@@ -156,8 +159,19 @@ def prepare_models(root: Path, tools: int, seed: int) -> tuple[Path, Path, Path,
     )
     result = last_json(
         run_step(
-            "training the full and the edge DGA (tiny config)",
-            [*FABPM, "train", "sim", "--tiny", "--edge", "--dataset", str(data), "--out", str(train)],
+            "training the full and the edge DGA (small config, about a minute)",
+            [
+                *FABPM,
+                "train",
+                "sim",
+                "--size",
+                MODEL_SIZE,
+                "--edge",
+                "--dataset",
+                str(data),
+                "--out",
+                str(train),
+            ],
             logs,
         )
     )
@@ -184,7 +198,9 @@ def prepare_models(root: Path, tools: int, seed: int) -> tuple[Path, Path, Path,
         )
     )
     artifact = Path(str(rel["artifact"]))
-    done.write_text(json.dumps({"full": str(full), "edge": str(edge), "edge_release": str(artifact)}))
+    done.write_text(
+        json.dumps({"full": str(full), "edge": str(edge), "edge_release": str(artifact), "size": MODEL_SIZE})
+    )
     return full, edge, artifact, keys / "signing.pub"
 
 
@@ -285,7 +301,7 @@ def write_cloud_conf(root: Path, broker: int, api: int, full: Path) -> Path:
         f'[serving]\ncheckpoint = "{full}"\n\n[api]\nport = {api}\n\n'
         f'[registry]\ndir = "{root / "registry"}"\nprivate_key = "{root / "keys" / "signing.key"}"\n'
         f'public_key = "{root / "keys" / "signing.pub"}"\n\n'
-        f'[learning]\ntiny = true\nwork_dir = "{root / "learning"}"\nmin_new_labels = 50\n'
+        f'[learning]\nsize = "{MODEL_SIZE}"\nwork_dir = "{root / "learning"}"\nmin_new_labels = 50\n'
         "[rollout]\nwatch_s = 120\n"
     )
     return conf

@@ -34,23 +34,19 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from cloud.training import simdata  # noqa: E402
-from cloud.training.alert_eval import Truth, read_truth, risk_series, run_rule, score  # noqa: E402
+from cloud.training.alert_choice import evaluate, risks, rule_for  # noqa: E402
 from cloud.training.parity import run_onnx  # noqa: E402
 from cloud.training.pipeline import PipelineConfig, distil_edge, train_full  # noqa: E402
 from cloud.training.release import AlertThresholds, release_edge  # noqa: E402
 from cloud.training.windows import split_by_group  # noqa: E402
-from shared.alerting import AlertRule  # noqa: E402
 from shared.features import FeatureSpec  # noqa: E402
 from shared.models.checkpoint import load_checkpoint  # noqa: E402
 from shared.models.dga import DGA  # noqa: E402
@@ -69,34 +65,6 @@ def export(out: Path, seed: int, days: int, tools: int) -> Path:
         cmd = [sys.executable, "-m", "fabpm.cli", "sim", "export", "--days", str(days), "--tools", str(tools)]
         subprocess.run([*cmd, "--seed", str(seed), "--out", str(out)], check=True, cwd=REPO, timeout=1800)
     return out
-
-
-Series = list[tuple[str, np.ndarray, np.ndarray]]  # (tool, window end times, risk) per tool
-
-
-def risks(
-    folder: Path, spec: FeatureSpec, probs_fn: Callable[[np.ndarray], np.ndarray]
-) -> tuple[Series, Truth, float, float]:
-    """Per tool of an export: window end times and risk (every step, as the edge sees them)."""
-    _, tools, info = simdata.dataset_windows(folder, spec=spec, stride=1)
-    truth = read_truth(folder, info.days * 86400.0)
-    series = [
-        (tw.tool_id, tw.t_end_s, risk_series(probs_fn(tw.ws.x), tw.tool_type)) for tw in tools if len(tw.ws)
-    ]
-    return series, truth, info.days * len(series), spec.window * spec.step_s
-
-
-def evaluate(
-    series: Series, truth: Truth, tool_days: float, holdoff_s: float, rule: AlertRule
-) -> dict[str, float]:
-    alerts = {
-        tool: run_rule(rule, ts, risk, truth.resets.get(tool, []), holdoff_s) for tool, ts, risk in series
-    }
-    return score(alerts, truth, tool_days, run_start_s=0.0, lead_h=LEAD_H)
-
-
-def rule_of(p: float, n: int) -> AlertRule:
-    return AlertRule(threshold=p, persistence=n, clear_threshold=min(p, 0.5) * 0.5)
 
 
 def main() -> int:
@@ -168,12 +136,15 @@ def main() -> int:
     from cloud.training.trainer import predict
 
     thr_series = risks(thr_dir, spec, lambda x: predict(edge, x)["probs"])
-    choices = [(p, n, evaluate(*thr_series, rule_of(p, n))) for p, n in itertools.product(GRID_P, GRID_N)]
+    choices = [
+        (p, n, evaluate(*thr_series, rule_for(p, n), lead_h=LEAD_H))
+        for p, n in itertools.product(GRID_P, GRID_N)
+    ]
     ok = [c for c in choices if c[2]["false_alarms_per_tool_month"] <= MAX_FALSE_ALARMS]
     p, n, thr_score = max(
         ok or choices, key=lambda c: (c[2]["recall_ge_lead"], c[2]["precision"], -c[2]["alerts"])
     )
-    rule = rule_of(p, n)
+    rule = rule_for(p, n)
     print(f"rule on seed {THRESHOLD_SEED}: p ≥ {p} for {n} steps: {json.dumps(thr_score)}", flush=True)
 
     # Release with the test-only key in the fixture folder.
@@ -211,12 +182,12 @@ def main() -> int:
         name="edge_risk",
     )
     held_series = risks(held_dir, spec, lambda x: run_onnx(onnx_path, x)["probs"])
-    held = evaluate(*held_series, rule)
+    held = evaluate(*held_series, rule, lead_h=LEAD_H)
     per_mode = {}  # recall of each mode's failures (the alerts are the same for every mode)
     series, truth, tool_days, holdoff = held_series
     for mode in sorted({f[1] for fs in truth.failures.values() for f in fs if not f[2]}):
         only = replace(truth, failures={k: [f for f in v if f[1] == mode] for k, v in truth.failures.items()})
-        r = evaluate(series, only, tool_days, holdoff, rule)
+        r = evaluate(series, only, tool_days, holdoff, rule, lead_h=LEAD_H)
         per_mode[mode] = {
             k: r[k] for k in ("warnable_failures", "recall_ge_lead", "recall_any_lead", "mean_lead_h")
         }

@@ -67,7 +67,7 @@ async def test_a_real_tiny_round_produces_a_model_the_edge_accepts(tmp_path: Pat
             },
             "learning": {
                 "work_dir": str(tmp_path / "learn"),
-                "tiny": True,
+                "size": "tiny",
                 "min_new_labels": 10,
                 "holdout_fraction": 0.3,
                 "calib_windows": 64,
@@ -183,7 +183,7 @@ def test_fine_tuning_under_torchrun_ddp(tmp_path: Path):
         labels=(rng.uniform(size=(n, 2)) < 0.2).astype(np.float32),
         groups=np.arange(n) % 4,
     )
-    out = _fine_tune_ddp(base, ws.take(np.arange(48)), ws.take(np.arange(48, n)), 2, True, tmp_path / "ddp")
+    out = _fine_tune_ddp(base, ws.take(np.arange(48)), ws.take(np.arange(48, n)), 2, "tiny", tmp_path / "ddp")
     tuned, meta = load_checkpoint(out)
     original, _ = load_checkpoint(base)
     assert meta["fine_tuned_on"] == 48

@@ -440,3 +440,73 @@ def _not_padded(ws, window: int, first_end: int) -> np.ndarray:
         idx = np.flatnonzero(ws.groups == unit)
         keep.extend(idx[window - first_end :].tolist())
     return np.asarray(keep)
+
+
+def test_the_release_chooses_its_alert_rule_on_tools_it_was_not_trained_on(export_dir, keys, tmp_path):
+    """``fabpm train release`` picks threshold and persistence on the export's tools the model
+    never trained on (its validation tools when the export is its training export) and ships
+    them with the figures of the choice; a later round keeps its parent's rule."""
+    from cloud.training.alert_choice import (
+        GRID_N,
+        GRID_P,
+        RULE_FIGURES,
+        choose_rule,
+        release_rule,
+        unseen_tools,
+    )
+    from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, train_full
+    from cloud.training.trainer import predict
+    from shared.models.checkpoint import load_checkpoint
+
+    cfg = PipelineConfig.tiny()
+    full = train_full(export_dir, cfg, tmp_path)
+    _, meta = load_checkpoint(full)
+    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    _, tools, _ = simdata.dataset_windows(export_dir, spec=spec, stride=cfg.stride)
+    ws = simdata.merge(tools)
+    _, val = split_by_group(ws, cfg.val_fraction, cfg.train.seed)  # what train_full held out
+    edge = distil_edge(full, ws, cfg)
+    edge_model, edge_meta = load_checkpoint(edge)
+    assert unseen_tools(export_dir, edge_meta) == {int(g) for g in np.unique(val.groups)}
+    elsewhere = {**edge_meta, "source": {"dataset": str(tmp_path / "another_export")}}
+    assert unseen_tools(export_dir, elsewhere) is None  # an export never trained on: every tool
+    found = release_rule(export_dir, spec, elsewhere, lambda x: predict(edge_model, x)["probs"])
+    assert found is not None, "the seeded export holds warnable failures"
+    th, figures = found
+    assert th.alert_probability in GRID_P and th.alert_persistence_steps in GRID_N
+    assert (
+        set(figures) == {f"alert_rule_{k}" for k in RULE_FIGURES}
+        and figures["alert_rule_warnable_failures"] > 0
+    )
+    _, manifest = export_release(
+        edge, ws, tmp_path / "rel", keys[0], "v1", None, replace(cfg, thresholds=th), figures
+    )
+    assert manifest.thresholds["alert_probability"] == th.alert_probability
+    assert manifest.metrics["alert_rule_precision"] == figures["alert_rule_precision"]
+    # The order of preference: recall at >= 95% precision, then precision, then fewer alerts.
+    a = {"recall_ge_lead": 0.6, "precision": 0.96, "alerts": 9.0}
+    b = {"recall_ge_lead": 0.9, "precision": 0.80, "alerts": 5.0}
+    c = {"recall_ge_lead": 0.6, "precision": 0.99, "alerts": 20.0}
+    assert choose_rule([(0.1, 2, a), (0.05, 2, b), (0.2, 4, c)])[:2] == (0.2, 4)
+    assert choose_rule([(0.05, 2, b)])[:2] == (0.05, 2), "nothing reaches 95%: the best of the rest"
+
+
+def test_a_round_keeps_the_alert_rule_its_parent_shipped() -> None:
+    from types import SimpleNamespace
+
+    from cloud.pipeline_adapter import parent_thresholds
+    from cloud.training.release import AlertThresholds
+
+    shipped = {"alert_probability": 0.07, "alert_persistence_steps": 8.0, "alert_clear_probability": 0.035}
+    rows = {"v1": SimpleNamespace(manifest={"thresholds": shipped}), "v0": SimpleNamespace(manifest={})}
+    registry = SimpleNamespace(get=lambda v, missing_ok=False: rows.get(v))
+    default = AlertThresholds()
+    got = parent_thresholds(registry, "v1", default)  # type: ignore[arg-type]
+    assert (got.alert_probability, got.alert_persistence_steps, got.alert_clear_probability) == (
+        0.07,
+        8,
+        0.035,
+    )
+    assert got.hard_margin == default.hard_margin
+    assert parent_thresholds(registry, "v0", default) == default  # type: ignore[arg-type]
+    assert parent_thresholds(registry, None, default) == default  # type: ignore[arg-type]

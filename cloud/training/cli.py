@@ -3,7 +3,7 @@
 ::
 
     fabpm train cmapss  [--data DIR] [--out DIR] [--seed N] [--tiny] [--edge]    # C-MAPSS FD001
-    fabpm train sim     --dataset DIR [--out DIR] [--tiny] [--edge] [--reference-rows N]  # a sim export
+    fabpm train sim     --dataset DIR [--out DIR] [--size default|small|tiny] [--edge] [--reference-rows N]
     fabpm train release --checkpoint EDGE.pt --dataset DIR --key PEM --version V [--parent P]
     fabpm train tuning  --dataset DIR --tool-type T --key PEM --version V [--out DIR]
     fabpm train ddp-check --out DIR                                 # one DDP step, under torchrun
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cloud.training.errors import TrainingError
-from cloud.training.pipeline import PipelineConfig
+from cloud.training.pipeline import SIZES, PipelineConfig
 
 _logger = logging.getLogger(__name__)
 
@@ -40,7 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--out", type=Path, default=REPO / "artifacts" / "train")
         sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--tiny", action="store_true", help="a config that trains in seconds (tests, demos)")
+        sp.add_argument(
+            "--size",
+            choices=SIZES,
+            default="default",
+            help="model and schedule preset: small trains in about half a minute (the demo), "
+            "tiny in seconds (tests; not for accuracy); C-MAPSS has default and tiny",
+        )
+        sp.add_argument("--tiny", dest="size", action="store_const", const="tiny", help="--size tiny")
         sp.add_argument("--epochs", type=int, default=None)
         sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
         sp.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
@@ -78,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--version", required=True)
     r.add_argument("--parent", default=None)
     r.add_argument("--out", type=Path, default=REPO / "artifacts" / "release")
+    r.add_argument(
+        "--alert-rule",
+        choices=("choose", "default"),
+        default="choose",
+        help="choose: the threshold and persistence that warn most failures >= 72 h ahead at 95%% "
+        "precision on the export's tools the model was not trained on (B2's procedure); "
+        "default: the pipeline's fixed 0.5 for 3 steps",
+    )
     t = sub.add_parser("tuning", help="the yield/energy surrogate of one tool type")
     t.add_argument("--dataset", type=Path, required=True)
     t.add_argument("--tool-type", required=True)
@@ -103,9 +118,8 @@ def main(argv: list[str]) -> int:
     return _ddp_check(ns)
 
 
-def _train_config(ns: argparse.Namespace, tiny: bool) -> PipelineConfig:
-
-    cfg = PipelineConfig.tiny() if tiny else PipelineConfig()
+def _train_config(ns: argparse.Namespace, size: str) -> PipelineConfig:
+    cfg = PipelineConfig.sized(size)
     train = replace(
         cfg.train,
         seed=ns.seed,
@@ -120,8 +134,10 @@ def _train_config(ns: argparse.Namespace, tiny: bool) -> PipelineConfig:
 def _cmapss(ns: argparse.Namespace) -> int:
     from cloud.training import cmapss
 
-    if ns.tiny:
-        tiny = _train_config(ns, tiny=True)  # C-MAPSS's target is the RUL: watch the summed loss
+    if ns.size == "small":
+        raise TrainingError("fabpm train cmapss: --size small is a simulator preset; use default or tiny")
+    if ns.size == "tiny":
+        tiny = _train_config(ns, "tiny")  # C-MAPSS's target is the RUL: watch the summed loss
         cfg = replace(tiny, cmapss_window=ns.window, train=replace(tiny.train, monitor="loss"))
     else:
         b1 = cmapss.b1_config(seed=ns.seed, epochs=ns.epochs or 8, window=ns.window)
@@ -141,7 +157,7 @@ def _sim(ns: argparse.Namespace) -> int:
     from shared.features import FeatureSpec
     from shared.models.checkpoint import load_checkpoint
 
-    cfg = _train_config(ns, ns.tiny)
+    cfg = _train_config(ns, ns.size)
     if ns.reference_rows is not None:
         if ns.reference_rows < 0:
             raise TrainingError(f"--reference-rows must be >= 0, got {ns.reference_rows}")
@@ -161,17 +177,25 @@ def _sim(ns: argparse.Namespace) -> int:
 
 def _release(ns: argparse.Namespace) -> int:
     from cloud.training import simdata
+    from cloud.training.alert_choice import release_rule
     from cloud.training.pipeline import export_release
+    from cloud.training.trainer import predict
     from shared.features import FeatureSpec
     from shared.models.checkpoint import load_checkpoint
+    from shared.models.dga import DGA
 
-    _, meta = load_checkpoint(ns.checkpoint)
-    if not meta.get("feature_spec"):
-        raise TrainingError(f"{ns.checkpoint}: no feature spec in the checkpoint")
+    model, meta = load_checkpoint(ns.checkpoint)
+    if not meta.get("feature_spec") or not isinstance(model, DGA):
+        raise TrainingError(f"{ns.checkpoint}: not a DGA checkpoint with a feature spec")
     spec = FeatureSpec.from_dict(meta["feature_spec"])
     _, tools, _ = simdata.dataset_windows(ns.dataset, spec=spec)
+    cfg, chosen = PipelineConfig(), {}
+    if ns.alert_rule == "choose":
+        found = release_rule(ns.dataset, spec, meta, lambda x: predict(model, x)["probs"])
+        if found is not None:
+            cfg, chosen = replace(cfg, thresholds=found[0]), found[1]
     path, manifest = export_release(
-        ns.checkpoint, simdata.merge(tools), ns.out, ns.key, ns.version, ns.parent
+        ns.checkpoint, simdata.merge(tools), ns.out, ns.key, ns.version, ns.parent, cfg, chosen
     )
     print(json.dumps({"artifact": str(path), "size": manifest.size, "sha256": manifest.sha256}, indent=1))
     return 0
