@@ -1,8 +1,11 @@
 """From predictions to messages: alerts (``shared.alerting``), hard cases (``shared.uncertainty``).
 
-Per tool, the risk is the highest failure probability among the modes of the tool's type (a CVD
-cannot fail by pad glazing); the alert rule turns that stream into one alert per episode, naming
-the mode with the highest probability. Maintenance or a failure resets the rule.
+Per tool, the risk is the highest failure probability among the progressive modes of the tool's
+type (a CVD cannot fail by pad glazing, and a sudden mode has no precursor to warn of: its
+probability is the base hazard, the same on every tool of the type); the alert rule turns that
+stream into one alert per episode, naming the mode with the highest probability. This is the
+risk the offline evaluation scores (``cloud.training.alert_eval.risk_series``) and a release's
+alert rule is chosen on. Maintenance or a failure resets the rule.
 
 A window is a hard case when ``hard_case_reasons`` gives a reason (margin, RUL uncertainty,
 novelty). Hard cases cost upload bandwidth and cloud compute, so they pass a token bucket
@@ -101,13 +104,16 @@ class Decider:
 
     def _modes_of(self, ttype: str, modes: list[str]) -> np.ndarray:
         key = (ttype, tuple(modes))
-        idx = self._mode_index.get(key)
-        if idx is None:
-            own = set(tool_type(ttype).mode_names)
-            idx = np.array([i for i, m in enumerate(modes) if m in own], dtype=np.int64)
-            if idx.size == 0:  # a model trained on other modes: consider them all
-                idx = np.arange(len(modes))
-            self._mode_index[key] = idx
+        cached = self._mode_index.get(key)
+        if cached is not None:
+            return cached
+        tt = tool_type(ttype)
+        # The type's progressive modes; for a model trained on other modes, the type's, or all.
+        for names in (set(tt.warnable_mode_names), set(tt.mode_names), set(modes)):
+            idx = np.array([i for i, m in enumerate(modes) if m in names], dtype=np.int64)
+            if idx.size:
+                break
+        self._mode_index[key] = idx
         return idx
 
     def decide(

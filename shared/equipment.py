@@ -96,6 +96,12 @@ class ToolType:
     def mode_names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.modes)
 
+    @property
+    def warnable_mode_names(self) -> tuple[str, ...]:
+        """The progressive modes: the ones with precursors, which an alert can warn of. A sudden
+        mode's probability is its base hazard over the horizon, the same for every tool."""
+        return tuple(m.name for m in self.modes if not m.sudden)
+
 
 COUNTERS = ("wafers", "lots", "energy_kwh")
 # The tuning feedback, updated at each lot end: yield in %, energy in kWh (the tool's own draw

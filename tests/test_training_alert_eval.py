@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cloud.training.alert_eval import H, read_truth, risk_series, run_rule, score
 from shared.alerting import AlertDecision, AlertRule
@@ -62,3 +63,37 @@ def test_risk_is_max_over_progressive_modes_of_the_type():
     probs[0, ALL_MODES.index("rf_generator_trip")] = 0.99  # sudden: not part of the risk
     probs[1, ALL_MODES.index("esc_degradation")] = 0.7
     np.testing.assert_allclose(risk_series(probs, "plasma_etch"), [0.0, 0.7])
+
+
+def test_the_edge_alerts_on_the_risk_the_offline_evaluation_scores():
+    """A sudden mode's probability is the base hazard of the type, the same for every tool: the
+    edge neither alerts on it nor lets it mask the progressive modes, as ``risk_series`` scores."""
+    from edge.config import DecisionsConfig
+    from edge.decisions import Decider
+
+    decider = Decider(DecisionsConfig(), "s", "e", clock=lambda: 0.0)
+    decider.set_thresholds(
+        {"alert_probability": 0.1, "alert_persistence_steps": 1, "alert_clear_probability": 0.05}
+    )
+    probs = np.zeros((2, len(ALL_MODES)), dtype=np.float32)
+    probs[:, ALL_MODES.index("rf_generator_trip")] = 0.4  # sudden, above the threshold
+    probs[1, ALL_MODES.index("esc_degradation")] = 0.2
+    decisions = [
+        decider.decide(
+            "etch-01",
+            "plasma_etch",
+            1800.0 * i,
+            np.zeros((1, 1)),
+            ["x"],
+            list(ALL_MODES),
+            p,
+            100.0,
+            5.0,
+            0.0,
+            "v1",
+        )
+        for i, p in enumerate(probs)
+    ]
+    assert [d.risk for d in decisions] == pytest.approx(risk_series(probs, "plasma_etch").tolist())
+    assert decisions[0].alert is None, "no alert on a sudden mode's hazard"
+    assert decisions[1].alert is not None and decisions[1].alert.mode == "esc_degradation"

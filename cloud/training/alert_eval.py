@@ -79,7 +79,7 @@ def read_truth(folder: Path, end_s: float) -> Truth:
 
 def progressive_modes(type_name: str) -> list[int]:
     """Columns of ``ALL_MODES`` that are the tool type's progressive (warnable) failure modes."""
-    return [ALL_MODES.index(m.name) for m in tool_type(type_name).modes if not m.sudden]
+    return [ALL_MODES.index(m) for m in tool_type(type_name).warnable_mode_names]
 
 
 def risk_series(probs: np.ndarray, type_name: str) -> np.ndarray:
