@@ -3,11 +3,16 @@ a synthetic quadratic process, follows a moving optimum, and pools tools of one 
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
+from edge.config import TuningConfig
+from edge.tuning import Tuner
 from edge.tuning_pool import PooledOptimizer
 from edge.tuning_r2r import surrogate_curvature
+from shared.messages import Tuning
 
 NAMES = ["a", "b", "c"]
 ENVELOPE = {"a": (0.0, 10.0), "b": (100.0, 300.0), "c": (-1.0, 1.0)}
@@ -141,9 +146,6 @@ class _FakeModel:
 
 
 def test_tuner_pooled_proposes_once_per_lot_inside_the_guards() -> None:
-    from edge.config import TuningConfig
-    from edge.tuning import Tuner
-
     cfg = TuningConfig(
         mode="auto",
         optimiser="pooled",
@@ -180,32 +182,45 @@ def test_tuner_pooled_proposes_once_per_lot_inside_the_guards() -> None:
     assert len(pool.lots["etch-01"]) == 2
 
 
-def test_advise_keeps_one_open_proposal_per_tool_and_publishes_expiry() -> None:
-    """Operators decide one step at a time per tool; what nobody decided on is closed, not left
-    looking approvable; an approval the edge no longer knows is answered, not ignored."""
-    import asyncio
-
-    from edge.config import TuningConfig
-    from edge.tuning import Tuner
-    from shared.messages import Tuning
-
-    cfg = TuningConfig(
+def _advise(**kw: object) -> TuningConfig:
+    """Advise mode with the pooled optimiser, inside a small etch envelope."""
+    return TuningConfig(
         mode="advise",
         optimiser="pooled",
         envelope={"plasma_etch": {"rf_power_sp": (1100.0, 1400.0), "pressure_sp": (20.0, 80.0)}},
         max_step={"plasma_etch": {"rf_power_sp": 20.0, "pressure_sp": 3.0}},
-        approval_timeout_s=100.0,
+        **kw,  # type: ignore[arg-type]
     )
+
+
+def _approval(proposal: Tuning, actor: str) -> Tuning:
+    """What the cloud sends when an operator approves ``proposal``."""
+    return Tuning(
+        edge_id="cloud",
+        site="s",
+        tool_id=proposal.tool_id,
+        action="approval",
+        proposal_id=proposal.proposal_id,
+        setpoints=proposal.setpoints,
+        actor=actor,
+    )
+
+
+async def _no_range(*_: object) -> None:
+    return None
+
+
+def test_advise_keeps_one_open_proposal_per_tool_and_publishes_expiry() -> None:
+    """Operators decide one step at a time per tool; what nobody decided on is closed, not left
+    looking approvable; an approval the edge no longer knows is answered, not ignored."""
+    cfg = _advise(approval_timeout_s=100.0)
     records: list[Tuning] = []
 
     async def never(*_: object) -> float:
         raise AssertionError("advise mode writes only on approval")
 
-    async def no_range(*_: object) -> None:
-        return None
-
     now = [0.0]
-    tuner = Tuner(cfg, "s", "e", never, no_range, records.append, clock=lambda: now[0])  # type: ignore[arg-type]
+    tuner = Tuner(cfg, "s", "e", never, _no_range, records.append, clock=lambda: now[0])  # type: ignore[arg-type]
     model = _FakeModel()
     current = {"rf_power_sp": 1200.0, "pressure_sp": 40.0}
 
@@ -226,15 +241,7 @@ def test_advise_keeps_one_open_proposal_per_tool_and_publishes_expiry() -> None:
     expired = [r for r in records if r.action == "expired"]
     assert [(r.tool_id, r.proposal_id) for r in expired] == [("etch-01", first.proposal_id)]
     assert set(tuner.pending) == {again.proposal_id, other.proposal_id}
-    late = Tuning(
-        edge_id="cloud",
-        site="s",
-        tool_id="etch-01",
-        action="approval",
-        proposal_id=first.proposal_id,
-        setpoints=first.setpoints,
-        actor="alice",
-    )
+    late = _approval(first, "alice")
     asyncio.run(tuner.on_command(late, lambda _t: "plasma_etch", lambda _t, n: current[n]))
     assert records[-1].action == "refused" and records[-1].proposal_id == first.proposal_id
     assert "unknown to this edge" in records[-1].reason and tuner.applied == 0
@@ -243,18 +250,7 @@ def test_advise_keeps_one_open_proposal_per_tool_and_publishes_expiry() -> None:
 def test_open_proposals_survive_a_restart_of_the_edge(tmp_path) -> None:
     """An approval that arrives after the edge restarted is still applied; a damaged state file
     costs the open proposals, not the start."""
-    import asyncio
-
-    from edge.config import TuningConfig
-    from edge.tuning import Tuner
-    from shared.messages import Tuning
-
-    cfg = TuningConfig(
-        mode="advise",
-        optimiser="pooled",
-        envelope={"plasma_etch": {"rf_power_sp": (1100.0, 1400.0), "pressure_sp": (20.0, 80.0)}},
-        max_step={"plasma_etch": {"rf_power_sp": 20.0, "pressure_sp": 3.0}},
-    )
+    cfg = _advise()
     state = tmp_path / "state" / "tuning_pending.json"
     records: list[Tuning] = []
     written: dict[str, float] = {}
@@ -263,11 +259,8 @@ def test_open_proposals_survive_a_restart_of_the_edge(tmp_path) -> None:
         written[name] = value
         return value
 
-    async def no_range(*_: object) -> None:
-        return None
-
     def start() -> Tuner:
-        return Tuner(cfg, "s", "e", write, no_range, records.append, pending_path=state)  # type: ignore[arg-type]
+        return Tuner(cfg, "s", "e", write, _no_range, records.append, pending_path=state)  # type: ignore[arg-type]
 
     model = _FakeModel()
     current = {"rf_power_sp": 1200.0, "pressure_sp": 40.0}
@@ -279,16 +272,9 @@ def test_open_proposals_survive_a_restart_of_the_edge(tmp_path) -> None:
     assert again.open_proposal("etch-01") == proposal.proposal_id
     lot = {"last_lot_yield": 91.0, "last_lot_energy_kwh": 20.0}
     assert again.propose(model, "etch-01", "plasma_etch", current, lot) is None  # type: ignore[arg-type]
-    approve = Tuning(
-        edge_id="cloud",
-        site="s",
-        tool_id="etch-01",
-        action="approval",
-        proposal_id=proposal.proposal_id,
-        setpoints=proposal.setpoints,
-        actor="olga",
+    asyncio.run(
+        again.on_command(_approval(proposal, "olga"), lambda _t: "plasma_etch", lambda _t, n: current[n])
     )
-    asyncio.run(again.on_command(approve, lambda _t: "plasma_etch", lambda _t, n: current[n]))
     assert written == proposal.setpoints and again.applied == len(proposal.setpoints)
     assert start().pending == {}, "the decided proposal is no longer open after another restart"
     state.write_text("{not json")
