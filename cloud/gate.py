@@ -10,8 +10,11 @@ seed: the same verdict when a round resumes), scores both models on each resampl
 same windows; :class:`WeightedAuc`, ``bench/gate_speed.py``), and calls the candidate *worse*
 only when even the ``confidence`` quantile of the change is below ``-tolerance``: it is that
 sure the candidate lost more than the tolerance. With ``confidence = 0.5`` this is about the
-point-estimate gate. A set of a single tool is resampled by window instead, which sees less of
-the noise; the verdict records which unit was used.
+point-estimate gate. A set of fewer than ``MIN_TOOLS`` tools is resampled by window instead,
+which sees less of the noise; the verdict records which unit was used. (Two tools give three
+distinct draws, fewer once the draws with one class are dropped: in the demo's first round, five
+windows of two tools left draws that all gave the same change, and the gate reported a "95% sure"
+loss of 50 points from them.)
 
 What this gives up: a loss on one tool of a few looks like noise to it, as it would to anyone
 judging from so few tools. The frozen old set grows with every round, and the gate sharpens with
@@ -23,6 +26,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+MIN_TOOLS = 5  # fewer: too few distinct draws of tools to put a bound on, windows are resampled
 
 
 def roc_auc(score: np.ndarray, truth: np.ndarray) -> float:
@@ -91,7 +96,8 @@ class GateScore:
         line += f" ({100 * self.change:+.1f} points"
         if np.isnan(self.upper):
             return line + ")"
-        over = f"{self.tools} tools" if self.unit == "tool" else f"the {self.n} windows of one tool"
+        of = "one tool" if self.tools == 1 else f"{self.tools} tools"
+        over = f"{self.tools} tools" if self.unit == "tool" else f"the {self.n} windows of {of}"
         return line + (
             f" over {over}; at {confidence:.0%} confidence at most "
             f"{100 * self.upper:+.1f}, P(worse) {self.p_worse:.2f})" + (": worse" if self.worse else "")
@@ -118,7 +124,7 @@ def compare(
         raise ValueError(f"gate: confidence must be in (0, 1), not {confidence}")
     _, group = np.unique(np.asarray(tools), return_inverse=True)
     n_tools = int(group.max()) + 1 if n else 0
-    unit = "tool" if n_tools > 1 else "window"
+    unit = "tool" if n_tools >= MIN_TOOLS else "window"
     if unit == "window":
         group = np.arange(n)
     n_groups = n_tools if unit == "tool" else n

@@ -432,6 +432,10 @@ def main(argv: list[str]) -> int:
             "FABPM_EDGE__MODELS__RISK": str(release),
             "FABPM_EDGE__MODELS__PUBLIC_KEY": str(pubkey),
             "FABPM_EDGE__METRICS__PORT": str(metrics_port),
+            # The hard-case budget is per wall-clock hour. At an hour a second, the default 60
+            # lets one case through every 60 simulated hours, and the labels a learning round
+            # waits for would take most of an hour to come: one a second here.
+            "FABPM_EDGE__DECISIONS__HARDCASE_PER_HOUR": "3600",
             **tuning_env(tuning),
         }
         services.start("edge", [*FABPM, "edge", "run", "--config", str(edge_conf)], env=edge_env)

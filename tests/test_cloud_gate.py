@@ -56,6 +56,17 @@ def test_a_one_tool_set_is_resampled_by_window():
     assert "over the 200 windows of one tool" in v.describe(0.95)
 
 
+def test_five_windows_of_two_tools_cannot_show_a_loss():
+    """The demo's first round: two tools give too few distinct draws to bound anything (all the
+    valid ones gave one change, reported as a "95% sure" loss); the windows are resampled, and
+    five of them cannot tell a loss of a third of the AUC from noise."""
+    failed, tools = np.array([1, 1, 0, 1, 0]), ["cvd-1"] * 4 + ["pump-1"]
+    running, candidate = np.array([0.9, 0.8, 0.1, 0.7, 0.2]), np.array([0.5, 0.2, 0.4, 0.6, 0.3])
+    v = compare(candidate, running, failed, tools, 0.01, 0.95)
+    assert v.unit == "window" and v.tools == 2 and v.change < -0.3 and not v.worse
+    assert "over the 5 windows of 2 tools" in v.describe(0.95)
+
+
 def test_nothing_to_compare_never_blocks():
     failed, tools = fleet(4)
     first = compare(noisy(failed, 0.5, 1), None, failed, tools, 0.01, 0.95)  # no running model yet
