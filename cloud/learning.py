@@ -50,7 +50,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloud.config import LearningConfig
-from cloud.errors import CloudError, LearningError
+from cloud.errors import BrokerError, CloudError, LearningError
 from cloud.gate import compare
 from cloud.learning_data import Pipeline, Windows, split_holdout
 from cloud.metrics import CloudMetrics
@@ -65,6 +65,10 @@ FINAL = ("done", "rejected", "failed", "rolled_back")
 FAILED_BACKOFF_S = 3600.0
 FAILED_BACKOFF_MAX_S = 86400.0
 LEASE = "learning"
+# A step that cannot reach the broker (the canary's announcement) stays where it is and the next
+# tick (rollout.tick_s, 10 s by default) tries it again, this many times before the round fails:
+# a broker restart is not a reason to throw a trained, gated, registered model away.
+MAX_BROKER_RETRIES = 60
 HEARTBEATS_PER_LEASE = 3  # renew three times per lease period: two renewals may fail before it lapses
 
 
@@ -228,6 +232,15 @@ class Learner:
                 outcome = getattr(self, f"_step_{step}")(row)
             except LeaseLost:
                 raise
+            except BrokerError as exc:
+                tries = int(row.state.get("broker_retries", 0)) + 1
+                if tries <= MAX_BROKER_RETRIES:
+                    note = f"{step}: {exc}; tried again at the next tick ({tries}/{MAX_BROKER_RETRIES})"
+                    _logger.warning("learning round %d, %s", round_id, note)
+                    self._save(round_id, step, note, broker_retries=tries)
+                    return
+                self._finish(round_id, "failed", f"{step}: {exc} ({MAX_BROKER_RETRIES} tries)")
+                return
             except Exception as exc:
                 _logger.exception("learning round %d failed in %s", round_id, step)
                 self._finish(round_id, "failed", f"{step}: {exc}", tb=traceback.format_exc(limit=5))
@@ -456,10 +469,15 @@ class Learner:
     def _step_canary(self, row: LearningRound) -> str:
         existing = row.state.get("rollout_id")
         if existing is None:
-            if self.rollout.busy() is not None:
+            busy = self.rollout.busy()
+            if busy is not None and busy.version == row.state["version"]:
+                # This round's own start, whose announcement failed (broker down): say it again.
+                self.rollout.announce(busy.id)
+                existing = busy.id
+            elif busy is not None:
                 return "wait"  # another model is at its canary; the tick tries again
-            ro = self.rollout.start(row.state["version"])
-            existing = ro.id
+            else:
+                existing = self.rollout.start(row.state["version"]).id
         self._save(row.id, self._next("canary"), f"rollout {existing} to the canary", rollout_id=existing)
         return "next"
 

@@ -126,6 +126,15 @@ class RolloutManager:
         )
         return row
 
+    def announce(self, rollout_id: int) -> None:
+        """Publish a canary rollout's model to its canary edges again (retained, so idempotent):
+        for a start whose announcement did not reach the broker."""
+        row = self.get(rollout_id)
+        if row.stage != "canary":
+            raise RolloutError(f"rollout {rollout_id} is {row.stage}, not at its canary")
+        model = self.registry.require(row.version)
+        self._announce(model, [e for e in self.edges() if e.edge_id in row.canary_edges])
+
     def _announce(self, model: ModelRow | None, edges: list[Edge]) -> None:
         for edge in edges:
             t = topic(edge.site, edge.edge_id, Kind.MODEL)

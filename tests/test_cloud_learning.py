@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from cloud.config import LearningConfig, RegistryConfig, RolloutConfig
-from cloud.errors import RegistryError
+from cloud.errors import BrokerError, RegistryError
 from cloud.ingest import Ingestor
 from cloud.learning import LEASE, Learner, Pipeline, Windows
 from cloud.metrics import CloudMetrics
@@ -216,6 +216,33 @@ def test_round_to_canary_then_all_with_a_signed_model(world):
     assert model is not None and model.version == version and model.round_id == rid
     assert [m.version for m in learner.registry.lineage(version)] == [version]
     assert learner.new_labels() == 0 and learner.trigger("labels") is None  # nothing new to learn
+
+
+def test_a_broker_down_at_the_canary_step_is_tried_again_not_the_end_of_the_round(world):
+    """The demo's third round failed at shutdown: the broker went first, the announcement raised,
+    and a trained, gated, registered model was thrown away with a rollout left at its canary."""
+    clock, pipe, published = Clock(), TinyPipeline(world["keys"] / "signing.key"), []
+    down = {"left": 2}
+
+    def publish(t: str, payload: bytes, qos: int, retain: bool) -> None:
+        if down["left"]:
+            down["left"] -= 1
+            raise BrokerError(f"publish to {t}: the client is not currently connected")
+        published.append((t, payload, retain))
+
+    learner, ro, ingest = build(world, pipe, clock, published)
+    ro.publish = publish
+    feed(ingest, clock, "etch-01")
+    rid = learner.trigger("labels", min_labels=4)
+    row = learner.get(rid)
+    assert row.status == "running" and row.step == "canary" and row.state["broker_retries"] == 1, row.log
+    learner.tick()  # still down: the same rollout is announced again, not a second one started
+    assert learner.get(rid).state["broker_retries"] == 2 and len(ro.rollouts()) == 1
+    learner.tick()  # the broker is back
+    row = learner.get(rid)
+    assert row.status == "running" and row.step == "watch", row.log
+    assert row.state["rollout_id"] == ro.rollouts()[0].id and len(ro.rollouts()) == 1
+    assert announced(published, "edge-1").manifest["version"] == row.state["version"]
 
 
 def test_worse_model_is_not_promoted_and_rollback_restores_the_previous(world):
