@@ -475,8 +475,9 @@ def test_the_release_chooses_its_alert_rule_on_tools_it_was_not_trained_on(expor
     th, figures = found
     assert th.alert_probability in GRID_P and th.alert_persistence_steps in GRID_N
     assert (
-        set(figures) == {f"alert_rule_{k}" for k in RULE_FIGURES}
+        set(figures) <= {f"alert_rule_{k}" for k in RULE_FIGURES}
         and figures["alert_rule_warnable_failures"] > 0
+        and all(np.isfinite(v) for v in figures.values())  # NaN has no JSON: left out
     )
     _, manifest = export_release(
         edge, ws, tmp_path / "rel", keys[0], "v1", None, replace(cfg, thresholds=th), figures

@@ -153,7 +153,8 @@ def release_rule(
         alert_persistence_steps=rule.persistence,
         alert_clear_probability=rule.clear_threshold,
     )
-    return thresholds, {f"alert_rule_{k}": float(got[k]) for k in RULE_FIGURES}
+    # NaN (no alert, no warned failure) has no JSON: such a figure is left out of the manifest.
+    return thresholds, {f"alert_rule_{k}": float(got[k]) for k in RULE_FIGURES if np.isfinite(got[k])}
 
 
 def choose_on_tools(
