@@ -109,9 +109,9 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
 
     def do_export(edge: Path, calib: Windows, out: Path, version: str, parent: str | None) -> Path:
         modes, cap, _ = model_info(edge)
-        cfg = replace(pcfg, thresholds=parent_thresholds(registry, parent, pcfg.thresholds))
+        ecfg = replace(pcfg, thresholds=parent_thresholds(registry, parent, pcfg.thresholds))
         onnx_path, _manifest = export_release(
-            edge, to_windowset(calib, modes, cap), out, registry.cfg.private_key, version, parent, cfg
+            edge, to_windowset(calib, modes, cap), out, registry.cfg.private_key, version, parent, ecfg
         )
         return onnx_path
 
