@@ -71,6 +71,18 @@ def test_console_labels_and_approves(service: CloudService):
         setpoints={"rf_power": 505.0},
     )
     assert service.ingest.handle(topic("fab1", "edge-1", Kind.TUNING), prop.to_bytes())
+    for action, reason in (("proposal", ""), ("expired", "no decision within 600 s")):
+        # an edge's proposal that nobody decided on in time (each message its own msg_id)
+        msg = Tuning(
+            edge_id="edge-1",
+            site="fab1",
+            tool_id="etch-02",
+            action=action,
+            proposal_id="p-8",
+            setpoints={"rf_power": 495.0},
+            reason=reason,
+        )
+        assert service.ingest.handle(topic("fab1", "edge-1", Kind.TUNING), msg.to_bytes())
     base = f"http://127.0.0.1:{service.cfg.api.port}"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
@@ -91,6 +103,10 @@ def test_console_labels_and_approves(service: CloudService):
             page.click("#tabs button[data-tab=tuning]")
             page.click("#tuning tr:has-text('etch-01') button:has-text('Approve')")
             page.wait_for_selector("#tuning td:has-text('approval')")
+            page.wait_for_selector("#tuning td:has-text('by olga')")
+            expired = page.locator("#tuning tr:has-text('etch-02')")
+            assert "no decision within 600 s" in expired.inner_text()
+            assert expired.locator("button").count() == 0, "an expired proposal cannot be approved"
 
             page.click("#logout")
             _sign_in(page, base, "vic")

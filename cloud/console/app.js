@@ -102,7 +102,9 @@ const RENDER = {
           button("Reject", () => act(post(`/api/tuning/${t.proposal_id}/reject`, { reason: "rejected in the console" }))));
       }
       const kv = (o) => Object.entries(o || {}).map(([k, v]) => `${k} ${fmtNum(v)}`).join(", ");
-      tr.append(cell(fmtTime(t.updated_ts)), cell(t.tool_id), cell(kv(t.setpoints)), cell(kv(t.previous)), cell(kv(t.expected)), cell(t.status), actions);
+      const last = (t.history || []).at(-1) || {};  // why it is where it is: expired, refused, who decided
+      const why = [last.reason || t.reason, last.actor && last.actor !== "edge" ? `by ${last.actor}` : ""].filter(Boolean).join(", ");
+      tr.append(cell(fmtTime(t.updated_ts)), cell(t.tool_id), cell(kv(t.setpoints)), cell(kv(t.previous)), cell(kv(t.expected)), cell(t.status), cell(why), actions);
     });
   },
   async learning() {
