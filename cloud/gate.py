@@ -91,7 +91,9 @@ class GateScore:
     def describe(self, confidence: float) -> str:
         """One line for the round's log and the benchmark, in points of AUC (0.01)."""
         if np.isnan(self.candidate) or np.isnan(self.running):
-            return f"candidate {self.candidate:.3f}, not compared (no running model, or one class only)"
+            if np.isnan(self.candidate):  # no AUC without both classes
+                return f"not compared: the {self.n} windows hold one class only"
+            return f"candidate {self.candidate:.3f}, not compared: no running model"
         line = f"candidate {self.candidate:.3f} vs running {self.running:.3f}"
         line += f" ({100 * self.change:+.1f} points"
         if np.isnan(self.upper):

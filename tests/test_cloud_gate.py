@@ -71,10 +71,11 @@ def test_nothing_to_compare_never_blocks():
     failed, tools = fleet(4)
     first = compare(noisy(failed, 0.5, 1), None, failed, tools, 0.01, 0.95)  # no running model yet
     assert not first.worse and np.isnan(first.running) and first.as_dict()["running"] is None
-    assert "not compared" in first.describe(0.95)
+    assert first.describe(0.95).endswith("not compared: no running model")
     none_failed = np.zeros(len(failed), bool)
     v = compare(np.zeros(len(failed)), np.ones(len(failed)), none_failed, tools, 0.01, 0.95)
     assert not v.worse and np.isnan(v.candidate) and v.as_dict()["upper"] is None
+    assert v.describe(0.95) == f"not compared: the {len(failed)} windows hold one class only"
 
 
 def test_bad_input_is_refused():
