@@ -28,27 +28,35 @@ def _console_url(out: Path, proc: subprocess.Popen[str], timeout_s: float) -> st
 
 
 def _approve_a_proposal(url: str, root: Path) -> dict[str, Any]:
-    """As an operator would in the console's Tuning tab: approve the first open proposal and wait
-    for the edge to report the write."""
+    """As an operator would in the console's Tuning tab: approve the newest open proposal and wait
+    for the edge to report the write. The simulator's engineers change setpoints now and then; a
+    proposal whose setpoint moved before the approval is refused by the step guard, as it should
+    be, and the next proposal is approved instead (three tries)."""
     password = (root / "admin-password").read_text().strip()
+    row: dict[str, Any] = {}
     with httpx.Client(base_url=url, timeout=10.0) as client:
         r = client.post("/api/auth/token", json={"username": "admin", "password": password})
         r.raise_for_status()
         client.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
-        deadline = time.monotonic() + 25.0
-        open_rows: list[dict[str, Any]] = []
-        while not open_rows and time.monotonic() < deadline:
-            open_rows = client.get("/api/tuning", params={"status": "proposal"}).json()
-            time.sleep(0.5)
-        assert open_rows, "no tuning proposal reached the console"
-        pid = open_rows[0]["proposal_id"]
-        assert client.post(f"/api/tuning/{pid}/approve", json={"reason": "test"}).status_code == 200
-        row: dict[str, Any] = {}
-        while time.monotonic() < deadline + 10.0:
-            row = next(t for t in client.get("/api/tuning").json() if t["proposal_id"] == pid)
-            if row["status"] in ("applied", "refused"):
+        deadline = time.monotonic() + 30.0
+        tried: set[str] = set()
+        while len(tried) < 3 and time.monotonic() < deadline:
+            rows = client.get("/api/tuning", params={"status": "proposal"}).json()  # newest first
+            fresh = [t for t in rows if t["proposal_id"] not in tried]
+            if not fresh:
+                time.sleep(0.5)
+                continue
+            pid = fresh[0]["proposal_id"]
+            tried.add(pid)
+            assert client.post(f"/api/tuning/{pid}/approve", json={"reason": "test"}).status_code == 200
+            while time.monotonic() < deadline + 5.0:
+                row = next(t for t in client.get("/api/tuning").json() if t["proposal_id"] == pid)
+                if row["status"] in ("applied", "refused"):
+                    break
+                time.sleep(0.5)
+            if row["status"] == "applied":
                 break
-            time.sleep(0.5)
+        assert tried, "no tuning proposal reached the console"
         return row
 
 
