@@ -113,7 +113,7 @@ def _register(cfg: cloud_config.CloudConfig, repo: Repo, ns: argparse.Namespace)
     try:
         row = registry.register(ns.artifact, ns.checkpoint, edge_checkpoint=ns.edge_checkpoint)
         if ns.active:
-            registry.set_status(row.version, "active")
+            registry.activate(row.version)
     except RegistryError as exc:
         raise CloudError(str(exc)) from exc
     print(f"model {row.role} {row.version} registered{' as active' if ns.active else ''}")

@@ -149,6 +149,20 @@ class Registry:
                 .limit(1)
             ).first()
 
+    def activate(self, version: str) -> None:
+        """Make ``version`` the model its role's edges run; the one active before is retired, so
+        there is one active model per role (``active`` would otherwise keep the newest)."""
+        with self.repo.transaction() as s:
+            row = s.get(ModelRow, version)
+            if row is None:
+                raise RegistryError(f"no model version {version!r}")
+            for other in s.scalars(
+                select(ModelRow).where(ModelRow.role == row.role, ModelRow.status == "active")
+            ):
+                if other.version != version:
+                    other.status = "retired"
+            row.status = "active"
+
     def set_status(self, version: str, status: str) -> None:
         with self.repo.transaction() as s:
             row = s.get(ModelRow, version)

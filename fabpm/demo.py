@@ -28,6 +28,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -282,6 +283,57 @@ def _inline_table(table: dict[str, dict[str, str]]) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
+def active_edge_model(db_path: Path) -> str | None:
+    """The edge-risk version the cloud's database has active (None: a first start)."""
+    if not db_path.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(db_path)) as db:
+            row = db.execute(
+                "select version from models where role = 'edge-risk' and status = 'active' "
+                "order by created_ts desc limit 1"
+            ).fetchone()
+    except sqlite3.Error:  # no models table yet
+        return None
+    return str(row[0]) if row else None
+
+
+def run_summary(root: Path, since_wall: float) -> str:
+    """What this run did, from the cloud's database and the simulator's ground truth (both
+    written by this run's processes; the database also holds earlier runs', left out by time)."""
+    try:
+        events = [json.loads(line) for line in (root / "ground_truth.jsonl").read_text().splitlines() if line]
+        with contextlib.closing(sqlite3.connect(root / "cloud.db")) as db:
+            alerts = db.execute("select count(*) from alerts where ts >= ?", (since_wall,)).fetchone()[0]
+            tuning = dict(
+                db.execute(
+                    # what this run decided, and every proposal still open (an earlier run's too)
+                    "select status, count(*) from tuning where updated_ts >= ? or status = 'proposal' "
+                    "group by status",
+                    (since_wall,),
+                ).fetchall()
+            )
+            rounds = dict(
+                db.execute(
+                    "select status, count(*) from learning_rounds where created_ts >= ? group by status",
+                    (since_wall,),
+                ).fetchall()
+            )
+    except (OSError, ValueError, sqlite3.Error) as exc:  # a summary is not worth failing the stop
+        return f"[demo] no summary: {exc}"
+    hours = max((e.get("t_s", 0.0) for e in events), default=0.0) / 3600.0
+    failures = [e for e in events if e.get("kind") == "failure"]
+    sudden = sum(bool(e.get("sudden")) for e in failures)
+    named = {"proposal": "open", "approval": "approved, not yet written"}
+    kv = ", ".join(f"{n} {named.get(k, k)}" for k, n in sorted(tuning.items())) or "none"
+    rv = ", ".join(f"{n} {k}" for k, n in sorted(rounds.items())) or "none yet"
+    return (
+        f"[demo] this run: {hours:.0f} simulated hours; failures in the ground truth: {len(failures)} "
+        f"({sudden} sudden); alerts: {alerts}; tuning proposals by status: {kv}; learning rounds: {rv}; "
+        f"edge model running: {active_edge_model(root / 'cloud.db') or 'none'}"
+    )
+
+
 def write_broker_conf(folder: Path, port: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "mosquitto.conf"
@@ -397,25 +449,29 @@ def main(argv: list[str]) -> int:
             logs / "prepare.log",
             env={**env, "FABPM_CLOUD_PASSWORD": password},
         )
-        run_step(
-            "registering the first edge model as the one the edges run",
-            [
-                *FABPM,
-                "cloud",
-                "model",
-                "register",
-                "--config",
-                str(cloud_conf),
-                "--artifact",
-                str(release),
-                "--checkpoint",
-                str(full),
-                "--edge-checkpoint",
-                str(edge),
-                "--active",
-            ],
-            logs / "prepare.log",
-        )
+        promoted = active_edge_model(root / "cloud.db")
+        if promoted is None:
+            run_step(
+                "registering the first edge model as the one the edges run",
+                [
+                    *FABPM,
+                    "cloud",
+                    "model",
+                    "register",
+                    "--config",
+                    str(cloud_conf),
+                    "--artifact",
+                    str(release),
+                    "--checkpoint",
+                    str(full),
+                    "--edge-checkpoint",
+                    str(edge),
+                    "--active",
+                ],
+                logs / "prepare.log",
+            )
+        else:  # registering the first model --active again would undo what learning promoted
+            print(f"[demo] the edges run edge model {promoted}, as an earlier run left it", flush=True)
         secret = root / "admin-password"
         secret.write_text(password + "\n")
         secret.chmod(0o600)
@@ -452,7 +508,7 @@ def main(argv: list[str]) -> int:
             f"[demo] ground truth: {root / 'ground_truth.jsonl'}   Ctrl-C stops everything.\n",
             flush=True,
         )
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         while not stop_now:
             dead = services.dead()
             if dead:
@@ -461,6 +517,8 @@ def main(argv: list[str]) -> int:
                 break
             time.sleep(0.5)
         print("[demo] stopping …", flush=True)
+        services.stop()
+        print(run_summary(root, started_wall), flush=True)
         return 0
     finally:
         with contextlib.suppress(Exception):

@@ -187,6 +187,25 @@ def announced(published: list, edge: str) -> ModelAnnouncement:
     return ann
 
 
+def test_activating_a_model_retires_the_one_active_before(world):
+    """`fabpm cloud model register --active` on an older release (the demo did it on every start)
+    left two active models, and the cloud kept the newer: one active model per role now."""
+    clock, pipe, published = Clock(), TinyPipeline(world["keys"] / "signing.key"), []
+    learner, _, _ = build(world, pipe, clock, published)
+    reg = learner.registry
+    empty = Windows.concat([])
+    for v in ("v1", "v2"):
+        clock.t += 60
+        reg.register(pipe.export(Path(f"{v}.json"), empty, world["tmp"] / v, v, None))
+    reg.activate("v1")
+    reg.activate("v2")
+    assert reg.active().version == "v2" and reg.require("v1").status == "retired"
+    reg.activate("v1")  # back to the older one, by hand
+    assert reg.active().version == "v1" and reg.require("v2").status == "retired"
+    with pytest.raises(RegistryError, match="no model version"):
+        reg.activate("v9")
+
+
 def test_round_to_canary_then_all_with_a_signed_model(world):
     clock, pipe, published = Clock(), TinyPipeline(world["keys"] / "signing.key"), []
     learner, ro, ingest = build(world, pipe, clock, published)

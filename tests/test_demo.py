@@ -76,6 +76,10 @@ def test_demo_runs_the_whole_loop(tmp_path: Path):
     # Advise mode in the main job: a proposal approved in the console is written by the edge,
     # through its guards, and reported back.
     assert approved["status"] == "applied", approved
+    # The run's summary on stopping, from the cloud's database and the ground truth.
+    said = out_path.read_text()
+    summary = re.search(r"\[demo\] this run: (\d+) simulated hours; .* proposals by status: ([^;]*);", said)
+    assert summary and int(summary.group(1)) > 0 and "applied" in summary.group(2), said[-1500:]
     assert [h["action"] for h in approved["history"]][:2] == ["proposal", "approval"], approved
     edge_log = (root / "logs" / "edge.log").read_text()
     assert "OPC UA link" in edge_log and " up: " in edge_log, edge_log[-2000:]
