@@ -26,7 +26,6 @@ context of each false alarm).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import subprocess
@@ -41,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from cloud.training import simdata
-from cloud.training.alert_choice import GRID_N, GRID_P, choose_rule, evaluate, risks, rule_for
+from cloud.training.alert_choice import choose_rule, evaluate, grid_scores, risks, rule_for, scored_tools
 from cloud.training.parity import run_onnx
 from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, train_full
 from cloud.training.release import AlertThresholds
@@ -150,10 +149,8 @@ def main() -> int:
     _, val = split_by_group(windows, cfg.val_fraction, cfg.train.seed)
     val_groups = {int(g) for g in np.unique(val.groups)}
     edge_probs = lambda x: predict(edge, x)["probs"]  # noqa: E731
-    choices = []
-    val_series = risks(train_dir, spec, edge_probs, val_groups)
-    for p, n in itertools.product(GRID_P, GRID_N):
-        choices.append((p, n, evaluate(*val_series, rule_for(p, n))))
+    val = scored_tools(train_dir, spec, val_groups)
+    choices = grid_scores(val, val.series(edge_probs))
     p, n, val_score = choose_rule(choices)
     rule = rule_for(p, n)
     print(f"rule chosen on validation tools: threshold {p}, persistence {n}: {val_score}", flush=True)

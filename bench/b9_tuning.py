@@ -63,6 +63,7 @@ from opcua_sim.process import oracle_setpoints, power_kw  # noqa: E402
 from opcua_sim.scenario import load_scenario, scale_tools, with_seed  # noqa: E402
 from shared.equipment import TOOL_TYPES  # noqa: E402
 from shared.signing import generate_keypair, load_private_key, load_public_key  # noqa: E402
+from shared.tuning import range_envelope, step_limits  # noqa: E402
 
 DAY = 86400.0
 TICK = 300.0
@@ -93,12 +94,7 @@ def train_surrogates(tmp: Path, seed: int) -> dict[str, TuningModel]:
 
 def envelope_for(ttype: str) -> dict[str, tuple[float, float]]:
     """The configured envelope: the setpoint's range less 5% at each end (idle_mode excluded)."""
-    out = {}
-    for sp in TOOL_TYPES[ttype].setpoints:
-        if sp.name != "idle_mode":
-            span = sp.hi - sp.lo
-            out[sp.name] = (sp.lo + 0.05 * span, sp.hi - 0.05 * span)
-    return out
+    return range_envelope(ttype)
 
 
 class Arm:
@@ -113,9 +109,7 @@ class Arm:
         cfg = TuningConfig(
             mode="auto",
             envelope={t: envelope_for(t) for t in PROCESS_TYPES},
-            max_step={
-                t: {n: 0.04 * (hi - lo) for n, (lo, hi) in envelope_for(t).items()} for t in PROCESS_TYPES
-            },
+            max_step={t: step_limits(envelope_for(t)) for t in PROCESS_TYPES},
             min_interval_s=0.0,
             max_writes_per_hour=1000,
         )

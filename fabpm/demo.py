@@ -253,16 +253,14 @@ def tuning_env(releases: dict[str, Path]) -> dict[str, str]:
     runs). The time limits are wall-clock seconds while the simulator runs an hour a second, so
     they are shortened here: a proposal expires after 10 minutes and one tag may be written every
     10 s, 60 times an hour; a real site keeps the defaults of examples/edge.toml."""
-    from shared.equipment import TOOL_TYPES
+    from shared.tuning import range_envelope, step_limits
 
     envelope: dict[str, dict[str, str]] = {}
     step: dict[str, dict[str, str]] = {}
     for ttype in releases:
-        for sp in TOOL_TYPES[ttype].setpoints:
-            if sp.name != "idle_mode":  # the eco rule's switch, not a process setting
-                lo, hi = sp.lo + 0.05 * (sp.hi - sp.lo), sp.hi - 0.05 * (sp.hi - sp.lo)
-                envelope.setdefault(ttype, {})[sp.name] = f"[{lo:.6g}, {hi:.6g}]"
-                step.setdefault(ttype, {})[sp.name] = f"{0.04 * (hi - lo):.6g}"
+        box = range_envelope(ttype)
+        envelope[ttype] = {n: f"[{lo:.6g}, {hi:.6g}]" for n, (lo, hi) in box.items()}
+        step[ttype] = {n: f"{v:.6g}" for n, v in step_limits(box).items()}
     return {
         "FABPM_EDGE__MODELS__TUNING": json.dumps([str(p) for p in releases.values()]),
         "FABPM_EDGE__TUNING__MODE": "advise",
@@ -289,12 +287,16 @@ def active_edge_model(db_path: Path) -> str | None:
         return None
     try:
         with contextlib.closing(sqlite3.connect(db_path)) as db:
-            row = db.execute(
-                "select version from models where role = 'edge-risk' and status = 'active' "
-                "order by created_ts desc limit 1"
-            ).fetchone()
+            return _active_version(db)
     except sqlite3.Error:  # no models table yet
         return None
+
+
+def _active_version(db: sqlite3.Connection) -> str | None:
+    row = db.execute(
+        "select version from models where role = 'edge-risk' and status = 'active' "
+        "order by created_ts desc limit 1"
+    ).fetchone()
     return str(row[0]) if row else None
 
 
@@ -319,6 +321,7 @@ def run_summary(root: Path, since_wall: float) -> str:
                     (since_wall,),
                 ).fetchall()
             )
+            active = _active_version(db)
     except (OSError, ValueError, sqlite3.Error) as exc:  # a summary is not worth failing the stop
         return f"[demo] no summary: {exc}"
     hours = max((e.get("t_s", 0.0) for e in events), default=0.0) / 3600.0
@@ -330,7 +333,7 @@ def run_summary(root: Path, since_wall: float) -> str:
     return (
         f"[demo] this run: {hours:.0f} simulated hours; failures in the ground truth: {len(failures)} "
         f"({sudden} sudden); alerts: {alerts}; tuning proposals by status: {kv}; learning rounds: {rv}; "
-        f"edge model running: {active_edge_model(root / 'cloud.db') or 'none'}"
+        f"edge model running: {active or 'none'}"
     )
 
 

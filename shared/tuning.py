@@ -18,7 +18,25 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from shared.equipment import tool_type
+
 Predict = Callable[[np.ndarray], object]
+
+
+def range_envelope(type_name: str, margin: float = 0.05) -> dict[str, tuple[float, float]]:
+    """Each setpoint's range less ``margin`` of it at each end (``idle_mode``, the eco rule's
+    switch, left out): the envelope B9 measures with and the demo runs with."""
+    out = {}
+    for sp in tool_type(type_name).setpoints:
+        if sp.name != "idle_mode":
+            span = sp.hi - sp.lo
+            out[sp.name] = (sp.lo + margin * span, sp.hi - margin * span)
+    return out
+
+
+def step_limits(envelope: Mapping[str, tuple[float, float]], share: float = 0.04) -> dict[str, float]:
+    """The largest step per setpoint: ``share`` of its envelope's width (B9's and the demo's)."""
+    return {name: share * (hi - lo) for name, (lo, hi) in envelope.items()}
 
 
 def _objective(predict: Predict, x: np.ndarray, weights: Mapping[str, float]) -> np.ndarray:
