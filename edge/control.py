@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import EdgeConfig
-from edge.errors import EdgeError
+from edge.errors import EdgeError, WriteRefused
 from edge.inference import TuningModel
 from edge.pipeline import Pipeline
 from edge.source import TagRef, TagSource
@@ -54,6 +54,7 @@ class SetpointControl:
             emit,
             cfg.resolve(Path("tuning.jsonl")),
             pending_path=cfg.resolve(Path("tuning_pending.json")),
+            pools_path=cfg.resolve(Path("tuning_pools.json")),
         )
         # Take-backs a guard or a link outage refused: retried before anything new is tried on
         # that tool, since leaving a change that lowered yield in place is the worse failure.
@@ -71,7 +72,10 @@ class SetpointControl:
         await self.tuner.on_command(msg, self._ttype, self._current_setpoint)
 
     def _ttype(self, tool: str) -> str:
-        return self.pipeline.tools[tool].tool_type
+        info = self.pipeline.tools.get(tool)
+        if info is None:  # a proposal made before a restart, for a tool since removed from the config
+            raise WriteRefused(f"{tool} is not configured on this edge")
+        return info.tool_type
 
     def _current_setpoint(self, tool: str, name: str) -> float:
         return self.pipeline.tools[tool].setpoints.get(name, float("nan"))

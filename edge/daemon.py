@@ -318,6 +318,7 @@ class EdgeDaemon:
             )
         self.outbox.checkpoint()
         self.tuner.expire()
+        self.tuner.save_pools(force=False)
         self.save_references()
 
     def save_references(self) -> None:
@@ -425,5 +426,6 @@ class EdgeDaemon:
                 if late:
                     _logger.warning("%d background tasks did not stop within %.0f s", len(late), STOP_TASKS_S)
             self.save_references()
+            self.tuner.save_pools()
             await self.relay.stop()
             self.outbox.close()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -43,6 +44,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +64,10 @@ Clock = Callable[[], float]
 Writer = Callable[[str, str, float], Awaitable[float]]  # (tool, setpoint, value) -> read-back
 RangeOf = Callable[[str, str], Awaitable[tuple[float, float] | None]]
 Record = Callable[[Tuning], None]
+
+# The pooled optimisers' state is written at most this often (and at every stop): a crash loses
+# at most this many seconds of lots, and a busy edge does not rewrite the file at every lot end.
+POOLS_SAVE_S = 30.0
 
 
 class SetpointGuard:
@@ -244,6 +250,7 @@ class Tuner:
         log_path: Path | None = None,
         clock: Clock = time.time,  # wall clock: a proposal's expiry outlives a restart
         pending_path: Path | None = None,
+        pools_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.site = site
@@ -263,6 +270,13 @@ class Tuner:
         self.outcome = OutcomeGuard(lots=1, tolerance=3.0) if cfg.optimiser == "pooled" else OutcomeGuard()
         self.pools: dict[str, PooledOptimizer] = {}  # per tool type
         self._last_lot: dict[str, tuple[float, float]] = {}
+        # What the pooled optimisers learnt before a restart: taken back by each tool type's pool
+        # when it is created (at its first lot), so a restart does not start the learning over.
+        self._pools_path = pools_path
+        self._saved_pools: dict[str, dict[str, Any]] = {}
+        self._pools_saved_at = -math.inf
+        self._pools_dirty = False  # lots observed since the last save
+        self._load_pools()
         self.applied = 0
         self.refused = 0
 
@@ -292,6 +306,8 @@ class Tuner:
             pool = self._pool(model, ttype, sp, context)
             # The lot just reported ran with the setpoints the tool holds now (writes follow lot ends).
             pool.observe(tool_id, self.clock(), sp, lot[0], lot[1])
+            self._pools_dirty = True
+            self.save_pools(force=False)
             if waiting:
                 return None
             proposal = {**sp, **pool.propose(tool_id, sp)}
@@ -352,16 +368,37 @@ class Tuner:
             self.pending = {}
 
     def _save_pending(self) -> None:
-        path = self._pending_path
-        if path is None:
+        if self._pending_path is not None:
+            data = {pid: asdict(p) for pid, p in self.pending.items()}
+            _write_json(self._pending_path, data, "open tuning proposals")
+
+    def _load_pools(self) -> None:
+        path = self._pools_path
+        if path is None or not path.exists():
             return
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({pid: asdict(p) for pid, p in self.pending.items()}), encoding="utf-8")
-            os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one
-        except OSError as exc:  # the proposals still work in memory; only a restart would lose them
-            _logger.warning("open tuning proposals not saved to %s: %s", path, exc)
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            pools = {str(t): dict(v) for t, v in raw["pools"].items()}
+            last = {str(t): (float(y), float(e)) for t, (y, e) in raw["last_lot"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # Losing it costs the optimisers' learning (they start from the surrogate's prior
+            # again); refusing to start would cost the edge.
+            _logger.warning("%s unreadable (%s): the pooled optimisers start afresh", path, exc)
+            return
+        self._saved_pools, self._last_lot = pools, last
+
+    def save_pools(self, force: bool = True) -> None:
+        """Write what the pooled optimisers learnt to the state directory; unless ``force``, only
+        when lots came in since the last save and at most every ``POOLS_SAVE_S`` (the daemon's
+        housekeeping calls it too, so a crash loses at most that many seconds of lots)."""
+        if self._pools_path is None or not (self._pools_dirty or force):
+            return
+        if not force and self.clock() - self._pools_saved_at < POOLS_SAVE_S:
+            return
+        pools = {**self._saved_pools, **{t: p.state() for t, p in self.pools.items()}}
+        data = {"pools": pools, "last_lot": {t: list(v) for t, v in self._last_lot.items()}}
+        if _write_json(self._pools_path, data, "pooled optimiser state"):
+            self._pools_saved_at, self._pools_dirty = self.clock(), False
 
     def _pool(
         self, model: TuningModel, ttype: str, current: Mapping[str, float], context: Mapping[str, float]
@@ -386,12 +423,24 @@ class Tuner:
             pool = self.pools[ttype] = PooledOptimizer(
                 names, envelope, self.cfg.max_step.get(ttype, {}), self.cfg.weights, curvature=prior
             )
+            saved = self._saved_pools.pop(ttype, None)
+            if saved is not None:
+                try:
+                    pool.restore(saved)
+                    lots = sum(len(q) for q in pool.lots.values())
+                    _logger.info(
+                        "%s: pooled optimiser resumed with %d lots of %d tools", ttype, lots, len(pool.lots)
+                    )
+                except ValueError as exc:
+                    _logger.warning("%s: saved optimiser state not used (%s); starting afresh", ttype, exc)
         return pool
 
     async def on_command(
         self, msg: Tuning, ttype_of: Callable[[str], str], current_of: Callable[[str, str], float]
     ) -> None:
-        """An approval or rejection from the cloud for a pending proposal."""
+        """An approval or rejection from the cloud for a pending proposal. ``ttype_of`` raises
+        :class:`WriteRefused` for a tool this edge no longer serves: the approval is answered
+        ``refused``."""
         self.expire()
         pending = self.pending.pop(msg.proposal_id, None)
         if pending is None:
@@ -403,9 +452,15 @@ class Tuner:
         self._save_pending()
         if msg.action == "approval":
             tool = pending.tool_id
+            try:
+                ttype = ttype_of(tool)
+            except WriteRefused as exc:  # the tool left the config since: answer, write nothing
+                self.refused += 1
+                self._emit(tool, "refused", msg.proposal_id, pending.setpoints, {}, str(exc), msg.actor)
+                return
             await self.apply(
                 tool,
-                ttype_of(tool),
+                ttype,
                 pending.setpoints,
                 {n: current_of(tool, n) for n in pending.setpoints},
                 msg.proposal_id,
@@ -485,6 +540,20 @@ class Tuner:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             with self._log_path.open("a", encoding="utf-8") as fh:
                 fh.write(msg.model_dump_json(by_alias=True) + "\n")
+
+
+def _write_json(path: Path, data: object, what: str) -> bool:
+    """Replace ``path`` with ``data`` atomically (a crash leaves the old file or the new one);
+    a failure is logged, not raised: the state still works in memory, only a restart loses it."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        _logger.warning("%s not saved to %s: %s", what, path, exc)
+        return False
+    return True
 
 
 class EwmaController:

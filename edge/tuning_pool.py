@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +75,45 @@ class PooledOptimizer:
         self.nominal: dict[str, np.ndarray] = {}
         self.prior_m: np.ndarray | None = None
         self.rng = np.random.default_rng(seed)
+
+    def state(self) -> dict[str, object]:
+        """What the pool has learnt, as JSON-able data (absolute units, so a changed envelope
+        still reads it): every tool's recent lots, its nominal setpoints, the recipe's optimum."""
+        return {
+            "names": self.names,
+            "prior": None if self.prior_m is None else (self.lo + self.prior_m * self.span).tolist(),
+            "nominal": {t: v.tolist() for t, v in self.nominal.items()},
+            "lots": {
+                t: [[lot.t_s, list(lot.setpoints), lot.yield_pct, lot.energy_kwh] for lot in lots]
+                for t, lots in self.lots.items()
+            },
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take back what :meth:`state` saved. Raises ValueError when it does not fit this pool
+        (other setpoints, a malformed entry); the pool is then left as it was."""
+        names = state.get("names")
+        if names != self.names:
+            raise ValueError(f"saved for setpoints {names}, this pool tunes {self.names}")
+        k = len(self.names)
+        try:
+            prior = state.get("prior")
+            prior_m = None if prior is None else self._z([float(v) for v in prior])
+            nominal = {str(t): np.array([float(v) for v in u]) for t, u in state["nominal"].items()}
+            lots = {
+                str(t): deque(
+                    (Lot(float(ts), tuple(float(v) for v in u), float(y), float(e)) for ts, u, y, e in rows),
+                    maxlen=self.history,
+                )
+                for t, rows in state["lots"].items()
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed pool state: {exc}") from exc
+        if (prior_m is not None and prior_m.shape != (k,)) or any(v.shape != (k,) for v in nominal.values()):
+            raise ValueError(f"pool state does not have {k} setpoints per entry")
+        if any(len(lot.setpoints) != k for q in lots.values() for lot in q):
+            raise ValueError(f"pool state has lots without {k} setpoints")
+        self.prior_m, self.nominal, self.lots = prior_m, nominal, lots
 
     def _z(self, u: Sequence[float]) -> np.ndarray:
         return (np.asarray(u, dtype=np.float64) - self.lo) / self.span

@@ -279,3 +279,96 @@ def test_open_proposals_survive_a_restart_of_the_edge(tmp_path) -> None:
     assert start().pending == {}, "the decided proposal is no longer open after another restart"
     state.write_text("{not json")
     assert start().pending == {}
+
+
+def test_pooled_learning_survives_a_restart_of_the_edge(tmp_path, caplog) -> None:
+    """A restarted edge's optimiser goes on from the lots it had seen (the same next target as
+    an edge that never stopped), does not count the last lot twice, and a state file that does
+    not fit (damaged, other setpoints) costs the learning, not the start."""
+    cfg = TuningConfig(
+        mode="auto",
+        optimiser="pooled",
+        envelope={"plasma_etch": {"rf_power_sp": (1100.0, 1400.0), "pressure_sp": (20.0, 80.0)}},
+        max_step={"plasma_etch": {"rf_power_sp": 20.0, "pressure_sp": 3.0}},
+    )
+    path = tmp_path / "state" / "tuning_pools.json"
+    now = [0.0]
+
+    async def never(*_: object) -> float:
+        raise AssertionError("propose must not write")
+
+    def start(p: object = path) -> Tuner:
+        return Tuner(cfg, "s", "e", never, _no_range, lambda _m: None, clock=lambda: now[0], pools_path=p)  # type: ignore[arg-type]
+
+    model = _FakeModel()
+    rng = np.random.default_rng(3)
+    current = {t: {"rf_power_sp": 1200.0, "pressure_sp": 40.0} for t in ("etch-01", "etch-02")}
+
+    def lot(tuner: Tuner, tool: str, i: int) -> dict[str, float]:
+        ctx = {"last_lot_yield": 90.0 + float(rng.normal()), "last_lot_energy_kwh": 20.0 + 0.1 * i}
+        msg = tuner.propose(model, tool, "plasma_etch", current[tool], ctx)  # type: ignore[arg-type]
+        if msg is not None:
+            current[tool].update(msg.setpoints)
+        return ctx
+
+    first = start()
+    for i in range(12):
+        now[0] = i * 60.0  # one lot per tool a minute: saved at most every POOLS_SAVE_S
+        last = lot(first, "etch-01", i)
+        lot(first, "etch-02", i)
+    first.save_pools()  # what the daemon does at its stop
+    again = start()
+    assert again.pools == {}, "taken back at the type's first lot, not before"
+    assert again.propose(model, "etch-01", "plasma_etch", current["etch-01"], last) is None, (  # type: ignore[arg-type]
+        "the lot reported before the stop is not a new lot after it"
+    )
+    now[0] += 60.0
+    sp = dict(current["etch-02"])
+    new_lot = {"last_lot_yield": 91.5, "last_lot_energy_kwh": 21.0}
+    for tuner in (first, again):  # the edge that never stopped, and the restarted one
+        assert tuner.propose(model, "etch-02", "plasma_etch", sp, new_lot) is not None  # type: ignore[arg-type]
+    pool, resumed = first.pools["plasma_etch"], again.pools["plasma_etch"]
+    assert {t: len(q) for t, q in resumed.lots.items()} == {"etch-01": 12, "etch-02": 13}
+    assert np.allclose(resumed.target("etch-01"), pool.target("etch-01"))  # type: ignore[arg-type]
+    assert {t: v.tolist() for t, v in resumed.nominal.items()} == {
+        t: v.tolist() for t, v in pool.nominal.items()
+    }
+
+    other = tmp_path / "other.json"
+    first.save_pools()
+    text = path.read_text().replace('"rf_power_sp", "pressure_sp"', '"rf_power_sp", "gas_flow_sp"')
+    other.write_text(text)
+    fresh = start(other)
+    with caplog.at_level("WARNING"):
+        lot(fresh, "etch-01", 99)
+    assert "saved optimiser state not used" in caplog.text
+    assert len(fresh.pools["plasma_etch"].lots["etch-01"]) == 1
+    other.write_text("{not json")
+    assert start(other)._saved_pools == {}
+
+
+def test_an_approval_for_a_tool_no_longer_configured_is_refused(tmp_path) -> None:
+    """A proposal made before a restart whose config dropped its tool: the approval is answered
+    'refused' with the reason, and nothing is written."""
+    from edge.errors import WriteRefused
+
+    state = tmp_path / "tuning_pending.json"
+    records: list[Tuning] = []
+
+    async def never(*_: object) -> float:
+        raise AssertionError("nothing may be written")
+
+    tuner = Tuner(_advise(), "s", "e", never, _no_range, records.append, pending_path=state)  # type: ignore[arg-type]
+    current = {"rf_power_sp": 1200.0, "pressure_sp": 40.0}
+    proposal = tuner.propose(
+        _FakeModel(), "etch-09", "plasma_etch", current, {"last_lot_yield": 90.0, "last_lot_energy_kwh": 20.0}
+    )  # type: ignore[arg-type]
+    assert proposal is not None
+
+    def gone(tool: str) -> str:
+        raise WriteRefused(f"{tool} is not configured on this edge")
+
+    restarted = Tuner(_advise(), "s", "e", never, _no_range, records.append, pending_path=state)  # type: ignore[arg-type]
+    asyncio.run(restarted.on_command(_approval(proposal, "olga"), gone, lambda _t, n: current[n]))
+    assert records[-1].action == "refused" and records[-1].proposal_id == proposal.proposal_id
+    assert "not configured" in records[-1].reason and restarted.refused == 1 and restarted.pending == {}
