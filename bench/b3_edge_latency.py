@@ -1,11 +1,15 @@
 """B3: edge-model inference side by side in one run, batch 1 on one thread and batch 64 throughput.
 
-Variants: torch FP32 eager, ONNX FP32, ONNX INT8 dynamic, ONNX INT8 static (QDQ, every MatMul),
-and the released adaptive mix (cloud.training.quantize). Measurements are interleaved in rounds so
-a neighbour's load hits every variant alike; ratios are the figures that count. Also: the FLOP
-floor (model FLOPs / this core's measured FP32 GEMM rate), file sizes, and the RSS a session adds.
+Variants: torch FP32 eager, ONNX FP32 (the exporter's graph), ONNX INT8 dynamic, ONNX INT8 static
+(QDQ, every MatMul), the adaptive mix (cloud.training.quantize) and what the release ships: the
+adaptive mix, or, when that keeps every layer FP32, the lean graph (cloud.training.lean_graph).
+Measurements are interleaved in rounds so a neighbour's load hits every variant alike; ratios are
+the figures that count. Also: the FLOP floor (model FLOPs / this core's measured FP32 GEMM rate),
+onnxruntime's own dispatch cost (fixed run() cost and cost per node, and the share of each graph's
+latency they explain), file sizes, and the RSS a session adds.
 
     .venv/bin/python bench/b3_edge_latency.py [--checkpoint artifacts/b1/cmapss_edge_s0.pt] [--quick]
+        [--shape cmapss|sim]   (without a checkpoint: an untrained model of that shape)
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import onnx
 import torch
-from edge_graphs import fused_graph  # bench/ is the script's folder
 
 from cloud.training.export import export_dga
+from cloud.training.lean_graph import lean_graph
 from cloud.training.parity import compare, run_onnx
 from cloud.training.quantize import (
     adaptive_quantize,
@@ -149,11 +153,12 @@ def main() -> int:
         dyn = quantize_dynamic_int8(pre, args.out / "edge.int8_dynamic.onnx")
         sta = quantize_static_int8(pre, args.out / "edge.int8_static.onnx", calib)
         mix, report = adaptive_quantize(fp32, args.out / "edge.released.onnx", calib, hold, cfg.rul_cap)
-    paths = {"onnx_fp32": fp32, "onnx_int8_dynamic": dyn, "onnx_int8_static": sta, "released_mix": mix}
-    if getattr(model, "keep_ratio", None) is None:  # the hand-built graphs (bench/edge_graphs.py)
-        for name, contrib in (("onnx_fp32_lean", False), ("onnx_fp32_contrib", True)):
-            paths[name] = args.out / f"edge.{name.removeprefix('onnx_fp32_')}.onnx"
-            onnx.save(fused_graph(model, contrib=contrib), str(paths[name]))
+    paths = {"onnx_fp32": fp32, "onnx_int8_dynamic": dyn, "onnx_int8_static": sta, "adaptive_mix": mix}
+    if report.to_dict()["int8_groups"]:
+        paths["released"] = paths.pop("adaptive_mix")
+    else:  # what cloud.training.release ships when every layer stays FP32: the lean graph
+        paths["released"] = args.out / "edge.lean.onnx"
+        onnx.save(lean_graph(model), str(paths["released"]))
     base_rss = rss_kb()
     sessions = {}
     for name, p in paths.items():

@@ -140,3 +140,43 @@ def test_config_round_trip_and_validation():
         DGAConfig(d_model=10, n_heads=4)
     with pytest.raises(ValueError):
         DGAConfig.from_dict({**CFG.to_dict(), "bogus": 1})
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [CFG, DGAConfig(n_features=5, window=9, n_modes=1, d_model=8, n_heads=1, n_layers=1, d_ff=16, embed_dim=4)],
+)
+def test_lean_graph_computes_what_the_model_does_in_fewer_nodes(cfg: DGAConfig, tmp_path):
+    """The release's hand-built graph (cloud.training.lean_graph): the model's outputs for any
+    batch, with the gates, the clamps and every folded constant, in fewer nodes than the exporter's."""
+    import onnx
+    import onnxruntime as ort
+
+    from cloud.training.export import export_dga
+    from cloud.training.lean_graph import lean_graph
+
+    torch.manual_seed(2)
+    model = DGA(cfg).eval()
+    with torch.no_grad():  # every parameter away from its initial value (zero biases, gate at 2)
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        model.gate.fc2.bias.fill_(-1.0)
+    proto = lean_graph(model)
+    path = tmp_path / "lean.onnx"
+    onnx.save(proto, str(path))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == list(OUTPUT_NAMES) and sess.get_inputs()[0].name == "x"
+    assert len(proto.graph.node) < len(onnx.load(str(export_dga(model, tmp_path / "exp.onnx"))).graph.node)
+    x = torch.randn(9, cfg.window, cfg.n_features) * 2
+    with torch.no_grad():
+        ref = model(x)
+    assert 0.05 < float(ref["gates"].min()) and float(ref["gates"].max()) < 0.95, "gates not exercised"
+    for batch in (1, 9):
+        got = sess.run(None, {"x": x[:batch].numpy()})
+        for name, arr in zip(OUTPUT_NAMES, got, strict=True):
+            np.testing.assert_allclose(arr, ref[name][:batch].numpy(), atol=1e-4, rtol=1e-4, err_msg=name)
+    for bias, bound in ((+5.0, cfg.rul_cap), (-5.0, 0.0)):  # the RUL clamp at both ends
+        with torch.no_grad():
+            model.rul_head.bias.fill_(bias)
+        got = ort.InferenceSession(lean_graph(model).SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(got.run(["rul"], {"x": x.numpy()})[0], np.full(9, bound, np.float32))

@@ -276,6 +276,9 @@ def test_pipeline_tiny_end_to_end(export_dir, keys, tmp_path):
         "hard_margin", "hard_rul_std_h", "hard_novelty",
     }  # fmt: skip
     assert manifest.precision["fp32_groups"] or manifest.precision["int8_groups"]
+    # every layer FP32 here: the release ships the lean graph, held to the exporter's by parity
+    assert manifest.precision["graph"] == ("exported" if manifest.precision["int8_groups"] else "lean")
+    assert manifest.metrics["parity"]["rul_rms_diff_rel_cap"] < 1e-5
     # the edge's path: raw values → shared.features → the released graph
     import onnxruntime as ort
 
