@@ -154,6 +154,10 @@ class DecisionsConfig(StrictModel):
     max_stale_steps: float = Field(default=3.0, gt=0)
     hardcase_per_hour: float = Field(default=60.0, ge=0)  # upload budget: token bucket rate
     hardcase_burst: int = Field(default=10, ge=0)
+    # The most of that budget one tool may take (its own token bucket), so a tool that reads as
+    # novel at every window cannot starve the others; an edge with fewer than 1/share tools gives
+    # each tool 1/N of the budget, so the whole budget stays usable.
+    hardcase_tool_share: float = Field(default=0.25, gt=0, le=1)
     pending_cases_max: int = Field(default=10000, ge=1)
     verdict_ttl_s: float = Field(default=7 * 86400.0, gt=0)
 

@@ -89,7 +89,7 @@ class EdgeDaemon:
         self.tags = tag_table(cfg.tools)
         self.source: TagSource = AsyncuaSource(cfg.opcua, self.tags) if source is None else source
         self.relay = MqttRelay(cfg.mqtt, cfg.site, cfg.edge_id, self.outbox, on_message=self._on_command)
-        self.decider = Decider(cfg.decisions, cfg.site, cfg.edge_id)
+        self.decider = Decider(cfg.decisions, cfg.site, cfg.edge_id, tools=len(cfg.tools))
         self.pipeline = Pipeline(
             self.tags,
             {t.id: t.type for t in cfg.tools},

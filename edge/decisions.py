@@ -10,11 +10,15 @@ alert rule is chosen on. Maintenance or a failure resets the rule.
 A window is a hard case when ``hard_case_reasons`` gives a reason (margin, RUL uncertainty,
 novelty). Hard cases cost upload bandwidth and cloud compute, so they pass a token bucket
 (``hardcase_per_hour``, burst ``hardcase_burst``); the ones over the budget are counted, not sent.
+Each tool also has its own bucket, ``hardcase_tool_share`` of the budget (``1/N`` of it on an
+edge of N < 1/share tools): one tool that reads as novel at every window would otherwise take the
+whole budget, and the cloud would learn from that tool alone.
 Thresholds come from the model's manifest, overridden key by key by ``decisions.thresholds``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections import Counter
@@ -58,6 +62,10 @@ class TokenBucket:
             return True
         return False
 
+    def give_back(self) -> None:
+        """Undo the last :meth:`take` (the case it paid for was not sent after all)."""
+        self.tokens = min(self.burst, self.tokens + 1.0)
+
 
 @dataclass
 class ToolDecision:
@@ -81,11 +89,17 @@ def rule_from(thresholds: Mapping[str, float]) -> AlertRule:
 class Decider:
     """Alert state and hard-case budget for every tool of one edge."""
 
-    def __init__(self, cfg: DecisionsConfig, site: str, edge_id: str, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, cfg: DecisionsConfig, site: str, edge_id: str, clock: Clock = time.monotonic, tools: int = 0
+    ) -> None:
+        """``tools``: how many tools the edge serves (0: not known, each gets the configured share)."""
         self.cfg = cfg
         self.site = site
         self.edge_id = edge_id
+        self.clock = clock
         self.bucket = TokenBucket(cfg.hardcase_per_hour / 3600.0, cfg.hardcase_burst, clock)
+        self.tool_share = max(cfg.hardcase_tool_share, 1.0 / tools) if tools > 0 else cfg.hardcase_tool_share
+        self.tool_buckets: dict[str, TokenBucket] = {}
         self.states: dict[str, AlertState] = {}
         self.counts: Counter[str] = Counter()
         self._thresholds: dict[str, float] = {}
@@ -157,7 +171,7 @@ class Decider:
         out.reasons = reasons
         if reasons:
             self.counts["hard"] += 1
-            if self.bucket.take():
+            if self._budget(tool_id):
                 self.counts["hard_sent"] += 1
                 out.hard_case = message(
                     HardCase,
@@ -179,9 +193,27 @@ class Decider:
                     reasons=reasons,
                     model_version=model_version,
                 )
-            else:
-                self.counts["hard_over_budget"] += 1
         return out
+
+    def _budget(self, tool_id: str) -> bool:
+        """Spend a token of the tool's share and of the edge's budget; False (and counted) when
+        either is empty. A case refused by the edge's budget does not cost the tool's share."""
+        own = self.tool_buckets.get(tool_id)
+        if own is None:
+            share = self.tool_share
+            burst = max(1, math.ceil(self.cfg.hardcase_burst * share)) if self.cfg.hardcase_burst else 0
+            own = self.tool_buckets[tool_id] = TokenBucket(
+                self.cfg.hardcase_per_hour * share / 3600.0, burst, self.clock
+            )
+        if not own.take():
+            self.counts["hard_over_budget"] += 1
+            self.counts["hard_over_tool_share"] += 1
+            return False
+        if not self.bucket.take():
+            own.give_back()
+            self.counts["hard_over_budget"] += 1
+            return False
+        return True
 
 
 def _finite(x: float) -> float | None:

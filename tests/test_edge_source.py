@@ -405,6 +405,39 @@ def test_token_bucket_budget_with_an_injected_clock():
     assert [bucket.take() for _ in range(3)] == [True, True, False]
 
 
+def test_one_tool_cannot_take_the_whole_hard_case_budget():
+    """A tool that is a hard case at every window gets its share of the budget; the others'
+    cases still go out; an edge of two tools may use the whole budget between them."""
+    from edge.config import DecisionsConfig
+    from edge.decisions import Decider
+    from shared.equipment import ALL_MODES
+
+    now = [0.0]
+    modes = list(ALL_MODES)
+    probs = np.full(len(modes), 0.5, np.float32)  # margin 0: every window is a hard case
+
+    def run(tools: int, sends: list[str], steps: int = 400) -> dict[str, int]:
+        now[0] = 0.0
+        cfg = DecisionsConfig(hardcase_per_hour=3600.0, hardcase_burst=8, hardcase_tool_share=0.25)
+        decider = Decider(cfg, "s", "e", clock=lambda: now[0], tools=tools)
+        decider.set_thresholds({"alert_probability": 0.5, "hard_margin": 0.1})
+        sent: dict[str, int] = {}
+        for i, tool in enumerate(sends[j % len(sends)] for j in range(steps)):
+            now[0] = i * 0.5  # two windows a second against a budget of one case a second
+            d = decider.decide(
+                tool, "plasma_etch", now[0], np.zeros((1, 1)), ["x"], modes, probs, 1.0, 1.0, 0.0, "v"
+            )
+            sent[tool] = sent.get(tool, 0) + (d.hard_case is not None)
+        return sent
+
+    # The noisy tool has 9 windows in 10; the other 1 in 10. Without shares it would get 9/10.
+    sent = run(tools=8, sends=["noisy"] * 9 + ["quiet"])
+    assert sent["quiet"] == 40, "every case of the quiet tool went out"
+    assert sent["noisy"] <= 0.25 * 200 + 2, "the noisy tool is held to its quarter of the budget"
+    both = run(tools=2, sends=["a", "b"])
+    assert both["a"] + both["b"] >= 195, "two tools share the whole budget (one case a second)"
+
+
 async def test_a_cancel_that_comes_as_the_connect_completes_is_not_lost(monkeypatch):
     # Python 3.11's asyncio.wait_for returns the inner result when the cancel arrives in the step
     # the inner call completes, and the cancel is lost: the source then ran on and a daemon that
