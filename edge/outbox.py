@@ -21,7 +21,10 @@ never dropped to make room: they are admitted up to a hard ceiling of 1.25 × th
 which the new critical message is refused with :class:`OutboxError` (the disk is the limit).
 
 The outbox also remembers the hard cases waiting for a verdict (table ``cases``), so a verdict
-that arrives after a restart still finds its case.
+that arrives after a restart still finds its case, and keeps a ledger per message kind (table
+``ledger``: written, acknowledged by the broker, dropped by the overflow policy), updated in the
+same transaction as the queue, so it survives restarts and ``kill -9`` as the queue does: what the
+cloud should hold from this edge is ``written − dropped − still queued`` (B10 reconciles it).
 """
 
 from __future__ import annotations
@@ -65,6 +68,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     size INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
+CREATE TABLE IF NOT EXISTS ledger (
+    kind TEXT PRIMARY KEY,
+    written INTEGER NOT NULL DEFAULT 0,
+    acked INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0,
+    refused INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS cases (
     case_id TEXT PRIMARY KEY,
     tool_id TEXT NOT NULL,
@@ -126,10 +136,13 @@ class Outbox:
                 if self._bytes + size > self.quota_bytes:
                     self._make_room(size, priority)
                 if self._bytes + size > self.quota_bytes and priority in DROPPABLE:
+                    self._count_in(kind.value, "written", 1)  # and dropped at once, by the policy
+                    self._count_in(kind.value, "dropped", 1)
                     self._db.execute("COMMIT")
                     self.dropped[priority] += 1
                     return None
                 if self._bytes + size > self.quota_bytes * HARD_CEILING:
+                    self._count_in(kind.value, "refused", 1)
                     self._db.execute("COMMIT")
                     self.refused += 1
                     raise OutboxError(
@@ -141,6 +154,7 @@ class Outbox:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (priority, kind.value, topic, payload, qos, int(retain), time.time(), size),
                 )
+                self._count_in(kind.value, "written", 1)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
@@ -157,19 +171,46 @@ class Outbox:
                 continue
             while self._bytes + size > self.quota_bytes:
                 rows = self._db.execute(
-                    "SELECT id, size FROM outbox WHERE priority = ? ORDER BY id LIMIT 256", (victim,)
+                    "SELECT id, size, kind FROM outbox WHERE priority = ? ORDER BY id LIMIT 256", (victim,)
                 ).fetchall()
                 if not rows:
                     break
                 freed = 0
-                for row_id, row_size in rows:
+                for row_id, row_size, row_kind in rows:
                     self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+                    self._count_in(row_kind, "dropped", 1)
                     freed += row_size
                     self._count -= 1
                     self.dropped[victim] += 1
                     if self._bytes - freed + size <= self.quota_bytes:
                         break
                 self._bytes -= freed
+
+    def _count_in(self, kind: str, column: str, n: int) -> None:
+        """Add ``n`` to the ledger (inside the caller's transaction; ``column`` is ours, not input)."""
+        self._db.execute(
+            f"INSERT INTO ledger (kind, {column}) VALUES (?, ?) "
+            f"ON CONFLICT (kind) DO UPDATE SET {column} = {column} + excluded.{column}",
+            (kind, n),
+        )
+
+    def ledger(self) -> dict[str, dict[str, int]]:
+        """Per message kind since this outbox was created: written (admitted or dropped by the
+        overflow policy), acked by the broker, dropped, refused (critical, past the hard ceiling:
+        never written), and queued now."""
+        with self._lock:
+            rows = self._db.execute("SELECT kind, written, acked, dropped, refused FROM ledger").fetchall()
+            queued = dict(self._db.execute("SELECT kind, COUNT(*) FROM outbox GROUP BY kind").fetchall())
+        return {
+            str(k): {
+                "written": int(w),
+                "acked": int(a),
+                "dropped": int(d),
+                "refused": int(r),
+                "queued": int(queued.get(k, 0)),
+            }
+            for k, w, a, d, r in rows
+        }
 
     def pending(self, limit: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[Row]:
         """Up to ``limit`` rows in priority order, skipping the ids in ``exclude`` (in flight)."""
@@ -191,13 +232,17 @@ class Outbox:
                 self._db.execute("BEGIN IMMEDIATE")
                 sizes = 0
                 removed = 0
+                kinds: Counter[str] = Counter()
                 for row_id in ids:
                     got = self._db.execute(
-                        "DELETE FROM outbox WHERE id = ? RETURNING size", (row_id,)
+                        "DELETE FROM outbox WHERE id = ? RETURNING size, kind", (row_id,)
                     ).fetchone()
                     if got is not None:
                         sizes += int(got[0])
                         removed += 1
+                        kinds[str(got[1])] += 1
+                for kind, n in kinds.items():
+                    self._count_in(kind, "acked", n)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
@@ -217,6 +262,7 @@ class Outbox:
             "by_priority": by_prio,
             "dropped": dict(self.dropped),
             "refused": self.refused,
+            "ledger": self.ledger(),
         }
 
     def __len__(self) -> int:

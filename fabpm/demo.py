@@ -40,6 +40,7 @@ from shared.errors import FabpmError
 
 _logger = logging.getLogger(__name__)
 FABPM = [sys.executable, "-m", "fabpm.cli"]
+ADMIN = ["--username", "admin", "--role", "admin"]  # the demo's console user
 MODEL_SIZE = "small"  # PipelineConfig.small: about half a minute of training, heads that mean something
 
 
@@ -73,6 +74,7 @@ class Services:
 
     logs: Path
     procs: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = field(default_factory=list)
+    commands: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict)
 
     def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -80,7 +82,27 @@ class Services:
         _logger.info("starting %s: %s", name, " ".join(cmd))
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.procs.append((name, proc, log))
+        self.commands[name] = (cmd, env)
         return proc
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL, timeout_s: float = 15.0) -> None:
+        """Send ``sig`` to the running ``name`` (its whole process group) and wait for it to go;
+        it is forgotten, so :meth:`dead` does not report it."""
+        for entry in [e for e in self.procs if e[0] == name and e[1].poll() is None]:
+            _, proc, log = entry
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+            log.close()
+            self.procs.remove(entry)
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start ``name`` again with the command and environment it was first started with."""
+        cmd, env = self.commands[name]
+        return self.start(name, cmd, env)
 
     def dead(self) -> list[str]:
         return [f"{n} (exit {p.returncode})" for n, p, _ in self.procs if p.poll() is not None]
@@ -366,6 +388,148 @@ def write_cloud_conf(root: Path, broker: int, api: int, full: Path) -> Path:
     return conf
 
 
+@dataclass
+class Loop:
+    """The running loop: its processes (by name: mosquitto, sim, cloud, edge) and where they listen."""
+
+    root: Path
+    services: Services
+    broker_port: int
+    opc_port: int
+    api_port: int
+    metrics_port: int
+    endpoint: str
+    secret: Path
+    tuned_types: int  # process tool types the edge proposes setpoint changes for
+
+    def wait_for(self, name: str, timeout_s: float = 120.0) -> None:
+        """After a (re)start of ``name``: wait until it listens (the edge: its health port)."""
+        port = {
+            "mosquitto": self.broker_port,
+            "sim": self.opc_port,
+            "cloud": self.api_port,
+            "edge": self.metrics_port,
+        }[name]
+        proc = next(p for n, p, _ in reversed(self.services.procs) if n == name)
+        wait_port(port, timeout_s, proc, name, self.services.logs / f"{name}.log")
+
+
+def start_loop(
+    root: Path,
+    services: Services,
+    *,
+    tools: int,
+    speed: float,
+    seed: int,
+    api_port: int,
+    extra_env: dict[str, str] | None = None,
+) -> Loop:
+    """Prepare (models, keys, configs; cached under ``root``) and start Mosquitto, the simulator,
+    the cloud and one edge, each as its own process under ``services``. ``extra_env`` is added to
+    every child's environment (``FABPM_EDGE__…``/``FABPM_CLOUD__…`` overrides)."""
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(mosquitto).exists():
+        raise DemoError("mosquitto is not installed: run scripts/bootstrap.sh (or apt-get install mosquitto)")
+    full, edge, release, pubkey = prepare_models(root, tools, seed + 1000)
+    tuning = prepare_tuning(root)
+    broker_port, opc_port, metrics_port = free_port(), free_port(), free_port()
+    api_port = api_port or free_port()
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", api_port)) == 0:
+            api_port = free_port()
+    endpoint = f"opc.tcp://127.0.0.1:{opc_port}/fabpm/"
+    logs = services.logs
+    env = {**os.environ, **(extra_env or {})}
+    broker_conf = write_broker_conf(root / "broker", broker_port)
+    proc = services.start("mosquitto", [mosquitto, "-c", str(broker_conf)])
+    wait_port(broker_port, 10, proc, "mosquitto", logs / "mosquitto.log")
+    proc = services.start(
+        "sim",
+        [
+            *FABPM,
+            "sim",
+            "serve",
+            "--endpoint",
+            endpoint,
+            "--tools",
+            str(tools),
+            "--seed",
+            str(seed),
+            "--speed",
+            str(speed),
+            "--security",
+            "none",
+            "--truth",
+            str(root / "ground_truth.jsonl"),
+            "--cert-dir",
+            str(root / "sim-certs"),
+        ],
+        env=env,
+    )
+    wait_port(opc_port, 120, proc, "the simulator", logs / "sim.log")
+    cloud_conf = write_cloud_conf(root, broker_port, api_port, full)
+    password = secrets.token_urlsafe(12)
+    run_step(
+        "creating the console user admin",
+        [*FABPM, "cloud", "user", "add", "--config", str(cloud_conf), *ADMIN],
+        logs / "prepare.log",
+        env={**env, "FABPM_CLOUD_PASSWORD": password},
+    )
+    promoted = active_edge_model(root / "cloud.db")
+    if promoted is None:
+        run_step(
+            "registering the first edge model as the one the edges run",
+            [
+                *FABPM,
+                "cloud",
+                "model",
+                "register",
+                "--config",
+                str(cloud_conf),
+                "--artifact",
+                str(release),
+                "--checkpoint",
+                str(full),
+                "--edge-checkpoint",
+                str(edge),
+                "--active",
+            ],
+            logs / "prepare.log",
+            env=env,
+        )
+    else:  # registering the first model --active again would undo what learning promoted
+        print(f"[demo] the edges run edge model {promoted}, as an earlier run left it", flush=True)
+    secret = root / "admin-password"
+    secret.write_text(password + "\n")
+    secret.chmod(0o600)
+    proc = services.start("cloud", [*FABPM, "cloud", "run", "--config", str(cloud_conf)], env=env)
+    wait_port(api_port, 120, proc, "the cloud", logs / "cloud.log")
+    edge_conf = root / "edge.toml"
+    run_step(
+        "discovering the simulator's tools for the edge config",
+        [*FABPM, "edge", "discover", "--endpoint", endpoint, "--out", str(edge_conf)],
+        logs / "prepare.log",
+        env=env,
+    )
+    edge_env = {
+        "FABPM_EDGE__SITE": "demo",
+        "FABPM_EDGE__EDGE_ID": "edge1",
+        "FABPM_EDGE__STATE_DIR": str(root / "edge-state"),
+        "FABPM_EDGE__MQTT__PORT": str(broker_port),
+        "FABPM_EDGE__MODELS__RISK": str(release),
+        "FABPM_EDGE__MODELS__PUBLIC_KEY": str(pubkey),
+        "FABPM_EDGE__METRICS__PORT": str(metrics_port),
+        # The hard-case budget is per wall-clock hour. At an hour a second, the default 60
+        # lets one case through every 60 simulated hours, and the labels a learning round
+        # waits for would take most of an hour to come: one a second here.
+        "FABPM_EDGE__DECISIONS__HARDCASE_PER_HOUR": "3600",
+        **tuning_env(tuning),
+    }
+    edge_env = {**os.environ, **edge_env, **(extra_env or {})}  # the caller's overrides win
+    services.start("edge", [*FABPM, "edge", "run", "--config", str(edge_conf)], env=edge_env)
+    return Loop(root, services, broker_port, opc_port, api_port, metrics_port, endpoint, secret, len(tuning))
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fabpm demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=Path("runs/demo"), help="where everything is kept")
@@ -382,21 +546,7 @@ def main(argv: list[str]) -> int:
     if ns.fresh and root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(mosquitto).exists():
-        raise DemoError("mosquitto is not installed: run scripts/bootstrap.sh (or apt-get install mosquitto)")
-
-    full, edge, release, pubkey = prepare_models(root, ns.tools, ns.seed + 1000)
-    tuning = prepare_tuning(root)
-    broker_port, opc_port, metrics_port = free_port(), free_port(), free_port()
-    api_port = ns.api_port or free_port()
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", api_port)) == 0:
-            api_port = free_port()
-    endpoint = f"opc.tcp://127.0.0.1:{opc_port}/fabpm/"
-    logs = root / "logs"
-    services = Services(logs)
-    env = dict(os.environ)
+    services = Services(root / "logs")
     stop_now = False
 
     def _stop(signum: int, _frame: object) -> None:
@@ -406,108 +556,15 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        proc = services.start(
-            "mosquitto", [mosquitto, "-c", str(write_broker_conf(root / "broker", broker_port))]
-        )
-        wait_port(broker_port, 10, proc, "mosquitto", logs / "mosquitto.log")
-        proc = services.start(
-            "sim",
-            [
-                *FABPM,
-                "sim",
-                "serve",
-                "--endpoint",
-                endpoint,
-                "--tools",
-                str(ns.tools),
-                "--seed",
-                str(ns.seed),
-                "--speed",
-                str(ns.speed),
-                "--security",
-                "none",
-                "--truth",
-                str(root / "ground_truth.jsonl"),
-                "--cert-dir",
-                str(root / "sim-certs"),
-            ],
-        )
-        wait_port(opc_port, 120, proc, "the simulator", logs / "sim.log")
-        cloud_conf = write_cloud_conf(root, broker_port, api_port, full)
-        password = secrets.token_urlsafe(12)
-        run_step(
-            "creating the console user admin",
-            [
-                *FABPM,
-                "cloud",
-                "user",
-                "add",
-                "--config",
-                str(cloud_conf),
-                "--username",
-                "admin",
-                "--role",
-                "admin",
-            ],
-            logs / "prepare.log",
-            env={**env, "FABPM_CLOUD_PASSWORD": password},
-        )
-        promoted = active_edge_model(root / "cloud.db")
-        if promoted is None:
-            run_step(
-                "registering the first edge model as the one the edges run",
-                [
-                    *FABPM,
-                    "cloud",
-                    "model",
-                    "register",
-                    "--config",
-                    str(cloud_conf),
-                    "--artifact",
-                    str(release),
-                    "--checkpoint",
-                    str(full),
-                    "--edge-checkpoint",
-                    str(edge),
-                    "--active",
-                ],
-                logs / "prepare.log",
-            )
-        else:  # registering the first model --active again would undo what learning promoted
-            print(f"[demo] the edges run edge model {promoted}, as an earlier run left it", flush=True)
-        secret = root / "admin-password"
-        secret.write_text(password + "\n")
-        secret.chmod(0o600)
-        proc = services.start("cloud", [*FABPM, "cloud", "run", "--config", str(cloud_conf)])
-        wait_port(api_port, 120, proc, "the cloud", logs / "cloud.log")
-        edge_conf = root / "edge.toml"
-        run_step(
-            "discovering the simulator's tools for the edge config",
-            [*FABPM, "edge", "discover", "--endpoint", endpoint, "--out", str(edge_conf)],
-            logs / "prepare.log",
-        )
-        edge_env = {
-            **env,
-            "FABPM_EDGE__SITE": "demo",
-            "FABPM_EDGE__EDGE_ID": "edge1",
-            "FABPM_EDGE__STATE_DIR": str(root / "edge-state"),
-            "FABPM_EDGE__MQTT__PORT": str(broker_port),
-            "FABPM_EDGE__MODELS__RISK": str(release),
-            "FABPM_EDGE__MODELS__PUBLIC_KEY": str(pubkey),
-            "FABPM_EDGE__METRICS__PORT": str(metrics_port),
-            # The hard-case budget is per wall-clock hour. At an hour a second, the default 60
-            # lets one case through every 60 simulated hours, and the labels a learning round
-            # waits for would take most of an hour to come: one a second here.
-            "FABPM_EDGE__DECISIONS__HARDCASE_PER_HOUR": "3600",
-            **tuning_env(tuning),
-        }
-        services.start("edge", [*FABPM, "edge", "run", "--config", str(edge_conf)], env=edge_env)
+        loop = start_loop(root, services, tools=ns.tools, speed=ns.speed, seed=ns.seed, api_port=ns.api_port)
         print(
-            f"\n[demo] running. Console: http://127.0.0.1:{api_port}/  (user admin, password in {secret})\n"
-            f"[demo] API docs: http://127.0.0.1:{api_port}/docs   edge health: http://127.0.0.1:{metrics_port}/health\n"
-            f"[demo] OPC UA: {endpoint}   MQTT: 127.0.0.1:{broker_port}   logs: {logs}/\n"
-            f"[demo] tuning: advise mode for {len(tuning)} tool type(s); proposals wait in the console's "
-            "Tuning tab for an operator's approval\n"
+            f"\n[demo] running. Console: http://127.0.0.1:{loop.api_port}/  (user admin, password in "
+            f"{loop.secret})\n"
+            f"[demo] API docs: http://127.0.0.1:{loop.api_port}/docs   edge health: "
+            f"http://127.0.0.1:{loop.metrics_port}/health\n"
+            f"[demo] OPC UA: {loop.endpoint}   MQTT: 127.0.0.1:{loop.broker_port}   logs: {services.logs}/\n"
+            f"[demo] tuning: advise mode for {loop.tuned_types} tool type(s); proposals wait in the "
+            "console's Tuning tab for an operator's approval\n"
             f"[demo] ground truth: {root / 'ground_truth.jsonl'}   Ctrl-C stops everything.\n",
             flush=True,
         )
@@ -515,7 +572,7 @@ def main(argv: list[str]) -> int:
         while not stop_now:
             dead = services.dead()
             if dead:
-                raise DemoError(f"stopped because {', '.join(dead)} exited; see {logs}/")
+                raise DemoError(f"stopped because {', '.join(dead)} exited; see {services.logs}/")
             if ns.duration and time.monotonic() - started >= ns.duration:
                 break
             time.sleep(0.5)

@@ -100,6 +100,13 @@ def test_quota_drops_telemetry_first_then_hard_cases_never_alerts(tmp_path: Path
     with pytest.raises(OutboxError, match="full"):
         box.put(Kind.EVENT, "e", b"e" * 300, 1)
     assert box.refused == 1
+    # The ledger accounts for every message, and survives a reopening: written = acked + dropped + queued.
+    box.ack([r.id for r in box.pending(1) if r.kind == "alert"])
+    ledger = Outbox(tmp_path / "o.sqlite", quota_bytes=1000).ledger()
+    assert ledger["telemetry"] == {"written": 6, "acked": 0, "dropped": 6, "refused": 0, "queued": 0}
+    assert ledger["hardcase"] == {"written": 4, "acked": 0, "dropped": 4, "refused": 0, "queued": 0}
+    assert ledger["alert"] == {"written": 3, "acked": 1, "dropped": 0, "refused": 0, "queued": 2}
+    assert ledger["event"] == {"written": 2, "acked": 0, "dropped": 0, "refused": 1, "queued": 2}
 
 
 def test_cases_wait_for_their_verdict(tmp_path: Path):
@@ -143,6 +150,7 @@ def test_outbox_is_intact_after_kill_9(tmp_path: Path):
     assert len(rows) >= 200 and len(rows) == len(box)
     numbers = [int(r.payload.split(b":")[0]) for r in rows]
     assert numbers == list(range(len(numbers))), "a committed row went missing or a torn one appeared"
+    assert box.ledger()["event"]["written"] == len(rows), "the ledger commits with the row it counts"
     assert all(len(r.payload) == len(r.payload.split(b":")[0]) + 501 for r in rows)
 
 
