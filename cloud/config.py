@@ -28,7 +28,7 @@ class TlsConfig(StrictModel):
 class MqttConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
-    client_id: str = ""  # empty: fabpm-cloud-<hostname>-<pid>
+    client_id: str = ""  # empty: fabpm-cloud-<hostname> (stable across restarts; one per worker)
     username: str | None = None
     password: str | None = None
     tls: TlsConfig | None = None

@@ -13,7 +13,6 @@ rollout re-publishes on its next tick).
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -36,7 +35,12 @@ Handler = Callable[[str, bytes], bool]
 
 
 def default_client_id() -> str:
-    return f"fabpm-cloud-{socket.gethostname()}-{os.getpid()}"[:64]
+    """``fabpm-cloud-<hostname>``: the same after a restart, so the restarted worker resumes its
+    session, and the broker hands it what it queued and what was in flight. (With the process id in
+    it, as before, a killed worker's session was left behind with its share of the messages: B10
+    measured 259 of 1,915 QoS 1 messages lost to one kill -9.) Several workers on one host need
+    each their own ``mqtt.client_id`` (the systemd template sets ``%H-%i``)."""
+    return f"fabpm-cloud-{socket.gethostname()}"[:64]
 
 
 class MqttLink:
@@ -150,7 +154,15 @@ class MqttLink:
         reason: mqtt.ReasonCode,
         _props: Properties | None,
     ) -> None:
-        if self.connected.is_set():
+        if reason == "Session taken over":
+            # Another process connected with our client id: two workers sharing one id take the
+            # session from each other at every reconnect, and each gets only part of the traffic.
+            _logger.error(
+                "mqtt: another connection took over client id %s; give each worker its own "
+                "mqtt.client_id (FABPM_CLOUD__MQTT__CLIENT_ID)",
+                self.client_id,
+            )
+        elif self.connected.is_set():
             _logger.warning("mqtt connection lost (%s); reconnecting with back-off", reason)
         self.connected.clear()
 

@@ -229,3 +229,16 @@ def test_two_workers_split_a_shared_subscription_exactly_once(repo: Repo, mosqui
         edge.close()
         for _, link in workers:
             link.stop()
+
+
+def test_a_restarted_worker_resumes_its_own_session_by_default():
+    """A worker's default MQTT client id is the same in the next process (no pid in it): a worker
+    killed and restarted gets back its session, with what the broker queued for it and what was in
+    flight. With a new id each start, B10 lost 259 of 1,915 QoS 1 messages to one kill -9."""
+    import subprocess
+    import sys
+
+    code = "from cloud.mqtt import default_client_id; print(default_client_id())"
+    ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+           for _ in range(2)}  # fmt: skip
+    assert len(ids) == 1 and 0 < len(ids.pop().strip()) <= 64
