@@ -31,7 +31,10 @@ def find(ids: list[str], folder: Path) -> list[Path]:
         return scripts
     chosen: list[Path] = []
     for wanted in ids:
-        hits = [p for p in scripts if p.stem.lower().startswith(wanted.lower())]
+        w = wanted.lower()
+        # "b1" is b1_cmapss and b1_cv, not b10_faults: an id matches up to an underscore
+        hits = [p for p in scripts if p.stem.lower() == w or p.stem.lower().startswith(w + "_")]
+        hits = hits or [p for p in scripts if p.stem.lower().startswith(w)]
         if not hits:
             known = ", ".join(p.stem for p in scripts) or "none"
             raise FabpmError(f"no benchmark matches {wanted!r}; known: {known}")

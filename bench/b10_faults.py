@@ -1,0 +1,292 @@
+"""B10: loss under faults, on the whole loop (simulator, Mosquitto, cloud, edge as separate processes).
+
+The loop of ``fabpm demo`` runs (its models and configs; learning rounds off, so the CPU goes to the
+message path) while the faults DESIGN.md names hit it one after the other, each after a stretch of
+normal running (``--phase-s``):
+
+1. the broker is killed (SIGKILL, as a crash or power loss would) and restarted ``--down-s`` later;
+2. the OPC UA server (the simulator) is stopped and restarted ``--down-s`` later;
+3. the edge is killed (SIGKILL) while it writes (it writes all the time: values, windows, outbox)
+   and restarted;
+4. the cloud worker is killed (SIGKILL) while it ingests, and restarted.
+
+Then the simulator stops (no new messages), the edge drains its outbox, and the run is reconciled
+per message kind: what the edge wrote to its outbox (the outbox's ledger, kept in the same SQLite
+transactions as the queue, so it survives ``kill -9``) against what the cloud stored from that edge
+(``seen_messages``, one row per ``msg_id``: a redelivered message is stored once). ``lost`` =
+written − dropped by the overflow policy − still queued − stored. Telemetry is QoS 0 (at most once
+by design); every other kind is QoS 1 through the disk outbox and must not be lost. Also measured:
+how long the edge took to reconnect after each fault (its ``/health``, polled every 0.5 s).
+
+    .venv/bin/python bench/b10_faults.py [--out artifacts/b10] [--phase-s 40] [--down-s 10] [--no-faults]
+
+``--no-faults`` runs the same schedule without the faults: the control for the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sqlite3
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _results import add_row  # bench/ is the script's folder
+
+from fabpm.demo import Loop, Services, start_loop
+
+REPO = Path(__file__).resolve().parent.parent
+QOS0 = {"telemetry"}
+ALL_FAULTS = "mosquitto,sim,edge,cloud"
+# What a run leaves beside the cached models: removed before each run, so each one starts clean.
+RUN_STATE = ("cloud.db", "cloud.db-wal", "cloud.db-shm", "edge-state", "broker", "registry", "learning",
+             "ground_truth.jsonl", "logs", "sim-certs")  # fmt: skip
+
+
+class Health:
+    """Polls the edge's /health every 0.5 s: (seconds since start, reachable, opcua, mqtt)."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/health"
+        self.samples: list[tuple[float, bool, bool, bool]] = []
+        self.last: dict[str, Any] = {}
+        self.t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=1.0) as r:
+                    h = json.loads(r.read())
+                self.last = h
+                self.samples.append((time.monotonic() - self.t0, True, bool(h["opcua"]), bool(h["mqtt"])))
+            except (OSError, ValueError, KeyError):
+                self.samples.append((time.monotonic() - self.t0, False, False, False))
+            self._stop.wait(0.5)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def back_after(self, t: float, timeout_s: float = 120.0) -> float | None:
+        """Seconds from ``t`` until the edge is reachable with both links up again."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ok = [s for s in self.samples if s[0] > t and s[1] and s[2] and s[3]]
+            if ok:
+                return ok[0][0] - t
+            time.sleep(0.2)
+        return None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=3)
+
+
+def edge_ledger(state: Path) -> dict[str, dict[str, int]]:
+    """The outbox's ledger, read from its file (the edge has stopped)."""
+    with sqlite3.connect(f"file:{state / 'outbox.sqlite'}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT kind, written, acked, dropped, refused FROM ledger").fetchall()
+        queued = dict(db.execute("SELECT kind, COUNT(*) FROM outbox GROUP BY kind").fetchall())
+    return {
+        k: {"written": w, "acked": a, "dropped": d, "refused": r, "queued": int(queued.get(k, 0))}
+        for k, w, a, d, r in rows
+    }
+
+
+def cloud_counts(db_path: Path, edge_id: str) -> tuple[dict[str, int], int]:
+    """Messages the cloud stored from ``edge_id`` by kind, and its dead letters."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        stored = dict(
+            db.execute(
+                "SELECT kind, COUNT(*) FROM seen_messages WHERE edge_id = ? GROUP BY kind", (edge_id,)
+            ).fetchall()
+        )
+        dead = int(db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+    return stored, dead
+
+
+def wait_stable(read: Any, quiet_s: float, timeout_s: float) -> Any:
+    """Call ``read()`` until its value has not changed for ``quiet_s`` (or ``timeout_s`` passed)."""
+    deadline = time.monotonic() + timeout_s
+    last, since = read(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        value = read()
+        if value != last:
+            last, since = value, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+    return last
+
+
+def run_faults(
+    loop: Loop, health: Health, phase_s: float, down_s: float, faults: set[str]
+) -> list[dict[str, Any]]:
+    """The schedule (the steps whose process is in ``faults`` happen); what happened at each."""
+    steps = [
+        ("broker killed (SIGKILL)", "mosquitto", signal.SIGKILL, down_s),
+        ("OPC UA server stopped (SIGTERM)", "sim", signal.SIGTERM, down_s),
+        ("edge killed (SIGKILL) while writing", "edge", signal.SIGKILL, 2.0),
+        ("cloud killed (SIGKILL) while ingesting", "cloud", signal.SIGKILL, 2.0),
+    ]
+    record = []
+    for what, name, sig, down in steps:
+        time.sleep(phase_s)
+        if name not in faults:
+            record.append({"fault": f"(none: control for '{what}')", "at_s": round(health.now(), 1)})
+            continue
+        at = health.now()
+        print(f"[b10] {at:6.1f} s: {what}, back in {down:g} s", flush=True)
+        loop.services.kill(name, sig)
+        time.sleep(down)
+        loop.services.restart(name)
+        loop.wait_for(name)
+        restarted = health.now()
+        back = health.back_after(restarted)
+        record.append(
+            {
+                "fault": what,
+                "at_s": round(at, 1),
+                "down_s": down,
+                "edge_links_up_s_after_restart": None if back is None else round(back, 1),
+            }
+        )
+        print(
+            f"[b10] {health.now():6.1f} s: {name} restarted; edge links up {back and round(back, 1)} s later",
+            flush=True,
+        )
+    time.sleep(phase_s)
+    return record
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=REPO / "artifacts" / "b10")
+    ap.add_argument("--tools", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--speed", type=float, default=3600.0, help="simulated seconds per second")
+    ap.add_argument(
+        "--phase-s", type=float, default=40.0, help="normal running before each fault and after the last"
+    )
+    ap.add_argument(
+        "--down-s", type=float, default=10.0, help="how long the broker and the OPC UA server stay down"
+    )
+    ap.add_argument("--drain-s", type=float, default=120.0, help="the most the edge gets to empty its outbox")
+    ap.add_argument("--no-faults", action="store_true", help="the control: the same schedule, no faults")
+    ap.add_argument("--quick", action="store_true", help="short phases (15 s; 5 s down): a check")
+    ap.add_argument(
+        "--faults",
+        default="mosquitto,sim,edge,cloud",
+        help="which processes the faults hit (comma-separated)",
+    )
+    args = ap.parse_args()
+    if args.quick:
+        args.phase_s, args.down_s = 15.0, 5.0
+    root = args.out.resolve() / "loop"
+    root.mkdir(parents=True, exist_ok=True)
+    for name in RUN_STATE:
+        path = root / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    services = Services(root / "logs")
+    started = time.time()
+    try:
+        loop = start_loop(
+            root,
+            services,
+            tools=args.tools,
+            speed=args.speed,
+            seed=args.seed,
+            api_port=0,
+            # No learning rounds: B10 is about the message path, and a round's training would
+            # take the CPU from it on a 2-core machine.
+            extra_env={"FABPM_CLOUD__LEARNING__MIN_NEW_LABELS": "1000000000"},
+        )
+        loop.wait_for("edge")
+        health = Health(loop.metrics_port)
+        chosen = set() if args.no_faults else set(args.faults.split(","))
+        record = run_faults(loop, health, args.phase_s, args.down_s, chosen)
+        print(f"[b10] {health.now():6.1f} s: stopping the simulator; the edge drains its outbox", flush=True)
+        loop.services.kill("sim", signal.SIGTERM)
+        critical = ("alert", "event", "hardcase", "tuning", "status")
+
+        def queued() -> int:
+            ledger = health.last.get("outbox", {}).get("ledger", {})
+            return sum(int(v.get("queued", 0)) for k, v in ledger.items() if k in critical)
+
+        t_drain = time.monotonic()
+        while queued() and time.monotonic() - t_drain < args.drain_s:
+            time.sleep(1.0)
+        drained_s = time.monotonic() - t_drain
+        loop.services.kill("edge", signal.SIGTERM)
+        health.stop()
+        wait_stable(lambda: cloud_counts(root / "cloud.db", "edge1"), quiet_s=5.0, timeout_s=60.0)
+        services.stop()
+    finally:
+        services.stop()
+    ledger = edge_ledger(root / "edge-state")
+    stored, dead = cloud_counts(root / "cloud.db", "edge1")
+    kinds = {}
+    for kind in sorted(ledger):  # status goes out directly (retained, and as the last will), not queued
+        led = ledger[kind]
+        expected = led["written"] - led["dropped"] - led["queued"]
+        got = int(stored.get(kind, 0))
+        kinds[kind] = {**led, "stored_in_cloud": got, "lost": expected - got, "qos0": kind in QOS0}
+    lost_critical = sum(max(0, v["lost"]) for k, v in kinds.items() if k not in QOS0)
+    result = {
+        "faults": not args.no_faults,
+        "schedule": record,
+        "drain_s": round(drained_s, 1),
+        "kinds": kinds,
+        "dead_letters": dead,
+        "stored_not_through_the_outbox": {k: v for k, v in stored.items() if k not in ledger},
+        "lost_qos1": lost_critical,
+        "wall_s": round(time.time() - started, 1),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "b10_control.json" if args.no_faults else "b10.json"
+    (args.out / name).write_text(json.dumps(result, indent=1))
+    print(f"\n{'kind':10s} {'written':>8s} {'dropped':>8s} {'queued':>7s} {'stored':>7s} {'lost':>6s}")
+    for kind, v in kinds.items():
+        note = "  (QoS 0: at most once)" if v["qos0"] else ""
+        print(
+            f"{kind:10s} {v['written']:8d} {v['dropped']:8d} {v['queued']:7d} {v['stored_in_cloud']:7d} "
+            f"{v['lost']:6d}{note}"
+        )
+    print(f"QoS 1 messages lost: {lost_critical}; dead letters: {dead}; outbox drained in {drained_s:.0f} s")
+    summary = "; ".join(
+        f"{k} {v['stored_in_cloud']}/{v['written'] - v['dropped'] - v['queued']}" for k, v in kinds.items()
+    )
+    faults = (
+        "; ".join(
+            f"{r['fault']}: edge links up {r['edge_links_up_s_after_restart']} s after the restart"
+            for r in record
+            if "down_s" in r
+        )
+        or "no faults (control)"
+    )
+    add_row(
+        REPO / "bench" / "results" / "faults.md",
+        f"| B10 | `.venv/bin/python bench/b10_faults.py{' --no-faults' if args.no_faults else ''}"
+        f"{'' if args.faults == ALL_FAULTS or args.no_faults else ' --faults ' + args.faults} "
+        f"--phase-s {args.phase_s:g} --down-s {args.down_s:g}` | stored/expected by kind: {summary}; "
+        f"**QoS 1 lost: {lost_critical}**; dead letters {dead}; {faults} | {result['date']} |",
+    )
+    return 0 if lost_critical == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
