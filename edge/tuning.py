@@ -393,6 +393,8 @@ class Tuner:
         housekeeping calls it too, so a crash loses at most that many seconds of lots)."""
         if self._pools_path is None or not (self._pools_dirty or force):
             return
+        if not (self.pools or self._saved_pools or self._last_lot):
+            return  # nothing learnt (tuning off, or no lot yet): no file
         if not force and self.clock() - self._pools_saved_at < POOLS_SAVE_S:
             return
         pools = {**self._saved_pools, **{t: p.state() for t, p in self.pools.items()}}
