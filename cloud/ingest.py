@@ -38,7 +38,7 @@ from shared.messages import (
     decode_array,
     parse_payload,
 )
-from shared.topics import EDGE_TO_CLOUD, parse_topic
+from shared.topics import CONFIRMED, EDGE_TO_CLOUD, parse_topic
 
 _logger = logging.getLogger(__name__)
 DEAD_PAYLOAD_KEEP = 64 * 1024  # bytes of a rejected payload kept for inspection
@@ -56,11 +56,15 @@ class Ingestor:
         horizon_h: float = 72.0,
         on_case: Callable[[Case], None] | None = None,
         clock: Callable[[], float] = time.time,
+        on_stored: Callable[[Message], None] | None = None,
     ) -> None:
+        """``on_stored``: called with each message of a kind the cloud confirms (alert, event,
+        hard case, tuning) once it is stored, or found stored before (a redelivery)."""
         self.repo = repo
         self.metrics = metrics
         self.horizon_h = horizon_h
         self.on_case = on_case
+        self.on_stored = on_stored
         self.clock = clock
         self.dead = 0
         self.handled_ids: list[str] = []  # msg_ids this worker stored, newest last (bounded)
@@ -82,12 +86,14 @@ class Ingestor:
             self.metrics.messages.labels(kind, "duplicate").inc()
             if isinstance(msg, HardCase):
                 self._resubmit_unanswered(msg.case_id)
+            self._stored(msg)  # the edge sent it again: its receipt was lost, or came late
             return True
         except StorageError as exc:
             self.metrics.messages.labels(kind, "retry").inc()
             _logger.warning("could not store %s %s (%s); left for redelivery", kind, msg.msg_id, exc)
             return False
         self.metrics.messages.labels(kind, "stored").inc()
+        self._stored(msg)
         now = self.clock()
         for key in self._pending_touch:  # only after the commit: a rolled-back insert is not cached
             self._touched[key] = now
@@ -99,6 +105,10 @@ class Ingestor:
         if isinstance(case, Case) and self.on_case is not None and case.verdict is None:
             self.on_case(case)
         return True
+
+    def _stored(self, msg: Message) -> None:
+        if self.on_stored is not None and msg.KIND in CONFIRMED:
+            self.on_stored(msg)
 
     # ---- validation --------------------------------------------------------------------------
     def _validate(self, topic: str, payload: bytes) -> Message:

@@ -8,6 +8,7 @@ learning triggers (time interval, count of new labels). ``fabpm cloud run`` is :
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -28,6 +29,7 @@ from cloud.ingest import Ingestor
 from cloud.learning import Learner, Pipeline
 from cloud.metrics import CloudMetrics
 from cloud.mqtt import MqttLink
+from cloud.receipts import Receipts
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.serving import load_replicas
@@ -53,7 +55,15 @@ class CloudService:
         self.repo = Repo(self.engine, clock)
         self.users = Users(self.repo, cfg.api.auth.token_ttl_s, cfg.api.auth.scrypt_n, clock)
         self.registry = Registry(self.repo, cfg.registry, clock)
-        self.ingest = Ingestor(self.repo, self.metrics, cfg.horizon_h, on_case=self._on_case, clock=clock)
+        self.receipts = Receipts(self._publish)
+        self.ingest = Ingestor(
+            self.repo,
+            self.metrics,
+            cfg.horizon_h,
+            on_case=self._on_case,
+            clock=clock,
+            on_stored=lambda m: self.receipts.add(m.site, m.edge_id, m.msg_id),
+        )
         self.link = MqttLink(cfg.mqtt, handler=self.ingest.handle)
         public_url = cfg.api.public_url or f"http://{cfg.api.host}:{cfg.api.port}"
         self.rollout = RolloutManager(
@@ -221,6 +231,8 @@ class CloudService:
         self.scheduler.add_job(
             self._sweep, "interval", seconds=self.cfg.serving.retry_pending_s, id="sweep", max_instances=1
         )
+        # Receipts go out twice a second: an edge waiting for them holds its rows that long more.
+        self.scheduler.add_job(self.receipts.flush, "interval", seconds=0.5, id="receipts", max_instances=1)
         self._start_learning()
         self.scheduler.start()
         if self.cfg.api.enabled:
@@ -242,6 +254,8 @@ class CloudService:
             self._server.should_exit = True
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        with contextlib.suppress(Exception):  # best effort: unconfirmed messages come again anyway
+            self.receipts.flush()
         self.link.stop()
         if self.verdicts is not None:
             self.verdicts.stop()

@@ -117,6 +117,12 @@ class MqttConfig(StrictModel):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     max_inflight: int = Field(default=100, ge=1, le=65535)  # unacknowledged QoS 1 messages handed to paho
     publish_batch: int = Field(default=200, ge=1, le=10000)
+    # Keep alerts, events, hard cases and tuning records in the outbox until the cloud's receipt
+    # says they are stored (not just until the broker's PUBACK), sending again what has no receipt
+    # after receipt_timeout_s (the wait doubling at each try): a broker crash then loses nothing
+    # (B10). The broker must let the edge read its receipt topic (deploy/mosquitto/acl).
+    receipts: bool = True
+    receipt_timeout_s: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _pairs(self) -> MqttConfig:

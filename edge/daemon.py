@@ -51,7 +51,7 @@ from shared.messages import (
     parse_payload,
 )
 from shared.signing import load_public_key, manifest_path
-from shared.topics import QOS, RETAINED, Kind, topic
+from shared.topics import CONFIRMED, QOS, RETAINED, Kind, topic
 
 _logger = logging.getLogger(__name__)
 Model = RiskModel | TuningModel
@@ -84,7 +84,11 @@ class EdgeDaemon:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = EdgeMetrics()
         self.outbox = Outbox(
-            cfg.resolve(cfg.outbox.path), int(cfg.outbox.quota_mb * 1024 * 1024), cfg.outbox.synchronous
+            cfg.resolve(cfg.outbox.path),
+            int(cfg.outbox.quota_mb * 1024 * 1024),
+            cfg.outbox.synchronous,
+            await_receipts=cfg.mqtt.receipts,
+            resend_after_s=cfg.mqtt.receipt_timeout_s,
         )
         self.tags = tag_table(cfg.tools)
         self.source: TagSource = AsyncuaSource(cfg.opcua, self.tags) if source is None else source
@@ -189,6 +193,7 @@ class EdgeDaemon:
                 msg.to_bytes(),
                 QOS[kind],
                 retain=kind in RETAINED,
+                msg_id=msg.msg_id if kind in CONFIRMED else None,  # the cloud sends receipts for these
             )
         except OutboxError as exc:
             _logger.error("%s", exc)

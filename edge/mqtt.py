@@ -15,6 +15,8 @@ else happens on the asyncio loop:
 - The session is persistent (clean_start false, ``session_expiry_s``), so verdicts, approvals
   and model announcements sent while the edge was away are delivered when it comes back.
 - The status topic carries the retained online status; the last will (retained) says offline.
+- Receipts from the cloud (``.../receipt``) let the outbox forget what the cloud stored; with
+  ``mqtt.receipts`` the outbox waits for them (see :mod:`edge.outbox`).
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
 from edge.decisions import message
-from edge.errors import PublishError
+from edge.errors import OutboxError, PublishError
 from edge.outbox import Outbox
-from shared.messages import Status
+from shared.errors import SchemaError
+from shared.messages import Receipt, Status, parse_payload
 from shared.topics import Kind, topic
 
 _logger = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ QUOTA_EXCEEDED = 0x97
 # authorized, bad authentication method.
 AUTH_REFUSALS = (0x86, 0x87, 0x8C)
 SESSION_EXPIRY_S = 7 * 86400
-SUBSCRIBED = (Kind.VERDICT, Kind.MODEL, Kind.TUNING)
+SUBSCRIBED = (Kind.VERDICT, Kind.MODEL, Kind.TUNING, Kind.RECEIPT)
 
 MessageCallback = Callable[[Kind, bytes], None]
 
@@ -78,6 +81,7 @@ class MqttRelay:
         self._rejected_reasons: set[int] = set()
         self.published = 0
         self.acked = 0
+        self.confirmed = 0  # outbox rows a cloud receipt let go
         self.rejected = 0
         self.connects = 0
         self.refusals = 0  # CONNACKs with a failure reason
@@ -195,9 +199,25 @@ class MqttRelay:
 
     def _on_paho_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         kind = self._own_topics.get(msg.topic)
-        if kind is None or self._on_message is None or self._loop is None:
+        if kind is None or self._loop is None:
             return
-        self._loop.call_soon_threadsafe(self._on_message, kind, bytes(msg.payload))
+        if kind is Kind.RECEIPT:
+            self._loop.call_soon_threadsafe(self._on_receipt, bytes(msg.payload))
+        elif self._on_message is not None:
+            self._loop.call_soon_threadsafe(self._on_message, kind, bytes(msg.payload))
+
+    def _on_receipt(self, payload: bytes) -> None:
+        """The cloud stored these messages: their outbox rows go."""
+        try:
+            receipt = parse_payload(payload, Kind.RECEIPT)
+        except SchemaError as exc:
+            _logger.warning("receipt set aside: %s", exc)
+            return
+        assert isinstance(receipt, Receipt)
+        try:
+            self.confirmed += self.outbox.confirm(receipt.msg_ids)
+        except OutboxError as exc:  # the rows stay and are sent again: the cloud de-duplicates
+            _logger.warning("%s", exc)
 
     def _poke(self) -> None:
         if self._loop is not None:

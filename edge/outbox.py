@@ -9,6 +9,13 @@ in order of arrival::
     2  hard cases
     3  telemetry
 
+With ``await_receipts`` (``mqtt.receipts``), a PUBACK only marks an alert, event, hard case or
+tuning record as sent: the row stays until the cloud's receipt names its ``msg_id`` (it is stored),
+and a sent row with no receipt after ``resend_after_s`` is published again, the wait doubling at
+each try up to 64 × (a cloud away for hours does not get every row again every minute). A broker acknowledges
+a message before it delivers it and keeps it in memory (Mosquitto persists by snapshot), so without
+receipts a broker crash loses what it had acknowledged and not delivered (B10 measured it).
+
 Durability: a committed row survives ``kill -9`` of the process (WAL with ``synchronous=NORMAL``
 keeps committed transactions in the OS; ``FULL`` also survives power loss). A message in flight
 when the process dies is published again on restart; the cloud de-duplicates by ``msg_id``.
@@ -65,7 +72,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     qos INTEGER NOT NULL,
     retain INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    msg_id TEXT,
+    sent REAL,
+    resend_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS ledger (
@@ -73,7 +84,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     written INTEGER NOT NULL DEFAULT 0,
     acked INTEGER NOT NULL DEFAULT 0,
     dropped INTEGER NOT NULL DEFAULT 0,
-    refused INTEGER NOT NULL DEFAULT 0
+    refused INTEGER NOT NULL DEFAULT 0,
+    confirmed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS cases (
     case_id TEXT PRIMARY KEY,
@@ -100,9 +112,18 @@ class Row:
 class Outbox:
     """SQLite-backed priority queue with a disk quota. Thread-safe (one connection, one lock)."""
 
-    def __init__(self, path: Path, quota_bytes: int, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self,
+        path: Path,
+        quota_bytes: int,
+        synchronous: str = "NORMAL",
+        await_receipts: bool = False,
+        resend_after_s: float = 60.0,
+    ) -> None:
         self.path = path
         self.quota_bytes = int(quota_bytes)
+        self.await_receipts = await_receipts
+        self.resend_after_s = float(resend_after_s)
         self.dropped: Counter[int] = Counter()  # by priority
         self.refused = 0
         self._lock = threading.Lock()
@@ -114,6 +135,7 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.executescript(_SCHEMA)
+            self._migrate()
             ok = self._db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.Error as exc:
             raise OutboxError(f"{path}: cannot open the outbox: {exc}") from exc
@@ -124,10 +146,33 @@ class Outbox:
         if self._count:
             _logger.info("outbox %s holds %d messages from before (%d bytes)", path, self._count, self._bytes)
 
+    def _migrate(self) -> None:
+        """Columns added since the first release, for an outbox file written by an older edge."""
+        for table, column, decl in (
+            ("outbox", "msg_id", "TEXT"),
+            ("outbox", "sent", "REAL"),
+            ("outbox", "resend_at", "REAL"),
+            ("outbox", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+            ("ledger", "confirmed", "INTEGER NOT NULL DEFAULT 0"),
+        ):
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS outbox_msg ON outbox (msg_id)")
+
     # -- queue -------------------------------------------------------------------------------
 
-    def put(self, kind: Kind, topic: str, payload: bytes, qos: int, retain: bool = False) -> int | None:
-        """Store one message; its row id, or None when the overflow policy dropped it."""
+    def put(
+        self,
+        kind: Kind,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        msg_id: str | None = None,
+    ) -> int | None:
+        """Store one message; its row id, or None when the overflow policy dropped it. ``msg_id``:
+        the id a receipt will name (only rows with one wait for a receipt)."""
         priority = PRIORITY.get(kind, 0)
         size = len(payload)
         with self._lock:
@@ -150,9 +195,9 @@ class Outbox:
                         f"{kind.value} refused"
                     )
                 cur = self._db.execute(
-                    "INSERT INTO outbox (priority, kind, topic, payload, qos, retain, created, size) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (priority, kind.value, topic, payload, qos, int(retain), time.time(), size),
+                    "INSERT INTO outbox (priority, kind, topic, payload, qos, retain, created, size, msg_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (priority, kind.value, topic, payload, qos, int(retain), time.time(), size, msg_id),
                 )
                 self._count_in(kind.value, "written", 1)
                 self._db.execute("COMMIT")
@@ -186,6 +231,32 @@ class Outbox:
                         break
                 self._bytes -= freed
 
+    def confirm(self, msg_ids: list[str]) -> int:
+        """The cloud stored these: forget their rows (sent or not). Returns how many went."""
+        if not msg_ids:
+            return 0
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                kinds: Counter[str] = Counter()
+                sizes = removed = 0
+                for msg_id in msg_ids:
+                    for size, kind in self._db.execute(
+                        "DELETE FROM outbox WHERE msg_id = ? RETURNING size, kind", (msg_id,)
+                    ).fetchall():
+                        sizes += int(size)
+                        removed += 1
+                        kinds[str(kind)] += 1
+                for kind, n in kinds.items():
+                    self._count_in(kind, "confirmed", n)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise OutboxError(f"{self.path}: cannot delete confirmed rows: {exc}") from exc
+            self._bytes -= sizes
+            self._count -= removed
+            return removed
+
     def _count_in(self, kind: str, column: str, n: int) -> None:
         """Add ``n`` to the ledger (inside the caller's transaction; ``column`` is ours, not input)."""
         self._db.execute(
@@ -199,7 +270,9 @@ class Outbox:
         overflow policy), acked by the broker, dropped, refused (critical, past the hard ceiling:
         never written), and queued now."""
         with self._lock:
-            rows = self._db.execute("SELECT kind, written, acked, dropped, refused FROM ledger").fetchall()
+            rows = self._db.execute(
+                "SELECT kind, written, acked, dropped, refused, confirmed FROM ledger"
+            ).fetchall()
             queued = dict(self._db.execute("SELECT kind, COUNT(*) FROM outbox GROUP BY kind").fetchall())
         return {
             str(k): {
@@ -207,18 +280,20 @@ class Outbox:
                 "acked": int(a),
                 "dropped": int(d),
                 "refused": int(r),
+                "confirmed": int(c),
                 "queued": int(queued.get(k, 0)),
             }
-            for k, w, a, d, r in rows
+            for k, w, a, d, r, c in rows
         }
 
     def pending(self, limit: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[Row]:
         """Up to ``limit`` rows in priority order, skipping the ids in ``exclude`` (in flight)."""
         with self._lock:
+            # Sent rows (waiting for their receipt) go again when their resend time comes.
             cur = self._db.execute(
                 "SELECT id, priority, kind, topic, payload, qos, retain FROM outbox "
-                "ORDER BY priority, id LIMIT ?",
-                (limit + len(exclude),),
+                "WHERE sent IS NULL OR resend_at < ? ORDER BY priority, id LIMIT ?",
+                (time.time(), limit + len(exclude)),
             )
             rows = [Row(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], bool(r[6])) for r in cur.fetchall()]
         return [r for r in rows if r.id not in exclude][:limit]
@@ -233,7 +308,20 @@ class Outbox:
                 sizes = 0
                 removed = 0
                 kinds: Counter[str] = Counter()
+                now = time.time()
                 for row_id in ids:
+                    if self.await_receipts:
+                        # kept until the cloud's receipt (rows with a msg_id); marked sent
+                        # Each send without a receipt doubles the wait before the next (up to
+                        # 64 x): a cloud away for hours must not get the same rows every minute.
+                        marked = self._db.execute(
+                            "UPDATE outbox SET sent = ?, resend_at = ? * (1 << MIN(attempts, 6)) + ?, "
+                            "attempts = attempts + 1 WHERE id = ? AND msg_id IS NOT NULL RETURNING kind",
+                            (now, self.resend_after_s, now, row_id),
+                        ).fetchone()
+                        if marked is not None:
+                            kinds[str(marked[0])] += 1
+                            continue
                     got = self._db.execute(
                         "DELETE FROM outbox WHERE id = ? RETURNING size, kind", (row_id,)
                     ).fetchone()

@@ -23,6 +23,7 @@ from shared.errors import SchemaError
 from shared.topics import Kind
 
 MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+MAX_RECEIPT_IDS = 1000  # msg_ids per receipt: a full one is ~40 kB
 _ID = Annotated[str, Field(min_length=1, max_length=128)]
 
 
@@ -146,8 +147,18 @@ class ModelAnnouncement(Message):
     target_edges: list[str] | None = None  # None: every edge on the topic
 
 
+class Receipt(Message):
+    """The cloud stored these messages of the edge (each ``msg_id`` once, whatever the redeliveries):
+    the edge may forget them. ``edge_id`` is the edge the receipt is for."""
+
+    SCHEMA: ClassVar[str] = "receipt/1"
+    KIND: ClassVar[Kind] = Kind.RECEIPT
+    msg_ids: list[_ID] = Field(min_length=1, max_length=MAX_RECEIPT_IDS)
+
+
 SCHEMAS: dict[str, type[Message]] = {
-    cls.SCHEMA: cls for cls in (Status, Alert, HardCase, Event, Telemetry, Tuning, Verdict, ModelAnnouncement)
+    cls.SCHEMA: cls
+    for cls in (Status, Alert, HardCase, Event, Telemetry, Tuning, Verdict, ModelAnnouncement, Receipt)
 }
 BY_KIND: dict[Kind, type[Message]] = {cls.KIND: cls for cls in SCHEMAS.values()}
 

@@ -21,6 +21,7 @@ class Kind(StrEnum):
     TUNING = "tuning"
     VERDICT = "verdict"
     MODEL = "model"
+    RECEIPT = "receipt"
 
 
 QOS: dict[Kind, int] = {
@@ -32,10 +33,13 @@ QOS: dict[Kind, int] = {
     Kind.TUNING: 1,
     Kind.VERDICT: 1,
     Kind.MODEL: 1,
+    Kind.RECEIPT: 1,
 }
 RETAINED = frozenset({Kind.STATUS, Kind.MODEL})
 EDGE_TO_CLOUD = frozenset({Kind.STATUS, Kind.ALERT, Kind.HARDCASE, Kind.EVENT, Kind.TELEMETRY, Kind.TUNING})
-CLOUD_TO_EDGE = frozenset({Kind.VERDICT, Kind.MODEL, Kind.TUNING})
+CLOUD_TO_EDGE = frozenset({Kind.VERDICT, Kind.MODEL, Kind.TUNING, Kind.RECEIPT})
+# What the cloud confirms with a receipt once stored (the edge keeps these until then, when asked to).
+CONFIRMED = frozenset({Kind.ALERT, Kind.HARDCASE, Kind.EVENT, Kind.TUNING})
 
 
 def check_segment(value: str, what: str) -> str:

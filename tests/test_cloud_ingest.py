@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -242,3 +243,108 @@ def test_a_restarted_worker_resumes_its_own_session_by_default():
     ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
            for _ in range(2)}  # fmt: skip
     assert len(ids) == 1 and 0 < len(ids.pop().strip()) <= 64
+
+
+async def test_with_receipts_a_broker_crash_loses_nothing(repo: Repo, mosquitto, tmp_path: Path):
+    """B10's broker crash, end to end: the broker acknowledges the edge's events while the cloud is
+    away and dies (kill -9) before delivering them. With receipts the edge still holds them and
+    sends them again after its timeout; the cloud stores each once and confirms it."""
+    import asyncio
+
+    from cloud.receipts import Receipts
+    from edge.config import MqttConfig as EdgeMqtt
+    from edge.mqtt import MqttRelay
+    from edge.outbox import Outbox
+    from shared.messages import Event
+
+    stored = _count(repo, SeenMessage)
+    receipts: Receipts | None = None
+
+    def cloud_link() -> MqttLink:
+        nonlocal receipts
+        ingest = Ingestor(repo, CloudMetrics(), on_stored=lambda m: receipts.add(m.site, m.edge_id, m.msg_id))
+        link = MqttLink(MqttConfig(port=mosquitto.port, client_id="cloud-receipts"), ingest.handle)
+        receipts = Receipts(lambda t, p, q, r: link.publish(t, p, q, r))
+        link.start()
+        return link
+
+    async def until(pred, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if receipts is not None:
+                receipts.flush()  # the service's scheduler does this twice a second
+            if pred():
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    box = Outbox(tmp_path / "o.sqlite", 10_000_000, await_receipts=True, resend_after_s=1.5)
+    edge_cfg = EdgeMqtt(port=mosquitto.port, reconnect_min_s=0.5, reconnect_max_s=1.0, receipts=True)
+    relay = MqttRelay(edge_cfg, "fab1", "edge-r", box)
+    relay.start()
+    task = asyncio.create_task(relay.run())
+
+    def event(i: int) -> None:
+        e = Event(
+            edge_id="edge-r", site="fab1", tool_id="t1", event="state", state="productive", source_ts=float(i)
+        )
+        box.put(Kind.EVENT, topic("fab1", "edge-r", Kind.EVENT), e.to_bytes(), 1, msg_id=e.msg_id)
+        relay.wake()
+
+    link = cloud_link()
+    try:
+        assert await until(lambda: relay.connected and link.connected.is_set(), 10)
+        for i in range(5):
+            event(i)
+        assert await until(lambda: len(box) == 0, 10), "stored and confirmed"
+        link.stop()  # the cloud is away (its session stays on the broker)
+        for i in range(5, 25):
+            event(i)
+        assert await until(lambda: box.ledger()["event"]["acked"] == 25, 10)
+        assert len(box) == 20 and box.pending(100) == [], "acknowledged by the broker, kept by the edge"
+        assert mosquitto.proc is not None
+        mosquitto.proc.kill()  # the broker crashes with the 20 events it acknowledged
+        mosquitto.proc.wait(timeout=5)
+        if mosquitto.proc.stderr is not None:
+            mosquitto.proc.stderr.close()
+        mosquitto.start()
+        link = cloud_link()
+        assert await until(lambda: len(box) == 0, 20), "sent again after the timeout, stored, confirmed"
+        assert _count(repo, SeenMessage) == stored + 25
+    finally:
+        link.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await relay.stop()
+        box.close()
+
+
+def test_receipts_are_batched_per_edge_kept_while_the_broker_is_away_and_bounded():
+    from cloud.receipts import Receipts
+    from shared.messages import MAX_RECEIPT_IDS, Receipt
+
+    sent: list[tuple[str, Receipt]] = []
+    down = [True]
+
+    def publish(t: str, payload: bytes, qos: int, retain: bool) -> None:
+        if down[0]:
+            raise OSError("broker away")
+        msg = parse_payload(payload, Kind.RECEIPT)
+        assert isinstance(msg, Receipt) and qos == 1 and not retain
+        sent.append((t, msg))
+
+    r = Receipts(publish, max_pending=MAX_RECEIPT_IDS + 10)
+    for i in range(MAX_RECEIPT_IDS + 5):
+        r.add("fab1", "edge-1", f"a{i}")
+    r.add("fab1", "edge-2", "b0")
+    assert r.flush() == 0 and len(r) == MAX_RECEIPT_IDS + 6, "kept for the next flush"
+    down[0] = False
+    assert r.flush() == MAX_RECEIPT_IDS + 6 and len(r) == 0
+    assert [(t.split("/")[3], len(m.msg_ids)) for t, m in sent] == [
+        ("edge-1", MAX_RECEIPT_IDS), ("edge-1", 5), ("edge-2", 1)
+    ]  # fmt: skip
+    assert sent[0][1].msg_ids[0] == "a0" and sent[2][1].edge_id == "edge-2"
+    for i in range(MAX_RECEIPT_IDS + 20):  # past the bound the oldest go (their edges resend)
+        r.add("fab1", "edge-1", f"c{i}")
+    assert len(r) == MAX_RECEIPT_IDS + 10 and r.dropped == 10

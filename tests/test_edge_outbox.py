@@ -103,10 +103,38 @@ def test_quota_drops_telemetry_first_then_hard_cases_never_alerts(tmp_path: Path
     # The ledger accounts for every message, and survives a reopening: written = acked + dropped + queued.
     box.ack([r.id for r in box.pending(1) if r.kind == "alert"])
     ledger = Outbox(tmp_path / "o.sqlite", quota_bytes=1000).ledger()
-    assert ledger["telemetry"] == {"written": 6, "acked": 0, "dropped": 6, "refused": 0, "queued": 0}
-    assert ledger["hardcase"] == {"written": 4, "acked": 0, "dropped": 4, "refused": 0, "queued": 0}
-    assert ledger["alert"] == {"written": 3, "acked": 1, "dropped": 0, "refused": 0, "queued": 2}
-    assert ledger["event"] == {"written": 2, "acked": 0, "dropped": 0, "refused": 1, "queued": 2}
+    assert ledger["telemetry"] == {
+        "written": 6,
+        "acked": 0,
+        "dropped": 6,
+        "refused": 0,
+        "confirmed": 0,
+        "queued": 0,
+    }
+    assert ledger["hardcase"] == {
+        "written": 4,
+        "acked": 0,
+        "dropped": 4,
+        "refused": 0,
+        "confirmed": 0,
+        "queued": 0,
+    }
+    assert ledger["alert"] == {
+        "written": 3,
+        "acked": 1,
+        "dropped": 0,
+        "refused": 0,
+        "confirmed": 0,
+        "queued": 2,
+    }
+    assert ledger["event"] == {
+        "written": 2,
+        "acked": 0,
+        "dropped": 0,
+        "refused": 1,
+        "confirmed": 0,
+        "queued": 2,
+    }
 
 
 def test_cases_wait_for_their_verdict(tmp_path: Path):
@@ -233,3 +261,29 @@ async def test_last_will_says_offline_when_the_link_dies_and_status_returns(tmp_
         task.cancel()
         await relay.stop()
         collector.stop()
+
+
+def test_with_receipts_a_row_stays_until_the_cloud_confirms_it(tmp_path: Path):
+    """The broker's PUBACK only marks a row sent; the cloud's receipt deletes it; a sent row
+    without a receipt goes again after resend_after_s; rows without a msg_id leave at PUBACK."""
+    box = Outbox(tmp_path / "o.sqlite", quota_bytes=10_000_000, await_receipts=True, resend_after_s=0.3)
+    alert = box.put(Kind.ALERT, "a", _msg(Kind.ALERT, 1), 1, msg_id="alert-1")
+    tele = box.put(Kind.TELEMETRY, "t", _msg(Kind.TELEMETRY, 1), 0)
+    assert {r.id for r in box.pending(10)} == {alert, tele}
+    box.ack([alert, tele])  # PUBACK / socket write
+    assert len(box) == 1 and box.pending(10) == [], "sent, waiting for its receipt"
+    time.sleep(0.35)
+    assert [r.id for r in box.pending(10)] == [alert], "no receipt in time: published again"
+    box.ack([alert])  # still no receipt: the next wait is twice as long
+    time.sleep(0.35)
+    assert box.pending(10) == []
+    time.sleep(0.3)
+    assert [r.id for r in box.pending(10)] == [alert]
+    assert box.confirm(["alert-1", "unknown"]) == 1 and len(box) == 0 and box.size_bytes == 0
+    ledger = box.ledger()["alert"]
+    assert ledger["written"] == 1 and ledger["acked"] == 2 and ledger["confirmed"] == 1 and ledger["queued"] == 0
+    # A receipt may come before the PUBACK is processed: the row goes all the same.
+    early = box.put(Kind.EVENT, "e", _msg(Kind.EVENT, 2), 1, msg_id="event-2")
+    assert box.confirm(["event-2"]) == 1
+    box.ack([early])  # the late PUBACK finds nothing
+    assert len(box) == 0
