@@ -281,7 +281,7 @@ def test_with_receipts_a_row_stays_until_the_cloud_confirms_it(tmp_path: Path):
     assert [r.id for r in box.pending(10)] == [alert]
     assert box.confirm(["alert-1", "unknown"]) == 1 and len(box) == 0 and box.size_bytes == 0
     ledger = box.ledger()["alert"]
-    assert ledger["written"] == 1 and ledger["acked"] == 2 and ledger["confirmed"] == 1 and ledger["queued"] == 0
+    assert (ledger["written"], ledger["acked"], ledger["confirmed"], ledger["queued"]) == (1, 2, 1, 0)
     # A receipt may come before the PUBACK is processed: the row goes all the same.
     early = box.put(Kind.EVENT, "e", _msg(Kind.EVENT, 2), 1, msg_id="event-2")
     assert box.confirm(["event-2"]) == 1
