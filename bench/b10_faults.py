@@ -33,6 +33,7 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,11 @@ class Health:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with urllib.request.urlopen(self.url, timeout=1.0) as r:
-                    h = json.loads(r.read())
+                try:
+                    with urllib.request.urlopen(self.url, timeout=1.0) as r:
+                        h = json.loads(r.read())
+                except urllib.error.HTTPError as exc:  # 503 while a link is down: the body still tells
+                    h = json.loads(exc.read())
                 self.last = h
                 self.samples.append((time.monotonic() - self.t0, True, bool(h["opcua"]), bool(h["mqtt"])))
             except (OSError, ValueError, KeyError):
