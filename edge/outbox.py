@@ -42,6 +42,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,29 +234,7 @@ class Outbox:
 
     def confirm(self, msg_ids: list[str]) -> int:
         """The cloud stored these: forget their rows (sent or not). Returns how many went."""
-        if not msg_ids:
-            return 0
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                kinds: Counter[str] = Counter()
-                sizes = removed = 0
-                for msg_id in msg_ids:
-                    for size, kind in self._db.execute(
-                        "DELETE FROM outbox WHERE msg_id = ? RETURNING size, kind", (msg_id,)
-                    ).fetchall():
-                        sizes += int(size)
-                        removed += 1
-                        kinds[str(kind)] += 1
-                for kind, n in kinds.items():
-                    self._count_in(kind, "confirmed", n)
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise OutboxError(f"{self.path}: cannot delete confirmed rows: {exc}") from exc
-            self._bytes -= sizes
-            self._count -= removed
-            return removed
+        return self._settle("msg_id", msg_ids, "confirmed", mark_sent=False)
 
     def _count_in(self, kind: str, column: str, n: int) -> None:
         """Add ``n`` to the ledger (inside the caller's transaction; ``column`` is ours, not input)."""
@@ -299,44 +278,49 @@ class Outbox:
         return [r for r in rows if r.id not in exclude][:limit]
 
     def ack(self, ids: list[int]) -> None:
-        """Delete acknowledged rows."""
-        if not ids:
-            return
+        """The broker acknowledged these rows: deleted, or with ``await_receipts`` marked sent
+        (rows that carry a ``msg_id``) until the cloud's receipt."""
+        self._settle("id", ids, "acked", mark_sent=self.await_receipts)
+
+    def _settle(self, key: str, values: Sequence[object], column: str, mark_sent: bool) -> int:
+        """One transaction over the rows whose ``key`` (``id`` or ``msg_id``, ours) is in ``values``:
+        mark sent (when ``mark_sent``, rows with a ``msg_id``) or delete; count them in the ledger's
+        ``column``. Returns the rows deleted."""
+        if not values:
+            return 0
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                sizes = 0
-                removed = 0
+                sizes = removed = 0
                 kinds: Counter[str] = Counter()
                 now = time.time()
-                for row_id in ids:
-                    if self.await_receipts:
-                        # kept until the cloud's receipt (rows with a msg_id); marked sent
+                for value in values:
+                    if mark_sent:
                         # Each send without a receipt doubles the wait before the next (up to
                         # 64 x): a cloud away for hours must not get the same rows every minute.
                         marked = self._db.execute(
                             "UPDATE outbox SET sent = ?, resend_at = ? * (1 << MIN(attempts, 6)) + ?, "
-                            "attempts = attempts + 1 WHERE id = ? AND msg_id IS NOT NULL RETURNING kind",
-                            (now, self.resend_after_s, now, row_id),
-                        ).fetchone()
-                        if marked is not None:
-                            kinds[str(marked[0])] += 1
+                            f"attempts = attempts + 1 WHERE {key} = ? AND msg_id IS NOT NULL RETURNING kind",
+                            (now, self.resend_after_s, now, value),
+                        ).fetchall()
+                        kinds.update(str(k) for (k,) in marked)
+                        if marked:
                             continue
-                    got = self._db.execute(
-                        "DELETE FROM outbox WHERE id = ? RETURNING size, kind", (row_id,)
-                    ).fetchone()
-                    if got is not None:
-                        sizes += int(got[0])
+                    for size, kind in self._db.execute(
+                        f"DELETE FROM outbox WHERE {key} = ? RETURNING size, kind", (value,)
+                    ).fetchall():
+                        sizes += int(size)
                         removed += 1
-                        kinds[str(got[1])] += 1
+                        kinds[str(kind)] += 1
                 for kind, n in kinds.items():
-                    self._count_in(kind, "acked", n)
+                    self._count_in(kind, column, n)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                raise OutboxError(f"{self.path}: cannot delete acknowledged rows: {exc}") from exc
+                raise OutboxError(f"{self.path}: cannot settle {column} rows: {exc}") from exc
             self._bytes -= sizes
             self._count -= removed
+            return removed
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
