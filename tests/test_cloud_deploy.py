@@ -19,7 +19,7 @@ from cloud.ingest import Ingestor
 from cloud.metrics import CloudMetrics
 from cloud.mqtt import MqttLink
 from cloud.storage import Repo, make_engine, migrate
-from shared.messages import Alert, Verdict
+from shared.messages import Alert, Receipt, Verdict
 from shared.topics import Kind, topic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,8 +82,10 @@ def test_tls_listener_and_per_edge_acls(tmp_path: Path):
         e1, got1 = _edge(port, certs, "edge-1")
         e2, got2 = _edge(port, certs, "edge-2")
         edges = [e1, e2]
-        e1.subscribe([(topic("fab1", "edge-1", Kind.VERDICT), 1), (topic("fab1", "edge-2", Kind.VERDICT), 1)])
-        e2.subscribe(topic("fab1", "edge-2", Kind.VERDICT), 1)
+        e1.subscribe(
+            [(topic("fab1", e, k), 1) for e in ("edge-1", "edge-2") for k in (Kind.VERDICT, Kind.RECEIPT)]
+        )
+        e2.subscribe([(topic("fab1", "edge-2", k), 1) for k in (Kind.VERDICT, Kind.RECEIPT)])
         time.sleep(0.5)
 
         def alert(edge: str) -> bytes:
@@ -113,13 +115,16 @@ def test_tls_listener_and_per_edge_acls(tmp_path: Path):
                 model_version="f",
             )
             link.publish(topic("fab1", edge, Kind.VERDICT), v.to_bytes(), 1, False, wait=True)
+            r = Receipt(edge_id=edge, site="fab1", msg_ids=["m1"])
+            link.publish(topic("fab1", edge, Kind.RECEIPT), r.to_bytes(), 1, False, wait=True)
         deadline = time.monotonic() + 5
-        while (len(ingest.handled_ids) < 1 or not got2) and time.monotonic() < deadline:
+        while (len(ingest.handled_ids) < 1 or len(got2) < 2) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.5)
         assert len(ingest.handled_ids) == 1  # edge-1 could not speak for edge-2
-        assert got1 == [topic("fab1", "edge-1", Kind.VERDICT)]  # nor read edge-2's verdicts
-        assert got2 == [topic("fab1", "edge-2", Kind.VERDICT)]
+        # nor read edge-2's verdicts or receipts; each reads its own
+        assert got1 == [topic("fab1", "edge-1", Kind.VERDICT), topic("fab1", "edge-1", Kind.RECEIPT)]
+        assert got2 == [topic("fab1", "edge-2", Kind.VERDICT), topic("fab1", "edge-2", Kind.RECEIPT)]
     finally:
         for e in edges:
             e.disconnect()
