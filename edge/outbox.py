@@ -160,6 +160,12 @@ class Outbox:
             if column not in have:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         self._db.execute("CREATE INDEX IF NOT EXISTS outbox_msg ON outbox (msg_id)")
+        self._db.execute(
+            "CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (priority, id) WHERE sent IS NULL"
+        )
+        self._db.execute(
+            "CREATE INDEX IF NOT EXISTS outbox_resend ON outbox (resend_at) WHERE sent IS NOT NULL"
+        )
 
     # -- queue -------------------------------------------------------------------------------
 
@@ -267,14 +273,21 @@ class Outbox:
 
     def pending(self, limit: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[Row]:
         """Up to ``limit`` rows in priority order, skipping the ids in ``exclude`` (in flight)."""
+        cols = "SELECT id, priority, kind, topic, payload, qos, retain FROM outbox"
+        n = limit + len(exclude)
         with self._lock:
-            # Sent rows (waiting for their receipt) go again when their resend time comes.
-            cur = self._db.execute(
-                "SELECT id, priority, kind, topic, payload, qos, retain FROM outbox "
-                "WHERE sent IS NULL OR resend_at < ? ORDER BY priority, id LIMIT ?",
-                (time.time(), limit + len(exclude)),
+            # Two queries on two partial indexes, merged: rows never sent, and sent rows (waiting
+            # for their receipt) whose resend time came. One query with an OR scanned every
+            # waiting row: 27 ms a call with 100,000 of them (a cloud away for long).
+            fresh = self._db.execute(f"{cols} WHERE sent IS NULL ORDER BY priority, id LIMIT ?", (n,))
+            raw = fresh.fetchall()
+            due = self._db.execute(
+                f"{cols} WHERE sent IS NOT NULL AND resend_at < ? ORDER BY resend_at LIMIT ?",
+                (time.time(), n),
             )
-            rows = [Row(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], bool(r[6])) for r in cur.fetchall()]
+            raw += due.fetchall()
+        raw.sort(key=lambda r: (r[1], r[0]))
+        rows = [Row(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], bool(r[6])) for r in raw]
         return [r for r in rows if r.id not in exclude][:limit]
 
     def ack(self, ids: list[int]) -> None:
