@@ -8,7 +8,7 @@ when none comes; the cloud stores a message once whatever the redeliveries (``ms
 a receipt for it each time it sees it, so a lost receipt costs one more delivery, not the message.
 
 The ingest thread adds each stored (or already stored) ``msg_id``; :meth:`Receipts.flush`, on the
-scheduler every ``interval_s``, publishes one receipt per edge of up to
+service's scheduler twice a second, publishes one receipt per edge of up to
 :data:`shared.messages.MAX_RECEIPT_IDS` ids (QoS 1, the edge's own topic). Overflow policy: at most
 ``max_pending`` ids wait; past that the oldest are dropped (counted): their edges send those
 messages again and get their receipts then.
@@ -68,9 +68,9 @@ class Receipts:
                 except Exception as exc:  # BrokerError or a full paho queue: keep the rest for later
                     _logger.info("receipts for %s/%s wait: %s", site, edge_id, exc)
                     rest = [((site, edge_id), ids[start:]), *list(batch.items())[n + 1 :]]
-                    for key, more in rest:
+                    for (key_site, key_edge), more in rest:
                         for msg_id in more:
-                            self.add(key[0], key[1], msg_id)
+                            self.add(key_site, key_edge, msg_id)
                     self.sent += sent
                     return sent
                 sent += len(chunk)

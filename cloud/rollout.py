@@ -167,9 +167,7 @@ class RolloutManager:
             raise RolloutError(f"rollout {rollout_id} is {row.stage}, not canary")
         model = self.registry.require(row.version)
         self._announce(model, self.edges())
-        if row.previous_version:
-            self.registry.set_status(row.previous_version, "retired")
-        self.registry.set_status(row.version, "active")
+        self.registry.activate(row.version)  # the model active before (previous_version) retires
         self._update(row.id, stage="all", reason="canary healthy", promoted_ts=self.clock())
         _logger.info("rollout %d: %s to every edge", row.id, row.version)
         return self.get(row.id)

@@ -75,8 +75,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL NOT NULL,
     size INTEGER NOT NULL,
     msg_id TEXT,
-    sent REAL,
-    resend_at REAL,
+    resend_at REAL,  -- set when the broker acknowledged a row that waits for its receipt
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, id);
@@ -151,7 +150,6 @@ class Outbox:
         """Columns added since the first release, for an outbox file written by an older edge."""
         for table, column, decl in (
             ("outbox", "msg_id", "TEXT"),
-            ("outbox", "sent", "REAL"),
             ("outbox", "resend_at", "REAL"),
             ("outbox", "attempts", "INTEGER NOT NULL DEFAULT 0"),
             ("ledger", "confirmed", "INTEGER NOT NULL DEFAULT 0"),
@@ -161,10 +159,10 @@ class Outbox:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         self._db.execute("CREATE INDEX IF NOT EXISTS outbox_msg ON outbox (msg_id)")
         self._db.execute(
-            "CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (priority, id) WHERE sent IS NULL"
+            "CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (priority, id) WHERE resend_at IS NULL"
         )
         self._db.execute(
-            "CREATE INDEX IF NOT EXISTS outbox_resend ON outbox (resend_at) WHERE sent IS NOT NULL"
+            "CREATE INDEX IF NOT EXISTS outbox_resend ON outbox (resend_at) WHERE resend_at IS NOT NULL"
         )
 
     # -- queue -------------------------------------------------------------------------------
@@ -279,10 +277,10 @@ class Outbox:
             # Two queries on two partial indexes, merged: rows never sent, and sent rows (waiting
             # for their receipt) whose resend time came. One query with an OR scanned every
             # waiting row: 27 ms a call with 100,000 of them (a cloud away for long).
-            fresh = self._db.execute(f"{cols} WHERE sent IS NULL ORDER BY priority, id LIMIT ?", (n,))
+            fresh = self._db.execute(f"{cols} WHERE resend_at IS NULL ORDER BY priority, id LIMIT ?", (n,))
             raw = fresh.fetchall()
             due = self._db.execute(
-                f"{cols} WHERE sent IS NOT NULL AND resend_at < ? ORDER BY resend_at LIMIT ?",
+                f"{cols} WHERE resend_at IS NOT NULL AND resend_at < ? ORDER BY resend_at LIMIT ?",
                 (time.time(), n),
             )
             raw += due.fetchall()
@@ -312,9 +310,9 @@ class Outbox:
                         # Each send without a receipt doubles the wait before the next (up to
                         # 64 x): a cloud away for hours must not get the same rows every minute.
                         marked = self._db.execute(
-                            "UPDATE outbox SET sent = ?, resend_at = ? * (1 << MIN(attempts, 6)) + ?, "
+                            "UPDATE outbox SET resend_at = ? * (1 << MIN(attempts, 6)) + ?, "
                             f"attempts = attempts + 1 WHERE {key} = ? AND msg_id IS NOT NULL RETURNING kind",
-                            (now, self.resend_after_s, now, value),
+                            (self.resend_after_s, now, value),
                         ).fetchall()
                         kinds.update(str(k) for (k,) in marked)
                         if marked:
