@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.config import StrictModel, load_config
 
@@ -44,6 +44,22 @@ class MqttConfig(StrictModel):
     receive_maximum: int = Field(
         default=100, ge=1, le=65535
     )  # unacked QoS 1 messages the broker may send at once
+    # Sessions of workers that are gone (cloud/sessions.py): each worker renews its row every
+    # heartbeat_s; a row not renewed for orphan_after_s names a session another worker adopts.
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    orphan_after_s: float = Field(default=60.0, gt=0)
+    adopt_orphans: bool = True
+    drain_quiet_s: float = Field(default=1.0, gt=0)  # a session is drained once nothing came this long
+    drain_max_s: float = Field(default=60.0, gt=0)  # ... or after this long at most
+
+    @model_validator(mode="after")
+    def _orphans_are_not_late_heartbeats(self) -> MqttConfig:
+        if self.orphan_after_s < 3 * self.heartbeat_s:
+            raise ValueError(
+                f"mqtt.orphan_after_s ({self.orphan_after_s:g}) must be at least 3 × mqtt.heartbeat_s "
+                f"({self.heartbeat_s:g}): a live worker one heartbeat late would have its session taken"
+            )
+        return self
 
 
 class StorageConfig(StrictModel):

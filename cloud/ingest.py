@@ -15,6 +15,7 @@ A database outage returns False: the message stays unacknowledged and the broker
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -71,9 +72,16 @@ class Ingestor:
         # (edge or tool key) → when this worker last committed its row: skips two queries per message.
         self._touched: dict[tuple[str, ...], float] = {}
         self._pending_touch: list[tuple[str, ...]] = []
+        # One message at a time: the worker's own link and a link draining a gone worker's session
+        # (cloud/sessions.py) call in from two network threads, and the caches above are per call.
+        self._lock = threading.Lock()
 
     def handle(self, topic: str, payload: bytes) -> bool:
         """Process one message. True: done (acknowledge); False: retry later (do not acknowledge)."""
+        with self._lock:
+            return self._handle(topic, payload)
+
+    def _handle(self, topic: str, payload: bytes) -> bool:
         try:
             msg = self._validate(topic, payload)
         except SchemaError as exc:

@@ -39,6 +39,9 @@ class CloudMetrics:
             "fabpm_cloud_learning_rounds", "learning rounds by outcome", ["outcome"], registry=r
         )
         self.rollbacks = Counter("fabpm_cloud_rollbacks", "automatic and manual rollbacks", registry=r)
+        self.sessions_adopted = Counter(
+            "fabpm_cloud_sessions_adopted", "MQTT sessions of gone workers drained and ended", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

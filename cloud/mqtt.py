@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 import paho.mqtt.client as mqtt
@@ -52,6 +53,7 @@ class MqttLink:
         handler: Handler | None,
         kinds: Iterable[Kind] = EDGE_TO_CLOUD,
         client_id: str | None = None,
+        subscribe: bool = True,
     ) -> None:
         self.cfg = cfg
         self.handler = handler
@@ -59,7 +61,12 @@ class MqttLink:
         self.client_id = client_id or cfg.client_id or default_client_id()
         self.connected = threading.Event()
         self._was_connected = False
+        self._subscribe = subscribe  # False once leaving, and for a link that drains another's session
+        self.session_present = False  # the broker still held this client id's session at connect
+        self.taken_over = False  # another connection took this client id
         self.unacked = 0
+        self.received = 0
+        self._last_message = time.monotonic()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -107,11 +114,37 @@ class MqttLink:
                 f"mqtt {self.cfg.host}:{self.cfg.port}: not connected after {self.cfg.connect_timeout_s} s"
             )
 
-    def stop(self) -> None:
+    def stop(self, end_session: bool = False) -> None:
+        """Disconnect. The broker keeps the session (and queues for it) unless ``end_session``."""
         self.connected.clear()  # a disconnect we asked for is not worth a warning
-        self.client.disconnect()
+        props = None
+        if end_session:
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0  # the broker forgets the session and its subscriptions now
+        self.client.disconnect(properties=props)
         self.client.loop_stop()
         self.connected.clear()
+
+    def subscriptions(self) -> list[str]:
+        return [cloud_subscription(k, self.cfg.share_group or None) for k in self.kinds]
+
+    def unsubscribe(self) -> None:
+        """Leave the share group: the broker routes the group's next messages to the other members;
+        what it already queued or sent to this session still arrives (measured on Mosquitto 2.0)."""
+        self._subscribe = False
+        if self.kinds:
+            self.client.unsubscribe(self.subscriptions())
+
+    def wait_quiet(self, quiet_s: float, max_s: float) -> None:
+        """Return once no message came for ``quiet_s`` (each one handled and acknowledged), after
+        ``max_s`` at most, or when the connection is gone."""
+        start = time.monotonic()
+        self._last_message = max(self._last_message, start)
+        while time.monotonic() - start < max_s and self.connected.is_set():
+            idle = time.monotonic() - self._last_message
+            if idle >= quiet_s:
+                return
+            time.sleep(min(quiet_s - idle, 0.05))
 
     # ---- callbacks (paho's network thread) ---------------------------------------------------
     @staticmethod
@@ -135,9 +168,10 @@ class MqttLink:
         if reason.is_failure:
             _logger.warning("mqtt %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason)
             return
+        self.session_present = bool(_flags.session_present)
         # Subscribing again on every connect is harmless with a kept session and needed without one.
         subs = [(cloud_subscription(k, self.cfg.share_group or None), QOS[k]) for k in self.kinds]
-        if subs:
+        if subs and self._subscribe:
             client.subscribe(subs)
         if self._was_connected:
             _logger.info("mqtt %s:%s connection recovered", self.cfg.host, self.cfg.port)
@@ -148,13 +182,18 @@ class MqttLink:
 
     def _on_disconnect(
         self,
-        _client: mqtt.Client,
+        client: mqtt.Client,
         _userdata: object,
         _flags: mqtt.DisconnectFlags,
         reason: mqtt.ReasonCode,
         _props: Properties | None,
     ) -> None:
-        if reason == "Session taken over":
+        if reason == "Session taken over" and not self._subscribe:
+            # Draining another worker's session, or leaving: its owner is back (or another worker
+            # adopted it first). Give it up, without reconnecting to take it back.
+            self.taken_over = True
+            client.disconnect()
+        elif reason == "Session taken over":
             # Another process connected with our client id: two workers sharing one id take the
             # session from each other at every reconnect, and each gets only part of the traffic.
             _logger.error(
@@ -167,6 +206,7 @@ class MqttLink:
         self.connected.clear()
 
     def _on_message(self, client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        self.received += 1
         ok = False
         try:
             ok = self.handler(msg.topic, bytes(msg.payload)) if self.handler is not None else True
@@ -178,6 +218,7 @@ class MqttLink:
                 client.ack(msg.mid, msg.qos)
         else:
             self.unacked += 1
+        self._last_message = time.monotonic()  # after the handler: wait_quiet counts from here
 
     # ---- publishing (any thread) -------------------------------------------------------------
     def publish(
@@ -196,3 +237,26 @@ class MqttLink:
                 raise BrokerError(f"publish to {topic}: {exc}") from exc
             if not info.is_published():
                 raise BrokerError(f"publish to {topic} not acknowledged in {self.cfg.publish_timeout_s} s")
+
+
+def drain_session(
+    cfg: MqttConfig, client_id: str, handler: Handler, kinds: Iterable[Kind] = EDGE_TO_CLOUD
+) -> int:
+    """Take over ``client_id``'s session, hand what the broker kept in it to ``handler``, and end it.
+
+    For the session of a worker that is gone (:mod:`cloud.sessions`). The link connects under that
+    id without subscribing, leaves the share group at once (so only what the session already held
+    comes), waits until nothing came for ``cfg.drain_quiet_s`` (``cfg.drain_max_s`` at most), and
+    disconnects with session expiry 0. If the session's owner connects meanwhile it takes the
+    session back; the link then stops without ending it. Returns how many messages came;
+    BrokerError when the broker cannot be reached.
+    """
+    link = MqttLink(cfg, handler, kinds, client_id=client_id, subscribe=False)
+    link.start()
+    try:
+        if link.session_present:  # else the session expired, or its owner ended it: nothing kept
+            link.unsubscribe()
+            link.wait_quiet(cfg.drain_quiet_s, cfg.drain_max_s)
+    finally:
+        link.stop(end_session=not link.taken_over)
+    return link.received

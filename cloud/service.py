@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,16 @@ from sqlalchemy import text
 from cloud.api import ApiContext, create_app
 from cloud.auth import Users
 from cloud.config import CloudConfig
-from cloud.errors import CloudError, ModelError
+from cloud.errors import BrokerError, CloudError, ModelError, StorageError
 from cloud.ingest import Ingestor
 from cloud.learning import Learner, Pipeline
 from cloud.metrics import CloudMetrics
-from cloud.mqtt import MqttLink
+from cloud.mqtt import MqttLink, drain_session
 from cloud.receipts import Receipts
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.serving import load_replicas
+from cloud.sessions import Roster
 from cloud.storage import Repo, make_engine, migrate
 from cloud.verdicts import VerdictService
 
@@ -65,6 +67,7 @@ class CloudService:
             on_stored=lambda m: self.receipts.add(m.site, m.edge_id, m.msg_id),
         )
         self.link = MqttLink(cfg.mqtt, handler=self.ingest.handle)
+        self.roster = Roster(self.repo, self.link.client_id, cfg.mqtt.share_group, clock)
         public_url = cfg.api.public_url or f"http://{cfg.api.host}:{cfg.api.port}"
         self.rollout = RolloutManager(
             self.repo, self.registry, self._publish, cfg.rollout, self.metrics, public_url, clock
@@ -216,6 +219,34 @@ class CloudService:
         self._served = ckpt
         self.model_version = replicas[0].version
 
+    def _sessions(self) -> None:
+        """Renew this worker's row; adopt and drain the sessions of workers that are gone."""
+        m = self.cfg.mqtt
+        try:
+            self.roster.beat()
+            orphans = self.roster.orphans(m.orphan_after_s) if m.adopt_orphans else []
+        except StorageError as exc:
+            _logger.warning("worker_sessions: %s", exc)
+            return
+        for client_id, seen in orphans:
+            try:
+                claimed = self.roster.claim(client_id, seen, hold_s=m.drain_max_s + m.connect_timeout_s + 30)
+                if claimed is None:
+                    continue  # another worker took it, or its owner is back
+                n = drain_session(m, client_id, self.ingest.handle)
+                self.roster.forget(client_id, claimed)
+            except (BrokerError, StorageError) as exc:  # the claim lapses; the row is tried again
+                _logger.warning("could not adopt the MQTT session of %s: %s", client_id, exc)
+                continue
+            self.metrics.sessions_adopted.inc()
+            _logger.warning(
+                "adopted the MQTT session of worker %s (silent for %.0f s): %d message(s) it held handled, "
+                "session ended",
+                client_id,
+                self.clock() - seen,
+                n,
+            )
+
     def _sweep(self) -> None:
         if self.verdicts is not None:
             self.verdicts.sweep(self.cfg.serving.retry_pending_s)
@@ -225,6 +256,19 @@ class CloudService:
         migrate(self.engine)
         self._start_serving()
         self.link.start()
+        if self.cfg.mqtt.share_group:
+            try:
+                self.roster.beat()  # before any peer that stops now counts the live workers
+            except StorageError as exc:
+                _logger.warning("worker_sessions: %s", exc)
+            self.scheduler.add_job(
+                self._sessions,
+                "interval",
+                seconds=self.cfg.mqtt.heartbeat_s,
+                id="sessions",
+                max_instances=1,
+                next_run_time=datetime.now(UTC),  # a session left behind under another id: drain it now
+            )
         self.scheduler.add_job(
             self._tick, "interval", seconds=self.cfg.rollout.tick_s, id="tick", max_instances=1
         )
@@ -254,14 +298,32 @@ class CloudService:
             self._server.should_exit = True
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        leaving = self._leave_group()
         with contextlib.suppress(Exception):  # best effort: unconfirmed messages come again anyway
             self.receipts.flush()
-        self.link.stop()
+        self.link.stop(end_session=leaving)
         if self.verdicts is not None:
             self.verdicts.stop()
         for t in self._threads:
             t.join(timeout=10)
         self.engine.dispose()
+
+    def _leave_group(self) -> bool:
+        """Stopping while another worker is live: unsubscribe and handle what is in flight, so the
+        session can end (cloud/sessions.py). The last worker keeps its session. True: leaving."""
+        m = self.cfg.mqtt
+        if not m.share_group or not self.link.connected.is_set():
+            return False
+        try:
+            leaving = self.roster.leave(fresh_s=m.orphan_after_s)
+        except StorageError as exc:  # cannot tell whether others run: keep the session, lose nothing
+            _logger.warning("keeping the MQTT session: %s", exc)
+            return False
+        if leaving:
+            self.link.unsubscribe()
+            self.link.wait_quiet(m.drain_quiet_s, m.drain_max_s)
+            _logger.info("left share group %s; other workers take its messages", m.share_group)
+        return leaving
 
     def health(self) -> dict[str, Any]:
         db_ok = True

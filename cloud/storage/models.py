@@ -231,3 +231,15 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128))
     expires_ts: Mapped[float] = mapped_column(Float)
+
+
+class WorkerSession(Base):
+    """A cloud worker's MQTT session in its share group, renewed (``heartbeat_ts``) while the
+    worker runs. The broker keeps routing a share of the group's messages to a session whose worker
+    is gone, for as long as the session lives; a row whose heartbeat stopped names such a session,
+    and another worker adopts it (:mod:`cloud.sessions`)."""
+
+    __tablename__ = "worker_sessions"
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    share_group: Mapped[str] = mapped_column(String(128))
+    heartbeat_ts: Mapped[float] = mapped_column(Float)
