@@ -8,7 +8,12 @@ normal running (``--phase-s``):
 2. the OPC UA server (the simulator) is stopped and restarted ``--down-s`` later;
 3. the edge is killed (SIGKILL) while it writes (it writes all the time: values, windows, outbox)
    and restarted;
-4. the cloud worker is killed (SIGKILL) while it ingests, and restarted.
+4. the cloud worker is killed (SIGKILL) while it ingests, and restarted;
+5. with ``--workers 2`` or more, more cloud workers share the subscription, and the second one is
+   stopped for good (SIGTERM and not restarted: a scale-down) (``--faults …,cloud2``);
+6. with ``--workers 3``, the third one is killed for good (SIGKILL, never restarted: a lost node or
+   a replaced pod) (``--faults …,cloud3``). Its session stays at the broker and keeps getting its
+   share until a live worker adopts it (cloud/sessions.py); the run waits for that before counting.
 
 Then the simulator stops (no new messages), the edge drains its outbox, and the run is reconciled
 per message kind: what the edge wrote to its outbox (the outbox's ledger, kept in the same SQLite
@@ -19,6 +24,7 @@ by design); every other kind is QoS 1 through the disk outbox and must not be lo
 how long the edge took to reconnect after each fault (its ``/health``, polled every 0.5 s).
 
     .venv/bin/python bench/b10_faults.py [--out artifacts/b10] [--phase-s 40] [--down-s 10] [--no-faults]
+        [--workers 3 --faults mosquitto,sim,edge,cloud,cloud2,cloud3] [--edge-receipts off] [--env K=V]
 
 ``--no-faults`` runs the same schedule without the faults: the control for the figures.
 """
@@ -27,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -42,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _results import add_row  # bench/ is the script's folder
 
-from fabpm.demo import Loop, Services, start_loop
+from fabpm.demo import FABPM, Loop, Services, free_port, start_loop, wait_port
 
 REPO = Path(__file__).resolve().parent.parent
 QOS0 = {"telemetry"}
@@ -133,16 +141,52 @@ def wait_stable(read: Any, quiet_s: float, timeout_s: float) -> Any:
     return last
 
 
+def start_workers(loop: Loop, workers: int, env: dict[str, str]) -> None:
+    """Cloud workers 2 … ``workers`` beside the loop's: same config and database, their own MQTT
+    client id and API port, no learning (one learner is enough)."""
+    for k in range(2, workers + 1):
+        port = free_port()
+        proc = loop.services.start(
+            f"cloud{k}",
+            [*FABPM, "cloud", "run", "--config", str(loop.root / "cloud.toml")],
+            env={
+                **os.environ,
+                **env,
+                "FABPM_CLOUD__MQTT__CLIENT_ID": f"fabpm-cloud-b10-{k}",
+                "FABPM_CLOUD__API__PORT": str(port),
+                "FABPM_CLOUD__LEARNING__ENABLED": "false",
+            },
+        )
+        wait_port(port, 120, proc, f"cloud{k}", loop.services.logs / f"cloud{k}.log")
+
+
+ADOPTED = re.compile(r"adopted the MQTT session of worker (\S+) \(silent for (\d+) s\): (\d+) message")
+
+
+def adoptions(logs: Path) -> list[dict[str, Any]]:
+    """The sessions the workers adopted, from their logs: whose, after how long, how many messages."""
+    found = []
+    for log in sorted(logs.glob("cloud*.log")):
+        for m in ADOPTED.finditer(log.read_text(errors="replace")):
+            found.append({"by": log.stem, "of": m[1], "silent_s": int(m[2]), "messages": int(m[3])})
+    return found
+
+
 def run_faults(
-    loop: Loop, health: Health, phase_s: float, down_s: float, faults: set[str]
+    loop: Loop, health: Health, phase_s: float, down_s: float, faults: set[str], workers: int = 1
 ) -> list[dict[str, Any]]:
-    """The schedule (the steps whose process is in ``faults`` happen); what happened at each."""
-    steps = [
+    """The schedule (the steps whose process is in ``faults`` happen); what happened at each.
+    A step without a down time takes its process away for good."""
+    steps: list[tuple[str, str, signal.Signals, float | None]] = [
         ("broker killed (SIGKILL)", "mosquitto", signal.SIGKILL, down_s),
         ("OPC UA server stopped (SIGTERM)", "sim", signal.SIGTERM, down_s),
         ("edge killed (SIGKILL) while writing", "edge", signal.SIGKILL, 2.0),
         ("cloud killed (SIGKILL) while ingesting", "cloud", signal.SIGKILL, 2.0),
     ]
+    if workers >= 2:
+        steps.append(("cloud worker 2 stopped for good (SIGTERM)", "cloud2", signal.SIGTERM, None))
+    if workers >= 3:
+        steps.append(("cloud worker 3 killed for good (SIGKILL)", "cloud3", signal.SIGKILL, None))
     record = []
     for what, name, sig, down in steps:
         time.sleep(phase_s)
@@ -150,6 +194,11 @@ def run_faults(
             record.append({"fault": f"(none: control for '{what}')", "at_s": round(health.now(), 1)})
             continue
         at = health.now()
+        if down is None:
+            print(f"[b10] {at:6.1f} s: {what}", flush=True)
+            loop.services.kill(name, sig)
+            record.append({"fault": what, "at_s": round(at, 1), "gone": True})
+            continue
         print(f"[b10] {at:6.1f} s: {what}, back in {down:g} s", flush=True)
         loop.services.kill(name, sig)
         time.sleep(down)
@@ -191,9 +240,20 @@ def main() -> int:
     ap.add_argument(
         "--faults",
         default="mosquitto,sim,edge,cloud",
-        help="which processes the faults hit (comma-separated)",
+        help="which processes the faults hit (comma-separated; cloud2, cloud3 with --workers)",
     )
+    ap.add_argument("--workers", type=int, default=1, choices=(1, 2, 3), help="cloud workers sharing load")
+    ap.add_argument(
+        "--edge-receipts",
+        choices=("on", "off"),
+        default="on",
+        help="off: the edge forgets a message at the broker's PUBACK (shows what the broker alone loses)",
+    )
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for every process (repeatable)")
     args = ap.parse_args()
+    extra = dict(kv.split("=", 1) for kv in args.env)
+    if args.edge_receipts == "off":
+        extra["FABPM_EDGE__MQTT__RECEIPTS"] = "false"
     if args.quick:
         args.phase_s, args.down_s = 15.0, 5.0
     root = args.out.resolve() / "loop"
@@ -216,12 +276,13 @@ def main() -> int:
             api_port=0,
             # No learning rounds: B10 is about the message path, and a round's training would
             # take the CPU from it on a 2-core machine.
-            extra_env={"FABPM_CLOUD__LEARNING__MIN_NEW_LABELS": "1000000000"},
+            extra_env={"FABPM_CLOUD__LEARNING__MIN_NEW_LABELS": "1000000000", **extra},
         )
+        start_workers(loop, args.workers, extra)
         loop.wait_for("edge")
         health = Health(loop.metrics_port)
         chosen = set() if args.no_faults else set(args.faults.split(","))
-        record = run_faults(loop, health, args.phase_s, args.down_s, chosen)
+        record = run_faults(loop, health, args.phase_s, args.down_s, chosen, args.workers)
         print(f"[b10] {health.now():6.1f} s: stopping the simulator; the edge drains its outbox", flush=True)
         loop.services.kill("sim", signal.SIGTERM)
         critical = ("alert", "event", "hardcase", "tuning", "status")
@@ -236,6 +297,11 @@ def main() -> int:
         drained_s = time.monotonic() - t_drain
         loop.services.kill("edge", signal.SIGTERM)
         health.stop()
+        if any(r.get("gone") and "SIGKILL" in r["fault"] for r in record):
+            # A killed worker's session is adopted once its row is mqtt.orphan_after_s old (60 s).
+            deadline = time.monotonic() + 180
+            while not adoptions(services.logs) and time.monotonic() < deadline:
+                time.sleep(1.0)
         wait_stable(lambda: cloud_counts(root / "cloud.db", "edge1"), quiet_s=5.0, timeout_s=60.0)
         services.stop()
     finally:
@@ -257,6 +323,10 @@ def main() -> int:
         "dead_letters": dead,
         "stored_not_through_the_outbox": {k: v for k, v in stored.items() if k not in ledger},
         "lost_qos1": lost_critical,
+        "workers": args.workers,
+        "edge_receipts": args.edge_receipts,
+        "env": extra,
+        "adopted_sessions": adoptions(root / "logs"),
         "wall_s": round(time.time() - started, 1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -277,15 +347,30 @@ def main() -> int:
     faults = (
         "; ".join(
             f"{r['fault']}: edge links up {r['edge_links_up_s_after_restart']} s after the restart"
-            for r in record
             if "down_s" in r
+            else r["fault"]
+            for r in record
+            if "down_s" in r or r.get("gone")
         )
         or "no faults (control)"
+    )
+    adopted = "; ".join(
+        f"{a['by']} adopted {a['of']}'s session after {a['silent_s']} s: {a['messages']} messages"
+        for a in result["adopted_sessions"]
+    )
+    if adopted:
+        faults += f"; {adopted}"
+    opts = "".join(
+        [
+            f" --workers {args.workers}" if args.workers > 1 else "",
+            " --edge-receipts off" if args.edge_receipts == "off" else "",
+            "".join(f" --env {kv}" for kv in args.env),
+        ]
     )
     add_row(
         REPO / "bench" / "results" / "faults.md",
         f"| B10 | `.venv/bin/python bench/b10_faults.py{' --no-faults' if args.no_faults else ''}"
-        f"{'' if args.faults == ALL_FAULTS or args.no_faults else ' --faults ' + args.faults} "
+        f"{'' if args.faults == ALL_FAULTS or args.no_faults else ' --faults ' + args.faults}{opts} "
         f"--phase-s {args.phase_s:g} --down-s {args.down_s:g}` | stored/expected by kind: {summary}; "
         f"**QoS 1 lost: {lost_critical}**; dead letters {dead}; {faults} | {result['date']} |",
     )

@@ -33,7 +33,7 @@ from cloud.learning import Learner
 from cloud.metrics import CloudMetrics
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
-from cloud.storage.models import AlertRow, Case, DeadLetter, Edge, SeenMessage, Tool, TuningRow
+from cloud.storage.models import AlertRow, Case, DeadLetter, Edge, SeenMessage, Tool, TuningRow, WorkerSession
 from cloud.storage.repo import Repo
 from shared.messages import Tuning
 from shared.topics import QOS, Kind, topic
@@ -231,6 +231,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 _row(d, exclude=("payload",)) | {"head": d.payload[:200].decode("utf-8", "replace")}
                 for d in rows
             ]
+
+    @app.get("/api/workers", tags=["ingest"])
+    def workers(_who: Viewer) -> list[dict[str, Any]]:
+        """The cloud workers' MQTT sessions (cloud/sessions.py): seconds since each renewed its row;
+        negative while another worker is adopting that session."""
+        now = ctx.clock()
+        with ctx.repo.transaction() as s:
+            rows = s.scalars(select(WorkerSession).order_by(WorkerSession.client_id))
+            return [_row(w) | {"age_s": round(now - w.heartbeat_ts, 1)} for w in rows]
 
     # ---- models and rollouts ---------------------------------------------------------------
     @app.get("/api/models", tags=["models"])

@@ -85,6 +85,8 @@ def test_roles_approvals_labels_and_probes(service: CloudService, mosquitto):
             edge.publish(topic("fab1", "edge-1", Kind.HARDCASE), case.to_bytes())
             wait(lambda: client.get("/api/tuning", headers=viewer).json() != [])
             assert client.get("/api/fleet", headers=viewer).json()[0]["edge_id"] == "edge-1"
+            (me,) = client.get("/api/workers", headers=viewer).json()  # its session's heartbeat
+            assert me["client_id"] == "cloud-api-test" and 0 <= me["age_s"] < 15
 
             r = client.post("/api/tuning/p-1/approve", json={"reason": "looks fine"}, headers=viewer)
             assert r.status_code == 403
