@@ -96,6 +96,7 @@ def test_console_labels_and_approves(service: CloudService):
 
             _sign_in(page, base, "olga")
             page.wait_for_selector("#fleet td:has-text('edge-1')")
+            page.wait_for_selector("#workers td:has-text('cloud-console-test')")
             page.click("#tabs button[data-tab=cases]")
             page.click("#cases tr:has-text('etch-01') button:has-text('Healthy')")
             _until(lambda: service.repo.get_case("case-1").label_source == "operator")

@@ -35,13 +35,16 @@ function fill(tbody, rows, render) {
 
 const RENDER = {
   async fleet() {
-    const [edges, tools] = await Promise.all([api("/api/fleet"), api("/api/tools")]);
+    const [edges, tools, workers] = await Promise.all([api("/api/fleet"), api("/api/tools"), api("/api/workers")]);
     fill($("#fleet tbody"), edges, (e, tr) => tr.append(
       cell(e.site), cell(e.edge_id), cell(e.state), cell(Object.entries(e.models || {}).map(([k, v]) => `${k}: ${v}`).join(", ")),
       cell(e.last_update?.outcome ? `${e.last_update.outcome} ${e.last_update.version || ""} ${e.last_update.reason || ""}` : ""),
       cell(fmtTime(e.last_seen_ts))));
     fill($("#tools tbody"), tools, (t, tr) => tr.append(
       cell(t.tool_id), cell(t.tool_type), cell(t.edge_id), cell(t.state), cell(fmtProbs(t.risk)), cell(fmtTime(t.last_ts))));
+    // A negative age: another worker has claimed this silent worker's session and is draining it.
+    fill($("#workers tbody"), workers, (w, tr) => tr.append(
+      cell(w.client_id), cell(w.share_group), cell(w.age_s < 0 ? "silent: its session is being adopted" : `${fmtNum(w.age_s, 0)} s ago`)));
   },
   async alerts() {
     const rows = await api("/api/alerts?limit=200");
