@@ -7,7 +7,9 @@ stored it, so a worker killed mid-message gets it redelivered) and paho's reconn
 exponential back-off capped at ``reconnect_max_s``. Publishes while the broker is away are queued
 by paho up to :data:`MAX_QUEUED_PUBLISHES`; past that ``publish`` raises :class:`BrokerError`
 (overflow policy: refuse the newest; verdicts and models stay in the database, and a model
-rollout re-publishes on its next tick).
+rollout re-publishes on its next tick). A worker leaving the group ends its session
+(:meth:`MqttLink.unsubscribe`, :meth:`MqttLink.wait_quiet`, ``stop(end_session=True)``), and
+:func:`drain_session` empties and ends the session of one that is gone (:mod:`cloud.sessions`).
 """
 
 from __future__ import annotations

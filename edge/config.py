@@ -120,7 +120,9 @@ class MqttConfig(StrictModel):
     # Keep alerts, events, hard cases and tuning records in the outbox until the cloud's receipt
     # says they are stored (not just until the broker's PUBACK), sending again what has no receipt
     # after receipt_timeout_s (the wait doubling at each try): a broker crash then loses nothing
-    # (B10). The broker must let the edge read its receipt topic (deploy/mosquitto/acl).
+    # (B10). While the cloud sends no receipts at all (it is away), only one row per
+    # receipt_timeout_s goes again, as a probe (edge/outbox.py). The broker must let the edge read
+    # its receipt topic (deploy/mosquitto/acl).
     receipts: bool = True
     receipt_timeout_s: float = Field(default=60.0, gt=0)
 

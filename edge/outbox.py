@@ -16,6 +16,13 @@ each try up to 64 × (a cloud away for hours does not get every row again every 
 a message before it delivers it and keeps it in memory (Mosquitto persists by snapshot), so without
 receipts a broker crash loses what it had acknowledged and not delivered (B10 measured it).
 
+Rows are sent again only while the cloud answers: when no receipt came within ``resend_after_s``
+of a send, the cloud is away and the broker holds what was sent in the cloud's session, so a copy
+would only pile up beside it (with the doubling wait alone, a cloud away for an hour got each early
+row six more times). Then one row per ``resend_after_s`` goes again as a probe, so that an answering
+cloud is noticed even when nothing new is sent; at the first receipt after the silence, every row
+due is given another ``resend_after_s`` for the cloud to work through its backlog first.
+
 Durability: a committed row survives ``kill -9`` of the process (WAL with ``synchronous=NORMAL``
 keeps committed transactions in the OS; ``FULL`` also survives power loss). A message in flight
 when the process dies is published again on restart; the cloud de-duplicates by ``msg_id``.
@@ -126,6 +133,9 @@ class Outbox:
         self.resend_after_s = float(resend_after_s)
         self.dropped: Counter[int] = Counter()  # by priority
         self.refused = 0
+        self.last_receipt = 0.0  # wall time of the cloud's last receipt
+        self._unanswered_since: float | None = None  # the first send since that receipt
+        self._last_probe = 0.0  # a resend while the cloud is silent, at most one per resend_after_s
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +248,30 @@ class Outbox:
 
     def confirm(self, msg_ids: list[str]) -> int:
         """The cloud stored these: forget their rows (sent or not). Returns how many went."""
+        now = time.time()
+        if self.await_receipts and self.cloud_silent(now):
+            self._grace(now)
+        self.last_receipt = now
+        self._unanswered_since = None
         return self._settle("msg_id", msg_ids, "confirmed", mark_sent=False)
+
+    def cloud_silent(self, now: float) -> bool:
+        """Something was sent more than ``resend_after_s`` ago and no receipt came since: the cloud
+        is away (or sends no receipts)."""
+        since = self._unanswered_since
+        return since is not None and now - since > self.resend_after_s
+
+    def _grace(self, now: float) -> None:
+        """The cloud answers again: rows due for a resend wait ``resend_after_s`` more, for it to
+        work through what its session held (their copies there are on their way)."""
+        with self._lock:
+            try:
+                self._db.execute(
+                    "UPDATE outbox SET resend_at = ? WHERE resend_at IS NOT NULL AND resend_at < ?",
+                    (now + self.resend_after_s, now),
+                )
+            except sqlite3.Error as exc:  # the rows are then sent again at once: duplicates, not losses
+                _logger.warning("%s: cannot postpone resends: %s", self.path, exc)
 
     def _count_in(self, kind: str, column: str, n: int) -> None:
         """Add ``n`` to the ledger (inside the caller's transaction; ``column`` is ours, not input)."""
@@ -273,17 +306,26 @@ class Outbox:
         """Up to ``limit`` rows in priority order, skipping the ids in ``exclude`` (in flight)."""
         cols = "SELECT id, priority, kind, topic, payload, qos, retain FROM outbox"
         n = limit + len(exclude)
+        now = time.time()
+        n_due = n
+        probing = self.await_receipts and self.cloud_silent(now)
+        if probing:  # one probe per resend_after_s while the cloud is silent (module docstring)
+            n_due = 1 + len(exclude) if now - self._last_probe >= self.resend_after_s else 0
         with self._lock:
             # Two queries on two partial indexes, merged: rows never sent, and sent rows (waiting
             # for their receipt) whose resend time came. One query with an OR scanned every
             # waiting row: 27 ms a call with 100,000 of them (a cloud away for long).
             fresh = self._db.execute(f"{cols} WHERE resend_at IS NULL ORDER BY priority, id LIMIT ?", (n,))
             raw = fresh.fetchall()
-            due = self._db.execute(
-                f"{cols} WHERE resend_at IS NOT NULL AND resend_at < ? ORDER BY resend_at LIMIT ?",
-                (time.time(), n),
-            )
-            raw += due.fetchall()
+            if n_due:
+                due = self._db.execute(
+                    f"{cols} WHERE resend_at IS NOT NULL AND resend_at < ? ORDER BY resend_at LIMIT ?",
+                    (now, n_due),
+                ).fetchall()
+                due = [r for r in due if r[0] not in exclude][:1] if probing else due
+                if probing and due:
+                    self._last_probe = now
+                raw += due
         raw.sort(key=lambda r: (r[1], r[0]))
         rows = [Row(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], bool(r[6])) for r in raw]
         return [r for r in rows if r.id not in exclude][:limit]
@@ -316,6 +358,8 @@ class Outbox:
                         ).fetchall()
                         kinds.update(str(k) for (k,) in marked)
                         if marked:
+                            if self._unanswered_since is None:
+                                self._unanswered_since = now
                             continue
                     for size, kind in self._db.execute(
                         f"DELETE FROM outbox WHERE {key} = ? RETURNING size, kind", (value,)
@@ -346,6 +390,7 @@ class Outbox:
             "dropped": dict(self.dropped),
             "refused": self.refused,
             "ledger": self.ledger(),
+            "last_receipt_s_ago": round(time.time() - self.last_receipt, 1) if self.last_receipt else None,
         }
 
     def __len__(self) -> int:

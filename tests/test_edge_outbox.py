@@ -263,6 +263,44 @@ async def test_last_will_says_offline_when_the_link_dies_and_status_returns(tmp_
         collector.stop()
 
 
+def test_while_the_cloud_is_silent_only_one_probe_goes_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """No receipt within resend_after_s of a send: the cloud is away and its session at the broker
+    holds what was sent, so rows due are not sent again, but for one probe per resend_after_s. The
+    first receipt after the silence gives the rows due another resend_after_s (the cloud's backlog
+    confirms them meanwhile); after that, rows without a receipt go again as before."""
+    now = [1_000_000.0]
+    monkeypatch.setattr("edge.outbox.time", type("Clock", (), {"time": staticmethod(lambda: now[0])}))
+    box = Outbox(tmp_path / "o.sqlite", quota_bytes=10_000_000, await_receipts=True, resend_after_s=10)
+    ids = [box.put(Kind.EVENT, "e", _msg(Kind.EVENT, i), 1, msg_id=f"e{i}") for i in range(6)]
+    assert len(box.pending(10)) == 6  # nothing sent yet: nothing unanswered
+    box.ack([r.id for r in box.pending(10)])
+    now[0] += 11  # every row due, and no receipt for 11 s: the cloud is away
+    probe = box.pending(10)
+    assert [r.id for r in probe] == ids[:1], "one probe, not six copies"
+    box.ack([probe[0].id])
+    assert box.pending(10) == [] and box.stats()["last_receipt_s_ago"] is None  # none ever
+    fresh = box.put(Kind.ALERT, "a", _msg(Kind.ALERT, 9), 1, msg_id="a9")
+    assert [r.id for r in box.pending(10)] == [fresh], "new rows still go at once"
+    box.ack([fresh])
+    now[0] += 11
+    assert [r.id for r in box.pending(10)] == ids[1:2], "the next probe, a resend_after_s later"
+    box.confirm(["e1"])  # the cloud is back: the rest due wait one more period
+    assert box.pending(10) == []
+    now[0] += 5
+    box.confirm(["e2"])  # its backlog coming through
+    assert box.pending(10) == []
+    now[0] += 6
+    left = {r.id for r in box.pending(10)}
+    assert left == {ids[0], *ids[3:], fresh}, "answering again: every row due goes"
+    box.ack(sorted(left))
+    now[0] += 11  # and none of them answered: silent again
+    assert len(box.pending(10)) <= 1
+    # Without receipts there is no silence to wait out.
+    plain = Outbox(tmp_path / "p.sqlite", quota_bytes=10_000_000)
+    plain.put(Kind.EVENT, "e", _msg(Kind.EVENT, 1), 1, msg_id="x")
+    assert len(plain.pending(10)) == 1
+
+
 def test_with_receipts_a_row_stays_until_the_cloud_confirms_it(tmp_path: Path):
     """The broker's PUBACK only marks a row sent; the cloud's receipt deletes it; a sent row
     without a receipt goes again after resend_after_s; rows without a msg_id leave at PUBACK."""
