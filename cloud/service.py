@@ -219,12 +219,18 @@ class CloudService:
         self._served = ckpt
         self.model_version = replicas[0].version
 
-    def _sessions(self) -> None:
-        """Renew this worker's row; adopt and drain the sessions of workers that are gone."""
-        m = self.cfg.mqtt
+    def _beat(self) -> None:
+        """Renew this worker's row: its own job, so a long drain never makes this worker look gone."""
         try:
             self.roster.beat()
-            orphans = self.roster.orphans(m.orphan_after_s) if m.adopt_orphans else []
+        except StorageError as exc:
+            _logger.warning("worker_sessions: %s", exc)
+
+    def _adopt(self) -> None:
+        """Adopt, drain and end the sessions of workers that are gone (cloud/sessions.py)."""
+        m = self.cfg.mqtt
+        try:
+            orphans = self.roster.orphans(m.orphan_after_s)
         except StorageError as exc:
             _logger.warning("worker_sessions: %s", exc)
             return
@@ -257,18 +263,18 @@ class CloudService:
         self._start_serving()
         self.link.start()
         if self.cfg.mqtt.share_group:
-            try:
-                self.roster.beat()  # before any peer that stops now counts the live workers
-            except StorageError as exc:
-                _logger.warning("worker_sessions: %s", exc)
-            self.scheduler.add_job(
-                self._sessions,
-                "interval",
-                seconds=self.cfg.mqtt.heartbeat_s,
-                id="sessions",
-                max_instances=1,
-                next_run_time=datetime.now(UTC),  # a session left behind under another id: drain it now
-            )
+            self._beat()  # before any peer that stops now counts the live workers
+            every = self.cfg.mqtt.heartbeat_s
+            self.scheduler.add_job(self._beat, "interval", seconds=every, id="beat", max_instances=1)
+            if self.cfg.mqtt.adopt_orphans:
+                self.scheduler.add_job(
+                    self._adopt,
+                    "interval",
+                    seconds=every,
+                    id="adopt",
+                    max_instances=1,
+                    next_run_time=datetime.now(UTC),  # a session left under another id: drain it now
+                )
         self.scheduler.add_job(
             self._tick, "interval", seconds=self.cfg.rollout.tick_s, id="tick", max_instances=1
         )
