@@ -320,6 +320,72 @@ async def test_with_receipts_a_broker_crash_loses_nothing(repo: Repo, mosquitto,
         box.close()
 
 
+async def test_with_receipts_a_full_broker_queue_loses_nothing(repo: Repo, mosquitto, tmp_path: Path):
+    """The broker's queue for an absent cloud is bounded (``max_queued_messages``) and drops what
+    does not fit. With receipts the edge keeps those rows: while the cloud is away it sends one probe
+    per timeout, not every row; once the cloud is back and has confirmed its queue, the rest go
+    again and are stored once."""
+    import asyncio
+
+    from cloud.receipts import Receipts
+    from edge.config import MqttConfig as EdgeMqtt
+    from edge.mqtt import MqttRelay
+    from edge.outbox import Outbox
+    from shared.messages import Event
+
+    mosquitto.stop()
+    conf = mosquitto.conf.read_text().replace("max_queued_messages 1000000", "max_queued_messages 20")
+    mosquitto.conf.write_text(conf)
+    mosquitto.start()
+    stored = _count(repo, SeenMessage)
+    receipts: Receipts | None = None
+
+    def cloud_link() -> MqttLink:
+        nonlocal receipts
+        ingest = Ingestor(repo, CloudMetrics(), on_stored=lambda m: receipts.add(m.site, m.edge_id, m.msg_id))
+        link = MqttLink(MqttConfig(port=mosquitto.port, client_id="cloud-full"), ingest.handle)
+        receipts = Receipts(lambda t, p, q, r: link.publish(t, p, q, r))
+        link.start()
+        return link
+
+    async def until(pred, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if receipts is not None:
+                receipts.flush()
+            if pred():
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    box = Outbox(tmp_path / "o.sqlite", 10_000_000, await_receipts=True, resend_after_s=1.0)
+    relay = MqttRelay(EdgeMqtt(port=mosquitto.port, receipts=True), "fab1", "edge-q", box)
+    relay.start()
+    task = asyncio.create_task(relay.run())
+    link = cloud_link()
+    try:
+        assert await until(lambda: relay.connected and link.connected.is_set(), 10)
+        link.stop()  # the cloud is away; the broker queues at most 20 messages for its session
+        for i in range(100):
+            e = Event(edge_id="edge-q", site="fab1", tool_id="t1", event="state", state="idle", source_ts=i)
+            box.put(Kind.EVENT, topic("fab1", "edge-q", Kind.EVENT), e.to_bytes(), 1, msg_id=e.msg_id)
+        relay.wake()
+        assert await until(lambda: box.ledger()["event"]["acked"] >= 100, 10)
+        await asyncio.sleep(3.5)  # three timeouts of silence: probes only
+        assert box.ledger()["event"]["acked"] <= 100 + 4, "not every row again while nothing answers"
+        link = cloud_link()
+        assert await until(lambda: len(box) == 0, 30), "dropped by the full queue, sent again, stored"
+        assert _count(repo, SeenMessage) == stored + 100
+        assert box.ledger()["event"]["acked"] >= 180, "the broker kept 20 of the 100: 80 were sent again"
+    finally:
+        link.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await relay.stop()
+        box.close()
+
+
 def test_receipts_are_batched_per_edge_kept_while_the_broker_is_away_and_bounded():
     from cloud.receipts import Receipts
     from shared.messages import MAX_RECEIPT_IDS, Receipt
