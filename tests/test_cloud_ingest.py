@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -20,13 +21,14 @@ from cloud.config import MqttConfig, ServingConfig
 from cloud.ingest import Ingestor
 from cloud.metrics import CloudMetrics
 from cloud.mqtt import MqttLink
+from cloud.receipts import Receipts
 from cloud.serving import load_replicas
 from cloud.storage import Repo, make_engine, migrate
 from cloud.storage.db import head_revision
 from cloud.storage.models import AlertRow, Base, Case, DeadLetter, LabelRow, SeenMessage
 from cloud.testing import failure, hardcase, maintenance, tiny_full_checkpoint
 from cloud.verdicts import VerdictService
-from shared.messages import Alert, Verdict, parse_payload
+from shared.messages import Alert, Event, Verdict, parse_payload
 from shared.topics import Kind, topic
 
 
@@ -245,62 +247,85 @@ def test_a_restarted_worker_resumes_its_own_session_by_default():
     assert len(ids) == 1 and 0 < len(ids.pop().strip()) <= 64
 
 
-async def test_with_receipts_a_broker_crash_loses_nothing(repo: Repo, mosquitto, tmp_path: Path):
-    """B10's broker crash, end to end: the broker acknowledges the edge's events while the cloud is
-    away and dies (kill -9) before delivering them. With receipts the edge still holds them and
-    sends them again after its timeout; the cloud stores each once and confirms it."""
-    import asyncio
+class ReceiptingLoop:
+    """An edge (outbox with receipts, its MQTT relay) and a cloud worker cut down to ingest and
+    receipts, on the test's broker. ``until`` flushes the receipts, as the service's scheduler does
+    twice a second."""
 
-    from cloud.receipts import Receipts
-    from edge.config import MqttConfig as EdgeMqtt
-    from edge.mqtt import MqttRelay
-    from edge.outbox import Outbox
-    from shared.messages import Event
+    def __init__(self, repo: Repo, port: int, tmp_path: Path, edge_id: str, resend_after_s: float) -> None:
+        from edge.config import MqttConfig as EdgeMqtt
+        from edge.mqtt import MqttRelay
+        from edge.outbox import Outbox
 
-    stored = _count(repo, SeenMessage)
-    receipts: Receipts | None = None
+        self.repo, self.port, self.edge_id = repo, port, edge_id
+        self.receipts: Receipts | None = None
+        self.box = Outbox(
+            tmp_path / "o.sqlite", 10_000_000, await_receipts=True, resend_after_s=resend_after_s
+        )
+        edge_cfg = EdgeMqtt(port=port, reconnect_min_s=0.5, reconnect_max_s=1.0, receipts=True)
+        self.relay = MqttRelay(edge_cfg, "fab1", edge_id, self.box)
+        self.link: MqttLink | None = None
 
-    def cloud_link() -> MqttLink:
-        nonlocal receipts
-        ingest = Ingestor(repo, CloudMetrics(), on_stored=lambda m: receipts.add(m.site, m.edge_id, m.msg_id))
-        link = MqttLink(MqttConfig(port=mosquitto.port, client_id="cloud-receipts"), ingest.handle)
-        receipts = Receipts(lambda t, p, q, r: link.publish(t, p, q, r))
+    def cloud(self) -> MqttLink:
+        """(Re)start the cloud worker: a fresh ingest on the same database and MQTT session."""
+        ingest = Ingestor(
+            self.repo, CloudMetrics(), on_stored=lambda m: self.receipts.add(m.site, m.edge_id, m.msg_id)
+        )
+        link = MqttLink(MqttConfig(port=self.port, client_id=f"cloud-{self.edge_id}"), ingest.handle)
+        self.receipts = Receipts(lambda t, p, q, r: link.publish(t, p, q, r))
         link.start()
+        self.link = link
         return link
 
-    async def until(pred, timeout: float) -> bool:
+    def event(self, i: int) -> None:
+        e = Event(
+            edge_id=self.edge_id, site="fab1", tool_id="t1", event="state", state="idle", source_ts=float(i)
+        )
+        self.box.put(Kind.EVENT, topic("fab1", self.edge_id, Kind.EVENT), e.to_bytes(), 1, msg_id=e.msg_id)
+        self.relay.wake()
+
+    async def until(self, pred, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if receipts is not None:
-                receipts.flush()  # the service's scheduler does this twice a second
+            if self.receipts is not None:
+                self.receipts.flush()
             if pred():
                 return True
             await asyncio.sleep(0.1)
         return False
 
-    box = Outbox(tmp_path / "o.sqlite", 10_000_000, await_receipts=True, resend_after_s=1.5)
-    edge_cfg = EdgeMqtt(port=mosquitto.port, reconnect_min_s=0.5, reconnect_max_s=1.0, receipts=True)
-    relay = MqttRelay(edge_cfg, "fab1", "edge-r", box)
-    relay.start()
-    task = asyncio.create_task(relay.run())
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ReceiptingLoop]:
+        self.relay.start()
+        task = asyncio.create_task(self.relay.run())
+        self.cloud()
+        try:
+            assert await self.until(lambda: self.relay.connected and self.link.connected.is_set(), 10)
+            yield self
+        finally:
+            if self.link is not None:
+                self.link.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await self.relay.stop()
+            self.box.close()
 
-    def event(i: int) -> None:
-        e = Event(
-            edge_id="edge-r", site="fab1", tool_id="t1", event="state", state="productive", source_ts=float(i)
-        )
-        box.put(Kind.EVENT, topic("fab1", "edge-r", Kind.EVENT), e.to_bytes(), 1, msg_id=e.msg_id)
-        relay.wake()
 
-    link = cloud_link()
-    try:
-        assert await until(lambda: relay.connected and link.connected.is_set(), 10)
+async def test_with_receipts_a_broker_crash_loses_nothing(repo: Repo, mosquitto, tmp_path: Path):
+    """B10's broker crash, end to end: the broker acknowledges the edge's events while the cloud is
+    away and dies (kill -9) before delivering them. With receipts the edge still holds them and
+    sends them again after its timeout; the cloud stores each once and confirms it."""
+    stored = _count(repo, SeenMessage)
+    async with ReceiptingLoop(repo, mosquitto.port, tmp_path, "edge-r", resend_after_s=1.5).running() as loop:
+        box = loop.box
         for i in range(5):
-            event(i)
-        assert await until(lambda: len(box) == 0, 10), "stored and confirmed"
-        link.stop()  # the cloud is away (its session stays on the broker)
+            loop.event(i)
+        assert await loop.until(lambda: len(box) == 0, 10), "stored and confirmed"
+        loop.link.stop()  # the cloud is away (its session stays on the broker)
         for i in range(5, 25):
-            event(i)
-        assert await until(lambda: box.ledger()["event"]["acked"] == 25, 10)
+            loop.event(i)
+        assert await loop.until(lambda: box.ledger()["event"]["acked"] == 25, 10)
         assert len(box) == 20 and box.pending(100) == [], "acknowledged by the broker, kept by the edge"
         assert mosquitto.proc is not None
         mosquitto.proc.kill()  # the broker crashes with the 20 events it acknowledged
@@ -308,16 +333,9 @@ async def test_with_receipts_a_broker_crash_loses_nothing(repo: Repo, mosquitto,
         if mosquitto.proc.stderr is not None:
             mosquitto.proc.stderr.close()
         mosquitto.start()
-        link = cloud_link()
-        assert await until(lambda: len(box) == 0, 20), "sent again after the timeout, stored, confirmed"
+        loop.cloud()
+        assert await loop.until(lambda: len(box) == 0, 20), "sent again after the timeout, stored, confirmed"
         assert _count(repo, SeenMessage) == stored + 25
-    finally:
-        link.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await relay.stop()
-        box.close()
 
 
 async def test_with_receipts_a_full_broker_queue_loses_nothing(repo: Repo, mosquitto, tmp_path: Path):
@@ -325,65 +343,23 @@ async def test_with_receipts_a_full_broker_queue_loses_nothing(repo: Repo, mosqu
     does not fit. With receipts the edge keeps those rows: while the cloud is away it sends one probe
     per timeout, not every row; once the cloud is back and has confirmed its queue, the rest go
     again and are stored once."""
-    import asyncio
-
-    from cloud.receipts import Receipts
-    from edge.config import MqttConfig as EdgeMqtt
-    from edge.mqtt import MqttRelay
-    from edge.outbox import Outbox
-    from shared.messages import Event
-
     mosquitto.stop()
     conf = mosquitto.conf.read_text().replace("max_queued_messages 1000000", "max_queued_messages 20")
     mosquitto.conf.write_text(conf)
     mosquitto.start()
     stored = _count(repo, SeenMessage)
-    receipts: Receipts | None = None
-
-    def cloud_link() -> MqttLink:
-        nonlocal receipts
-        ingest = Ingestor(repo, CloudMetrics(), on_stored=lambda m: receipts.add(m.site, m.edge_id, m.msg_id))
-        link = MqttLink(MqttConfig(port=mosquitto.port, client_id="cloud-full"), ingest.handle)
-        receipts = Receipts(lambda t, p, q, r: link.publish(t, p, q, r))
-        link.start()
-        return link
-
-    async def until(pred, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if receipts is not None:
-                receipts.flush()
-            if pred():
-                return True
-            await asyncio.sleep(0.1)
-        return False
-
-    box = Outbox(tmp_path / "o.sqlite", 10_000_000, await_receipts=True, resend_after_s=1.0)
-    relay = MqttRelay(EdgeMqtt(port=mosquitto.port, receipts=True), "fab1", "edge-q", box)
-    relay.start()
-    task = asyncio.create_task(relay.run())
-    link = cloud_link()
-    try:
-        assert await until(lambda: relay.connected and link.connected.is_set(), 10)
-        link.stop()  # the cloud is away; the broker queues at most 20 messages for its session
+    async with ReceiptingLoop(repo, mosquitto.port, tmp_path, "edge-q", resend_after_s=1.0).running() as loop:
+        box = loop.box
+        loop.link.stop()  # the cloud is away; the broker queues at most 20 messages for its session
         for i in range(100):
-            e = Event(edge_id="edge-q", site="fab1", tool_id="t1", event="state", state="idle", source_ts=i)
-            box.put(Kind.EVENT, topic("fab1", "edge-q", Kind.EVENT), e.to_bytes(), 1, msg_id=e.msg_id)
-        relay.wake()
-        assert await until(lambda: box.ledger()["event"]["acked"] >= 100, 10)
+            loop.event(i)
+        assert await loop.until(lambda: box.ledger()["event"]["acked"] >= 100, 10)
         await asyncio.sleep(3.5)  # three timeouts of silence: probes only
         assert box.ledger()["event"]["acked"] <= 100 + 4, "not every row again while nothing answers"
-        link = cloud_link()
-        assert await until(lambda: len(box) == 0, 30), "dropped by the full queue, sent again, stored"
+        loop.cloud()
+        assert await loop.until(lambda: len(box) == 0, 30), "dropped by the full queue, sent again, stored"
         assert _count(repo, SeenMessage) == stored + 100
         assert box.ledger()["event"]["acked"] >= 180, "the broker kept 20 of the 100: 80 were sent again"
-    finally:
-        link.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await relay.stop()
-        box.close()
 
 
 def test_receipts_are_batched_per_edge_kept_while_the_broker_is_away_and_bounded():
