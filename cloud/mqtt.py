@@ -126,6 +126,11 @@ class MqttLink:
         self.client.disconnect(properties=props)
         self.client.loop_stop()
         self.connected.clear()
+        # paho closes the socket pair loop_start() made only when the client is collected; a link
+        # kept alive after stop() (a worker's, for its whole life) would hold two descriptors.
+        release = getattr(self.client, "_reset_sockets", None)
+        if release is not None:
+            release(sockpair_only=True)
 
     def subscriptions(self) -> list[str]:
         return [cloud_subscription(k, self.cfg.share_group or None) for k in self.kinds]
@@ -137,16 +142,19 @@ class MqttLink:
         if self.kinds:
             self.client.unsubscribe(self.subscriptions())
 
-    def wait_quiet(self, quiet_s: float, max_s: float) -> None:
-        """Return once no message came for ``quiet_s`` (each one handled and acknowledged), after
-        ``max_s`` at most, or when the connection is gone."""
+    def wait_quiet(self, quiet_s: float, max_s: float, cancel: threading.Event | None = None) -> bool:
+        """Wait until no message came for ``quiet_s`` (each one handled and acknowledged): True.
+        False after ``max_s``, when the connection is gone, or when ``cancel`` is set."""
         start = time.monotonic()
         self._last_message = max(self._last_message, start)
         while time.monotonic() - start < max_s and self.connected.is_set():
+            if cancel is not None and cancel.is_set():
+                return False
             idle = time.monotonic() - self._last_message
             if idle >= quiet_s:
-                return
+                return True
             time.sleep(min(quiet_s - idle, 0.05))
+        return False
 
     # ---- callbacks (paho's network thread) ---------------------------------------------------
     @staticmethod
@@ -242,23 +250,28 @@ class MqttLink:
 
 
 def drain_session(
-    cfg: MqttConfig, client_id: str, handler: Handler, kinds: Iterable[Kind] = EDGE_TO_CLOUD
-) -> int:
+    cfg: MqttConfig,
+    client_id: str,
+    handler: Handler,
+    kinds: Iterable[Kind] = EDGE_TO_CLOUD,
+    cancel: threading.Event | None = None,
+) -> int | None:
     """Take over ``client_id``'s session, hand what the broker kept in it to ``handler``, and end it.
 
     For the session of a worker that is gone (:mod:`cloud.sessions`). The link connects under that
     id without subscribing, leaves the share group at once (so only what the session already held
     comes), waits until nothing came for ``cfg.drain_quiet_s`` (``cfg.drain_max_s`` at most), and
-    disconnects with session expiry 0. If the session's owner connects meanwhile it takes the
-    session back; the link then stops without ending it. Returns how many messages came;
-    BrokerError when the broker cannot be reached.
+    disconnects with session expiry 0. Returns how many messages came, or None when the session
+    was not emptied and is left as it is (its owner connected and took it back, ``cancel`` was set,
+    or ``drain_max_s`` passed); BrokerError when the broker cannot be reached.
     """
     link = MqttLink(cfg, handler, kinds, client_id=client_id, subscribe=False)
     link.start()
+    drained = True  # a session the broker no longer held: nothing to empty
     try:
-        if link.session_present:  # else the session expired, or its owner ended it: nothing kept
+        if link.session_present:
             link.unsubscribe()
-            link.wait_quiet(cfg.drain_quiet_s, cfg.drain_max_s)
+            drained = link.wait_quiet(cfg.drain_quiet_s, cfg.drain_max_s, cancel) and not link.taken_over
     finally:
-        link.stop(end_session=not link.taken_over)
-    return link.received
+        link.stop(end_session=drained)
+    return link.received if drained else None

@@ -78,6 +78,7 @@ class CloudService:
         self.learner: Learner | None = None
         self._pipeline = pipeline
         self.scheduler = BackgroundScheduler(daemon=True)
+        self._stopping = threading.Event()  # ends an adoption's drain early (the session stays)
         self._server: uvicorn.Server | None = None
         self._threads: list[threading.Thread] = []
         self.api_ctx = ApiContext(
@@ -239,7 +240,10 @@ class CloudService:
                 claimed = self.roster.claim(client_id, seen, hold_s=m.drain_max_s + m.connect_timeout_s + 30)
                 if claimed is None:
                     continue  # another worker took it, or its owner is back
-                n = drain_session(m, client_id, self.ingest.handle)
+                n = drain_session(m, client_id, self.ingest.handle, cancel=self._stopping)
+                if n is None:  # its owner is back, or this worker stops: the session stays
+                    _logger.warning("adopting the MQTT session of %s stopped before it was empty", client_id)
+                    continue
                 self.roster.forget(client_id, claimed)
             except (BrokerError, StorageError) as exc:  # the claim lapses; the row is tried again
                 _logger.warning("could not adopt the MQTT session of %s: %s", client_id, exc)
@@ -302,6 +306,7 @@ class CloudService:
     def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True
+        self._stopping.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         leaving = self._leave_group()
@@ -325,11 +330,18 @@ class CloudService:
         except StorageError as exc:  # cannot tell whether others run: keep the session, lose nothing
             _logger.warning("keeping the MQTT session: %s", exc)
             return False
-        if leaving:
-            self.link.unsubscribe()
-            self.link.wait_quiet(m.drain_quiet_s, m.drain_max_s)
-            _logger.info("left share group %s; other workers take its messages", m.share_group)
-        return leaving
+        if not leaving:
+            return False
+        self.link.unsubscribe()
+        if not self.link.wait_quiet(m.drain_quiet_s, m.drain_max_s):
+            # Still busy (or cut off): keep the session and put the row back, so that another
+            # worker adopts what is left once the row goes stale.
+            _logger.warning("messages still coming after %.0f s: keeping the MQTT session", m.drain_max_s)
+            with contextlib.suppress(StorageError):
+                self.roster.beat()
+            return False
+        _logger.info("left share group %s; other workers take its messages", m.share_group)
+        return True
 
     def health(self) -> dict[str, Any]:
         db_ok = True

@@ -249,10 +249,12 @@ class Outbox:
     def confirm(self, msg_ids: list[str]) -> int:
         """The cloud stored these: forget their rows (sent or not). Returns how many went."""
         now = time.time()
-        if self.await_receipts and self.cloud_silent(now):
+        with self._lock:
+            was_silent = self.await_receipts and self.cloud_silent(now)
+            self.last_receipt = now
+            self._unanswered_since = None
+        if was_silent:
             self._grace(now)
-        self.last_receipt = now
-        self._unanswered_since = None
         return self._settle("msg_id", msg_ids, "confirmed", mark_sent=False)
 
     def cloud_silent(self, now: float) -> bool:
@@ -307,11 +309,11 @@ class Outbox:
         cols = "SELECT id, priority, kind, topic, payload, qos, retain FROM outbox"
         n = limit + len(exclude)
         now = time.time()
-        n_due = n
-        probing = self.await_receipts and self.cloud_silent(now)
-        if probing:  # one probe per resend_after_s while the cloud is silent (module docstring)
-            n_due = 1 + len(exclude) if now - self._last_probe >= self.resend_after_s else 0
         with self._lock:
+            n_due = n
+            probing = self.await_receipts and self.cloud_silent(now)
+            if probing:  # one probe per resend_after_s while the cloud is silent (module docstring)
+                n_due = 1 + len(exclude) if now - self._last_probe >= self.resend_after_s else 0
             # Two queries on two partial indexes, merged: rows never sent, and sent rows (waiting
             # for their receipt) whose resend time came. One query with an OR scanned every
             # waiting row: 27 ms a call with 100,000 of them (a cloud away for long).

@@ -186,3 +186,54 @@ def test_one_claim_per_orphan_and_an_owner_back_keeps_its_row(repo: Repo):
 def test_orphans_must_be_several_heartbeats_late():
     with pytest.raises(ValidationError, match="orphan_after_s"):
         MqttConfig(heartbeat_s=10, orphan_after_s=20)
+
+
+def _gone_session_holding(port: int, n: int) -> list[str]:
+    """Worker "w2" subscribes and goes (its session kept); ``n`` alerts then wait in its session."""
+    from cloud.mqtt import MqttLink
+
+    gone = MqttLink(MqttConfig(port=port), lambda _t, _p: True, client_id="w2")
+    gone.start()
+    time.sleep(0.2)
+    gone.stop()
+    edge = Edge(port)
+    try:
+        return edge.alerts(n)
+    finally:
+        edge.close()
+
+
+def test_an_adoption_interrupted_leaves_the_session_and_loses_nothing(mosquitto):
+    """Its owner coming back, or the adopting worker stopping, ends a drain early: the session is
+    left as it is (not ended), so what it still holds reaches the owner or the next adopter."""
+    import threading
+
+    from cloud.mqtt import MqttLink, drain_session
+
+    cfg = MqttConfig(port=mosquitto.port, drain_quiet_s=0.5)
+    sent = _gone_session_holding(mosquitto.port, 30)
+    got: list[str] = []
+
+    def slow(_topic: str, payload: bytes) -> bool:
+        time.sleep(0.03)
+        got.append(payload.decode())
+        return True
+
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    assert drain_session(cfg, "w2", slow, cancel=cancel) is None  # this worker stops meanwhile
+    first = len(got)
+    assert 0 < first < 30
+    back: list[str] = []
+    owner = MqttLink(cfg, lambda _t, p: back.append(p.decode()) or True, client_id="w2")
+    comes_back = threading.Timer(0.3, owner.start)  # the owner comes back during the second drain
+    comes_back.start()
+    assert drain_session(cfg, "w2", slow) is None
+    comes_back.join()
+    deadline = time.monotonic() + 10
+    while len(got) + len(back) < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    owner.stop()
+    assert len(back) > 0, "the owner took its session back with what it still held"
+    ids = {Alert.model_validate_json(p).msg_id for p in got + back}
+    assert ids == set(sent)
