@@ -34,7 +34,7 @@ from edge.errors import ModelError, OutboxError
 from edge.inference import RiskModel, TuningModel, load_verified
 from edge.metrics import EdgeMetrics, serve
 from edge.mqtt import MqttRelay
-from edge.outbox import Outbox
+from edge.outbox import Outbox, SilenceWatch
 from edge.pipeline import Pipeline
 from edge.source import AsyncuaSource, TagSource, tag_table
 from edge.updates import ModelStore, Updater, slot_of
@@ -93,6 +93,7 @@ class EdgeDaemon:
         self.tags = tag_table(cfg.tools)
         self.source: TagSource = AsyncuaSource(cfg.opcua, self.tags) if source is None else source
         self.relay = MqttRelay(cfg.mqtt, cfg.site, cfg.edge_id, self.outbox, on_message=self._on_command)
+        self.silence = SilenceWatch(self.outbox, topic(cfg.site, cfg.edge_id, Kind.RECEIPT))
         self.decider = Decider(cfg.decisions, cfg.site, cfg.edge_id, tools=len(cfg.tools))
         self.pipeline = Pipeline(
             self.tags,
@@ -322,6 +323,8 @@ class EdgeDaemon:
                 "%d hard cases got no verdict within %.0f s", expired, self.cfg.decisions.verdict_ttl_s
             )
         self.outbox.checkpoint()
+        if self.cfg.mqtt.receipts and (note := self.silence.check()):
+            _logger.warning("%s", note)
         self.tuner.expire()
         self.tuner.save_pools(force=False)
         self.save_references()

@@ -257,6 +257,17 @@ class Outbox:
             self._grace(now)
         return self._settle("msg_id", msg_ids, "confirmed", mark_sent=False)
 
+    def silence_s(self, now: float | None = None) -> float:
+        """How long the cloud has left a send unanswered (0 while it answers or nothing waits)."""
+        since = self._unanswered_since
+        return 0.0 if since is None else max(0.0, (time.time() if now is None else now) - since)
+
+    def awaiting_receipt(self) -> int:
+        """Rows the broker acknowledged that wait for the cloud's receipt."""
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM outbox WHERE resend_at IS NOT NULL").fetchone()
+        return int(row[0])
+
     def cloud_silent(self, now: float) -> bool:
         """Something was sent more than ``resend_after_s`` ago and no receipt came since: the cloud
         is away (or sends no receipts)."""
@@ -393,6 +404,8 @@ class Outbox:
             "refused": self.refused,
             "ledger": self.ledger(),
             "last_receipt_s_ago": round(time.time() - self.last_receipt, 1) if self.last_receipt else None,
+            "awaiting_receipt": self.awaiting_receipt() if self.await_receipts else 0,
+            "cloud_silent_s": round(self.silence_s(), 1),
         }
 
     def __len__(self) -> int:
@@ -453,3 +466,33 @@ class Outbox:
             self._db.execute("ROLLBACK")
         except sqlite3.Error:
             pass
+
+
+class SilenceWatch:
+    """Says when to warn that the cloud's receipts stopped: after ``first_s`` of silence, then at
+    each doubling of it, and once when they come back. The edge cannot tell a cloud that is away
+    from a broker that does not let it read its receipt topic (Mosquitto grants the subscription
+    and filters at delivery, measured), so the warning names both."""
+
+    def __init__(self, outbox: Outbox, receipt_topic: str, first_s: float = 600.0) -> None:
+        self.outbox = outbox
+        self.receipt_topic = receipt_topic
+        self.first_s = first_s
+        self._warned_at = 0.0  # the silence last warned about; 0: none
+
+    def check(self, now: float | None = None) -> str | None:
+        silent = self.outbox.silence_s(now)
+        if silent == 0.0:
+            if not self._warned_at:
+                return None
+            self._warned_at = 0.0
+            return "receipts from the cloud again; rows held for them go again"
+        if silent < max(self.first_s, 2 * self._warned_at):
+            return None
+        self._warned_at = silent
+        return (
+            f"no receipt from the cloud for {silent / 60:.0f} min while {self.outbox.awaiting_receipt()} "
+            f"message(s) wait for one: the cloud is away, or the broker does not let this edge read "
+            f"{self.receipt_topic} (deploy/mosquitto/acl). They stay in the outbox; one goes again per "
+            f"{self.outbox.resend_after_s:.0f} s as a probe. mqtt.receipts = false turns receipts off"
+        )

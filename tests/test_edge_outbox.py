@@ -14,7 +14,7 @@ from test_edge_support import Collector
 from edge.config import MqttConfig
 from edge.errors import OutboxError
 from edge.mqtt import MqttRelay
-from edge.outbox import Outbox
+from edge.outbox import Outbox, SilenceWatch
 from shared.messages import Alert, Event, Telemetry
 from shared.topics import QOS, Kind, topic
 
@@ -299,6 +299,32 @@ def test_while_the_cloud_is_silent_only_one_probe_goes_again(tmp_path: Path, mon
     plain = Outbox(tmp_path / "p.sqlite", quota_bytes=10_000_000)
     plain.put(Kind.EVENT, "e", _msg(Kind.EVENT, 1), 1, msg_id="x")
     assert len(plain.pending(10)) == 1
+
+
+def test_a_long_silence_of_the_cloud_is_reported_naming_the_acl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """An edge whose broker does not let it read its receipts looks like one whose cloud is away:
+    its rows pile up. The warning says so after 10 min, again at 20, 40, …, and once when receipts
+    come back; /health shows the silence and the rows waiting."""
+    now = [5_000_000.0]
+    monkeypatch.setattr("edge.outbox.time", type("Clock", (), {"time": staticmethod(lambda: now[0])}))
+    box = Outbox(tmp_path / "o.sqlite", quota_bytes=10_000_000, await_receipts=True, resend_after_s=60)
+    watch = SilenceWatch(box, "fabpm/v1/fab1/edge-1/receipt")
+    ids = [box.put(Kind.EVENT, "e", _msg(Kind.EVENT, i), 1, msg_id=f"e{i}") for i in range(3)]
+    box.ack(ids)
+    notes = []
+    for _ in range(50):  # 50 minutes of housekeeping, once a minute
+        now[0] += 60
+        notes.append(watch.check())
+    said = [(i + 1, n) for i, n in enumerate(notes) if n]
+    assert [minute for minute, _ in said] == [10, 20, 40]
+    assert "fabpm/v1/fab1/edge-1/receipt" in said[0][1] and "3 message(s)" in said[0][1]
+    stats = box.stats()
+    assert stats["awaiting_receipt"] == 3 and stats["cloud_silent_s"] == 3000
+    box.confirm(["e0"])
+    assert "again" in (watch.check() or "") and watch.check() is None
+    assert box.stats()["cloud_silent_s"] == 0
 
 
 def test_with_receipts_a_row_stays_until_the_cloud_confirms_it(tmp_path: Path):
