@@ -313,6 +313,9 @@ class CloudService:
         with contextlib.suppress(Exception):  # best effort: unconfirmed messages come again anyway
             self.receipts.flush()
         self.link.stop(end_session=leaving)
+        if leaving:
+            with contextlib.suppress(StorageError):  # a row left behind is adopted: a no-op drain
+                self.roster.left()
         if self.verdicts is not None:
             self.verdicts.stop()
         for t in self._threads:
@@ -334,11 +337,9 @@ class CloudService:
             return False
         self.link.unsubscribe()
         if not self.link.wait_quiet(m.drain_quiet_s, m.drain_max_s):
-            # Still busy (or cut off): keep the session and put the row back, so that another
-            # worker adopts what is left once the row goes stale.
+            # Still busy (or cut off): keep the session and its row, so that another worker adopts
+            # what is left once the row goes stale.
             _logger.warning("messages still coming after %.0f s: keeping the MQTT session", m.drain_max_s)
-            with contextlib.suppress(StorageError):
-                self.roster.beat()
             return False
         _logger.info("left share group %s; other workers take its messages", m.share_group)
         return True

@@ -48,7 +48,7 @@ class Roster:
         self.share_group = share_group
         self.clock = clock
 
-    def beat(self) -> None:
+    def beat(self, leaving: bool = False) -> None:
         """Renew this worker's row (create it on first use)."""
         now = self.clock()
         try:
@@ -56,30 +56,33 @@ class Roster:
                 row = s.get(WorkerSession, self.client_id)
                 if row is None:
                     me = WorkerSession(client_id=self.client_id, share_group=self.share_group)
-                    me.heartbeat_ts = now
+                    me.heartbeat_ts, me.leaving = now, leaving
                     s.add(me)
                 else:
                     row.heartbeat_ts = now  # back after a claim: the adopter's forget() then spares it
-                    row.share_group = self.share_group
+                    row.share_group, row.leaving = self.share_group, leaving
         except IntegrityError:  # created by a concurrent beat under the same id; renewed next time
             _logger.debug("worker_sessions row %s created concurrently", self.client_id)
 
     def leave(self, fresh_s: float) -> bool:
-        """Take this worker's row out. True when another worker of the group renewed its row within
-        ``fresh_s``, so this one may end its session; False when it is the last one (its row is put
-        back, and its session keeps what the edges send until a worker returns).
+        """Mark this worker's row as leaving. True when another worker of the group, not leaving,
+        renewed its row within ``fresh_s``: this one may end its session (then :meth:`left`).
+        False when it is the last one: its row is live again, and its session keeps what the edges
+        send until a worker returns.
 
-        Delete first, count after: of workers stopping together, the last to delete sees none of
-        the others and keeps its session, whatever the interleaving.
+        Mark first, count after: of workers stopping together, the last to mark sees all the others
+        leaving and keeps its session, whatever the interleaving. A worker that dies while it
+        leaves keeps its row, which goes stale, so its session is adopted.
         """
-        with self.repo.transaction() as s:
-            s.execute(delete(WorkerSession).where(WorkerSession.client_id == self.client_id))
+        self.beat(leaving=True)
         with self.repo.transaction() as s:
             others = s.scalar(
                 select(func.count())
                 .select_from(WorkerSession)
                 .where(
                     WorkerSession.share_group == self.share_group,
+                    WorkerSession.client_id != self.client_id,
+                    WorkerSession.leaving.is_(False),
                     WorkerSession.heartbeat_ts >= self.clock() - fresh_s,
                 )
             )
@@ -87,6 +90,11 @@ class Roster:
             return True
         self.beat()
         return False
+
+    def left(self) -> None:
+        """This worker's session has ended: its row goes."""
+        with self.repo.transaction() as s:
+            s.execute(delete(WorkerSession).where(WorkerSession.client_id == self.client_id))
 
     def orphans(self, stale_s: float) -> list[tuple[str, float]]:
         """(client id, heartbeat) of the group's rows not renewed for ``stale_s``, oldest first."""

@@ -175,10 +175,16 @@ def test_one_claim_per_orphan_and_an_owner_back_keeps_its_row(repo: Repo):
     a.forget("gone", 1090.0)
     with repo.transaction() as s:
         assert s.get(WorkerSession, "gone") is not None
-    # Leaving: a sees b fresh, so it may end its session; b then is the last one and keeps its own.
+    # Leaving together: a sees b live, so it may end its session; b then sees a leaving, so it is
+    # the last one and keeps its own. a's row stays until its session has ended.
+    now[0] += 30  # "gone" went again
+    a.beat()
+    b.beat()
     assert a.leave(fresh_s=20) is True
-    now[0] += 30
     assert b.leave(fresh_s=20) is False
+    with repo.transaction() as s:
+        assert s.get(WorkerSession, "a").leaving and not s.get(WorkerSession, "b").leaving
+    a.left()
     with repo.transaction() as s:
         assert s.get(WorkerSession, "b") is not None and s.get(WorkerSession, "a") is None
 

@@ -243,3 +243,4 @@ class WorkerSession(Base):
     client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     share_group: Mapped[str] = mapped_column(String(128))
     heartbeat_ts: Mapped[float] = mapped_column(Float)
+    leaving: Mapped[bool] = mapped_column(Boolean, default=False)  # ending its session; not a live peer

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("client_id", sa.String(64), primary_key=True),
         sa.Column("share_group", sa.String(128), nullable=False),
         sa.Column("heartbeat_ts", sa.Float(), nullable=False),
+        sa.Column("leaving", sa.Boolean(), nullable=False),
     )
 
 
