@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from cloud.auth import ROLES, Principal, Users
+from cloud.case_window import named_series
 from cloud.errors import AuthError, CloudError, RegistryError, RolloutError
 from cloud.labels import OPERATOR, Label, set_label
 from cloud.learning import Learner
@@ -203,6 +204,23 @@ def create_app(ctx: ApiContext) -> FastAPI:
         out = case_dict(row)
         out["labels"] = [_row(r) for r in ctx.repo.label_history(case_id)]
         return out
+
+    @app.get("/api/cases/{case_id}/window", tags=["cases"])
+    def case_window(case_id: str, _who: Viewer) -> dict[str, Any]:
+        """The case's window as named series (cloud/case_window.py): what the console plots."""
+        row = ctx.repo.get_case(case_id)
+        if row is None:
+            raise HTTPException(404, "no such case")
+        return {
+            "case_id": row.case_id,
+            "tool_id": row.tool_id,
+            "tool_type": row.tool_type,
+            "window_ts": row.window_ts,
+            "steps": row.steps,
+            "edge_prediction": row.edge_prediction,
+            "verdict": row.verdict,
+            "series": named_series(row.tool_type, ctx.repo.case_window(row)),
+        }
 
     @app.post("/api/cases/{case_id}/labels", tags=["cases"])
     def label(case_id: str, body: LabelIn, who: Operator) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from conftest import free_port
 from cloud.config import CloudConfig
 from cloud.service import CloudService
 from cloud.testing import hardcase
+from shared.equipment import tool_type
+from shared.features import feature_names
 from shared.messages import Tuning
 from shared.topics import Kind, topic
 
@@ -60,7 +62,7 @@ def _until(pred, timeout: float = 10.0) -> None:
 def test_console_labels_and_approves(service: CloudService):
     from playwright.sync_api import sync_playwright
 
-    case = hardcase(case_id="case-1")
+    case = hardcase(case_id="case-1", steps=24, n_features=len(feature_names()))  # the edge model's layout
     assert service.ingest.handle(topic("fab1", "edge-1", Kind.HARDCASE), case.to_bytes())
     prop = Tuning(
         edge_id="edge-1",
@@ -114,6 +116,11 @@ def test_console_labels_and_approves(service: CloudService):
             page.click("#tabs button[data-tab=cases]")
             page.select_option("#case-filter", "all")
             page.wait_for_selector("#cases td:has-text('by operator')")
-            assert page.locator("#cases button").count() == 0  # a viewer gets no label buttons
+            assert page.locator("#cases button:has-text('Healthy')").count() == 0  # no label buttons
+            # Anyone may look at the window: one chart per sensor of the tool's type, named for it.
+            page.click("#cases tr:has-text('etch-01') button:has-text('Show')")
+            page.wait_for_selector("#case-detail figcaption:has-text('chamber_pressure')")
+            sensors = len(tool_type("plasma_etch").sensor_names)
+            assert page.locator("#case-detail svg polyline").count() == sensors + 1  # + processing
         finally:
             browser.close()

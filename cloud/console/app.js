@@ -69,9 +69,10 @@ const RENDER = {
           button(`Failed${top ? " (" + top + ")" : ""}`, () => act(post(`/api/cases/${c.case_id}/labels`, { failed: true, mode: top }))),
           button("Healthy", () => act(post(`/api/cases/${c.case_id}/labels`, { failed: false }))));
       }
+      const look = cell(""); look.append(button("Show", () => showWindow(c.case_id)));
       tr.append(cell(fmtTime(c.received_ts)), cell(c.tool_id), cell((c.reasons || []).join(", ")),
         cell(fmtProbs(c.edge_prediction?.probs)), cell(c.verdict ? (c.verdict.error ? `not answerable: ${c.verdict.error}` : `${fmtProbs(c.verdict.probs)}; RUL ${fmtNum(c.verdict.rul_h, 1)} h`) : "waiting"),
-        cell(label), actions);
+        cell(label), actions, look);
     });
   },
   async models() {
@@ -120,6 +121,40 @@ const RENDER = {
     });
   },
 };
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs) { const e = document.createElementNS(SVG, tag); for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v); return e; }
+
+// One small chart per series: a line over the window's steps, the zero line, ticks where missing.
+function chart(series, steps) {
+  const W = 240, H = 56, pad = 3;
+  const vals = series.values, lo = Math.min(0, ...vals), hi = Math.max(0, ...vals), span = hi - lo || 1;
+  const x = (i) => pad + (i / Math.max(1, steps - 1)) * (W - 2 * pad);
+  const y = (v) => H - pad - ((v - lo) / span) * (H - 2 * pad);
+  const fig = document.createElement("figure");
+  const box = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": series.name });
+  box.append(svg("line", { x1: pad, x2: W - pad, y1: y(0), y2: y(0), class: "zero" }));
+  box.append(svg("polyline", { points: vals.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" "), class: "trace" }));
+  for (const i of series.missing || []) box.append(svg("line", { x1: x(i), x2: x(i), y1: H - pad, y2: H - pad - 6, class: "missing" }));
+  const cap = document.createElement("figcaption");
+  cap.textContent = `${series.name}  [${fmtNum(lo)} … ${fmtNum(hi)}]`;
+  fig.append(box, cap);
+  return fig;
+}
+
+async function showWindow(caseId) {
+  try {
+    const w = await api(`/api/cases/${caseId}/window`);
+    const detail = $("#case-detail");
+    $("h2", detail).textContent = `Case ${w.case_id}: ${w.tool_id} (${w.tool_type}), ${w.steps} steps to ${fmtTime(w.window_ts)}`;
+    const says = (p) => p ? `${fmtProbs(p.probs)}; RUL ${fmtNum(p.rul_h, 1)} ± ${fmtNum(p.rul_std_h, 1)} h` : "";
+    const full = w.verdict ? (w.verdict.error ? `not answerable: ${w.verdict.error}` : says(w.verdict)) : "waiting";
+    $(".says", detail).textContent = `Edge: ${says(w.edge_prediction)}. Full model: ${full}.`;
+    $(".charts", detail).replaceChildren(...w.series.map((s) => chart(s, w.steps)));
+    detail.hidden = false;
+    detail.scrollIntoView({ block: "nearest" });
+  } catch (err) { setStatus(err.message, true); }
+}
 
 async function act(promise) {
   try { await promise; setStatus("done"); await refresh(); } catch (err) { setStatus(err.message, true); }
