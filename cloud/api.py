@@ -165,6 +165,30 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 q = q.where(Tool.edge_id == edge_id)
             return [_row(t) for t in s.scalars(q)]
 
+    @app.get("/api/tools/{tool_id}/risk", tags=["fleet"])
+    def tool_risk(
+        tool_id: str,
+        _who: Viewer,
+        hours: Annotated[float, Query(gt=0, le=24 * 366)] = 72.0,
+        points: Annotated[int, Query(ge=10, le=2000)] = 300,
+    ) -> dict[str, Any]:
+        """The tool's risk per mode over the last ``hours`` (at most ``points``, peaks kept) and its
+        alerts in that time: what the console's trend chart draws."""
+        since = ctx.clock() - hours * 3600
+        with ctx.repo.transaction() as s:
+            if s.get(Tool, tool_id) is None:
+                raise HTTPException(404, "no such tool")
+            q = select(AlertRow).where(AlertRow.tool_id == tool_id, AlertRow.ts >= since)
+            alerts = s.scalars(q.order_by(AlertRow.ts))
+            marks = [{"ts": a.ts, "mode": a.mode, "probability": a.probability} for a in alerts]
+        history = ctx.repo.risk_history(tool_id, since, points)
+        return {
+            "tool_id": tool_id,
+            "since_ts": since,
+            "points": [{"ts": ts, "risk": risk} for ts, risk in history],
+            "alerts": marks,
+        }
+
     @app.get("/api/alerts", tags=["alerts"])
     def alerts(_who: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
         with ctx.repo.transaction() as s:

@@ -66,6 +66,9 @@ class StorageConfig(StrictModel):
     url: str = "sqlite:///fabpm-cloud.db"  # postgresql+psycopg://user@host/db in production
     echo: bool = False
     pool_size: int = Field(default=5, ge=1)
+    # Each tool's risk per mode from telemetry (about a row a minute per tool) is kept this long
+    # for the console's trend charts; older rows are deleted every hour.
+    risk_history_days: float = Field(default=30.0, gt=0)
 
 
 class ServingConfig(StrictModel):

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from cloud.errors import StorageError
 from cloud.labels import label_from_event, label_late_case
 from cloud.metrics import CloudMetrics
-from cloud.storage.models import AlertRow, Case, DeadLetter, Edge, EventRow, Tool, TuningRow
+from cloud.storage.models import AlertRow, Case, DeadLetter, Edge, EventRow, RiskPoint, Tool, TuningRow
 from cloud.storage.repo import Duplicate, Repo
 from shared.errors import SchemaError
 from shared.messages import (
@@ -230,6 +230,8 @@ class Ingestor:
             if tool is not None:
                 tool.summary = {k: dict(v) for k, v in msg.summary.items()}
                 tool.risk = dict(msg.risk)
+            if msg.risk:
+                s.add(RiskPoint(tool_id=msg.tool_id, ts=msg.ts, risk=dict(msg.risk)))
             return None
         if isinstance(msg, Tuning):
             self._write_tuning(s, msg, now)

@@ -257,6 +257,16 @@ class CloudService:
                 n,
             )
 
+    def _prune_risk(self) -> None:
+        """Risk history older than ``storage.risk_history_days`` goes."""
+        try:
+            gone = self.repo.prune_risk(self.clock() - self.cfg.storage.risk_history_days * 86400)
+        except StorageError as exc:
+            _logger.warning("pruning the risk history: %s", exc)
+            return
+        if gone:
+            _logger.info("pruned %d risk points older than %g days", gone, self.cfg.storage.risk_history_days)
+
     def _sweep(self) -> None:
         if self.verdicts is not None:
             self.verdicts.sweep(self.cfg.serving.retry_pending_s)
@@ -284,6 +294,10 @@ class CloudService:
         )
         self.scheduler.add_job(
             self._sweep, "interval", seconds=self.cfg.serving.retry_pending_s, id="sweep", max_instances=1
+        )
+        now = datetime.now(UTC)
+        self.scheduler.add_job(
+            self._prune_risk, "interval", hours=1, id="prune-risk", max_instances=1, next_run_time=now
         )
         # Receipts go out twice a second: an edge waiting for them holds its rows that long more.
         self.scheduler.add_job(self.receipts.flush, "interval", seconds=0.5, id="receipts", max_instances=1)

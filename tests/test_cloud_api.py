@@ -110,6 +110,10 @@ def test_roles_approvals_labels_and_probes(service: CloudService, mosquitto):
             win = client.get(f"/api/cases/{case.case_id}/window", headers=viewer).json()
             assert win["steps"] == case.shape[0] and [x["name"] for x in win["series"]][:2] == ["f0", "f1"]
             assert client.get("/api/cases/nope/window", headers=viewer).status_code == 404
+            trend = client.get("/api/tools/etch-01/risk", headers=viewer).json()
+            assert trend["tool_id"] == "etch-01" and trend["points"] == [] and trend["alerts"] == []
+            assert client.get("/api/tools/nope/risk", headers=viewer).status_code == 404
+            assert client.get("/api/tools/etch-01/risk?hours=0", headers=viewer).status_code == 422
             label = {"failed": True, "mode": "wear", "rul_h": 12.0, "note": "pad worn at inspection"}
             assert (
                 client.post(f"/api/cases/{case.case_id}/labels", json=label, headers=viewer).status_code

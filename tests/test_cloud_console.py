@@ -16,7 +16,7 @@ from cloud.service import CloudService
 from cloud.testing import hardcase
 from shared.equipment import tool_type
 from shared.features import feature_names
-from shared.messages import Tuning
+from shared.messages import Alert, Telemetry, Tuning
 from shared.topics import Kind, topic
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -85,6 +85,17 @@ def test_console_labels_and_approves(service: CloudService):
             reason=reason,
         )
         assert service.ingest.handle(topic("fab1", "edge-1", Kind.TUNING), msg.to_bytes())
+    now = time.time()
+    for i in range(30):  # half an hour of etch-01's risk, two modes, and an alert at its peak
+        risk = {"wear": 0.1 + i / 40, "arcing": 0.05}
+        tel = Telemetry(edge_id="edge-1", site="fab1", tool_id="etch-01", period_s=60, summary={}, risk=risk)
+        tel = tel.model_copy(update={"ts": now - 1800 + 60 * i})
+        assert service.ingest.handle(topic("fab1", "edge-1", Kind.TELEMETRY), tel.to_bytes())
+    alert = Alert(
+        edge_id="edge-1", site="fab1", tool_id="etch-01", mode="wear", probability=0.8,
+        model_version="e1", episode_start_ts=now - 120,
+    )  # fmt: skip
+    assert service.ingest.handle(topic("fab1", "edge-1", Kind.ALERT), alert.to_bytes())
     base = f"http://127.0.0.1:{service.cfg.api.port}"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
@@ -99,6 +110,10 @@ def test_console_labels_and_approves(service: CloudService):
             _sign_in(page, base, "olga")
             page.wait_for_selector("#fleet td:has-text('edge-1')")
             page.wait_for_selector("#workers td:has-text('cloud-console-test')")
+            page.click("#tools tr:has-text('etch-01') button:has-text('Risk')")
+            page.wait_for_selector("#tool-detail .legend span:has-text('wear')")
+            assert page.locator("#tool-detail svg polyline").count() == 2  # one line per mode
+            assert page.locator("#tool-detail svg .alert-mark").count() == 1
             page.click("#tabs button[data-tab=cases]")
             page.click("#cases tr:has-text('etch-01') button:has-text('Healthy')")
             _until(lambda: service.repo.get_case("case-1").label_source == "operator")

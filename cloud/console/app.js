@@ -40,8 +40,10 @@ const RENDER = {
       cell(e.site), cell(e.edge_id), cell(e.state), cell(Object.entries(e.models || {}).map(([k, v]) => `${k}: ${v}`).join(", ")),
       cell(e.last_update?.outcome ? `${e.last_update.outcome} ${e.last_update.version || ""} ${e.last_update.reason || ""}` : ""),
       cell(fmtTime(e.last_seen_ts))));
-    fill($("#tools tbody"), tools, (t, tr) => tr.append(
-      cell(t.tool_id), cell(t.tool_type), cell(t.edge_id), cell(t.state), cell(fmtProbs(t.risk)), cell(fmtTime(t.last_ts))));
+    fill($("#tools tbody"), tools, (t, tr) => {
+      const look = cell(""); look.append(button("Risk", () => showRisk(t.tool_id)));
+      tr.append(cell(t.tool_id), cell(t.tool_type), cell(t.edge_id), cell(t.state), cell(fmtProbs(t.risk)), cell(fmtTime(t.last_ts)), look);
+    });
     // A negative age: another worker has claimed this silent worker's session and is draining it.
     fill($("#workers tbody"), workers, (w, tr) => tr.append(
       cell(w.client_id), cell(w.share_group), cell(w.age_s < 0 ? "silent: its session is being adopted" : `${fmtNum(w.age_s, 0)} s ago`)));
@@ -151,6 +153,49 @@ async function showWindow(caseId) {
     const full = w.verdict ? (w.verdict.error ? `not answerable: ${w.verdict.error}` : says(w.verdict)) : "waiting";
     $(".says", detail).textContent = `Edge: ${says(w.edge_prediction)}. Full model: ${full}.`;
     $(".charts", detail).replaceChildren(...w.series.map((s) => chart(s, w.steps)));
+    detail.hidden = false;
+    detail.scrollIntoView({ block: "nearest" });
+  } catch (err) { setStatus(err.message, true); }
+}
+
+const PALETTE = ["#16324f", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f", "#2e4057", "#b5651d"];
+
+// Risk per mode over time on a 0–1 axis, one line per mode, alerts as red triangles.
+function trend(data) {
+  const W = 760, H = 220, L = 34, R = 8, T = 8, B = 22;
+  const t0 = data.since_ts, t1 = Math.max(t0 + 1, ...data.points.map((p) => p.ts), ...data.alerts.map((a) => a.ts));
+  const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
+  const y = (v) => T + (1 - v) * (H - T - B);
+  const box = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `risk of ${data.tool_id}` });
+  for (const v of [0, 0.5, 1]) {
+    box.append(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "zero" }));
+    const lab = svg("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end", class: "axis" }); lab.textContent = v; box.append(lab);
+  }
+  for (const [t, anchor] of [[t0, "start"], [t1, "end"]]) {
+    const lab = svg("text", { x: x(t), y: H - 6, "text-anchor": anchor, class: "axis" }); lab.textContent = fmtTime(t); box.append(lab);
+  }
+  const modes = [...new Set(data.points.flatMap((p) => Object.keys(p.risk)))].sort();
+  const legend = document.createElement("p"); legend.className = "legend";
+  modes.forEach((m, k) => {
+    const color = PALETTE[k % PALETTE.length];
+    const pts = data.points.filter((p) => m in p.risk).map((p) => `${x(p.ts).toFixed(1)},${y(p.risk[m]).toFixed(1)}`);
+    box.append(svg("polyline", { points: pts.join(" "), class: "mode", stroke: color }));
+    const key = document.createElement("span"); key.textContent = m; key.style.color = color; legend.append(key);
+  });
+  for (const a of data.alerts) {
+    const cx = x(a.ts), cy = y(a.probability);
+    box.append(svg("polygon", { points: `${cx},${cy - 6} ${cx - 5},${cy + 3} ${cx + 5},${cy + 3}`, class: "alert-mark" }));
+  }
+  return [box, legend];
+}
+
+async function showRisk(toolId) {
+  try {
+    const data = await api(`/api/tools/${encodeURIComponent(toolId)}/risk?hours=72`);
+    const detail = $("#tool-detail");
+    const n = data.alerts.length;
+    $("h2", detail).textContent = `Risk of ${toolId}, last 72 h (${data.points.length} points, ${n} alert${n === 1 ? "" : "s"})`;
+    $(".trend", detail).replaceChildren(...trend(data));
     detail.hidden = false;
     detail.scrollIntoView({ block: "nearest" });
   } catch (err) { setStatus(err.message, true); }

@@ -244,3 +244,17 @@ class WorkerSession(Base):
     share_group: Mapped[str] = mapped_column(String(128))
     heartbeat_ts: Mapped[float] = mapped_column(Float)
     leaving: Mapped[bool] = mapped_column(Boolean, default=False)  # ending its session; not a live peer
+
+
+class RiskPoint(Base):
+    """A tool's failure risk per mode as the edge reported it in one telemetry message (about one a
+    minute per tool): the history the console plots. Kept ``storage.risk_history_days``; older
+    points are deleted every hour (:meth:`cloud.storage.repo.Repo.prune_risk`)."""
+
+    __tablename__ = "risk_points"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tool_id: Mapped[str] = mapped_column(String(128))
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    risk: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_risk_points_tool_ts", "tool_id", "ts"),)

@@ -14,14 +14,15 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, func, or_, select, update
+from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.errors import StorageError
-from cloud.storage.models import Case, LabelRow, Lease, SeenMessage
+from cloud.storage.models import Case, LabelRow, Lease, RiskPoint, SeenMessage
 
 Clock = Callable[[], float]
+RiskAt = tuple[float, dict[str, float]]  # (time, risk per mode)
 UPSERT_ATTEMPTS = 3  # concurrent first inserts of one edge/tool row by two workers
 
 
@@ -143,6 +144,37 @@ class Repo:
             if limit is not None:
                 q = q.limit(limit)
             return list(s.scalars(q))
+
+    # ---- risk history ------------------------------------------------------------------------
+    def risk_history(self, tool_id: str, since_ts: float, max_points: int) -> list[RiskAt]:
+        """The tool's risk points since ``since_ts``, oldest first, at most ``max_points``: when there
+        are more, each of ``max_points`` equal time buckets gives its newest time and, per mode, its
+        highest risk (a peak must not vanish from the chart)."""
+        with self.transaction() as s:
+            rows = s.execute(
+                select(RiskPoint.ts, RiskPoint.risk)
+                .where(RiskPoint.tool_id == tool_id, RiskPoint.ts >= since_ts)
+                .order_by(RiskPoint.ts)
+            ).all()
+        points = [(float(ts), {str(k): float(v) for k, v in risk.items()}) for ts, risk in rows]
+        if len(points) <= max_points:
+            return points
+        t0 = points[0][0]
+        width = (points[-1][0] - t0) / max_points or 1.0
+        buckets: dict[int, RiskAt] = {}
+        for ts, risk in points:
+            b = min(int((ts - t0) / width), max_points - 1)
+            peak = buckets[b][1] if b in buckets else {}
+            for mode, value in risk.items():
+                peak[mode] = max(value, peak.get(mode, 0.0))
+            buckets[b] = (ts, peak)
+        return [buckets[b] for b in sorted(buckets)]
+
+    def prune_risk(self, before_ts: float) -> int:
+        """Delete risk points older than ``before_ts``; how many went."""
+        with self.transaction() as s:
+            result = s.execute(delete(RiskPoint).where(RiskPoint.ts < before_ts))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     # ---- leases ------------------------------------------------------------------------------
     @staticmethod

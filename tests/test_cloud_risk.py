@@ -1,0 +1,50 @@
+"""Each tool's risk history from telemetry: stored, thinned for a chart with its peaks kept, pruned
+(real databases: SQLite; PostgreSQL when CI has it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from cloud.ingest import Ingestor
+from cloud.metrics import CloudMetrics
+from cloud.storage import Repo, make_engine, migrate
+from shared.messages import Telemetry
+from shared.topics import Kind, topic
+
+
+@pytest.fixture
+def repo(db_url: str) -> Iterator[Repo]:
+    engine = make_engine(db_url)
+    migrate(engine)
+    yield Repo(engine)
+    engine.dispose()
+
+
+def _telemetry(ts: float, risk: dict[str, float], tool: str = "etch-01") -> bytes:
+    msg = Telemetry(edge_id="edge-1", site="fab1", tool_id=tool, period_s=60, summary={}, risk=risk, ts=ts)
+    return msg.to_bytes()
+
+
+def test_risk_is_kept_per_tool_thinned_with_its_peaks_and_pruned(repo: Repo):
+    ingest = Ingestor(repo, CloudMetrics())
+    t0 = 1_000_000.0
+    for i in range(1000):  # a reading a minute for about 17 hours; one spike at minute 500
+        wear = 0.9 if i == 500 else 0.1 + i / 10_000
+        assert ingest.handle(topic("fab1", "edge-1", Kind.TELEMETRY), _telemetry(t0 + 60 * i, {"wear": wear}))
+    assert ingest.handle(topic("fab1", "edge-1", Kind.TELEMETRY), _telemetry(t0, {"seal": 0.5}, "cvd-01"))
+    assert ingest.handle(topic("fab1", "edge-1", Kind.TELEMETRY), _telemetry(t0, {}, "cvd-01"))  # no risk
+
+    full = repo.risk_history("etch-01", t0, max_points=2000)
+    assert len(full) == 1000 and full[0] == (t0, {"wear": 0.1})
+    chart = repo.risk_history("etch-01", t0, max_points=100)
+    assert 90 <= len(chart) <= 100
+    assert [ts for ts, _ in chart] == sorted(ts for ts, _ in chart)
+    assert max(r["wear"] for _, r in chart) == pytest.approx(0.9)  # the spike survives the thinning
+    assert chart[-1][0] == full[-1][0]
+    assert repo.risk_history("etch-01", t0 + 60 * 990, max_points=100) == full[990:]
+    assert len(repo.risk_history("cvd-01", 0, 100)) == 1
+
+    assert repo.prune_risk(t0 + 60 * 900) == 900 + 1  # etch-01's first 900 minutes and cvd-01's point
+    assert len(repo.risk_history("etch-01", 0, 2000)) == 100
