@@ -20,8 +20,8 @@ Rows are sent again only while the cloud answers: when no receipt came within ``
 of a send, the cloud is away and the broker holds what was sent in the cloud's session, so a copy
 would only pile up beside it (with the doubling wait alone, a cloud away for an hour got each early
 row six more times). Then one row per ``resend_after_s`` goes again as a probe, so that an answering
-cloud is noticed even when nothing new is sent; at the first receipt after the silence, every row
-due is given another ``resend_after_s`` for the cloud to work through its backlog first.
+cloud is noticed even when nothing new is sent; at the first receipt after the silence, no row goes
+again for another ``resend_after_s``, for the cloud to work through its backlog first.
 
 Durability: a committed row survives ``kill -9`` of the process (WAL with ``synchronous=NORMAL``
 keeps committed transactions in the OS; ``FULL`` also survives power loss). A message in flight
@@ -275,13 +275,15 @@ class Outbox:
         return since is not None and now - since > self.resend_after_s
 
     def _grace(self, now: float) -> None:
-        """The cloud answers again: rows due for a resend wait ``resend_after_s`` more, for it to
-        work through what its session held (their copies there are on their way)."""
+        """The cloud answers again: no row goes again for ``resend_after_s``, the time for it to
+        work through what its session held (their copies there are on their way). Rows due within
+        that time are held too: sent again as soon as due, they doubled the backlog's tail."""
+        until = now + self.resend_after_s
         with self._lock:
             try:
                 self._db.execute(
                     "UPDATE outbox SET resend_at = ? WHERE resend_at IS NOT NULL AND resend_at < ?",
-                    (now + self.resend_after_s, now),
+                    (until, until),
                 )
             except sqlite3.Error as exc:  # the rows are then sent again at once: duplicates, not losses
                 _logger.warning("%s: cannot postpone resends: %s", self.path, exc)
