@@ -112,13 +112,14 @@ class Roster:
 
     def claim(self, client_id: str, seen_ts: float, hold_s: float) -> float | None:
         """Claim an orphan seen with heartbeat ``seen_ts``: its heartbeat moves to now + ``hold_s``
-        (returned). None when another worker claimed it first or its owner renewed it."""
+        (returned), and it is marked leaving, so that no stopping worker counts it as a live peer.
+        None when another worker claimed it first or its owner renewed it."""
         until = self.clock() + hold_s
         with self.repo.transaction() as s:
             result = s.execute(
                 update(WorkerSession)
                 .where(WorkerSession.client_id == client_id, WorkerSession.heartbeat_ts == seen_ts)
-                .values(heartbeat_ts=until)
+                .values(heartbeat_ts=until, leaving=True)
                 .execution_options(synchronize_session=False)
             )
         return until if result.rowcount == 1 else None  # type: ignore[attr-defined]

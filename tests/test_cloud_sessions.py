@@ -171,6 +171,8 @@ def test_one_claim_per_orphan_and_an_owner_back_keeps_its_row(repo: Repo):
     claims = [r.claim("gone", 1000.0, hold_s=60) for r in (a, b)]
     assert claims[0] == 1090.0 and claims[1] is None
     assert a.orphans(stale_s=20) == []  # claimed: fresh until the claim lapses
+    with repo.transaction() as s:
+        assert s.get(WorkerSession, "gone").leaving  # and no live peer for a worker that stops
     owner.beat()  # the owner is back during the drain
     a.forget("gone", 1090.0)
     with repo.transaction() as s:
