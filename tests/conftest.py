@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,36 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         pytest.skip("no PostgreSQL (FABPM_TEST_PG_URL unset)")
     with fresh_database(request.param, tmp_path, pg_url()) as url:
         yield url
+
+
+@pytest.fixture
+def repo(db_url: str) -> Iterator[Any]:
+    """A migrated :class:`cloud.storage.Repo` on ``db_url`` (SQLite, and PostgreSQL when configured)."""
+    from cloud.storage import Repo, make_engine, migrate
+
+    engine = make_engine(db_url)
+    migrate(engine)
+    yield Repo(engine)
+    engine.dispose()
+
+
+def cloud_config(db_url: str, broker_port: int, tmp_path: Path, **sections: dict[str, Any]) -> Any:
+    """A :class:`cloud.config.CloudConfig` for a test worker: the database, the test's broker, the
+    registry under ``tmp_path``, learning and the API off; ``sections`` add to (or replace keys in)
+    each section."""
+    from cloud.config import CloudConfig
+
+    base: dict[str, dict[str, Any]] = {
+        "storage": {"url": db_url},
+        "mqtt": {"port": broker_port},
+        "api": {"enabled": False},
+        "registry": {
+            "dir": str(tmp_path / "models"),
+            "private_key": str(tmp_path / "k/signing.key"),
+            "public_key": str(tmp_path / "k/signing.pub"),
+        },
+        "learning": {"enabled": False},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return CloudConfig.model_validate(base)

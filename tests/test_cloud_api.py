@@ -9,31 +9,27 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
+from conftest import cloud_config, free_port
 from test_cloud_ingest import EdgeClient
 
-from cloud.config import CloudConfig
 from cloud.service import CloudService
 from cloud.testing import failure, hardcase, tiny_full_checkpoint
 from shared.messages import Tuning, parse_payload
 from shared.topics import Kind, topic
 
+# Learning on, rounds only on demand (the tests start them).
+LEARNING = {"enabled": True, "interval_h": None, "min_new_labels": 1000}
+
 
 @pytest.fixture
 def service(db_url: str, mosquitto, tmp_path: Path) -> Iterator[CloudService]:
-    cfg = CloudConfig.model_validate(
-        {
-            "storage": {"url": db_url},
-            "mqtt": {"port": mosquitto.port, "client_id": "cloud-api-test"},
-            "serving": {"checkpoint": str(tiny_full_checkpoint(tmp_path / "full.pt")), "max_wait_ms": 2},
-            "api": {"port": free_port(), "auth": {"scrypt_n": 2**10}},
-            "registry": {
-                "dir": str(tmp_path / "models"),
-                "private_key": str(tmp_path / "k/signing.key"),
-                "public_key": str(tmp_path / "k/signing.pub"),
-            },
-            "learning": {"enabled": False},
-        }
+    cfg = cloud_config(
+        db_url,
+        mosquitto.port,
+        tmp_path,
+        mqtt={"client_id": "cloud-api-test"},
+        serving={"checkpoint": str(tiny_full_checkpoint(tmp_path / "full.pt")), "max_wait_ms": 2},
+        api={"enabled": True, "port": free_port(), "auth": {"scrypt_n": 2**10}},
     )
     svc = CloudService(cfg)
     svc.start()
@@ -193,19 +189,14 @@ def test_on_demand_learning_round_through_the_api(mosquitto, tmp_path: Path):
 
     keys = tmp_path / "k"
     generate_keypair(keys / "signing.key", keys / "signing.pub")
-    cfg = CloudConfig.model_validate(
-        {
-            "storage": {"url": f"sqlite:///{tmp_path / 'c.db'}"},
-            "mqtt": {"port": mosquitto.port, "client_id": "cloud-learn-test"},
-            "serving": {"checkpoint": str(tiny_full_checkpoint(tmp_path / "full.pt"))},
-            "api": {"port": free_port(), "auth": {"scrypt_n": 2**10}},
-            "registry": {
-                "dir": str(tmp_path / "models"),
-                "private_key": str(keys / "signing.key"),
-                "public_key": str(keys / "signing.pub"),
-            },
-            "learning": {"work_dir": str(tmp_path / "learn"), "interval_h": None, "min_new_labels": 1000},
-        }
+    cfg = cloud_config(
+        f"sqlite:///{tmp_path / 'c.db'}",
+        mosquitto.port,
+        tmp_path,
+        mqtt={"client_id": "cloud-learn-test"},
+        serving={"checkpoint": str(tiny_full_checkpoint(tmp_path / "full.pt"))},
+        api={"enabled": True, "port": free_port(), "auth": {"scrypt_n": 2**10}},
+        learning=LEARNING | {"work_dir": str(tmp_path / "learn")},
     )
     svc = CloudService(cfg, pipeline=TinyPipeline(keys / "signing.key").as_pipeline())
     svc.start()
@@ -250,19 +241,13 @@ def test_a_restarted_worker_resumes_the_round_it_was_in(mosquitto, tmp_path: Pat
 
     keys = tmp_path / "k"
     generate_keypair(keys / "signing.key", keys / "signing.pub")
-    cfg = CloudConfig.model_validate(
-        {
-            "storage": {"url": f"sqlite:///{tmp_path / 'c.db'}"},
-            "mqtt": {"port": mosquitto.port, "client_id": "cloud-restart-test"},
-            "api": {"enabled": False},
-            "registry": {
-                "dir": str(tmp_path / "models"),
-                "private_key": str(keys / "signing.key"),
-                "public_key": str(keys / "signing.pub"),
-            },
-            "serving": {"checkpoint": str(tiny_full_checkpoint(tmp_path / "full.pt"))},
-            "learning": {"work_dir": str(tmp_path / "learn"), "interval_h": None, "min_new_labels": 1000},
-        }
+    cfg = cloud_config(
+        f"sqlite:///{tmp_path / 'c.db'}",
+        mosquitto.port,
+        tmp_path,
+        mqtt={"client_id": "cloud-restart-test"},
+        serving={"checkpoint": str(tiny_full_checkpoint(tmp_path / "full.pt"))},
+        learning=LEARNING | {"work_dir": str(tmp_path / "learn")},
     )
     pipe = TinyPipeline(keys / "signing.key")
     first = CloudService(cfg, pipeline=pipe.as_pipeline())

@@ -7,7 +7,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -23,21 +23,13 @@ from cloud.metrics import CloudMetrics
 from cloud.mqtt import MqttLink
 from cloud.receipts import Receipts
 from cloud.serving import load_replicas
-from cloud.storage import Repo, make_engine, migrate
+from cloud.storage import Repo, migrate
 from cloud.storage.db import head_revision
 from cloud.storage.models import AlertRow, Base, Case, DeadLetter, LabelRow, SeenMessage
 from cloud.testing import failure, hardcase, maintenance, tiny_full_checkpoint
 from cloud.verdicts import VerdictService
 from shared.messages import Alert, Event, Verdict, parse_payload
 from shared.topics import Kind, topic
-
-
-@pytest.fixture
-def repo(db_url: str) -> Iterator[Repo]:
-    engine = make_engine(db_url)
-    migrate(engine)
-    yield Repo(engine)
-    engine.dispose()
 
 
 def test_migrations_create_exactly_the_models(repo: Repo):

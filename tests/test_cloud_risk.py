@@ -3,23 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from cloud.ingest import Ingestor
 from cloud.metrics import CloudMetrics
-from cloud.storage import Repo, make_engine, migrate
+from cloud.storage import Repo
 from shared.messages import Telemetry
 from shared.topics import Kind, topic
-
-
-@pytest.fixture
-def repo(db_url: str) -> Iterator[Repo]:
-    engine = make_engine(db_url)
-    migrate(engine)
-    yield Repo(engine)
-    engine.dispose()
 
 
 def _telemetry(ts: float, risk: dict[str, float], tool: str = "etch-01") -> bytes:

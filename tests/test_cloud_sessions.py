@@ -9,54 +9,27 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+from conftest import cloud_config
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from cloud.config import CloudConfig, MqttConfig
+from cloud.config import MqttConfig
 from cloud.service import CloudService
 from cloud.sessions import Roster
-from cloud.storage import Repo, make_engine, migrate
+from cloud.storage import Repo
 from cloud.storage.models import AlertRow, WorkerSession
 from shared.messages import Alert
 from shared.topics import Kind, topic
 
 
-@pytest.fixture
-def repo(db_url: str) -> Iterator[Repo]:
-    engine = make_engine(db_url)
-    migrate(engine)
-    yield Repo(engine)
-    engine.dispose()
-
-
 def _worker(db_url: str, port: int, name: str, tmp_path: Path, **mqtt: object) -> CloudService:
-    cfg = CloudConfig.model_validate(
-        {
-            "storage": {"url": db_url},
-            "mqtt": {
-                "port": port,
-                "client_id": name,
-                "heartbeat_s": 0.5,
-                "orphan_after_s": 2.0,
-                "drain_quiet_s": 0.3,
-                **mqtt,
-            },
-            "api": {"enabled": False},
-            "registry": {
-                "dir": str(tmp_path / "models"),
-                "private_key": str(tmp_path / "k/signing.key"),
-                "public_key": str(tmp_path / "k/signing.pub"),
-            },
-            "learning": {"enabled": False},
-        }
-    )
-    svc = CloudService(cfg)
+    timing = {"heartbeat_s": 0.5, "orphan_after_s": 2.0, "drain_quiet_s": 0.3}
+    svc = CloudService(cloud_config(db_url, port, tmp_path, mqtt={"client_id": name, **timing, **mqtt}))
     svc.start()
     return svc
 
