@@ -4,8 +4,8 @@ The window is the edge model's input (:mod:`shared.features`): per step, the too
 z-scored, their missing flags, the type one-hot and ``processing``; with the tool's own reference,
 also each sensor's deviation from it (``dz``). What a person reads is returned: each sensor's z
 under the sensor's name (with the steps where it was missing), its deviation from the reference
-when the window has one, and ``processing``. A window of any other width (another model's
-features) comes back column by column as ``f0``, ``f1``, …
+when the window has one and the reference is known somewhere in it, and ``processing``. A window
+of any other width (another model's features) comes back column by column as ``f0``, ``f1``, …
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def named_series(tool_type_name: str, window: np.ndarray) -> list[dict[str, Any]
                 "missing": [int(j) for j in np.flatnonzero(missing)],
             }
         )
-        if f"dz_{i:02d}" in col:
+        if f"dz_{i:02d}" in col and window[:, col["ref_known"]].max() > 0.5:  # else dz is all 0
             dz = window[:, col[f"dz_{i:02d}"]]
             out.append({"name": f"{sensor} vs its reference", "values": _values(dz)})
     out.append({"name": "processing", "values": _values(window[:, col["processing"]])})

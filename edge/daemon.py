@@ -303,7 +303,8 @@ class EdgeDaemon:
         for tool, info in self.pipeline.tools.items():
             summary = self.pipeline.summary(tool, rows)
             if summary:
-                risk = {"max": info.risk} if info.risk == info.risk else {}
+                # Per mode of the tool's type: the cloud keeps it as the tool's risk history.
+                risk = dict(info.probs) if info.risk == info.risk else {}
                 self.emit(
                     message(
                         Telemetry,

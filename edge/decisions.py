@@ -73,6 +73,7 @@ class ToolDecision:
 
     risk: float
     mode: str
+    probs: dict[str, float] = field(default_factory=dict)  # the tool type's own modes (telemetry)
     alert: Alert | None = None
     hard_case: HardCase | None = None
     reasons: list[str] = field(default_factory=list)
@@ -149,7 +150,8 @@ class Decider:
         own = probs[idx]
         best = int(idx[int(np.argmax(own))])
         risk = float(own.max())
-        out = ToolDecision(risk=risk, mode=modes[best])
+        by_mode = {modes[int(i)]: float(probs[int(i)]) for i in idx}
+        out = ToolDecision(risk=risk, mode=modes[best], probs=by_mode)
         state = self.states.get(tool_id, AlertState())
         state, decision = self._rule.step(state, risk, window_ts)
         self.states[tool_id] = state

@@ -19,7 +19,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,7 +48,8 @@ class ToolInfo:
     counters: dict[str, float]
     last_mode: str | None = None  # the mode named by the last alarm, for the failure event
     last_mode_ts: float | None = None
-    risk: float = float("nan")
+    risk: float = float("nan")  # the highest of ``probs``: what the alert rule reads
+    probs: dict[str, float] = field(default_factory=dict)  # per mode of the tool's type, last window
 
 
 class Pipeline:
@@ -328,6 +329,7 @@ class Pipeline:
                 model.version,
             )
             self.tools[win.tool_id].risk = decision.risk
+            self.tools[win.tool_id].probs = decision.probs
             if decision.alert is not None:
                 self.emit(decision.alert)
                 self.metrics.alerts.inc()

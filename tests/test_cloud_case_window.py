@@ -32,6 +32,9 @@ def test_the_reference_deviation_follows_each_sensor_and_other_widths_keep_their
     first = tool_type("cvd").sensor_names[0]
     assert [s["name"] for s in series[:2]] == [first, f"{first} vs its reference"]
     assert series[1]["values"][0] == names.index("dz_00")
+    unknown_ref = _window(names)
+    unknown_ref[:, names.index("ref_known")] = 0.0  # no reference yet: the deviations are all 0
+    assert not any("reference" in s["name"] for s in named_series("cvd", unknown_ref))
     assert [s["name"] for s in named_series("plasma_etch", _window(["a", "b", "c"]))] == ["f0", "f1", "f2"]
     unknown = named_series("no_such_type", _window(feature_names()))
     assert unknown[0]["name"] == "sensor 0" and unknown[-1]["name"] == "processing"

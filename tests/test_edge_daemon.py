@@ -30,6 +30,7 @@ from edge.config import EdgeConfig
 from edge.daemon import EdgeDaemon
 from edge.updates import announcement_for
 from edge.windows import features
+from shared.equipment import tool_type
 from shared.messages import Tuning, Verdict
 from shared.signing import generate_keypair, load_private_key, write_release
 from shared.topics import Kind, topic
@@ -104,9 +105,16 @@ async def test_alert_raised_before_the_failure_and_events_forwarded(tmp_path, fa
         await _push(fab, daemon, 24, drift=3.0, state="unscheduled_down")
         await _push(fab, daemon, 25, drift=3.0, state="unscheduled_down")
         assert await until(lambda: collector.of("alert") and collector.of("event"), 10)
+        daemon.telemetry_once()
+        assert await until(lambda: any(t["tool_id"] == "etch-01" for t in collector.of("telemetry")), 5)
     finally:
         await _stop(task)
         collector.stop()
+    # Telemetry carries the risk per mode of the tool's type (the cloud's risk history), the alert
+    # rule's risk being the highest of them.
+    tel = next(t for t in collector.of("telemetry") if t["tool_id"] == "etch-01")
+    assert len(tel["risk"]) > 1 and set(tel["risk"]) <= set(tool_type("plasma_etch").mode_names)
+    assert max(tel["risk"].values()) == pytest.approx(daemon.pipeline.tools["etch-01"].risk)
     alerts = collector.of("alert")
     assert len(alerts) == 1, "one alert per episode"
     alert = alerts[0]

@@ -163,7 +163,9 @@ const PALETTE = ["#16324f", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f
 // Risk per mode over time on a 0–1 axis, one line per mode, alerts as red triangles.
 function trend(data) {
   const W = 760, H = 220, L = 34, R = 8, T = 8, B = 22;
-  const t0 = data.since_ts, t1 = Math.max(t0 + 1, ...data.points.map((p) => p.ts), ...data.alerts.map((a) => a.ts));
+  // The time axis spans the data (a young tool's hour fills the chart), within the window asked.
+  const times = [...data.points.map((p) => p.ts), ...data.alerts.map((a) => a.ts)];
+  const t0 = times.length ? Math.min(...times) : data.since_ts, t1 = Math.max(t0 + 1, ...times);
   const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
   const y = (v) => T + (1 - v) * (H - T - B);
   const box = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `risk of ${data.tool_id}` });
