@@ -36,6 +36,7 @@ from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.storage.models import AlertRow, Case, DeadLetter, Edge, SeenMessage, Tool, TuningRow, WorkerSession
 from cloud.storage.repo import Repo
+from shared.equipment import tool_type
 from shared.messages import Tuning
 from shared.topics import QOS, Kind, topic
 
@@ -92,8 +93,18 @@ def _row(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     return {c.key: getattr(obj, c.key) for c in obj.__table__.columns if c.key not in exclude}
 
 
+def type_modes(tool_type_name: str) -> list[str] | None:
+    """The failure modes a tool of this type can have (None: a type this cloud does not know)."""
+    try:
+        return list(tool_type(tool_type_name).mode_names)
+    except KeyError:
+        return None
+
+
 def case_dict(case: Case) -> dict[str, Any]:
-    return _row(case, exclude=("features",))
+    """A case without its window; ``tool_modes`` lists the modes its tool can fail by (the models
+    give a probability for every mode of every type: the console shows and labels only these)."""
+    return _row(case, exclude=("features",)) | {"tool_modes": type_modes(case.tool_type)}
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
@@ -243,6 +254,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             "steps": row.steps,
             "edge_prediction": row.edge_prediction,
             "verdict": row.verdict,
+            "tool_modes": type_modes(row.tool_type),
             "series": named_series(row.tool_type, ctx.repo.case_window(row)),
         }
 
@@ -252,6 +264,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
             row = s.get(Case, case_id)
             if row is None:
                 raise HTTPException(404, "no such case")
+            modes = type_modes(row.tool_type)
+            if body.failed and body.mode is not None and modes is not None and body.mode not in modes:
+                why = f"{body.mode!r} is not a failure mode of {row.tool_type}; its modes: {', '.join(modes)}"
+                raise HTTPException(422, why)
             lab = Label(
                 body.failed, body.mode if body.failed else None, body.rul_h, OPERATOR, who.username, body.note
             )

@@ -14,6 +14,7 @@ from test_cloud_ingest import EdgeClient
 
 from cloud.service import CloudService
 from cloud.testing import failure, hardcase, tiny_full_checkpoint
+from shared.equipment import tool_type
 from shared.messages import Tuning, parse_payload
 from shared.topics import Kind, topic
 
@@ -115,6 +116,12 @@ def test_roles_approvals_labels_and_probes(service: CloudService, mosquitto):
                 client.post(f"/api/cases/{case.case_id}/labels", json=label, headers=viewer).status_code
                 == 403
             )
+            # A mode the tool's type does not have would teach the next round nonsense: refused.
+            r = client.post(f"/api/cases/{case.case_id}/labels", json=label, headers=operator)
+            assert r.status_code == 422 and "esc_degradation" in r.json()["detail"]
+            got = client.get(f"/api/cases/{case.case_id}", headers=viewer).json()
+            assert got["tool_modes"] == list(tool_type("plasma_etch").mode_names)
+            label["mode"] = "esc_degradation"
             r = client.post(f"/api/cases/{case.case_id}/labels", json=label, headers=operator)
             assert r.status_code == 200 and r.json()["label_source"] == "operator"
             ev = failure("etch-01", case.window_ts + 200 * 3600)  # would say "not failed" — operator wins

@@ -12,6 +12,11 @@ function fmtProbs(p) {
   if (!p) return "";
   return Object.entries(p).sort((a, b) => b[1] - a[1]).slice(0, 3).map(([m, v]) => `${m} ${fmtNum(v)}`).join(", ");
 }
+// The models give a probability for every mode of every tool type; show a case's own modes only.
+function ownProbs(p, modes) {
+  if (!p || !modes) return p;
+  return Object.fromEntries(Object.entries(p).filter(([m]) => modes.includes(m)));
+}
 function cell(text, cls) { const td = document.createElement("td"); td.textContent = text ?? ""; if (cls) td.className = cls; return td; }
 function button(label, onClick, cls = "small") {
   const b = document.createElement("button"); b.textContent = label; b.className = cls; b.addEventListener("click", onClick); return b;
@@ -65,15 +70,15 @@ const RENDER = {
         `${c.label_rul_h !== null ? ", RUL " + fmtNum(c.label_rul_h, 1) + " h" : ""} by ${c.label_source}`;
       const actions = cell("");
       if (can("operator")) {
-        const modes = Object.keys(c.verdict?.probs || c.edge_prediction?.probs || {});
-        const top = modes.sort((a, b) => (c.verdict?.probs?.[b] ?? 0) - (c.verdict?.probs?.[a] ?? 0))[0] || null;
+        const said = ownProbs(c.verdict?.probs || c.edge_prediction?.probs || {}, c.tool_modes);
+        const top = Object.keys(said).sort((a, b) => said[b] - said[a])[0] || null;
         actions.append(
           button(`Failed${top ? " (" + top + ")" : ""}`, () => act(post(`/api/cases/${c.case_id}/labels`, { failed: true, mode: top }))),
           button("Healthy", () => act(post(`/api/cases/${c.case_id}/labels`, { failed: false }))));
       }
       const look = cell(""); look.append(button("Show", () => showWindow(c.case_id)));
       tr.append(cell(fmtTime(c.received_ts)), cell(c.tool_id), cell((c.reasons || []).join(", ")),
-        cell(fmtProbs(c.edge_prediction?.probs)), cell(c.verdict ? (c.verdict.error ? `not answerable: ${c.verdict.error}` : `${fmtProbs(c.verdict.probs)}; RUL ${fmtNum(c.verdict.rul_h, 1)} h`) : "waiting"),
+        cell(fmtProbs(ownProbs(c.edge_prediction?.probs, c.tool_modes))), cell(c.verdict ? (c.verdict.error ? `not answerable: ${c.verdict.error}` : `${fmtProbs(ownProbs(c.verdict.probs, c.tool_modes))}; RUL ${fmtNum(c.verdict.rul_h, 1)} h`) : "waiting"),
         cell(label), actions, look);
     });
   },
@@ -149,7 +154,7 @@ async function showWindow(caseId) {
     const w = await api(`/api/cases/${caseId}/window`);
     const detail = $("#case-detail");
     $("h2", detail).textContent = `Case ${w.case_id}: ${w.tool_id} (${w.tool_type}), ${w.steps} steps to ${fmtTime(w.window_ts)}`;
-    const says = (p) => p ? `${fmtProbs(p.probs)}; RUL ${fmtNum(p.rul_h, 1)} ± ${fmtNum(p.rul_std_h, 1)} h` : "";
+    const says = (p) => p ? `${fmtProbs(ownProbs(p.probs, w.tool_modes))}; RUL ${fmtNum(p.rul_h, 1)} ± ${fmtNum(p.rul_std_h, 1)} h` : "";
     const full = w.verdict ? (w.verdict.error ? `not answerable: ${w.verdict.error}` : says(w.verdict)) : "waiting";
     $(".says", detail).textContent = `Edge: ${says(w.edge_prediction)}. Full model: ${full}.`;
     $(".charts", detail).replaceChildren(...w.series.map((s) => chart(s, w.steps)));
