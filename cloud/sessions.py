@@ -10,19 +10,21 @@ when an operator renames one.
 
 Two rules leave nothing stranded:
 
-* A worker that stops while another worker is live **leaves**: it unsubscribes, handles and
-  acknowledges what is still in flight to it, and ends its session (session expiry 0 on
-  DISCONNECT), so from then on the broker routes everything to the others. The last worker keeps
-  its session, so that what edges send while no worker runs waits in it.
+* A worker that stops while another worker is live **leaves**: it marks its row leaving,
+  unsubscribes, handles and acknowledges what is still in flight to it, ends its session (session
+  expiry 0 on DISCONNECT) and only then drops its row, so from then on the broker routes everything
+  to the others (killed mid-way, its row goes stale and the next rule applies). The last worker
+  keeps its session, so that what edges send while no worker runs waits in it.
 * Each worker renews its row in ``worker_sessions`` every ``mqtt.heartbeat_s``. A row not renewed
   for ``mqtt.orphan_after_s`` names a session whose worker is gone (killed, or the last one stopped
   and its successor has another id). A live worker claims the row (one conditional UPDATE, so one
   claimant), connects under that client id, stores what the session holds through its own ingest
   (de-duplicated as any redelivery), and ends the session (:func:`cloud.mqtt.drain_session`).
 
-A claim moves the row's heartbeat ``hold_s`` ahead: if the adopting worker dies too, the row goes
-stale again and another adopts it. If the owner comes back during the drain, it takes its session
-back (MQTT's session takeover) and renews its row, and the adopter stops without ending it.
+A claim moves the row's heartbeat ``hold_s`` ahead and marks it leaving (no stopping worker counts
+it as a live peer): if the adopting worker dies too, the row goes stale again and another adopts
+it. If the owner comes back during the drain, it takes its session back (MQTT's session takeover)
+and renews its row, and the adopter stops without ending it; so does an adopter that stops.
 """
 
 from __future__ import annotations
