@@ -7,9 +7,9 @@ stored it, so a worker killed mid-message gets it redelivered) and paho's reconn
 exponential back-off capped at ``reconnect_max_s``. Publishes while the broker is away are queued
 by paho up to :data:`MAX_QUEUED_PUBLISHES`; past that ``publish`` raises :class:`BrokerError`
 (overflow policy: refuse the newest; verdicts and models stay in the database, and a model
-rollout re-publishes on its next tick). A worker leaving the group ends its session
-(:meth:`MqttLink.unsubscribe`, :meth:`MqttLink.wait_quiet`, ``stop(end_session=True)``), and
-:func:`drain_session` empties and ends the session of one that is gone (:mod:`cloud.sessions`).
+rollout re-publishes on its next tick). A worker leaving the group drains its session
+(:meth:`MqttLink.drain`) and ends it (``stop(end_session=True)``); :func:`drain_session` does the
+same with the session of a worker that is gone (:mod:`cloud.sessions`).
 """
 
 from __future__ import annotations
@@ -132,28 +132,27 @@ class MqttLink:
         if release is not None:
             release(sockpair_only=True)
 
-    def subscriptions(self) -> list[str]:
-        return [cloud_subscription(k, self.cfg.share_group or None) for k in self.kinds]
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        return [(cloud_subscription(k, self.cfg.share_group or None), QOS[k]) for k in self.kinds]
 
-    def unsubscribe(self) -> None:
-        """Leave the share group: the broker routes the group's next messages to the other members;
-        what it already queued or sent to this session still arrives (measured on Mosquitto 2.0)."""
+    def drain(self, cancel: threading.Event | None = None) -> bool:
+        """Leave the share group and handle what this session still gets: the broker routes the
+        group's next messages to the other members, and what it had queued or sent here still
+        arrives (measured on Mosquitto 2.0). True once nothing came for ``drain_quiet_s``, each
+        message handled and acknowledged, so the session may end; False (keep the session) after
+        ``drain_max_s``, when the connection is gone or taken over, or when ``cancel`` is set."""
         self._subscribe = False
         if self.kinds:
-            self.client.unsubscribe(self.subscriptions())
-
-    def wait_quiet(self, quiet_s: float, max_s: float, cancel: threading.Event | None = None) -> bool:
-        """Wait until no message came for ``quiet_s`` (each one handled and acknowledged): True.
-        False after ``max_s``, when the connection is gone, or when ``cancel`` is set."""
+            self.client.unsubscribe([topic for topic, _qos in self._subscriptions()])
         start = time.monotonic()
         self._last_message = max(self._last_message, start)
-        while time.monotonic() - start < max_s and self.connected.is_set():
+        while time.monotonic() - start < self.cfg.drain_max_s and self.connected.is_set():
             if cancel is not None and cancel.is_set():
                 return False
             idle = time.monotonic() - self._last_message
-            if idle >= quiet_s:
-                return True
-            time.sleep(min(quiet_s - idle, 0.05))
+            if idle >= self.cfg.drain_quiet_s:
+                return not self.taken_over
+            time.sleep(min(self.cfg.drain_quiet_s - idle, 0.05))
         return False
 
     # ---- callbacks (paho's network thread) ---------------------------------------------------
@@ -180,9 +179,8 @@ class MqttLink:
             return
         self.session_present = bool(_flags.session_present)
         # Subscribing again on every connect is harmless with a kept session and needed without one.
-        subs = [(cloud_subscription(k, self.cfg.share_group or None), QOS[k]) for k in self.kinds]
-        if subs and self._subscribe:
-            client.subscribe(subs)
+        if self.kinds and self._subscribe:
+            client.subscribe(self._subscriptions())
         if self._was_connected:
             _logger.info("mqtt %s:%s connection recovered", self.cfg.host, self.cfg.port)
         else:
@@ -228,7 +226,7 @@ class MqttLink:
                 client.ack(msg.mid, msg.qos)
         else:
             self.unacked += 1
-        self._last_message = time.monotonic()  # after the handler: wait_quiet counts from here
+        self._last_message = time.monotonic()  # after the handler: drain() counts from here
 
     # ---- publishing (any thread) -------------------------------------------------------------
     def publish(
@@ -262,16 +260,15 @@ def drain_session(
     id without subscribing, leaves the share group at once (so only what the session already held
     comes), waits until nothing came for ``cfg.drain_quiet_s`` (``cfg.drain_max_s`` at most), and
     disconnects with session expiry 0. Returns how many messages came, or None when the session
-    was not emptied and is left as it is (its owner connected and took it back, ``cancel`` was set,
-    or ``drain_max_s`` passed); BrokerError when the broker cannot be reached.
+    was not emptied and is left as it is (see :meth:`MqttLink.drain`); BrokerError when the broker
+    cannot be reached.
     """
     link = MqttLink(cfg, handler, kinds, client_id=client_id, subscribe=False)
     link.start()
     drained = True  # a session the broker no longer held: nothing to empty
     try:
         if link.session_present:
-            link.unsubscribe()
-            drained = link.wait_quiet(cfg.drain_quiet_s, cfg.drain_max_s, cancel) and not link.taken_over
+            drained = link.drain(cancel)
     finally:
         link.stop(end_session=drained)
     return link.received if drained else None

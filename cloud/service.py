@@ -349,8 +349,7 @@ class CloudService:
             return False
         if not leaving:
             return False
-        self.link.unsubscribe()
-        if not self.link.wait_quiet(m.drain_quiet_s, m.drain_max_s):
+        if not self.link.drain():
             # Still busy (or cut off): keep the session and its row, so that another worker adopts
             # what is left once the row goes stale.
             _logger.warning("messages still coming after %.0f s: keeping the MQTT session", m.drain_max_s)

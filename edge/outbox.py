@@ -271,8 +271,7 @@ class Outbox:
     def cloud_silent(self, now: float) -> bool:
         """Something was sent more than ``resend_after_s`` ago and no receipt came since: the cloud
         is away (or sends no receipts)."""
-        since = self._unanswered_since
-        return since is not None and now - since > self.resend_after_s
+        return self.silence_s(now) > self.resend_after_s
 
     def _grace(self, now: float) -> None:
         """The cloud answers again: no row goes again for ``resend_after_s``, the time for it to
