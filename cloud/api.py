@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from cloud.auth import ROLES, Principal, Users
-from cloud.case_window import named_series
+from cloud.case_window import named_series, type_scaler
 from cloud.errors import AuthError, CloudError, RegistryError, RolloutError
 from cloud.labels import OPERATOR, Label, set_label
 from cloud.learning import Learner
@@ -246,6 +246,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         row = ctx.repo.get_case(case_id)
         if row is None:
             raise HTTPException(404, "no such case")
+        # The scaler of the model that built the window turns its z-scores back into units.
+        model = ctx.registry.get(row.model_version, missing_ok=True)
+        scaler = type_scaler(model.manifest.get("input_spec") if model else None, row.tool_type)
         return {
             "case_id": row.case_id,
             "tool_id": row.tool_id,
@@ -255,7 +258,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
             "edge_prediction": row.edge_prediction,
             "verdict": row.verdict,
             "tool_modes": type_modes(row.tool_type),
-            "series": named_series(row.tool_type, ctx.repo.case_window(row)),
+            "model_version": row.model_version,
+            "scale": "z" if scaler is None else "units",
+            "series": named_series(row.tool_type, ctx.repo.case_window(row), scaler),
         }
 
     @app.post("/api/cases/{case_id}/labels", tags=["cases"])

@@ -106,6 +106,7 @@ def test_roles_approvals_labels_and_probes(service: CloudService, mosquitto):
             )
             win = client.get(f"/api/cases/{case.case_id}/window", headers=viewer).json()
             assert win["steps"] == case.shape[0] and [x["name"] for x in win["series"]][:2] == ["f0", "f1"]
+            assert win["scale"] == "z" and win["model_version"] == case.model_version  # not registered
             assert client.get("/api/cases/nope/window", headers=viewer).status_code == 404
             trend = client.get("/api/tools/etch-01/risk", headers=viewer).json()
             assert trend["tool_id"] == "etch-01" and trend["points"] == [] and trend["alerts"] == []

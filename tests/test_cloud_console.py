@@ -15,7 +15,7 @@ from cloud.config import CloudConfig
 from cloud.service import CloudService
 from cloud.testing import hardcase
 from shared.equipment import tool_type
-from shared.features import feature_names
+from shared.features import FeatureSpec, Scaler, feature_names
 from shared.messages import Alert, Telemetry, Tuning
 from shared.topics import Kind, topic
 
@@ -59,10 +59,33 @@ def _until(pred, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def test_console_labels_and_approves(service: CloudService):
+def _register_edge_model(service: CloudService, version: str, folder: Path) -> None:
+    """A signed release whose manifest carries a feature spec (the scaler: the type's mean, std)."""
+    from shared.signing import generate_keypair, load_private_key, write_release
+
+    reg = service.cfg.registry
+    generate_keypair(reg.private_key, reg.public_key)
+    sensors = tool_type("plasma_etch").sensors
+    scaler = Scaler(mean={"plasma_etch": tuple(s.nominal for s in sensors)}, std={"plasma_etch": (1.0,) * 14})
+    fields = {
+        "model_id": "risk",
+        "version": version,
+        "role": "edge-risk",
+        "created_ts": 0.0,
+        "input_spec": FeatureSpec(window=24, step_s=60.0, scaler=scaler).to_dict(),
+        "output_spec": {},
+    }
+    artifact = folder / "edge.onnx"
+    artifact.write_bytes(b"an edge model")
+    write_release(artifact, fields, load_private_key(reg.private_key))
+    service.registry.register(artifact)
+
+
+def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
     from playwright.sync_api import sync_playwright
 
     case = hardcase(case_id="case-1", steps=24, n_features=len(feature_names()))  # the edge model's layout
+    _register_edge_model(service, case.model_version, tmp_path)  # its scaler turns z back into units
     assert service.ingest.handle(topic("fab1", "edge-1", Kind.HARDCASE), case.to_bytes())
     prop = Tuning(
         edge_id="edge-1",
@@ -135,7 +158,10 @@ def test_console_labels_and_approves(service: CloudService):
             # Anyone may look at the window: one chart per sensor of the tool's type, named for it.
             page.click("#cases tr:has-text('etch-01') button:has-text('Show')")
             page.wait_for_selector("#case-detail figcaption:has-text('chamber_pressure')")
+            pressure = page.locator("#case-detail figcaption:has-text('chamber_pressure')").inner_text()
+            assert "mTorr" in pressure and "typical 40" in pressure, pressure  # in units, not z-scores
+            assert "in their units" in page.locator("#case-detail .says").inner_text()
             sensors = len(tool_type("plasma_etch").sensor_names)
-            assert page.locator("#case-detail svg polyline").count() == sensors + 1  # + processing
+            assert page.locator("#case-detail figure").count() == sensors + 1  # + processing
         finally:
             browser.close()

@@ -8,6 +8,8 @@ const $ = (sel, root = document) => root.querySelector(sel);
 function can(role) { return RANK[state.role] >= RANK[role]; }
 function fmtTime(ts) { return ts ? new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 19) : ""; }
 function fmtNum(x, d = 2) { return x === null || x === undefined ? "" : Number(x).toFixed(d); }
+// Four significant digits: sensor values span mTorr to sccm to nm.
+function fmtVal(x) { return x === null || x === undefined ? "" : String(Number(Number(x).toPrecision(4))); }
 function fmtProbs(p) {
   if (!p) return "";
   return Object.entries(p).sort((a, b) => b[1] - a[1]).slice(0, 3).map(([m, v]) => `${m} ${fmtNum(v)}`).join(", ");
@@ -132,19 +134,33 @@ const RENDER = {
 const SVG = "http://www.w3.org/2000/svg";
 function svg(tag, attrs) { const e = document.createElementNS(SVG, tag); for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v); return e; }
 
-// One small chart per series: a line over the window's steps, the zero line, ticks where missing.
+// One small chart per series: a line over the window's steps (broken where a reading is missing),
+// a reference line (the type's typical value for sensors in units, else zero), ticks where missing.
 function chart(series, steps) {
   const W = 240, H = 56, pad = 3;
-  const vals = series.values, lo = Math.min(0, ...vals), hi = Math.max(0, ...vals), span = hi - lo || 1;
+  const vals = series.values, known = vals.filter((v) => v !== null);
+  const base = series.typical ?? 0;
+  const lo = Math.min(base, ...known), hi = Math.max(base, ...known), span = hi - lo || 1;
   const x = (i) => pad + (i / Math.max(1, steps - 1)) * (W - 2 * pad);
   const y = (v) => H - pad - ((v - lo) / span) * (H - 2 * pad);
   const fig = document.createElement("figure");
   const box = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": series.name });
-  box.append(svg("line", { x1: pad, x2: W - pad, y1: y(0), y2: y(0), class: "zero" }));
-  box.append(svg("polyline", { points: vals.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" "), class: "trace" }));
+  box.append(svg("line", { x1: pad, x2: W - pad, y1: y(base), y2: y(base), class: "zero" }));
+  let run = [];
+  const flush = () => {  // a reading alone between gaps is a dot: a one-point line would not show
+    if (run.length === 1) box.append(svg("circle", { cx: run[0][0], cy: run[0][1], r: 1.3, class: "dot" }));
+    else if (run.length) box.append(svg("polyline", { points: run.map((p) => p.join(",")).join(" "), class: "trace" }));
+    run = [];
+  };
+  vals.forEach((v, i) => { if (v === null) flush(); else run.push([x(i).toFixed(1), y(v).toFixed(1)]); });
+  flush();
   for (const i of series.missing || []) box.append(svg("line", { x1: x(i), x2: x(i), y1: H - pad, y2: H - pad - 6, class: "missing" }));
+  for (const i of series.clipped || []) box.append(svg("circle", { cx: x(i), cy: y(vals[i]), r: 2, class: "clipped" }));
   const cap = document.createElement("figcaption");
-  cap.textContent = `${series.name}  [${fmtNum(lo)} … ${fmtNum(hi)}]`;
+  const unit = series.unit ? ` ${series.unit}` : "";
+  const typical = series.typical !== undefined ? `, typical ${fmtVal(series.typical)}` : "";
+  const range = known.length ? `[${fmtVal(Math.min(...known))} … ${fmtVal(Math.max(...known))}]${unit}` : "no reading";
+  cap.textContent = `${series.name}  ${range}${typical}`;
   fig.append(box, cap);
   return fig;
 }
@@ -156,7 +172,14 @@ async function showWindow(caseId) {
     $("h2", detail).textContent = `Case ${w.case_id}: ${w.tool_id} (${w.tool_type}), ${w.steps} steps to ${fmtTime(w.window_ts)}`;
     const says = (p) => p ? `${fmtProbs(ownProbs(p.probs, w.tool_modes))}; RUL ${fmtNum(p.rul_h, 1)} ± ${fmtNum(p.rul_std_h, 1)} h` : "";
     const full = w.verdict ? (w.verdict.error ? `not answerable: ${w.verdict.error}` : says(w.verdict)) : "waiting";
-    $(".says", detail).textContent = `Edge: ${says(w.edge_prediction)}. Full model: ${full}.`;
+    const scale = w.scale === "units"
+      ? `Sensors in their units (scaler of model ${w.model_version})`
+      : `Sensors as z-scores (this registry has no scaler of model ${w.model_version} for ${w.tool_type})`;
+    $(".says", detail).textContent = `Edge: ${says(w.edge_prediction)}. Full model: ${full}. ${scale}.`;
+    $(".note", detail).textContent = (w.scale === "units"
+      ? "Dotted line: the type's typical value (the mean the model was trained on); gaps and red ticks: readings missing; red dots: beyond what the model reads (shown at its limit)."
+      : "Each sensor z-scored with its tool type's scaler (dotted line 0: the type's mean; ±1 one standard deviation); red ticks: readings missing.")
+      + " The newest step is on the right.";
     $(".charts", detail).replaceChildren(...w.series.map((s) => chart(s, w.steps)));
     detail.hidden = false;
     detail.scrollIntoView({ block: "nearest" });
