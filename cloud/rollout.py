@@ -91,11 +91,27 @@ class RolloutManager:
 
     # ---- actions -----------------------------------------------------------------------------
     def start(self, version: str, canary_edges: list[str] | None = None) -> RolloutRow:
-        """Publish ``version`` to the canary edges; RolloutError when one is already open."""
+        """Publish ``version`` to the canary edges; RolloutError when another is at its canary.
+
+        Idempotent: starting the version that is at its canary, or that is out to every edge,
+        again returns that rollout unchanged (an admin or a script retrying a start whose answer
+        was lost must not get an error for what did happen, nor send the fleet back to a canary).
+        A version that was rolled back may be started again: that is a new rollout."""
         model = self.registry.require(version)
         busy = self.busy()
+        if busy is not None and busy.version == version:
+            _logger.info(
+                "rollout %d of %s is already at its canary: started again, unchanged", busy.id, version
+            )
+            return busy
         if busy is not None:
             raise RolloutError(f"rollout {busy.id} of {busy.version} is still at its canary")
+        out = next((r for r in self.rollouts() if r.stage == "all" and r.version == version), None)
+        if out is not None:
+            _logger.info(
+                "rollout %d of %s is already out to every edge: started again, unchanged", out.id, version
+            )
+            return out
         for prev in self.rollouts():
             if prev.stage == "all":  # still watched after promotion; the new rollout supersedes it
                 self._update(prev.id, stage="done", reason=f"superseded by {version}")

@@ -23,7 +23,7 @@ from cloud.ingest import Ingestor
 from cloud.learning import LEASE, Learner, Pipeline, Windows
 from cloud.metrics import CloudMetrics
 from cloud.registry import Registry
-from cloud.rollout import RolloutManager
+from cloud.rollout import RolloutError, RolloutManager
 from cloud.storage import Repo, make_engine, migrate
 from cloud.testing import failure, hardcase
 from shared.messages import ModelAnnouncement, Status
@@ -235,6 +235,25 @@ def test_round_to_canary_then_all_with_a_signed_model(world):
     assert model is not None and model.version == version and model.round_id == rid
     assert [m.version for m in learner.registry.lineage(version)] == [version]
     assert learner.new_labels() == 0 and learner.trigger("labels") is None  # nothing new to learn
+    n_published = len(published)
+    again = ro.start(version)  # a start retried (its answer lost): the same rollout, nothing sent
+    assert again.id == row.state["rollout_id"] and again.stage == "all" and len(published) == n_published
+
+
+def test_a_start_retried_while_at_the_canary_returns_that_rollout(world):
+    clock, pipe, published = Clock(), TinyPipeline(world["keys"] / "signing.key"), []
+    learner, ro, ingest = build(world, pipe, clock, published)
+    feed(ingest, clock, "etch-01")
+    empty = Windows.concat([])
+    for v in ("v1", "v2"):
+        learner.registry.register(pipe.export(Path(f"{v}.json"), empty, world["tmp"] / v, v, None))
+    first = ro.start("v1")
+    n_published = len(published)
+    again = ro.start("v1")
+    assert again.id == first.id and again.stage == "canary" and len(ro.rollouts()) == 1
+    assert len(published) == n_published, "a retried start announces nothing twice"
+    with pytest.raises(RolloutError, match="still at its canary"):
+        ro.start("v2")  # another version waits for this one
 
 
 def test_a_broker_down_at_the_canary_step_is_tried_again_not_the_end_of_the_round(world):
