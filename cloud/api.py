@@ -36,7 +36,7 @@ from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.storage.models import AlertRow, Case, DeadLetter, Edge, SeenMessage, Tool, TuningRow, WorkerSession
 from cloud.storage.repo import Repo
-from shared.equipment import tool_type
+from shared.equipment import type_modes
 from shared.messages import Tuning
 from shared.topics import QOS, Kind, topic
 
@@ -91,14 +91,6 @@ class Decision(BaseModel):
 
 def _row(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     return {c.key: getattr(obj, c.key) for c in obj.__table__.columns if c.key not in exclude}
-
-
-def type_modes(tool_type_name: str) -> list[str] | None:
-    """The failure modes a tool of this type can have (None: a type this cloud does not know)."""
-    try:
-        return list(tool_type(tool_type_name).mode_names)
-    except KeyError:
-        return None
 
 
 def case_dict(case: Case) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from cloud.metrics import CloudMetrics
 from cloud.registry import Registry
 from cloud.storage.models import Case, Edge, ModelRow, RolloutRow
 from cloud.storage.repo import Repo
+from shared.equipment import type_modes
 from shared.topics import Kind, topic
 
 _logger = logging.getLogger(__name__)
@@ -40,11 +41,15 @@ Publish = Callable[[str, bytes, int, bool], None]
 OPEN_STAGES = ("canary", "all")
 
 
-def disagreement(edge_prediction: dict[str, Any], verdict: dict[str, Any]) -> float | None:
-    """Mean |p_edge − p_full| over the modes both give; None when they share none."""
+def disagreement(
+    edge_prediction: dict[str, Any], verdict: dict[str, Any], modes: list[str] | None = None
+) -> float | None:
+    """Mean |p_edge − p_full| over the modes both give, of ``modes`` when given (the tool type's:
+    edges send only those, older edges sent every mode, and the others' near-zero agreement would
+    dilute the mean); None when they share none."""
     edge_probs = edge_prediction.get("probs") or {}
     full_probs = verdict.get("probs") or {}
-    common = [m for m in full_probs if m in edge_probs]
+    common = [m for m in full_probs if m in edge_probs and (modes is None or m in modes)]
     if not common:
         return None
     return sum(abs(float(edge_probs[m]) - float(full_probs[m])) for m in common) / len(common)
@@ -236,8 +241,12 @@ class RolloutManager:
                     .limit(1000)
                 )
             )
-        new_err = _mean([disagreement(c.edge_prediction, c.verdict or {}) for c in new_cases])
-        old_err = _mean([disagreement(c.edge_prediction, c.verdict or {}) for c in old_cases])
+        new_err = _mean(
+            [disagreement(c.edge_prediction, c.verdict or {}, type_modes(c.tool_type)) for c in new_cases]
+        )
+        old_err = _mean(
+            [disagreement(c.edge_prediction, c.verdict or {}, type_modes(c.tool_type)) for c in old_cases]
+        )
         obs = {
             "confirmed": sorted(confirmed),
             "refused": refused,

@@ -131,6 +131,14 @@ class Decider:
         self._mode_index[key] = idx
         return idx
 
+    @staticmethod
+    def _case_probs(ttype: str, modes: list[str], probs: np.ndarray) -> dict[str, float]:
+        """What a hard case says per mode: the tool type's modes, sudden ones included (an operator
+        labels by any of them); every mode for a model trained on none of the type's."""
+        every = {m: float(p) for m, p in zip(modes, probs, strict=True)}
+        own = set(tool_type(ttype).mode_names)
+        return {m: p for m, p in every.items() if m in own} or every
+
     def decide(
         self,
         tool_id: str,
@@ -187,7 +195,7 @@ class Decider:
                     shape=(int(feats.shape[0]), int(feats.shape[1])),
                     feature_names=feature_names,
                     edge_prediction={
-                        "probs": {m: float(p) for m, p in zip(modes, probs, strict=True)},
+                        "probs": self._case_probs(ttype, modes, probs),
                         "rul_h": _finite(rul),
                         "rul_std_h": _finite(rul_std),
                         "novelty": _finite(novelty),

@@ -294,3 +294,12 @@ def tool_type(name: str) -> ToolType:
         return TOOL_TYPES[name]
     except KeyError:
         raise KeyError(f"unknown tool type {name!r}; known: {', '.join(sorted(TOOL_TYPES))}") from None
+
+
+def type_modes(name: str) -> list[str] | None:
+    """The failure modes a tool of type ``name`` can have (None: a type this code does not know,
+    say from a newer edge)."""
+    try:
+        return list(tool_type(name).mode_names)
+    except KeyError:
+        return None

@@ -23,7 +23,7 @@ from cloud.ingest import Ingestor
 from cloud.learning import LEASE, Learner, Pipeline, Windows
 from cloud.metrics import CloudMetrics
 from cloud.registry import Registry
-from cloud.rollout import RolloutError, RolloutManager
+from cloud.rollout import RolloutError, RolloutManager, disagreement
 from cloud.storage import Repo, make_engine, migrate
 from cloud.testing import failure, hardcase
 from shared.messages import ModelAnnouncement, Status
@@ -490,3 +490,17 @@ def test_holdout_is_split_by_tool():
     one_tool = [(f"c{i}", "t") for i in range(40)]
     tr, te = split_holdout(one_tool, 0.3)
     assert tr and te  # a single tool: split by case
+
+
+def test_edges_old_and_new_disagree_alike_over_the_tool_types_modes():
+    """Edges used to send every mode's probability in a hard case, now only their tool type's: the
+    canary's disagreement must read the same for both, or an upgrade alone would look like a
+    regression (the other modes' near-zero agreement diluted the old cases' mean)."""
+    verdict = {"probs": {"wear": 0.1, "arcing": 0.0, "leak": 0.0, "clog": 0.0}}
+    old_edge = {"probs": {"wear": 0.5, "arcing": 0.0, "leak": 0.0, "clog": 0.0}}
+    new_edge = {"probs": {"wear": 0.5, "arcing": 0.0}}
+    own = ["wear", "arcing"]
+    assert disagreement(old_edge, verdict, own) == pytest.approx(0.2)
+    assert disagreement(new_edge, verdict, own) == pytest.approx(0.2)
+    assert disagreement(old_edge, verdict) == pytest.approx(0.1)  # diluted by modes the tool lacks
+    assert disagreement(new_edge, verdict, ["leak"]) is None

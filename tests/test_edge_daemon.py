@@ -148,6 +148,8 @@ async def test_hard_case_travels_and_its_verdict_returns(tmp_path, fab, mosquitt
         assert daemon.decider.counts["hard_over_budget"] > 0
         case = cases[0]
         assert "novelty" in case["reasons"] and case["shape"] == [8, len(case["feature_names"])]
+        # The case says what its tool can fail by: its type's modes, not every type's.
+        assert set(case["edge_prediction"]["probs"]) == set(tool_type(case["tool_type"]).mode_names)
         verdict = Verdict(
             edge_id="e1",
             site="s1",
