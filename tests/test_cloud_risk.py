@@ -36,5 +36,11 @@ def test_risk_is_kept_per_tool_thinned_with_its_peaks_and_pruned(repo: Repo):
     assert repo.risk_history("etch-01", t0 + 60 * 990, max_points=100) == full[990:]
     assert len(repo.risk_history("cvd-01", 0, 100)) == 1
 
-    assert repo.prune_risk(t0 + 60 * 900) == 900 + 1  # etch-01's first 900 minutes and cvd-01's point
+    # In chunks of 64 (many transactions, the last one short): etch-01's first 900 minutes and
+    # cvd-01's point, none of the newer ones.
+    assert repo.prune_risk(t0 + 60 * 900, chunk=64) == 900 + 1
     assert len(repo.risk_history("etch-01", 0, 2000)) == 100
+    assert repo.prune_risk(t0 + 60 * 950, chunk=50) == 50  # exactly one full chunk, then an empty one
+    assert repo.risk_history("etch-01", 0, 2000) == full[950:]
+    with pytest.raises(ValueError, match="chunk"):
+        repo.prune_risk(t0, chunk=0)

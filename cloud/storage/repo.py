@@ -170,11 +170,34 @@ class Repo:
             buckets[b] = (ts, peak)
         return [buckets[b] for b in sorted(buckets)]
 
-    def prune_risk(self, before_ts: float) -> int:
-        """Delete risk points older than ``before_ts``; how many went."""
-        with self.transaction() as s:
-            result = s.execute(delete(RiskPoint).where(RiskPoint.ts < before_ts))
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    def prune_risk(self, before_ts: float, chunk: int = 20_000) -> int:
+        """Delete risk points older than ``before_ts``, ``chunk`` rows per transaction; how many went.
+
+        In chunks because a backlog (the first prune after the cloud was down, or after
+        ``risk_history_days`` was lowered) is 60,000 rows an hour for 1,000 tools: one DELETE of
+        a 12-hour backlog held SQLite's single write lock, and every ingest write behind it, for
+        2.5 s (``bench/risk_history_scale.py``); a chunk holds it for tens of ms.
+        """
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        total = 0
+        while True:
+            with self.transaction() as s:
+                # The chunk-th oldest point's time, through the ts index; a chunk is cut by time
+                # (``id IN (… LIMIT n)`` made PostgreSQL scan the table for every chunk: 8× slower).
+                cut = s.scalar(
+                    select(RiskPoint.ts)
+                    .where(RiskPoint.ts < before_ts)
+                    .order_by(RiskPoint.ts)
+                    .offset(chunk - 1)
+                    .limit(1)
+                )
+                last = cut is None  # fewer than a chunk left: the rest goes
+                cond = RiskPoint.ts < before_ts if last else RiskPoint.ts <= cut
+                result = s.execute(delete(RiskPoint).where(cond).execution_options(synchronize_session=False))
+            total += int(result.rowcount or 0)  # type: ignore[attr-defined]
+            if last:
+                return total
 
     # ---- leases ------------------------------------------------------------------------------
     @staticmethod
