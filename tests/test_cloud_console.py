@@ -34,6 +34,11 @@ def service(mosquitto, tmp_path: Path) -> Iterator[CloudService]:
             "mqtt": {"port": mosquitto.port, "client_id": "cloud-console-test"},
             "api": {"port": free_port(), "auth": {"scrypt_n": 2**10}},
             "learning": {"enabled": False},
+            "registry": {  # never the defaults, relative to the working directory (the checkout)
+                "dir": str(tmp_path / "models"),
+                "private_key": str(tmp_path / "keys" / "signing.key"),
+                "public_key": str(tmp_path / "keys" / "signing.pub"),
+            },
         }
     )
     svc = CloudService(cfg)
