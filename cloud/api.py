@@ -1,7 +1,9 @@
 """The REST API (FastAPI, OpenAPI at ``/docs`` and ``/openapi.json``) and the console's files.
 
 Authentication: ``POST /api/auth/token`` with a user name and password gives a bearer token;
-admins issue long-lived API tokens. Every ``/api`` route needs a token except the login and the
+admins issue long-lived API tokens, list and revoke them, and remove users (with their tokens);
+``POST /api/auth/logout`` ends the session presented. Wrong passwords slow down per user and
+client (429 with Retry-After). Every ``/api`` route needs a token except the login and the
 model artifact download (edges fetch artifacts over 2 MB by URL without credentials: the file is
 signed and the edge verifies it before use). Roles: viewers read; operators label cases,
 acknowledge alerts, approve or reject tuning proposals and roll back; admins also manage users,
@@ -12,14 +14,15 @@ start rollouts and learning rounds. ``/health`` and ``/metrics`` are open for pr
 # the routes, which name closures of create_app, at definition time.
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -28,7 +31,7 @@ from sqlalchemy import select
 
 from cloud.auth import ROLES, Principal, Users
 from cloud.case_window import named_series, type_scaler
-from cloud.errors import AuthError, CloudError, RegistryError, RolloutError
+from cloud.errors import AuthError, CloudError, LoginThrottled, RegistryError, RolloutError
 from cloud.labels import OPERATOR, Label, set_label
 from cloud.learning import Learner
 from cloud.metrics import CloudMetrics
@@ -127,12 +130,26 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     # ---- auth --------------------------------------------------------------------------------
     @app.post("/api/auth/token", tags=["auth"])
-    def login(body: Login) -> dict[str, Any]:
+    def login(body: Login, request: Request) -> dict[str, Any]:
+        """A session token. After ``auth.login_free_failures`` wrong passwords for one user from one
+        client, 429 with Retry-After (cloud/login_throttle.py)."""
+        client = request.client.host if request.client else ""
         try:
-            token, expires, user_role = ctx.users.login(body.username, body.password)
+            token, expires, user_role = ctx.users.login(body.username, body.password, client)
+        except LoginThrottled as exc:
+            _logger.warning("login for %r from %s refused: %s", body.username, client, exc)
+            wait = str(max(1, math.ceil(exc.retry_after_s)))
+            raise HTTPException(429, str(exc), headers={"Retry-After": wait}) from exc
         except AuthError as exc:
             raise HTTPException(401, str(exc)) from exc
         return {"access_token": token, "token_type": "bearer", "expires_ts": expires, "role": user_role}
+
+    @app.post("/api/auth/logout", tags=["auth"])
+    def logout(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> dict[str, Any]:
+        """Ends the session (or revokes the API token) presented; the console's Sign out calls it."""
+        if creds is not None:
+            ctx.users.logout(creds.credentials)
+        return {"signed_out": True}
 
     @app.get("/api/me", tags=["auth"])
     def me(who: Viewer) -> dict[str, Any]:
@@ -153,6 +170,34 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.get("/api/users", tags=["auth"])
     def list_users(_who: Admin) -> list[dict[str, Any]]:
         return [{"username": u.username, "role": u.role, "created_ts": u.created_ts} for u in ctx.users.all()]
+
+    @app.delete("/api/users/{username}", tags=["auth"])
+    def remove_user(username: str, who: Admin) -> dict[str, Any]:
+        """Removes the user and every token of theirs; 409 for the last admin."""
+        if not any(u.username == username for u in ctx.users.all()):
+            raise HTTPException(404, f"no user {username!r}")
+        try:
+            ctx.users.remove(username)
+        except AuthError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        _logger.info("user %s removed by %s", username, who.username)
+        return {"removed": username}
+
+    @app.get("/api/auth/api-tokens", tags=["auth"])
+    def list_api_tokens(_who: Admin) -> list[dict[str, Any]]:
+        """The long-lived API tokens by id, user and name (never the token itself)."""
+        return [asdict(t) for t in ctx.users.tokens()]
+
+    @app.delete("/api/auth/api-tokens/{token_id}", tags=["auth"])
+    def revoke_api_token(token_id: str, who: Admin) -> dict[str, Any]:
+        try:
+            info = ctx.users.revoke(token_id)
+        except AuthError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        _logger.info(
+            "API token %s (%s of %s) revoked by %s", token_id, info.name, info.username, who.username
+        )
+        return {"revoked": asdict(info)}
 
     # ---- fleet -------------------------------------------------------------------------------
     @app.get("/api/fleet", tags=["fleet"])

@@ -5,6 +5,11 @@ r=8, p=1) and stored as ``scrypt$n$r$p$salt$hash`` (base64), so the cost can ris
 invalidating old hashes. Tokens are 32 random bytes (URL-safe base64); only their sha256 is
 stored. A login gives a session token that expires after ``token_ttl_s``; an admin can issue
 long-lived API tokens (for scripts and dashboards). Roles are ordered: viewer < operator < admin.
+
+Revocation: signing out ends that session token; changing a user's password or role ends all of
+the user's sessions (not their API tokens, which an admin lists and revokes one by one); removing
+a user removes every token of theirs. The last admin cannot be removed or demoted (nobody could
+manage users any more). Failed logins slow down per user and client (:mod:`cloud.login_throttle`).
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
-from cloud.errors import AuthError
+from cloud.errors import AuthError, LoginThrottled
+from cloud.login_throttle import LoginThrottle
 from cloud.storage.models import ApiToken, User
 from cloud.storage.repo import Repo
 
@@ -68,40 +75,118 @@ class Principal:
         return ROLES.index(self.role) >= ROLES.index(role)
 
 
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A long-lived API token as an admin sees it: never the token, an id to revoke it by."""
+
+    token_id: str  # the first TOKEN_ID_CHARS hex digits of the token's sha256
+    username: str
+    name: str
+    created_ts: float
+
+
+TOKEN_ID_CHARS = 12
+
+
 class Users:
     def __init__(
-        self, repo: Repo, token_ttl_s: int, scrypt_n: int, clock: Callable[[], float] = time.time
+        self,
+        repo: Repo,
+        token_ttl_s: int,
+        scrypt_n: int,
+        clock: Callable[[], float] = time.time,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         self.repo = repo
         self.token_ttl_s = token_ttl_s
         self.scrypt_n = scrypt_n
         self.clock = clock
+        self.throttle = throttle or LoginThrottle()
+
+    @staticmethod
+    def _admins(s: Session) -> int:
+        return int(s.scalar(select(func.count()).select_from(User).where(User.role == "admin")) or 0)
+
+    @staticmethod
+    def _end_sessions(s: Session, username: str) -> None:
+        s.execute(delete(ApiToken).where(ApiToken.username == username, ApiToken.expires_ts.is_not(None)))
 
     def add(self, username: str, password: str, role: str) -> None:
-        """Create or update a user (password and role)."""
+        """Create or update a user (password and role); an update ends the user's sessions."""
         if role not in ROLES:
             raise AuthError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         if not username or len(username) > 128 or len(password) < 8:
             raise AuthError("user names are 1-128 characters and passwords at least 8")
+        hashed = hash_password(password, self.scrypt_n)
         with self.repo.transaction() as s:
             user = s.get(User, username)
-            hashed = hash_password(password, self.scrypt_n)
             if user is None:
                 s.add(User(username=username, password_hash=hashed, role=role, created_ts=self.clock()))
-            else:
-                user.password_hash = hashed
-                user.role = role
+                return
+            if user.role == "admin" and role != "admin" and self._admins(s) == 1:
+                raise AuthError(f"{username} is the last admin: make another admin first")
+            user.password_hash = hashed
+            user.role = role
+            self._end_sessions(s, username)
+
+    def remove(self, username: str) -> None:
+        """Remove a user and every token of theirs; AuthError for an unknown user or the last admin."""
+        with self.repo.transaction() as s:
+            user = s.get(User, username)
+            if user is None:
+                raise AuthError(f"no user {username!r}")
+            if user.role == "admin" and self._admins(s) == 1:
+                raise AuthError(f"{username} is the last admin: make another admin first")
+            s.execute(delete(ApiToken).where(ApiToken.username == username))
+            s.delete(user)
+
+    def tokens(self) -> list[TokenInfo]:
+        """The long-lived API tokens (sessions are not listed: they expire by themselves)."""
+        with self.repo.transaction() as s:
+            rows = s.scalars(
+                select(ApiToken).where(ApiToken.expires_ts.is_(None)).order_by(ApiToken.created_ts)
+            )
+            return [TokenInfo(r.token_hash[:TOKEN_ID_CHARS], r.username, r.name, r.created_ts) for r in rows]
+
+    def revoke(self, token_id: str) -> TokenInfo:
+        """Revoke the API token whose id (:class:`TokenInfo`) is ``token_id``."""
+        token_id = token_id.lower()
+        if len(token_id) != TOKEN_ID_CHARS or any(c not in "0123456789abcdef" for c in token_id):
+            raise AuthError(
+                f"a token id is {TOKEN_ID_CHARS} hex digits, as GET /api/auth/api-tokens lists them"
+            )
+        with self.repo.transaction() as s:
+            rows = list(
+                s.scalars(
+                    select(ApiToken).where(
+                        ApiToken.token_hash.startswith(token_id), ApiToken.expires_ts.is_(None)
+                    )
+                )
+            )
+            if len(rows) != 1:
+                raise AuthError(
+                    f"no API token {token_id}" if not rows else f"token id {token_id} is ambiguous"
+                )
+            info = TokenInfo(token_id, rows[0].username, rows[0].name, rows[0].created_ts)
+            s.delete(rows[0])
+        return info
 
     def all(self) -> list[User]:
         with self.repo.transaction() as s:
             return list(s.scalars(select(User).order_by(User.username)))
 
-    def login(self, username: str, password: str) -> tuple[str, float, str]:
-        """A session token, its expiry and the role; AuthError for wrong credentials."""
+    def login(self, username: str, password: str, client: str = "") -> tuple[str, float, str]:
+        """A session token, its expiry and the role; AuthError for wrong credentials, LoginThrottled
+        (before the password is checked) after too many failures for this user from ``client``."""
+        wait = self.throttle.wait_s(username, client)
+        if wait > 0:
+            raise LoginThrottled(wait)
         with self.repo.transaction() as s:
             user = s.get(User, username)
         if user is None or not verify_password(password, user.password_hash):
+            self.throttle.failed(username, client)
             raise AuthError("wrong user name or password")
+        self.throttle.succeeded(username, client)
         expires = self.clock() + self.token_ttl_s
         return self._issue(username, "session", expires), expires, user.role
 

@@ -1,4 +1,4 @@
-"""``fabpm cloud ...``: run a worker, make signing keys, migrate the database, add users.
+"""``fabpm cloud ...``: run a worker, make signing keys, migrate the database, manage users.
 
 ::
 
@@ -7,6 +7,7 @@
     fabpm cloud migrate --config cloud.toml       bring the database schema up to date
     fabpm cloud user add --config cloud.toml --username NAME --role viewer|operator|admin
                                                   (password from FABPM_CLOUD_PASSWORD or stdin)
+    fabpm cloud user remove --config cloud.toml --username NAME     (and every token of theirs)
     fabpm cloud model register --config cloud.toml --artifact M.onnx [--checkpoint FULL.pt]
         [--edge-checkpoint EDGE.pt] [--active]
                                                   record a signed release made outside a learning
@@ -51,6 +52,9 @@ def main(argv: list[str]) -> int:
     p_add.add_argument("--config")
     p_add.add_argument("--username", required=True)
     p_add.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    p_rm = user_sub.add_parser("remove", help="remove a user and every token of theirs")
+    p_rm.add_argument("--config")
+    p_rm.add_argument("--username", required=True)
     p_model = sub.add_parser("model", help="the model registry")
     model_sub = p_model.add_subparsers(dest="model_cmd", required=True)
     p_reg = model_sub.add_parser("register", help="verify and record a signed release")
@@ -90,12 +94,19 @@ def main(argv: list[str]) -> int:
             return _register(cfg, Repo(engine), ns)
         from cloud.auth import Users
 
+        users = Users(Repo(engine), cfg.api.auth.token_ttl_s, cfg.api.auth.scrypt_n)
+        if ns.user_cmd == "remove":
+            try:
+                users.remove(ns.username)
+            except AuthError as exc:
+                raise CloudError(str(exc)) from exc
+            print(f"user {ns.username} removed, with every token of theirs")
+            return 0
         password = os.environ.get("FABPM_CLOUD_PASSWORD")
         if password is None:
             password = (
                 getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
             )
-        users = Users(Repo(engine), cfg.api.auth.token_ttl_s, cfg.api.auth.scrypt_n)
         try:
             users.add(ns.username, password, ns.role)
         except AuthError as exc:

@@ -89,6 +89,20 @@ class ServingConfig(StrictModel):
 class AuthConfig(StrictModel):
     token_ttl_s: int = Field(default=12 * 3600, ge=60)
     scrypt_n: int = Field(default=2**14, ge=2)  # hashlib.scrypt cost; tests lower it
+    # Failed logins per user name and client (cloud/login_throttle.py): this many are free, then
+    # each attempt waits lockout_s, doubling per failure up to lockout_max_s.
+    login_free_failures: int = Field(default=5, ge=1)
+    login_lockout_s: float = Field(default=30.0, gt=0)
+    login_lockout_max_s: float = Field(default=900.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lockout_order(self) -> AuthConfig:
+        if self.login_lockout_max_s < self.login_lockout_s:
+            raise ValueError(
+                f"login_lockout_max_s ({self.login_lockout_max_s}) must be ≥ "
+                f"login_lockout_s ({self.login_lockout_s})"
+            )
+        return self
 
 
 class ApiConfig(StrictModel):

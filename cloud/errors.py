@@ -9,6 +9,7 @@
         ├── QueueFullError      the verdict batcher's bounded queue is full (overflow policy: reject)
         ├── ModelError          no full model to serve, or a checkpoint that does not load
         ├── AuthError           bad credentials or a token that expired
+        │   └── LoginThrottled  too many failed logins from one client for one user: wait
         ├── RegistryError       a model that does not verify, or an unknown version
         ├── RolloutError        a rollout that cannot start or continue
         └── LearningError       an incremental-learning step failed; the round records which
@@ -41,6 +42,14 @@ class ModelError(CloudError):
 
 class AuthError(CloudError):
     """Wrong user name or password, an unknown token, or an expired one."""
+
+
+class LoginThrottled(AuthError):
+    """Too many failed logins for this user from this client; ``retry_after_s`` says how long."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"too many failed logins: try again in {retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s
 
 
 class RegistryError(CloudError):

@@ -28,6 +28,7 @@ from cloud.config import CloudConfig
 from cloud.errors import BrokerError, CloudError, ModelError, StorageError
 from cloud.ingest import Ingestor
 from cloud.learning import Learner, Pipeline
+from cloud.login_throttle import LoginThrottle
 from cloud.metrics import CloudMetrics
 from cloud.mqtt import MqttLink, drain_session
 from cloud.receipts import Receipts
@@ -55,7 +56,9 @@ class CloudService:
         self.metrics = CloudMetrics()
         self.engine = make_engine(cfg.storage.url, cfg.storage.echo, cfg.storage.pool_size)
         self.repo = Repo(self.engine, clock)
-        self.users = Users(self.repo, cfg.api.auth.token_ttl_s, cfg.api.auth.scrypt_n, clock)
+        auth = cfg.api.auth
+        throttle = LoginThrottle(auth.login_free_failures, auth.login_lockout_s, auth.login_lockout_max_s)
+        self.users = Users(self.repo, auth.token_ttl_s, auth.scrypt_n, clock, throttle)
         self.registry = Registry(self.repo, cfg.registry, clock)
         self.receipts = Receipts(self._publish)
         self.ingest = Ingestor(

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import free_port
 
@@ -154,7 +155,11 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             assert "no decision within 600 s" in expired.inner_text()
             assert expired.locator("button").count() == 0, "an expired proposal cannot be approved"
 
+            token = page.evaluate("sessionStorage.getItem('fabpm-token')")
             page.click("#logout")
+            # Signing out ends the session on the server too: the token no longer opens anything.
+            me = f"{base}/api/me"
+            _until(lambda: httpx.get(me, headers={"Authorization": f"Bearer {token}"}).status_code == 401)
             _sign_in(page, base, "vic")
             page.click("#tabs button[data-tab=cases]")
             page.select_option("#case-filter", "all")

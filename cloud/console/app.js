@@ -253,6 +253,9 @@ function show() {
 }
 
 function logout() {
+  // End the session on the server too (best effort: a token left there would stay valid until it
+  // expires); the page forgets it at once either way.
+  if (state.token) fetch("/api/auth/logout", { method: "POST", headers: { Authorization: `Bearer ${state.token}` } }).catch(() => {});
   state.token = null; state.role = null;
   sessionStorage.removeItem("fabpm-token"); sessionStorage.removeItem("fabpm-role");
   show();

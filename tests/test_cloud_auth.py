@@ -1,0 +1,187 @@
+"""Users and tokens: revocation (sign out, password change, removal, API tokens), the last admin
+kept, and failed logins slowed down per user and client; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from conftest import free_port
+from fastapi import FastAPI
+
+from cloud.api import ApiContext, create_app
+from cloud.auth import Users
+from cloud.config import RegistryConfig, RolloutConfig
+from cloud.errors import AuthError, LoginThrottled
+from cloud.login_throttle import LoginThrottle
+from cloud.metrics import CloudMetrics
+from cloud.registry import Registry
+from cloud.rollout import RolloutManager
+from cloud.storage import Repo
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[httpx.Client]:
+    """``app`` on a free port of 127.0.0.1 (real HTTP: the client address is the throttle's key)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
+        time.sleep(0.02)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _users(repo: Repo, clock: Clock | None = None, **throttle: float) -> Users:
+    tick = clock or Clock()
+    return Users(repo, 3600, 2**4, tick, LoginThrottle(clock=tick, **throttle))  # type: ignore[arg-type]
+
+
+def test_the_throttle_waits_after_the_free_failures_doubling_per_user_and_client():
+    clock = Clock()
+    th = LoginThrottle(free=3, base_s=10, max_s=35, max_entries=2, clock=clock)
+    for _ in range(2):
+        th.failed("ada", "10.0.0.9")
+    assert th.wait_s("ada", "10.0.0.9") == 0  # two of three free
+    th.failed("ada", "10.0.0.9")
+    assert th.wait_s("ada", "10.0.0.9") == 10
+    assert th.wait_s("ada", "10.0.0.1") == 0, "another client is not locked out"
+    clock.t += 10
+    th.failed("ada", "10.0.0.9")
+    assert th.wait_s("ada", "10.0.0.9") == 20
+    th.failed("ada", "10.0.0.9")
+    th.failed("ada", "10.0.0.9")
+    assert th.wait_s("ada", "10.0.0.9") == 35  # capped
+    th.succeeded("ada", "10.0.0.9")
+    assert th.wait_s("ada", "10.0.0.9") == 0
+    for name in ("bob", "cy"):  # ada's key was cleared: two keys, both waiting
+        for _ in range(3):
+            th.failed(name, "a")
+    assert th.wait_s("bob", "a") == 10 and th.wait_s("cy", "a") == 10
+    th.failed("dee", "a")  # bounded memory: a third key pushes out the stalest
+    assert th.wait_s("bob", "a") == 0 and th.wait_s("cy", "a") == 10
+    with pytest.raises(ValueError):
+        LoginThrottle(base_s=60, max_s=30)
+
+
+def test_logins_are_refused_before_the_password_is_checked_while_throttled(repo: Repo):
+    clock = Clock()
+    users = _users(repo, clock, free=2, base_s=30)
+    users.add("ada", "ada-password", "admin")
+    for _ in range(2):
+        with pytest.raises(AuthError, match="wrong"):
+            users.login("ada", "guess", "10.0.0.9")
+    with pytest.raises(LoginThrottled) as caught:
+        users.login("ada", "ada-password", "10.0.0.9")  # even the right password waits
+    assert caught.value.retry_after_s == 30
+    assert users.login("ada", "ada-password", "10.0.0.1")[2] == "admin"  # ada, from her own desk
+    clock.t += 30
+    token, _expires, _role = users.login("ada", "ada-password", "10.0.0.9")
+    assert users.resolve(token).username == "ada"
+
+
+def test_sign_out_password_change_and_removal_revoke_tokens_and_the_last_admin_stays(repo: Repo):
+    users = _users(repo)
+    users.add("ada", "ada-password", "admin")
+    users.add("olga", "olga-password", "operator")
+    session, _, _ = users.login("olga", "olga-password")
+    users.logout(session)
+    with pytest.raises(AuthError, match="unknown token"):
+        users.resolve(session)
+
+    session, _, _ = users.login("olga", "olga-password")
+    script = users.api_token("olga", "dashboard")
+    users.add("olga", "new-password-1", "operator")  # a password reset ends her sessions …
+    with pytest.raises(AuthError):
+        users.resolve(session)
+    assert users.resolve(script).username == "olga"  # … not the API tokens an admin issued
+    (listed,) = users.tokens()
+    assert listed.username == "olga" and listed.name == "dashboard" and script not in str(listed)
+    assert users.revoke(listed.token_id.upper()).name == "dashboard"
+    with pytest.raises(AuthError):
+        users.resolve(script)
+    with pytest.raises(AuthError, match="12 hex digits"):
+        users.revoke("nope")
+    with pytest.raises(AuthError, match="no API token"):
+        users.revoke(listed.token_id)
+
+    script = users.api_token("olga", "dashboard")
+    session, _, _ = users.login("olga", "new-password-1")
+    users.remove("olga")
+    for token in (script, session):
+        with pytest.raises(AuthError):
+            users.resolve(token)
+    with pytest.raises(AuthError, match="no user"):
+        users.remove("olga")
+    with pytest.raises(AuthError, match="last admin"):
+        users.remove("ada")
+    with pytest.raises(AuthError, match="last admin"):
+        users.add("ada", "ada-password", "viewer")
+    users.add("bea", "bea-password", "admin")
+    users.add("ada", "ada-password", "viewer")  # another admin exists now
+    with pytest.raises(AuthError, match="last admin"):
+        users.remove("bea")
+
+
+def test_the_api_signs_out_removes_users_lists_and_revokes_tokens_and_answers_429(repo: Repo, tmp_path: Path):
+    users = _users(repo, free=2, base_s=30)
+    registry = Registry(
+        repo, RegistryConfig(dir=tmp_path / "m", private_key=tmp_path / "k", public_key=tmp_path / "p")
+    )
+    rollout = RolloutManager(repo, registry, lambda *_: None, RolloutConfig(), CloudMetrics())
+    ctx = ApiContext(repo, users, registry, rollout, lambda *_: None, CloudMetrics())
+    users.add("ada", "ada-password", "admin")
+    users.add("vic", "vic-password", "viewer")
+    with serve(create_app(ctx)) as client:
+
+        def sign_in(name: str) -> dict[str, str]:
+            r = client.post("/api/auth/token", json={"username": name, "password": f"{name}-password"})
+            assert r.status_code == 200, r.text
+            return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+        admin, viewer = sign_in("ada"), sign_in("vic")
+        assert client.post("/api/auth/logout", headers=viewer).status_code == 200
+        assert client.get("/api/me", headers=viewer).status_code == 401, "signed out means the token is gone"
+
+        token = client.post("/api/auth/api-tokens", json={"name": "grafana"}, headers=admin).json()["token"]
+        (listed,) = client.get("/api/auth/api-tokens", headers=admin).json()
+        assert listed["name"] == "grafana" and listed["username"] == "ada" and token not in str(listed)
+        viewer = sign_in("vic")
+        assert client.get("/api/auth/api-tokens", headers=viewer).status_code == 403
+        assert client.delete(f"/api/auth/api-tokens/{listed['token_id']}", headers=viewer).status_code == 403
+        assert client.delete(f"/api/auth/api-tokens/{listed['token_id']}", headers=admin).status_code == 200
+        assert client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+        assert client.delete(f"/api/auth/api-tokens/{listed['token_id']}", headers=admin).status_code == 404
+
+        assert client.delete("/api/users/vic", headers=viewer).status_code == 403
+        assert client.delete("/api/users/vic", headers=admin).json() == {"removed": "vic"}
+        assert client.get("/api/me", headers=viewer).status_code == 401
+        assert client.delete("/api/users/vic", headers=admin).status_code == 404
+        assert client.delete("/api/users/ada", headers=admin).status_code == 409  # the last admin
+
+        for _ in range(2):
+            wrong = client.post("/api/auth/token", json={"username": "ada", "password": "guess-guess"})
+            assert wrong.status_code == 401
+        locked = client.post("/api/auth/token", json={"username": "ada", "password": "ada-password"})
+        assert locked.status_code == 429 and locked.headers["Retry-After"] == "30", locked.text
