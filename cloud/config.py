@@ -109,8 +109,24 @@ class ApiConfig(StrictModel):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    public_url: str = ""  # where edges fetch artifacts over 2 MB; empty: http://host:port
+    # Where edges fetch artifacts over registry.inline_max_bytes; edges take https:// only. Empty:
+    # https://host:port with TLS below, http://host:port without (inline artifacts only, then).
+    public_url: str = ""
+    # HTTPS for the console and the API (PEM files; both or neither). Without them, on an address
+    # other than loopback, passwords and tokens cross the network in clear: the worker warns.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     auth: AuthConfig = AuthConfig()
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert_file is not None else "http"
 
 
 class RegistryConfig(StrictModel):

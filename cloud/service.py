@@ -9,6 +9,7 @@ learning triggers (time interval, count of new labels). ``fabpm cloud run`` is :
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import signal
 import threading
@@ -42,6 +43,13 @@ from cloud.verdicts import VerdictService
 _logger = logging.getLogger(__name__)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class CloudService:
     """A cloud worker. ``pipeline`` overrides the training pipeline (tests inject small ones)."""
 
@@ -71,7 +79,7 @@ class CloudService:
         )
         self.link = MqttLink(cfg.mqtt, handler=self.ingest.handle)
         self.roster = Roster(self.repo, self.link.client_id, cfg.mqtt.share_group, clock)
-        public_url = cfg.api.public_url or f"http://{cfg.api.host}:{cfg.api.port}"
+        public_url = cfg.api.public_url or f"{cfg.api.scheme}://{cfg.api.host}:{cfg.api.port}"
         self.rollout = RolloutManager(
             self.repo, self.registry, self._publish, cfg.rollout, self.metrics, public_url, clock
         )
@@ -307,9 +315,7 @@ class CloudService:
         self._start_learning()
         self.scheduler.start()
         if self.cfg.api.enabled:
-            self._server = uvicorn.Server(
-                uvicorn.Config(self.app, host=self.cfg.api.host, port=self.cfg.api.port, log_level="warning")
-            )
+            self._server = uvicorn.Server(self._api_server_config())
             t = threading.Thread(target=self._server.run, name="api", daemon=True)
             t.start()
             self._threads.append(t)
@@ -318,7 +324,27 @@ class CloudService:
                 time.sleep(0.02)
             if not self._server.started:
                 raise CloudError(f"API did not start on {self.cfg.api.host}:{self.cfg.api.port}")
-            _logger.info("API and console on http://%s:%s/", self.cfg.api.host, self.cfg.api.port)
+            _logger.info(
+                "API and console on %s://%s:%s/", self.cfg.api.scheme, self.cfg.api.host, self.cfg.api.port
+            )
+
+    def _api_server_config(self) -> uvicorn.Config:
+        """uvicorn's settings: HTTPS when the config names a certificate (checked here, so that a
+        missing file is one clear error, not an API thread that dies)."""
+        api = self.cfg.api
+        tls: dict[str, str] = {}
+        if api.tls_cert_file is not None and api.tls_key_file is not None:
+            for name, path in (("tls_cert_file", api.tls_cert_file), ("tls_key_file", api.tls_key_file)):
+                if not path.is_file():
+                    raise CloudError(f"api.{name}: {path} is not a file")
+            tls = {"ssl_certfile": str(api.tls_cert_file), "ssl_keyfile": str(api.tls_key_file)}
+        elif not _loopback(api.host):
+            _logger.warning(
+                "the console and API listen on %s without TLS: passwords and tokens cross the network "
+                "in clear; set api.tls_cert_file and api.tls_key_file, or put an HTTPS proxy in front",
+                api.host,
+            )
+        return uvicorn.Config(self.app, host=api.host, port=api.port, log_level="warning", **tls)  # type: ignore[arg-type]
 
     def stop(self) -> None:
         if self._server is not None:

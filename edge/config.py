@@ -150,6 +150,9 @@ class ModelsConfig(StrictModel):
     intra_op_threads: int = Field(default=1, ge=1, le=64)
     max_artifact_mb: float = Field(default=64.0, gt=0)
     download_timeout_s: float = Field(default=30.0, gt=0)
+    # The CA that signed the cloud's HTTPS certificate, for artifacts fetched by URL (the plant's
+    # PKI); None: the system's CAs.
+    download_ca_file: Path | None = None
     check_windows: int = Field(default=32, ge=1, le=4096)  # recent windows an update is checked on
     # Mean absolute difference of failure probabilities allowed between the new and running model.
     max_disagreement: float = Field(default=0.5, gt=0, le=1)

@@ -28,6 +28,7 @@ import base64
 import hashlib
 import json
 import logging
+import ssl
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -217,7 +218,10 @@ class Updater:
         if not url.startswith(("https://", "file://")):
             raise UpdateRejected(f"artifact URL must be https:// or file://, got {url[:40]!r}")
         try:
-            with urllib.request.urlopen(url, timeout=self.cfg.download_timeout_s) as resp:
+            context = ssl.create_default_context(
+                cafile=str(self.cfg.download_ca_file) if self.cfg.download_ca_file else None
+            )
+            with urllib.request.urlopen(url, timeout=self.cfg.download_timeout_s, context=context) as resp:
                 data = resp.read(max_bytes + 1)
         except (OSError, ValueError) as exc:
             raise UpdateRejected(f"cannot fetch {url}: {exc}") from exc

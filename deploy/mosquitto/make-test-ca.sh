@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make a throw-away CA, a broker certificate (for localhost, 127.0.0.1 and the compose name
-# "broker") and one client certificate per name given (CN = the name: an edge id or cloud-N).
+# "broker"), a console certificate (HTTPS of the cloud workers: localhost, 127.0.0.1, cloud-1,
+# cloud-2) and one client certificate per name given (CN = the name: an edge id or cloud-N).
 # For tests and trials only; production uses the plant's PKI.
 #   deploy/mosquitto/make-test-ca.sh OUT_DIR edge-1 cloud-1 cloud-2
 set -euo pipefail
@@ -23,8 +24,11 @@ sign() {  # name, extensions file
 }
 printf 'subjectAltName=DNS:localhost,DNS:broker,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > broker.ext
 sign broker broker.ext
+# The console and API (HTTPS) of the compose file's workers, and of a worker on this host.
+printf 'subjectAltName=DNS:localhost,DNS:cloud-1,DNS:cloud-2,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > console.ext
+sign console console.ext
 for name in "$@"; do
   printf 'extendedKeyUsage=clientAuth\n' > "$name.ext"
   sign "$name" "$name.ext"
 done
-echo "CA, broker and client certificates ($*) in $out"
+echo "CA, broker, console and client certificates ($*) in $out"
