@@ -46,6 +46,7 @@ def service(mosquitto, tmp_path: Path) -> Iterator[CloudService]:
     svc.start()
     svc.users.add("olga", "olga-password", "operator")
     svc.users.add("vic", "vic-password", "viewer")
+    svc.users.add("ada", "ada-password", "admin")
     yield svc
     svc.stop()
 
@@ -173,5 +174,30 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             assert "in their units" in page.locator("#case-detail .says").inner_text()
             sensors = len(tool_type("plasma_etch").sensor_names)
             assert page.locator("#case-detail figure").count() == sensors + 1  # + processing
+            assert not page.locator("#tabs button[data-tab=users]").is_visible()  # admins only
+
+            # An admin adds a user, issues and revokes an API token, and removes the user.
+            page.click("#logout")
+            _sign_in(page, base, "ada")
+            page.click("#tabs button[data-tab=users]")
+            page.wait_for_selector("#users td:has-text('olga')")
+            page.fill("#user-form input[name=username]", "neo")
+            page.select_option("#user-form select[name=role]", "operator")
+            page.fill("#user-form input[name=password]", "neo-password")
+            page.click("#user-form button[type=submit]")
+            page.wait_for_selector("#users tr:has-text('neo'):has-text('operator')")
+            page.fill("#token-form input[name=name]", "grafana")
+            page.click("#token-form button[type=submit]")
+            page.wait_for_selector("#new-token:has-text('grafana')")
+            shown = page.locator("#new-token").inner_text().rsplit(" ", 1)[-1]
+            assert service.users.resolve(shown).username == "ada"
+            page.click("#api-tokens tr:has-text('grafana') button:has-text('Revoke')")
+            page.wait_for_selector("#api-tokens tr:has-text('grafana')", state="detached")
+            assert service.users.tokens() == []
+            page.once("dialog", lambda d: d.accept())
+            page.click("#users tr:has-text('neo') button:has-text('Remove')")
+            page.wait_for_selector("#users tr:has-text('neo')", state="detached")
+            assert [u.username for u in service.users.all()] == ["ada", "olga", "vic"]
+            assert page.locator("#users tr:has-text('ada') button").count() == 0  # not oneself
         finally:
             browser.close()

@@ -35,6 +35,7 @@ async function api(path, options = {}) {
   return body;
 }
 const post = (path, body = {}) => api(path, { method: "POST", body: JSON.stringify(body) });
+const del = (path) => api(path, { method: "DELETE" });
 
 function fill(tbody, rows, render) {
   tbody.replaceChildren(...rows.map((r) => { const tr = document.createElement("tr"); render(r, tr); return tr; }));
@@ -118,6 +119,24 @@ const RENDER = {
       const last = (t.history || []).at(-1) || {};  // why it is where it is: expired, refused, who decided
       const why = [last.reason || t.reason, last.actor && last.actor !== "edge" ? `by ${last.actor}` : ""].filter(Boolean).join(", ");
       tr.append(cell(fmtTime(t.updated_ts)), cell(t.tool_id), cell(kv(t.setpoints)), cell(kv(t.previous)), cell(kv(t.expected)), cell(t.status), cell(why), actions);
+    });
+  },
+  async users() {
+    const [users, tokens] = await Promise.all([api("/api/users"), api("/api/auth/api-tokens")]);
+    const me = sessionStorage.getItem("fabpm-user");
+    fill($("#users tbody"), users, (u, tr) => {
+      const actions = cell("");
+      if (u.username !== me) {
+        actions.append(button("Remove", () => {
+          if (confirm(`Remove ${u.username} and every token of theirs?`)) act(del(`/api/users/${encodeURIComponent(u.username)}`));
+        }));
+      }
+      tr.append(cell(u.username), cell(u.role), cell(fmtTime(u.created_ts)), actions);
+    });
+    fill($("#api-tokens tbody"), tokens, (t, tr) => {
+      const actions = cell("");
+      actions.append(button("Revoke", () => act(del(`/api/auth/api-tokens/${t.token_id}`))));
+      tr.append(cell(t.token_id), cell(t.username), cell(t.name), cell(fmtTime(t.created_ts)), actions);
     });
   },
   async learning() {
@@ -256,7 +275,7 @@ function logout() {
   // End the session on the server too (best effort: a token left there would stay valid until it
   // expires); the page forgets it at once either way.
   if (state.token) fetch("/api/auth/logout", { method: "POST", headers: { Authorization: `Bearer ${state.token}` } }).catch(() => {});
-  state.token = null; state.role = null;
+  state.token = null; state.role = null; state.tab = "fleet";  // the next user may not see this tab
   sessionStorage.removeItem("fabpm-token"); sessionStorage.removeItem("fabpm-role");
   show();
 }
@@ -281,6 +300,24 @@ $("#tabs").addEventListener("click", (ev) => {
 });
 $("#case-filter").addEventListener("change", refresh);
 $("#new-round").addEventListener("click", () => act(post("/api/learning/rounds")));
+$("#user-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const form = new FormData(ev.target);
+  act(post("/api/users", { username: form.get("username"), role: form.get("role"), password: form.get("password") })
+    .then(() => ev.target.reset()));
+});
+$("#token-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const form = new FormData(ev.target);
+  try {
+    const res = await post("/api/auth/api-tokens", { name: form.get("name") });
+    const shown = $("#new-token");  // the only time the token is shown: the cloud keeps its hash
+    shown.textContent = `Token "${res.name}" (copy it now, it is not shown again): ${res.token}`;
+    shown.hidden = false;
+    ev.target.reset();
+    await refresh();
+  } catch (err) { setStatus(err.message, true); }
+});
 
 show();
 refresh();
