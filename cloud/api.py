@@ -37,7 +37,17 @@ from cloud.learning import Learner
 from cloud.metrics import CloudMetrics
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
-from cloud.storage.models import AlertRow, Case, DeadLetter, Edge, SeenMessage, Tool, TuningRow, WorkerSession
+from cloud.storage.models import (
+    AlertRow,
+    Case,
+    DeadLetter,
+    Edge,
+    NotificationRow,
+    SeenMessage,
+    Tool,
+    TuningRow,
+    WorkerSession,
+)
 from cloud.storage.repo import Repo
 from shared.equipment import type_modes
 from shared.messages import Tuning
@@ -252,6 +262,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
             return _row(alert)
 
     # ---- cases and labels ------------------------------------------------------------------
+    @app.get("/api/notifications", tags=["alerts"])
+    def notifications(
+        _who: Operator, limit: Annotated[int, Query(ge=1, le=1000)] = 200
+    ) -> list[dict[str, Any]]:
+        """The newest alert notifications to webhooks (cloud/notify.py): pending, delivered, failed
+        after their attempts, or dropped when a target's queue overflowed, with the last error."""
+        with ctx.repo.transaction() as s:
+            rows = s.scalars(select(NotificationRow).order_by(NotificationRow.id.desc()).limit(limit))
+            return [_row(r, exclude=("payload",)) for r in rows]
+
     @app.get("/api/cases", tags=["cases"])
     def cases(
         _who: Viewer,

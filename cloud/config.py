@@ -179,6 +179,40 @@ class LearningConfig(StrictModel):
     warm_start_edge: bool = False
 
 
+class WebhookConfig(StrictModel):
+    """One place alerts are POSTed to (cloud/notify.py): a Teams, Slack or MES endpoint."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str = Field(pattern=r"^https?://")
+    # The environment variable holding the HMAC key (never the key itself: configs live in repos).
+    secret_env: str | None = None
+    min_probability: float = Field(default=0.0, ge=0, le=1)  # quieter targets see only high risks
+    sites: list[str] = Field(default_factory=list)  # empty: every site
+
+
+class NotifyConfig(StrictModel):
+    """Alerts to webhooks, at least once: queued in the database, retried with back-off."""
+
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    interval_s: float = Field(default=5.0, gt=0)  # how often the queue is looked at
+    timeout_s: float = Field(default=5.0, gt=0)  # per POST
+    max_attempts: int = Field(default=10, ge=1)  # then the notification is marked failed
+    backoff_s: float = Field(default=10.0, gt=0)  # after the first failure, doubling per attempt …
+    backoff_max_s: float = Field(default=900.0, gt=0)  # … up to this
+    lookback_h: float = Field(default=1.0, gt=0)  # alerts stored earlier are not sent (a new target)
+    max_pending: int = Field(default=10_000, ge=1)  # per target; overflow: the oldest are dropped
+    keep_days: float = Field(default=7.0, gt=0)  # delivered/failed/dropped rows are kept this long
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> NotifyConfig:
+        names = [w.name for w in self.webhooks]
+        if len(names) != len(set(names)):
+            raise ValueError(f"webhook names must be unique: {names}")
+        if self.backoff_max_s < self.backoff_s:
+            raise ValueError("backoff_max_s must be ≥ backoff_s")
+        return self
+
+
 class CloudConfig(StrictModel):
     """Everything ``fabpm cloud run`` needs."""
 
@@ -189,6 +223,7 @@ class CloudConfig(StrictModel):
     registry: RegistryConfig = RegistryConfig()
     rollout: RolloutConfig = RolloutConfig()
     learning: LearningConfig = LearningConfig()
+    notify: NotifyConfig = NotifyConfig()
     horizon_h: float = Field(default=72.0, gt=0)  # labels: failed within this many hours
 
 

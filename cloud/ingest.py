@@ -191,6 +191,7 @@ class Ingestor:
                     model_version=msg.model_version,
                     episode_start_ts=msg.episode_start_ts,
                     ts=msg.ts,
+                    received_ts=now,
                 )
             )
             return None

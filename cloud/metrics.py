@@ -42,6 +42,12 @@ class CloudMetrics:
         self.sessions_adopted = Counter(
             "fabpm_cloud_sessions_adopted", "MQTT sessions of gone workers drained and ended", registry=r
         )
+        self.notifications = Counter(
+            "fabpm_cloud_notifications",
+            "webhook notification attempts by target and outcome (delivered, retry, failed, dropped)",
+            ["target", "outcome"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -32,6 +32,8 @@ from cloud.learning import Learner, Pipeline
 from cloud.login_throttle import LoginThrottle
 from cloud.metrics import CloudMetrics
 from cloud.mqtt import MqttLink, drain_session
+from cloud.notify import LEASE as NOTIFY_LEASE
+from cloud.notify import Notifier
 from cloud.receipts import Receipts
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
@@ -92,6 +94,12 @@ class CloudService:
         self._stopping = threading.Event()  # ends an adoption's drain early (the session stays)
         self._server: uvicorn.Server | None = None
         self._threads: list[threading.Thread] = []
+        # Alerts to webhooks: every worker ticks, the one holding the lease sends.
+        self.notifier = (
+            Notifier(self.repo, cfg.notify, self.link.client_id, self.metrics, clock=clock)
+            if cfg.notify.webhooks
+            else None
+        )
         self.api_ctx = ApiContext(
             self.repo,
             self.users,
@@ -310,6 +318,11 @@ class CloudService:
         self.scheduler.add_job(
             self._prune_risk, "interval", hours=1, id="prune-risk", max_instances=1, next_run_time=now
         )
+        if self.notifier is not None:
+            every_s = self.cfg.notify.interval_s
+            self.scheduler.add_job(
+                self.notifier.tick, "interval", seconds=every_s, id="notify", max_instances=1
+            )
         # Receipts go out twice a second: an edge waiting for them holds its rows that long more.
         self.scheduler.add_job(self.receipts.flush, "interval", seconds=0.5, id="receipts", max_instances=1)
         self._start_learning()
@@ -361,6 +374,9 @@ class CloudService:
                 self.roster.left()
         if self.verdicts is not None:
             self.verdicts.stop()
+        if self.notifier is not None:  # another worker sends from its next tick, not a lease later
+            with contextlib.suppress(StorageError):
+                self.repo.release_lease(NOTIFY_LEASE, self.notifier.owner)
         for t in self._threads:
             t.join(timeout=10)
         self.engine.dispose()

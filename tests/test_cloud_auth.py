@@ -161,6 +161,8 @@ def test_the_api_signs_out_removes_users_lists_and_revokes_tokens_and_answers_42
             return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
         admin, viewer = sign_in("ada"), sign_in("vic")
+        assert client.get("/api/notifications", headers=admin).json() == []  # none configured
+        assert client.get("/api/notifications", headers=viewer).status_code == 403
         assert client.post("/api/auth/logout", headers=viewer).status_code == 200
         assert client.get("/api/me", headers=viewer).status_code == 401, "signed out means the token is gone"
 

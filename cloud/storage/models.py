@@ -9,7 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -76,6 +87,8 @@ class AlertRow(Base):
     episode_start_ts: Mapped[float] = mapped_column(Float)
     ts: Mapped[float] = mapped_column(Float, index=True)
     acknowledged_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # When the cloud stored it (ts is the edge's); None for alerts stored before migration 0006.
+    received_ts: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
 
 
 class Case(Base):
@@ -258,3 +271,25 @@ class RiskPoint(Base):
     risk: Mapped[dict[str, Any]] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_risk_points_tool_ts", "tool_id", "ts"),)
+
+
+class NotificationRow(Base):
+    """One alert for one webhook target (:mod:`cloud.notify`): pending until the target answers
+    2xx (delivered), or until the attempts run out or the pending queue overflows (failed,
+    dropped). Unique per (target, alert): an alert is queued once per target."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("target", "alert_id", name="uq_notifications_target_alert"),
+        Index("ix_notifications_status_next", "status", "next_ts"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    target: Mapped[str] = mapped_column(String(128))
+    alert_id: Mapped[str] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # pending/delivered/failed/dropped
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_ts: Mapped[float] = mapped_column(Float)
+    last_error: Mapped[str] = mapped_column(Text)
+    created_ts: Mapped[float] = mapped_column(Float)
+    done_ts: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -1,0 +1,262 @@
+"""Alerts to webhooks (Teams, Slack, an MES endpoint), at least once.
+
+Each tick, under the ``notify`` lease (one worker at a time sends; another takes over when it
+dies), the notifier:
+
+1. queues every alert the cloud stored within ``lookback_h`` that a target has not got yet (one
+   row per target and alert in ``notifications``; the alerts table is the source, so an alert
+   stored just before a crash is still queued after it, and a target added later does not get
+   old history);
+2. POSTs the pending rows that are due, oldest first, each with a timeout. A 2xx answer marks the
+   row delivered. Anything else is retried after ``backoff_s``, doubling up to ``backoff_max_s``,
+   until ``max_attempts``; then it is marked failed and logged;
+3. bounds the queue: beyond ``max_pending`` pending rows for a target, the oldest are marked
+   dropped (overflow policy: the newest alerts matter most to someone reading them now), and rows
+   done for ``keep_days`` are deleted.
+
+At least once: a worker that dies between a target's 2xx and its commit sends that alert again;
+receivers de-duplicate by ``notification_id`` (in the body). With a secret (from the environment
+variable the config names), ``X-Fabpm-Signature: sha256=<hex HMAC of the body>`` lets the
+receiver check that the body came from this cloud. The body carries ``text`` (Teams and Slack
+show it) and the alert's fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+
+from cloud.config import NotifyConfig, WebhookConfig
+from cloud.errors import StorageError
+from cloud.metrics import CloudMetrics
+from cloud.storage.models import AlertRow, NotificationRow
+from cloud.storage.repo import Repo
+
+_logger = logging.getLogger(__name__)
+LEASE = "notify"
+Post = Callable[[str, bytes, dict[str, str], float], int]  # (url, body, headers, timeout) → status
+
+
+def http_post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
+    """POST ``body``; the HTTP status (an HTTP error's too); OSError when nothing answered."""
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def text_of(alert: AlertRow) -> str:
+    rul = f", RUL {alert.rul_h:.0f} h" if alert.rul_h is not None else ""
+    if alert.rul_h is not None and alert.rul_std_h is not None:
+        rul += f" ± {alert.rul_std_h:.0f}"
+    return (
+        f"fabpm alert: {alert.tool_id} ({alert.site}) may fail by {alert.mode}, risk {alert.probability:.2f}"
+        f"{rul} (edge {alert.edge_id}, model {alert.model_version})"
+    )
+
+
+def payload_of(alert: AlertRow) -> dict[str, Any]:
+    return {
+        "kind": "alert",
+        "text": text_of(alert),
+        "alert": {
+            "msg_id": alert.msg_id,
+            "site": alert.site,
+            "edge_id": alert.edge_id,
+            "tool_id": alert.tool_id,
+            "mode": alert.mode,
+            "probability": alert.probability,
+            "rul_h": alert.rul_h,
+            "rul_std_h": alert.rul_std_h,
+            "model_version": alert.model_version,
+            "ts": alert.ts,
+            "episode_start_ts": alert.episode_start_ts,
+        },
+    }
+
+
+class Notifier:
+    def __init__(
+        self,
+        repo: Repo,
+        cfg: NotifyConfig,
+        owner: str,
+        metrics: CloudMetrics,
+        post: Post = http_post,
+        clock: Callable[[], float] = time.time,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.cfg = cfg
+        self.owner = owner
+        self.metrics = metrics
+        self.post = post
+        self.clock = clock
+        self.targets = {w.name: w for w in cfg.webhooks}
+        environ = os.environ if env is None else env
+        self.secrets: dict[str, bytes] = {}
+        for w in cfg.webhooks:
+            if w.secret_env is not None:
+                if not environ.get(w.secret_env):
+                    raise ValueError(
+                        f"notify webhook {w.name}: environment variable {w.secret_env} is not set"
+                    )
+                self.secrets[w.name] = environ[w.secret_env].encode()
+        # The lease outlives a tick's sending (bounded below), so a live sender keeps it.
+        self.lease_s = max(30.0, 3 * cfg.interval_s, 2 * cfg.timeout_s + cfg.interval_s)
+
+    def tick(self) -> int:
+        """One round of queueing, sending and pruning; how many were delivered (0 without the lease)."""
+        if not self.targets:
+            return 0
+        try:
+            if not self.repo.take_lease(LEASE, self.owner, self.clock(), self.lease_s):
+                return 0
+            self._enqueue()
+            self._bound()
+            return self._send()
+        except StorageError as exc:
+            _logger.warning("notifications: %s (tried again next tick)", exc)
+            return 0
+
+    # ---- queue --------------------------------------------------------------------------------
+    def _wanted(self, target: WebhookConfig, alert: AlertRow) -> bool:
+        return alert.probability >= target.min_probability and (
+            not target.sites or alert.site in target.sites
+        )
+
+    def _enqueue(self) -> None:
+        now = self.clock()
+        since = now - self.cfg.lookback_h * 3600
+        with self.repo.transaction() as s:
+            for name, target in self.targets.items():
+                queued = select(NotificationRow.alert_id).where(NotificationRow.target == name)
+                fresh = s.scalars(
+                    select(AlertRow)
+                    .where(AlertRow.received_ts >= since, AlertRow.msg_id.not_in(queued))
+                    .order_by(AlertRow.received_ts)
+                ).all()
+                for alert in fresh:
+                    if not self._wanted(target, alert):
+                        continue
+                    body = payload_of(alert) | {"target": name}
+                    s.add(
+                        NotificationRow(
+                            target=name,
+                            alert_id=alert.msg_id,
+                            payload=body,
+                            status="pending",
+                            attempts=0,
+                            next_ts=now,
+                            last_error="",
+                            created_ts=now,
+                        )
+                    )
+
+    def _bound(self) -> None:
+        now = self.clock()
+        with self.repo.transaction() as s:
+            for name in self.targets:
+                pending = select(func.count()).where(
+                    NotificationRow.target == name, NotificationRow.status == "pending"
+                )
+                excess = int(s.scalar(pending) or 0) - self.cfg.max_pending
+                if excess <= 0:
+                    continue
+                oldest = (
+                    select(NotificationRow.id)
+                    .where(NotificationRow.target == name, NotificationRow.status == "pending")
+                    .order_by(NotificationRow.id)
+                    .limit(excess)
+                )
+                s.execute(
+                    update(NotificationRow)
+                    .where(NotificationRow.id.in_(list(s.scalars(oldest))))
+                    .values(status="dropped", done_ts=now, last_error="the pending queue overflowed")
+                )
+                self.metrics.notifications.labels(name, "dropped").inc(excess)
+                _logger.warning(
+                    "notify %s: %d pending notifications dropped (queue over %d)",
+                    name,
+                    excess,
+                    self.cfg.max_pending,
+                )
+            s.execute(
+                delete(NotificationRow).where(
+                    NotificationRow.status != "pending",
+                    NotificationRow.done_ts < now - self.cfg.keep_days * 86400,
+                )
+            )
+
+    # ---- send ---------------------------------------------------------------------------------
+    def _send(self) -> int:
+        start = self.clock()
+        with self.repo.transaction() as s:
+            due = list(
+                s.scalars(
+                    select(NotificationRow)
+                    .where(NotificationRow.status == "pending", NotificationRow.next_ts <= start)
+                    .order_by(NotificationRow.id)
+                    .limit(100)
+                )
+            )
+        delivered = 0
+        down: set[str] = set()  # a target that did not answer waits for its back-off, not each row's timeout
+        for row in due:
+            if self.clock() - start > self.lease_s / 2:  # keep well inside the lease
+                break
+            if row.target not in self.targets or row.target in down:
+                continue
+            ok, error = self._post_one(row)
+            if not ok:
+                down.add(row.target)
+            delivered += ok
+            self._record(row, ok, error)
+        return delivered
+
+    def _post_one(self, row: NotificationRow) -> tuple[bool, str]:
+        target = self.targets[row.target]
+        body = json.dumps(row.payload | {"notification_id": row.id}, sort_keys=True).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": "fabpm-cloud"}
+        secret = self.secrets.get(row.target)
+        if secret is not None:
+            headers["X-Fabpm-Signature"] = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+        try:
+            status = self.post(target.url, body, headers, self.cfg.timeout_s)
+        except (OSError, ValueError) as exc:
+            return False, f"no answer: {exc}"[:500]
+        return (200 <= status < 300), f"HTTP {status}"
+
+    def _record(self, row: NotificationRow, ok: bool, error: str) -> None:
+        now = self.clock()
+        attempts = row.attempts + 1
+        values: dict[str, Any] = {"attempts": attempts, "last_error": "" if ok else error}
+        if ok:
+            values |= {"status": "delivered", "done_ts": now}
+        elif attempts >= self.cfg.max_attempts:
+            values |= {"status": "failed", "done_ts": now}
+            _logger.warning(
+                "notify %s: alert %s not delivered after %d attempts (%s)",
+                row.target,
+                row.alert_id,
+                attempts,
+                error,
+            )
+        else:
+            wait = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2.0 ** min(attempts - 1, 30))
+            values["next_ts"] = now + wait
+        with self.repo.transaction() as s:
+            s.execute(update(NotificationRow).where(NotificationRow.id == row.id).values(**values))
+        self.metrics.notifications.labels(row.target, values.get("status", "retry")).inc()

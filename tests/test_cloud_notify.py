@@ -1,0 +1,165 @@
+"""Alerts to webhooks (cloud/notify.py) against a real HTTP receiver: delivered once with a valid
+signature, retried with back-off while the receiver fails, failed after the attempts, bounded
+queue, one sender among workers, late alerts sent and old history not; SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from pydantic import ValidationError
+
+from cloud.config import NotifyConfig
+from cloud.ingest import Ingestor
+from cloud.metrics import CloudMetrics
+from cloud.notify import Notifier
+from cloud.storage import Repo
+from cloud.storage.models import NotificationRow
+from shared.messages import Alert
+from shared.topics import Kind, topic
+
+
+class Receiver:
+    """An HTTP endpoint that records what it is sent and answers ``status`` (settable)."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[dict, dict[str, str]]] = []
+        self.status = 200
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.got.append(
+                    (json.loads(body), {k: v for k, v in self.headers.items()} | {"raw": body})
+                )
+                self.send_response(receiver.status)
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _alert(tool: str, probability: float, site: str = "fab1", ts: float = 1_000_000.0) -> bytes:
+    msg = Alert(
+        edge_id="edge-1", site=site, tool_id=tool, mode="rf_match_drift", probability=probability,
+        rul_h=40.0, rul_std_h=9.0, model_version="r1", episode_start_ts=ts - 600,
+    )  # fmt: skip
+    return msg.model_copy(update={"ts": ts}).to_bytes()
+
+
+def _cfg(url: str, hook: dict | None = None, **kw: object) -> NotifyConfig:
+    hook = {"name": "teams", "url": url, "secret_env": "HOOK_KEY"} | (hook or {})
+    return NotifyConfig.model_validate({"webhooks": [hook], "backoff_s": 10, "backoff_max_s": 40} | kw)
+
+
+def _rows(repo: Repo) -> list[NotificationRow]:
+    with repo.transaction() as s:
+        return list(s.query(NotificationRow).order_by(NotificationRow.id))
+
+
+def test_an_alert_is_posted_once_signed_and_retried_while_the_receiver_fails(repo: Repo, receiver: Receiver):
+    clock = Clock()
+    ingest = Ingestor(repo, CloudMetrics(), clock=clock)
+    notifier = Notifier(repo, _cfg(receiver.url), "w1", CloudMetrics(), clock=clock, env={"HOOK_KEY": "k3y"})
+    assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), _alert("ETCH002", 0.83))
+    receiver.status = 503  # Teams is down
+    assert notifier.tick() == 0
+    clock.t += 5
+    assert notifier.tick() == 0 and len(receiver.got) == 1, "not before its back-off (10 s)"
+    clock.t += 6
+    assert notifier.tick() == 0 and len(receiver.got) == 2
+    receiver.status = 200
+    clock.t += 20  # the second back-off is 20 s
+    assert notifier.tick() == 1 and len(receiver.got) == 3
+    clock.t += 60
+    assert notifier.tick() == 0 and len(receiver.got) == 3, "delivered once"
+
+    body, headers = receiver.got[-1]
+    assert body["alert"]["tool_id"] == "ETCH002" and body["target"] == "teams"
+    assert "ETCH002 (fab1) may fail by rf_match_drift, risk 0.83, RUL 40 h ± 9" in body["text"]
+    assert [b["notification_id"] for b, _ in receiver.got] == [body["notification_id"]] * 3  # receivers dedup
+    want = "sha256=" + hmac.new(b"k3y", headers["raw"], hashlib.sha256).hexdigest()
+    assert headers["X-Fabpm-Signature"] == want
+    (row,) = _rows(repo)
+    assert row.status == "delivered" and row.attempts == 3 and row.last_error == ""
+
+
+def test_attempts_run_out_the_queue_is_bounded_and_filters_apply(repo: Repo, receiver: Receiver):
+    clock = Clock()
+    ingest = Ingestor(repo, CloudMetrics(), clock=clock)
+    cfg = _cfg(receiver.url, {"min_probability": 0.5, "sites": ["fab1"]}, max_attempts=2, max_pending=3)
+    receiver.status = 500
+    notifier = Notifier(repo, cfg, "w1", CloudMetrics(), clock=clock, env={"HOOK_KEY": "k"})
+    for i in range(5):
+        assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), _alert(f"T{i}", 0.9))
+    assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), _alert("QUIET", 0.2))  # below 0.5
+    assert ingest.handle(topic("fab2", "edge-1", Kind.ALERT), _alert("ELSEWHERE", 0.9, site="fab2"))
+    notifier.tick()
+    rows = _rows(repo)
+    assert [r.payload["alert"]["tool_id"] for r in rows] == [f"T{i}" for i in range(5)]
+    assert [r.status for r in rows][:2] == ["dropped", "dropped"], "over max_pending: the oldest go"
+    assert len(receiver.got) == 1, "a target that did not answer is not tried again for each row in one tick"
+    for _ in range(6):
+        clock.t += 60
+        notifier.tick()
+    assert [r.status for r in _rows(repo)] == ["dropped", "dropped", "failed", "failed", "failed"]
+    assert all(r.last_error == "HTTP 500" for r in _rows(repo)[2:])
+    clock.t += 8 * 86400  # done rows go after keep_days
+    notifier.tick()
+    assert _rows(repo) == []
+
+
+def test_one_worker_sends_late_alerts_go_and_old_history_does_not(repo: Repo, receiver: Receiver):
+    clock = Clock()
+    ingest = Ingestor(repo, CloudMetrics(), clock=clock)
+    assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), _alert("OLD", 0.9))
+    clock.t += 2 * 3600  # the webhook is configured two hours later: the old alert is history
+    late = _alert("LATE", 0.9, ts=clock.t - 5 * 3600)  # kept by its edge through a 5 h outage
+    assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), late)
+    env = {"HOOK_KEY": "k"}
+    w1 = Notifier(repo, _cfg(receiver.url), "w1", CloudMetrics(), clock=clock, env=env)
+    w2 = Notifier(repo, _cfg(receiver.url), "w2", CloudMetrics(), clock=clock, env=env)
+    assert w1.tick() == 1 and w2.tick() == 0  # w2 waits: w1 holds the lease
+    assert [b["alert"]["tool_id"] for b, _ in receiver.got] == ["LATE"]
+    assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), _alert("NEXT", 0.9))
+    clock.t += w1.lease_s + 1  # w1 died
+    assert w2.tick() == 1 and [b["alert"]["tool_id"] for b, _ in receiver.got] == ["LATE", "NEXT"]
+
+
+def test_webhook_settings_are_checked():
+    with pytest.raises(ValidationError, match="unique"):
+        NotifyConfig.model_validate({"webhooks": [{"name": "a", "url": "https://x"}] * 2})
+    with pytest.raises(ValidationError):
+        NotifyConfig.model_validate({"webhooks": [{"name": "a", "url": "ftp://x"}]})
+    with pytest.raises(ValueError, match="HOOK_KEY is not set"):
+        Notifier(None, _cfg("https://x"), "w", CloudMetrics(), env={})  # type: ignore[arg-type]
