@@ -270,7 +270,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
         after their attempts, or dropped when a target's queue overflowed, with the last error."""
         with ctx.repo.transaction() as s:
             rows = s.scalars(select(NotificationRow).order_by(NotificationRow.id.desc()).limit(limit))
-            return [_row(r, exclude=("payload",)) for r in rows]
+            return [
+                _row(r, exclude=("payload",))
+                | {k: r.payload["alert"].get(k) for k in ("tool_id", "site", "mode")}
+                for r in rows
+            ]
 
     @app.get("/api/cases", tags=["cases"])
     def cases(

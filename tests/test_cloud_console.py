@@ -13,7 +13,9 @@ import pytest
 from conftest import free_port
 
 from cloud.config import CloudConfig
+from cloud.notify import payload_of
 from cloud.service import CloudService
+from cloud.storage.models import AlertRow, NotificationRow
 from cloud.testing import hardcase
 from shared.equipment import tool_type
 from shared.features import FeatureSpec, Scaler, feature_names
@@ -126,6 +128,13 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
         model_version="e1", episode_start_ts=now - 120,
     )  # fmt: skip
     assert service.ingest.handle(topic("fab1", "edge-1", Kind.ALERT), alert.to_bytes())
+    with service.repo.transaction() as s:  # the notifier's row for it (cloud/notify.py), failing
+        s.add(
+            NotificationRow(
+                target="teams", alert_id=alert.msg_id, payload=payload_of(s.get(AlertRow, alert.msg_id)),
+                status="pending", attempts=2, next_ts=now, last_error="HTTP 503", created_ts=now,
+            )
+        )  # fmt: skip
     base = f"http://127.0.0.1:{service.cfg.api.port}"
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
@@ -144,6 +153,8 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_selector("#tool-detail .legend span:has-text('wear')")
             assert page.locator("#tool-detail svg polyline").count() == 2  # one line per mode
             assert page.locator("#tool-detail svg .alert-mark").count() == 1
+            page.click("#tabs button[data-tab=alerts]")
+            page.wait_for_selector("#notifications tr:has-text('teams'):has-text('HTTP 503')")
             page.click("#tabs button[data-tab=cases]")
             page.click("#cases tr:has-text('etch-01') button:has-text('Healthy')")
             _until(lambda: service.repo.get_case("case-1").label_source == "operator")

@@ -57,7 +57,11 @@ const RENDER = {
       cell(w.client_id), cell(w.share_group), cell(w.age_s < 0 ? "silent: its session is being adopted" : `${fmtNum(w.age_s, 0)} s ago`)));
   },
   async alerts() {
-    const rows = await api("/api/alerts?limit=200");
+    const [rows, sent] = await Promise.all([api("/api/alerts?limit=200"), can("operator") ? api("/api/notifications?limit=100") : []]);
+    $("#notifications").hidden = !sent.length;  // shown where webhooks are configured and used
+    fill($("#notifications tbody"), sent, (n, tr) => tr.append(
+      cell(fmtTime(n.created_ts)), cell(n.target), cell(n.tool_id), cell(n.mode), cell(n.status, `status-${n.status}`),
+      cell(n.attempts, "num"), cell(n.last_error)));
     fill($("#alerts tbody"), rows, (a, tr) => {
       const ack = cell(a.acknowledged_by || "");
       if (!a.acknowledged_by && can("operator")) ack.append(button("Acknowledge", () => act(post(`/api/alerts/${a.msg_id}/ack`))));
