@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from cloud.auth import ROLES, Principal, Users
 from cloud.case_window import named_series, type_scaler
@@ -42,6 +42,7 @@ from cloud.storage.models import (
     Case,
     DeadLetter,
     Edge,
+    LabelRow,
     NotificationRow,
     SeenMessage,
     Tool,
@@ -50,7 +51,7 @@ from cloud.storage.models import (
 )
 from cloud.storage.repo import Repo
 from shared.equipment import type_modes
-from shared.messages import Tuning
+from shared.messages import Event, Tuning
 from shared.topics import QOS, Kind, topic
 
 _logger = logging.getLogger(__name__)
@@ -71,6 +72,9 @@ class ApiContext:
     learner: Learner | None = None
     health: Callable[[], dict[str, Any]] = lambda: {"ok": True}
     clock: Callable[[], float] = time.time
+    # The ingest path (topic, payload) → stored: events posted through the API take it, so they
+    # are de-duplicated, stored and label cases exactly as the edge's own events do.
+    ingest: Callable[[str, bytes], bool] | None = None
 
 
 class Login(BaseModel):
@@ -90,6 +94,15 @@ class LabelIn(BaseModel):
     failed: bool
     mode: str | None = Field(None, max_length=64)
     rul_h: float | None = Field(None, ge=0)
+    note: str = Field("", max_length=2000)
+
+
+class EventIn(BaseModel):
+    """A failure or maintenance of a tool recorded outside the edge (a CMMS, a technician)."""
+
+    event: Literal["failure", "maintenance"]
+    mode: str | None = Field(None, max_length=64)  # required for a failure: one of the tool type's
+    at_ts: float  # when it happened (epoch seconds)
     note: str = Field("", max_length=2000)
 
 
@@ -246,6 +259,42 @@ def create_app(ctx: ApiContext) -> FastAPI:
             "points": [{"ts": ts, "risk": risk} for ts, risk in history],
             "alerts": marks,
         }
+
+    @app.post("/api/tools/{tool_id}/events", tags=["fleet"])
+    def tool_event(tool_id: str, body: EventIn, who: Operator) -> dict[str, Any]:
+        """Record a failure or maintenance the edge did not see (from a CMMS or a technician): it
+        labels the tool's cases before it as the edge's events do (cloud/labels.py). ``at_ts`` may
+        be up to a year back and not in the future."""
+        if ctx.ingest is None:
+            raise HTTPException(503, "this worker does not ingest")
+        now = ctx.clock()
+        if not now - 366 * 86400 <= body.at_ts <= now + 300:
+            raise HTTPException(422, f"at_ts {body.at_ts:.0f} is not within the last year (now {now:.0f})")
+        with ctx.repo.transaction() as s:
+            tool = s.get(Tool, tool_id)
+            if tool is None:
+                raise HTTPException(404, "no such tool")
+            edge_id, site, ttype = tool.edge_id, tool.site, tool.tool_type
+        modes = type_modes(ttype) if ttype else None
+        if body.event == "failure" and (body.mode is None or (modes is not None and body.mode not in modes)):
+            raise HTTPException(422, f"a failure needs its mode, one of {', '.join(modes or ['(any)'])}")
+        msg = Event(
+            schema=Event.SCHEMA,
+            edge_id=edge_id,
+            site=site,
+            tool_id=tool_id,
+            event=body.event,
+            mode=body.mode if body.event == "failure" else None,
+            source_ts=body.at_ts,
+            detail={"source": "api", "by": who.username, "note": body.note},
+        )
+        if not ctx.ingest(topic(site, edge_id, Kind.EVENT), msg.to_bytes()):
+            raise HTTPException(503, "the event was not stored (database); send it again")
+        with ctx.repo.transaction() as s:
+            actor = f"event:{msg.msg_id}"
+            labelled = s.scalar(select(func.count()).select_from(LabelRow).where(LabelRow.actor == actor))
+        _logger.info("%s of %s at %.0f recorded by %s", body.event, tool_id, body.at_ts, who.username)
+        return {"msg_id": msg.msg_id, "labelled": int(labelled or 0)}
 
     @app.get("/api/alerts", tags=["alerts"])
     def alerts(_who: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:

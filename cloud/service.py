@@ -110,6 +110,7 @@ class CloudService:
             None,
             self.health,
             clock,
+            self.ingest.handle,
         )
         self.app = create_app(self.api_ctx)
 
