@@ -247,14 +247,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
         alerts in that time: what the console's trend chart draws."""
         since = ctx.clock() - hours * 3600
         with ctx.repo.transaction() as s:
-            if s.get(Tool, tool_id) is None:
+            tool = s.get(Tool, tool_id)
+            if tool is None:
                 raise HTTPException(404, "no such tool")
+            modes = type_modes(tool.tool_type) if tool.tool_type else None
             q = select(AlertRow).where(AlertRow.tool_id == tool_id, AlertRow.ts >= since)
             alerts = s.scalars(q.order_by(AlertRow.ts))
             marks = [{"ts": a.ts, "mode": a.mode, "probability": a.probability} for a in alerts]
         history = ctx.repo.risk_history(tool_id, since, points)
         return {
             "tool_id": tool_id,
+            "tool_modes": modes,
             "since_ts": since,
             "points": [{"ts": ts, "risk": risk} for ts, risk in history],
             "alerts": marks,

@@ -153,9 +153,20 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_selector("#tool-detail .legend span:has-text('wear')")
             assert page.locator("#tool-detail svg polyline").count() == 2  # one line per mode
             assert page.locator("#tool-detail svg .alert-mark").count() == 1
+            # A failure the equipment did not report, recorded from the tool's panel, labels its cases.
+            assert page.locator("#event-form select[name=mode] option").count() == len(
+                tool_type("plasma_etch").mode_names
+            )
+            page.select_option("#event-form select[name=mode]", "rf_match_drift")
+            page.fill("#event-form input[name=note]", "WO-4711")
+            page.click("#event-form button[type=submit]")
+            page.wait_for_selector("#status:has-text('failure of etch-01 recorded: 1 case labelled')")
+            assert service.repo.get_case("case-1").label_source == "failure"
             page.click("#tabs button[data-tab=alerts]")
             page.wait_for_selector("#notifications tr:has-text('teams'):has-text('HTTP 503')")
             page.click("#tabs button[data-tab=cases]")
+            page.select_option("#case-filter", "all")  # labelled now: by the failure recorded above
+            page.wait_for_selector("#cases td:has-text('by failure')")
             page.click("#cases tr:has-text('etch-01') button:has-text('Healthy')")
             _until(lambda: service.repo.get_case("case-1").label_source == "operator")
             assert service.repo.get_case("case-1").label_failed is False

@@ -249,6 +249,11 @@ async function showRisk(toolId) {
     const n = data.alerts.length;
     $("h2", detail).textContent = `Risk of ${toolId}, last 72 h (${data.points.length} points, ${n} alert${n === 1 ? "" : "s"})`;
     $(".trend", detail).replaceChildren(...trend(data));
+    const form = $("#event-form");
+    form.dataset.tool = toolId;
+    form.elements.mode.replaceChildren(...(data.tool_modes || []).map((m) => { const o = document.createElement("option"); o.textContent = m; return o; }));
+    const local = new Date(Date.now() - new Date().getTimezoneOffset() * 60000);  // now, in the browser's time zone
+    form.elements.at.value = local.toISOString().slice(0, 16);
     detail.hidden = false;
     detail.scrollIntoView({ block: "nearest" });
   } catch (err) { setStatus(err.message, true); }
@@ -272,6 +277,7 @@ function show() {
   $("#who").textContent = signedIn ? `${sessionStorage.getItem("fabpm-user")} (${state.role})` : "";
   document.querySelectorAll(".tab").forEach((s) => { s.hidden = !signedIn || s.id !== state.tab; });
   document.querySelectorAll(".admin-only").forEach((b) => { b.hidden = !can("admin"); });
+  document.querySelectorAll(".operator-only").forEach((b) => { b.hidden = !can("operator"); });
   document.querySelectorAll("#tabs button").forEach((b) => b.classList.toggle("active", b.dataset.tab === state.tab));
 }
 
@@ -304,6 +310,20 @@ $("#tabs").addEventListener("click", (ev) => {
 });
 $("#case-filter").addEventListener("change", refresh);
 $("#new-round").addEventListener("click", () => act(post("/api/learning/rounds")));
+$("#event-form").elements.event.addEventListener("change", (ev) => {  // a maintenance has no mode
+  $("#event-form").elements.mode.disabled = ev.target.value !== "failure";
+});
+$("#event-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const f = ev.target, event = f.elements.event.value;
+  const body = { event, mode: event === "failure" ? f.elements.mode.value : null,
+    at_ts: new Date(f.elements.at.value).getTime() / 1000, note: f.elements.note.value };
+  try {
+    const res = await post(`/api/tools/${encodeURIComponent(f.dataset.tool)}/events`, body);
+    setStatus(`${event} of ${f.dataset.tool} recorded: ${res.labelled} case${res.labelled === 1 ? "" : "s"} labelled`);
+    f.elements.note.value = "";
+  } catch (err) { setStatus(err.message, true); }
+});
 $("#user-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const form = new FormData(ev.target);
