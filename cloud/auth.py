@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from cloud.errors import AuthError, LoginThrottled
@@ -102,10 +102,15 @@ class Users:
         self.scrypt_n = scrypt_n
         self.clock = clock
         self.throttle = throttle or LoginThrottle()
+        # Checked against for unknown user names, so that a wrong name costs the scrypt a wrong
+        # password costs: the answer's time does not tell which names exist.
+        self._decoy = hash_password(secrets.token_urlsafe(16), scrypt_n)
 
     @staticmethod
     def _admins(s: Session) -> int:
-        return int(s.scalar(select(func.count()).select_from(User).where(User.role == "admin")) or 0)
+        # The admins' rows are locked (PostgreSQL) until the transaction ends: two admins removing
+        # each other at once cannot both see the other one left.
+        return len(s.scalars(select(User.username).where(User.role == "admin").with_for_update()).all())
 
     @staticmethod
     def _end_sessions(s: Session, username: str) -> None:
@@ -183,7 +188,10 @@ class Users:
             raise LoginThrottled(wait)
         with self.repo.transaction() as s:
             user = s.get(User, username)
-        if user is None or not verify_password(password, user.password_hash):
+        if (
+            not verify_password(password, user.password_hash if user is not None else self._decoy)
+            or user is None
+        ):
             self.throttle.failed(username, client)
             raise AuthError("wrong user name or password")
         self.throttle.succeeded(username, client)
