@@ -37,7 +37,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 
 from cloud.config import NotifyConfig, WebhookConfig
-from cloud.errors import StorageError
+from cloud.errors import CloudError, StorageError
 from cloud.metrics import CloudMetrics
 from cloud.storage.models import AlertRow, NotificationRow
 from cloud.storage.repo import Repo
@@ -110,7 +110,7 @@ class Notifier:
         for w in cfg.webhooks:
             if w.secret_env is not None:
                 if not environ.get(w.secret_env):
-                    raise ValueError(
+                    raise CloudError(
                         f"notify webhook {w.name}: environment variable {w.secret_env} is not set"
                     )
                 self.secrets[w.name] = environ[w.secret_env].encode()

@@ -15,6 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from cloud.config import NotifyConfig
+from cloud.errors import CloudError
 from cloud.ingest import Ingestor
 from cloud.metrics import CloudMetrics
 from cloud.notify import Notifier
@@ -161,5 +162,5 @@ def test_webhook_settings_are_checked():
         NotifyConfig.model_validate({"webhooks": [{"name": "a", "url": "https://x"}] * 2})
     with pytest.raises(ValidationError):
         NotifyConfig.model_validate({"webhooks": [{"name": "a", "url": "ftp://x"}]})
-    with pytest.raises(ValueError, match="HOOK_KEY is not set"):
+    with pytest.raises(CloudError, match="HOOK_KEY is not set"):
         Notifier(None, _cfg("https://x"), "w", CloudMetrics(), env={})  # type: ignore[arg-type]
