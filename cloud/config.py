@@ -69,6 +69,13 @@ class StorageConfig(StrictModel):
     # Each tool's risk per mode from telemetry (about a row a minute per tool) is kept this long
     # for the console's trend charts; older rows are deleted every hour.
     risk_history_days: float = Field(default=30.0, gt=0)
+    # Retention, pruned with the risk history: de-duplication keys (an edge resends what it got no
+    # receipt for within hours; longer keeps a redelivery from being stored twice after a long
+    # outage), the equipment's state and alarm events (failures and maintenance stay: they bound
+    # the labels), and dead letters. Cases, labels and alerts are the training data: kept.
+    dedup_days: float = Field(default=30.0, gt=0)
+    state_events_days: float = Field(default=90.0, gt=0)
+    dead_letters_days: float = Field(default=30.0, gt=0)
 
 
 class ServingConfig(StrictModel):

@@ -28,6 +28,7 @@ from cloud.auth import Users
 from cloud.config import CloudConfig
 from cloud.errors import BrokerError, CloudError, ModelError, StorageError
 from cloud.ingest import Ingestor
+from cloud.labels import RESET_EVENTS
 from cloud.learning import Learner, Pipeline
 from cloud.login_throttle import LoginThrottle
 from cloud.metrics import CloudMetrics
@@ -40,6 +41,7 @@ from cloud.rollout import RolloutManager
 from cloud.serving import load_replicas
 from cloud.sessions import Roster
 from cloud.storage import Repo, make_engine, migrate
+from cloud.storage.models import DeadLetter, EventRow, RiskPoint, SeenMessage
 from cloud.verdicts import VerdictService
 
 _logger = logging.getLogger(__name__)
@@ -277,15 +279,30 @@ class CloudService:
                 n,
             )
 
-    def _prune_risk(self) -> None:
-        """Risk history older than ``storage.risk_history_days`` goes."""
-        try:
-            gone = self.repo.prune_risk(self.clock() - self.cfg.storage.risk_history_days * 86400)
-        except StorageError as exc:
-            _logger.warning("pruning the risk history: %s", exc)
-            return
-        if gone:
-            _logger.info("pruned %d risk points older than %g days", gone, self.cfg.storage.risk_history_days)
+    def _prune(self) -> None:
+        """Every hour: what ``storage``'s retention settings say is old goes (in chunks)."""
+        st, now = self.cfg.storage, self.clock()
+        day = 86400.0
+        jobs = (
+            ("risk points", RiskPoint.ts, st.risk_history_days, ()),
+            ("de-duplication keys", SeenMessage.received_ts, st.dedup_days, ()),
+            # failures and maintenance bound the labels (cloud/labels.py): never pruned
+            (
+                "state and alarm events",
+                EventRow.source_ts,
+                st.state_events_days,
+                (EventRow.event.not_in(RESET_EVENTS),),
+            ),
+            ("dead letters", DeadLetter.received_ts, st.dead_letters_days, ()),
+        )
+        for what, column, days, where in jobs:
+            try:
+                gone = self.repo.prune_older(column, now - days * day, *where)
+            except StorageError as exc:
+                _logger.warning("pruning %s: %s", what, exc)
+                continue
+            if gone:
+                _logger.info("pruned %d %s older than %g days", gone, what, days)
 
     def _sweep(self) -> None:
         if self.verdicts is not None:
@@ -317,7 +334,7 @@ class CloudService:
         )
         now = datetime.now(UTC)
         self.scheduler.add_job(
-            self._prune_risk, "interval", hours=1, id="prune-risk", max_instances=1, next_run_time=now
+            self._prune, "interval", hours=1, id="prune", max_instances=1, next_run_time=now
         )
         if self.notifier is not None:
             every_s = self.cfg.notify.interval_s

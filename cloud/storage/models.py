@@ -29,13 +29,14 @@ class Base(DeclarativeBase):
 
 
 class SeenMessage(Base):
-    """One row per msg_id ever stored: the de-duplication key (inserted in the same transaction)."""
+    """One row per msg_id stored: the de-duplication key (inserted in the same transaction), kept
+    ``storage.dedup_days``: far longer than an edge resends a message whose receipt it missed."""
 
     __tablename__ = "seen_messages"
     msg_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     edge_id: Mapped[str] = mapped_column(String(128))
-    received_ts: Mapped[float] = mapped_column(Float)
+    received_ts: Mapped[float] = mapped_column(Float, index=True)
 
 
 class DeadLetter(Base):
@@ -47,7 +48,7 @@ class DeadLetter(Base):
     reason: Mapped[str] = mapped_column(Text)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(Integer)
-    received_ts: Mapped[float] = mapped_column(Float)
+    received_ts: Mapped[float] = mapped_column(Float, index=True)
 
 
 class Edge(Base):
@@ -146,7 +147,7 @@ class EventRow(Base):
     event: Mapped[str] = mapped_column(String(16))
     state: Mapped[str | None] = mapped_column(String(32), nullable=True)
     mode: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    source_ts: Mapped[float] = mapped_column(Float)
+    source_ts: Mapped[float] = mapped_column(Float, index=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     __table_args__ = (Index("ix_events_tool_ts", "tool_id", "source_ts"),)

@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from cloud.errors import StorageError
 from cloud.storage.models import Case, LabelRow, Lease, RiskPoint, SeenMessage
@@ -171,30 +171,45 @@ class Repo:
         return [buckets[b] for b in sorted(buckets)]
 
     def prune_risk(self, before_ts: float, chunk: int = 20_000) -> int:
-        """Delete risk points older than ``before_ts``, ``chunk`` rows per transaction; how many went.
+        """Delete risk points older than ``before_ts`` (:meth:`prune_older`); how many went."""
+        return self.prune_older(RiskPoint.ts, before_ts, chunk=chunk)
 
-        In chunks because a backlog (the first prune after the cloud was down, or after
-        ``risk_history_days`` was lowered) is 60,000 rows an hour for 1,000 tools: one DELETE of
-        an 8-hour backlog held SQLite's single write lock, and every ingest write behind it, for
-        1.7 s; in chunks an ingest write waited at most 0.19 s (``bench/risk_history_scale.py``).
+    def prune_older(
+        self,
+        column: InstrumentedAttribute[float],
+        before_ts: float,
+        *where: ColumnElement[bool],
+        chunk: int = 20_000,
+    ) -> int:
+        """Delete the rows of ``column``'s table whose ``column`` is older than ``before_ts`` (and
+        that match ``where``), ``chunk`` rows per transaction; how many went.
+
+        In chunks because a backlog (the first prune after the cloud was down, or after a retention
+        was lowered) can be millions of rows: one DELETE of an 8-hour backlog of risk points
+        (480,000 rows) held SQLite's single write lock, and every ingest write behind it, for 1.7 s;
+        in chunks an ingest write waited at most 0.19 s (``bench/risk_history_scale.py``).
+        ``column`` needs an index: each chunk is cut by it.
         """
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
+        table = column.class_
         total = 0
         while True:
             with self.transaction() as s:
-                # The chunk-th oldest point's time, through the ts index; a chunk is cut by time
+                # The chunk-th oldest row's time, through the index; a chunk is cut by time
                 # (``id IN (… LIMIT n)`` made PostgreSQL scan the table for every chunk: 8× slower).
                 cut = s.scalar(
-                    select(RiskPoint.ts)
-                    .where(RiskPoint.ts < before_ts)
-                    .order_by(RiskPoint.ts)
+                    select(column)
+                    .where(column < before_ts, *where)
+                    .order_by(column)
                     .offset(chunk - 1)
                     .limit(1)
                 )
                 last = cut is None  # fewer than a chunk left: the rest goes
-                cond = RiskPoint.ts < before_ts if last else RiskPoint.ts <= cut
-                result = s.execute(delete(RiskPoint).where(cond).execution_options(synchronize_session=False))
+                cond = column < before_ts if last else column <= cut
+                result = s.execute(
+                    delete(table).where(cond, *where).execution_options(synchronize_session=False)
+                )
             total += int(result.rowcount or 0)  # type: ignore[attr-defined]
             if last:
                 return total

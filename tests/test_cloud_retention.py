@@ -1,0 +1,55 @@
+"""The hourly prune keeps the database bounded: old de-duplication keys, state and alarm events,
+dead letters and risk points go; failures and maintenance (they bound the labels) stay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import cloud_config, free_port
+from sqlalchemy import func, select
+
+from cloud.service import CloudService
+from cloud.storage import migrate
+from cloud.storage.models import DeadLetter, EventRow, RiskPoint, SeenMessage
+
+NOW = 100 * 86400.0
+DAY = 86400.0
+
+
+def _event(msg_id: str, event: str, days_ago: float) -> EventRow:
+    state = "productive" if event == "state" else None
+    return EventRow(
+        msg_id=msg_id, edge_id="e1", site="s1", tool_id="t1", event=event,
+        state=state, mode=None, source_ts=NOW - days_ago * DAY, detail={},
+    )  # fmt: skip
+
+
+def test_old_rows_go_and_what_bounds_the_labels_stays(db_url: str, tmp_path: Path):
+    storage = {"url": db_url, "dedup_days": 30, "state_events_days": 90, "dead_letters_days": 7}
+    svc = CloudService(cloud_config(db_url, free_port(), tmp_path, storage=storage), clock=lambda: NOW)
+    try:
+        migrate(svc.engine)  # start() would; this test calls the prune alone
+        with svc.repo.transaction() as s:
+            for i, days in enumerate((40, 31, 29, 1)):
+                s.add(SeenMessage(msg_id=f"m{i}", kind="event", edge_id="e1", received_ts=NOW - days * DAY))
+            s.add_all(
+                [
+                    _event("old-state", "state", 95),
+                    _event("old-alarm", "alarm", 91),
+                    _event("new-state", "state", 10),
+                    _event("old-failure", "failure", 400),
+                    _event("old-maintenance", "maintenance", 200),
+                ]
+            )
+            for days in (8, 6):
+                s.add(DeadLetter(topic="x", reason="bad", payload=b"{", size=1, received_ts=NOW - days * DAY))
+            s.add(RiskPoint(tool_id="t1", ts=NOW - 31 * DAY, risk={"wear": 0.1}))
+        svc._prune()
+        with svc.repo.transaction() as s:
+            assert sorted(s.scalars(select(SeenMessage.msg_id))) == ["m2", "m3"]
+            kept = sorted(s.scalars(select(EventRow.msg_id)))
+            assert kept == ["new-state", "old-failure", "old-maintenance"]
+            assert s.scalar(select(func.count()).select_from(DeadLetter)) == 1
+            assert s.scalar(select(func.count()).select_from(RiskPoint)) == 0
+    finally:
+        svc.stop()
