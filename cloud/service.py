@@ -310,6 +310,8 @@ class CloudService:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        # The API's settings first: a missing certificate stops the start before anything runs.
+        api_config = self._api_server_config() if self.cfg.api.enabled else None
         migrate(self.engine)
         self._start_serving()
         self.link.start()
@@ -345,8 +347,8 @@ class CloudService:
         self.scheduler.add_job(self.receipts.flush, "interval", seconds=0.5, id="receipts", max_instances=1)
         self._start_learning()
         self.scheduler.start()
-        if self.cfg.api.enabled:
-            self._server = uvicorn.Server(self._api_server_config())
+        if api_config is not None:
+            self._server = uvicorn.Server(api_config)
             t = threading.Thread(target=self._server.run, name="api", daemon=True)
             t.start()
             self._threads.append(t)
