@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -334,9 +334,11 @@ class CloudService:
         self.scheduler.add_job(
             self._sweep, "interval", seconds=self.cfg.serving.retry_pending_s, id="sweep", max_instances=1
         )
-        now = datetime.now(UTC)
+        # The first prune a minute after start, then hourly: a worker restarted in a loop does not
+        # prune at every start, and a start that is stopped at once has no prune in flight.
+        soon = datetime.now(UTC) + timedelta(minutes=1)
         self.scheduler.add_job(
-            self._prune, "interval", hours=1, id="prune", max_instances=1, next_run_time=now
+            self._prune, "interval", hours=1, id="prune", max_instances=1, next_run_time=soon
         )
         if self.notifier is not None:
             every_s = self.cfg.notify.interval_s
