@@ -221,5 +221,7 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_selector("#users tr:has-text('neo')", state="detached")
             assert [u.username for u in service.users.all()] == ["ada", "olga", "vic"]
             assert page.locator("#users tr:has-text('ada') button").count() == 0  # not oneself
+            page.click("#logout")  # the token shown once must not stay on the page for the next user
+            assert page.evaluate("document.querySelector('#new-token').textContent") == ""
         finally:
             browser.close()

@@ -286,6 +286,7 @@ function logout() {
   // expires); the page forgets it at once either way.
   if (state.token) fetch("/api/auth/logout", { method: "POST", headers: { Authorization: `Bearer ${state.token}` } }).catch(() => {});
   state.token = null; state.role = null; state.tab = "fleet";  // the next user may not see this tab
+  const issued = $("#new-token"); issued.textContent = ""; issued.hidden = true;  // nor a token shown once
   sessionStorage.removeItem("fabpm-token"); sessionStorage.removeItem("fabpm-role");
   show();
 }
