@@ -190,11 +190,20 @@ class WebhookConfig(StrictModel):
     """One place alerts are POSTed to (cloud/notify.py): a Teams, Slack or MES endpoint."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    url: str = Field(pattern=r"^https?://")
-    # The environment variable holding the HMAC key (never the key itself: configs live in repos).
+    # The URL, or the environment variable holding it: a Teams or Slack webhook's URL is itself
+    # the credential, and configs live in repos.
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    url_env: str | None = None
+    # The environment variable holding the HMAC key (never the key itself).
     secret_env: str | None = None
     min_probability: float = Field(default=0.0, ge=0, le=1)  # quieter targets see only high risks
     sites: list[str] = Field(default_factory=list)  # empty: every site
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookConfig:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError(f"webhook {self.name}: set url or url_env (one of them)")
+        return self
 
 
 class NotifyConfig(StrictModel):

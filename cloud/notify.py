@@ -107,7 +107,14 @@ class Notifier:
         self.targets = {w.name: w for w in cfg.webhooks}
         environ = os.environ if env is None else env
         self.secrets: dict[str, bytes] = {}
+        self.urls: dict[str, str] = {}
         for w in cfg.webhooks:
+            url = w.url if w.url is not None else environ.get(w.url_env or "", "")
+            if not url.startswith(("https://", "http://")):
+                raise CloudError(
+                    f"notify webhook {w.name}: environment variable {w.url_env} holds no http(s) URL"
+                )
+            self.urls[w.name] = url
             if w.secret_env is not None:
                 if not environ.get(w.secret_env):
                     raise CloudError(
@@ -227,14 +234,13 @@ class Notifier:
         return delivered
 
     def _post_one(self, row: NotificationRow) -> tuple[bool, str]:
-        target = self.targets[row.target]
         body = json.dumps(row.payload | {"notification_id": row.id}, sort_keys=True).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "fabpm-cloud"}
         secret = self.secrets.get(row.target)
         if secret is not None:
             headers["X-Fabpm-Signature"] = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
         try:
-            status = self.post(target.url, body, headers, self.cfg.timeout_s)
+            status = self.post(self.urls[row.target], body, headers, self.cfg.timeout_s)
         except (OSError, ValueError) as exc:
             return False, f"no answer: {exc}"[:500]
         return (200 <= status < 300), f"HTTP {status}"

@@ -164,3 +164,13 @@ def test_webhook_settings_are_checked():
         NotifyConfig.model_validate({"webhooks": [{"name": "a", "url": "ftp://x"}]})
     with pytest.raises(CloudError, match="HOOK_KEY is not set"):
         Notifier(None, _cfg("https://x"), "w", CloudMetrics(), env={})  # type: ignore[arg-type]
+    # A Teams or Slack URL is itself the credential: it may come from the environment instead.
+    for both_or_none in ({"url_env": "HOOK_URL"}, {"url": None}):
+        with pytest.raises(ValidationError, match="set url or url_env"):
+            _cfg("https://x", both_or_none)
+    from_env = _cfg("https://x", {"url": None, "url_env": "HOOK_URL"})
+    with pytest.raises(CloudError, match="HOOK_URL holds no http"):
+        Notifier(None, from_env, "w", CloudMetrics(), env={"HOOK_KEY": "k"})  # type: ignore[arg-type]
+    env = {"HOOK_KEY": "k", "HOOK_URL": "https://example.webhook.office.com/abc"}
+    notifier = Notifier(None, from_env, "w", CloudMetrics(), env=env)  # type: ignore[arg-type]
+    assert notifier.urls == {"teams": "https://example.webhook.office.com/abc"}
