@@ -35,6 +35,7 @@ from cloud.errors import AuthError, CloudError, LoginThrottled, RegistryError, R
 from cloud.labels import OPERATOR, Label, set_label
 from cloud.learning import Learner
 from cloud.metrics import CloudMetrics
+from cloud.notify import Notifier
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.storage.models import (
@@ -75,6 +76,7 @@ class ApiContext:
     # The ingest path (topic, payload) → stored: events posted through the API take it, so they
     # are de-duplicated, stored and label cases exactly as the edge's own events do.
     ingest: Callable[[str, bytes], bool] | None = None
+    notifier: Notifier | None = None  # None: no webhooks configured
 
 
 class Login(BaseModel):
@@ -327,6 +329,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 | {k: r.payload["alert"].get(k) for k in ("tool_id", "site", "mode")}
                 for r in rows
             ]
+
+    @app.post("/api/notifications/test", tags=["alerts"])
+    def test_notification(target: str, who: Admin) -> dict[str, Any]:
+        """Send a test message to the webhook named ``target`` now; what it answered."""
+        if ctx.notifier is None:
+            raise HTTPException(404, "no webhooks are configured ([[notify.webhooks]])")
+        try:
+            ok, outcome = ctx.notifier.send_test(target, who.username)
+        except KeyError as exc:
+            raise HTTPException(404, str(exc.args[0])) from exc
+        return {"target": target, "delivered": ok, "outcome": outcome}
 
     @app.get("/api/cases", tags=["cases"])
     def cases(

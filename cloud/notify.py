@@ -234,16 +234,28 @@ class Notifier:
         return delivered
 
     def _post_one(self, row: NotificationRow) -> tuple[bool, str]:
-        body = json.dumps(row.payload | {"notification_id": row.id}, sort_keys=True).encode()
+        return self._post(row.target, row.payload | {"notification_id": row.id})
+
+    def _post(self, target: str, doc: dict[str, Any]) -> tuple[bool, str]:
+        """POST ``doc`` to ``target``, signed when it has a key: (2xx, what happened)."""
+        body = json.dumps(doc, sort_keys=True).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "fabpm-cloud"}
-        secret = self.secrets.get(row.target)
+        secret = self.secrets.get(target)
         if secret is not None:
             headers["X-Fabpm-Signature"] = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
         try:
-            status = self.post(self.urls[row.target], body, headers, self.cfg.timeout_s)
+            status = self.post(self.urls[target], body, headers, self.cfg.timeout_s)
         except (OSError, ValueError) as exc:
             return False, f"no answer: {exc}"[:500]
         return (200 <= status < 300), f"HTTP {status}"
+
+    def send_test(self, target: str, by: str) -> tuple[bool, str]:
+        """A test message to ``target`` now, outside the queue (whoever sets a webhook up wants to
+        see it arrive): (2xx, what happened). KeyError for a target the config does not name."""
+        if target not in self.targets:
+            raise KeyError(f"no webhook {target!r}; configured: {', '.join(self.targets) or 'none'}")
+        text = f"fabpm: a test notification to {target}, sent by {by} from worker {self.owner}"
+        return self._post(target, {"kind": "test", "text": text, "target": target})
 
     def _record(self, row: NotificationRow, ok: bool, error: str) -> None:
         now = self.clock()

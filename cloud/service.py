@@ -113,6 +113,7 @@ class CloudService:
             self.health,
             clock,
             self.ingest.handle,
+            self.notifier,
         )
         self.app = create_app(self.api_ctx)
 
