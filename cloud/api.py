@@ -320,13 +320,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
     def notifications(
         _who: Operator, limit: Annotated[int, Query(ge=1, le=1000)] = 200
     ) -> list[dict[str, Any]]:
-        """The newest alert notifications to webhooks (cloud/notify.py): pending, delivered, failed
-        after their attempts, or dropped when a target's queue overflowed, with the last error."""
+        """The newest notifications to webhooks (cloud/notify.py), alerts and rollbacks: pending,
+        delivered, failed after their attempts, or dropped when a target's queue overflowed, with
+        the last error and the line the target was sent."""
         with ctx.repo.transaction() as s:
             rows = s.scalars(select(NotificationRow).order_by(NotificationRow.id.desc()).limit(limit))
             return [
-                _row(r, exclude=("payload",))
-                | {k: r.payload["alert"].get(k) for k in ("tool_id", "site", "mode")}
+                _row(r, exclude=("payload",)) | {"kind": r.payload.get("kind"), "text": r.payload.get("text")}
                 for r in rows
             ]
 

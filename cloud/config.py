@@ -186,6 +186,10 @@ class LearningConfig(StrictModel):
     warm_start_edge: bool = False
 
 
+NotifyKind = Literal["alert", "rollback"]
+NOTIFY_KINDS: tuple[NotifyKind, ...] = ("alert", "rollback")
+
+
 class WebhookConfig(StrictModel):
     """One place alerts are POSTed to (cloud/notify.py): a Teams, Slack or MES endpoint."""
 
@@ -197,7 +201,9 @@ class WebhookConfig(StrictModel):
     # The environment variable holding the HMAC key (never the key itself).
     secret_env: str | None = None
     min_probability: float = Field(default=0.0, ge=0, le=1)  # quieter targets see only high risks
-    sites: list[str] = Field(default_factory=list)  # empty: every site
+    sites: list[str] = Field(default_factory=list)  # empty: every site (alerts)
+    # What goes to this target: alerts, and automatic or manual model rollbacks.
+    kinds: list[NotifyKind] = Field(default_factory=lambda: list(NOTIFY_KINDS), min_length=1)
 
     @model_validator(mode="after")
     def _one_url(self) -> WebhookConfig:
@@ -207,7 +213,7 @@ class WebhookConfig(StrictModel):
 
 
 class NotifyConfig(StrictModel):
-    """Alerts to webhooks, at least once: queued in the database, retried with back-off."""
+    """Alerts and rollbacks to webhooks, at least once: queued in the database, retried with back-off."""
 
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     interval_s: float = Field(default=5.0, gt=0)  # how often the queue is looked at
@@ -215,7 +221,7 @@ class NotifyConfig(StrictModel):
     max_attempts: int = Field(default=10, ge=1)  # then the notification is marked failed
     backoff_s: float = Field(default=10.0, gt=0)  # after the first failure, doubling per attempt …
     backoff_max_s: float = Field(default=900.0, gt=0)  # … up to this
-    lookback_h: float = Field(default=1.0, gt=0)  # alerts stored earlier are not sent (a new target)
+    lookback_h: float = Field(default=1.0, gt=0)  # alerts and rollbacks older are not sent (a new target)
     max_pending: int = Field(default=10_000, ge=1)  # per target; overflow: the oldest are dropped
     keep_days: float = Field(default=7.0, gt=0)  # delivered/failed/dropped rows are kept this long
 

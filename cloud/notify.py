@@ -1,12 +1,13 @@
-"""Alerts to webhooks (Teams, Slack, an MES endpoint), at least once.
+"""Alerts and model rollbacks to webhooks (Teams, Slack, an MES endpoint), at least once.
 
 Each tick, under the ``notify`` lease (one worker at a time sends; another takes over when it
 dies), the notifier:
 
-1. queues every alert the cloud stored within ``lookback_h`` that a target has not got yet (one
-   row per target and alert in ``notifications``; the alerts table is the source, so an alert
-   stored just before a crash is still queued after it, and a target added later does not get
-   old history);
+1. queues every alert the cloud stored, and every rollout rolled back, within ``lookback_h`` that
+   a target wants (``kinds``, and for alerts ``min_probability`` and ``sites``) and has not got
+   yet: one row per target and subject in ``notifications``. The alerts and rollouts tables are
+   the source, so what was stored just before a crash is still queued after it, and a target
+   added later does not get old history;
 2. POSTs the pending rows that are due, oldest first, each with a timeout. A 2xx answer marks the
    row delivered. Anything else is retried after ``backoff_s``, doubling up to ``backoff_max_s``,
    until ``max_attempts``; then it is marked failed and logged;
@@ -34,12 +35,13 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import String, cast, delete, func, literal, select, update
+from sqlalchemy.orm import Session
 
 from cloud.config import NotifyConfig, WebhookConfig
 from cloud.errors import CloudError, StorageError
 from cloud.metrics import CloudMetrics
-from cloud.storage.models import AlertRow, NotificationRow
+from cloud.storage.models import AlertRow, NotificationRow, RolloutRow
 from cloud.storage.repo import Repo
 
 _logger = logging.getLogger(__name__)
@@ -83,6 +85,22 @@ def payload_of(alert: AlertRow) -> dict[str, Any]:
             "model_version": alert.model_version,
             "ts": alert.ts,
             "episode_start_ts": alert.episode_start_ts,
+        },
+    }
+
+
+def rollback_payload(row: RolloutRow) -> dict[str, Any]:
+    back_to = f" to {row.previous_version}" if row.previous_version else ""
+    return {
+        "kind": "rollback",
+        "text": f"fabpm: model {row.version} rolled back{back_to} (rollout {row.id}): {row.reason}",
+        "rollout": {
+            "id": row.id,
+            "version": row.version,
+            "previous_version": row.previous_version,
+            "canary_edges": list(row.canary_edges or []),
+            "reason": row.reason,
+            "ts": row.updated_ts,
         },
     }
 
@@ -139,31 +157,51 @@ class Notifier:
             return 0
 
     # ---- queue --------------------------------------------------------------------------------
-    def _wanted(self, target: WebhookConfig, alert: AlertRow) -> bool:
+    @staticmethod
+    def _wanted(target: WebhookConfig, alert: AlertRow) -> bool:
         return alert.probability >= target.min_probability and (
             not target.sites or alert.site in target.sites
         )
+
+    def _fresh(
+        self, s: Session, name: str, target: WebhookConfig, since: float
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """(subject, body) of what ``target`` has not got yet, oldest first."""
+        queued = select(NotificationRow.subject).where(NotificationRow.target == name)
+        out: list[tuple[str, dict[str, Any]]] = []
+        if "alert" in target.kinds:
+            alerts = s.scalars(
+                select(AlertRow)
+                .where(
+                    AlertRow.received_ts >= since, literal("alert:").concat(AlertRow.msg_id).not_in(queued)
+                )
+                .order_by(AlertRow.received_ts)
+            )
+            out += [(f"alert:{a.msg_id}", payload_of(a)) for a in alerts if self._wanted(target, a)]
+        if "rollback" in target.kinds:
+            rollbacks = s.scalars(
+                select(RolloutRow)
+                .where(
+                    RolloutRow.stage == "rolled_back",
+                    RolloutRow.updated_ts >= since,
+                    literal("rollback:").concat(cast(RolloutRow.id, String)).not_in(queued),
+                )
+                .order_by(RolloutRow.updated_ts)
+            )
+            out += [(f"rollback:{r.id}", rollback_payload(r)) for r in rollbacks]
+        return out
 
     def _enqueue(self) -> None:
         now = self.clock()
         since = now - self.cfg.lookback_h * 3600
         with self.repo.transaction() as s:
             for name, target in self.targets.items():
-                queued = select(NotificationRow.alert_id).where(NotificationRow.target == name)
-                fresh = s.scalars(
-                    select(AlertRow)
-                    .where(AlertRow.received_ts >= since, AlertRow.msg_id.not_in(queued))
-                    .order_by(AlertRow.received_ts)
-                ).all()
-                for alert in fresh:
-                    if not self._wanted(target, alert):
-                        continue
-                    body = payload_of(alert) | {"target": name}
+                for subject, body in self._fresh(s, name, target, since):
                     s.add(
                         NotificationRow(
                             target=name,
-                            alert_id=alert.msg_id,
-                            payload=body,
+                            subject=subject,
+                            payload=body | {"target": name},
                             status="pending",
                             attempts=0,
                             next_ts=now,
@@ -266,9 +304,9 @@ class Notifier:
         elif attempts >= self.cfg.max_attempts:
             values |= {"status": "failed", "done_ts": now}
             _logger.warning(
-                "notify %s: alert %s not delivered after %d attempts (%s)",
+                "notify %s: %s not delivered after %d attempts (%s)",
                 row.target,
-                row.alert_id,
+                row.subject,
                 attempts,
                 error,
             )

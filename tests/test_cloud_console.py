@@ -131,8 +131,9 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
     with service.repo.transaction() as s:  # the notifier's row for it (cloud/notify.py), failing
         s.add(
             NotificationRow(
-                target="teams", alert_id=alert.msg_id, payload=payload_of(s.get(AlertRow, alert.msg_id)),
-                status="pending", attempts=2, next_ts=now, last_error="HTTP 503", created_ts=now,
+                target="teams", subject=f"alert:{alert.msg_id}",
+                payload=payload_of(s.get(AlertRow, alert.msg_id)), status="pending", attempts=2,
+                next_ts=now, last_error="HTTP 503", created_ts=now,
             )
         )  # fmt: skip
     base = f"http://127.0.0.1:{service.cfg.api.port}"
@@ -163,7 +164,9 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_selector("#status:has-text('failure of etch-01 recorded: 1 case labelled')")
             assert service.repo.get_case("case-1").label_source == "failure"
             page.click("#tabs button[data-tab=alerts]")
-            page.wait_for_selector("#notifications tr:has-text('teams'):has-text('HTTP 503')")
+            page.wait_for_selector(
+                "#notifications tr:has-text('teams'):has-text('HTTP 503'):has-text('etch-01')"
+            )
             page.click("#tabs button[data-tab=cases]")
             page.select_option("#case-filter", "all")  # labelled now: by the failure recorded above
             page.wait_for_selector("#cases td:has-text('by failure')")

@@ -217,3 +217,34 @@ def test_an_admin_sends_a_test_message_to_a_webhook(repo: Repo, receiver: Receiv
         == "sha256=" + hmac.new(b"k3y", headers["raw"], hashlib.sha256).hexdigest()
     )
     assert _rows(repo) == [], "a test message is not an alert's notification"
+
+
+def test_a_rollback_is_sent_to_the_targets_that_want_rollbacks(repo: Repo, receiver: Receiver):
+    from cloud.storage.models import ModelRow, RolloutRow
+
+    clock = Clock()
+    with repo.transaction() as s:
+        s.add(
+            ModelRow(
+                version="r7", model_id="risk", role="edge-risk", parent_version="r6", round_id=7, manifest={},
+                signature="", artifact_path="", status="rolled_back", created_ts=clock.t,
+            )
+        )  # fmt: skip
+        s.flush()
+        s.add(
+            RolloutRow(
+                version="r7", previous_version="r6", stage="rolled_back", canary_edges=["edge-1"],
+                started_ts=clock.t - 900, updated_ts=clock.t - 60, reason="canary refused: disagreement 0.4",
+            )
+        )  # fmt: skip
+    hooks = [
+        {"name": "teams", "url": receiver.url, "kinds": ["alert", "rollback"]},
+        {"name": "pager", "url": receiver.url, "kinds": ["alert"]},
+    ]
+    cfg = NotifyConfig.model_validate({"webhooks": hooks})
+    assert Notifier(repo, cfg, "w1", CloudMetrics(), clock=clock, env={}).tick() == 1
+    ((body, _),) = receiver.got
+    assert body["kind"] == "rollback" and body["target"] == "teams"
+    assert body["text"] == "fabpm: model r7 rolled back to r6 (rollout 1): canary refused: disagreement 0.4"
+    assert body["rollout"]["canary_edges"] == ["edge-1"]
+    assert [r.subject for r in _rows(repo)] == ["rollback:1"]

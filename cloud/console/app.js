@@ -60,7 +60,7 @@ const RENDER = {
     const [rows, sent] = await Promise.all([api("/api/alerts?limit=200"), can("operator") ? api("/api/notifications?limit=100") : []]);
     $("#notifications").hidden = !sent.length;  // shown where webhooks are configured and used
     fill($("#notifications tbody"), sent, (n, tr) => tr.append(
-      cell(fmtTime(n.created_ts)), cell(n.target), cell(n.tool_id), cell(n.mode), cell(n.status, `status-${n.status}`),
+      cell(fmtTime(n.created_ts)), cell(n.target), cell(n.text), cell(n.status, `status-${n.status}`),
       cell(n.attempts, "num"), cell(n.last_error)));
     fill($("#alerts tbody"), rows, (a, tr) => {
       const ack = cell(a.acknowledged_by || "");

@@ -275,18 +275,18 @@ class RiskPoint(Base):
 
 
 class NotificationRow(Base):
-    """One alert for one webhook target (:mod:`cloud.notify`): pending until the target answers
-    2xx (delivered), or until the attempts run out or the pending queue overflows (failed,
-    dropped). Unique per (target, alert): an alert is queued once per target."""
+    """One alert or rollback for one webhook target (:mod:`cloud.notify`): pending until the target
+    answers 2xx (delivered), or until the attempts run out or the pending queue overflows (failed,
+    dropped). Unique per (target, subject): each is queued once per target."""
 
     __tablename__ = "notifications"
     __table_args__ = (
-        UniqueConstraint("target", "alert_id", name="uq_notifications_target_alert"),
+        UniqueConstraint("target", "subject", name="uq_notifications_target_subject"),
         Index("ix_notifications_status_next", "status", "next_ts"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     target: Mapped[str] = mapped_column(String(128))
-    alert_id: Mapped[str] = mapped_column(String(128))
+    subject: Mapped[str] = mapped_column(String(160))  # "alert:<msg_id>" or "rollback:<rollout id>"
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16))  # pending/delivered/failed/dropped
     attempts: Mapped[int] = mapped_column(Integer)

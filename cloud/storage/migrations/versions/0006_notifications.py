@@ -1,4 +1,4 @@
-"""notifications: alerts sent to webhooks (at least once, retried), and when each alert arrived
+"""notifications: alerts and rollbacks sent to webhooks (at least once, retried), and when each alert arrived
 
 Revision ID: 0006
 Revises: 0005
@@ -26,7 +26,7 @@ def upgrade() -> None:
         "notifications",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column("target", sa.String(128), nullable=False),
-        sa.Column("alert_id", sa.String(128), nullable=False),
+        sa.Column("subject", sa.String(160), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
@@ -34,7 +34,7 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text(), nullable=False),
         sa.Column("created_ts", sa.Float(), nullable=False),
         sa.Column("done_ts", sa.Float(), nullable=True),
-        sa.UniqueConstraint("target", "alert_id", name="uq_notifications_target_alert"),
+        sa.UniqueConstraint("target", "subject", name="uq_notifications_target_subject"),
     )
     op.create_index("ix_notifications_status_next", "notifications", ["status", "next_ts"])
 
