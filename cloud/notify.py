@@ -7,7 +7,8 @@ dies), the notifier:
    a target wants (``kinds``, and for alerts ``min_probability`` and ``sites``) and has not got
    yet: one row per target and subject in ``notifications``. The alerts and rollouts tables are
    the source, so what was stored just before a crash is still queued after it, and a target
-   added later does not get old history;
+   added later does not get old history. The price: what was stored while no worker could queue
+   for longer than ``lookback_h`` (the database down, every worker down) is not sent;
 2. POSTs the pending rows that are due, oldest first, each with a timeout. A 2xx answer marks the
    row delivered. Anything else is retried after ``backoff_s``, doubling up to ``backoff_max_s``,
    until ``max_attempts``; then it is marked failed and logged;
