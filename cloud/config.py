@@ -186,8 +186,8 @@ class LearningConfig(StrictModel):
     warm_start_edge: bool = False
 
 
-NotifyKind = Literal["alert", "rollback"]
-NOTIFY_KINDS: tuple[NotifyKind, ...] = ("alert", "rollback")
+NotifyKind = Literal["alert", "rollback", "round_failed"]
+NOTIFY_KINDS: tuple[NotifyKind, ...] = ("alert", "rollback", "round_failed")
 
 
 class WebhookConfig(StrictModel):
@@ -202,7 +202,8 @@ class WebhookConfig(StrictModel):
     secret_env: str | None = None
     min_probability: float = Field(default=0.0, ge=0, le=1)  # quieter targets see only high risks
     sites: list[str] = Field(default_factory=list)  # empty: every site (alerts)
-    # What goes to this target: alerts, and automatic or manual model rollbacks.
+    # What goes to this target: alerts, model rollbacks (automatic or by hand), learning rounds
+    # that failed (an error stopped them; a candidate the gate rejected is not a failure).
     kinds: list[NotifyKind] = Field(default_factory=lambda: list(NOTIFY_KINDS), min_length=1)
 
     @model_validator(mode="after")
@@ -213,7 +214,8 @@ class WebhookConfig(StrictModel):
 
 
 class NotifyConfig(StrictModel):
-    """Alerts and rollbacks to webhooks, at least once: queued in the database, retried with back-off."""
+    """Alerts, rollbacks and failed rounds to webhooks, at least once: queued in the database,
+    retried with back-off."""
 
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     interval_s: float = Field(default=5.0, gt=0)  # how often the queue is looked at

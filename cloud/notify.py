@@ -1,14 +1,16 @@
-"""Alerts and model rollbacks to webhooks (Teams, Slack, an MES endpoint), at least once.
+"""Alerts, model rollbacks and failed learning rounds to webhooks (Teams, Slack, an MES
+endpoint), at least once.
 
 Each tick, under the ``notify`` lease (one worker at a time sends; another takes over when it
 dies), the notifier:
 
-1. queues every alert the cloud stored, and every rollout rolled back, within ``lookback_h`` that
-   a target wants (``kinds``, and for alerts ``min_probability`` and ``sites``) and has not got
-   yet: one row per target and subject in ``notifications``. The alerts and rollouts tables are
-   the source, so what was stored just before a crash is still queued after it, and a target
-   added later does not get old history. The price: what was stored while no worker could queue
-   for longer than ``lookback_h`` (the database down, every worker down) is not sent;
+1. queues every alert the cloud stored, every rollout rolled back and every learning round that
+   failed, within ``lookback_h``, that a target wants (``kinds``, and for alerts
+   ``min_probability`` and ``sites``) and has not got yet: one row per target and subject in
+   ``notifications``. The alerts, rollouts and rounds tables are the source, so what was stored
+   just before a crash is still queued after it, and a target added later does not get old
+   history. The price: what was stored while no worker could queue for longer than
+   ``lookback_h`` (the database down, every worker down) is not sent;
 2. POSTs the pending rows that are due, oldest first, each with a timeout. A 2xx answer marks the
    row delivered. Anything else is retried after ``backoff_s``, doubling up to ``backoff_max_s``,
    until ``max_attempts``; then it is marked failed and logged;
@@ -42,7 +44,7 @@ from sqlalchemy.orm import Session
 from cloud.config import NotifyConfig, WebhookConfig
 from cloud.errors import CloudError, StorageError
 from cloud.metrics import CloudMetrics
-from cloud.storage.models import AlertRow, NotificationRow, RolloutRow
+from cloud.storage.models import AlertRow, LearningRound, NotificationRow, RolloutRow
 from cloud.storage.repo import Repo
 
 _logger = logging.getLogger(__name__)
@@ -101,6 +103,20 @@ def rollback_payload(row: RolloutRow) -> dict[str, Any]:
             "previous_version": row.previous_version,
             "canary_edges": list(row.canary_edges or []),
             "reason": row.reason,
+            "ts": row.updated_ts,
+        },
+    }
+
+
+def round_payload(row: LearningRound) -> dict[str, Any]:
+    return {
+        "kind": "round_failed",
+        "text": f"fabpm: learning round {row.id} ({row.trigger}) failed at {row.step}: {row.error[:300]}",
+        "round": {
+            "id": row.id,
+            "trigger": row.trigger,
+            "step": row.step,
+            "error": row.error,
             "ts": row.updated_ts,
         },
     }
@@ -190,6 +206,17 @@ class Notifier:
                 .order_by(RolloutRow.updated_ts)
             )
             out += [(f"rollback:{r.id}", rollback_payload(r)) for r in rollbacks]
+        if "round_failed" in target.kinds:
+            rounds = s.scalars(
+                select(LearningRound)
+                .where(
+                    LearningRound.status == "failed",
+                    LearningRound.updated_ts >= since,
+                    literal("round:").concat(cast(LearningRound.id, String)).not_in(queued),
+                )
+                .order_by(LearningRound.updated_ts)
+            )
+            out += [(f"round:{r.id}", round_payload(r)) for r in rounds]
         return out
 
     def _enqueue(self) -> None:

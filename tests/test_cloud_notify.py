@@ -248,3 +248,22 @@ def test_a_rollback_is_sent_to_the_targets_that_want_rollbacks(repo: Repo, recei
     assert body["text"] == "fabpm: model r7 rolled back to r6 (rollout 1): canary refused: disagreement 0.4"
     assert body["rollout"]["canary_edges"] == ["edge-1"]
     assert [r.subject for r in _rows(repo)] == ["rollback:1"]
+
+
+def test_a_failed_round_is_sent_and_a_rejected_one_is_not(repo: Repo, receiver: Receiver):
+    from cloud.storage.models import LearningRound
+
+    clock = Clock()
+    with repo.transaction() as s:
+        for status, error in (("failed", "distil: out of memory"), ("rejected", "")):
+            s.add(
+                LearningRound(
+                    trigger="labels", step="distil", status=status, state={}, log=[], error=error,
+                    label_watermark=clock.t, created_ts=clock.t - 600, updated_ts=clock.t - 60,
+                )
+            )  # fmt: skip
+    cfg = NotifyConfig.model_validate({"webhooks": [{"name": "ops", "url": receiver.url}]})
+    assert Notifier(repo, cfg, "w1", CloudMetrics(), clock=clock, env={}).tick() == 1
+    ((body, _),) = receiver.got
+    assert body["kind"] == "round_failed"
+    assert body["text"] == "fabpm: learning round 1 (labels) failed at distil: distil: out of memory"
