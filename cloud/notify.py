@@ -38,8 +38,8 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import String, cast, delete, func, literal, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, String, cast, delete, func, literal, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from cloud.config import NotifyConfig, WebhookConfig
 from cloud.errors import CloudError, StorageError
@@ -196,28 +196,31 @@ class Notifier:
             )
             out += [(f"alert:{a.msg_id}", payload_of(a)) for a in alerts if self._wanted(target, a)]
         if "rollback" in target.kinds:
-            rollbacks = s.scalars(
-                select(RolloutRow)
-                .where(
-                    RolloutRow.stage == "rolled_back",
-                    RolloutRow.updated_ts >= since,
-                    literal("rollback:").concat(cast(RolloutRow.id, String)).not_in(queued),
-                )
-                .order_by(RolloutRow.updated_ts)
-            )
-            out += [(f"rollback:{r.id}", rollback_payload(r)) for r in rollbacks]
+            key = literal("rollback:").concat(cast(RolloutRow.id, String))
+            ended = self._ended(s, RolloutRow.stage, "rolled_back", RolloutRow.updated_ts, key, queued, since)
+            out += [(f"rollback:{r.id}", rollback_payload(r)) for r in ended]
         if "round_failed" in target.kinds:
-            rounds = s.scalars(
-                select(LearningRound)
-                .where(
-                    LearningRound.status == "failed",
-                    LearningRound.updated_ts >= since,
-                    literal("round:").concat(cast(LearningRound.id, String)).not_in(queued),
-                )
-                .order_by(LearningRound.updated_ts)
+            key = literal("round:").concat(cast(LearningRound.id, String))
+            ended = self._ended(
+                s, LearningRound.status, "failed", LearningRound.updated_ts, key, queued, since
             )
-            out += [(f"round:{r.id}", round_payload(r)) for r in rounds]
+            out += [(f"round:{r.id}", round_payload(r)) for r in ended]
         return out
+
+    @staticmethod
+    def _ended(
+        s: Session,
+        state: InstrumentedAttribute[str],
+        value: str,
+        ts: InstrumentedAttribute[float],
+        subject: ColumnElement[str],
+        queued: Select[Any],
+        since: float,
+    ) -> list[Any]:
+        """Rows of ``state``'s table that reached ``value`` since ``since`` and whose ``subject`` is
+        not in ``queued``, oldest first."""
+        fresh = select(state.class_).where(state == value, ts >= since, subject.not_in(queued))
+        return list(s.scalars(fresh.order_by(ts)))
 
     def _enqueue(self) -> None:
         now = self.clock()
