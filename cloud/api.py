@@ -31,7 +31,7 @@ from sqlalchemy import func, select
 
 from cloud.auth import ROLES, Principal, Users
 from cloud.case_window import named_series, type_scaler
-from cloud.errors import AuthError, CloudError, LoginThrottled, RegistryError, RolloutError
+from cloud.errors import AuthError, CloudError, LoginThrottled, RegistryError, RolloutError, UnknownUser
 from cloud.labels import OPERATOR, Label, set_label
 from cloud.learning import Learner
 from cloud.metrics import CloudMetrics
@@ -199,10 +199,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.delete("/api/users/{username}", tags=["auth"])
     def remove_user(username: str, who: Admin) -> dict[str, Any]:
         """Removes the user and every token of theirs; 409 for the last admin."""
-        if not any(u.username == username for u in ctx.users.all()):
-            raise HTTPException(404, f"no user {username!r}")
         try:
             ctx.users.remove(username)
+        except UnknownUser as exc:
+            raise HTTPException(404, str(exc)) from exc
         except AuthError as exc:
             raise HTTPException(409, str(exc)) from exc
         _logger.info("user %s removed by %s", username, who.username)

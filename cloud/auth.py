@@ -21,11 +21,12 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from cloud.errors import AuthError, LoginThrottled
+from cloud.errors import AuthError, LoginThrottled, UnknownUser
 from cloud.login_throttle import LoginThrottle
 from cloud.storage.models import ApiToken, User
 from cloud.storage.repo import Repo
@@ -102,9 +103,13 @@ class Users:
         self.scrypt_n = scrypt_n
         self.clock = clock
         self.throttle = throttle or LoginThrottle()
-        # Checked against for unknown user names, so that a wrong name costs the scrypt a wrong
-        # password costs: the answer's time does not tell which names exist.
-        self._decoy = hash_password(secrets.token_urlsafe(16), scrypt_n)
+
+    @cached_property
+    def _decoy(self) -> str:
+        """Checked against for unknown user names, so that a wrong name costs the scrypt a wrong
+        password costs: the answer's time does not tell which names exist. Made at the first
+        unknown name, not at every start (``fabpm cloud user`` builds Users too)."""
+        return hash_password(secrets.token_urlsafe(16), self.scrypt_n)
 
     @staticmethod
     def _admins(s: Session) -> int:
@@ -135,11 +140,11 @@ class Users:
             self._end_sessions(s, username)
 
     def remove(self, username: str) -> None:
-        """Remove a user and every token of theirs; AuthError for an unknown user or the last admin."""
+        """Remove a user and every token of theirs; UnknownUser, or AuthError for the last admin."""
         with self.repo.transaction() as s:
             user = s.get(User, username)
             if user is None:
-                raise AuthError(f"no user {username!r}")
+                raise UnknownUser(f"no user {username!r}")
             if user.role == "admin" and self._admins(s) == 1:
                 raise AuthError(f"{username} is the last admin: make another admin first")
             s.execute(delete(ApiToken).where(ApiToken.username == username))

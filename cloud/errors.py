@@ -9,7 +9,8 @@
         ├── QueueFullError      the verdict batcher's bounded queue is full (overflow policy: reject)
         ├── ModelError          no full model to serve, or a checkpoint that does not load
         ├── AuthError           bad credentials or a token that expired
-        │   └── LoginThrottled  too many failed logins from one client for one user: wait
+        │   ├── LoginThrottled  too many failed logins from one client for one user: wait
+        │   └── UnknownUser     no user of that name
         ├── RegistryError       a model that does not verify, or an unknown version
         ├── RolloutError        a rollout that cannot start or continue
         └── LearningError       an incremental-learning step failed; the round records which
@@ -50,6 +51,10 @@ class LoginThrottled(AuthError):
     def __init__(self, retry_after_s: float) -> None:
         super().__init__(f"too many failed logins: try again in {retry_after_s:.0f} s")
         self.retry_after_s = retry_after_s
+
+
+class UnknownUser(AuthError):
+    """No user of that name (for removal: a 404, where the last admin is a 409)."""
 
 
 class RegistryError(CloudError):

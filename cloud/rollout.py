@@ -90,9 +90,9 @@ class RolloutManager:
             raise RolloutError(f"no rollout {rollout_id}")
         return row
 
-    def busy(self) -> RolloutRow | None:
-        """The rollout at its canary stage, if any (only one at a time)."""
-        return next((r for r in self.rollouts() if r.stage == "canary"), None)
+    def busy(self, rows: list[RolloutRow] | None = None) -> RolloutRow | None:
+        """The rollout at its canary stage, if any (only one at a time), of ``rows`` when given."""
+        return next((r for r in (self.rollouts() if rows is None else rows) if r.stage == "canary"), None)
 
     # ---- actions -----------------------------------------------------------------------------
     def start(self, version: str, canary_edges: list[str] | None = None) -> RolloutRow:
@@ -103,7 +103,8 @@ class RolloutManager:
         was lost must not get an error for what did happen, nor send the fleet back to a canary).
         A version that was rolled back may be started again: that is a new rollout."""
         model = self.registry.require(version)
-        busy = self.busy()
+        rows = self.rollouts()
+        busy = self.busy(rows)
         if busy is not None and busy.version == version:
             _logger.info(
                 "rollout %d of %s is already at its canary: started again, unchanged", busy.id, version
@@ -111,13 +112,13 @@ class RolloutManager:
             return busy
         if busy is not None:
             raise RolloutError(f"rollout {busy.id} of {busy.version} is still at its canary")
-        out = next((r for r in self.rollouts() if r.stage == "all" and r.version == version), None)
+        out = next((r for r in rows if r.stage == "all" and r.version == version), None)
         if out is not None:
             _logger.info(
                 "rollout %d of %s is already out to every edge: started again, unchanged", out.id, version
             )
             return out
-        for prev in self.rollouts():
+        for prev in rows:
             if prev.stage == "all":  # still watched after promotion; the new rollout supersedes it
                 self._update(prev.id, stage="done", reason=f"superseded by {version}")
         edges = self.edges()

@@ -17,7 +17,9 @@ from urllib.parse import quote
 import numpy as np
 from sqlalchemy import create_engine, text
 
+from cloud.config import RegistryConfig
 from shared.messages import Event, HardCase, encode_array
+from shared.signing import generate_keypair, load_private_key, write_release
 
 
 @contextmanager
@@ -116,3 +118,28 @@ def maintenance(tool: str, source_ts: float, edge: str = "edge-1", site: str = "
     return Event(
         schema=Event.SCHEMA, edge_id=edge, site=site, tool_id=tool, event="maintenance", source_ts=source_ts
     )
+
+
+def signed_release(
+    registry: RegistryConfig,
+    folder: Path,
+    version: str = "v1",
+    input_spec: dict[str, Any] | None = None,
+    content: bytes = b"an edge model",
+) -> Path:
+    """An edge-risk release of ``content`` (bytes, not a model) signed with the registry's key
+    (a key pair is made when there is none), its manifest beside it: what the registry accepts."""
+    if not registry.private_key.exists():
+        generate_keypair(registry.private_key, registry.public_key)
+    artifact = folder / "edge.onnx"
+    artifact.write_bytes(content)
+    fields = {
+        "model_id": "risk",
+        "version": version,
+        "role": "edge-risk",
+        "created_ts": 0.0,
+        "input_spec": input_spec or {},
+        "output_spec": {},
+    }
+    write_release(artifact, fields, load_private_key(registry.private_key))
+    return artifact

@@ -152,3 +152,11 @@ def cloud_config(db_url: str, broker_port: int, tmp_path: Path, **sections: dict
     for name, values in sections.items():
         base[name] = {**base.get(name, {}), **values}
     return CloudConfig.model_validate(base)
+
+
+def login(client: Any, name: str) -> dict[str, str]:
+    """Sign ``name`` in (its password is ``<name>-password``) on an httpx client of the API; the
+    bearer header."""
+    r = client.post("/api/auth/token", json={"username": name, "password": f"{name}-password"})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}

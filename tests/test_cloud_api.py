@@ -9,11 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import cloud_config, free_port
+from conftest import cloud_config, free_port, login
 from test_cloud_ingest import EdgeClient
 
 from cloud.service import CloudService
-from cloud.testing import failure, hardcase, tiny_full_checkpoint
+from cloud.testing import failure, hardcase, signed_release, tiny_full_checkpoint
 from shared.equipment import tool_type
 from shared.messages import Tuning, parse_payload
 from shared.topics import Kind, topic
@@ -38,12 +38,6 @@ def service(db_url: str, mosquitto, tmp_path: Path) -> Iterator[CloudService]:
         svc.users.add(name, f"{name}-password", role)
     yield svc
     svc.stop()
-
-
-def login(client: httpx.Client, name: str) -> dict[str, str]:
-    r = client.post("/api/auth/token", json={"username": name, "password": f"{name}-password"})
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 def wait(pred, timeout: float = 15.0) -> None:
@@ -159,21 +153,7 @@ def test_roles_approvals_labels_and_probes(service: CloudService, mosquitto):
 def test_verdicts_follow_the_full_model_behind_the_active_edge_model(
     service: CloudService, mosquitto, tmp_path
 ):
-    from shared.signing import generate_keypair, load_private_key, write_release
-
-    reg = service.cfg.registry
-    generate_keypair(reg.private_key, reg.public_key)
-    artifact = tmp_path / "edge.onnx"
-    artifact.write_bytes(b"an edge model")
-    fields = {
-        "model_id": "risk",
-        "version": "v1",
-        "role": "edge-risk",
-        "created_ts": 0.0,
-        "input_spec": {},
-        "output_spec": {},
-    }
-    write_release(artifact, fields, load_private_key(reg.private_key))
+    artifact = signed_release(service.cfg.registry, tmp_path)
     newer = tiny_full_checkpoint(tmp_path / "full-v1.pt", seed=1, version="full-v1")
     service.registry.register(artifact, newer, round_id=None)
     service.registry.set_status("v1", "active")

@@ -8,11 +8,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-from conftest import free_port
+from conftest import free_port, login
 from fastapi import FastAPI
 
 from cloud.api import ApiContext, create_app
@@ -43,6 +44,16 @@ def serve(app: FastAPI) -> Iterator[httpx.Client]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def api_context(repo: Repo, tmp_path: Path, users: Users, **fields: Any) -> ApiContext:
+    """What the API's routes use, on ``repo``: ``users``, an empty registry and a rollout manager
+    that publishes nowhere; ``fields`` set the rest (clock, ingest, notifier, metrics)."""
+    metrics = fields.pop("metrics", CloudMetrics())
+    keys = {"private_key": tmp_path / "k", "public_key": tmp_path / "p"}
+    registry = Registry(repo, RegistryConfig(dir=tmp_path / "m", **keys))
+    rollout = RolloutManager(repo, registry, lambda *_: None, RolloutConfig(), metrics)
+    return ApiContext(repo, users, registry, rollout, lambda *_: None, metrics, **fields)
 
 
 class Clock:
@@ -146,21 +157,11 @@ def test_sign_out_password_change_and_removal_revoke_tokens_and_the_last_admin_s
 
 def test_the_api_signs_out_removes_users_lists_and_revokes_tokens_and_answers_429(repo: Repo, tmp_path: Path):
     users = _users(repo, free=2, base_s=30)
-    registry = Registry(
-        repo, RegistryConfig(dir=tmp_path / "m", private_key=tmp_path / "k", public_key=tmp_path / "p")
-    )
-    rollout = RolloutManager(repo, registry, lambda *_: None, RolloutConfig(), CloudMetrics())
-    ctx = ApiContext(repo, users, registry, rollout, lambda *_: None, CloudMetrics())
+    ctx = api_context(repo, tmp_path, users)
     users.add("ada", "ada-password", "admin")
     users.add("vic", "vic-password", "viewer")
     with serve(create_app(ctx)) as client:
-
-        def sign_in(name: str) -> dict[str, str]:
-            r = client.post("/api/auth/token", json={"username": name, "password": f"{name}-password"})
-            assert r.status_code == 200, r.text
-            return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-        admin, viewer = sign_in("ada"), sign_in("vic")
+        admin, viewer = login(client, "ada"), login(client, "vic")
         assert client.get("/api/notifications", headers=admin).json() == []  # none configured
         assert client.get("/api/notifications", headers=viewer).status_code == 403
         assert client.post("/api/auth/logout", headers=viewer).status_code == 200
@@ -169,7 +170,7 @@ def test_the_api_signs_out_removes_users_lists_and_revokes_tokens_and_answers_42
         token = client.post("/api/auth/api-tokens", json={"name": "grafana"}, headers=admin).json()["token"]
         (listed,) = client.get("/api/auth/api-tokens", headers=admin).json()
         assert listed["name"] == "grafana" and listed["username"] == "ada" and token not in str(listed)
-        viewer = sign_in("vic")
+        viewer = login(client, "vic")
         assert client.get("/api/auth/api-tokens", headers=viewer).status_code == 403
         assert client.delete(f"/api/auth/api-tokens/{listed['token_id']}", headers=viewer).status_code == 403
         assert client.delete(f"/api/auth/api-tokens/{listed['token_id']}", headers=admin).status_code == 200

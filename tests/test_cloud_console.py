@@ -16,7 +16,7 @@ from cloud.config import CloudConfig
 from cloud.notify import payload_of
 from cloud.service import CloudService
 from cloud.storage.models import AlertRow, NotificationRow
-from cloud.testing import hardcase
+from cloud.testing import hardcase, signed_release
 from shared.equipment import tool_type
 from shared.features import FeatureSpec, Scaler, feature_names
 from shared.messages import Alert, Telemetry, Tuning
@@ -70,24 +70,10 @@ def _until(pred, timeout: float = 10.0) -> None:
 
 def _register_edge_model(service: CloudService, version: str, folder: Path) -> None:
     """A signed release whose manifest carries a feature spec (the scaler: the type's mean, std)."""
-    from shared.signing import generate_keypair, load_private_key, write_release
-
-    reg = service.cfg.registry
-    generate_keypair(reg.private_key, reg.public_key)
     sensors = tool_type("plasma_etch").sensors
     scaler = Scaler(mean={"plasma_etch": tuple(s.nominal for s in sensors)}, std={"plasma_etch": (1.0,) * 14})
-    fields = {
-        "model_id": "risk",
-        "version": version,
-        "role": "edge-risk",
-        "created_ts": 0.0,
-        "input_spec": FeatureSpec(window=24, step_s=60.0, scaler=scaler).to_dict(),
-        "output_spec": {},
-    }
-    artifact = folder / "edge.onnx"
-    artifact.write_bytes(b"an edge model")
-    write_release(artifact, fields, load_private_key(reg.private_key))
-    service.registry.register(artifact)
+    spec = FeatureSpec(window=24, step_s=60.0, scaler=scaler).to_dict()
+    service.registry.register(signed_release(service.cfg.registry, folder, version, spec))
 
 
 def test_console_labels_and_approves(service: CloudService, tmp_path: Path):

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_cloud_auth import Clock, serve
+from conftest import login
+from test_cloud_auth import Clock, api_context, serve
 
-from cloud.api import ApiContext, create_app
+from cloud.api import create_app
 from cloud.auth import Users
-from cloud.config import RegistryConfig, RolloutConfig
 from cloud.ingest import Ingestor
 from cloud.metrics import CloudMetrics
-from cloud.registry import Registry
-from cloud.rollout import RolloutManager
 from cloud.storage import Repo
 from cloud.testing import hardcase
 from shared.topics import Kind, topic
@@ -24,13 +22,7 @@ def test_an_event_from_the_api_labels_the_cases_before_it(repo: Repo, tmp_path: 
     metrics = CloudMetrics()
     ingest = Ingestor(repo, metrics, clock=clock)
     users = Users(repo, 3600, 2**4, clock)
-    registry = Registry(
-        repo, RegistryConfig(dir=tmp_path / "m", private_key=tmp_path / "k", public_key=tmp_path / "p")
-    )
-    rollout = RolloutManager(repo, registry, lambda *_: None, RolloutConfig(), metrics)
-    ctx = ApiContext(
-        repo, users, registry, rollout, lambda *_: None, metrics, clock=clock, ingest=ingest.handle
-    )
+    ctx = api_context(repo, tmp_path, users, metrics=metrics, clock=clock, ingest=ingest.handle)
     users.add("olga", "olga-password", "operator")
     users.add("vic", "vic-password", "viewer")
     t_fail = clock.t - 600
@@ -38,12 +30,7 @@ def test_an_event_from_the_api_labels_the_cases_before_it(repo: Repo, tmp_path: 
         hc = hardcase(window_ts=t_fail - hours * 3600, seed=i, case_id=f"c{hours}")
         assert ingest.handle(topic("fab1", "edge-1", Kind.HARDCASE), hc.to_bytes())
     with serve(create_app(ctx)) as client:
-
-        def sign_in(name: str) -> dict[str, str]:
-            r = client.post("/api/auth/token", json={"username": name, "password": f"{name}-password"})
-            return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-        olga, vic = sign_in("olga"), sign_in("vic")
+        olga, vic = login(client, "olga"), login(client, "vic")
         failure = {"event": "failure", "mode": "rf_match_drift", "at_ts": t_fail, "note": "CMMS WO-4711"}
         assert client.post("/api/tools/etch-01/events", json=failure, headers=vic).status_code == 403
         assert client.post("/api/tools/nope/events", json=failure, headers=olga).status_code == 404

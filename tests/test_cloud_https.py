@@ -17,10 +17,10 @@ from pydantic import ValidationError
 from cloud.config import ApiConfig
 from cloud.errors import CloudError
 from cloud.service import CloudService
+from cloud.testing import signed_release
 from edge.config import ModelsConfig
 from edge.errors import UpdateRejected
 from edge.updates import ModelStore, Updater
-from shared.signing import generate_keypair, load_private_key, write_release
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")
@@ -68,12 +68,8 @@ def test_the_api_speaks_https_and_an_edge_fetches_a_large_artifact_trusting_the_
     with pytest.raises(httpx.HTTPError):  # no plain HTTP beside it
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
 
-    reg = service.cfg.registry
-    generate_keypair(reg.private_key, reg.public_key)
-    artifact = tmp_path / "edge.onnx"
-    artifact.write_bytes(b"an edge model, larger than inline_max_bytes")
-    fields = {"model_id": "risk", "version": "v1", "role": "edge-risk", "created_ts": 0.0}
-    write_release(artifact, fields | {"input_spec": {}, "output_spec": {}}, load_private_key(reg.private_key))
+    content = b"an edge model, larger than inline_max_bytes"
+    artifact = signed_release(service.cfg.registry, tmp_path, content=content)
     row = service.registry.register(artifact)
     ann = service.registry.announcement(row, "fab1", "edge-1", service.rollout.public_url)
     assert ann.artifact_b64 is None and ann.artifact_url == f"https://127.0.0.1:{port}/api/models/v1/artifact"

@@ -177,31 +177,19 @@ def test_webhook_settings_are_checked():
 
 
 def test_an_admin_sends_a_test_message_to_a_webhook(repo: Repo, receiver: Receiver, tmp_path):
-    from test_cloud_auth import serve
+    from conftest import login
+    from test_cloud_auth import api_context, serve
 
-    from cloud.api import ApiContext, create_app
+    from cloud.api import create_app
     from cloud.auth import Users
-    from cloud.config import RegistryConfig, RolloutConfig
-    from cloud.registry import Registry
-    from cloud.rollout import RolloutManager
 
-    metrics = CloudMetrics()
     users = Users(repo, 3600, 2**4)
-    registry = Registry(
-        repo, RegistryConfig(dir=tmp_path / "m", private_key=tmp_path / "k", public_key=tmp_path / "p")
-    )
-    rollout = RolloutManager(repo, registry, lambda *_: None, RolloutConfig(), metrics)
-    notifier = Notifier(repo, _cfg(receiver.url), "w1", metrics, env={"HOOK_KEY": "k3y"})
-    ctx = ApiContext(repo, users, registry, rollout, lambda *_: None, metrics, notifier=notifier)
+    notifier = Notifier(repo, _cfg(receiver.url), "w1", CloudMetrics(), env={"HOOK_KEY": "k3y"})
+    ctx = api_context(repo, tmp_path, users, notifier=notifier)
     users.add("ada", "ada-password", "admin")
     users.add("olga", "olga-password", "operator")
     with serve(create_app(ctx)) as client:
-
-        def sign_in(name: str) -> dict[str, str]:
-            r = client.post("/api/auth/token", json={"username": name, "password": f"{name}-password"})
-            return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-        ada, olga = sign_in("ada"), sign_in("olga")
+        ada, olga = login(client, "ada"), login(client, "olga")
         assert client.post("/api/notifications/test?target=teams", headers=olga).status_code == 403
         assert client.post("/api/notifications/test?target=nope", headers=ada).status_code == 404
         answer = client.post("/api/notifications/test?target=teams", headers=ada).json()
