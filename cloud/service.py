@@ -46,6 +46,8 @@ from cloud.verdicts import VerdictService
 
 _logger = logging.getLogger(__name__)
 
+JOB_WAIT_S = 10.0  # how long stop() waits for the scheduled jobs in flight (prune, notify, receipts)
+
 
 def _loopback(host: str) -> bool:
     try:
@@ -387,7 +389,7 @@ class CloudService:
             self._server.should_exit = True
         self._stopping.set()
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            self._stop_scheduler()
         leaving = self._leave_group()
         with contextlib.suppress(Exception):  # best effort: unconfirmed messages come again anyway
             self.receipts.flush()
@@ -403,6 +405,19 @@ class CloudService:
         for t in self._threads:
             t.join(timeout=10)
         self.engine.dispose()
+
+    def _stop_scheduler(self) -> None:
+        """No job starts after this; the ones running get ``JOB_WAIT_S`` to end, so that none writes
+        through the engine disposed below. A learning round can run for minutes: it is left to the
+        process's end and resumes at the next start (cloud/learning.py)."""
+        waiter = threading.Thread(target=self.scheduler.shutdown, kwargs={"wait": True}, daemon=True)
+        waiter.start()
+        waiter.join(timeout=JOB_WAIT_S)
+        if waiter.is_alive():
+            _logger.warning(
+                "a scheduled job still runs %g s after stop (a learning round resumes at the next start)",
+                JOB_WAIT_S,
+            )
 
     def _leave_group(self) -> bool:
         """Stopping while another worker is live: unsubscribe and handle what is in flight, so the

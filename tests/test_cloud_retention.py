@@ -3,6 +3,8 @@ dead letters and risk points go; failures and maintenance (they bound the labels
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 from conftest import cloud_config, free_port
@@ -53,3 +55,23 @@ def test_old_rows_go_and_what_bounds_the_labels_stays(db_url: str, tmp_path: Pat
             assert s.scalar(select(func.count()).select_from(RiskPoint)) == 0
     finally:
         svc.stop()
+
+
+def test_stop_lets_a_job_in_flight_end_before_the_database_goes(db_url: str, mosquitto, tmp_path: Path):
+    svc = CloudService(cloud_config(db_url, mosquitto.port, tmp_path))
+    started, done = threading.Event(), threading.Event()
+
+    def slow_prune() -> None:  # stands for a prune or a notifier tick that is mid-write at stop
+        started.set()
+        time.sleep(0.5)
+        with svc.repo.transaction() as s:
+            s.add(DeadLetter(topic="x", reason="late", payload=b"{", size=1, received_ts=NOW))
+        done.set()
+
+    try:
+        svc.start()
+        svc.scheduler.add_job(slow_prune, id="slow")
+        assert started.wait(10)
+    finally:
+        svc.stop()
+    assert done.is_set()  # stop() returned only after the job's write
