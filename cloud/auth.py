@@ -102,7 +102,7 @@ class Users:
         self.token_ttl_s = token_ttl_s
         self.scrypt_n = scrypt_n
         self.clock = clock
-        self.throttle = throttle or LoginThrottle()
+        self.throttle = throttle or LoginThrottle(repo, clock=clock)
 
     @cached_property
     def _decoy(self) -> str:

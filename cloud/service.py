@@ -41,7 +41,7 @@ from cloud.rollout import RolloutManager
 from cloud.serving import load_replicas
 from cloud.sessions import Roster
 from cloud.storage import Repo, make_engine, migrate
-from cloud.storage.models import DeadLetter, EventRow, RiskPoint, SeenMessage
+from cloud.storage.models import DeadLetter, EventRow, LoginFailure, RiskPoint, SeenMessage
 from cloud.verdicts import VerdictService
 
 _logger = logging.getLogger(__name__)
@@ -71,7 +71,9 @@ class CloudService:
         self.engine = make_engine(cfg.storage.url, cfg.storage.echo, cfg.storage.pool_size)
         self.repo = Repo(self.engine, clock)
         auth = cfg.api.auth
-        throttle = LoginThrottle(auth.login_free_failures, auth.login_lockout_s, auth.login_lockout_max_s)
+        throttle = LoginThrottle(
+            self.repo, auth.login_free_failures, auth.login_lockout_s, auth.login_lockout_max_s
+        )
         self.users = Users(self.repo, auth.token_ttl_s, auth.scrypt_n, clock, throttle)
         self.registry = Registry(self.repo, cfg.registry, clock)
         self.receipts = Receipts(self._publish)
@@ -297,6 +299,7 @@ class CloudService:
                 (EventRow.event.not_in(RESET_EVENTS),),
             ),
             ("dead letters", DeadLetter.received_ts, st.dead_letters_days, ()),
+            ("login failure counters", LoginFailure.last_ts, self.users.throttle.forget_s / day, ()),
         )
         for what, column, days, where in jobs:
             try:

@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 from conftest import free_port, login
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from cloud.api import ApiContext, create_app
 from cloud.auth import Users
@@ -25,6 +26,7 @@ from cloud.metrics import CloudMetrics
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.storage import Repo
+from cloud.storage.models import LoginFailure
 
 
 @contextmanager
@@ -66,12 +68,12 @@ class Clock:
 
 def _users(repo: Repo, clock: Clock | None = None, **throttle: float) -> Users:
     tick = clock or Clock()
-    return Users(repo, 3600, 2**4, tick, LoginThrottle(clock=tick, **throttle))  # type: ignore[arg-type]
+    return Users(repo, 3600, 2**4, tick, LoginThrottle(repo, clock=tick, **throttle))  # type: ignore[arg-type]
 
 
-def test_the_throttle_waits_after_the_free_failures_doubling_per_user_and_client():
+def test_the_throttle_waits_after_the_free_failures_doubling_per_user_and_client(repo: Repo):
     clock = Clock()
-    th = LoginThrottle(free=3, base_s=10, max_s=35, max_entries=2, clock=clock)
+    th = LoginThrottle(repo, free=3, base_s=10, max_s=35, clock=clock)
     for _ in range(2):
         th.failed("ada", "10.0.0.9")
     assert th.wait_s("ada", "10.0.0.9") == 0  # two of three free
@@ -86,14 +88,25 @@ def test_the_throttle_waits_after_the_free_failures_doubling_per_user_and_client
     assert th.wait_s("ada", "10.0.0.9") == 35  # capped
     th.succeeded("ada", "10.0.0.9")
     assert th.wait_s("ada", "10.0.0.9") == 0
-    for name in ("bob", "cy"):  # ada's key was cleared: two keys, both waiting
-        for _ in range(3):
-            th.failed(name, "a")
-    assert th.wait_s("bob", "a") == 10 and th.wait_s("cy", "a") == 10
-    th.failed("dee", "a")  # bounded memory: a third key pushes out the stalest
-    assert th.wait_s("bob", "a") == 0 and th.wait_s("cy", "a") == 10
     with pytest.raises(ValueError):
-        LoginThrottle(base_s=60, max_s=30)
+        LoginThrottle(repo, base_s=60, max_s=30)
+
+
+def test_every_worker_counts_the_same_failures_and_the_prune_forgets_old_keys(repo: Repo):
+    clock = Clock()
+    worker_1 = LoginThrottle(repo, free=4, base_s=10, max_s=35, forget_s=100, clock=clock)
+    worker_2 = LoginThrottle(repo, free=4, base_s=10, max_s=35, forget_s=100, clock=clock)
+    for th in (worker_1, worker_2, worker_1, worker_2):  # a balancer alternating between two workers
+        th.failed("ada", "10.0.0.9")
+    assert worker_1.wait_s("ada", "10.0.0.9") == worker_2.wait_s("ada", "10.0.0.9") == 10
+    restarted = LoginThrottle(repo, free=4, base_s=10, max_s=35, forget_s=100, clock=clock)
+    assert restarted.wait_s("ada", "10.0.0.9") == 10, "a restart forgets nothing"
+    worker_1.failed("x" * 500, "y" * 500)  # cut to the key's width, not refused
+    clock.t += 101
+    worker_1.failed("bob", "10.0.0.9")
+    assert repo.prune_older(LoginFailure.last_ts, clock.t - worker_1.forget_s) == 2
+    with repo.transaction() as s:
+        assert [r.username for r in s.scalars(select(LoginFailure))] == ["bob"]
 
 
 def test_logins_are_refused_before_the_password_is_checked_while_throttled(repo: Repo):

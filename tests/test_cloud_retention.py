@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from cloud.service import CloudService
 from cloud.storage import migrate
-from cloud.storage.models import DeadLetter, EventRow, RiskPoint, SeenMessage
+from cloud.storage.models import DeadLetter, EventRow, LoginFailure, RiskPoint, SeenMessage
 
 NOW = 100 * 86400.0
 DAY = 86400.0
@@ -46,6 +46,9 @@ def test_old_rows_go_and_what_bounds_the_labels_stays(db_url: str, tmp_path: Pat
             for days in (8, 6):
                 s.add(DeadLetter(topic="x", reason="bad", payload=b"{", size=1, received_ts=NOW - days * DAY))
             s.add(RiskPoint(tool_id="t1", ts=NOW - 31 * DAY, risk={"wear": 0.1}))
+            for user, days in (("gone", 1.1), ("kept", 0.9)):  # a key is forgotten a day after its failure
+                ago = NOW - days * DAY
+                s.add(LoginFailure(username=user, client="c", failures=9, blocked_until=0, last_ts=ago))
         svc._prune()
         with svc.repo.transaction() as s:
             assert sorted(s.scalars(select(SeenMessage.msg_id))) == ["m2", "m3"]
@@ -53,6 +56,7 @@ def test_old_rows_go_and_what_bounds_the_labels_stays(db_url: str, tmp_path: Pat
             assert kept == ["new-state", "old-failure", "old-maintenance"]
             assert s.scalar(select(func.count()).select_from(DeadLetter)) == 1
             assert s.scalar(select(func.count()).select_from(RiskPoint)) == 0
+            assert list(s.scalars(select(LoginFailure.username))) == ["kept"]
     finally:
         svc.stop()
 
@@ -70,7 +74,7 @@ def test_stop_lets_a_job_in_flight_end_before_the_database_goes(db_url: str, mos
 
     try:
         svc.start()
-        svc.scheduler.add_job(slow_prune, id="slow")
+        svc.scheduler.add_job(slow_prune, id="slow", misfire_grace_time=None)  # late on a loaded host
         assert started.wait(10)
     finally:
         svc.stop()

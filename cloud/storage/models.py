@@ -294,3 +294,16 @@ class NotificationRow(Base):
     last_error: Mapped[str] = mapped_column(Text)
     created_ts: Mapped[float] = mapped_column(Float)
     done_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class LoginFailure(Base):
+    """Failed logins in a row for one (user name, client address) key (:mod:`cloud.login_throttle`),
+    in the database so that every worker counts the same failures and a restart forgets none."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_last_ts", "last_ts"),)
+    username: Mapped[str] = mapped_column(String(128), primary_key=True)
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    blocked_until: Mapped[float] = mapped_column(Float)  # wall clock; 0 while the free tries last
+    last_ts: Mapped[float] = mapped_column(Float)  # the latest failure (the prune forgets old keys)

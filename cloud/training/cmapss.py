@@ -185,6 +185,25 @@ def all_test_windows(
     return WindowSet(x=np.concatenate(xs), rul=rul, labels=labels, groups=np.concatenate(groups))
 
 
+def recent_test_windows(
+    data: Fd001, k: int, window: int = WINDOW, cap: float = RUL_CAP, smooth: float = 0.0, reference: int = 0
+) -> WindowSet:
+    """Each test unit's windows ending at its last ``k`` cycles (none before cycle 31, the shortest
+    unit's last), in cycle order and padded as :func:`last_windows` pads; the last of each unit is
+    its :func:`last_windows` window. ``rul``: the official truth plus the cycles still to run."""
+    if k < 1:
+        raise ValueError(f"k: {k} cycles, at least 1")
+    xs, ruls, groups = [], [], []
+    for (unit, z), final in zip(_units(data.test, data, smooth, reference), data.rul_test, strict=True):
+        ends = np.arange(max(len(z) - k + 1, min(SHORTEST_TEST_UNIT, len(z))), len(z) + 1)
+        xs.append(np.stack([_pad(z[:e], window)[-window:] for e in ends]))
+        ruls.append(np.minimum(final + (len(z) - ends), cap).astype(np.float32))
+        groups.append(np.full(len(ends), unit))
+    rul = np.concatenate(ruls)
+    labels = (rul <= HORIZON).astype(np.float32)[:, None]
+    return WindowSet(x=np.concatenate(xs), rul=rul, labels=labels, groups=np.concatenate(groups))
+
+
 def rmse(pred: np.ndarray, truth: np.ndarray) -> float:
     d = np.asarray(pred, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
     return float(np.sqrt(np.mean(d**2)))
