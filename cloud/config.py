@@ -186,8 +186,11 @@ class LearningConfig(StrictModel):
     warm_start_edge: bool = False
 
 
-NotifyKind = Literal["alert", "rollback", "round_failed"]
-NOTIFY_KINDS: tuple[NotifyKind, ...] = ("alert", "rollback", "round_failed")
+NotifyKind = Literal["alert", "rollback", "round_failed", "round_rejected"]
+NOTIFY_KINDS: tuple[NotifyKind, ...] = ("alert", "rollback", "round_failed", "round_rejected")
+# round_rejected is asked for by name: the model on the edges stays, so no one has to act, and an
+# operators' channel would otherwise hear of every candidate the gate turned down.
+DEFAULT_NOTIFY_KINDS: tuple[NotifyKind, ...] = ("alert", "rollback", "round_failed")
 
 
 class WebhookConfig(StrictModel):
@@ -203,8 +206,9 @@ class WebhookConfig(StrictModel):
     min_probability: float = Field(default=0.0, ge=0, le=1)  # quieter targets see only high risks
     sites: list[str] = Field(default_factory=list)  # empty: every site (alerts)
     # What goes to this target: alerts, model rollbacks (automatic or by hand), learning rounds
-    # that failed (an error stopped them; a candidate the gate rejected is not a failure).
-    kinds: list[NotifyKind] = Field(default_factory=lambda: list(NOTIFY_KINDS), min_length=1)
+    # that failed (an error stopped them; a candidate the gate rejected is not a failure), and
+    # with round_rejected the candidates the gate did not promote, with its reasons.
+    kinds: list[NotifyKind] = Field(default_factory=lambda: list(DEFAULT_NOTIFY_KINDS), min_length=1)
 
     @model_validator(mode="after")
     def _one_url(self) -> WebhookConfig:

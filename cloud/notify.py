@@ -122,6 +122,15 @@ def round_payload(row: LearningRound) -> dict[str, Any]:
     }
 
 
+def rejected_payload(row: LearningRound) -> dict[str, Any]:
+    reason = row.log[-1]["msg"] if row.log else ""
+    return {
+        "kind": "round_rejected",
+        "text": f"fabpm: learning round {row.id} ({row.trigger}): candidate {reason[:300]}",
+        "round": {"id": row.id, "trigger": row.trigger, "reason": reason, "ts": row.updated_ts},
+    }
+
+
 class Notifier:
     def __init__(
         self,
@@ -205,6 +214,12 @@ class Notifier:
                 s, LearningRound.status, "failed", LearningRound.updated_ts, key, queued, since
             )
             out += [(f"round:{r.id}", round_payload(r)) for r in ended]
+        if "round_rejected" in target.kinds:  # by the gate; not a round with too few labels to try
+            key = literal("round:").concat(cast(LearningRound.id, String))
+            ended = self._ended(
+                s, LearningRound.status, "rejected", LearningRound.updated_ts, key, queued, since
+            )
+            out += [(f"round:{r.id}", rejected_payload(r)) for r in ended if r.step == "gate"]
         return out
 
     @staticmethod

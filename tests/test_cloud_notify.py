@@ -255,3 +255,27 @@ def test_a_failed_round_is_sent_and_a_rejected_one_is_not(repo: Repo, receiver: 
     ((body, _),) = receiver.got
     assert body["kind"] == "round_failed"
     assert body["text"] == "fabpm: learning round 1 (labels) failed at distil: distil: out of memory"
+
+
+def test_a_candidate_the_gate_rejected_goes_only_to_targets_that_ask(repo: Repo, receiver: Receiver):
+    from cloud.storage.models import LearningRound
+
+    clock = Clock()
+    why = "not promoted: old: AUC 0.71 vs 0.74, 95% sure it lost more than 0.01"
+    with repo.transaction() as s:
+        too_few = "3 new labels: too few for a training and a test part"
+        for step, note in (("gate", why), ("collect", too_few)):
+            s.add(
+                LearningRound(
+                    trigger="labels", step=step, status="rejected", state={}, log=[{"ts": 0, "msg": note}],
+                    error="", label_watermark=clock.t, created_ts=clock.t - 600, updated_ts=clock.t - 60,
+                )
+            )  # fmt: skip
+    ml = {"name": "ml", "url": receiver.url, "kinds": ["round_rejected"]}
+    hooks = [{"name": "ops", "url": receiver.url}, ml]
+    cfg = NotifyConfig.model_validate({"webhooks": hooks})
+    assert Notifier(repo, cfg, "w1", CloudMetrics(), clock=clock, env={}).tick() == 1
+    ((body, _),) = receiver.got  # to "ml" alone, and not the round that had too few labels to try
+    assert body["kind"] == "round_rejected"
+    assert body["text"] == f"fabpm: learning round 1 (labels): candidate {why}"
+    assert [(r.target, r.subject) for r in _rows(repo)] == [("ml", "round:1")]
