@@ -69,6 +69,19 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
     res = fit(model, train, val, replace(cfg.train, progress=False), None, {})
     p_val = predict(res.model, scored.x)["rul"]
     p_test = predict(res.model, test.x)["rul"]
+    recent = cmapss.recent_test_windows(
+        data, max(args.trail), args.window, cmapss.RUL_CAP, args.smooth, args.reference
+    )
+    p_recent = predict(res.model, recent.x)["rul"]
+    trailing = {}
+    for k in args.trail:  # the same model's outputs, combined over the last k cycles
+        for hold in (False, True):
+            on_test = trail(p_recent, recent.groups, k, cmapss.RUL_CAP, hold)[last_of_each(recent.groups)]
+            trailing[f"k{k}{'_hold' if hold else ''}"] = {
+                "cv_rmse": cmapss.rmse(trail(p_val, scored.groups, k, cmapss.RUL_CAP, hold), scored.rul),
+                "test_rmse": cmapss.rmse(on_test, test.rul),
+                "test_score": cmapss.nasa_score(on_test, test.rul),
+            }
     return {
         "name": args.name,
         "fold": fold,
@@ -79,10 +92,42 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
         ),
         "test_rmse": cmapss.rmse(p_test, test.rul),
         "test_score": cmapss.nasa_score(p_test, test.rul),
+        "trailing": trailing,
+        # per-window outputs, so that later post-processing needs no retraining
+        "scored": {"groups": scored.groups.tolist(), "rul": scored.rul.tolist(), "pred": _r(p_val)},
+        "recent_test": {"groups": recent.groups.tolist(), "pred": _r(p_recent)},
         "best_epoch": res.metrics.get("epoch"),
         "seconds": time.monotonic() - t0,
         "args": {k: v for k, v in vars(args).items() if k not in ("data", "out", "fold", "summarize")},
     }
+
+
+def _r(a: np.ndarray) -> list[float]:
+    return [round(float(v), 3) for v in a]
+
+
+def trail(p: np.ndarray, groups: np.ndarray, k: int, cap: float, hold_cap: bool) -> np.ndarray:
+    """Each window's RUL from its own output and those of the k - 1 windows before it in the same
+    unit: the mean of ``p[i - j] - j`` (the RUL falls one per cycle). ``groups`` holds each unit's
+    windows contiguously, in cycle order, one cycle apart. With ``hold_cap`` an output at the cap
+    stays at the cap (the model saw no wear then, so the unit may still be beyond it)."""
+    total = np.zeros(len(p))
+    count = np.zeros(len(p))
+    starts = np.r_[0, np.flatnonzero(groups[1:] != groups[:-1]) + 1]
+    pos = np.arange(len(p)) - np.repeat(starts, np.diff(np.r_[starts, len(p)]))  # index within its unit
+    for j in range(k):
+        ok = pos >= j
+        earlier = p[np.flatnonzero(ok) - j]
+        est = earlier - j
+        if hold_cap:
+            est = np.where(earlier >= cap - 1e-3, cap, est)
+        total[ok] += est
+        count[ok] += 1
+    return total / count
+
+
+def last_of_each(groups: np.ndarray) -> np.ndarray:
+    return np.r_[np.flatnonzero(groups[1:] != groups[:-1]), len(groups) - 1]
 
 
 def summarize(out: Path) -> None:
@@ -141,6 +186,13 @@ def main() -> int:
         default="best",
         help="best: the epoch with the lowest validation loss (on the scored fold itself, optimistic, "
         "unless --inner-val); last: the end of the schedule, the held-out fold unseen until scored",
+    )
+    ap.add_argument(
+        "--trail",
+        type=int,
+        nargs="+",
+        default=[1, 3, 5, 10, 20],
+        help="also score each output combined with those of the k - 1 cycles before it, for each k",
     )
     ap.add_argument("--summarize", action="store_true", help="only the table of what --out holds")
     args = ap.parse_args()
