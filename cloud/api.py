@@ -12,6 +12,7 @@ start rollouts and learning rounds. ``/health`` and ``/metrics`` are open for pr
 
 # No `from __future__ import annotations` here: FastAPI resolves the dependency annotations of
 # the routes, which name closures of create_app, at definition time.
+import contextlib
 import json
 import logging
 import math
@@ -29,6 +30,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
+from cloud.audit import STATE_KEY as AUDIT_ACTOR
+from cloud.audit import AuditMiddleware
+from cloud.audit import note as audit_note
+from cloud.audit import rows as audit_rows
 from cloud.auth import ROLES, Principal, Users
 from cloud.case_window import named_series, type_scaler
 from cloud.errors import AuthError, CloudError, LoginThrottled, RegistryError, RolloutError, UnknownUser
@@ -133,13 +138,19 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     bearer = HTTPBearer(auto_error=False)
 
-    def principal(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+    app.add_middleware(AuditMiddleware, repo=ctx.repo)
+
+    def principal(
+        request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> Principal:
         if creds is None:
             raise HTTPException(401, "bearer token required", headers={"WWW-Authenticate": "Bearer"})
         try:
-            return ctx.users.resolve(creds.credentials)
+            who = ctx.users.resolve(creds.credentials)
         except AuthError as exc:
             raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+        setattr(request.state, AUDIT_ACTOR, (who.username, who.role))  # the audit row's actor
+        return who
 
     def role(needed: str) -> Callable[[Principal], Principal]:
         def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
@@ -159,6 +170,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """A session token. After ``auth.login_free_failures`` wrong passwords for one user from one
         client, 429 with Retry-After (cloud/login_throttle.py)."""
         client = request.client.host if request.client else ""
+        setattr(request.state, AUDIT_ACTOR, (body.username, ""))  # the name tried, right or wrong
         try:
             token, expires, user_role = ctx.users.login(body.username, body.password, client)
         except LoginThrottled as exc:
@@ -170,9 +182,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return {"access_token": token, "token_type": "bearer", "expires_ts": expires, "role": user_role}
 
     @app.post("/api/auth/logout", tags=["auth"])
-    def logout(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> dict[str, Any]:
+    def logout(
+        request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> dict[str, Any]:
         """Ends the session (or revokes the API token) presented; the console's Sign out calls it."""
         if creds is not None:
+            with contextlib.suppress(AuthError):  # whose it was, for the audit row
+                who = ctx.users.resolve(creds.credentials)
+                setattr(request.state, AUDIT_ACTOR, (who.username, who.role))
             ctx.users.logout(creds.credentials)
         return {"signed_out": True}
 
@@ -181,11 +198,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return {"username": who.username, "role": who.role, "roles": list(ROLES)}
 
     @app.post("/api/auth/api-tokens", tags=["auth"])
-    def api_token(body: NewToken, who: Admin) -> dict[str, Any]:
+    def api_token(body: NewToken, who: Admin, request: Request) -> dict[str, Any]:
+        audit_note(request.state, f"name {body.name}")
         return {"token": ctx.users.api_token(who.username, body.name), "name": body.name}
 
     @app.post("/api/users", tags=["auth"])
-    def add_user(body: NewUser, _who: Admin) -> dict[str, Any]:
+    def add_user(body: NewUser, _who: Admin, request: Request) -> dict[str, Any]:
+        audit_note(request.state, f"{body.username} ({body.role})")
         try:
             ctx.users.add(body.username, body.password, body.role)
         except AuthError as exc:
@@ -223,6 +242,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
             "API token %s (%s of %s) revoked by %s", token_id, info.name, info.username, who.username
         )
         return {"revoked": asdict(info)}
+
+    @app.get("/api/audit", tags=["auth"])
+    def audit_log(
+        _who: Admin,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+        actor: Annotated[str | None, Query(max_length=128)] = None,
+        before_ts: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Who changed what, from where, with what outcome, latest first (cloud/audit.py);
+        ``before_ts`` pages back."""
+        return audit_rows(ctx.repo, limit, actor, before_ts)
 
     # ---- fleet -------------------------------------------------------------------------------
     @app.get("/api/fleet", tags=["fleet"])
@@ -266,10 +296,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
         }
 
     @app.post("/api/tools/{tool_id}/events", tags=["fleet"])
-    def tool_event(tool_id: str, body: EventIn, who: Operator) -> dict[str, Any]:
+    def tool_event(tool_id: str, body: EventIn, who: Operator, request: Request) -> dict[str, Any]:
         """Record a failure or maintenance the edge did not see (from a CMMS or a technician): it
         labels the tool's cases before it as the edge's events do (cloud/labels.py). ``at_ts`` may
         be up to a year back and not in the future."""
+        audit_note(request.state, " ".join(x for x in (body.event, body.mode, f"at {body.at_ts:.0f}") if x))
         if ctx.ingest is None:
             raise HTTPException(503, "this worker does not ingest")
         now = ctx.clock()
@@ -390,7 +421,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         }
 
     @app.post("/api/cases/{case_id}/labels", tags=["cases"])
-    def label(case_id: str, body: LabelIn, who: Operator) -> dict[str, Any]:
+    def label(case_id: str, body: LabelIn, who: Operator, request: Request) -> dict[str, Any]:
+        audit_note(request.state, f"failed {body.failed}" + (f", {body.mode}" if body.mode else ""))
         with ctx.repo.transaction() as s:
             row = s.get(Case, case_id)
             if row is None:
@@ -455,14 +487,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return [_row(r) for r in ctx.rollout.rollouts()]
 
     @app.post("/api/rollouts", tags=["rollouts"])
-    def start_rollout(body: RolloutIn, _who: Admin) -> dict[str, Any]:
+    def start_rollout(body: RolloutIn, _who: Admin, request: Request) -> dict[str, Any]:
+        audit_note(request.state, f"version {body.version}")
         try:
             return _row(ctx.rollout.start(body.version, body.canary_edges))
         except (RolloutError, RegistryError) as exc:
             raise HTTPException(409, str(exc)) from exc
 
     @app.post("/api/rollouts/{rollout_id}/rollback", tags=["rollouts"])
-    def rollback(rollout_id: int, body: Decision, who: Operator) -> dict[str, Any]:
+    def rollback(rollout_id: int, body: Decision, who: Operator, request: Request) -> dict[str, Any]:
+        audit_note(request.state, body.reason[:200])
         try:
             return _row(ctx.rollout.rollback(rollout_id, f"by {who.username}: {body.reason}"))
         except RolloutError as exc:
@@ -521,11 +555,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
             return _row(row)
 
     @app.post("/api/tuning/{proposal_id}/approve", tags=["tuning"])
-    def approve(proposal_id: str, body: Decision, who: Operator) -> dict[str, Any]:
+    def approve(proposal_id: str, body: Decision, who: Operator, request: Request) -> dict[str, Any]:
+        audit_note(request.state, body.reason[:200])
         return decide(proposal_id, "approval", who, body.reason)
 
     @app.post("/api/tuning/{proposal_id}/reject", tags=["tuning"])
-    def reject(proposal_id: str, body: Decision, who: Operator) -> dict[str, Any]:
+    def reject(proposal_id: str, body: Decision, who: Operator, request: Request) -> dict[str, Any]:
+        audit_note(request.state, body.reason[:200])
         return decide(proposal_id, "rejection", who, body.reason)
 
     # ---- learning ----------------------------------------------------------------------------

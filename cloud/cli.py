@@ -94,12 +94,14 @@ def main(argv: list[str]) -> int:
             return _register(cfg, Repo(engine), ns)
         from cloud.auth import Users
 
-        users = Users(Repo(engine), cfg.api.auth.token_ttl_s, cfg.api.auth.scrypt_n)
+        repo = Repo(engine)
+        users = Users(repo, cfg.api.auth.token_ttl_s, cfg.api.auth.scrypt_n)
         if ns.user_cmd == "remove":
             try:
                 users.remove(ns.username)
             except AuthError as exc:
                 raise CloudError(str(exc)) from exc
+            _audit(repo, "remove", ns.username)
             print(f"user {ns.username} removed, with every token of theirs")
             return 0
         password = os.environ.get("FABPM_CLOUD_PASSWORD")
@@ -111,10 +113,22 @@ def main(argv: list[str]) -> int:
             users.add(ns.username, password, ns.role)
         except AuthError as exc:
             raise CloudError(str(exc)) from exc
+        _audit(repo, "add", f"{ns.username} ({ns.role})")
         print(f"user {ns.username} ({ns.role}) saved")
         return 0
     finally:
         engine.dispose()
+
+
+def _audit(repo: Repo, cmd: str, target: str) -> None:
+    """The CLI's user changes in the audit trail, by the OS user who ran them (cloud/audit.py)."""
+    from cloud.audit import entry, record
+
+    try:
+        who = f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # a container's uid without a passwd entry
+        who = f"cli:uid {os.getuid()}"
+    record(repo, entry(who, "", who, f"fabpm cloud user {cmd}", target, 0))
 
 
 def _register(cfg: cloud_config.CloudConfig, repo: Repo, ns: argparse.Namespace) -> int:

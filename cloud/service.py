@@ -41,7 +41,7 @@ from cloud.rollout import RolloutManager
 from cloud.serving import load_replicas
 from cloud.sessions import Roster
 from cloud.storage import Repo, make_engine, migrate
-from cloud.storage.models import DeadLetter, EventRow, LoginFailure, RiskPoint, SeenMessage
+from cloud.storage.models import AuditEntry, DeadLetter, EventRow, LoginFailure, RiskPoint, SeenMessage
 from cloud.verdicts import VerdictService
 
 _logger = logging.getLogger(__name__)
@@ -299,6 +299,7 @@ class CloudService:
                 (EventRow.event.not_in(RESET_EVENTS),),
             ),
             ("dead letters", DeadLetter.received_ts, st.dead_letters_days, ()),
+            ("audit rows", AuditEntry.ts, st.audit_days, ()),
             ("login failure counters", LoginFailure.last_ts, self.users.throttle.forget_s / day, ()),
         )
         for what, column, days, where in jobs:

@@ -210,6 +210,14 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_selector("#users tr:has-text('neo')", state="detached")
             assert [u.username for u in service.users.all()] == ["ada", "olga", "vic"]
             assert page.locator("#users tr:has-text('ada') button").count() == 0  # not oneself
+            page.click("#tabs button[data-tab=audit]")  # who did all that, refused attempts included
+            page.wait_for_selector("#audit tr:has-text('DELETE /api/users/'):has-text('username=neo')")
+            added = page.locator("#audit tr:has-text('POST /api/users'):has-text('neo (operator)')")
+            assert added.count() == 1
+            page.fill("#audit-form input[name=actor]", "vic")
+            page.click("#audit-form button[type=submit]")
+            page.wait_for_selector("#audit tbody tr:has-text('POST /api/auth/token')")
+            assert set(page.locator("#audit tbody td:nth-child(2)").all_inner_texts()) == {"vic"}
             page.click("#logout")  # the token shown once must not stay on the page for the next user
             assert page.evaluate("document.querySelector('#new-token').textContent") == ""
         finally:

@@ -10,9 +10,10 @@ from pathlib import Path
 from conftest import cloud_config, free_port
 from sqlalchemy import func, select
 
+from cloud import audit
 from cloud.service import CloudService
 from cloud.storage import migrate
-from cloud.storage.models import DeadLetter, EventRow, LoginFailure, RiskPoint, SeenMessage
+from cloud.storage.models import AuditEntry, DeadLetter, EventRow, LoginFailure, RiskPoint, SeenMessage
 
 NOW = 100 * 86400.0
 DAY = 86400.0
@@ -49,8 +50,11 @@ def test_old_rows_go_and_what_bounds_the_labels_stays(db_url: str, tmp_path: Pat
             for user, days in (("gone", 1.1), ("kept", 0.9)):  # a key is forgotten a day after its failure
                 ago = NOW - days * DAY
                 s.add(LoginFailure(username=user, client="c", failures=9, blocked_until=0, last_ts=ago))
+            for days in (366, 364):  # the audit trail: a year
+                s.add(audit.entry("ada", "admin", "c", "POST /api/users", "", 200, ts=NOW - days * DAY))
         svc._prune()
         with svc.repo.transaction() as s:
+            assert s.scalar(select(func.count()).select_from(AuditEntry)) == 1
             assert sorted(s.scalars(select(SeenMessage.msg_id))) == ["m2", "m3"]
             kept = sorted(s.scalars(select(EventRow.msg_id)))
             assert kept == ["new-state", "old-failure", "old-maintenance"]

@@ -143,6 +143,15 @@ const RENDER = {
       tr.append(cell(t.token_id), cell(t.username), cell(t.name), cell(fmtTime(t.created_ts)), actions);
     });
   },
+  async audit() {
+    const actor = $("#audit-form").elements.actor.value.trim();
+    const rows = await api(`/api/audit${actor ? `?actor=${encodeURIComponent(actor)}` : ""}`);
+    fill($("#audit tbody"), rows, (r, tr) => {
+      const outcome = r.status === 0 ? "done (CLI)" : `${r.status < 400 ? "done" : "refused"} (${r.status})`;
+      tr.append(cell(fmtTime(r.ts)), cell(r.actor), cell(r.role), cell(r.client), cell(r.action), cell(r.target),
+        cell(outcome, r.status >= 400 ? "status-failed" : ""));
+    });
+  },
   async learning() {
     const rows = await api("/api/learning/rounds");
     fill($("#learning tbody"), rows, (r, tr) => {
@@ -325,6 +334,7 @@ $("#event-form").addEventListener("submit", async (ev) => {
     f.elements.note.value = "";
   } catch (err) { setStatus(err.message, true); }
 });
+$("#audit-form").addEventListener("submit", (ev) => { ev.preventDefault(); refresh(); });
 $("#user-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const form = new FormData(ev.target);

@@ -307,3 +307,19 @@ class LoginFailure(Base):
     failures: Mapped[int] = mapped_column(Integer)
     blocked_until: Mapped[float] = mapped_column(Float)  # wall clock; 0 while the free tries last
     last_ts: Mapped[float] = mapped_column(Float)  # the latest failure (the prune forgets old keys)
+
+
+class AuditEntry(Base):
+    """One change made through the API or the CLI (:mod:`cloud.audit`): who, from where, what, with
+    what outcome. Written after the request, whatever its outcome (a refused attempt is a fact too)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_ts", "ts"), Index("ix_audit_log_actor_ts", "actor", "ts"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[float] = mapped_column(Float)
+    actor: Mapped[str] = mapped_column(String(128))  # the user; for a login, the name tried; "-" unknown
+    role: Mapped[str] = mapped_column(String(16))  # the actor's role then; "" when not signed in
+    client: Mapped[str] = mapped_column(String(64))  # the client's address, or "cli:<os user>"
+    action: Mapped[str] = mapped_column(String(160))  # "POST /api/rollouts/{rollout_id}/rollback"
+    target: Mapped[str] = mapped_column(String(300))  # the path's parameters: "rollout_id=3"
+    status: Mapped[int] = mapped_column(Integer)  # the HTTP status (0: the CLI)
