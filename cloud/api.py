@@ -37,6 +37,7 @@ from cloud.audit import rows as audit_rows
 from cloud.auth import ROLES, Principal, Users
 from cloud.case_window import named_series, type_scaler
 from cloud.errors import AuthError, CloudError, LoginThrottled, RegistryError, RolloutError, UnknownUser
+from cloud.field_report import field_report
 from cloud.labels import OPERATOR, Label, set_label
 from cloud.learning import Learner
 from cloud.metrics import CloudMetrics
@@ -336,6 +337,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
     def alerts(_who: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
         with ctx.repo.transaction() as s:
             return [_row(a) for a in s.scalars(select(AlertRow).order_by(AlertRow.ts.desc()).limit(limit))]
+
+    @app.get("/api/alerts/field", tags=["alerts"])
+    def alerts_in_the_field(
+        _who: Viewer,
+        days: Annotated[float, Query(gt=0, le=3650)] = 90,
+        lead_h: Annotated[float, Query(gt=0)] = 72,
+        match_h: Annotated[float, Query(gt=0)] = 240,
+    ) -> dict[str, Any]:
+        """How the alerts of the last ``days`` did against the failures and maintenance reported:
+        each alert's outcome, precision, failures warned ≥ ``lead_h`` ahead, lead times
+        (cloud/field_report.py)."""
+        return field_report(ctx.repo, ctx.clock(), days, lead_h, match_h)
 
     @app.post("/api/alerts/{msg_id}/ack", tags=["alerts"])
     def ack_alert(msg_id: str, who: Operator) -> dict[str, Any]:

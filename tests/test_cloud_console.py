@@ -111,8 +111,8 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
         assert service.ingest.handle(topic("fab1", "edge-1", Kind.TELEMETRY), tel.to_bytes())
     alert = Alert(
         edge_id="edge-1", site="fab1", tool_id="etch-01", mode="wear", probability=0.8,
-        model_version="e1", episode_start_ts=now - 120,
-    )  # fmt: skip
+        model_version="e1", episode_start_ts=now - 600,
+    ).model_copy(update={"ts": now - 600})  # before the failure recorded below  # fmt: skip
     assert service.ingest.handle(topic("fab1", "edge-1", Kind.ALERT), alert.to_bytes())
     with service.repo.transaction() as s:  # the notifier's row for it (cloud/notify.py), failing
         s.add(
@@ -150,6 +150,9 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_selector("#status:has-text('failure of etch-01 recorded: 1 case labelled')")
             assert service.repo.get_case("case-1").label_source == "failure"
             page.click("#tabs button[data-tab=alerts]")
+            page.wait_for_selector("#alerts td.outcome-failure:has-text('failed (rf_match_drift)')")
+            summary = page.locator("#field-summary").inner_text()
+            assert "1 alert; 1 followed by a failure" in summary and "Precision 100%" in summary
             page.wait_for_selector(
                 "#notifications tr:has-text('teams'):has-text('HTTP 503'):has-text('etch-01')"
             )

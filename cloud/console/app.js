@@ -57,7 +57,9 @@ const RENDER = {
       cell(w.client_id), cell(w.share_group), cell(w.age_s < 0 ? "silent: its session is being adopted" : `${fmtNum(w.age_s, 0)} s ago`)));
   },
   async alerts() {
-    const [rows, sent] = await Promise.all([api("/api/alerts?limit=200"), can("operator") ? api("/api/notifications?limit=100") : []]);
+    const [rows, sent, field] = await Promise.all([api("/api/alerts?limit=200"),
+      can("operator") ? api("/api/notifications?limit=100") : [], api("/api/alerts/field?days=90")]);
+    $("#field-summary").textContent = fieldSummary(field);
     $("#notifications").hidden = !sent.length;  // shown where webhooks are configured and used
     fill($("#notifications tbody"), sent, (n, tr) => tr.append(
       cell(fmtTime(n.created_ts)), cell(n.target), cell(n.text), cell(n.status, `status-${n.status}`),
@@ -65,8 +67,9 @@ const RENDER = {
     fill($("#alerts tbody"), rows, (a, tr) => {
       const ack = cell(a.acknowledged_by || "");
       if (!a.acknowledged_by && can("operator")) ack.append(button("Acknowledge", () => act(post(`/api/alerts/${a.msg_id}/ack`))));
+      const o = field.alert_outcomes[a.msg_id];
       tr.append(cell(fmtTime(a.ts)), cell(a.tool_id), cell(a.mode), cell(fmtNum(a.probability), "num"),
-        cell(fmtNum(a.rul_h, 1), "num"), cell(a.model_version), ack);
+        cell(fmtNum(a.rul_h, 1), "num"), cell(a.model_version), cell(o ? followed(o, a.ts, field.match_h) : "", o ? `outcome-${o.outcome}` : ""), ack);
     });
   },
   async cases() {
@@ -266,6 +269,27 @@ async function showRisk(toolId) {
     detail.hidden = false;
     detail.scrollIntoView({ block: "nearest" });
   } catch (err) { setStatus(err.message, true); }
+}
+
+function followed(o, ts, matchH) {  // what came after an alert, from the events reported
+  const after = o.event_ts ? ` ${fmtNum((o.event_ts - ts) / 3600, 0)} h later` : "";
+  return {
+    failure: `failed (${o.failed_mode})${after}`, sudden: `sudden failure (${o.failed_mode})${after}`,
+    maintenance: `maintained${after}`, none: `nothing within ${matchH} h`, open: "open",
+  }[o.outcome];
+}
+
+function fieldSummary(f) {
+  const pct = (x) => (x === null ? "–" : `${Math.round(100 * x)}%`);
+  const many = (k, word) => `${k} ${word}${k === 1 ? "" : "s"}`;
+  const n = f.outcomes;
+  const days = `Last ${Math.round((f.until_ts - f.since_ts) / 86400)} days`;
+  if (!f.alerts && !f.failures) return `${days}: no alerts and no failures reported.`;
+  return `${days}: ${many(f.alerts, "alert")}; ${n.failure} followed by a failure, ` +
+    `${n.maintenance} by maintenance, ${n.none} by nothing within ${f.match_h} h, ${n.sudden} by a sudden failure, ${n.open} open. ` +
+    `Precision ${pct(f.precision)} (${pct(f.precision_if_maintained_right)} if the maintained ones were right). ` +
+    `${many(f.failures, "progressive failure")}: ${f.warned} warned, ${f.warned_ge_lead} at least ${f.lead_h} h ahead` +
+    `${f.median_lead_h === null ? "" : ` (median lead ${fmtNum(f.median_lead_h, 0)} h)`}; ${many(f.failures_sudden, "sudden failure")} not counted.`;
 }
 
 async function act(promise) {

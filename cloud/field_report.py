@@ -1,0 +1,204 @@
+"""How the alerts did in the field: what followed each one, and which failures were warned.
+
+B2 scores alerts against the simulator's ground truth; a plant has only what its equipment and
+its people report, the failure and maintenance events (the edge's, or a CMMS's through
+``POST /api/tools/{id}/events``). From those alone:
+
+* An alert's **outcome**: ``failure`` if its tool failed by a progressive mode within ``match_h``
+  after it, before any maintenance (``sudden`` if by a sudden mode: counted apart, an alert cannot
+  foresee those); ``maintenance`` if the tool was maintained first (someone acted, and whether the
+  fault was real cannot be told from the events: counted apart, not as right or wrong); ``none``
+  if ``match_h`` passed with neither (a false alarm, as far as the events tell); ``open`` while
+  ``match_h`` has not passed.
+* **Precision**: failure / (failure + none), the alerts whose outcome the events decide; with the
+  maintained ones counted as right, an upper bound.
+* A failure of one of its tool type's progressive modes (sudden modes have no precursor to warn
+  of, counted apart) is **warned** if an alert of its tool came between the tool's previous
+  failure or maintenance and the failure; its **lead time** runs from the first such alert, and
+  B2's figure is the share warned at least ``lead_h`` ahead. ``named`` counts those whose alerts
+  named the mode that failed.
+* **False alarms per tool-month**: ``none`` outcomes over the tools that reported in the window
+  times its length (a tool added during the window counts whole: an approximation, said so in
+  the answer).
+
+Pure functions over rows; :func:`field_report` reads them from the database.
+"""
+
+from __future__ import annotations
+
+import bisect
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+
+from cloud.storage import Repo
+from cloud.storage.models import AlertRow, EventRow, Tool
+from shared.equipment import TOOL_TYPES
+
+H = 3600.0
+RESETS = ("failure", "maintenance")
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    msg_id: str
+    tool_id: str
+    mode: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """A failure or maintenance of a tool."""
+
+    tool_id: str
+    event: str  # failure/maintenance
+    mode: str | None
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    outcome: str  # failure/maintenance/none/open
+    event_ts: float | None = None  # the failure or maintenance that decided it
+    failed_mode: str | None = None
+
+
+def outcome_of(alert: Alert, resets: list[Reset], now: float, match_h: float) -> Outcome:
+    """What followed ``alert`` (``resets``: its tool's, sorted by time); see the module docstring."""
+    times = [r.ts for r in resets]
+    after = bisect.bisect_right(times, alert.ts)
+    if after < len(resets) and resets[after].ts - alert.ts <= match_h * H:
+        r = resets[after]
+        return Outcome(r.event, r.ts, r.mode if r.event == "failure" else None)
+    return Outcome("none" if now - alert.ts > match_h * H else "open")
+
+
+def _progressive(tool_type: str | None, mode: str | None) -> bool:
+    known = TOOL_TYPES.get(tool_type or "")
+    return known is None or mode is None or mode in known.warnable_mode_names
+
+
+def report(
+    alerts: list[Alert],
+    resets: list[Reset],
+    tool_types: dict[str, str | None],
+    since: float,
+    now: float,
+    lead_h: float = 72.0,
+    match_h: float = 240.0,
+) -> dict[str, Any]:
+    """The figures for alerts and failures from ``since`` to ``now`` (``alerts`` may reach back
+    ``match_h`` further, to find the warnings of the window's first failures)."""
+    by_tool: dict[str, list[Reset]] = defaultdict(list)
+    for r in sorted(resets, key=lambda r: r.ts):
+        by_tool[r.tool_id].append(r)
+    alerts_of: dict[str, list[Alert]] = defaultdict(list)
+    for a in sorted(alerts, key=lambda a: a.ts):
+        alerts_of[a.tool_id].append(a)
+
+    outcomes: dict[str, Outcome] = {}
+    counts = {"failure": 0, "sudden": 0, "maintenance": 0, "none": 0, "open": 0}
+    for tool, mine in alerts_of.items():
+        for a in mine:
+            if a.ts < since:
+                continue
+            o = outcome_of(a, by_tool[tool], now, match_h)
+            if o.outcome == "failure" and not _progressive(tool_types.get(tool), o.failed_mode):
+                o = Outcome("sudden", o.event_ts, o.failed_mode)  # no precursor: not the alert's doing
+            outcomes[a.msg_id] = o
+            counts[o.outcome] += 1
+
+    leads: list[float] = []
+    failures = warned = warned_lead = named = sudden = 0
+    per_mode: dict[str, dict[str, int]] = defaultdict(lambda: {"failures": 0, "warned": 0, "warned_lead": 0})
+    for tool, events in by_tool.items():
+        for i, r in enumerate(events):
+            if r.event != "failure" or r.ts < since:
+                continue
+            if not _progressive(tool_types.get(tool), r.mode):
+                sudden += 1
+                continue
+            failures += 1
+            row = per_mode[r.mode or "?"]
+            row["failures"] += 1
+            prev = events[i - 1].ts if i > 0 else -float("inf")
+            before = [a for a in alerts_of.get(tool, []) if prev < a.ts < r.ts]
+            if not before:
+                continue
+            lead = (r.ts - before[0].ts) / H
+            leads.append(lead)
+            warned += 1
+            row["warned"] += 1
+            named += any(a.mode == r.mode for a in before)
+            if lead >= lead_h:
+                warned_lead += 1
+                row["warned_lead"] += 1
+
+    tool_months = len(tool_types) * max(0.0, now - since) / (30 * 86400)
+    decided = counts["failure"] + counts["none"]
+    closed = decided + counts["maintenance"]
+    return {
+        "since_ts": since,
+        "until_ts": now,
+        "lead_h": lead_h,
+        "match_h": match_h,
+        "alerts": sum(counts.values()),
+        "outcomes": counts,
+        "precision": counts["failure"] / decided if decided else None,
+        "precision_if_maintained_right": (counts["failure"] + counts["maintenance"]) / closed
+        if closed
+        else None,
+        "false_alarms_per_tool_month": counts["none"] / tool_months if tool_months > 0 else None,
+        "tool_months": tool_months,
+        "tool_months_note": "the tools that reported in the window, each counted over the whole window",
+        "failures": failures,
+        "failures_sudden": sudden,
+        "warned": warned,
+        "warned_ge_lead": warned_lead,
+        "warned_named_mode": named,
+        "recall_ge_lead": warned_lead / failures if failures else None,
+        "median_lead_h": statistics.median(leads) if leads else None,
+        "per_mode": dict(sorted(per_mode.items())),
+        "alert_outcomes": {
+            k: {"outcome": o.outcome, "event_ts": o.event_ts, "failed_mode": o.failed_mode}
+            for k, o in outcomes.items()
+        },
+    }
+
+
+def field_report(repo: Repo, clock_now: float, days: float, lead_h: float, match_h: float) -> dict[str, Any]:
+    """:func:`report` over the last ``days`` of the database's alerts and events. "Now" is the
+    later of ``clock_now`` and the newest alert or event: a simulator running faster than real
+    time (the demo) stamps its events ahead of the clock."""
+    with repo.transaction() as s:
+        newest = max(
+            s.scalar(select(func.max(AlertRow.ts))) or 0.0,
+            s.scalar(select(func.max(EventRow.source_ts)).where(EventRow.event.in_(RESETS))) or 0.0,
+        )
+    now = max(clock_now, newest)
+    since = now - days * 86400
+    reach = since - match_h * H  # alerts before the window warn of its first failures
+    with repo.transaction() as s:
+        alerts = [
+            Alert(a.msg_id, a.tool_id, a.mode, a.ts)
+            for a in s.execute(
+                select(AlertRow.msg_id, AlertRow.tool_id, AlertRow.mode, AlertRow.ts).where(
+                    AlertRow.ts >= reach
+                )
+            )
+        ]
+        resets = [
+            Reset(e.tool_id, e.event, e.mode, e.source_ts)
+            for e in s.execute(
+                select(EventRow.tool_id, EventRow.event, EventRow.mode, EventRow.source_ts).where(
+                    EventRow.event.in_(RESETS), EventRow.source_ts >= reach - match_h * H
+                )
+            )
+        ]
+        reporting = select(Tool.tool_id, Tool.tool_type).where(Tool.last_ts >= since)
+        types = {tool: kind for tool, kind in s.execute(reporting)}
+    return report(alerts, resets, types, since, now, lead_h, match_h)

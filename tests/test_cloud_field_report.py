@@ -1,0 +1,100 @@
+"""How the alerts did in the field (cloud/field_report.py): each alert's outcome from the failures
+and maintenance reported after it, precision, failures warned ahead and their lead times; through
+the API on both databases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import login
+from test_cloud_auth import _users, api_context, serve
+
+from cloud.api import create_app
+from cloud.field_report import Alert, Reset, report
+from cloud.storage import Repo
+from cloud.storage.models import AlertRow, EventRow, Tool
+
+H = 3600.0
+T0 = 1_800_000_000.0
+# plasma_etch: rf_match_drift, chamber_deposition, esc_degradation progressive; rf_generator_trip sudden
+ETCH = "plasma_etch"
+
+
+def _alerts() -> list[Alert]:
+    return [
+        Alert("a1", "E1", "rf_match_drift", T0),  # the tool fails by it 100 h later
+        Alert("a2", "E1", "esc_degradation", T0 + 150 * H),  # the tool is maintained 30 h later
+        Alert("a3", "E2", "chamber_deposition", T0),  # nothing follows in 240 h: a false alarm
+        Alert("a4", "E2", "chamber_deposition", T0 + 290 * H),  # too recent to tell
+        Alert("a5", "E3", "rf_match_drift", T0 + 10 * H),  # a sudden trip follows: not its doing
+        Alert("old", "E4", "rf_match_drift", T0 - 50 * H),  # before the window, warns of E4's failure
+    ]
+
+
+def _resets() -> list[Reset]:
+    return [
+        Reset("E1", "failure", "rf_match_drift", T0 + 100 * H),
+        Reset("E1", "maintenance", None, T0 + 180 * H),
+        Reset("E3", "failure", "rf_generator_trip", T0 + 20 * H),
+        Reset("E3", "failure", "chamber_deposition", T0 + 200 * H),  # progressive, never warned
+        Reset("E4", "failure", "esc_degradation", T0 + 10 * H),  # warned 60 h ahead, another mode named
+    ]
+
+
+def test_each_alert_gets_what_followed_it_and_each_failure_its_warning():
+    types = {f"E{i}": ETCH for i in range(1, 6)}  # E5 reported, no alert, no event
+    got = report(_alerts(), _resets(), types, since=T0, now=T0 + 300 * H)
+    outcome = {k: v["outcome"] for k, v in got["alert_outcomes"].items()}
+    assert outcome == {"a1": "failure", "a2": "maintenance", "a3": "none", "a4": "open", "a5": "sudden"}
+    assert got["outcomes"] == {"failure": 1, "sudden": 1, "maintenance": 1, "none": 1, "open": 1}
+    assert got["precision"] == 0.5  # a1 right, a3 wrong; the rest undecided
+    assert got["precision_if_maintained_right"] == pytest.approx(2 / 3)
+    # Progressive failures in the window: E1 (warned 100 h ahead), E3's deposition (not), E4 (60 h).
+    assert (got["failures"], got["failures_sudden"], got["warned"], got["warned_ge_lead"]) == (3, 1, 2, 1)
+    assert got["warned_named_mode"] == 1  # E4's alert named another mode
+    assert got["recall_ge_lead"] == pytest.approx(1 / 3)
+    assert got["median_lead_h"] == pytest.approx(80.0)
+    assert got["per_mode"]["chamber_deposition"] == {"failures": 1, "warned": 0, "warned_lead": 0}
+    assert got["false_alarms_per_tool_month"] == pytest.approx(1 / (5 * 300 / 720))
+    assert "old" not in got["alert_outcomes"]  # before the window: it only warns
+
+
+def test_an_empty_fleet_says_so_without_dividing_by_zero():
+    got = report([], [], {}, since=T0, now=T0 + H)
+    assert got["alerts"] == 0 and got["precision"] is None and got["recall_ge_lead"] is None
+    assert got["median_lead_h"] is None and got["false_alarms_per_tool_month"] is None
+
+
+def test_the_api_reads_them_from_the_database(repo: Repo, tmp_path: Path):
+    with repo.transaction() as s:
+        for i in range(1, 6):
+            s.add(Tool(tool_id=f"E{i}", edge_id="edge-1", site="fab1", tool_type=ETCH, last_ts=T0 + 300 * H))
+        for a in _alerts():
+            s.add(
+                AlertRow(
+                    msg_id=a.msg_id, edge_id="edge-1", site="fab1", tool_id=a.tool_id, mode=a.mode,
+                    probability=0.9, model_version="r1", episode_start_ts=a.ts, ts=a.ts,
+                )
+            )  # fmt: skip
+        for i, r in enumerate(_resets()):
+            s.add(
+                EventRow(
+                    msg_id=f"ev{i}", edge_id="edge-1", site="fab1", tool_id=r.tool_id, event=r.event,
+                    mode=r.mode, source_ts=r.ts, detail={},
+                )
+            )  # fmt: skip
+        s.add(EventRow(msg_id="st", edge_id="edge-1", site="fab1", tool_id="E2", event="state", source_ts=T0))
+    users = _users(repo)
+    users.add("vic", "vic-password", "viewer")
+    # The clock lags the records (a simulator running ahead of real time): "now" is the newest record.
+    ctx = api_context(repo, tmp_path, users, clock=lambda: T0 + 100 * H)
+    with serve(create_app(ctx)) as client:
+        vic = login(client, "vic")
+        r = client.get("/api/alerts/field", params={"days": 300 / 24}, headers=vic)
+        assert client.get("/api/alerts/field", params={"days": 0}, headers=vic).status_code == 422
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["until_ts"] == T0 + 290 * H  # the newest alert
+    assert got["outcomes"] == {"failure": 1, "sudden": 1, "maintenance": 1, "none": 1, "open": 1}
+    assert (got["failures"], got["warned"], got["warned_ge_lead"]) == (3, 2, 1)
