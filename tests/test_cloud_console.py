@@ -53,6 +53,15 @@ def service(mosquitto, tmp_path: Path) -> Iterator[CloudService]:
     svc.stop()
 
 
+CSV_OF_A_HOSTILE_TABLE = """() => {
+    const t = document.createElement("table");
+    t.innerHTML = '<thead><tr><th>a</th><th>b</th><th></th></tr></thead><tbody>' +
+      '<tr><td>=HYPERLINK("x")</td><td>-1.5</td><td>dropped</td></tr>' +
+      '<tr><td>say "hi", then go<button>Approve</button></td><td></td><td></td></tr></tbody>';
+    return tableCsv(t);
+}"""
+
+
 def _sign_in(page, base: str, user: str) -> None:
     page.goto(f"{base}/")
     page.fill("input[name=username]", user)
@@ -221,6 +230,13 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.click("#audit-form button[type=submit]")
             page.wait_for_selector("#audit tbody tr:has-text('POST /api/auth/token')")
             assert set(page.locator("#audit tbody td:nth-child(2)").all_inner_texts()) == {"vic"}
+            with page.expect_download() as download:  # the table as a CSV file, as shown
+                page.click("#audit button.csv")
+            lines = Path(download.value.path()).read_text(encoding="utf-8-sig").splitlines()
+            assert lines[0] == "Time,User,Role,From,Action,On,Outcome"
+            assert len(lines) > 1 and all(",vic," in line for line in lines[1:])
+            injected = page.evaluate(CSV_OF_A_HOSTILE_TABLE)  # a formula is shown, never run
+            assert injected == 'a,b\r\n"\'=HYPERLINK(""x"")",-1.5\r\n"say ""hi"", then go",\r\n'
             page.click("#logout")  # the token shown once must not stay on the page for the next user
             assert page.evaluate("document.querySelector('#new-token').textContent") == ""
         finally:

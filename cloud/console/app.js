@@ -292,6 +292,35 @@ function fieldSummary(f) {
     `${f.median_lead_h === null ? "" : ` (median lead ${fmtNum(f.median_lead_h, 0)} h)`}; ${many(f.failures_sudden, "sudden failure")} not counted.`;
 }
 
+function tableCsv(table) {
+  // The table as shown (header row, then each body row), columns without a header (buttons) left
+  // out. A text cell starting with = + - @ is prefixed with ' so a spreadsheet shows it rather than
+  // running it as a formula (a tool id or a note comes from outside); numbers stay numbers.
+  const keep = [...table.tHead.rows[0].cells].map((th, i) => [i, th.textContent.trim()]).filter(([, h]) => h);
+  const text = (td) => { const c = td.cloneNode(true); c.querySelectorAll("button, svg").forEach((b) => b.remove()); return c.textContent.trim(); };
+  const esc = (v) => {
+    const safe = /^[=+\-@\t\r]/.test(v) && Number.isNaN(Number(v)) ? `'${v}` : v;
+    return /[",\r\n]/.test(safe) ? `"${safe.replace(/"/g, '""')}"` : safe;
+  };
+  const lines = [keep.map(([, h]) => esc(h)).join(",")];
+  for (const tr of table.tBodies[0].rows) lines.push(keep.map(([i]) => esc(tr.cells[i] ? text(tr.cells[i]) : "")).join(","));
+  return lines.join("\r\n") + "\r\n";
+}
+
+document.querySelectorAll("table[data-csv]").forEach((table) => {
+  const b = button("CSV", () => {
+    const url = URL.createObjectURL(new Blob(["\ufeff" + tableCsv(table)], { type: "text/csv" }));  // BOM: Excel reads UTF-8
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = `fabpm-${table.dataset.csv}-${new Date().toISOString().slice(0, 19).replace(/[-:T]/g, "")}.csv`;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  });
+  b.title = "This table as a CSV file (opens in a spreadsheet)";
+  b.classList.add("csv");
+  table.before(b);
+});
+
 async function act(promise) {
   try { await promise; setStatus("done"); await refresh(); } catch (err) { setStatus(err.message, true); }
 }
