@@ -34,6 +34,15 @@ class CloudMetrics:
             registry=r,
         )
         self.queue_depth = Gauge("fabpm_cloud_batcher_queue", "cases waiting for the model", registry=r)
+        # How the alerts of the last 30 days did against the failures reported (cloud/field_report.py),
+        # refreshed hourly: a plant alerts on these falling, not on one alert.
+        self.field = Gauge(
+            "fabpm_cloud_field",
+            "the last 30 days' alerts against the failures reported: precision, warned_ge_72h (share of "
+            "progressive failures), median_lead_h, alerts, failures",
+            ["figure"],
+            registry=r,
+        )
         self.labels = Counter("fabpm_cloud_labels", "labels written by source", ["source"], registry=r)
         self.rounds = Counter(
             "fabpm_cloud_learning_rounds", "learning rounds by outcome", ["outcome"], registry=r

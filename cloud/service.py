@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import math
 import signal
 import threading
 import time
@@ -27,6 +28,7 @@ from cloud.api import ApiContext, create_app
 from cloud.auth import Users
 from cloud.config import CloudConfig
 from cloud.errors import BrokerError, CloudError, ModelError, StorageError
+from cloud.field_report import field_report
 from cloud.ingest import Ingestor
 from cloud.labels import RESET_EVENTS
 from cloud.learning import Learner, Pipeline
@@ -46,6 +48,7 @@ from cloud.verdicts import VerdictService
 
 _logger = logging.getLogger(__name__)
 
+FIELD_DAYS = 30.0  # the window of the fabpm_cloud_field gauges
 JOB_WAIT_S = 10.0  # how long stop() waits for the scheduled jobs in flight (prune, notify, receipts)
 
 
@@ -284,6 +287,23 @@ class CloudService:
                 n,
             )
 
+    def _field_gauges(self) -> None:
+        """Hourly: the last 30 days' field figures as gauges (NaN while undefined: no alerts decided)."""
+        try:
+            f = field_report(self.repo, self.clock(), FIELD_DAYS, 72.0, 240.0)
+        except StorageError as exc:
+            _logger.warning("field figures: %s", exc)
+            return
+        figures = {
+            "precision": f["precision"],
+            "warned_ge_72h": f["recall_ge_lead"],
+            "median_lead_h": f["median_lead_h"],
+            "alerts": f["alerts"],
+            "failures": f["failures"],
+        }
+        for name, value in figures.items():
+            self.metrics.field.labels(name).set(math.nan if value is None else value)
+
     def _prune(self) -> None:
         """Every hour: what ``storage``'s retention settings say is old goes (in chunks)."""
         st, now = self.cfg.storage, self.clock()
@@ -346,6 +366,9 @@ class CloudService:
         soon = datetime.now(UTC) + timedelta(minutes=1)
         self.scheduler.add_job(
             self._prune, "interval", hours=1, id="prune", max_instances=1, next_run_time=soon
+        )
+        self.scheduler.add_job(
+            self._field_gauges, "interval", hours=1, id="field", max_instances=1, next_run_time=soon
         )
         if self.notifier is not None:
             every_s = self.cfg.notify.interval_s

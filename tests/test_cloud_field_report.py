@@ -4,6 +4,7 @@ the API on both databases."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,41 @@ def test_the_api_reads_them_from_the_database(repo: Repo, tmp_path: Path):
     assert got["until_ts"] == T0 + 290 * H  # the newest alert
     assert got["outcomes"] == {"failure": 1, "sudden": 1, "maintenance": 1, "none": 1, "open": 1}
     assert (got["failures"], got["warned"], got["warned_ge_lead"]) == (3, 2, 1)
+
+
+def test_the_worker_publishes_the_figures_as_gauges(db_url: str, tmp_path: Path):
+    from conftest import cloud_config, free_port
+
+    from cloud.service import CloudService
+    from cloud.storage import migrate
+
+    now = T0 + 300 * H
+    svc = CloudService(cloud_config(db_url, free_port(), tmp_path), clock=lambda: now)
+    try:
+        migrate(svc.engine)  # start() would; this test calls the hourly job alone
+        svc._field_gauges()  # an empty database: nothing decided yet
+        assert math.isnan(_gauge(svc, "precision")) and _gauge(svc, "alerts") == 0
+        with svc.repo.transaction() as s:
+            s.add(Tool(tool_id="E1", edge_id="edge-1", site="fab1", tool_type=ETCH, last_ts=now))
+            for i, ts in enumerate((T0, T0 + 200 * H)):
+                s.add(
+                    AlertRow(
+                        msg_id=f"a{i}", edge_id="edge-1", site="fab1", tool_id="E1", mode="rf_match_drift",
+                        probability=0.9, model_version="r1", episode_start_ts=ts, ts=ts,
+                    )
+                )  # fmt: skip
+            s.add(
+                EventRow(
+                    msg_id="f", edge_id="edge-1", site="fab1", tool_id="E1", event="failure",
+                    mode="rf_match_drift", source_ts=T0 + 100 * H, detail={},
+                )
+            )  # fmt: skip
+        svc._field_gauges()
+        assert (_gauge(svc, "alerts"), _gauge(svc, "failures"), _gauge(svc, "precision")) == (2, 1, 1.0)
+        assert (_gauge(svc, "warned_ge_72h"), _gauge(svc, "median_lead_h")) == (1.0, 100.0)
+    finally:
+        svc.stop()
+
+
+def _gauge(svc: object, figure: str) -> float:
+    return svc.metrics.registry.get_sample_value("fabpm_cloud_field", {"figure": figure})  # type: ignore[attr-defined]
