@@ -8,6 +8,10 @@
     fabpm cloud user add --config cloud.toml --username NAME --role viewer|operator|admin
                                                   (password from FABPM_CLOUD_PASSWORD or stdin)
     fabpm cloud user remove --config cloud.toml --username NAME     (and every token of theirs)
+    fabpm cloud backup --config cloud.toml --out DIR [--with-signing-key]
+                                                  database (SQLite; PostgreSQL: pg_dump), models,
+                                                  improved full models, keys; see cloud/backup.py
+    fabpm cloud restore --config cloud.toml --from DIR [--force]   (the cloud stopped)
     fabpm cloud model register --config cloud.toml --artifact M.onnx [--checkpoint FULL.pt]
         [--edge-checkpoint EDGE.pt] [--active]
                                                   record a signed release made outside a learning
@@ -55,6 +59,18 @@ def main(argv: list[str]) -> int:
     p_rm = user_sub.add_parser("remove", help="remove a user and every token of theirs")
     p_rm.add_argument("--config")
     p_rm.add_argument("--username", required=True)
+    p_bak = sub.add_parser(
+        "backup", help="back up the database, models, checkpoints and keys (cloud/backup.py)"
+    )
+    p_bak.add_argument("--config")
+    p_bak.add_argument("--out", type=Path, required=True, help="a new or empty folder")
+    p_bak.add_argument(
+        "--with-signing-key", action="store_true", help="copy the private signing key too (a secret)"
+    )
+    p_res = sub.add_parser("restore", help="restore a backup where the config puts things (cloud stopped)")
+    p_res.add_argument("--config")
+    p_res.add_argument("--from", dest="source", type=Path, required=True, help="the backup folder")
+    p_res.add_argument("--force", action="store_true", help="replace a database, models or key already there")
     p_model = sub.add_parser("model", help="the model registry")
     model_sub = p_model.add_subparsers(dest="model_cmd", required=True)
     p_reg = model_sub.add_parser("register", help="verify and record a signed release")
@@ -80,6 +96,9 @@ def main(argv: list[str]) -> int:
         from cloud.service import run
 
         return run(_cfg(ns))
+
+    if ns.cmd in ("backup", "restore"):
+        return _backup_or_restore(_cfg(ns), ns)
 
     from cloud.storage import Repo, make_engine, migrate
 
@@ -118,6 +137,28 @@ def main(argv: list[str]) -> int:
         return 0
     finally:
         engine.dispose()
+
+
+def _backup_or_restore(cfg: cloud_config.CloudConfig, ns: argparse.Namespace) -> int:
+    from cloud import backup
+
+    if ns.cmd == "backup":
+        doc = backup.backup(cfg, ns.out, ns.with_signing_key)
+        rows = ", ".join(f"{n} {k}" for k, n in doc["tables"].items() if n)
+        print(f"backup in {ns.out}: {len(doc['files'])} files, schema {doc['revision']}; rows: {rows}")
+        if "pg_dump" in doc:
+            print(f"the PostgreSQL database is not in it: back it up with  {doc['pg_dump']}")
+        for path in doc.get("missing", []):
+            print(f"warning: the database names {path}, which does not exist (not in the backup)")
+        if not ns.with_signing_key:
+            print("the private signing key is not in it (--with-signing-key): keep it safe apart")
+        return 0
+    got = backup.restore(cfg, ns.source, ns.force)
+    rows = ", ".join(f"{n} {k}" for k, n in got["tables"].items() if n)
+    n_files, n_paths = got["files"], got["paths_rewritten"]
+    print(f"restored {n_files} files, {n_paths} model paths rewritten, schema {got['revision']}")
+    print(f"rows: {rows}")
+    return 0
 
 
 def _audit(repo: Repo, cmd: str, target: str) -> None:
