@@ -1,19 +1,25 @@
 """The audit trail: who changed what, from where, with what outcome.
 
 Every request that can change something (POST, PUT, PATCH, DELETE under ``/api/``) leaves one
-``audit_log`` row once answered, whatever the answer: a refused attempt (401, 403, 409, 429) is a
-fact an auditor wants too. A row names the actor (the signed-in user; for a login, the name tried),
-the role, the client address, the route (``POST /api/rollouts/{rollout_id}/rollback``), its
-parameters (``rollout_id=3``, and the query string), what the route noted from the body (the
-user and role added, the version rolled out, the reason given) and the HTTP status. Bodies are
-not kept: they carry passwords, and the rest of what they changed is in the tables they changed
-(labels keep their history, rollouts and proposals their decisions). The CLI's user commands
-leave rows too (client ``cli:<os user>``, status 0).
+``audit_log`` row once answered, whatever the answer: a refused attempt (a wrong password, 403,
+409) is a fact an auditor wants too (two exceptions below). A row names the actor (the signed-in
+user; for a login, the name tried), the role, the client address, the route
+(``POST /api/rollouts/{rollout_id}/rollback``), its parameters (``rollout_id=3``, and the query
+string), what the route noted from the body (the user and role added, the version rolled out,
+the reason given) and the HTTP status. Bodies are not kept: they carry passwords, and the rest
+of what they changed is in the tables they changed (labels keep their history, rollouts and
+proposals their decisions). The CLI's user commands leave rows too (client ``cli:<os user>``,
+status 0).
+
+Not recorded: requests that name no user (no token, or one that does not resolve) and logins the
+throttle refused (429) before checking the password. Anyone on the network could write those as
+fast as the network carries them, and the table would grow without bound; every recorded row has
+cost a user's token or a password check (scrypt, then the throttle). The log has the others.
 
 Writing the row never fails the request: the change is made by then, so a database error is
 logged (with the row's fields) and the answer goes out. Kept ``storage.audit_days`` (a year by
 default), pruned hourly with the rest. Read it with ``GET /api/audit`` (admin) or the console's
-Users tab.
+Audit tab.
 """
 
 from __future__ import annotations
@@ -112,7 +118,8 @@ class AuditMiddleware:
             await self.app(scope, receive, tap)
         finally:
             row = _from_scope(scope, status, ts)
-            await anyio.to_thread.run_sync(record, self.repo, row)
+            if row.actor != "-" and status != 429:  # see the module docstring: bounded by users
+                await anyio.to_thread.run_sync(record, self.repo, row)
 
 
 def rows(

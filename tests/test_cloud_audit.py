@@ -16,7 +16,7 @@ from cloud.storage import Repo
 
 
 def test_every_change_through_the_api_is_recorded_with_its_outcome(repo: Repo, tmp_path: Path):
-    users = _users(repo)
+    users = _users(repo, free=2, base_s=30)
     users.add("ada", "ada-password", "admin")
     users.add("vic", "vic-password", "viewer")
     with serve(create_app(api_context(repo, tmp_path, users))) as client:
@@ -30,7 +30,12 @@ def test_every_change_through_the_api_is_recorded_with_its_outcome(repo: Repo, t
         assert client.delete("/api/users/olga", headers=ada).status_code == 200
         assert client.delete("/api/users/nobody", headers=ada).status_code == 404
         assert client.post("/api/notifications/test?target=ops", headers=ada).status_code in (404, 409)
+        assert client.post("/api/users", json=new).status_code == 401  # no user named: not recorded
+        assert client.post("/api/users", json=new, headers={"Authorization": "Bearer x"}).status_code == 401
         assert client.get("/api/audit", headers=vic).status_code == 403
+        guess = {"username": "mallory", "password": "guess"}
+        codes = [client.post("/api/auth/token", json=guess).status_code for _ in range(3)]
+        assert codes == [401, 401, 429]  # the third refused by the throttle: not recorded
         got = client.get("/api/audit", headers=ada).json()
         mine = client.get("/api/audit", params={"actor": "vic"}, headers=ada).json()
     seen = [(r["actor"], r["role"], r["action"], r["target"], r["status"]) for r in reversed(got)]
@@ -44,7 +49,8 @@ def test_every_change_through_the_api_is_recorded_with_its_outcome(repo: Repo, t
         ("ada", "admin", "DELETE /api/users/{username}", "username=nobody", 404),
     ]
     assert seen[7][2:4] == ("POST /api/notifications/test", "target=ops")
-    assert len(seen) == 8 and {r["client"] for r in got} == {"127.0.0.1"}
+    assert seen[8:] == [("mallory", "", "POST /api/auth/token", "", 401)] * 2
+    assert len(seen) == 10 and {r["client"] for r in got} == {"127.0.0.1"}
     assert "olga-secret-1" not in repr(got), "no request body is kept"
     assert [r["action"] for r in mine] == ["POST /api/users", "POST /api/auth/token"]
 
