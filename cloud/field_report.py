@@ -101,6 +101,7 @@ def report(
         alerts_of[a.tool_id].append(a)
 
     outcomes: dict[str, Outcome] = {}
+    at_ts = {a.msg_id: a.ts for a in alerts}
     counts = {"failure": 0, "sudden": 0, "maintenance": 0, "none": 0, "open": 0}
     for tool, mine in alerts_of.items():
         for a in mine:
@@ -164,19 +165,22 @@ def report(
         "median_lead_h": statistics.median(leads) if leads else None,
         "per_mode": dict(sorted(per_mode.items())),
         "alert_outcomes": {
-            k: {"outcome": o.outcome, "event_ts": o.event_ts, "failed_mode": o.failed_mode}
+            k: {"outcome": o.outcome, "at_ts": at_ts[k], "event_ts": o.event_ts, "failed_mode": o.failed_mode}
             for k, o in outcomes.items()
         },
     }
 
 
 def field_report(repo: Repo, clock_now: float, days: float, lead_h: float, match_h: float) -> dict[str, Any]:
-    """:func:`report` over the last ``days`` of the database's alerts and events. "Now" is the
-    later of ``clock_now`` and the newest alert or event: a simulator running faster than real
-    time (the demo) stamps its events ahead of the clock."""
+    """:func:`report` over the last ``days`` of the database's alerts and events, on the
+    equipment's clock: an alert at the source time of the window that raised it (its send time
+    from edges that do not say), events at their source time. "Now" is the later of
+    ``clock_now`` and the newest of those: a simulator runs on its own clock (the demo's, days
+    apart from the wall clock)."""
+    at = func.coalesce(AlertRow.source_ts, AlertRow.ts)  # the equipment's clock, as events are
     with repo.transaction() as s:
         newest = max(
-            s.scalar(select(func.max(AlertRow.ts))) or 0.0,
+            s.scalar(select(func.max(at))) or 0.0,
             s.scalar(select(func.max(EventRow.source_ts)).where(EventRow.event.in_(RESETS))) or 0.0,
         )
     now = max(clock_now, newest)
@@ -184,11 +188,9 @@ def field_report(repo: Repo, clock_now: float, days: float, lead_h: float, match
     reach = since - match_h * H  # alerts before the window warn of its first failures
     with repo.transaction() as s:
         alerts = [
-            Alert(a.msg_id, a.tool_id, a.mode, a.ts)
-            for a in s.execute(
-                select(AlertRow.msg_id, AlertRow.tool_id, AlertRow.mode, AlertRow.ts).where(
-                    AlertRow.ts >= reach
-                )
+            Alert(msg_id, tool, mode, ts)
+            for msg_id, tool, mode, ts in s.execute(
+                select(AlertRow.msg_id, AlertRow.tool_id, AlertRow.mode, at).where(at >= reach)
             )
         ]
         resets = [

@@ -192,6 +192,7 @@ class Ingestor:
                     episode_start_ts=msg.episode_start_ts,
                     ts=msg.ts,
                     received_ts=now,
+                    source_ts=msg.source_ts,
                 )
             )
             return None

@@ -87,6 +87,7 @@ def payload_of(alert: AlertRow) -> dict[str, Any]:
             "rul_std_h": alert.rul_std_h,
             "model_version": alert.model_version,
             "ts": alert.ts,
+            "source_ts": alert.source_ts,
             "episode_start_ts": alert.episode_start_ts,
         },
     }

@@ -176,6 +176,7 @@ class Decider:
                 rul_std_h=_finite(rul_std),
                 model_version=model_version,
                 episode_start_ts=decision.episode_start_ts,
+                source_ts=window_ts,
             )
         reasons = hard_case_reasons(own, rul_std, novelty, self._thresholds)
         out.reasons = reasons

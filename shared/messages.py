@@ -74,6 +74,12 @@ class Alert(Message):
     rul_std_h: float | None = None
     model_version: str
     episode_start_ts: float
+    # The source time of the window that raised it: the equipment's clock, which failures and
+    # maintenance are stamped with (``ts`` is when the edge sent it; with a simulator running
+    # faster than real time the two differ by days). None from edges before it was added: the
+    # cloud uses ``ts`` then. A cloud older than the edges rejects it (extra fields are refused):
+    # upgrade the cloud first.
+    source_ts: float | None = None
 
 
 class HardCase(Message):

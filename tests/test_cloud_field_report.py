@@ -71,11 +71,12 @@ def test_the_api_reads_them_from_the_database(repo: Repo, tmp_path: Path):
     with repo.transaction() as s:
         for i in range(1, 6):
             s.add(Tool(tool_id=f"E{i}", edge_id="edge-1", site="fab1", tool_type=ETCH, last_ts=T0 + 300 * H))
-        for a in _alerts():
+        for a in _alerts():  # sent on the edge's clock, 400 days off the equipment's (a simulator)
             s.add(
                 AlertRow(
                     msg_id=a.msg_id, edge_id="edge-1", site="fab1", tool_id=a.tool_id, mode=a.mode,
-                    probability=0.9, model_version="r1", episode_start_ts=a.ts, ts=a.ts,
+                    probability=0.9, model_version="r1", episode_start_ts=a.ts, ts=a.ts + 400 * 86400,
+                    source_ts=a.ts,
                 )
             )  # fmt: skip
         for i, r in enumerate(_resets()):
@@ -96,7 +97,8 @@ def test_the_api_reads_them_from_the_database(repo: Repo, tmp_path: Path):
         assert client.get("/api/alerts/field", params={"days": 0}, headers=vic).status_code == 422
     assert r.status_code == 200, r.text
     got = r.json()
-    assert got["until_ts"] == T0 + 290 * H  # the newest alert
+    assert got["until_ts"] == T0 + 290 * H  # the newest alert, on the equipment's clock
+    assert got["alert_outcomes"]["a1"]["at_ts"] == T0
     assert got["outcomes"] == {"failure": 1, "sudden": 1, "maintenance": 1, "none": 1, "open": 1}
     assert (got["failures"], got["warned"], got["warned_ge_lead"]) == (3, 2, 1)
 

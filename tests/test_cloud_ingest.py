@@ -97,9 +97,12 @@ def test_dedup_dead_letters_and_failure_labels(repo: Repo):
         probability=0.9,
         model_version="e1",
         episode_start_ts=t0,
+        source_ts=t0 + 60,
     )
     assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), alert.to_bytes())
     assert _count(repo, AlertRow) == 1
+    with repo.transaction() as s:
+        assert s.get(AlertRow, alert.msg_id).source_ts == t0 + 60  # the equipment's clock, kept
     assert _count(repo, SeenMessage) == 3 + 1 + 1 + 1 + 1 + 1
 
 

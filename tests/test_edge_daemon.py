@@ -124,6 +124,8 @@ async def test_alert_raised_before_the_failure_and_events_forwarded(tmp_path, fa
     assert len(failure) == 1 and failure[0]["tool_id"] == "etch-01"
     assert alert["episode_start_ts"] < failure[0]["source_ts"]
     assert alert["episode_start_ts"] >= T0 + 12 * STEP, "no alert while the tool was healthy"
+    # Stamped on the equipment's clock too (the window that raised it), as the failure is.
+    assert alert["episode_start_ts"] <= alert["source_ts"] < failure[0]["source_ts"]
     latencies = list(daemon.pipeline.latencies)
     assert latencies and float(np.median(latencies)) < 0.5
 

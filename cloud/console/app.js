@@ -69,7 +69,7 @@ const RENDER = {
       if (!a.acknowledged_by && can("operator")) ack.append(button("Acknowledge", () => act(post(`/api/alerts/${a.msg_id}/ack`))));
       const o = field.alert_outcomes[a.msg_id];
       tr.append(cell(fmtTime(a.ts)), cell(a.tool_id), cell(a.mode), cell(fmtNum(a.probability), "num"),
-        cell(fmtNum(a.rul_h, 1), "num"), cell(a.model_version), cell(o ? followed(o, a.ts, field.match_h) : "", o ? `outcome-${o.outcome}` : ""), ack);
+        cell(fmtNum(a.rul_h, 1), "num"), cell(a.model_version), cell(o ? followed(o, field.match_h) : "", o ? `outcome-${o.outcome}` : ""), ack);
     });
   },
   async cases() {
@@ -271,8 +271,8 @@ async function showRisk(toolId) {
   } catch (err) { setStatus(err.message, true); }
 }
 
-function followed(o, ts, matchH) {  // what came after an alert, from the events reported
-  const after = o.event_ts ? ` ${fmtNum((o.event_ts - ts) / 3600, 0)} h later` : "";
+function followed(o, matchH) {  // what came after an alert, from the events reported
+  const after = o.event_ts ? ` ${fmtNum((o.event_ts - o.at_ts) / 3600, 0)} h later` : "";
   return {
     failure: `failed (${o.failed_mode})${after}`, sudden: `sudden failure (${o.failed_mode})${after}`,
     maintenance: `maintained${after}`, none: `nothing within ${matchH} h`, open: "open",

@@ -90,6 +90,8 @@ class AlertRow(Base):
     acknowledged_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # When the cloud stored it (ts is the edge's); None for alerts stored before migration 0006.
     received_ts: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    # The source time of the window that raised it (shared.messages.Alert); None from older edges.
+    source_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Case(Base):
