@@ -174,16 +174,15 @@ def report(
 def field_report(repo: Repo, clock_now: float, days: float, lead_h: float, match_h: float) -> dict[str, Any]:
     """:func:`report` over the last ``days`` of the database's alerts and events, on the
     equipment's clock: an alert at the source time of the window that raised it (its send time
-    from edges that do not say), events at their source time. "Now" is the later of
-    ``clock_now`` and the newest of those: a simulator runs on its own clock (the demo's, days
-    apart from the wall clock)."""
+    from edges that do not say), events at their source time, and "now" the newest of those (state
+    changes included), ``clock_now`` only while there is none. On a plant that is the wall clock
+    within the time since the last report (so an alert is judged a little later, never early); a
+    simulator keeps its own (the demo's is months off the wall clock)."""
     at = func.coalesce(AlertRow.source_ts, AlertRow.ts)  # the equipment's clock, as events are
     with repo.transaction() as s:
-        newest = max(
-            s.scalar(select(func.max(at))) or 0.0,
-            s.scalar(select(func.max(EventRow.source_ts)).where(EventRow.event.in_(RESETS))) or 0.0,
-        )
-    now = max(clock_now, newest)
+        latest = [s.scalar(select(func.max(at))), s.scalar(select(func.max(EventRow.source_ts)))]
+    known = [t for t in latest if t is not None]
+    now = max(known) if known else clock_now
     since = now - days * 86400
     reach = since - match_h * H  # alerts before the window warn of its first failures
     with repo.transaction() as s:

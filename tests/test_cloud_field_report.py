@@ -89,8 +89,8 @@ def test_the_api_reads_them_from_the_database(repo: Repo, tmp_path: Path):
         s.add(EventRow(msg_id="st", edge_id="edge-1", site="fab1", tool_id="E2", event="state", source_ts=T0))
     users = _users(repo)
     users.add("vic", "vic-password", "viewer")
-    # The clock lags the records (a simulator running ahead of real time): "now" is the newest record.
-    ctx = api_context(repo, tmp_path, users, clock=lambda: T0 + 100 * H)
+    # The wall clock is months off the equipment's (a simulator's own): "now" is the newest record.
+    ctx = api_context(repo, tmp_path, users, clock=lambda: T0 + 300 * 86400)
     with serve(create_app(ctx)) as client:
         vic = login(client, "vic")
         r = client.get("/api/alerts/field", params={"days": 300 / 24}, headers=vic)
