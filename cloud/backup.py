@@ -28,6 +28,7 @@ next round starts afresh.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -106,14 +107,12 @@ def backup(cfg: CloudConfig, out: Path, with_signing_key: bool = False) -> dict[
     if source is not None:
         if not source.is_file():
             raise CloudError(f"storage.url names {source}, which does not exist")
-        # SQLite's online backup copies a consistent snapshot while workers write.
+        # SQLite's online backup copies a consistent snapshot while workers write (the WAL included).
         with (
-            sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src,
-            sqlite3.connect(out / DATABASE) as dst,
+            contextlib.closing(sqlite3.connect(source, timeout=30)) as src,
+            contextlib.closing(sqlite3.connect(out / DATABASE)) as dst,
         ):
             src.backup(dst)
-        src.close()
-        dst.close()
         doc["database"] = "sqlite"
         engine = make_engine(f"sqlite:///{out / DATABASE}")
     else:

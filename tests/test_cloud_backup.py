@@ -5,8 +5,12 @@ PostgreSQL the files are backed up and the paths rewritten, the database left to
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sqlite3
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ from cloud.config import CloudConfig
 from cloud.errors import CloudError
 from cloud.registry import Registry
 from cloud.storage import Repo, make_engine, migrate
+from cloud.storage.models import DeadLetter
 from cloud.testing import signed_release
 from shared.signing import load_public_key, verify_release
 
@@ -105,3 +110,31 @@ def _toml(db_url: str, root: Path) -> Path:
         f'[learning]\nwork_dir = "{root / "learning"}"\n'
     )
     return path
+
+
+def test_a_sqlite_backup_taken_while_a_worker_writes_is_whole(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'a' / 'cloud.db'}"
+    engine = make_engine(url)
+    migrate(engine)
+    repo, stop, written = Repo(engine), threading.Event(), [0]
+
+    def worker() -> None:  # ingest writing dead letters in small transactions throughout
+        while not stop.is_set():
+            with repo.transaction() as s:
+                s.add(DeadLetter(topic="x", reason="r", payload=b"{", size=1, received_ts=0.0))
+            written[0] += 1
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        while written[0] < 50:
+            time.sleep(0.01)
+        doc = backup.backup(_cfg(url, tmp_path / "a"), tmp_path / "backup")
+    finally:
+        stop.set()
+        thread.join()
+        engine.dispose()
+    with contextlib.closing(sqlite3.connect(tmp_path / "backup" / "database.sqlite")) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        (rows,) = db.execute("SELECT count(*) FROM dead_letters").fetchone()
+    assert 50 <= rows <= written[0] and doc["tables"]["dead_letters"] == rows
