@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -323,6 +324,24 @@ def _active_version(db: sqlite3.Connection) -> str | None:
     return str(row[0]) if row else None
 
 
+def sim_start(db: Path) -> str | None:
+    """The simulated start of this run: the day after the equipment's newest record in the demo's
+    database, so that a rerun continues the simulated timeline. Replaying days already there would
+    put this run's hard cases beside the earlier run's failures, which would label them. None on
+    the first run (the scenario's start)."""
+    if not db.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            (newest,) = conn.execute("select max(source_ts) from events").fetchone()
+    except sqlite3.Error:  # no events table yet: nothing to continue
+        return None
+    if newest is None:
+        return None
+    day = 86400
+    return datetime.fromtimestamp((int(newest) // day + 1) * day, UTC).isoformat()
+
+
 def run_summary(root: Path, since_wall: float) -> str:
     """What this run did, from the cloud's database and the simulator's ground truth (both
     written by this run's processes; the database also holds earlier runs', left out by time)."""
@@ -472,6 +491,7 @@ def start_loop(
             str(root / "ground_truth.jsonl"),
             "--cert-dir",
             str(root / "sim-certs"),
+            *(["--start", start] if (start := sim_start(root / "cloud.db")) else []),
         ],
         env=env,
     )

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 
 from opcua_sim.errors import ScenarioError, SecurityError
@@ -30,13 +31,25 @@ def _scenario(ns: argparse.Namespace) -> Scenario:
         sc = with_seed(sc, ns.seed)
     if ns.tools is not None:
         sc = scale_tools(sc, ns.tools)
+    if ns.start is not None:
+        sc = sc.model_copy(update={"start": ns.start})
     return sc
+
+
+def _start(text: str) -> datetime:
+    """An ISO 8601 time; UTC when it names no zone."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (2026-03-01T00:00Z)") from exc
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", type=Path, help="scenario file (YAML or TOML); default: the built-in fab")
     p.add_argument("--tools", type=int, help="scale the fab to N tools (every group in proportion)")
     p.add_argument("--seed", type=int, help="random seed (default: the scenario's)")
+    p.add_argument("--start", type=_start, help="simulated start time, ISO 8601 (default: the scenario's)")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -102,3 +102,18 @@ def test_demo_runs_the_whole_loop(tmp_path: Path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training the full and the edge DGA" not in again.stdout
     assert "tuning model" not in again.stdout
+
+
+def test_a_rerun_continues_the_simulated_timeline(tmp_path: Path):
+    from fabpm.demo import sim_start
+
+    db = tmp_path / "cloud.db"
+    assert sim_start(db) is None  # the first run: the scenario's start
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("create table events (source_ts float)")
+        assert sim_start(db) is None  # a cloud that stored nothing yet
+        conn.execute("insert into events values (1768687139.28)")  # 2026-01-17 22:38 UTC
+    finally:
+        conn.close()
+    assert sim_start(db) == "2026-01-18T00:00:00+00:00"  # the day after: no simulated day twice

@@ -152,6 +152,13 @@ def test_cli_export_and_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixt
     assert cli.main(["export", "--days", "1", "--tools", "3", "--seed", "4", "--out", str(out)]) == 0
     assert "wrote 3 tools" in capsys.readouterr().out
     assert len(read_info(out).tools) == 3
+    later = tmp_path / "later"  # a simulated timeline that continues another (the demo's reruns)
+    args = ["export", "--days", "1", "--tools", "3", "--start", "2026-03-01", "--out", str(later)]
+    assert cli.main(args) == 0
+    assert read_info(later).extra["start"] == "2026-03-01T00:00:00+00:00"
+    with pytest.raises(SystemExit):
+        cli.main(["export", "--days", "1", "--start", "March", "--out", str(later)])
+    assert "is not an ISO 8601 time" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("areas:\n  - name: a\n    tools: [{type: laser, count: 1}]\n")
     from opcua_sim.errors import ScenarioError
