@@ -62,7 +62,7 @@ class Reset:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    outcome: str  # failure/maintenance/none/open
+    outcome: str  # failure/sudden/maintenance/none/open
     event_ts: float | None = None  # the failure or maintenance that decided it
     failed_mode: str | None = None
 
