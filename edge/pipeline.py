@@ -52,6 +52,13 @@ class ToolInfo:
     probs: dict[str, float] = field(default_factory=dict)  # per mode of the tool's type, last window
 
 
+def mode_named(text: str) -> str | None:
+    """The failure mode an alarm's text names, as a whole word: "fan_bearing_wear" is not
+    "bearing_wear" (a substring match read every abatement fan failure as a pump's bearing)."""
+    words = set(re.split(r"[^A-Za-z0-9_]+", text))
+    return next((m for m in ALL_MODES if m in words), None)
+
+
 class Pipeline:
     """Routing, windows, inference and decisions for one edge; see the module docstring."""
 
@@ -261,8 +268,7 @@ class Pipeline:
             tool = next((t for t in self.tools if t in tokens), None)
         if tool is None:
             return
-        text = f"{ev.message} {ev.fields.get('Mode', '')}"
-        mode = next((m for m in ALL_MODES if m in text), None)
+        mode = mode_named(f"{ev.message} {ev.fields.get('Mode', '')}")
         if mode is not None:
             self.tools[tool].last_mode = mode
             self.tools[tool].last_mode_ts = ev.ts

@@ -523,3 +523,13 @@ async def test_cancel_finishes_while_the_server_hangs_or_is_gone(when):
         task.cancel()
         await proxy.stop()
         await fab.stop()
+
+
+def test_an_alarm_names_its_mode_as_a_whole_word():
+    from edge.pipeline import mode_named
+
+    assert mode_named("ABAT002 fan_bearing_wear: exhaust fan bearing failed") == "fan_bearing_wear"
+    assert mode_named("PUMP006 failed (bearing_wear)") == "bearing_wear"
+    assert mode_named("CMP001 spindle_bearing_wear") == "spindle_bearing_wear"
+    assert mode_named("alarm  rf_generator_trip") == "rf_generator_trip"  # from the Mode field
+    assert mode_named("bearing_wearing out, no mode") is None and mode_named("") is None
