@@ -16,12 +16,16 @@ An operator's label is never overwritten by an automatic one; an operator may ov
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloud.storage.models import Case, EventRow, LabelRow
+from shared.equipment import type_modes
+
+_logger = logging.getLogger(__name__)
 
 OPERATOR = "operator"
 RESET_EVENTS = ("failure", "maintenance")
@@ -73,6 +77,23 @@ def _previous_reset(session: Session, tool_id: str, before_ts: float, msg_id: st
     return float(prev) if prev is not None else float("-inf")
 
 
+def _own_mode(case: Case, event: EventRow) -> str | None:
+    """The failure's mode when the case's tool type has it; None otherwise (failed, mode unknown:
+    training leaves the mode heads out rather than teach another type's head). An edge that
+    misnamed a mode once read every abatement fan_bearing_wear failure as a pump's bearing_wear."""
+    own = type_modes(case.tool_type)
+    if event.mode is None or own is None or event.mode in own:
+        return event.mode
+    _logger.warning(
+        "failure %s of %s names %s, not a %s mode: its cases are labelled without a mode",
+        event.msg_id,
+        case.tool_id,
+        event.mode,
+        case.tool_type,
+    )
+    return None
+
+
 def label_from_event(session: Session, event: EventRow, horizon_h: float, now: float) -> int:
     """Label the tool's cases before a failure or maintenance event; returns how many got a label."""
     if event.event not in RESET_EVENTS:
@@ -84,13 +105,16 @@ def label_from_event(session: Session, event: EventRow, horizon_h: float, now: f
         select(Case).where(Case.tool_id == event.tool_id, Case.window_ts > reset, Case.window_ts <= upper)
     )
     count = 0
+    mode, checked = None, False
     for case in cases:
         if case.label_source == OPERATOR:
             continue
         if event.event == "failure":
             rul_h = (event.source_ts - case.window_ts) / 3600.0
             failed = rul_h <= horizon_h
-            label = Label(failed, event.mode if failed else None, rul_h, "failure", f"event:{event.msg_id}")
+            if failed and not checked:  # one tool, one type: checked (and logged) once
+                mode, checked = _own_mode(case, event), True
+            label = Label(failed, mode if failed else None, rul_h, "failure", f"event:{event.msg_id}")
         else:
             label = Label(False, None, None, "maintenance", f"event:{event.msg_id}")
         set_label(session, case, label, now)
@@ -116,7 +140,8 @@ def label_late_case(session: Session, case: Case, horizon_h: float, now: float) 
     if nxt.event == "failure":
         rul_h = (nxt.source_ts - case.window_ts) / 3600.0
         failed = rul_h <= horizon_h
-        label = Label(failed, nxt.mode if failed else None, rul_h, "failure", f"event:{nxt.msg_id}")
+        mode = _own_mode(case, nxt) if failed else None
+        label = Label(failed, mode, rul_h, "failure", f"event:{nxt.msg_id}")
     elif nxt.source_ts - case.window_ts >= horizon_h * 3600.0:
         label = Label(False, None, None, "maintenance", f"event:{nxt.msg_id}")
     else:

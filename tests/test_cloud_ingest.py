@@ -45,6 +45,16 @@ def _count(repo: Repo, model) -> int:
         return int(s.scalar(select(func.count()).select_from(model)) or 0)
 
 
+def test_a_failure_naming_another_types_mode_labels_without_a_mode(repo: Repo):
+    ingest = Ingestor(repo, CloudMetrics(), horizon_h=72.0)
+    case = hardcase(window_ts=1_000_000.0 - 10 * 3600)  # a plasma_etch tool's
+    assert ingest.handle(topic(case.site, case.edge_id, Kind.HARDCASE), case.to_bytes())
+    fail = failure("etch-01", 1_000_000.0, mode="bearing_wear")  # a pump's mode
+    assert ingest.handle(topic(fail.site, fail.edge_id, Kind.EVENT), fail.to_bytes())
+    got = repo.get_case(case.case_id)
+    assert got.label_failed is True and got.label_mode is None  # failed; no head taught another type's mode
+
+
 def test_dedup_dead_letters_and_failure_labels(repo: Repo):
     cases = []
     ingest = Ingestor(repo, CloudMetrics(), horizon_h=72.0, on_case=cases.append)
@@ -70,13 +80,13 @@ def test_dedup_dead_letters_and_failure_labels(repo: Repo):
     for t, raw in bad:
         assert ingest.handle(t, raw)  # acknowledged: never retried, never crashes
     assert _count(repo, DeadLetter) == len(bad)
-    fail = failure("etch-01", t0, mode="wear")
+    fail = failure("etch-01", t0, mode="rf_match_drift")
     assert ingest.handle(topic(fail.site, fail.edge_id, Kind.EVENT), fail.to_bytes())
     assert ingest.handle(topic(fail.site, fail.edge_id, Kind.EVENT), fail.to_bytes())  # duplicate
     by_id = {m.case_id: repo.get_case(m.case_id) for m in msgs}
     c100, c50, c10 = (by_id[m.case_id] for m in msgs)
     assert c100.label_failed is False and c100.label_rul_h == pytest.approx(100.0)
-    assert c50.label_failed is True and c50.label_mode == "wear" and c50.label_rul_h == pytest.approx(50.0)
+    assert c50.label_failed and c50.label_mode == "rf_match_drift" and c50.label_rul_h == pytest.approx(50.0)
     assert c10.label_failed is True and c10.label_rul_h == pytest.approx(10.0)
     assert _count(repo, LabelRow) == 3  # the duplicate event labelled nothing twice
     # A maintenance 200 h after the failure: only cases ≥ 72 h before it get "did not fail".
