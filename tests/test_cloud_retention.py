@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from conftest import cloud_config, free_port
@@ -78,7 +79,11 @@ def test_stop_lets_a_job_in_flight_end_before_the_database_goes(db_url: str, mos
 
     try:
         svc.start()
-        svc.scheduler.add_job(slow_prune, id="slow", misfire_grace_time=None)  # late on a loaded host
+        # An interval job, as the worker's own are (a one-shot job is removed after it is handed to
+        # the pool, and that removal raced the shutdown once: JobLookupError in the scheduler thread).
+        soon = datetime.now(UTC)
+        every = {"hours": 1, "next_run_time": soon, "misfire_grace_time": None}
+        svc.scheduler.add_job(slow_prune, "interval", id="slow", **every)
         assert started.wait(10)
     finally:
         svc.stop()
