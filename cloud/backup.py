@@ -150,13 +150,20 @@ def backup(cfg: CloudConfig, out: Path, with_signing_key: bool = False) -> dict[
     if with_signing_key:
         if not cfg.registry.private_key.is_file():
             raise CloudError(f"--with-signing-key: {cfg.registry.private_key} does not exist")
-        fd = os.open(keys / "signing.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(cfg.registry.private_key.read_bytes())
+        _write_secret(keys / "signing.key", cfg.registry.private_key.read_bytes())
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         doc["files"][str(path.relative_to(out))] = _sha256(path)
     (out / MANIFEST).write_text(json.dumps(doc, indent=1))
     return doc
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    """``data`` into ``path``, readable by its owner only from the first byte (no umask window)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _relative_to(path: Path, folder: Path) -> Path | None:
@@ -205,6 +212,10 @@ def restore(cfg: CloudConfig, src: Path, force: bool = False) -> dict[str, Any]:
             raise CloudError(f"registry.dir {registry} is not empty; pass --force to replace it")
         if (src / "keys" / "signing.key").is_file() and cfg.registry.private_key.exists():
             raise CloudError(f"{cfg.registry.private_key} exists; pass --force to replace it")
+        pub, theirs = cfg.registry.public_key, src / "keys" / "signing.pub"
+        if theirs.is_file() and pub.exists() and pub.read_bytes() != theirs.read_bytes():
+            # this machine's key pair would no longer match: its models would stop verifying
+            raise CloudError(f"{pub} holds another public key; pass --force to replace it")
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         for stale in (target, target.with_name(target.name + "-wal"), target.with_name(target.name + "-shm")):
@@ -223,12 +234,11 @@ def restore(cfg: CloudConfig, src: Path, force: bool = False) -> dict[str, Any]:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src / rel, dest)
             new_paths[original] = str(dest)
-    for name, dest in (("signing.pub", cfg.registry.public_key), ("signing.key", cfg.registry.private_key)):
-        if (src / "keys" / name).is_file():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src / "keys" / name, dest)
-            if name == "signing.key":
-                dest.chmod(0o600)
+    if (src / "keys" / "signing.pub").is_file():
+        cfg.registry.public_key.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / "keys" / "signing.pub", cfg.registry.public_key)
+    if (src / "keys" / "signing.key").is_file():
+        _write_secret(cfg.registry.private_key, (src / "keys" / "signing.key").read_bytes())
     engine = make_engine(cfg.storage.url)
     try:
         revision = migrate(engine)

@@ -25,7 +25,7 @@ from cloud.registry import Registry
 from cloud.storage import Repo, make_engine, migrate
 from cloud.storage.models import DeadLetter
 from cloud.testing import signed_release
-from shared.signing import load_public_key, verify_release
+from shared.signing import generate_keypair, load_public_key, verify_release
 
 
 def _cfg(db_url: str, root: Path) -> CloudConfig:
@@ -138,3 +138,25 @@ def test_a_sqlite_backup_taken_while_a_worker_writes_is_whole(tmp_path: Path):
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         (rows,) = db.execute("SELECT count(*) FROM dead_letters").fetchone()
     assert 50 <= rows <= written[0] and doc["tables"]["dead_letters"] == rows
+
+
+def test_a_restore_keeps_a_machines_own_keys_unless_forced(db_url: str, tmp_path: Path):
+    a, saved = tmp_path / "a", tmp_path / "backup"
+    _cloud_with_a_model(db_url, a)
+    backup.backup(_cfg(db_url, a), saved, with_signing_key=True)
+
+    def target(name: str) -> CloudConfig:
+        root = tmp_path / name
+        return _cfg(f"sqlite:///{root / 'cloud.db'}" if db_url.startswith("sqlite") else db_url, root)
+
+    own = target("c")
+    generate_keypair(own.registry.private_key, own.registry.public_key)  # c has its own pair
+    with pytest.raises(CloudError, match=r"signing\.key exists; pass --force"):
+        backup.restore(own, saved)
+    backup.restore(own, saved, force=True)
+    assert own.registry.private_key.read_bytes() == (saved / "keys" / "signing.key").read_bytes()
+    assert stat.S_IMODE(own.registry.private_key.stat().st_mode) == 0o600
+    other = target("d")
+    generate_keypair(tmp_path / "elsewhere.key", other.registry.public_key)  # d trusts another pair
+    with pytest.raises(CloudError, match="holds another public key; pass --force"):
+        backup.restore(other, saved)
