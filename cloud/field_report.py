@@ -17,6 +17,8 @@ its people report, the failure and maintenance events (the edge's, or a CMMS's t
   failure or maintenance and the failure; its **lead time** runs from the first such alert, and
   B2's figure is the share warned at least ``lead_h`` ahead. ``named`` counts those whose alerts
   named the mode that failed.
+* A failure reported twice (the edge's event and a CMMS work order) counts once: a second failure
+  of a tool within ``SAME_H`` of the first, with no maintenance between, is merged into it.
 * **False alarms per tool-month**: ``none`` outcomes over the tools that reported in the window
   times its length (a tool added during the window counts whole: an approximation, said so in
   the answer).
@@ -40,6 +42,7 @@ from shared.equipment import TOOL_TYPES
 
 H = 3600.0
 RESETS = ("failure", "maintenance")
+SAME_H = 12.0  # a second failure of a tool this soon, with no maintenance between, is the same one
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +97,21 @@ def report(
     """The figures for alerts and failures from ``since`` to ``now`` (``alerts`` may reach back
     ``match_h`` further, to find the warnings of the window's first failures)."""
     by_tool: dict[str, list[Reset]] = defaultdict(list)
+    merged = 0
     for r in sorted(resets, key=lambda r: r.ts):
-        by_tool[r.tool_id].append(r)
+        seen = by_tool[r.tool_id]
+        last = seen[-1] if seen else None
+        if (
+            r.event == "failure"
+            and last is not None
+            and last.event == "failure"
+            and r.ts - last.ts <= SAME_H * H
+        ):
+            merged += 1  # the same failure reported again (the edge's event and a CMMS work order)
+            if last.mode is None and r.mode is not None:
+                seen[-1] = Reset(last.tool_id, last.event, r.mode, last.ts)
+            continue
+        seen.append(r)
     alerts_of: dict[str, list[Alert]] = defaultdict(list)
     for a in sorted(alerts, key=lambda a: a.ts):
         alerts_of[a.tool_id].append(a)
@@ -158,6 +174,7 @@ def report(
         "tool_months_note": "the tools that reported in the window, each counted over the whole window",
         "failures": failures,
         "failures_sudden": sudden,
+        "failures_merged": merged,
         "warned": warned,
         "warned_ge_lead": warned_lead,
         "warned_named_mode": named,

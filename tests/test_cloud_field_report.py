@@ -36,6 +36,7 @@ def _alerts() -> list[Alert]:
 def _resets() -> list[Reset]:
     return [
         Reset("E1", "failure", "rf_match_drift", T0 + 100 * H),
+        Reset("E1", "failure", None, T0 + 102 * H),  # the same failure again, from a CMMS work order
         Reset("E1", "maintenance", None, T0 + 180 * H),
         Reset("E3", "failure", "rf_generator_trip", T0 + 20 * H),
         Reset("E3", "failure", "chamber_deposition", T0 + 200 * H),  # progressive, never warned
@@ -54,6 +55,7 @@ def test_each_alert_gets_what_followed_it_and_each_failure_its_warning():
     # Progressive failures in the window: E1 (warned 100 h ahead), E3's deposition (not), E4 (60 h).
     assert (got["failures"], got["failures_sudden"], got["warned"], got["warned_ge_lead"]) == (3, 1, 2, 1)
     assert got["warned_named_mode"] == 1  # E4's alert named another mode
+    assert got["failures_merged"] == 1  # E1's failure reported twice counts once
     assert got["recall_ge_lead"] == pytest.approx(1 / 3)
     assert got["median_lead_h"] == pytest.approx(80.0)
     assert got["per_mode"]["chamber_deposition"] == {"failures": 1, "warned": 0, "warned_lead": 0}
