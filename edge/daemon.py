@@ -36,6 +36,7 @@ from edge.metrics import EdgeMetrics, serve
 from edge.mqtt import MqttRelay
 from edge.outbox import Outbox, SilenceWatch
 from edge.pipeline import Pipeline
+from edge.running_jobs import RunningJobs
 from edge.source import AsyncuaSource, TagSource, tag_table
 from edge.updates import ModelStore, Updater, slot_of
 from edge.windows import ReadyWindow, features
@@ -129,6 +130,7 @@ class EdgeDaemon:
         self._dead_reasons: set[str] = set()
         self._infer_wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._pool_jobs = RunningJobs()  # the scheduler's jobs in the thread pool (edge/running_jobs.py)
         self.started = time.time()
         self.references_path = cfg.state_dir / "references.json"
 
@@ -375,11 +377,18 @@ class EdgeDaemon:
             self.refresh_gauges()
             self.publish_status()
 
+        # These run in the loop's thread pool; counted, so a stop waits for them before the
+        # outbox closes (the scheduler's shutdown does not wait for pool jobs).
+        track = self._pool_jobs.track
         opts: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
-        sch.add_job(health_job, "interval", seconds=s.health_s, id="health", **opts)
-        sch.add_job(self.telemetry_once, "interval", seconds=s.telemetry_s, id="telemetry", **opts)
-        sch.add_job(self.housekeeping_once, "interval", seconds=s.housekeeping_s, id="housekeeping", **opts)
-        sch.add_job(self.model_check_once, "interval", seconds=s.model_check_s, id="model_check", **opts)
+        sch.add_job(track(health_job), "interval", seconds=s.health_s, id="health", **opts)
+        sch.add_job(track(self.telemetry_once), "interval", seconds=s.telemetry_s, id="telemetry", **opts)
+        sch.add_job(
+            track(self.housekeeping_once), "interval", seconds=s.housekeeping_s, id="housekeeping", **opts
+        )
+        sch.add_job(
+            track(self.model_check_once), "interval", seconds=s.model_check_s, id="model_check", **opts
+        )
         if self.cfg.tuning.mode != "off":
             sch.add_job(
                 self.control.tune_once, "interval", seconds=self.cfg.tuning.interval_s, id="tuning", **opts
@@ -425,6 +434,8 @@ class EdgeDaemon:
                     )
         finally:
             scheduler.shutdown(wait=False)
+            if not await asyncio.to_thread(self._pool_jobs.wait_idle, STOP_TASKS_S):
+                _logger.warning("a scheduled job did not end within %.0f s of the stop", STOP_TASKS_S)
             spawned = list(self._tasks)
             for task in spawned:
                 task.cancel()

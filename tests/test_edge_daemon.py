@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -128,6 +129,26 @@ async def test_alert_raised_before_the_failure_and_events_forwarded(tmp_path, fa
     assert alert["episode_start_ts"] <= alert["source_ts"] < failure[0]["source_ts"]
     latencies = list(daemon.pipeline.latencies)
     assert latencies and float(np.median(latencies)) < 0.5
+
+
+async def test_a_stop_waits_for_a_scheduled_job_in_flight(tmp_path, fab, mosquitto):
+    cfg = _cfg(tmp_path, fab, mosquitto.port, schedule={"housekeeping_s": 0.2})
+    daemon = EdgeDaemon(cfg)
+    started, done = threading.Event(), threading.Event()
+
+    def slow_housekeeping() -> None:  # mid-write when the stop comes
+        started.set()
+        time.sleep(0.5)
+        daemon.outbox.stats()  # reads the outbox: a closed one raises
+        done.set()
+
+    daemon.housekeeping_once = slow_housekeeping  # type: ignore[method-assign]
+    task = asyncio.create_task(daemon.run())
+    try:
+        assert await until(started.is_set, 15)
+    finally:
+        await _stop(task)
+    assert done.is_set(), "the outbox closed under a running job"
 
 
 async def test_hard_case_travels_and_its_verdict_returns(tmp_path, fab, mosquitto):
