@@ -119,6 +119,11 @@ class RolloutIn(BaseModel):
     canary_edges: list[str] | None = None
 
 
+class AckIn(BaseModel):
+    finding: Literal["fault", "no_fault"] | None = None  # what an inspection of the tool found
+    note: str = Field(default="", max_length=2000)
+
+
 class Decision(BaseModel):
     reason: str = Field("", max_length=2000)
 
@@ -351,12 +356,20 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return field_report(ctx.repo, ctx.clock(), days, lead_h, match_h)
 
     @app.post("/api/alerts/{msg_id}/ack", tags=["alerts"])
-    def ack_alert(msg_id: str, who: Operator) -> dict[str, Any]:
+    def ack_alert(msg_id: str, who: Operator, request: Request, body: AckIn | None = None) -> dict[str, Any]:
+        """Acknowledge an alert, optionally with what was found on the tool (``fault`` /
+        ``no_fault``) and a note; the field report counts a finding (cloud/field_report.py).
+        Acknowledging again replaces the finding (a later inspection knows more)."""
+        body = body or AckIn()
+        audit_note(request.state, body.finding or "")
         with ctx.repo.transaction() as s:
             alert = s.get(AlertRow, msg_id)
             if alert is None:
                 raise HTTPException(404, "no such alert")
             alert.acknowledged_by = who.username
+            alert.ack_ts = ctx.clock()
+            if body.finding is not None or body.note:
+                alert.ack_finding, alert.ack_note = body.finding, body.note or None
             return _row(alert)
 
     # ---- cases and labels ------------------------------------------------------------------

@@ -10,8 +10,11 @@ its people report, the failure and maintenance events (the edge's, or a CMMS's t
   fault was real cannot be told from the events: counted apart, not as right or wrong); ``none``
   if ``match_h`` passed with neither (a false alarm, as far as the events tell); ``open`` while
   ``match_h`` has not passed.
-* **Precision**: failure / (failure + none), the alerts whose outcome the events decide; with the
-  maintained ones counted as right, an upper bound.
+* What the person who acknowledged an alert found on the tool decides it when no failure did:
+  ``fault_found`` (right) or ``no_fault`` (a false alarm, decided at once; a failure within
+  ``match_h`` still overrules it). Maintenance without a finding stays ``maintenance``.
+* **Precision**: (failure + fault_found) / (those + none + no_fault), the alerts whose outcome is
+  decided; with the maintained ones without a finding counted as right, an upper bound.
 * A failure of one of its tool type's progressive modes (sudden modes have no precursor to warn
   of, counted apart) is **warned** if an alert of its tool came between the tool's previous
   failure or maintenance and the failure; its **lead time** runs from the first such alert, and
@@ -51,6 +54,7 @@ class Alert:
     tool_id: str
     mode: str
     ts: float
+    finding: str | None = None  # what an inspection found: "fault" / "no_fault" (the acknowledgement)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +69,7 @@ class Reset:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    outcome: str  # failure/sudden/maintenance/none/open
+    outcome: str  # failure/sudden/fault_found/no_fault/maintenance/none/open
     event_ts: float | None = None  # the failure or maintenance that decided it
     failed_mode: str | None = None
 
@@ -74,9 +78,15 @@ def outcome_of(alert: Alert, resets: list[Reset], now: float, match_h: float) ->
     """What followed ``alert`` (``resets``: its tool's, sorted by time); see the module docstring."""
     times = [r.ts for r in resets]
     after = bisect.bisect_right(times, alert.ts)
-    if after < len(resets) and resets[after].ts - alert.ts <= match_h * H:
-        r = resets[after]
-        return Outcome(r.event, r.ts, r.mode if r.event == "failure" else None)
+    nxt = resets[after] if after < len(resets) and resets[after].ts - alert.ts <= match_h * H else None
+    if nxt is not None and nxt.event == "failure":
+        return Outcome("failure", nxt.ts, nxt.mode)
+    if alert.finding == "fault":
+        return Outcome("fault_found", nxt.ts if nxt else None)
+    if alert.finding == "no_fault":
+        return Outcome("no_fault", nxt.ts if nxt else None)
+    if nxt is not None:
+        return Outcome("maintenance", nxt.ts)
     return Outcome("none" if now - alert.ts > match_h * H else "open")
 
 
@@ -118,7 +128,7 @@ def report(
 
     outcomes: dict[str, Outcome] = {}
     at_ts = {a.msg_id: a.ts for a in alerts}
-    counts = {"failure": 0, "sudden": 0, "maintenance": 0, "none": 0, "open": 0}
+    counts = dict.fromkeys(("failure", "sudden", "fault_found", "no_fault", "maintenance", "none", "open"), 0)
     for tool, mine in alerts_of.items():
         for a in mine:
             if a.ts < since:
@@ -156,7 +166,8 @@ def report(
                 row["warned_lead"] += 1
 
     tool_months = len(tool_types) * max(0.0, now - since) / (30 * 86400)
-    decided = counts["failure"] + counts["none"]
+    right = counts["failure"] + counts["fault_found"]
+    decided = right + counts["none"] + counts["no_fault"]
     closed = decided + counts["maintenance"]
     return {
         "since_ts": since,
@@ -165,10 +176,8 @@ def report(
         "match_h": match_h,
         "alerts": sum(counts.values()),
         "outcomes": counts,
-        "precision": counts["failure"] / decided if decided else None,
-        "precision_if_maintained_right": (counts["failure"] + counts["maintenance"]) / closed
-        if closed
-        else None,
+        "precision": right / decided if decided else None,
+        "precision_if_maintained_right": (right + counts["maintenance"]) / closed if closed else None,
         "false_alarms_per_tool_month": counts["none"] / tool_months if tool_months > 0 else None,
         "tool_months": tool_months,
         "tool_months_note": "the tools that reported in the window, each counted over the whole window",
@@ -204,9 +213,11 @@ def field_report(repo: Repo, clock_now: float, days: float, lead_h: float, match
     reach = since - match_h * H  # alerts before the window warn of its first failures
     with repo.transaction() as s:
         alerts = [
-            Alert(msg_id, tool, mode, ts)
-            for msg_id, tool, mode, ts in s.execute(
-                select(AlertRow.msg_id, AlertRow.tool_id, AlertRow.mode, at).where(at >= reach)
+            Alert(msg_id, tool, mode, ts, finding)
+            for msg_id, tool, mode, ts, finding in s.execute(
+                select(AlertRow.msg_id, AlertRow.tool_id, AlertRow.mode, at, AlertRow.ack_finding).where(
+                    at >= reach
+                )
             )
         ]
         resets = [

@@ -162,6 +162,10 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_selector("#alerts td.outcome-failure:has-text('failed (rf_match_drift)')")
             summary = page.locator("#field-summary").inner_text()
             assert "1 alert; 1 followed by a failure" in summary and "Precision 100%" in summary
+            page.click("#alerts tr:has-text('etch-01') button:has-text('No fault found')")  # an inspection
+            page.wait_for_selector("#alerts td:has-text('olga: no fault found')")
+            row = page.locator("#alerts table[data-csv=alerts] tr:has-text('etch-01')")
+            assert "failed (rf_match_drift)" in row.inner_text()  # the failure overrules the inspection
             page.wait_for_selector(
                 "#notifications tr:has-text('teams'):has-text('HTTP 503'):has-text('etch-01')"
             )

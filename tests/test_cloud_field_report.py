@@ -22,6 +22,10 @@ T0 = 1_800_000_000.0
 ETCH = "plasma_etch"
 
 
+OUTCOMES = {"failure": 1, "sudden": 1, "fault_found": 0, "no_fault": 0, "maintenance": 1, "none": 1}
+OUTCOMES |= {"open": 1}
+
+
 def _alerts() -> list[Alert]:
     return [
         Alert("a1", "E1", "rf_match_drift", T0),  # the tool fails by it 100 h later
@@ -49,7 +53,15 @@ def test_each_alert_gets_what_followed_it_and_each_failure_its_warning():
     got = report(_alerts(), _resets(), types, since=T0, now=T0 + 300 * H)
     outcome = {k: v["outcome"] for k, v in got["alert_outcomes"].items()}
     assert outcome == {"a1": "failure", "a2": "maintenance", "a3": "none", "a4": "open", "a5": "sudden"}
-    assert got["outcomes"] == {"failure": 1, "sudden": 1, "maintenance": 1, "none": 1, "open": 1}
+    assert got["outcomes"] == {
+        "failure": 1,
+        "sudden": 1,
+        "fault_found": 0,
+        "no_fault": 0,
+        "maintenance": 1,
+        "none": 1,
+        "open": 1,
+    }
     assert got["precision"] == 0.5  # a1 right, a3 wrong; the rest undecided
     assert got["precision_if_maintained_right"] == pytest.approx(2 / 3)
     # Progressive failures in the window: E1 (warned 100 h ahead), E3's deposition (not), E4 (60 h).
@@ -61,6 +73,28 @@ def test_each_alert_gets_what_followed_it_and_each_failure_its_warning():
     assert got["per_mode"]["chamber_deposition"] == {"failures": 1, "warned": 0, "warned_lead": 0}
     assert got["false_alarms_per_tool_month"] == pytest.approx(1 / (5 * 300 / 720))
     assert "old" not in got["alert_outcomes"]  # before the window: it only warns
+
+
+def test_what_an_inspection_found_decides_an_alert_no_failure_decided():
+    types = {"E1": ETCH, "E2": ETCH}
+    alerts = [
+        Alert("f", "E1", "rf_match_drift", T0, finding="fault"),  # maintained, the fault was there
+        Alert("n", "E2", "chamber_deposition", T0, finding="no_fault"),  # inspected: nothing, at once
+        Alert("w", "E2", "chamber_deposition", T0 + 50 * H, finding="no_fault"),  # … but it failed
+    ]
+    resets = [
+        Reset("E1", "maintenance", None, T0 + 20 * H),
+        Reset("E2", "failure", "chamber_deposition", T0 + 60 * H),
+    ]
+    got = report(alerts, resets, types, since=T0, now=T0 + 70 * H)
+    outcome = {k: v["outcome"] for k, v in got["alert_outcomes"].items()}
+    assert outcome == {"f": "fault_found", "n": "failure", "w": "failure"}  # a failure overrules "no fault"
+    got = report(alerts[:2], resets[:1], types, since=T0, now=T0 + 10 * H)  # before E2's failure
+    assert {k: v["outcome"] for k, v in got["alert_outcomes"].items()} == {
+        "f": "fault_found",
+        "n": "no_fault",
+    }
+    assert got["precision"] == 0.5  # decided now, 230 h before match_h would have
 
 
 def test_an_empty_fleet_says_so_without_dividing_by_zero():
@@ -91,17 +125,41 @@ def test_the_api_reads_them_from_the_database(repo: Repo, tmp_path: Path):
         s.add(EventRow(msg_id="st", edge_id="edge-1", site="fab1", tool_id="E2", event="state", source_ts=T0))
     users = _users(repo)
     users.add("vic", "vic-password", "viewer")
+    users.add("olga", "olga-password", "operator")
     # The wall clock is months off the equipment's (a simulator's own): "now" is the newest record.
     ctx = api_context(repo, tmp_path, users, clock=lambda: T0 + 300 * 86400)
     with serve(create_app(ctx)) as client:
-        vic = login(client, "vic")
+        vic, olga = login(client, "vic"), login(client, "olga")
         r = client.get("/api/alerts/field", params={"days": 300 / 24}, headers=vic)
         assert client.get("/api/alerts/field", params={"days": 0}, headers=vic).status_code == 422
+        finding = {"finding": "no_fault", "note": "RF match checked, within spec"}
+        assert client.post("/api/alerts/a4/ack", json=finding, headers=vic).status_code == 403
+        assert client.post("/api/alerts/a4/ack", json={"finding": "maybe"}, headers=olga).status_code == 422
+        acked = client.post("/api/alerts/a4/ack", json=finding, headers=olga).json()
+        assert (acked["acknowledged_by"], acked["ack_finding"], acked["ack_note"]) == (
+            "olga",
+            "no_fault",
+            finding["note"],
+        )
+        assert (
+            client.post("/api/alerts/a3/ack", headers=olga).json()["ack_finding"] is None
+        )  # no body: just seen
+        after = client.get("/api/alerts/field", params={"days": 300 / 24}, headers=vic).json()
     assert r.status_code == 200, r.text
+    assert after["alert_outcomes"]["a4"]["outcome"] == "no_fault"  # decided by the inspection, not by waiting
+    assert after["precision"] == pytest.approx(1 / 3)  # a1 right; a3 (nothing in 240 h) and a4 wrong
     got = r.json()
     assert got["until_ts"] == T0 + 290 * H  # the newest alert, on the equipment's clock
     assert got["alert_outcomes"]["a1"]["at_ts"] == T0
-    assert got["outcomes"] == {"failure": 1, "sudden": 1, "maintenance": 1, "none": 1, "open": 1}
+    assert got["outcomes"] == {
+        "failure": 1,
+        "sudden": 1,
+        "fault_found": 0,
+        "no_fault": 0,
+        "maintenance": 1,
+        "none": 1,
+        "open": 1,
+    }
     assert (got["failures"], got["warned"], got["warned_ge_lead"]) == (3, 2, 1)
 
 

@@ -65,8 +65,13 @@ const RENDER = {
       cell(fmtTime(n.created_ts)), cell(n.target), cell(n.text), cell(n.status, `status-${n.status}`),
       cell(n.attempts, "num"), cell(n.last_error)));
     fill($("#alerts tbody"), rows, (a, tr) => {
-      const ack = cell(a.acknowledged_by || "");
-      if (!a.acknowledged_by && can("operator")) ack.append(button("Acknowledge", () => act(post(`/api/alerts/${a.msg_id}/ack`))));
+      const found = { fault: "fault found", no_fault: "no fault found" }[a.ack_finding];
+      const ack = cell(a.acknowledged_by ? `${a.acknowledged_by}${found ? ": " + found : ""}` : "");
+      if (can("operator") && !a.ack_finding) {  // what an inspection found decides the alert (field report)
+        const ackWith = (finding) => act(post(`/api/alerts/${a.msg_id}/ack`, finding ? { finding } : {}));
+        if (!a.acknowledged_by) ack.append(button("Acknowledge", () => ackWith(null)));
+        ack.append(button("Fault found", () => ackWith("fault")), button("No fault found", () => ackWith("no_fault")));
+      }
       const o = field.alert_outcomes[a.msg_id];
       tr.append(cell(fmtTime(a.ts)), cell(a.tool_id), cell(a.mode), cell(fmtNum(a.probability), "num"),
         cell(fmtNum(a.rul_h, 1), "num"), cell(a.model_version), cell(o ? followed(o, field.match_h) : "", o ? `outcome-${o.outcome}` : ""), ack);
@@ -275,7 +280,8 @@ function followed(o, matchH) {  // what came after an alert, from the events rep
   const after = o.event_ts ? ` ${fmtNum((o.event_ts - o.at_ts) / 3600, 0)} h later` : "";
   return {
     failure: `failed (${o.failed_mode})${after}`, sudden: `sudden failure (${o.failed_mode})${after}`,
-    maintenance: `maintained${after}`, none: `nothing within ${matchH} h`, open: "open",
+    fault_found: "fault found", no_fault: "no fault found", maintenance: `maintained${after}`,
+    none: `nothing within ${matchH} h`, open: "open",
   }[o.outcome];
 }
 
@@ -285,8 +291,9 @@ function fieldSummary(f) {
   const n = f.outcomes;
   const days = `Last ${Math.round((f.until_ts - f.since_ts) / 86400)} days`;
   if (!f.alerts && !f.failures) return `${days}: no alerts and no failures reported.`;
-  return `${days}: ${many(f.alerts, "alert")}; ${n.failure} followed by a failure, ` +
-    `${n.maintenance} by maintenance, ${n.none} by nothing within ${f.match_h} h, ${n.sudden} by a sudden failure, ${n.open} open. ` +
+  return `${days}: ${many(f.alerts, "alert")}; ${n.failure} followed by a failure, ${n.fault_found} by a fault found, ` +
+    `${n.no_fault} by an inspection that found none, ${n.maintenance} by maintenance, ${n.none} by nothing within ${f.match_h} h, ` +
+    `${n.sudden} by a sudden failure, ${n.open} open. ` +
     `Precision ${pct(f.precision)} (${pct(f.precision_if_maintained_right)} if the maintained ones were right). ` +
     `${many(f.failures, "progressive failure")}: ${f.warned} warned, ${f.warned_ge_lead} at least ${f.lead_h} h ahead` +
     `${f.median_lead_h === null ? "" : ` (median lead ${fmtNum(f.median_lead_h, 0)} h)`}; ${many(f.failures_sudden, "sudden failure")} not counted.`;

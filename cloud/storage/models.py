@@ -92,6 +92,10 @@ class AlertRow(Base):
     received_ts: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     # The source time of the window that raised it (shared.messages.Alert); None from older edges.
     source_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # What whoever acknowledged it found on the tool: "fault" / "no_fault" (None: not said), a note.
+    ack_finding: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    ack_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ack_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Case(Base):
