@@ -53,15 +53,7 @@ def test_each_alert_gets_what_followed_it_and_each_failure_its_warning():
     got = report(_alerts(), _resets(), types, since=T0, now=T0 + 300 * H)
     outcome = {k: v["outcome"] for k, v in got["alert_outcomes"].items()}
     assert outcome == {"a1": "failure", "a2": "maintenance", "a3": "none", "a4": "open", "a5": "sudden"}
-    assert got["outcomes"] == {
-        "failure": 1,
-        "sudden": 1,
-        "fault_found": 0,
-        "no_fault": 0,
-        "maintenance": 1,
-        "none": 1,
-        "open": 1,
-    }
+    assert got["outcomes"] == OUTCOMES
     assert got["precision"] == 0.5  # a1 right, a3 wrong; the rest undecided
     assert got["precision_if_maintained_right"] == pytest.approx(2 / 3)
     # Progressive failures in the window: E1 (warned 100 h ahead), E3's deposition (not), E4 (60 h).
@@ -151,15 +143,7 @@ def test_the_api_reads_them_from_the_database(repo: Repo, tmp_path: Path):
     got = r.json()
     assert got["until_ts"] == T0 + 290 * H  # the newest alert, on the equipment's clock
     assert got["alert_outcomes"]["a1"]["at_ts"] == T0
-    assert got["outcomes"] == {
-        "failure": 1,
-        "sudden": 1,
-        "fault_found": 0,
-        "no_fault": 0,
-        "maintenance": 1,
-        "none": 1,
-        "open": 1,
-    }
+    assert got["outcomes"] == OUTCOMES
     assert (got["failures"], got["warned"], got["warned_ge_lead"]) == (3, 2, 1)
 
 
