@@ -12,7 +12,6 @@ start rollouts and learning rounds. ``/health`` and ``/metrics`` are open for pr
 
 # No `from __future__ import annotations` here: FastAPI resolves the dependency annotations of
 # the routes, which name closures of create_app, at definition time.
-import contextlib
 import json
 import logging
 import math
@@ -37,7 +36,7 @@ from cloud.audit import rows as audit_rows
 from cloud.auth import ROLES, Principal, Users
 from cloud.case_window import named_series, type_scaler
 from cloud.errors import AuthError, CloudError, LoginThrottled, RegistryError, RolloutError, UnknownUser
-from cloud.field_report import field_report
+from cloud.field_report import LEAD_H, MATCH_H, field_report
 from cloud.labels import OPERATOR, Label, set_label
 from cloud.learning import Learner
 from cloud.metrics import CloudMetrics
@@ -192,11 +191,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
     ) -> dict[str, Any]:
         """Ends the session (or revokes the API token) presented; the console's Sign out calls it."""
-        if creds is not None:
-            with contextlib.suppress(AuthError):  # whose it was, for the audit row
-                who = ctx.users.resolve(creds.credentials)
-                setattr(request.state, AUDIT_ACTOR, (who.username, who.role))
-            ctx.users.logout(creds.credentials)
+        if creds is not None and (who := ctx.users.logout(creds.credentials)) is not None:
+            setattr(request.state, AUDIT_ACTOR, (who.username, who.role))  # the audit row's actor
         return {"signed_out": True}
 
     @app.get("/api/me", tags=["auth"])
@@ -347,8 +343,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     def alerts_in_the_field(
         _who: Viewer,
         days: Annotated[float, Query(gt=0, le=3650)] = 90,
-        lead_h: Annotated[float, Query(gt=0)] = 72,
-        match_h: Annotated[float, Query(gt=0)] = 240,
+        lead_h: Annotated[float, Query(gt=0)] = LEAD_H,
+        match_h: Annotated[float, Query(gt=0)] = MATCH_H,
     ) -> dict[str, Any]:
         """How the alerts of the last ``days`` did against the failures and maintenance reported:
         each alert's outcome, precision, failures warned ≥ ``lead_h`` ahead, lead times

@@ -243,8 +243,12 @@ class Users:
             raise AuthError(problem)
         return principal
 
-    def logout(self, token: str) -> None:
+    def logout(self, token: str) -> Principal | None:
+        """End the session (or revoke the API token) ``token``; whose it was (None: unknown)."""
         with self.repo.transaction() as s:
             row = s.get(ApiToken, _token_hash(token))
-            if row is not None:
-                s.delete(row)
+            if row is None:
+                return None
+            user = s.get(User, row.username)
+            s.delete(row)
+            return Principal(user.username, user.role) if user is not None else None

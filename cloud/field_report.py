@@ -45,6 +45,8 @@ from shared.equipment import TOOL_TYPES
 
 H = 3600.0
 RESETS = ("failure", "maintenance")
+LEAD_H = 72.0  # B2's lead: a failure warned at least this far ahead
+MATCH_H = 240.0  # B2's match window: an alert this close before a failure was right
 SAME_H = 12.0  # a second failure of a tool this soon, with no maintenance between, is the same one
 
 
@@ -76,8 +78,7 @@ class Outcome:
 
 def outcome_of(alert: Alert, resets: list[Reset], now: float, match_h: float) -> Outcome:
     """What followed ``alert`` (``resets``: its tool's, sorted by time); see the module docstring."""
-    times = [r.ts for r in resets]
-    after = bisect.bisect_right(times, alert.ts)
+    after = bisect.bisect_right(resets, alert.ts, key=lambda r: r.ts)
     nxt = resets[after] if after < len(resets) and resets[after].ts - alert.ts <= match_h * H else None
     if nxt is not None and nxt.event == "failure":
         return Outcome("failure", nxt.ts, nxt.mode)
@@ -101,8 +102,8 @@ def report(
     tool_types: dict[str, str | None],
     since: float,
     now: float,
-    lead_h: float = 72.0,
-    match_h: float = 240.0,
+    lead_h: float = LEAD_H,
+    match_h: float = MATCH_H,
 ) -> dict[str, Any]:
     """The figures for alerts and failures from ``since`` to ``now`` (``alerts`` may reach back
     ``match_h`` further, to find the warnings of the window's first failures)."""
@@ -207,11 +208,10 @@ def field_report(repo: Repo, clock_now: float, days: float, lead_h: float, match
     at = func.coalesce(AlertRow.source_ts, AlertRow.ts)  # the equipment's clock, as events are
     with repo.transaction() as s:
         latest = [s.scalar(select(func.max(at))), s.scalar(select(func.max(EventRow.source_ts)))]
-    known = [t for t in latest if t is not None]
-    now = max(known) if known else clock_now
-    since = now - days * 86400
-    reach = since - match_h * H  # alerts before the window warn of its first failures
-    with repo.transaction() as s:
+        known = [t for t in latest if t is not None]
+        now = max(known) if known else clock_now
+        since = now - days * 86400
+        reach = since - match_h * H  # alerts before the window warn of its first failures
         alerts = [
             Alert(msg_id, tool, mode, ts, finding)
             for msg_id, tool, mode, ts, finding in s.execute(

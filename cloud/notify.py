@@ -209,16 +209,15 @@ class Notifier:
             key = literal("rollback:").concat(cast(RolloutRow.id, String))
             ended = self._ended(s, RolloutRow.stage, "rolled_back", RolloutRow.updated_ts, key, queued, since)
             out += [(f"rollback:{r.id}", rollback_payload(r)) for r in ended]
+        round_key = literal("round:").concat(cast(LearningRound.id, String))  # failed or rejected: one each
         if "round_failed" in target.kinds:
-            key = literal("round:").concat(cast(LearningRound.id, String))
             ended = self._ended(
-                s, LearningRound.status, "failed", LearningRound.updated_ts, key, queued, since
+                s, LearningRound.status, "failed", LearningRound.updated_ts, round_key, queued, since
             )
             out += [(f"round:{r.id}", round_payload(r)) for r in ended]
         if "round_rejected" in target.kinds:  # by the gate; not a round with too few labels to try
-            key = literal("round:").concat(cast(LearningRound.id, String))
             ended = self._ended(
-                s, LearningRound.status, "rejected", LearningRound.updated_ts, key, queued, since
+                s, LearningRound.status, "rejected", LearningRound.updated_ts, round_key, queued, since
             )
             out += [(f"round:{r.id}", rejected_payload(r)) for r in ended if r.step == "gate"]
         return out

@@ -28,7 +28,7 @@ from cloud.api import ApiContext, create_app
 from cloud.auth import Users
 from cloud.config import CloudConfig
 from cloud.errors import BrokerError, CloudError, ModelError, StorageError
-from cloud.field_report import field_report
+from cloud.field_report import LEAD_H, MATCH_H, field_report
 from cloud.ingest import Ingestor
 from cloud.labels import RESET_EVENTS
 from cloud.learning import Learner, Pipeline
@@ -290,7 +290,7 @@ class CloudService:
     def _field_gauges(self) -> None:
         """Hourly: the last 30 days' field figures as gauges (NaN while undefined: no alerts decided)."""
         try:
-            f = field_report(self.repo, self.clock(), FIELD_DAYS, 72.0, 240.0)
+            f = field_report(self.repo, self.clock(), FIELD_DAYS, LEAD_H, MATCH_H)
         except StorageError as exc:
             _logger.warning("field figures: %s", exc)
             return
