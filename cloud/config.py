@@ -6,12 +6,13 @@ TOML (or YAML) with ``FABPM_CLOUD__SECTION__KEY=value`` environment overrides
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from shared.config import StrictModel, load_config
 
@@ -125,7 +126,24 @@ class ApiConfig(StrictModel):
     # other than loopback, passwords and tokens cross the network in clear: the worker warns.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # Proxies whose X-Forwarded-For names the client (addresses or networks, e.g. "10.0.0.0/8"):
+    # behind an HTTPS proxy on another host, list it, or every login failure and audit row carries
+    # the proxy's address and one user's lockout locks out the whole plant. Never "*": anyone could
+    # then claim any address and walk past the login throttle.
+    trusted_proxies: list[str] = ["127.0.0.1", "::1"]
     auth: AuthConfig = AuthConfig()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {item!r} is not an IP address or network (e.g. 10.0.0.0/8)"
+                ) from None
+        return value
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ApiConfig:

@@ -22,9 +22,9 @@ its people report, the failure and maintenance events (the edge's, or a CMMS's t
   named the mode that failed.
 * A failure reported twice (the edge's event and a CMMS work order) counts once: a second failure
   of a tool within ``SAME_H`` of the first, with no maintenance between, is merged into it.
-* **False alarms per tool-month**: ``none`` outcomes over the tools that reported in the window
-  times its length (a tool added during the window counts whole: an approximation, said so in
-  the answer).
+* **False alarms per tool-month**: ``none`` and ``no_fault`` outcomes over the tools that reported
+  in the window times its length (a tool added during the window counts whole: an approximation,
+  said so in the answer).
 
 Pure functions over rows; :func:`field_report` reads them from the database.
 """
@@ -168,7 +168,8 @@ def report(
 
     tool_months = len(tool_types) * max(0.0, now - since) / (30 * 86400)
     right = counts["failure"] + counts["fault_found"]
-    decided = right + counts["none"] + counts["no_fault"]
+    wrong = counts["none"] + counts["no_fault"]  # nothing followed, or an inspection found nothing
+    decided = right + wrong
     closed = decided + counts["maintenance"]
     return {
         "since_ts": since,
@@ -179,7 +180,7 @@ def report(
         "outcomes": counts,
         "precision": right / decided if decided else None,
         "precision_if_maintained_right": (right + counts["maintenance"]) / closed if closed else None,
-        "false_alarms_per_tool_month": counts["none"] / tool_months if tool_months > 0 else None,
+        "false_alarms_per_tool_month": wrong / tool_months if tool_months > 0 else None,
         "tool_months": tool_months,
         "tool_months_note": "the tools that reported in the window, each counted over the whole window",
         "failures": failures,

@@ -26,7 +26,7 @@ from sqlalchemy import text
 
 from cloud.api import ApiContext, create_app
 from cloud.auth import Users
-from cloud.config import CloudConfig
+from cloud.config import ApiConfig, CloudConfig
 from cloud.errors import BrokerError, CloudError, ModelError, StorageError
 from cloud.field_report import LEAD_H, MATCH_H, field_report
 from cloud.ingest import Ingestor
@@ -394,22 +394,7 @@ class CloudService:
             )
 
     def _api_server_config(self) -> uvicorn.Config:
-        """uvicorn's settings: HTTPS when the config names a certificate (checked here, so that a
-        missing file is one clear error, not an API thread that dies)."""
-        api = self.cfg.api
-        tls: dict[str, str] = {}
-        if api.tls_cert_file is not None and api.tls_key_file is not None:
-            for name, path in (("tls_cert_file", api.tls_cert_file), ("tls_key_file", api.tls_key_file)):
-                if not path.is_file():
-                    raise CloudError(f"api.{name}: {path} is not a file")
-            tls = {"ssl_certfile": str(api.tls_cert_file), "ssl_keyfile": str(api.tls_key_file)}
-        elif not _loopback(api.host):
-            _logger.warning(
-                "the console and API listen on %s without TLS: passwords and tokens cross the network "
-                "in clear; set api.tls_cert_file and api.tls_key_file, or put an HTTPS proxy in front",
-                api.host,
-            )
-        return uvicorn.Config(self.app, host=api.host, port=api.port, log_level="warning", **tls)  # type: ignore[arg-type]
+        return api_server_config(self.app, self.cfg.api)
 
     def stop(self) -> None:
         if self._server is not None:
@@ -498,3 +483,30 @@ def run(cfg: CloudConfig) -> int:
         _logger.info("stopping")
         service.stop()
     return 0
+
+
+def api_server_config(app: Any, api: ApiConfig) -> uvicorn.Config:
+    """uvicorn's settings for ``app``: HTTPS when ``api`` names a certificate (checked here, so that
+    a missing file is one clear error, not an API thread that dies), and the client address from
+    X-Forwarded-For only when the connection comes from one of ``api.trusted_proxies``."""
+    tls: dict[str, str] = {}
+    if api.tls_cert_file is not None and api.tls_key_file is not None:
+        for name, path in (("tls_cert_file", api.tls_cert_file), ("tls_key_file", api.tls_key_file)):
+            if not path.is_file():
+                raise CloudError(f"api.{name}: {path} is not a file")
+        tls = {"ssl_certfile": str(api.tls_cert_file), "ssl_keyfile": str(api.tls_key_file)}
+    elif not _loopback(api.host):
+        _logger.warning(
+            "the console and API listen on %s without TLS: passwords and tokens cross the network "
+            "in clear; set api.tls_cert_file and api.tls_key_file, or put an HTTPS proxy in front",
+            api.host,
+        )
+    return uvicorn.Config(
+        app,
+        host=api.host,
+        port=api.port,
+        log_level="warning",
+        # the config's list, never uvicorn's FORWARDED_ALLOW_IPS environment default
+        forwarded_allow_ips=list(api.trusted_proxies),
+        **tls,  # type: ignore[arg-type]
+    )

@@ -15,25 +15,27 @@ import pytest
 import uvicorn
 from conftest import free_port, login
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from cloud.api import ApiContext, create_app
 from cloud.auth import Users
-from cloud.config import RegistryConfig, RolloutConfig
+from cloud.config import ApiConfig, RegistryConfig, RolloutConfig
 from cloud.errors import AuthError, LoginThrottled
 from cloud.login_throttle import LoginThrottle
 from cloud.metrics import CloudMetrics
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
+from cloud.service import api_server_config
 from cloud.storage import Repo
 from cloud.storage.models import LoginFailure
 
 
 @contextmanager
-def serve(app: FastAPI) -> Iterator[httpx.Client]:
-    """``app`` on a free port of 127.0.0.1 (real HTTP: the client address is the throttle's key)."""
+def serve(app: FastAPI, **api: Any) -> Iterator[httpx.Client]:
+    """``app`` on a free port of 127.0.0.1 with the cloud's uvicorn settings (``api``: more
+    ApiConfig fields); real HTTP, since the client address is the throttle's key."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(api_server_config(app, ApiConfig(host="127.0.0.1", port=port, **api)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -201,3 +203,29 @@ def test_the_api_signs_out_removes_users_lists_and_revokes_tokens_and_answers_42
             assert wrong.status_code == 401
         locked = client.post("/api/auth/token", json={"username": "ada", "password": "ada-password"})
         assert locked.status_code == 429 and locked.headers["Retry-After"] == "30", locked.text
+
+
+def test_a_trusted_proxy_names_the_client_an_unknown_one_does_not(repo: Repo, tmp_path: Path):
+    """Behind a proxy listed in api.trusted_proxies each client keeps its own lockout (the
+    X-Forwarded-For address is the key); an unlisted proxy's header is ignored, so its clients share
+    one address, and "*" or a malformed entry is refused by the config."""
+    for trusted, shared in ((["127.0.0.1"], False), (["192.0.2.7"], True)):
+        users = _users(repo, free=2, base_s=30)
+        users.add("ada", "ada-password", "admin")
+        with serve(create_app(api_context(repo, tmp_path, users)), trusted_proxies=trusted) as client:
+            guess = {"username": "ada", "password": "guess-guess"}
+            for _ in range(3):
+                client.post("/api/auth/token", json=guess, headers={"X-Forwarded-For": "10.0.0.5"})
+            other = client.post(
+                "/api/auth/token",
+                json={"username": "ada", "password": "ada-password"},
+                headers={"X-Forwarded-For": "10.0.0.6"},
+            )
+            assert other.status_code == (429 if shared else 200), (trusted, other.text)
+        with repo.transaction() as s:
+            keys = {row.client for row in s.scalars(select(LoginFailure))}
+            s.execute(delete(LoginFailure))
+        assert keys == ({"127.0.0.1"} if shared else {"10.0.0.5"}), keys
+    for bad in ("*", "proxy.example", "10.0.0.0/33"):
+        with pytest.raises(ValueError, match="trusted_proxies"):
+            ApiConfig(trusted_proxies=[bad])

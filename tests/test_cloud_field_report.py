@@ -87,6 +87,7 @@ def test_what_an_inspection_found_decides_an_alert_no_failure_decided():
         "n": "no_fault",
     }
     assert got["precision"] == 0.5  # decided now, 230 h before match_h would have
+    assert got["false_alarms_per_tool_month"] == pytest.approx(1 / (2 * 10 / 720))  # "no fault" counts
 
 
 def test_an_empty_fleet_says_so_without_dividing_by_zero():

@@ -165,6 +165,37 @@ def test_keep_last_runs_the_whole_schedule_and_needs_no_validation_split():
         fit(new_model(cfg, 0), train, val, replace(base, keep="first"))
 
 
+def test_a_windows_weight_scales_its_rul_error_in_the_loss():
+    """WindowSet.weight: a window weighted 0 adds nothing to the RUL terms, one weighted 2 counts as
+    two; the mode term is not weighted."""
+    from cloud.training.trainer import losses
+
+    out = {
+        "rul_norm": torch.tensor([0.2, 0.9]),
+        "rul_logvar": torch.tensor([0.1, -0.3]),
+        "mode_logits": torch.zeros(2, 1),
+    }
+    batch = {"rul": torch.tensor([0.5, 0.1]), "labels": torch.full((2, 1), float("nan"))}
+    cfg = TrainConfig(w_mode=0.0)
+    first = {k: v[:1] for k, v in out.items()}
+    alone = losses(first, {k: v[:1] for k, v in batch.items()}, cfg)
+    weighted = losses(out, {**batch, "weight": torch.tensor([2.0, 0.0])}, cfg)
+    assert torch.allclose(weighted, alone)
+    assert not torch.allclose(losses(out, batch, cfg), alone)  # unweighted, the second one counts
+    ws = WindowSet(
+        x=np.zeros((3, 2, 1), np.float32),
+        rul=np.zeros(3, np.float32),
+        labels=np.zeros((3, 1), np.float32),
+        groups=np.arange(3),
+        weight=np.array([1.0, 0.5, 1.5], np.float32),
+    )
+    assert ws.take(np.array([2, 0])).weight.tolist() == [1.5, 1.0]
+    both = WindowSet.concat([ws, replace(ws, weight=None)])
+    assert both.weight is not None and both.weight.tolist() == [1.0, 0.5, 1.5, 1.0, 1.0, 1.0]
+    with pytest.raises(TrainingError, match="weight"):
+        replace(ws, weight=np.array([1.0, -1.0, 1.0], np.float32))
+
+
 def test_one_ddp_step_with_two_gloo_processes(tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -443,6 +474,30 @@ def _not_padded(ws, window: int, first_end: int) -> np.ndarray:
         idx = np.flatnonzero(ws.groups == unit)
         keep.extend(idx[window - first_end :].tolist())
     return np.asarray(keep)
+
+
+def test_cmapss_windows_beyond_the_test_range_can_be_weighted_down(data_dir):
+    """far_weighted: windows further from failure than any test truth (145 cycles) get the given
+    weight relative to the others, the mean stays 1; the uncapped RUL is rebuilt per unit."""
+    from cloud.training import cmapss
+
+    data = cmapss.load_fd001(data_dir)
+    ws = cmapss.train_windows(data, window=40, smooth=0.2, first_end=31)
+    rul = cmapss.cycles_to_failure(ws)
+    assert np.array_equal(np.minimum(rul, cmapss.RUL_CAP), ws.rul)
+    life1 = int((data.train[:, 0] == 1).sum())
+    assert rul[0] == life1 - 31 and rul[np.flatnonzero(ws.groups == 1)[-1]] == 0
+    far = rul > 145
+    assert 0.1 < far.mean() < 0.4
+    w = cmapss.far_weighted(ws, 0.25).weight
+    assert w is not None and abs(float(w.mean()) - 1.0) < 1e-5
+    assert np.allclose(w[far] / w[~far].mean(), 0.25) and np.allclose(w[~far], w[~far][0])
+    mask = cmapss.in_test_range(ws)
+    assert np.array_equal(mask, (rul >= 7) & (rul <= 145))
+    with pytest.raises(ValueError, match="far_weight"):
+        cmapss.far_weighted(ws, 1.5)
+    with pytest.raises(ValueError, match="grouped by unit"):
+        cmapss.cycles_to_failure(ws.take(np.random.default_rng(0).permutation(len(ws))))
 
 
 def test_the_release_chooses_its_alert_rule_on_tools_it_was_not_trained_on(export_dir, keys, tmp_path):

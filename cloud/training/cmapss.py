@@ -39,6 +39,9 @@ MODES = ("hpc_degradation",)
 SMOOTH = 0.0  # EWMA alpha applied causally per unit (0 = raw sensors, the plain protocol)
 SHORTEST_TEST_UNIT = 31  # cycles
 B1_REFERENCE = 0  # cycles of each unit's own reference B1 trains with (chosen by bench/b1_cv.py)
+# The official test truths lie within 7–145 cycles (data README): the protocol never scores a unit
+# further from failure, while a training unit's early life (up to 362 cycles) gives 30% of the windows.
+TEST_RUL_RANGE = (7, 145)
 
 
 @dataclass
@@ -152,6 +155,34 @@ def train_windows(
     rul = np.concatenate(ruls)
     labels = (rul <= HORIZON).astype(np.float32)[:, None]
     return WindowSet(x=np.concatenate(xs), rul=rul, labels=labels, groups=np.concatenate(groups))
+
+
+def cycles_to_failure(ws: WindowSet) -> np.ndarray:
+    """Each training window's RUL without the cap, for windows as :func:`train_windows` returns
+    them (each unit's windows contiguous, one cycle apart, the last at its failure)."""
+    starts = np.r_[0, np.flatnonzero(ws.groups[1:] != ws.groups[:-1]) + 1]
+    sizes = np.diff(np.r_[starts, len(ws)])
+    if len(np.unique(ws.groups)) != len(starts):
+        raise ValueError("windows are not grouped by unit in cycle order (take them from train_windows)")
+    return np.concatenate([np.arange(n - 1, -1, -1) for n in sizes]).astype(np.float32)
+
+
+def in_test_range(ws: WindowSet) -> np.ndarray:
+    """Mask of the training windows whose RUL lies in the range the test protocol scores
+    (:data:`TEST_RUL_RANGE`): the windows a test-like cross-validation score counts."""
+    rul = cycles_to_failure(ws)
+    return (rul >= TEST_RUL_RANGE[0]) & (rul <= TEST_RUL_RANGE[1])
+
+
+def far_weighted(ws: WindowSet, far_weight: float) -> WindowSet:
+    """``ws`` with windows beyond the test's longest RUL (:data:`TEST_RUL_RANGE`) weighted
+    ``far_weight`` in the RUL loss, the others 1, rescaled to mean 1. Early life is 30% of the
+    training windows and about 11% of the test's last cycles: under a squared loss that share pulls
+    a window that shows little wear towards the cap."""
+    if not 0.0 <= far_weight <= 1.0:
+        raise ValueError(f"far_weight: {far_weight}, between 0 and 1")
+    w = np.where(cycles_to_failure(ws) > TEST_RUL_RANGE[1], far_weight, 1.0)
+    return replace(ws, weight=(w / w.mean()).astype(np.float32))
 
 
 def last_windows(

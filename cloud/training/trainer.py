@@ -140,10 +140,13 @@ def losses(
     total = mu.new_zeros(())
     if known.any():
         err = mu[known] - rul_t[known]
-        total = total + cfg.w_rul * (err**2).mean()
+        # a window's weight scales its RUL terms (WindowSet.weight: e.g. to match the windows a test
+        # protocol scores); the set's weights have mean 1, so the loss keeps its scale
+        w = batch["weight"][known] if "weight" in batch else torch.ones_like(err)
+        total = total + cfg.w_rul * (w * err**2).mean()
         if nll:
             gauss = 0.5 * (logvar[known] + err.detach() ** 2 * torch.exp(-logvar[known]))
-            total = total + cfg.w_nll * gauss.mean()
+            total = total + cfg.w_nll * (w * gauss).mean()
     lab_known = ~torch.isnan(lab_t)
     if lab_known.any():
         bce = F.binary_cross_entropy_with_logits(
@@ -159,6 +162,8 @@ def _tensors(ws: WindowSet, idx: np.ndarray, cap: float, device: torch.device) -
         "rul": torch.from_numpy(ws.rul[idx] / cap).float().to(device),
         "labels": torch.from_numpy(ws.labels[idx]).float().to(device),
     }
+    if ws.weight is not None:
+        batch["weight"] = torch.from_numpy(ws.weight[idx]).float().to(device)
     if ws.teacher_rul is not None and ws.teacher_probs is not None:
         batch["teacher_rul"] = torch.from_numpy(ws.teacher_rul[idx] / cap).float().to(device)
         batch["teacher_probs"] = torch.from_numpy(ws.teacher_probs[idx]).float().to(device)

@@ -23,6 +23,7 @@ class WindowSet:
     groups: np.ndarray  # (N,) unit / tool index
     teacher_rul: np.ndarray | None = None  # (N,) soft targets for distillation
     teacher_probs: np.ndarray | None = None  # (N, M)
+    weight: np.ndarray | None = None  # (N,) weight of each window's RUL error in the loss (None: 1)
 
     def __post_init__(self) -> None:
         n = len(self.x)
@@ -33,6 +34,8 @@ class WindowSet:
         for name in ("rul", "labels", "groups"):
             if len(getattr(self, name)) != n:
                 raise TrainingError(f"{name} has {len(getattr(self, name))} rows, x has {n}")
+        if self.weight is not None and (len(self.weight) != n or not (self.weight >= 0).all()):
+            raise TrainingError(f"weight: {len(self.weight)} rows for {n} windows, or a negative/NaN weight")
         if not np.isfinite(self.x).all():
             raise TrainingError("windows contain NaN or inf (features must mark missing data, not hold it)")
 
@@ -59,6 +62,7 @@ class WindowSet:
             groups=self.groups[idx],
             teacher_rul=None if self.teacher_rul is None else self.teacher_rul[idx],
             teacher_probs=None if self.teacher_probs is None else self.teacher_probs[idx],
+            weight=None if self.weight is None else self.weight[idx],
         )
 
     def with_teacher(self, rul: np.ndarray, probs: np.ndarray) -> WindowSet:
@@ -76,6 +80,11 @@ class WindowSet:
             groups=np.concatenate([s.groups for s in sets]),
             teacher_rul=np.concatenate([s.teacher_rul for s in sets]) if teach else None,  # type: ignore[misc]
             teacher_probs=np.concatenate([s.teacher_probs for s in sets]) if teach else None,  # type: ignore[misc]
+            weight=(
+                np.concatenate([s.weight if s.weight is not None else np.ones(len(s)) for s in sets])
+                if any(s.weight is not None for s in sets)
+                else None
+            ),
         )
 
 
