@@ -92,8 +92,15 @@ def outcome_of(alert: Alert, resets: list[Reset], now: float, match_h: float) ->
 
 
 def _progressive(tool_type: str | None, mode: str | None) -> bool:
+    """Whether a failure by ``mode`` had precursors to warn of. A tool whose type the cloud does
+    not know yet is judged by the type that has that mode; an unknown mode counts as progressive."""
+    if mode is None:
+        return True
     known = TOOL_TYPES.get(tool_type or "")
-    return known is None or mode is None or mode in known.warnable_mode_names
+    if known is not None:
+        return mode in known.warnable_mode_names
+    sudden = {m.name for t in TOOL_TYPES.values() for m in t.modes if m.sudden}
+    return mode not in sudden
 
 
 def report(

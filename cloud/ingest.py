@@ -226,7 +226,7 @@ class Ingestor:
                 _logger.info("%s of %s at %.0f labelled %d cases", msg.event, msg.tool_id, msg.source_ts, n)
             return None
         if isinstance(msg, Telemetry):
-            tool = self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts) or s.get(
+            tool = self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, msg.tool_type, msg.ts) or s.get(
                 Tool, msg.tool_id
             )
             if tool is not None:

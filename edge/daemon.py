@@ -316,6 +316,7 @@ class EdgeDaemon:
                         period_s=self.cfg.schedule.telemetry_s,
                         summary=summary,
                         risk=risk,
+                        tool_type=info.tool_type,
                     )
                 )
 

@@ -115,6 +115,10 @@ class Telemetry(Message):
     period_s: float
     summary: dict[str, dict[str, float | None]]  # tag -> {mean, min, max, last}
     risk: dict[str, float] = Field(default_factory=dict)
+    # The tool's type, so the cloud knows it before the tool's first hard case (which carries it
+    # too). None from edges before it was added; a cloud older than the edges rejects it (extra
+    # fields are refused): upgrade the cloud first, as for Alert.source_ts.
+    tool_type: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
 class Tuning(Message):

@@ -90,6 +90,18 @@ def test_what_an_inspection_found_decides_an_alert_no_failure_decided():
     assert got["false_alarms_per_tool_month"] == pytest.approx(1 / (2 * 10 / 720))  # "no fault" counts
 
 
+def test_a_tool_of_unknown_type_is_judged_by_the_type_its_failure_mode_belongs_to():
+    """Before the cloud knows a tool's type, a failure by a mode that is sudden wherever it
+    occurs is still counted apart, not as a progressive failure nobody warned of."""
+    resets = [
+        Reset("X1", "failure", "rf_generator_trip", T0 + H),  # plasma_etch's sudden mode
+        Reset("X2", "failure", "rf_match_drift", T0 + H),  # progressive
+        Reset("X3", "failure", None, T0 + H),  # no mode named: counted as progressive
+    ]
+    got = report([], resets, {"X1": None, "X2": None, "X3": None}, since=T0, now=T0 + 2 * H)
+    assert (got["failures"], got["failures_sudden"]) == (2, 1)
+
+
 def test_an_empty_fleet_says_so_without_dividing_by_zero():
     got = report([], [], {}, since=T0, now=T0 + H)
     assert got["alerts"] == 0 and got["precision"] is None and got["recall_ge_lead"] is None

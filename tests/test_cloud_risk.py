@@ -8,12 +8,15 @@ import pytest
 from cloud.ingest import Ingestor
 from cloud.metrics import CloudMetrics
 from cloud.storage import Repo
+from cloud.storage.models import Tool
 from shared.messages import Telemetry
 from shared.topics import Kind, topic
 
 
-def _telemetry(ts: float, risk: dict[str, float], tool: str = "etch-01") -> bytes:
-    msg = Telemetry(edge_id="edge-1", site="fab1", tool_id=tool, period_s=60, summary={}, risk=risk, ts=ts)
+def _telemetry(ts: float, risk: dict[str, float], tool: str = "etch-01", **more: str) -> bytes:
+    msg = Telemetry(
+        edge_id="edge-1", site="fab1", tool_id=tool, period_s=60, summary={}, risk=risk, ts=ts, **more
+    )
     return msg.to_bytes()
 
 
@@ -44,3 +47,25 @@ def test_risk_is_kept_per_tool_thinned_with_its_peaks_and_pruned(repo: Repo):
     assert repo.risk_history("etch-01", 0, 2000) == full[950:]
     with pytest.raises(ValueError, match="chunk"):
         repo.prune_risk(t0, chunk=0)
+
+
+def _type(repo: Repo, tool_id: str) -> str | None:
+    with repo.transaction() as s:
+        tool = s.get(Tool, tool_id)
+        assert tool is not None
+        return tool.tool_type
+
+
+def test_telemetry_tells_the_cloud_a_tools_type(repo: Repo):
+    """A tool's type arrives with its telemetry (before any hard case); telemetry from an older
+    edge, without it, leaves the known type as it is."""
+    ingest = Ingestor(repo, CloudMetrics())
+    where = topic("fab1", "edge-1", Kind.TELEMETRY)
+    assert ingest.handle(where, _telemetry(1000.0, {"wear": 0.1}, "pump-01"))
+    assert _type(repo, "pump-01") is None
+    ingest = Ingestor(repo, CloudMetrics())  # a new worker: nothing cached as fresh
+    assert ingest.handle(where, _telemetry(2000.0, {"wear": 0.1}, "pump-01", tool_type="vacuum_pump"))
+    assert _type(repo, "pump-01") == "vacuum_pump"
+    ingest = Ingestor(repo, CloudMetrics())
+    assert ingest.handle(where, _telemetry(3000.0, {"wear": 0.1}, "pump-01"))
+    assert _type(repo, "pump-01") == "vacuum_pump"

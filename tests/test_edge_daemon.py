@@ -116,6 +116,7 @@ async def test_alert_raised_before_the_failure_and_events_forwarded(tmp_path, fa
     tel = next(t for t in collector.of("telemetry") if t["tool_id"] == "etch-01")
     assert len(tel["risk"]) > 1 and set(tel["risk"]) <= set(tool_type("plasma_etch").mode_names)
     assert max(tel["risk"].values()) == pytest.approx(daemon.pipeline.tools["etch-01"].risk)
+    assert tel["tool_type"] == "plasma_etch"  # the cloud knows the type before any hard case
     alerts = collector.of("alert")
     assert len(alerts) == 1, "one alert per episode"
     alert = alerts[0]
