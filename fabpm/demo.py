@@ -375,7 +375,37 @@ def run_summary(root: Path, since_wall: float) -> str:
     return (
         f"[demo] this run: {hours:.0f} simulated hours; failures in the ground truth: {len(failures)} "
         f"({sudden} sudden); alerts: {alerts}; tuning proposals by status: {kv}; learning rounds: {rv}; "
-        f"edge model running: {active or 'none'}"
+        f"edge model running: {active or 'none'}\n{field_summary(root / 'cloud.db', hours / 24.0)}"
+    )
+
+
+def field_summary(db_path: Path, days: float) -> str:
+    """The alerts judged by the failure and maintenance events that followed them, as the
+    console's Alerts tab shows (cloud/field_report.py), over the last ``days`` of the equipment's
+    clock: what a plant sees without a ground truth."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cloud.field_report import LEAD_H, MATCH_H, field_report
+    from cloud.storage import Repo, make_engine
+
+    if days <= 0 or not db_path.exists():
+        return "[demo] no alerts to judge yet"
+    engine = make_engine(f"sqlite:///{db_path}")
+    try:
+        r = field_report(Repo(engine), time.time(), days, LEAD_H, MATCH_H)
+    except SQLAlchemyError as exc:  # a summary is not worth failing the stop
+        return f"[demo] no field report: {exc}"
+    finally:
+        engine.dispose()
+    o = r["outcomes"]
+    precision = "n/a" if r["precision"] is None else f"{100 * r['precision']:.0f}%"
+    lead = "" if r["median_lead_h"] is None else f", median lead {r['median_lead_h']:.0f} h"
+    return (
+        f"[demo] what followed the alerts (the Alerts tab, last {days:.1f} simulated days): "
+        f"{r['alerts']} alerts: {o['failure']} a failure, {o['sudden']} a sudden one, "
+        f"{o['maintenance']} maintenance, {o['none']} nothing, {o['open']} too recent; precision "
+        f"{precision}; progressive failures warned {r['warned']} of {r['failures']}, "
+        f"{r['warned_ge_lead']} at least {LEAD_H:.0f} h ahead{lead}"
     )
 
 
