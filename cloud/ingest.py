@@ -172,9 +172,15 @@ class Ingestor:
             edge = s.get(Edge, msg.edge_id)
             assert edge is not None
             edge.state = msg.state
-            edge.models = dict(msg.models)
-            edge.health = dict(msg.health)
-            edge.last_update = dict(msg.last_update)
+            # An edge going away (its last will, or a stop) says nothing of its models: keep what it
+            # ran, which is what the console and the rollout need to know of an offline edge.
+            gone = msg.state == "offline"
+            if msg.models or not gone:
+                edge.models = dict(msg.models)
+            if msg.health or not gone:
+                edge.health = dict(msg.health)
+            if msg.last_update or not gone:
+                edge.last_update = dict(msg.last_update)
             return None
         if isinstance(msg, Alert):
             self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -121,6 +122,7 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
     alert = Alert(
         edge_id="edge-1", site="fab1", tool_id="etch-01", mode="wear", probability=0.8,
         model_version="e1", episode_start_ts=now - 600,
+        source_ts=now - 900,  # the window that raised it, sent 5 min later
     ).model_copy(update={"ts": now - 600})  # before the failure recorded below  # fmt: skip
     assert service.ingest.handle(topic("fab1", "edge-1", Kind.ALERT), alert.to_bytes())
     with service.repo.transaction() as s:  # the notifier's row for it (cloud/notify.py), failing
@@ -166,6 +168,10 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_selector("#alerts td:has-text('olga: no fault found')")
             row = page.locator("#alerts table[data-csv=alerts] tr:has-text('etch-01')")
             assert "failed (rf_match_drift)" in row.inner_text()  # the failure overrules the inspection
+            raised = row.locator("td").first  # the equipment's time; the send time in the tooltip
+            assert raised.inner_text() == datetime.fromtimestamp(now - 900, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            sent = datetime.fromtimestamp(now - 600, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            assert raised.get_attribute("title") == f"sent by the edge {sent}"
             page.wait_for_selector(
                 "#notifications tr:has-text('teams'):has-text('HTTP 503'):has-text('etch-01')"
             )
@@ -232,8 +238,11 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             assert added.count() == 1
             page.fill("#audit-form input[name=actor]", "vic")
             page.click("#audit-form button[type=submit]")
-            page.wait_for_selector("#audit tbody tr:has-text('POST /api/auth/token')")
-            assert set(page.locator("#audit tbody td:nth-child(2)").all_inner_texts()) == {"vic"}
+            page.wait_for_function(  # the filtered table, not the one still shown while it loads
+                "() => { const who = [...document.querySelectorAll('#audit tbody td:nth-child(2)')]"
+                ".map((td) => td.textContent); return who.length > 0 && who.every((w) => w === 'vic'); }"
+            )
+            assert page.locator("#audit tbody tr:has-text('POST /api/auth/token')").count() > 0
             with page.expect_download() as download:  # the table as a CSV file, as shown
                 page.click("#audit button.csv")
             lines = Path(download.value.path()).read_text(encoding="utf-8-sig").splitlines()

@@ -25,10 +25,10 @@ from cloud.receipts import Receipts
 from cloud.serving import load_replicas
 from cloud.storage import Repo, migrate
 from cloud.storage.db import head_revision
-from cloud.storage.models import AlertRow, Base, Case, DeadLetter, LabelRow, SeenMessage
+from cloud.storage.models import AlertRow, Base, Case, DeadLetter, Edge, LabelRow, SeenMessage
 from cloud.testing import failure, hardcase, maintenance, tiny_full_checkpoint
 from cloud.verdicts import VerdictService
-from shared.messages import Alert, Event, Verdict, parse_payload
+from shared.messages import Alert, Event, Status, Verdict, parse_payload
 from shared.topics import Kind, topic
 
 
@@ -43,6 +43,25 @@ def test_migrations_create_exactly_the_models(repo: Repo):
 def _count(repo: Repo, model) -> int:
     with repo.transaction() as s:
         return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_an_edge_going_offline_keeps_the_models_it_ran(repo: Repo):
+    """The last will (or a stop) carries no models: the console still shows what the edge ran."""
+    ingest = Ingestor(repo, CloudMetrics())
+    where = topic("fab1", "edge-1", Kind.STATUS)
+    up = Status(edge_id="edge-1", site="fab1", state="online", models={"edge-risk": "3"}, health={"ok": 1})
+    assert ingest.handle(where, up.to_bytes())
+    assert ingest.handle(where, Status(edge_id="edge-1", site="fab1", state="offline").to_bytes())
+    with repo.transaction() as s:
+        edge = s.get(Edge, "edge-1")
+        assert edge is not None
+        assert (edge.state, edge.models, edge.health) == ("offline", {"edge-risk": "3"}, {"ok": 1})
+    back = Status(edge_id="edge-1", site="fab1", state="online", models={"edge-risk": "4"})
+    assert ingest.handle(where, back.to_bytes())
+    with repo.transaction() as s:
+        edge = s.get(Edge, "edge-1")
+        assert edge is not None
+        assert (edge.state, edge.models, edge.health) == ("online", {"edge-risk": "4"}, {})
 
 
 def test_a_failure_naming_another_types_mode_labels_without_a_mode(repo: Repo):

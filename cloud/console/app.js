@@ -73,7 +73,11 @@ const RENDER = {
         ack.append(button("Fault found", () => ackWith("fault")), button("No fault found", () => ackWith("no_fault")));
       }
       const o = field.alert_outcomes[a.msg_id];
-      tr.append(cell(fmtTime(a.ts)), cell(a.tool_id), cell(a.mode), cell(fmtNum(a.probability), "num"),
+      // When the equipment showed it (the window that raised it), on the clock its failures and
+      // maintenance are stamped with; the edge's send time in the tooltip (older edges: only that).
+      const raised = cell(fmtTime(a.source_ts ?? a.ts));
+      raised.title = `sent by the edge ${fmtTime(a.ts)}`;
+      tr.append(raised, cell(a.tool_id), cell(a.mode), cell(fmtNum(a.probability), "num"),
         cell(fmtNum(a.rul_h, 1), "num"), cell(a.model_version), cell(o ? followed(o, field.match_h) : "", o ? `outcome-${o.outcome}` : ""), ack);
     });
   },
