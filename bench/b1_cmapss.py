@@ -85,6 +85,12 @@ def main() -> int:
         action="store_true",
         help="train and score the full DGA only (no edge model, no ONNX graphs): a third of the time",
     )
+    ap.add_argument(
+        "--far-weight",
+        type=float,
+        default=cmapss.B1_FAR_WEIGHT,
+        help="weight in the RUL loss of windows further from failure than any test truth (145 cycles)",
+    )
     ap.add_argument("--summarize", action="store_true", help="only aggregate the per-seed files in --out")
     args = ap.parse_args()
     seeds = args.seeds[:1] if args.quick else args.seeds
@@ -114,6 +120,7 @@ def main() -> int:
             smooth=args.smooth,
             first_end=args.first_end,
             reference=args.reference,
+            far_weight=args.far_weight,
         )
         if not args.full_only:  # the edge model, its ONNX graphs and the released mix
             edge_model, _ = load_checkpoint(Path(res["edge_checkpoint"]))
@@ -145,6 +152,7 @@ def main() -> int:
                     }
             res["released_int8_groups"] = report.to_dict()["int8_groups"]
         res["seconds"] = time.monotonic() - t0
+        res["far_weight"] = args.far_weight
         per_seed.append(res)
         args.out.mkdir(parents=True, exist_ok=True)
         if not args.quick:

@@ -206,7 +206,7 @@ def main() -> int:
     ap.add_argument(
         "--far-weight",
         type=float,
-        default=1.0,
+        default=cmapss.B1_FAR_WEIGHT,
         help="weight in the RUL loss of training windows further from failure than any test truth (145)",
     )
     ap.add_argument("--summarize", action="store_true", help="only the table of what --out holds")

@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="each unit's own reference: its first N cycles, at most 31 (0: none; default: B1's)",
     )
+    c.add_argument(
+        "--far-weight",
+        type=float,
+        default=None,
+        help="weight in the RUL loss of windows further from failure than any test truth, 145 cycles "
+        "(1: as the others; default: B1's)",
+    )
     s = sub.add_parser("sim", help="a data set written by `fabpm sim export`")
     common(s)
     s.add_argument("--dataset", type=Path, required=True)
@@ -144,8 +151,16 @@ def _cmapss(ns: argparse.Namespace) -> int:
         progress = not ns.no_progress and b1.train.progress
         cfg = replace(b1, train=replace(b1.train, device=ns.device, threads=ns.threads, progress=progress))
     reference = cmapss.B1_REFERENCE if ns.reference is None else ns.reference
+    far_weight = cmapss.B1_FAR_WEIGHT if ns.far_weight is None else ns.far_weight
     res = cmapss.run(
-        ns.data, ns.out, cfg, edge=ns.edge, smooth=ns.smooth, first_end=ns.first_end, reference=reference
+        ns.data,
+        ns.out,
+        cfg,
+        edge=ns.edge,
+        smooth=ns.smooth,
+        first_end=ns.first_end,
+        reference=reference,
+        far_weight=far_weight,
     )
     print(json.dumps(res, indent=1))
     return 0
