@@ -395,6 +395,7 @@ def test_tuning_model_release_and_step(export_dir, keys, tmp_path):
 
 def test_cli_cmapss_tiny(data_dir, tmp_path):
     cmd = [sys.executable, "-m", "fabpm.cli", "train", "cmapss", "--tiny", "--epochs", "1", "--no-progress"]
+    cmd += ["--far-weight", "0.5"]
     proc = subprocess.run(
         [*cmd, "--data", str(data_dir), "--out", str(tmp_path)], capture_output=True, text=True, timeout=240,
         env=ENV, cwd=REPO,
@@ -403,6 +404,10 @@ def test_cli_cmapss_tiny(data_dir, tmp_path):
     res = json.loads(proc.stdout)
     assert len(res["full_pred"]) == 100 and np.isfinite(res["full"]["rmse"]) and res["full"]["score"] > 0
     assert Path(res["full_checkpoint"]).exists()
+    from shared.models.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(Path(res["full_checkpoint"]))
+    assert meta["far_weight"] == 0.5  # the checkpoint says how its windows were weighted
 
 
 def test_fit_scaler_matches_features():
