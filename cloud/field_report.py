@@ -48,6 +48,7 @@ RESETS = ("failure", "maintenance")
 LEAD_H = 72.0  # B2's lead: a failure warned at least this far ahead
 MATCH_H = 240.0  # B2's match window: an alert this close before a failure was right
 SAME_H = 12.0  # a second failure of a tool this soon, with no maintenance between, is the same one
+SUDDEN_MODES = frozenset(m.name for t in TOOL_TYPES.values() for m in t.modes if m.sudden)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +100,7 @@ def _progressive(tool_type: str | None, mode: str | None) -> bool:
     known = TOOL_TYPES.get(tool_type or "")
     if known is not None:
         return mode in known.warnable_mode_names
-    sudden = {m.name for t in TOOL_TYPES.values() for m in t.modes if m.sudden}
-    return mode not in sudden
+    return mode not in SUDDEN_MODES
 
 
 def report(
