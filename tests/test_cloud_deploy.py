@@ -1,5 +1,6 @@
 """The shipped deployment files work: the Mosquitto config with its TLS listener and per-edge ACLs
-(certificates from deploy/mosquitto/make-test-ca.sh), and examples/cloud.toml loads."""
+(certificates from deploy/mosquitto/make-test-ca.sh), and examples/cloud.toml and the Kubernetes
+ConfigMap's cloud.toml load."""
 
 from __future__ import annotations
 
@@ -28,6 +29,18 @@ REPO = Path(__file__).resolve().parent.parent
 def test_example_config_loads_with_the_defaults():
     cfg = load(REPO / "examples" / "cloud.toml", {})
     assert cfg.model_copy(update={"storage": CloudConfig().storage}) == CloudConfig()
+
+
+def test_the_kubernetes_config_map_loads(tmp_path: Path):
+    """The cloud.toml inside deploy/k8s/cloud.yaml is a valid config (a wrong key there would stop
+    every pod at start)."""
+    import yaml
+
+    docs = list(yaml.safe_load_all((REPO / "deploy" / "k8s" / "cloud.yaml").read_text()))
+    (config_map,) = [d for d in docs if d and d.get("kind") == "ConfigMap"]
+    (tmp_path / "cloud.toml").write_text(config_map["data"]["cloud.toml"])
+    cfg = load(tmp_path / "cloud.toml", {})
+    assert cfg.api.trusted_proxies == ["10.0.0.0/8"] and cfg.mqtt.tls is not None
 
 
 def _edge(port: int, certs: Path, name: str) -> tuple[paho.Client, list]:
