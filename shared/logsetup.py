@@ -17,5 +17,5 @@ def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Third-party libraries are chatty at INFO; their warnings still show.
-    for noisy in ("asyncua", "apscheduler", "uvicorn.access", "httpx"):
+    for noisy in ("asyncua", "apscheduler", "uvicorn.access", "httpx", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
