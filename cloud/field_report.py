@@ -148,6 +148,7 @@ def report(
             counts[o.outcome] += 1
 
     leads: list[float] = []
+    warnings: list[dict[str, Any]] = []  # each progressive failure and how far ahead it was warned
     failures = warned = warned_lead = named = sudden = 0
     per_mode: dict[str, dict[str, int]] = defaultdict(lambda: {"failures": 0, "warned": 0, "warned_lead": 0})
     for tool, events in by_tool.items():
@@ -162,13 +163,16 @@ def report(
             row["failures"] += 1
             prev = events[i - 1].ts if i > 0 else -float("inf")
             before = [a for a in alerts_of.get(tool, []) if prev < a.ts < r.ts]
+            shown = {"tool_id": tool, "mode": r.mode, "at_ts": r.ts, "lead_h": None, "named": False}
+            warnings.append(shown)
             if not before:
                 continue
             lead = (r.ts - before[0].ts) / H
+            shown.update(lead_h=lead, named=any(a.mode == r.mode for a in before))
             leads.append(lead)
             warned += 1
             row["warned"] += 1
-            named += any(a.mode == r.mode for a in before)
+            named += shown["named"]
             if lead >= lead_h:
                 warned_lead += 1
                 row["warned_lead"] += 1
@@ -199,6 +203,8 @@ def report(
         "recall_ge_lead": warned_lead / failures if failures else None,
         "median_lead_h": statistics.median(leads) if leads else None,
         "per_mode": dict(sorted(per_mode.items())),
+        # lead_h None: not warned; named: an alert before it named the mode that failed
+        "failure_warnings": sorted(warnings, key=lambda w: w["at_ts"]),
         "alert_outcomes": {
             k: {"outcome": o.outcome, "at_ts": at_ts[k], "event_ts": o.event_ts, "failed_mode": o.failed_mode}
             for k, o in outcomes.items()

@@ -63,6 +63,11 @@ def test_each_alert_gets_what_followed_it_and_each_failure_its_warning():
     assert got["recall_ge_lead"] == pytest.approx(1 / 3)
     assert got["median_lead_h"] == pytest.approx(80.0)
     assert got["per_mode"]["chamber_deposition"] == {"failures": 1, "warned": 0, "warned_lead": 0}
+    assert [(w["tool_id"], w["mode"], w["lead_h"], w["named"]) for w in got["failure_warnings"]] == [
+        ("E4", "esc_degradation", pytest.approx(60.0), False),
+        ("E1", "rf_match_drift", pytest.approx(100.0), True),
+        ("E3", "chamber_deposition", None, False),
+    ]
     assert got["false_alarms_per_tool_month"] == pytest.approx(1 / (5 * 300 / 720))
     assert "old" not in got["alert_outcomes"]  # before the window: it only warns
 

@@ -60,6 +60,7 @@ const RENDER = {
     const [rows, sent, field] = await Promise.all([api("/api/alerts?limit=200"),
       can("operator") ? api("/api/notifications?limit=100") : [], api("/api/alerts/field?days=90")]);
     $("#field-summary").textContent = fieldSummary(field);
+    $("#field-chart").replaceChildren(...(field.failure_warnings.length ? leadChart(field) : []));
     $("#notifications").hidden = !sent.length;  // shown where webhooks are configured and used
     fill($("#notifications tbody"), sent, (n, tr) => tr.append(
       cell(fmtTime(n.created_ts)), cell(n.target), cell(n.text), cell(n.status, `status-${n.status}`),
@@ -278,6 +279,40 @@ async function showRisk(toolId) {
     detail.hidden = false;
     detail.scrollIntoView({ block: "nearest" });
   } catch (err) { setStatus(err.message, true); }
+}
+
+// Each progressive failure of the field report (newest at the top, at most LEAD_ROWS), a bar as
+// long as it was warned ahead (green from lead_h on, amber short of it), a red cross when no alert
+// came; the dashed line is lead_h (B2's 72 h).
+const LEAD_ROWS = 40;
+function leadChart(f) {
+  const rows = f.failure_warnings.slice(-LEAD_ROWS).reverse();
+  const W = 820, ROW = 14, L = 300, R = 40, T = 6, B = 20, H = T + B + ROW * rows.length;
+  const span = Math.max(f.match_h, ...rows.map((w) => w.lead_h ?? 0));
+  const x = (h) => L + (h / span) * (W - L - R);
+  const box = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "how far ahead each failure was warned" });
+  box.append(svg("line", { x1: x(f.lead_h), x2: x(f.lead_h), y1: T, y2: H - B, class: "zero" }));
+  for (const [h, anchor] of [[0, "start"], [f.lead_h, "middle"], [span, "end"]]) {
+    const lab = svg("text", { x: x(h), y: H - 6, "text-anchor": anchor, class: "axis" });
+    lab.textContent = `${fmtNum(h, 0)} h`; box.append(lab);
+  }
+  rows.forEach((w, i) => {
+    const y = T + i * ROW;
+    const name = svg("text", { x: L - 6, y: y + ROW - 3, "text-anchor": "end", class: "axis" });
+    name.textContent = `${fmtTime(w.at_ts).slice(0, 16)} ${w.tool_id} ${w.mode ?? ""}`; box.append(name);
+    if (w.lead_h === null) {
+      const miss = svg("text", { x: x(0), y: y + ROW - 3, class: "axis unwarned" }); miss.textContent = "✕ not warned"; box.append(miss);
+      return;
+    }
+    const bar = svg("rect", { x: x(0), y: y + 2, width: Math.max(1, x(w.lead_h) - x(0)), height: ROW - 4,
+      class: w.lead_h >= f.lead_h ? "lead-ok" : "lead-short" });
+    const tip = svg("title", {}); tip.textContent = `warned ${fmtNum(w.lead_h, 0)} h ahead${w.named ? "" : " (another mode named)"}`;
+    bar.append(tip); box.append(bar);
+  });
+  const note = document.createElement("p"); note.className = "legend";
+  const which = rows.length < f.failure_warnings.length ? `the newest ${rows.length} of ${f.failure_warnings.length}` : "newest at the top";
+  note.textContent = `How far ahead each progressive failure was warned (${which}); dashed: ${f.lead_h} h.`;
+  return [note, box];
 }
 
 function followed(o, matchH) {  // what came after an alert, from the events reported
