@@ -12,6 +12,9 @@
                                                   database (SQLite; PostgreSQL: pg_dump), models,
                                                   improved full models, keys; see cloud/backup.py
     fabpm cloud restore --config cloud.toml --from DIR [--force]   (the cloud stopped)
+    fabpm cloud report --config cloud.toml [--days 30] [--json]
+                                                  how the alerts did: what followed each, failures
+                                                  warned and how far ahead (the Alerts tab's figures)
     fabpm cloud model register --config cloud.toml --artifact M.onnx [--checkpoint FULL.pt]
         [--edge-checkpoint EDGE.pt] [--active]
                                                   record a signed release made outside a learning
@@ -22,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,6 +76,12 @@ def main(argv: list[str]) -> int:
     p_res.add_argument("--config")
     p_res.add_argument("--from", dest="source", type=Path, required=True, help="the backup folder")
     p_res.add_argument("--force", action="store_true", help="replace a database, models or key already there")
+    p_rep = sub.add_parser(
+        "report", help="how the alerts did: what followed each, failures warned (the Alerts tab's figures)"
+    )
+    p_rep.add_argument("--config")
+    p_rep.add_argument("--days", type=float, default=30.0, help="the window, ending at the newest record")
+    p_rep.add_argument("--json", action="store_true", help="the whole report as JSON (GET /api/alerts/field)")
     p_model = sub.add_parser("model", help="the model registry")
     model_sub = p_model.add_subparsers(dest="model_cmd", required=True)
     p_reg = model_sub.add_parser("register", help="verify and record a signed release")
@@ -103,8 +114,12 @@ def main(argv: list[str]) -> int:
     from cloud.storage import Repo, make_engine, migrate
 
     cfg = _cfg(ns)
+    if ns.cmd == "report":
+        _require_database(cfg.storage.url)
     engine = make_engine(cfg.storage.url)
     try:
+        if ns.cmd == "report":  # reads only: never migrates a schema that running workers use
+            return _report(Repo(engine), ns.days, ns.json)
         revision = migrate(engine)
         if ns.cmd == "migrate":
             print(f"database at revision {revision}")
@@ -137,6 +152,46 @@ def main(argv: list[str]) -> int:
         return 0
     finally:
         engine.dispose()
+
+
+def _require_database(url: str) -> None:
+    """A SQLite file that is not there is an error (opening it would create an empty one)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    file = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if file not in (None, "", ":memory:") and not Path(str(file)).is_file():
+        raise CloudError(f"storage.url: no database at {file} (run from the cloud's folder?)")
+
+
+def _report(repo: Repo, days: float, as_json: bool) -> int:
+    """The field report over the last ``days`` (cloud/field_report.py): for a shift review or a
+    scheduled e-mail, without the console."""
+    import time
+
+    from cloud.field_report import LEAD_H, MATCH_H, describe, field_report
+
+    if days <= 0:
+        raise CloudError(f"--days: {days}, must be > 0")
+    r = field_report(repo, time.time(), days, LEAD_H, MATCH_H)
+    if as_json:
+        print(json.dumps(r, indent=1))
+        return 0
+    since, until = (
+        datetime.fromtimestamp(r[k], UTC).strftime("%Y-%m-%d %H:%M") for k in ("since_ts", "until_ts")
+    )
+    print(f"alerts and failures {since} – {until} UTC (the equipment's clock)")
+    for line in describe(r):
+        print(f"  {line}")
+    if r["per_mode"]:
+        print(f"  {'mode':28s} {'failures':>8s} {'warned':>7s} {f'≥ {LEAD_H:.0f} h':>7s}")
+        for mode, row in r["per_mode"].items():
+            print(f"  {mode:28s} {row['failures']:8d} {row['warned']:7d} {row['warned_lead']:7d}")
+    for w in r["failure_warnings"]:
+        at = datetime.fromtimestamp(w["at_ts"], UTC).strftime("%Y-%m-%d %H:%M")
+        lead = "not warned" if w["lead_h"] is None else f"warned {w['lead_h']:.0f} h ahead"
+        print(f"  {at} {w['tool_id']} {w['mode'] or '(no mode)'}: {lead}")
+    return 0
 
 
 def _backup_or_restore(cfg: cloud_config.CloudConfig, ns: argparse.Namespace) -> int:

@@ -168,11 +168,12 @@ def report(
             if not before:
                 continue
             lead = (r.ts - before[0].ts) / H
-            shown.update(lead_h=lead, named=any(a.mode == r.mode for a in before))
+            right_mode = any(a.mode == r.mode for a in before)
+            shown.update(lead_h=lead, named=right_mode)
             leads.append(lead)
             warned += 1
             row["warned"] += 1
-            named += shown["named"]
+            named += right_mode
             if lead >= lead_h:
                 warned_lead += 1
                 row["warned_lead"] += 1
@@ -245,3 +246,23 @@ def field_report(repo: Repo, clock_now: float, days: float, lead_h: float, match
         reporting = select(Tool.tool_id, Tool.tool_type).where(Tool.last_ts >= since)
         types = {tool: kind for tool, kind in s.execute(reporting)}
     return report(alerts, resets, types, since, now, lead_h, match_h)
+
+
+def describe(r: dict[str, Any]) -> list[str]:
+    """:func:`report`'s figures in words, a phrase each (the demo's summary, ``fabpm cloud report``)."""
+    o = r["outcomes"]
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.0f}%"
+
+    lead = "" if r["median_lead_h"] is None else f", median lead {r['median_lead_h']:.0f} h"
+    fa = r["false_alarms_per_tool_month"]
+    return [
+        f"{r['alerts']} alerts: {o['failure']} a failure, {o['sudden']} a sudden one, "
+        f"{o['fault_found']} a fault found, {o['no_fault']} no fault found, {o['maintenance']} maintenance, "
+        f"{o['none']} nothing, {o['open']} too recent",
+        f"precision {pct(r['precision'])} ({pct(r['precision_if_maintained_right'])} if the maintained ones "
+        f"were right), false alarms per tool-month {'n/a' if fa is None else f'{fa:.2f}'}",
+        f"progressive failures warned {r['warned']} of {r['failures']}, {r['warned_ge_lead']} at least "
+        f"{r['lead_h']:.0f} h ahead{lead}; {r['failures_sudden']} sudden not counted",
+    ]

@@ -385,7 +385,7 @@ def field_summary(db_path: Path, days: float) -> str:
     clock: what a plant sees without a ground truth."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from cloud.field_report import LEAD_H, MATCH_H, field_report
+    from cloud.field_report import LEAD_H, MATCH_H, describe, field_report
     from cloud.storage import Repo, make_engine
 
     if days <= 0 or not db_path.exists():
@@ -397,15 +397,8 @@ def field_summary(db_path: Path, days: float) -> str:
         return f"[demo] no field report: {exc}"
     finally:
         engine.dispose()
-    o = r["outcomes"]
-    precision = "n/a" if r["precision"] is None else f"{100 * r['precision']:.0f}%"
-    lead = "" if r["median_lead_h"] is None else f", median lead {r['median_lead_h']:.0f} h"
-    return (
-        f"[demo] what followed the alerts (the Alerts tab, last {days:.1f} simulated days): "
-        f"{r['alerts']} alerts: {o['failure']} a failure, {o['sudden']} a sudden one, "
-        f"{o['maintenance']} maintenance, {o['none']} nothing, {o['open']} too recent; precision "
-        f"{precision}; progressive failures warned {r['warned']} of {r['failures']}, "
-        f"{r['warned_ge_lead']} at least {LEAD_H:.0f} h ahead{lead}"
+    return f"[demo] what followed the alerts (the Alerts tab, last {days:.1f} simulated days): " + "; ".join(
+        describe(r)
     )
 
 

@@ -4,6 +4,7 @@ the API on both databases."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -113,7 +114,8 @@ def test_an_empty_fleet_says_so_without_dividing_by_zero():
     assert got["median_lead_h"] is None and got["false_alarms_per_tool_month"] is None
 
 
-def test_the_api_reads_them_from_the_database(repo: Repo, tmp_path: Path):
+def _store(repo: Repo) -> None:
+    """_alerts() and _resets() as the database holds them, E1–E5 reporting."""
     with repo.transaction() as s:
         for i in range(1, 6):
             s.add(Tool(tool_id=f"E{i}", edge_id="edge-1", site="fab1", tool_type=ETCH, last_ts=T0 + 300 * H))
@@ -133,6 +135,10 @@ def test_the_api_reads_them_from_the_database(repo: Repo, tmp_path: Path):
                 )
             )  # fmt: skip
         s.add(EventRow(msg_id="st", edge_id="edge-1", site="fab1", tool_id="E2", event="state", source_ts=T0))
+
+
+def test_the_api_reads_them_from_the_database(repo: Repo, tmp_path: Path):
+    _store(repo)
     users = _users(repo)
     users.add("vic", "vic-password", "viewer")
     users.add("olga", "olga-password", "operator")
@@ -163,6 +169,34 @@ def test_the_api_reads_them_from_the_database(repo: Repo, tmp_path: Path):
     assert got["alert_outcomes"]["a1"]["at_ts"] == T0
     assert got["outcomes"] == OUTCOMES
     assert (got["failures"], got["warned"], got["warned_ge_lead"]) == (3, 2, 1)
+
+
+def test_fabpm_cloud_report_prints_them_without_migrating(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """``fabpm cloud report``: the figures in words, per mode and per failure; ``--json`` the API's
+    answer. A SQLite file that is not there is an error, not a new empty database."""
+    from cloud.cli import main
+    from cloud.errors import CloudError
+    from cloud.storage import make_engine, migrate
+
+    db = tmp_path / "cloud.db"
+    config = tmp_path / "cloud.toml"
+    config.write_text(f'[storage]\nurl = "sqlite:///{db}"\n')
+    with pytest.raises(CloudError, match="no database at"):
+        main(["report", "--config", str(config)])
+    assert not db.exists()
+    engine = make_engine(f"sqlite:///{db}")
+    migrate(engine)
+    _store(Repo(engine))
+    engine.dispose()
+    assert main(["report", "--config", str(config), "--days", str(300 / 24)]) == 0
+    text = capsys.readouterr().out
+    assert "5 alerts: 1 a failure, 1 a sudden one" in text and "precision 50%" in text
+    assert "progressive failures warned 2 of 3, 1 at least 72 h ahead" in text
+    assert "E3 chamber_deposition: not warned" in text and "E1 rf_match_drift: warned 100 h ahead" in text
+    assert main(["report", "--config", str(config), "--days", str(300 / 24), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["outcomes"] == OUTCOMES
+    with pytest.raises(CloudError, match="--days"):
+        main(["report", "--config", str(config), "--days", "0"])
 
 
 def test_the_worker_publishes_the_figures_as_gauges(db_url: str, tmp_path: Path):
