@@ -229,6 +229,8 @@ def _tampered(path: Path, tmp: Path) -> Path:
 
 
 async def test_bad_updates_refused_while_the_old_model_runs_and_a_good_one_swaps(tmp_path, fab, mosquitto):
+    # Waits are generous (each returns as soon as the condition holds): the test failed once at
+    # 5-10 s on a machine whose two cores ran two trainings and a demo beside it.
     collector = Collector(mosquitto.port)
     cfg = _cfg(tmp_path, fab, mosquitto.port)
     priv, _ = keys(tmp_path / "keys")
@@ -254,7 +256,7 @@ async def test_bad_updates_refused_while_the_old_model_runs_and_a_good_one_swaps
         for ann in (tampered, truncated, announcement_for(evil), announcement_for(nan_model)):
             before = dict(daemon.updater.last) if daemon.updater else {}
             publish(mosquitto.port, model_topic, ann.to_bytes(), retain=True)
-            assert await until(lambda b=before: daemon.updater.last != b, 10)
+            assert await until(lambda b=before: daemon.updater.last != b, 30)
             last = daemon.updater.last
             assert last["outcome"] == "refused"
             if last["version"] in expected and ann is not truncated:
@@ -270,30 +272,30 @@ async def test_bad_updates_refused_while_the_old_model_runs_and_a_good_one_swaps
         windows_before = daemon.metrics.windows._value.get()
         await _push(fab, daemon, k + 1)
         await _push(fab, daemon, k + 2)
-        assert await until(lambda: daemon.metrics.windows._value.get() > windows_before, 5), (
+        assert await until(lambda: daemon.metrics.windows._value.get() > windows_before, 20), (
             "inference went on"
         )
         # A good update by file:// URL swaps in, keeps the old one, and says so on the status topic.
         publish(mosquitto.port, model_topic, announcement_for(good2, inline=False).to_bytes(), retain=True)
-        assert await until(lambda: daemon.models["edge-risk"].version == "2", 10)
+        assert await until(lambda: daemon.models["edge-risk"].version == "2", 30)
         pointer = daemon.store.pointer("edge-risk")
         assert pointer["version"] == "2" and pointer["previous"] == "1"
         assert await until(
-            lambda: any(s.get("models", {}).get("edge-risk") == "2" for s in collector.of("status")), 10
+            lambda: any(s.get("models", {}).get("edge-risk") == "2" for s in collector.of("status")), 30
         )
         status = [s for s in collector.of("status") if s.get("models", {}).get("edge-risk") == "2"][-1]
         assert status["last_update"]["outcome"] == "accepted"
         # Rollback: the cloud re-announces version 1 without an artifact; the edge has it on disk.
         back = announcement_for(cfg.models.risk).model_copy(update={"artifact_b64": None})
         publish(mosquitto.port, model_topic, back.to_bytes(), retain=True)
-        assert await until(lambda: daemon.models["edge-risk"].version == "1", 10)
+        assert await until(lambda: daemon.models["edge-risk"].version == "1", 30)
         assert daemon.store.pointer("edge-risk") == {
             **daemon.store.pointer("edge-risk"),
             "version": "1",
             "previous": "2",
         }
         publish(mosquitto.port, model_topic, announcement_for(good2).to_bytes(), retain=True)
-        assert await until(lambda: daemon.models["edge-risk"].version == "2", 10)
+        assert await until(lambda: daemon.models["edge-risk"].version == "2", 30)
     finally:
         await _stop(task)
         collector.stop()
