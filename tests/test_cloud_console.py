@@ -167,6 +167,8 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             # the failure on the lead-time chart: warned, but less than 72 h ahead
             assert page.locator("#field-chart rect.lead-short").count() == 1
             assert page.locator("#field-chart rect.lead-ok, #field-chart .unwarned").count() == 0
+            page.select_option("#field-days", "7")  # the window the alerts are judged over
+            page.wait_for_selector("#field-summary:has-text('Last 7 days: 1 alert')")
             page.click("#alerts tr:has-text('etch-01') button:has-text('No fault found')")  # an inspection
             page.wait_for_selector("#alerts td:has-text('olga: no fault found')")
             row = page.locator("#alerts table[data-csv=alerts] tr:has-text('etch-01')")

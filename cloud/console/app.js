@@ -58,7 +58,7 @@ const RENDER = {
   },
   async alerts() {
     const [rows, sent, field] = await Promise.all([api("/api/alerts?limit=200"),
-      can("operator") ? api("/api/notifications?limit=100") : [], api("/api/alerts/field?days=90")]);
+      can("operator") ? api("/api/notifications?limit=100") : [], api(`/api/alerts/field?days=${$("#field-days").value}`)]);
     $("#field-summary").textContent = fieldSummary(field);
     $("#field-chart").replaceChildren(...(field.failure_warnings.length ? leadChart(field) : []));
     $("#notifications").hidden = !sent.length;  // shown where webhooks are configured and used
@@ -418,6 +418,7 @@ $("#tabs").addEventListener("click", (ev) => {
   if (tab) { state.tab = tab; show(); refresh(); }
 });
 $("#case-filter").addEventListener("change", refresh);
+$("#field-days").addEventListener("change", refresh);
 $("#new-round").addEventListener("click", () => act(post("/api/learning/rounds")));
 $("#event-form").elements.event.addEventListener("change", (ev) => {  // a maintenance has no mode
   $("#event-form").elements.mode.disabled = ev.target.value !== "failure";
