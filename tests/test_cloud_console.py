@@ -183,6 +183,12 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.click("#tabs button[data-tab=cases]")
             page.select_option("#case-filter", "all")  # labelled now: by the failure recorded above
             page.wait_for_selector("#cases td:has-text('by failure')")
+            case = service.repo.get_case("case-1")
+            when = page.locator("#cases tr:has-text('etch-01') td").first  # the window's end, not receipt
+            assert when.inner_text() == datetime.fromtimestamp(case.window_ts, UTC).strftime(
+                "%Y-%m-%d %H:%M:%S"
+            )
+            assert when.get_attribute("title").startswith("received ")
             page.click("#cases tr:has-text('etch-01') button:has-text('Healthy')")
             _until(lambda: service.repo.get_case("case-1").label_source == "operator")
             assert service.repo.get_case("case-1").label_failed is False

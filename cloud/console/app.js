@@ -97,7 +97,10 @@ const RENDER = {
           button("Healthy", () => act(post(`/api/cases/${c.case_id}/labels`, { failed: false }))));
       }
       const look = cell(""); look.append(button("Show", () => showWindow(c.case_id)));
-      tr.append(cell(fmtTime(c.received_ts)), cell(c.tool_id), cell((c.reasons || []).join(", ")),
+      // The window's end on the equipment's clock (what a failure or maintenance is compared with
+      // when labelling); when the cloud received it in the tooltip.
+      const at = cell(fmtTime(c.window_ts)); at.title = `received ${fmtTime(c.received_ts)}`;
+      tr.append(at, cell(c.tool_id), cell((c.reasons || []).join(", ")),
         cell(fmtProbs(ownProbs(c.edge_prediction?.probs, c.tool_modes))), cell(c.verdict ? (c.verdict.error ? `not answerable: ${c.verdict.error}` : `${fmtProbs(ownProbs(c.verdict.probs, c.tool_modes))}; RUL ${fmtNum(c.verdict.rul_h, 1)} h`) : "waiting"),
         cell(label), actions, look);
     });
