@@ -311,9 +311,11 @@ class Tuner:
             if waiting:
                 return None
             proposal = {**sp, **pool.propose(tool_id, sp)}
+            believed = pool.expect(tool_id, sp, proposal)
         elif waiting:
             return None
         else:
+            believed = None
             proposal = propose(
                 model,
                 sp,
@@ -328,6 +330,13 @@ class Tuner:
         row = np.array([[proposal[n] for n in model.setpoints] + [context[n] for n in model.context]])
         base = np.array([[sp[n] for n in model.setpoints] + [context[n] for n in model.context]])
         (y1, e1), (y0, e0) = model.predict(row), model.predict(base)
+        expected = {"yield_delta": float(y1[0] - y0[0]), "energy_delta": float(e1[0] - e0[0])}
+        if self.cfg.optimiser == "pooled":
+            # The pooled optimiser proposed it from what the tools' recent lots say (its fit, once
+            # a tool has two lots); the offline surrogate, trained on older data, may disagree: the
+            # operator sees both, the proposing model's first, each named.
+            mine = {} if believed is None else {"yield_delta": believed[0], "energy_delta": believed[1]}
+            expected = {**mine, **{f"surrogate_{k}": v for k, v in expected.items()}}
         msg = message(
             Tuning,
             edge_id=self.edge_id,
@@ -337,7 +346,7 @@ class Tuner:
             proposal_id=uuid.uuid4().hex,
             setpoints=changed,
             previous={n: sp[n] for n in changed},
-            expected={"yield_delta": float(y1[0] - y0[0]), "energy_delta": float(e1[0] - e0[0])},
+            expected=expected,
             reason=f"{self.cfg.optimiser} optimiser, tuning model {model.version}",
         )
         self._record(msg)

@@ -189,22 +189,44 @@ class PooledOptimizer:
         g = ridge(ed[:, 1:], ed[:, 0], w, np.zeros(k), np.full(k, 1e6), scale)
         return zc + theta[:k] / (2 * q), theta[k : 2 * k] / (2 * q), offsets, g
 
-    def target(self, tool: str) -> np.ndarray | None:
-        """The best setpoints for ``tool``'s next lot (absolute units), or None without a fit."""
+    def _optimum(self, tool: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(the yield optimum for ``tool``'s next lot in envelope spans, the energy slope per span)
+        from a fit at its last lot; None without one."""
         lots = self.lots.get(tool)
         if not lots:
             return None
-        now = lots[-1].t_s
-        fitted = self.fit(now)
+        fitted = self.fit(lots[-1].t_s)
         if fitted is None:
             return None
         m, v, offsets, g = fitted
         times = [lot.t_s for lot in lots]
         ahead = float(np.median(np.diff(times[-9:]))) / DAY if len(times) > 1 else 0.0
-        z = m + v * ahead + offsets.get(tool, np.zeros_like(m))
+        return m + v * ahead + offsets.get(tool, np.zeros_like(m)), g
+
+    def target(self, tool: str) -> np.ndarray | None:
+        """The best setpoints for ``tool``'s next lot (absolute units), or None without a fit."""
+        found = self._optimum(tool)
+        if found is None:
+            return None
+        z, g = found
         if self.w_yield > 0 and self.w_energy > 0:
             z = z - self.w_energy * g / (2.0 * self.w_yield * self.q_fit)
         return np.clip(self.lo + z * self.span, self.lo, self.hi)
+
+    def expect(
+        self, tool: str, current: Mapping[str, float], proposal: Mapping[str, float]
+    ) -> tuple[float, float] | None:
+        """What the pool's own fit expects of moving ``tool`` from ``current`` to ``proposal``:
+        (yield change in points, energy change per lot), dither included; None without a fit.
+        This, not the offline surrogate, is the model the proposal came from."""
+        found = self._optimum(tool)
+        if found is None:
+            return None
+        opt, g = found
+        z0 = self._z([float(current[n]) for n in self.names])
+        z1 = self._z([float(proposal[n]) for n in self.names])
+        dy = -float(np.sum(self.q_fit * ((z1 - opt) ** 2 - (z0 - opt) ** 2)))
+        return dy, float(g @ (z1 - z0))
 
     def propose(self, tool: str, current: Mapping[str, float]) -> dict[str, float]:
         """``tool``'s next setpoints: towards the target plus dither, inside the envelope and

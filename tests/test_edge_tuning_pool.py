@@ -111,6 +111,21 @@ def test_proposals_at_the_envelope_edge_stay_inside() -> None:
     assert errors  # every proposal was checked inside run()
 
 
+def test_the_pool_expects_a_step_towards_its_optimum_to_raise_the_yield() -> None:
+    """expect(): the yield change the pool's own fit predicts, positive towards the fitted
+    optimum and negative away from it (what the operator sees beside a proposal)."""
+    target = np.array([0.75, 0.3, 0.6])
+    pool = make()
+    run(pool, lambda t: target, lots=120, noise=0.0)
+    here = {"a": 5.0, "b": 200.0, "c": 0.0}  # z = (0.5, 0.5, 0.5)
+    towards = {"a": 5.3, "b": 196.0, "c": 0.02}
+    away = {"a": 4.7, "b": 204.0, "c": -0.02}
+    up, down = pool.expect("t0", here, towards), pool.expect("t0", here, away)
+    assert up is not None and down is not None
+    assert up[0] > 0 > down[0]
+    assert pool.expect("nobody", here, towards) is None
+
+
 def test_non_finite_lots_are_ignored_and_bad_arguments_refused() -> None:
     pool = make()
     pool.observe("t0", 0.0, {"a": 5.0, "b": 200.0, "c": 0.0}, float("nan"), 1.0)
@@ -176,10 +191,19 @@ def test_tuner_pooled_proposes_once_per_lot_inside_the_guards() -> None:
     # The surrogate's curvature (rf: 1e-4·300² = 9 points per span²) is below the floor.
     pool = tuner.pools["plasma_etch"]
     assert pool.q.tolist() == [150.0, 150.0]  # pressure: 1e-2·60² = 36, also below the floor
+    # One lot is no fit: the expectation shown is the offline surrogate's alone, and named so.
+    assert set(msg.expected) == {"surrogate_yield_delta", "surrogate_energy_delta"}
     now[0] = 5400.0
     lot2 = {"last_lot_yield": 91.0, "last_lot_energy_kwh": 20.5}
-    assert tuner.propose(model, "etch-01", "plasma_etch", current, lot2) is not None  # type: ignore[arg-type]
+    msg2 = tuner.propose(model, "etch-01", "plasma_etch", current, lot2)  # type: ignore[arg-type]
+    assert msg2 is not None
     assert len(pool.lots["etch-01"]) == 2
+    # Two lots: the pool's own fit says what it expects of its proposal, the surrogate beside it.
+    believed = pool.expect("etch-01", current, {**current, **msg2.setpoints})
+    assert believed is not None
+    assert msg2.expected["yield_delta"] == pytest.approx(believed[0])
+    assert msg2.expected["energy_delta"] == pytest.approx(believed[1])
+    assert {"surrogate_yield_delta", "surrogate_energy_delta"} <= set(msg2.expected)
 
 
 def _advise(**kw: object) -> TuningConfig:
