@@ -331,12 +331,15 @@ class Tuner:
         base = np.array([[sp[n] for n in model.setpoints] + [context[n] for n in model.context]])
         (y1, e1), (y0, e0) = model.predict(row), model.predict(base)
         expected = {"yield_delta": float(y1[0] - y0[0]), "energy_delta": float(e1[0] - e0[0])}
+        why = ""
         if self.cfg.optimiser == "pooled":
             # The pooled optimiser proposed it from what the tools' recent lots say (its fit, once
             # a tool has two lots); the offline surrogate, trained on older data, may disagree: the
             # operator sees both, the proposing model's first, each named.
             mine = {} if believed is None else {"yield_delta": believed[0], "energy_delta": believed[1]}
             expected = {**mine, **{f"surrogate_{k}": v for k, v in expected.items()}}
+            if believed is None:  # an operator is asked to approve a step no fit predicts yet: say so
+                why = ": an exploratory step (too few lots of this tool to fit; the lots after it teach it)"
         msg = message(
             Tuning,
             edge_id=self.edge_id,
@@ -347,7 +350,7 @@ class Tuner:
             setpoints=changed,
             previous={n: sp[n] for n in changed},
             expected=expected,
-            reason=f"{self.cfg.optimiser} optimiser, tuning model {model.version}",
+            reason=f"{self.cfg.optimiser} optimiser, tuning model {model.version}{why}",
         )
         self._record(msg)
         if self.cfg.mode == "advise":

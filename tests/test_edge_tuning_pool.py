@@ -193,6 +193,7 @@ def test_tuner_pooled_proposes_once_per_lot_inside_the_guards() -> None:
     assert pool.q.tolist() == [150.0, 150.0]  # pressure: 1e-2·60² = 36, also below the floor
     # One lot is no fit: the expectation shown is the offline surrogate's alone, and named so.
     assert set(msg.expected) == {"surrogate_yield_delta", "surrogate_energy_delta"}
+    assert "exploratory step" in msg.reason
     now[0] = 5400.0
     lot2 = {"last_lot_yield": 91.0, "last_lot_energy_kwh": 20.5}
     msg2 = tuner.propose(model, "etch-01", "plasma_etch", current, lot2)  # type: ignore[arg-type]
@@ -204,6 +205,7 @@ def test_tuner_pooled_proposes_once_per_lot_inside_the_guards() -> None:
     assert msg2.expected["yield_delta"] == pytest.approx(believed[0])
     assert msg2.expected["energy_delta"] == pytest.approx(believed[1])
     assert {"surrogate_yield_delta", "surrogate_energy_delta"} <= set(msg2.expected)
+    assert msg2.reason == "pooled optimiser, tuning model fake"  # a step the fit predicts
 
 
 def _advise(**kw: object) -> TuningConfig:
