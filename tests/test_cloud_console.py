@@ -164,6 +164,7 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_selector("#alerts td.outcome-failure:has-text('failed (rf_match_drift)')")
             summary = page.locator("#field-summary").inner_text()
             assert "1 alert; 1 followed by a failure" in summary and "Precision 100%" in summary
+            assert "0.00 false alarms per tool-month" in summary
             # the failure on the lead-time chart: warned, but less than 72 h ahead
             assert page.locator("#field-chart rect.lead-short").count() == 1
             assert page.locator("#field-chart rect.lead-ok, #field-chart .unwarned").count() == 0

@@ -336,7 +336,8 @@ function fieldSummary(f) {
   return `${days}: ${many(f.alerts, "alert")}; ${n.failure} followed by a failure, ${n.fault_found} by a fault found, ` +
     `${n.no_fault} by an inspection that found none, ${n.maintenance} by maintenance, ${n.none} by nothing within ${f.match_h} h, ` +
     `${n.sudden} by a sudden failure, ${n.open} open. ` +
-    `Precision ${pct(f.precision)} (${pct(f.precision_if_maintained_right)} if the maintained ones were right). ` +
+    `Precision ${pct(f.precision)} (${pct(f.precision_if_maintained_right)} if the maintained ones were right)` +
+    `${f.false_alarms_per_tool_month === null ? "" : `, ${fmtNum(f.false_alarms_per_tool_month, 2)} false alarms per tool-month`}. ` +
     `${many(f.failures, "progressive failure")}: ${f.warned} warned, ${f.warned_ge_lead} at least ${f.lead_h} h ahead` +
     `${f.median_lead_h === null ? "" : ` (median lead ${fmtNum(f.median_lead_h, 0)} h)`}; ${many(f.failures_sudden, "sudden failure")} not counted.`;
 }
