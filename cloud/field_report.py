@@ -162,7 +162,9 @@ def report(
             row = per_mode[r.mode or "?"]
             row["failures"] += 1
             prev = events[i - 1].ts if i > 0 else -float("inf")
-            before = [a for a in alerts_of.get(tool, []) if prev < a.ts < r.ts]
+            mine = alerts_of.get(tool, [])  # sorted by time: the alerts strictly between prev and r
+            first = bisect.bisect_right(mine, prev, key=lambda a: a.ts)
+            before = mine[first : bisect.bisect_left(mine, r.ts, key=lambda a: a.ts)]
             shown = {"tool_id": tool, "mode": r.mode, "at_ts": r.ts, "lead_h": None, "named": False}
             warnings.append(shown)
             if not before:

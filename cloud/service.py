@@ -338,7 +338,7 @@ class CloudService:
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         # The API's settings first: a missing certificate stops the start before anything runs.
-        api_config = self._api_server_config() if self.cfg.api.enabled else None
+        api_config = api_server_config(self.app, self.cfg.api) if self.cfg.api.enabled else None
         migrate(self.engine)
         self._start_serving()
         self.link.start()
@@ -392,9 +392,6 @@ class CloudService:
             _logger.info(
                 "API and console on %s://%s:%s/", self.cfg.api.scheme, self.cfg.api.host, self.cfg.api.port
             )
-
-    def _api_server_config(self) -> uvicorn.Config:
-        return api_server_config(self.app, self.cfg.api)
 
     def stop(self) -> None:
         if self._server is not None:
