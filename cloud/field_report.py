@@ -22,9 +22,11 @@ its people report, the failure and maintenance events (the edge's, or a CMMS's t
   named the mode that failed.
 * A failure reported twice (the edge's event and a CMMS work order) counts once: a second failure
   of a tool within ``SAME_H`` of the first, with no maintenance between, is merged into it.
-* **False alarms per tool-month**: ``none`` and ``no_fault`` outcomes over the tools that reported
-  in the window times its length (a tool added during the window counts whole: an approximation,
-  said so in the answer).
+* **False alarms per tool-month**: ``none`` and ``no_fault`` outcomes over the time each tool
+  reported within the window, on the equipment's clock (the span from its first to its last
+  message with a source time: a tool added or removed during the window counts for the part it
+  was there). A tool whose edge sends no source times (older edges) counts over the whole window,
+  and the answer says how many did.
 
 Pure functions over rows; :func:`field_report` reads them from the database.
 """
@@ -111,9 +113,14 @@ def report(
     now: float,
     lead_h: float = LEAD_H,
     match_h: float = MATCH_H,
+    spans: dict[str, tuple[float, float] | None] | None = None,
 ) -> dict[str, Any]:
     """The figures for alerts and failures from ``since`` to ``now`` (``alerts`` may reach back
-    ``match_h`` further, to find the warnings of the window's first failures)."""
+    ``match_h`` further, to find the warnings of the window's first failures).
+
+    ``tool_types``: every known tool's type. ``spans``: the tools that reported in the window,
+    each with the span it reported over on the equipment's clock, or None when it has none (it
+    counts over the whole window); None: every tool of ``tool_types``, over the whole window."""
     by_tool: dict[str, list[Reset]] = defaultdict(list)
     merged = 0
     for r in sorted(resets, key=lambda r: r.ts):
@@ -180,7 +187,14 @@ def report(
                 warned_lead += 1
                 row["warned_lead"] += 1
 
-    tool_months = len(tool_types) * max(0.0, now - since) / (30 * 86400)
+    if spans is None:
+        spans = dict.fromkeys(tool_types)
+    whole = sum(1 for span in spans.values() if span is None)
+    seconds = sum(
+        max(0.0, now - since) if span is None else max(0.0, min(now, span[1]) - max(since, span[0]))
+        for span in spans.values()
+    )
+    tool_months = seconds / (30 * 86400)
     right = counts["failure"] + counts["fault_found"]
     wrong = counts["none"] + counts["no_fault"]  # nothing followed, or an inspection found nothing
     decided = right + wrong
@@ -196,7 +210,10 @@ def report(
         "precision_if_maintained_right": (right + counts["maintenance"]) / closed if closed else None,
         "false_alarms_per_tool_month": wrong / tool_months if tool_months > 0 else None,
         "tool_months": tool_months,
-        "tool_months_note": "the tools that reported in the window, each counted over the whole window",
+        "tool_months_note": (
+            "each tool over the part of the window it reported in, on the equipment's clock"
+            + (f"; {whole} without source times over the whole window" if whole else "")
+        ),
         "failures": failures,
         "failures_sudden": sudden,
         "failures_merged": merged,
@@ -245,9 +262,18 @@ def field_report(repo: Repo, clock_now: float, days: float, lead_h: float, match
                 )
             )
         ]
-        reporting = select(Tool.tool_id, Tool.tool_type).where(Tool.last_ts >= since)
-        types = {tool: kind for tool, kind in s.execute(reporting)}
-    return report(alerts, resets, types, since, now, lead_h, match_h)
+        types: dict[str, str | None] = {}
+        spans: dict[str, tuple[float, float] | None] = {}
+        for tool, kind, first, last, sent in s.execute(
+            select(Tool.tool_id, Tool.tool_type, Tool.first_source_ts, Tool.last_source_ts, Tool.last_ts)
+        ):
+            types[tool] = kind
+            if first is not None and last is not None:
+                if last >= since:
+                    spans[tool] = (first, last)
+            elif sent >= since:  # no source time yet (an older edge): its send time says it reported
+                spans[tool] = None
+    return report(alerts, resets, types, since, now, lead_h, match_h, spans)
 
 
 def describe(r: dict[str, Any]) -> list[str]:

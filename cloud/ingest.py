@@ -183,7 +183,7 @@ class Ingestor:
                 edge.last_update = dict(msg.last_update)
             return None
         if isinstance(msg, Alert):
-            self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts)
+            self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts, msg.source_ts)
             s.add(
                 AlertRow(
                     msg_id=msg.msg_id,
@@ -206,13 +206,13 @@ class Ingestor:
             return self._write_case(s, msg, now)
         if isinstance(msg, Event):
             if msg.state:
-                tool = self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts) or s.get(
-                    Tool, msg.tool_id
-                )
+                tool = self._touch_tool(
+                    s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts, msg.source_ts
+                ) or s.get(Tool, msg.tool_id)
                 if tool is not None:
                     tool.state = msg.state
             else:
-                self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts)
+                self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts, msg.source_ts)
             row = EventRow(
                 msg_id=msg.msg_id,
                 edge_id=msg.edge_id,
@@ -232,9 +232,9 @@ class Ingestor:
                 _logger.info("%s of %s at %.0f labelled %d cases", msg.event, msg.tool_id, msg.source_ts, n)
             return None
         if isinstance(msg, Telemetry):
-            tool = self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, msg.tool_type, msg.ts) or s.get(
-                Tool, msg.tool_id
-            )
+            tool = self._touch_tool(
+                s, msg.edge_id, msg.site, msg.tool_id, msg.tool_type, msg.ts, msg.source_ts
+            ) or s.get(Tool, msg.tool_id)
             if tool is not None:
                 tool.summary = {k: dict(v) for k, v in msg.summary.items()}
                 tool.risk = dict(msg.risk)
@@ -251,7 +251,7 @@ class Ingestor:
             # The edge re-sent a case under a new msg_id (e.g. after restoring its outbox).
             self.metrics.messages.labels("hardcase", "same_case").inc()
             return None
-        self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, msg.tool_type, msg.ts)
+        self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, msg.tool_type, msg.ts, msg.window_ts)
         window = decode_array(msg.features, msg.shape)
         case = Case(
             case_id=msg.case_id,
@@ -320,9 +320,20 @@ class Ingestor:
         edge.last_seen_ts = now
 
     def _touch_tool(
-        self, s: Session, edge_id: str, site: str, tool_id: str, tool_type: str | None, ts: float
+        self,
+        s: Session,
+        edge_id: str,
+        site: str,
+        tool_id: str,
+        tool_type: str | None,
+        ts: float,
+        source_ts: float | None,
     ) -> Tool | None:
-        """The tool's row, created if new; None when it was refreshed moments ago (nothing to change)."""
+        """The tool's row, created if new; None when it was refreshed moments ago (nothing to change).
+
+        ``source_ts`` (the message's time on the equipment's clock, if it has one) widens the span
+        the tool reported over. A message within the touch interval leaves it as it is: the span is
+        as exact as the telemetry period, which is what counting tool-months needs."""
         if self._fresh(("tool", tool_id, tool_type or ""), self.clock()):
             return None
         tool = s.get(Tool, tool_id)
@@ -332,4 +343,8 @@ class Ingestor:
         if tool_type:
             tool.tool_type = tool_type
         tool.last_ts = max(ts, tool.last_ts or 0.0)
+        if source_ts is not None:
+            first, last = tool.first_source_ts, tool.last_source_ts
+            tool.first_source_ts = source_ts if first is None else min(first, source_ts)
+            tool.last_source_ts = source_ts if last is None else max(last, source_ts)
         return tool

@@ -317,6 +317,7 @@ class EdgeDaemon:
                         summary=summary,
                         risk=risk,
                         tool_type=info.tool_type,
+                        source_ts=self.pipeline.newest_ts(tool),
                     )
                 )
 

@@ -353,6 +353,11 @@ class Pipeline:
         self.metrics.windows.inc(len(ready))
         return len(ready)
 
+    def newest_ts(self, tool: str) -> float | None:
+        """The source time of the tool's newest grid row (what its summary ends at), if any."""
+        win = self.windows.get(tool)
+        return None if win is None else win.newest_row_ts()
+
     def summary(self, tool: str, rows: int) -> dict[str, dict[str, float | None]]:
         """Per sensor mean/min/max/last over the last ``rows`` grid rows (telemetry)."""
         win = self.windows.get(tool)

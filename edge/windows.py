@@ -209,6 +209,10 @@ class ToolWindow:
             since_up_h=None if self._since is None else self._since[order].copy(),
         )
 
+    def newest_row_ts(self) -> float | None:
+        """The source time of the newest grid row; None before the first (telemetry's clock)."""
+        return float(self._ts[(self._count - 1) % self.window]) if self._filled else None
+
     def take_rows(self, n: int) -> np.ndarray:
         """The last ``n`` rows (oldest first) without marking anything as taken (telemetry)."""
         n = min(n, self._filled, self.window)

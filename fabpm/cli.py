@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import sys
 
 from shared.errors import FabpmError
@@ -44,12 +45,34 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        return int(module.main(ns.args) or 0)
+        code = int(module.main(ns.args) or 0)
+        sys.stdout.flush()  # here, where a reader that went away is caught below, not at exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a socket or a child's pipe: a real error, with its traceback
+        # The reader went away (``fabpm cloud report | head``): the shell's way is to stop
+        # quietly. Output still buffered would fail again at exit, so it goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # as a shell reports a command that SIGPIPE ended
     except FabpmError as exc:
         print(f"fabpm {ns.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe nobody reads any more (poll says POLLERR for it)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    if not hasattr(select, "poll"):  # not Linux: take it for standard output's
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def _command_help() -> str:

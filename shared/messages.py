@@ -119,6 +119,10 @@ class Telemetry(Message):
     # too). None from edges before it was added; a cloud older than the edges rejects it (extra
     # fields are refused): upgrade the cloud first, as for Alert.source_ts.
     tool_type: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    # The source time of the summary's newest row: the equipment's clock, on which the cloud
+    # measures how long each tool reported (false alarms per tool-month). None from older edges;
+    # as above, upgrade the cloud first.
+    source_ts: float | None = None
 
 
 class Tuning(Message):

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,11 +117,42 @@ def test_an_empty_fleet_says_so_without_dividing_by_zero():
     assert got["median_lead_h"] is None and got["false_alarms_per_tool_month"] is None
 
 
+def test_false_alarms_are_counted_over_the_time_each_tool_reported():
+    """A tool added halfway through the window counts half; one that stopped reporting before it
+    began, nothing; one whose edge sends no source times, the whole window (and the note says so)."""
+    alerts = [Alert("a", "E1", "rf_match_drift", T0)]  # nothing follows in 240 h: a false alarm
+    types = {f"E{i}": ETCH for i in range(1, 5)}
+    spans: dict[str, tuple[float, float] | None] = {
+        "E1": (T0 - 100 * H, T0 + 300 * H),  # the whole window
+        "E2": (T0 + 150 * H, T0 + 300 * H),  # added halfway
+        "E3": None,  # no source times: the whole window
+    }  # E4 is not among them: it did not report in the window
+    got = report(alerts, [], types, since=T0, now=T0 + 300 * H, spans=spans)
+    assert got["tool_months"] == pytest.approx(2.5 * 300 / 720)
+    assert got["false_alarms_per_tool_month"] == pytest.approx(1 / (2.5 * 300 / 720))
+    assert "1 without source times" in got["tool_months_note"]
+    whole = report(alerts, [], types, since=T0, now=T0 + 300 * H)  # no spans: every known tool, whole
+    assert whole["tool_months"] == pytest.approx(4 * 300 / 720)
+
+
 def _store(repo: Repo) -> None:
     """_alerts() and _resets() as the database holds them, E1–E5 reporting."""
     with repo.transaction() as s:
-        for i in range(1, 6):
-            s.add(Tool(tool_id=f"E{i}", edge_id="edge-1", site="fab1", tool_type=ETCH, last_ts=T0 + 300 * H))
+        for i in range(1, 6):  # E5 from an edge without source times; sent 400 days after
+            first, last = (T0 - 100 * H, T0 + 290 * H) if i < 5 else (None, None)
+            s.add(
+                Tool(
+                    tool_id=f"E{i}", edge_id="edge-1", site="fab1", tool_type=ETCH, last_ts=T0 + 400 * 86400,
+                    first_source_ts=first, last_source_ts=last,
+                )
+            )  # fmt: skip
+        # Reported before the window only (on the equipment's clock, though sent recently).
+        s.add(
+            Tool(
+                tool_id="E6", edge_id="edge-1", site="fab1", tool_type=ETCH, last_ts=T0 + 400 * 86400,
+                first_source_ts=T0 - 900 * H, last_source_ts=T0 - 100 * H,
+            )
+        )  # fmt: skip
         for a in _alerts():  # sent on the edge's clock, 400 days off the equipment's (a simulator)
             s.add(
                 AlertRow(
@@ -169,6 +203,8 @@ def test_the_api_reads_them_from_the_database(repo: Repo, tmp_path: Path):
     assert got["alert_outcomes"]["a1"]["at_ts"] == T0
     assert got["outcomes"] == OUTCOMES
     assert (got["failures"], got["warned"], got["warned_ge_lead"]) == (3, 2, 1)
+    # E1–E4 over the whole 300 h window (on the equipment's clock), E5 too (no source times), E6 not.
+    assert got["tool_months"] == pytest.approx(5 * 300 / 720)
 
 
 def test_fabpm_cloud_report_prints_them_without_migrating(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -197,6 +233,24 @@ def test_fabpm_cloud_report_prints_them_without_migrating(tmp_path: Path, capsys
     assert json.loads(capsys.readouterr().out)["outcomes"] == OUTCOMES
     with pytest.raises(CloudError, match="--days"):
         main(["report", "--config", str(config), "--days", "0"])
+
+
+def test_a_reader_that_goes_away_ends_a_command_quietly():
+    """``fabpm cloud report | head``: the pipe's reader leaves; the command stops as a shell's
+    commands do (status 141, SIGPIPE's), without a traceback."""
+    read, write = os.pipe()
+    os.close(read)  # nobody will read: the first write fails
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "fabpm.cli", "bench", "--list"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
 
 
 def test_the_worker_publishes_the_figures_as_gauges(db_url: str, tmp_path: Path):

@@ -9,11 +9,11 @@ from cloud.ingest import Ingestor
 from cloud.metrics import CloudMetrics
 from cloud.storage import Repo
 from cloud.storage.models import Tool
-from shared.messages import Telemetry
+from shared.messages import Alert, Event, Telemetry
 from shared.topics import Kind, topic
 
 
-def _telemetry(ts: float, risk: dict[str, float], tool: str = "etch-01", **more: str) -> bytes:
+def _telemetry(ts: float, risk: dict[str, float], tool: str = "etch-01", **more: object) -> bytes:
     msg = Telemetry(
         edge_id="edge-1", site="fab1", tool_id=tool, period_s=60, summary={}, risk=risk, ts=ts, **more
     )
@@ -69,3 +69,33 @@ def test_telemetry_tells_the_cloud_a_tools_type(repo: Repo):
     ingest = Ingestor(repo, CloudMetrics())
     assert ingest.handle(where, _telemetry(3000.0, {"wear": 0.1}, "pump-01"))
     assert _type(repo, "pump-01") == "vacuum_pump"
+
+
+def _span(repo: Repo, tool_id: str) -> tuple[float | None, float | None]:
+    with repo.transaction() as s:
+        tool = s.get(Tool, tool_id)
+        assert tool is not None
+        return tool.first_source_ts, tool.last_source_ts
+
+
+def test_a_tools_span_on_the_equipment_clock_comes_from_every_message_with_a_source_time(repo: Repo):
+    """What false alarms per tool-month are counted over: the first and last source time of the
+    tool's telemetry, alerts, events and cases, whatever order they arrive in (an outbox replays
+    old ones after an outage), on the equipment's clock, not the edge's send time."""
+    sent = 5_000_000.0  # the edge's clock, months off the equipment's (a simulator)
+    where = {k: topic("fab1", "edge-1", k) for k in (Kind.TELEMETRY, Kind.ALERT, Kind.EVENT)}
+    ingest = Ingestor(repo, CloudMetrics())
+    assert ingest.handle(where[Kind.TELEMETRY], _telemetry(sent, {}, "pump-01"))  # an older edge
+    assert _span(repo, "pump-01") == (None, None)
+    for i, src in enumerate((1000.0, 5000.0)):
+        ingest = Ingestor(repo, CloudMetrics())  # a new worker each time: nothing cached as fresh
+        assert ingest.handle(where[Kind.TELEMETRY], _telemetry(sent + i, {}, "pump-01", source_ts=src))
+    assert _span(repo, "pump-01") == (1000.0, 5000.0)
+    late = Alert(
+        edge_id="edge-1", site="fab1", tool_id="pump-01", mode="bearing_wear", probability=0.9,
+        model_version="r1", episode_start_ts=400.0, source_ts=400.0, ts=sent + 10,
+    )  # fmt: skip
+    assert Ingestor(repo, CloudMetrics()).handle(where[Kind.ALERT], late.to_bytes())
+    event = Event(edge_id="edge-1", site="fab1", tool_id="pump-01", event="failure", source_ts=9e3, ts=sent)
+    assert Ingestor(repo, CloudMetrics()).handle(where[Kind.EVENT], event.to_bytes())
+    assert _span(repo, "pump-01") == (400.0, 9000.0)

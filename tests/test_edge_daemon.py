@@ -121,6 +121,9 @@ async def test_alert_raised_before_the_failure_and_events_forwarded(tmp_path, fa
     assert len(alerts) == 1, "one alert per episode"
     alert = alerts[0]
     assert alert["tool_id"] == "etch-01" and alert["model_version"] == "1"
+    # Telemetry's source time is its newest row's, on the equipment's clock as the alert's is.
+    newest = daemon.pipeline.newest_ts("etch-01")
+    assert newest is not None and alert["source_ts"] <= tel["source_ts"] <= newest
     assert alert["mode"] in ("rf_match_drift", "chamber_deposition", "esc_degradation", "rf_generator_trip")
     failure = [e for e in collector.of("event") if e["event"] == "failure"]
     assert len(failure) == 1 and failure[0]["tool_id"] == "etch-01"

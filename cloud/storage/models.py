@@ -71,7 +71,11 @@ class Tool(Base):
     state: Mapped[str | None] = mapped_column(String(32), nullable=True)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     risk: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    last_ts: Mapped[float] = mapped_column(Float)
+    last_ts: Mapped[float] = mapped_column(Float)  # when its edge last sent something of it
+    # The span it reported over on the equipment's clock (telemetry, alerts, events, cases): the
+    # tool-months false alarms are counted over. None until a message carrying a source time.
+    first_source_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_source_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class AlertRow(Base):
