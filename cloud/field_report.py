@@ -236,12 +236,17 @@ def field_report(repo: Repo, clock_now: float, days: float, lead_h: float, match
     """:func:`report` over the last ``days`` of the database's alerts and events, on the
     equipment's clock: an alert at the source time of the window that raised it (its send time
     from edges that do not say), events at their source time, and "now" the newest of those (state
-    changes included), ``clock_now`` only while there is none. On a plant that is the wall clock
-    within the time since the last report (so an alert is judged a little later, never early); a
-    simulator keeps its own (the demo's is months off the wall clock)."""
+    changes included) and of the tools' telemetry, ``clock_now`` only while there is none. On a
+    plant that is the wall clock within the time since the last report (so an alert is judged a
+    little later, never early); a simulator keeps its own (the demo's is months off the wall
+    clock)."""
     at = func.coalesce(AlertRow.source_ts, AlertRow.ts)  # the equipment's clock, as events are
     with repo.transaction() as s:
-        latest = [s.scalar(select(func.max(at))), s.scalar(select(func.max(EventRow.source_ts)))]
+        latest = [
+            s.scalar(select(func.max(at))),
+            s.scalar(select(func.max(EventRow.source_ts))),
+            s.scalar(select(func.max(Tool.last_source_ts))),  # telemetry's, every minute or so
+        ]
         known = [t for t in latest if t is not None]
         now = max(known) if known else clock_now
         since = now - days * 86400
@@ -290,7 +295,8 @@ def describe(r: dict[str, Any]) -> list[str]:
         f"{o['fault_found']} a fault found, {o['no_fault']} no fault found, {o['maintenance']} maintenance, "
         f"{o['none']} nothing, {o['open']} too recent",
         f"precision {pct(r['precision'])} ({pct(r['precision_if_maintained_right'])} if the maintained ones "
-        f"were right), false alarms per tool-month {'n/a' if fa is None else f'{fa:.2f}'}",
+        f"were right), false alarms per tool-month {'n/a' if fa is None else f'{fa:.2f}'} "
+        f"(over {r['tool_months']:.1f} tool-months)",
         f"progressive failures warned {r['warned']} of {r['failures']}, {r['warned_ge_lead']} at least "
         f"{r['lead_h']:.0f} h ahead{lead}; {r['failures_sudden']} sudden not counted",
     ]

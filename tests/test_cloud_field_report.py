@@ -139,7 +139,7 @@ def _store(repo: Repo) -> None:
     """_alerts() and _resets() as the database holds them, E1–E5 reporting."""
     with repo.transaction() as s:
         for i in range(1, 6):  # E5 from an edge without source times; sent 400 days after
-            first, last = (T0 - 100 * H, T0 + 290 * H) if i < 5 else (None, None)
+            first, last = (T0 - 100 * H, T0 + (295 if i == 4 else 290) * H) if i < 5 else (None, None)
             s.add(
                 Tool(
                     tool_id=f"E{i}", edge_id="edge-1", site="fab1", tool_type=ETCH, last_ts=T0 + 400 * 86400,
@@ -199,12 +199,12 @@ def test_the_api_reads_them_from_the_database(repo: Repo, tmp_path: Path):
     assert after["alert_outcomes"]["a4"]["outcome"] == "no_fault"  # decided by the inspection, not by waiting
     assert after["precision"] == pytest.approx(1 / 3)  # a1 right; a3 (nothing in 240 h) and a4 wrong
     got = r.json()
-    assert got["until_ts"] == T0 + 290 * H  # the newest alert, on the equipment's clock
+    assert got["until_ts"] == T0 + 295 * H  # E4's latest telemetry, on the equipment's clock
     assert got["alert_outcomes"]["a1"]["at_ts"] == T0
     assert got["outcomes"] == OUTCOMES
     assert (got["failures"], got["warned"], got["warned_ge_lead"]) == (3, 2, 1)
-    # E1–E4 over the whole 300 h window (on the equipment's clock), E5 too (no source times), E6 not.
-    assert got["tool_months"] == pytest.approx(5 * 300 / 720)
+    # E4 and E5 (no source times) over the whole 300 h window, E1–E3 to their last telemetry, E6 not.
+    assert got["tool_months"] == pytest.approx((2 * 300 + 3 * 295) / 720)
 
 
 def test_fabpm_cloud_report_prints_them_without_migrating(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -227,6 +227,8 @@ def test_fabpm_cloud_report_prints_them_without_migrating(tmp_path: Path, capsys
     assert main(["report", "--config", str(config), "--days", str(300 / 24)]) == 0
     text = capsys.readouterr().out
     assert "5 alerts: 1 a failure, 1 a sudden one" in text and "precision 50%" in text
+    months = (2 * 300 + 3 * 295) / 720  # as the API test above says
+    assert f"per tool-month {1 / months:.2f} (over {months:.1f} tool-months)" in text
     assert "progressive failures warned 2 of 3, 1 at least 72 h ahead" in text
     assert "E3 chamber_deposition: not warned" in text and "E1 rf_match_drift: warned 100 h ahead" in text
     assert main(["report", "--config", str(config), "--days", str(300 / 24), "--json"]) == 0
