@@ -179,6 +179,10 @@ class LearningConfig(StrictModel):
     interval_h: float | None = Field(default=24.0, gt=0)  # time trigger; None: off
     min_new_labels: int = Field(default=200, ge=1)  # label-count trigger
     check_labels_s: float = Field(default=60.0, gt=0)
+    # How often cases whose tool reported for a whole horizon after them with no failure or
+    # maintenance are labelled "did not fail" (cloud/labels.label_survivors); None: only
+    # failures, maintenance and operators label. It runs with learning off too.
+    label_survivors_s: float | None = Field(default=600.0, gt=0)
     replay_size: int = Field(
         default=2000, ge=0
     )  # old labelled windows mixed into fine-tuning against forgetting

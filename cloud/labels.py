@@ -10,6 +10,12 @@ Automatic labels, per tool, for the cases since the previous failure or maintena
   ``t <= t_m - horizon`` did not fail within the horizon (``failed = False``, RUL unknown).
   Cases closer to the maintenance are censored (they might have failed without it) and stay
   unlabelled.
+- **survival** (:func:`label_survivors`, hourly): a case whose tool went on reporting for a whole
+  horizon after ``t`` with no failure or maintenance in it did not fail within the horizon
+  (``failed = False``, RUL unknown), as a maintenance would say, without waiting for one: the
+  hard cases of healthy tools (the false alarms a model should unlearn) reach the next learning
+  round within a horizon instead of at the tool's next maintenance. A failure reported late
+  relabels it as any failure labels the cases before it.
 
 An operator's label is never overwritten by an automatic one; an operator may overwrite anything.
 """
@@ -19,15 +25,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from cloud.storage.models import Case, EventRow, LabelRow
+from cloud.storage.models import Case, EventRow, LabelRow, Tool
 from shared.equipment import type_modes
 
 _logger = logging.getLogger(__name__)
 
 OPERATOR = "operator"
+SURVIVAL = "survival"
 RESET_EVENTS = ("failure", "maintenance")
 
 
@@ -148,3 +155,33 @@ def label_late_case(session: Session, case: Case, horizon_h: float, now: float) 
         return False
     set_label(session, case, label, now)
     return True
+
+
+def label_survivors(session: Session, horizon_h: float, now: float, limit: int = 5000) -> int:
+    """Label ``failed = False`` the unlabelled cases whose tool reported for a whole horizon past
+    their window (``Tool.last_source_ts``, the equipment's clock) with no failure or maintenance
+    in that horizon; returns how many. A case with one there is that event's to label (a
+    maintenance censors it), so it is never a candidate here and cannot crowd the newer ones out
+    of the ``limit`` taken per call (oldest first)."""
+    horizon_s = horizon_h * 3600.0
+    reset_within = exists().where(
+        EventRow.tool_id == Case.tool_id,
+        EventRow.event.in_(RESET_EVENTS),
+        EventRow.source_ts >= Case.window_ts,
+        EventRow.source_ts <= Case.window_ts + horizon_s,
+    )
+    cases = session.scalars(
+        select(Case)
+        .join(Tool, Tool.tool_id == Case.tool_id)
+        .where(
+            Case.label_source.is_(None),
+            Tool.last_source_ts.is_not(None),
+            Case.window_ts <= Tool.last_source_ts - horizon_s,
+            ~reset_within,
+        )
+        .order_by(Case.window_ts)
+        .limit(limit)
+    ).all()
+    for case in cases:
+        set_label(session, case, Label(False, None, None, SURVIVAL, "telemetry"), now)
+    return len(cases)

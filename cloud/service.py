@@ -30,7 +30,7 @@ from cloud.config import ApiConfig, CloudConfig
 from cloud.errors import BrokerError, CloudError, ModelError, StorageError
 from cloud.field_report import LEAD_H, MATCH_H, field_report
 from cloud.ingest import Ingestor
-from cloud.labels import RESET_EVENTS
+from cloud.labels import RESET_EVENTS, SURVIVAL, label_survivors
 from cloud.learning import Learner, Pipeline
 from cloud.login_throttle import LoginThrottle
 from cloud.metrics import CloudMetrics
@@ -49,6 +49,8 @@ from cloud.verdicts import VerdictService
 _logger = logging.getLogger(__name__)
 
 FIELD_DAYS = 30.0  # the window of the fabpm_cloud_field gauges
+SURVIVORS_LEASE = "survival-labels"
+SURVIVORS_LEASE_S = 600.0  # far longer than one pass (at most 5,000 cases in one transaction)
 JOB_WAIT_S = 10.0  # how long stop() waits for the scheduled jobs in flight (prune, notify, receipts)
 
 
@@ -304,6 +306,26 @@ class CloudService:
         for name, value in figures.items():
             self.metrics.field.labels(name).set(math.nan if value is None else value)
 
+    def _label_survivors(self) -> int:
+        """cloud/labels.label_survivors, on one worker at a time (a lease, so two never label a
+        case twice); how many it labelled."""
+        owner = self.link.client_id
+        try:
+            if not self.repo.take_lease(SURVIVORS_LEASE, owner, self.clock(), SURVIVORS_LEASE_S):
+                return 0
+            try:
+                with self.repo.transaction() as s:
+                    n = label_survivors(s, self.cfg.horizon_h, self.clock())
+            finally:
+                self.repo.release_lease(SURVIVORS_LEASE, owner)
+        except StorageError as exc:
+            _logger.warning("survival labels: %s", exc)
+            return 0
+        if n:
+            self.metrics.labels.labels(SURVIVAL).inc(n)
+            _logger.info("%d cases labelled: their tools ran %g h on without failure", n, self.cfg.horizon_h)
+        return n
+
     def _prune(self) -> None:
         """Every hour: what ``storage``'s retention settings say is old goes (in chunks)."""
         st, now = self.cfg.storage, self.clock()
@@ -370,6 +392,10 @@ class CloudService:
         self.scheduler.add_job(
             self._field_gauges, "interval", hours=1, id="field", max_instances=1, next_run_time=soon
         )
+        if (every_s := self.cfg.learning.label_survivors_s) is not None:
+            self.scheduler.add_job(
+                self._label_survivors, "interval", seconds=every_s, id="survivors", max_instances=1
+            )
         if self.notifier is not None:
             every_s = self.cfg.notify.interval_s
             self.scheduler.add_job(

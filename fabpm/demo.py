@@ -430,6 +430,8 @@ def write_cloud_conf(root: Path, broker: int, api: int, full: Path) -> Path:
         f'[registry]\ndir = "{root / "registry"}"\nprivate_key = "{root / "keys" / "signing.key"}"\n'
         f'public_key = "{root / "keys" / "signing.pub"}"\n\n'
         f'[learning]\nsize = "{MODEL_SIZE}"\nwork_dir = "{root / "learning"}"\nmin_new_labels = 50\n'
+        # The simulator runs an hour a second: a horizon passes in about a minute.
+        "label_survivors_s = 60\n"
         # A fresh demo's first rounds have a few dozen labelled cases and no replay: a student
         # distilled from scratch on them cannot learn (the canary watch rolled the first one
         # back), so the round's edge model continues the running one's weights.

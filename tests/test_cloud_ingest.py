@@ -19,16 +19,17 @@ from sqlalchemy import func, select
 
 from cloud.config import MqttConfig, ServingConfig
 from cloud.ingest import Ingestor
+from cloud.labels import Label, label_survivors, set_label
 from cloud.metrics import CloudMetrics
 from cloud.mqtt import MqttLink
 from cloud.receipts import Receipts
 from cloud.serving import load_replicas
 from cloud.storage import Repo, migrate
 from cloud.storage.db import head_revision
-from cloud.storage.models import AlertRow, Base, Case, DeadLetter, Edge, LabelRow, SeenMessage
+from cloud.storage.models import AlertRow, Base, Case, DeadLetter, Edge, LabelRow, SeenMessage, Tool
 from cloud.testing import failure, hardcase, maintenance, tiny_full_checkpoint
 from cloud.verdicts import VerdictService
-from shared.messages import Alert, Event, Status, Verdict, parse_payload
+from shared.messages import Alert, Event, HardCase, Status, Telemetry, Verdict, parse_payload
 from shared.topics import Kind, topic
 
 
@@ -133,6 +134,71 @@ def test_dedup_dead_letters_and_failure_labels(repo: Repo):
     with repo.transaction() as s:
         assert s.get(AlertRow, alert.msg_id).source_ts == t0 + 60  # the equipment's clock, kept
     assert _count(repo, SeenMessage) == 3 + 1 + 1 + 1 + 1 + 1
+
+
+def test_a_tool_that_ran_a_horizon_on_labels_its_cases_did_not_fail(repo: Repo):
+    """Survival labels (cloud/labels.label_survivors): a case whose tool reported for a whole
+    horizon past it with no failure or maintenance did not fail within it. A case a maintenance
+    censored never is a candidate (so it cannot crowd newer ones out of a pass's limit), nor a
+    case too recent, one an operator labelled, or one of a tool not heard of since; a failure
+    reported later relabels as failures do."""
+    ticks = iter(range(10**6))
+    ingest = Ingestor(repo, CloudMetrics(), horizon_h=72.0, clock=lambda: 10.0 * next(ticks))
+    t0, h = 1_000_000.0, 3600.0
+
+    def send(msg: Event | HardCase | Telemetry) -> None:
+        assert ingest.handle(topic(msg.site, msg.edge_id, msg.KIND), msg.to_bytes())
+
+    censored, ran_on, recent, by_hand = (
+        hardcase(window_ts=t0 + k * h, seed=i) for i, k in enumerate((50, 150, 200, 160))
+    )
+    other = hardcase(tool="pump-01", window_ts=t0, seed=7)  # nothing of its tool since
+    for case in (censored, ran_on, recent, by_hand, other):
+        send(case)
+    send(maintenance("etch-01", t0 + 100 * h))  # censors `censored` (50 h before it)
+    with repo.transaction() as s:
+        set_label(s, s.get(Case, by_hand.case_id), Label(True, None, None, "operator", "olga"), t0)
+    now = t0 + 250 * h  # the equipment's clock, from etch-01's telemetry
+    send(Telemetry(edge_id="edge-1", site="fab1", tool_id="etch-01", period_s=60, summary={}, source_ts=now))
+    with repo.transaction() as s:
+        assert label_survivors(s, 72.0, t0, limit=1) == 1  # the censored, older one is not in the way
+        assert label_survivors(s, 72.0, t0) == 0
+    got = {c.case_id: repo.get_case(c.case_id) for c in (censored, ran_on, recent, by_hand, other)}
+    assert (got[ran_on.case_id].label_failed, got[ran_on.case_id].label_source) == (False, "survival")
+    assert [got[c.case_id].label_source for c in (censored, recent, other)] == [None, None, None]
+    assert got[by_hand.case_id].label_source == "operator"
+    send(failure("etch-01", t0 + 260 * h, mode="rf_match_drift"))  # late: the failure's labels win
+    after = repo.get_case(ran_on.case_id)
+    assert (after.label_failed, after.label_source) == (False, "failure")
+    assert after.label_rul_h == pytest.approx(110.0)
+    assert [r.source for r in repo.label_history(ran_on.case_id)] == ["survival", "failure"]
+    assert repo.get_case(recent.case_id).label_failed is True
+
+
+def test_one_worker_at_a_time_labels_survivors(db_url: str, tmp_path: Path):
+    """The worker's survival-label job runs under a lease: while another worker holds it, this
+    one labels nothing (two would label a case twice); then it labels, and counts them."""
+    from conftest import cloud_config, free_port
+
+    from cloud.service import SURVIVORS_LEASE, CloudService
+
+    t0 = 1_000_000.0
+    svc = CloudService(cloud_config(db_url, free_port(), tmp_path), clock=lambda: t0)
+    try:
+        migrate(svc.engine)  # start() would; this test calls the job alone
+        ingest = Ingestor(svc.repo, CloudMetrics())
+        case = hardcase(window_ts=t0)
+        assert ingest.handle(topic("fab1", "edge-1", Kind.HARDCASE), case.to_bytes())
+        with svc.repo.transaction() as s:
+            s.get(Tool, "etch-01").last_source_ts = t0 + 100 * 3600  # ran on 100 h since
+        assert svc.repo.take_lease(SURVIVORS_LEASE, "another-worker", t0, 60.0)
+        assert svc._label_survivors() == 0 and svc.repo.get_case(case.case_id).label_source is None
+        svc.repo.release_lease(SURVIVORS_LEASE, "another-worker")
+        assert svc._label_survivors() == 1 and svc.repo.get_case(case.case_id).label_source == "survival"
+        assert svc.metrics.labels.labels("survival")._value.get() == 1
+        assert svc._label_survivors() == 0
+    finally:
+        svc.stop()
 
 
 class EdgeClient:
