@@ -87,7 +87,8 @@ const RENDER = {
     fill($("#cases tbody"), rows, (c, tr) => {
       const label = c.label_failed === null ? "" :
         `${c.label_failed ? "failed" + (c.label_mode ? " (" + c.label_mode + ")" : "") : "healthy"}` +
-        `${c.label_rul_h !== null ? ", RUL " + fmtNum(c.label_rul_h, 1) + " h" : ""} by ${c.label_source}`;
+        `${c.label_rul_h !== null ? ", RUL " + fmtNum(c.label_rul_h, 1) + " h" : ""} by ${c.label_source}` +
+        (c.label_source === "survival" ? " (its tool ran a horizon on)" : "");
       const actions = cell("");
       if (can("operator")) {
         const said = ownProbs(c.verdict?.probs || c.edge_prediction?.probs || {}, c.tool_modes);
