@@ -43,6 +43,7 @@ from cloud.metrics import CloudMetrics
 from cloud.notify import Notifier
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
+from cloud.sensor_health import BAD_H, UNCHANGED_H, sensor_issues
 from cloud.storage.models import (
     AlertRow,
     Case,
@@ -263,12 +264,23 @@ def create_app(ctx: ApiContext) -> FastAPI:
             return [_row(e) for e in s.scalars(select(Edge).order_by(Edge.site, Edge.edge_id))]
 
     @app.get("/api/tools", tags=["fleet"])
-    def tools(_who: Viewer, edge_id: str | None = None) -> list[dict[str, Any]]:
+    def tools(
+        _who: Viewer,
+        edge_id: str | None = None,
+        unchanged_h: Annotated[float, Query(gt=0, le=24 * 366)] = UNCHANGED_H,
+        bad_h: Annotated[float, Query(gt=0, le=24 * 366)] = BAD_H,
+    ) -> list[dict[str, Any]]:
+        """Each tool as the cloud knows it; ``sensor_issues``: its sensors that have not changed for
+        ``unchanged_h`` hours of processing, or had no good value for ``bad_h`` hours, by the
+        health its edge last reported (cloud/sensor_health.py)."""
         with ctx.repo.transaction() as s:
             q = select(Tool).order_by(Tool.tool_id)
             if edge_id:
                 q = q.where(Tool.edge_id == edge_id)
-            return [_row(t) for t in s.scalars(q)]
+            return [
+                _row(t) | {"sensor_issues": sensor_issues(t.summary or {}, unchanged_h, bad_h)}
+                for t in s.scalars(q)
+            ]
 
     @app.get("/api/tools/{tool_id}/risk", tags=["fleet"])
     def tool_risk(

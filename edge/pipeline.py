@@ -359,7 +359,9 @@ class Pipeline:
         return None if win is None else win.newest_row_ts()
 
     def summary(self, tool: str, rows: int) -> dict[str, dict[str, float | None]]:
-        """Per sensor mean/min/max/last over the last ``rows`` grid rows (telemetry)."""
+        """Per sensor mean/min/max/last over the last ``rows`` grid rows, and its health now:
+        ``unchanged_s`` (processing time its value has not changed) and ``bad_s`` (time without a
+        good value while the tool's other sensors report), on the equipment's clock (telemetry)."""
         win = self.windows.get(tool)
         if win is None or win._filled == 0:
             return {}
@@ -378,6 +380,8 @@ class Pipeline:
                     "max": float(ok.max()),
                     "last": float(ok[-1]),
                 }
+            out[name]["unchanged_s"] = float(win.unchanged_s[j])
+            out[name]["bad_s"] = float(win.bad_s[j])
         return out
 
 

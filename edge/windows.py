@@ -67,6 +67,7 @@ class ToolWindow:
         "_since",
         "_ts",
         "_values",
+        "bad_s",
         "closed_at",
         "last",
         "last_ts",
@@ -80,6 +81,7 @@ class ToolWindow:
         "step",
         "tool_id",
         "tool_type",
+        "unchanged_s",
         "window",
     )
 
@@ -118,6 +120,12 @@ class ToolWindow:
         self._filled = 0  # rows in the buffer since the last restart of the window
         self._new_rows = 0  # rows since the last take()
         self.closed_at = 0.0
+        # Sensor health on the grid's clock (telemetry; the cloud judges it): per sensor, the
+        # processing time its value has not changed (a stuck sensor the server still calls Good;
+        # idle time does not count, where a clipped idle value may sit still), and the time
+        # without a good value while the tool's other sensors report (a link down is not a sensor's).
+        self.unchanged_s = np.zeros(n)
+        self.bad_s = np.zeros(n)
 
     def update(self, sensor: int, value: float, ts: float) -> None:
         """One sensor value (NaN when Bad) stamped ``ts``."""
@@ -149,6 +157,8 @@ class ToolWindow:
         self.latest = -math.inf
         self._back = 0
         self._filled = 0
+        self.unchanged_s[:] = 0.0
+        self.bad_s[:] = 0.0
         if self.reference is not None:
             # A new source clock: the old rows' times mean nothing against it.
             self.reference.forget()
@@ -175,7 +185,9 @@ class ToolWindow:
             g = self.next_t
             fresh = (g - np.maximum(self.last_ts, self.latest)) <= self.max_age
             row = self._count % self.window
+            prev = self._values[(row - 1) % self.window].copy() if self._filled else None
             self._values[row] = np.where(fresh, self.last, NAN)
+            self._sensor_health(self._values[row], prev)
             self._proc[row] = 1.0 if self.processing else 0.0
             self._ts[row] = g
             if self.reference is not None:
@@ -188,6 +200,19 @@ class ToolWindow:
             self._new_rows += 1
             self.next_t = g + self.step
         self.closed_at = now
+
+    def _sensor_health(self, row: np.ndarray, prev: np.ndarray | None) -> None:
+        """Advance :attr:`unchanged_s` and :attr:`bad_s` by the row just closed."""
+        good = np.isfinite(row)
+        if good.any():
+            self.bad_s = np.where(good, 0.0, self.bad_s + self.step)
+        if prev is None:
+            return
+        compared = good & np.isfinite(prev)
+        same = compared & (row == prev)
+        self.unchanged_s[compared & ~same] = 0.0
+        if self.processing:
+            self.unchanged_s[same] += self.step
 
     def ready(self, every: int) -> bool:
         """A full window with at least ``every`` new rows since the last :meth:`take`."""

@@ -113,7 +113,10 @@ class Telemetry(Message):
     KIND: ClassVar[Kind] = Kind.TELEMETRY
     tool_id: _ID
     period_s: float
-    summary: dict[str, dict[str, float | None]]  # tag -> {mean, min, max, last}
+    # tag -> {mean, min, max, last} over the period, and the sensor's health now (older edges
+    # leave these out): unchanged_s (processing time its value has not changed), bad_s (time
+    # without a good value while the tool's other sensors report), on the equipment's clock.
+    summary: dict[str, dict[str, float | None]]
     risk: dict[str, float] = Field(default_factory=dict)
     # The tool's type, so the cloud knows it before the tool's first hard case (which carries it
     # too). None from edges before it was added; a cloud older than the edges rejects it (extra

@@ -12,6 +12,7 @@ import pytest
 from conftest import cloud_config, free_port, login
 from test_cloud_ingest import EdgeClient
 
+from cloud.sensor_health import sensor_issues
 from cloud.service import CloudService
 from cloud.testing import failure, hardcase, signed_release, tiny_full_checkpoint
 from shared.equipment import tool_type
@@ -265,3 +266,23 @@ def test_a_restarted_worker_resumes_the_round_it_was_in(mosquitto, tmp_path: Pat
         assert second.rollout.rollouts()[0].stage == "canary"
     finally:
         second.stop()
+
+
+def test_sensor_issues_judge_the_health_the_edge_reports():
+    """Unchanged for 2 h of processing or no good value for 30 min (the defaults), worst first;
+    a Bad sensor is named for that, not for sitting still; figures an older edge does not send
+    (or that are not numbers) flag nothing."""
+    summary = {
+        "a": {"unchanged_s": 2 * 3600.0, "bad_s": 0.0},
+        "b": {"unchanged_s": 7000.0, "bad_s": 0.0},  # just short of 2 h
+        "c": {"unchanged_s": 9 * 3600.0, "bad_s": 3600.0},
+        "d": {"mean": 1.0, "min": 1.0, "max": 1.0, "last": 1.0},
+        "e": {"unchanged_s": None, "bad_s": float("nan")},
+        "f": {"unchanged_s": True, "bad_s": "3600"},
+    }
+    assert sensor_issues(summary) == [
+        {"sensor": "a", "issue": "unchanged", "hours": 2.0},
+        {"sensor": "c", "issue": "no_good_value", "hours": 1.0},
+    ]
+    assert [i["sensor"] for i in sensor_issues(summary, unchanged_h=1.9)] == ["a", "b", "c"]
+    assert sensor_issues(summary, unchanged_h=100, bad_h=2) == []

@@ -116,7 +116,12 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
     now = time.time()
     for i in range(30):  # half an hour of etch-01's risk, two modes, and an alert at its peak
         risk = {"wear": 0.1 + i / 40, "arcing": 0.05}
-        tel = Telemetry(edge_id="edge-1", site="fab1", tool_id="etch-01", period_s=60, summary={}, risk=risk)
+        # The edge's sensor health with each: the throttle valve has sat still for 3 h of processing.
+        still = {"mean": 40.0, "min": 40.0, "max": 40.0, "last": 40.0, "unchanged_s": 10800.0, "bad_s": 0.0}
+        summary = {"throttle_valve": still, "dc_bias": still | {"unchanged_s": 0.0}}
+        tel = Telemetry(
+            edge_id="edge-1", site="fab1", tool_id="etch-01", period_s=60, summary=summary, risk=risk
+        )
         tel = tel.model_copy(update={"ts": now - 1800 + 60 * i})
         assert service.ingest.handle(topic("fab1", "edge-1", Kind.TELEMETRY), tel.to_bytes())
     alert = Alert(
@@ -147,6 +152,8 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             _sign_in(page, base, "olga")
             page.wait_for_selector("#fleet td:has-text('edge-1')")
             page.wait_for_selector("#workers td:has-text('cloud-console-test')")
+            issue = page.locator("#tools tr:has-text('etch-01') td.sensor-issue").inner_text()
+            assert issue == "throttle_valve unchanged while processing 3.0 h"  # dc_bias is fine
             page.click("#tools tr:has-text('etch-01') button:has-text('Risk')")
             page.wait_for_selector("#tool-detail .legend span:has-text('wear')")
             assert page.locator("#tool-detail svg polyline").count() == 2  # one line per mode

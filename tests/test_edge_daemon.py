@@ -117,6 +117,9 @@ async def test_alert_raised_before_the_failure_and_events_forwarded(tmp_path, fa
     assert len(tel["risk"]) > 1 and set(tel["risk"]) <= set(tool_type("plasma_etch").mode_names)
     assert max(tel["risk"].values()) == pytest.approx(daemon.pipeline.tools["etch-01"].risk)
     assert tel["tool_type"] == "plasma_etch"  # the cloud knows the type before any hard case
+    # Each sensor's health now beside its figures for the period (what the Fleet tab flags).
+    assert set(tel["summary"]) == set(tool_type("plasma_etch").sensor_names)
+    assert all({"unchanged_s", "bad_s"} <= set(v) for v in tel["summary"].values())
     alerts = collector.of("alert")
     assert len(alerts) == 1, "one alert per episode"
     alert = alerts[0]

@@ -214,6 +214,42 @@ def test_window_resamples_on_the_grid_holds_quiet_sensors_and_expires_a_stopped_
     assert win.next_t == 10.0 and not win.ready(1)
 
 
+def test_the_window_measures_how_long_a_sensor_sat_still_while_processing_or_had_no_good_value():
+    """Sensor health (telemetry's unchanged_s and bad_s): a sensor whose value does not change
+    while the tool processes counts up (idle time does not count; a change resets it); a Bad
+    sensor counts up while the tool's other sensors report, not while the whole stream is away."""
+    win = ToolWindow("t", "vacuum_pump", window=4, step_s=10.0, max_stale_steps=2)
+    n = len(win.sensors)
+    win.set_state("productive", 0.0)
+
+    def step(k: int, stuck: float = 5.0) -> None:  # every sensor noisy but sensor 1 (stuck), 2 (Bad)
+        for s in range(n):
+            value = stuck if s == 1 else math.nan if s == 2 else float(k + s)
+            win.update(s, value, 10.0 * k + 1)
+
+    for k in range(6):
+        step(k)
+    win.update(0, 99.0, 61.0)  # closes the row at t=60: six rows, the first with nothing before it
+    assert win.unchanged_s[0] == 0.0 and win.unchanged_s[1] == 50.0
+    assert win.bad_s[2] == 60.0 and win.bad_s[0] == 0.0
+    win.set_state("idle", 62.0)  # idle: a still value may be a clipped one, not a stuck sensor
+    for k in range(7, 10):
+        step(k)
+    assert win.unchanged_s[1] == 50.0 and win.bad_s[2] == 90.0
+    win.set_state("productive", 92.0)
+    step(10, stuck=6.0)  # closes row 100 (still 5.0: +10)
+    assert win.unchanged_s[1] == 60.0
+    step(11, stuck=6.0)  # row 110: it moved, so it was not stuck after all
+    assert win.unchanged_s[1] == 0.0
+    step(12, stuck=6.0)
+    assert win.unchanged_s[1] == 10.0
+    # The whole stream stops after t=121: rows 130 and 140 hold the last values (sensor 2 still
+    # Bad among good ones), row 150 has none at all, which is no sensor's fault.
+    bad = win.bad_s[2]
+    win.update(0, 1.0, 155.0)
+    assert win.bad_s[2] == bad + 20.0 and win.bad_s[0] == 0.0
+
+
 def test_a_publish_with_several_samples_per_item_is_applied_in_source_time_order() -> None:
     """A server sends each item's queued values together; applied in that order, the row at
     t=20 would close on sensor 0's value at t=20 before sensor 1's value at t=10 was in."""

@@ -50,7 +50,11 @@ const RENDER = {
       cell(fmtTime(e.last_seen_ts))));
     fill($("#tools tbody"), tools, (t, tr) => {
       const look = cell(""); look.append(button("Risk", () => showRisk(t.tool_id)));
-      tr.append(cell(t.tool_id), cell(t.tool_type), cell(t.edge_id), cell(t.state), cell(fmtProbs(t.risk)), cell(fmtTime(t.last_ts)), look);
+      // Sensors to look at before trusting the risk: stuck (unchanged while processing) or Bad.
+      const issues = (t.sensor_issues || []).map((i) =>
+        `${i.sensor} ${i.issue === "unchanged" ? "unchanged while processing" : "no good value"} ${fmtNum(i.hours, 1)} h`);
+      tr.append(cell(t.tool_id), cell(t.tool_type), cell(t.edge_id), cell(t.state), cell(fmtProbs(t.risk)),
+        cell(issues.join("; "), issues.length ? "sensor-issue" : ""), cell(fmtTime(t.last_ts)), look);
     });
     // A negative age: another worker has claimed this silent worker's session and is draining it.
     fill($("#workers tbody"), workers, (w, tr) => tr.append(
