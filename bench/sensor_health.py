@@ -156,6 +156,10 @@ def score(
     return out
 
 
+def _pct(share: float) -> str:
+    return "–" if share != share else f"{100 * share:.0f}%"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tools", type=int, default=30)
@@ -203,9 +207,9 @@ def main() -> None:
         row = (
             f"| {time.strftime('%Y-%m-%d')} | {len(replays)} × {days:g}, {ns.seed} "
             f"| {unchanged_h:g} / {bad_h:g} "
-            f"| {100 * r['stuck_found_of_findable']:.0f}% of {r['stuck_findable']:.0f} "
+            f"| {_pct(r['stuck_found_of_findable'])} of {r['stuck_findable']:.0f} "
             f"({r['stuck_found']:.0f} / {r['stuck_faults']:.0f}) | {r['stuck_median_delay_h']:.1f} "
-            f"| {100 * r['dropout_found_of_findable']:.0f}% of {r['dropout_findable']:.0f} "
+            f"| {_pct(r['dropout_found_of_findable'])} of {r['dropout_findable']:.0f} "
             f"({r['dropout_found']:.0f} / {r['dropout_faults']:.0f}) | {r['dropout_median_delay_h']:.1f} "
             f"| {r['false_unchanged_per_tool_month']:.2f} / {r['false_bad_per_tool_month']:.2f} "
             f"| {r['false_sensor_h']:.1f} |"
