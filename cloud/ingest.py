@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from cloud.errors import StorageError
 from cloud.labels import label_from_event, label_late_case
 from cloud.metrics import CloudMetrics
+from cloud.sensor_health import sensor_issues
 from cloud.storage.models import AlertRow, Case, DeadLetter, Edge, EventRow, RiskPoint, Tool, TuningRow
 from cloud.storage.repo import Duplicate, Repo
 from shared.errors import SchemaError
@@ -183,7 +184,8 @@ class Ingestor:
                 edge.last_update = dict(msg.last_update)
             return None
         if isinstance(msg, Alert):
-            self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts, msg.source_ts)
+            tool = self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, None, msg.ts, msg.source_ts)
+            tool = tool or s.get(Tool, msg.tool_id)
             s.add(
                 AlertRow(
                     msg_id=msg.msg_id,
@@ -199,6 +201,9 @@ class Ingestor:
                     ts=msg.ts,
                     received_ts=now,
                     source_ts=msg.source_ts,
+                    # As its latest telemetry said (a minute old at most): a stuck or Bad sensor
+                    # may be what raised it.
+                    sensor_issues=sensor_issues(tool.summary or {}) if tool is not None else [],
                 )
             )
             return None

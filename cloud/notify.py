@@ -66,9 +66,14 @@ def text_of(alert: AlertRow) -> str:
     rul = f", RUL {alert.rul_h:.0f} h" if alert.rul_h is not None else ""
     if alert.rul_h is not None and alert.rul_std_h is not None:
         rul += f" ± {alert.rul_std_h:.0f}"
+    sensors = "; ".join(
+        f"{i['sensor']} {'unchanged' if i['issue'] == 'unchanged' else 'no good value'} {i['hours']:.1f} h"
+        for i in alert.sensor_issues or []
+    )
     return (
         f"fabpm alert: {alert.tool_id} ({alert.site}) may fail by {alert.mode}, risk {alert.probability:.2f}"
         f"{rul} (edge {alert.edge_id}, model {alert.model_version})"
+        + (f"; check these sensors first: {sensors}" if sensors else "")
     )
 
 
@@ -89,6 +94,7 @@ def payload_of(alert: AlertRow) -> dict[str, Any]:
             "ts": alert.ts,
             "source_ts": alert.source_ts,
             "episode_start_ts": alert.episode_start_ts,
+            "sensor_issues": list(alert.sensor_issues or []),
         },
     }
 

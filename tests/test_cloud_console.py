@@ -169,6 +169,9 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             assert service.repo.get_case("case-1").label_source == "failure"
             page.click("#tabs button[data-tab=alerts]")
             page.wait_for_selector("#alerts td.outcome-failure:has-text('failed (rf_match_drift)')")
+            # The throttle valve had sat still for 3 h when the alert came: said beside its mode.
+            said = page.locator("#alerts tr:has-text('etch-01') .sensor-issue").inner_text()
+            assert said == "check first: throttle_valve unchanged while processing 3.0 h"
             summary = page.locator("#field-summary").inner_text()
             assert "1 alert; 1 followed by a failure" in summary and "Precision 100%" in summary
             assert "0.00 false alarms per tool-month" in summary

@@ -21,7 +21,7 @@ from cloud.metrics import CloudMetrics
 from cloud.notify import Notifier
 from cloud.storage import Repo
 from cloud.storage.models import NotificationRow
-from shared.messages import Alert
+from shared.messages import Alert, Telemetry
 from shared.topics import Kind, topic
 
 
@@ -92,6 +92,10 @@ def test_an_alert_is_posted_once_signed_and_retried_while_the_receiver_fails(rep
     clock = Clock()
     ingest = Ingestor(repo, CloudMetrics(), clock=clock)
     notifier = Notifier(repo, _cfg(receiver.url), "w1", CloudMetrics(), clock=clock, env={"HOOK_KEY": "k3y"})
+    # The tool's latest telemetry before the alert: its ESC temperature has had no good value for an hour.
+    bad = {"mean": None, "min": None, "max": None, "last": None, "unchanged_s": 0.0, "bad_s": 3600.0}
+    tel = Telemetry(edge_id="edge-1", site="fab1", tool_id="ETCH002", period_s=60, summary={"esc_temp": bad})
+    assert ingest.handle(topic("fab1", "edge-1", Kind.TELEMETRY), tel.to_bytes())
     assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), _alert("ETCH002", 0.83))
     receiver.status = 503  # Teams is down
     assert notifier.tick() == 0
@@ -108,6 +112,8 @@ def test_an_alert_is_posted_once_signed_and_retried_while_the_receiver_fails(rep
     body, headers = receiver.got[-1]
     assert body["alert"]["tool_id"] == "ETCH002" and body["target"] == "teams"
     assert "ETCH002 (fab1) may fail by rf_match_drift, risk 0.83, RUL 40 h ± 9" in body["text"]
+    assert body["text"].endswith("; check these sensors first: esc_temp no good value 1.0 h")
+    assert body["alert"]["sensor_issues"] == [{"sensor": "esc_temp", "issue": "no_good_value", "hours": 1.0}]
     assert [b["notification_id"] for b, _ in receiver.got] == [body["notification_id"]] * 3  # receivers dedup
     want = "sha256=" + hmac.new(b"k3y", headers["raw"], hashlib.sha256).hexdigest()
     assert headers["X-Fabpm-Signature"] == want

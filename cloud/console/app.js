@@ -20,6 +20,11 @@ function ownProbs(p, modes) {
   return Object.fromEntries(Object.entries(p).filter(([m]) => modes.includes(m)));
 }
 function cell(text, cls) { const td = document.createElement("td"); td.textContent = text ?? ""; if (cls) td.className = cls; return td; }
+// Sensors to look at before trusting a tool's risk: stuck (unchanged while processing) or Bad.
+function fmtIssues(issues) {
+  return (issues || []).map((i) =>
+    `${i.sensor} ${i.issue === "unchanged" ? "unchanged while processing" : "no good value"} ${fmtNum(i.hours, 1)} h`).join("; ");
+}
 function button(label, onClick, cls = "small") {
   const b = document.createElement("button"); b.textContent = label; b.className = cls; b.addEventListener("click", onClick); return b;
 }
@@ -50,11 +55,9 @@ const RENDER = {
       cell(fmtTime(e.last_seen_ts))));
     fill($("#tools tbody"), tools, (t, tr) => {
       const look = cell(""); look.append(button("Risk", () => showRisk(t.tool_id)));
-      // Sensors to look at before trusting the risk: stuck (unchanged while processing) or Bad.
-      const issues = (t.sensor_issues || []).map((i) =>
-        `${i.sensor} ${i.issue === "unchanged" ? "unchanged while processing" : "no good value"} ${fmtNum(i.hours, 1)} h`);
+      const issues = fmtIssues(t.sensor_issues);
       tr.append(cell(t.tool_id), cell(t.tool_type), cell(t.edge_id), cell(t.state), cell(fmtProbs(t.risk)),
-        cell(issues.join("; "), issues.length ? "sensor-issue" : ""), cell(fmtTime(t.last_ts)), look);
+        cell(issues, issues ? "sensor-issue" : ""), cell(fmtTime(t.last_ts)), look);
     });
     // A negative age: another worker has claimed this silent worker's session and is draining it.
     fill($("#workers tbody"), workers, (w, tr) => tr.append(
@@ -82,7 +85,13 @@ const RENDER = {
       // maintenance are stamped with; the edge's send time in the tooltip (older edges: only that).
       const raised = cell(fmtTime(a.source_ts ?? a.ts));
       raised.title = `sent by the edge ${fmtTime(a.ts)}`;
-      tr.append(raised, cell(a.tool_id), cell(a.mode), cell(fmtNum(a.probability), "num"),
+      // A sensor that looked wrong when the alert came may be what raised it: said under the mode.
+      const mode = cell(a.mode), issues = fmtIssues(a.sensor_issues);
+      if (issues) {
+        const note = document.createElement("div");
+        note.className = "sensor-issue"; note.textContent = `check first: ${issues}`; mode.append(note);
+      }
+      tr.append(raised, cell(a.tool_id), mode, cell(fmtNum(a.probability), "num"),
         cell(fmtNum(a.rul_h, 1), "num"), cell(a.model_version), cell(o ? followed(o, field.match_h) : "", o ? `outcome-${o.outcome}` : ""), ack);
     });
   },

@@ -100,6 +100,9 @@ class AlertRow(Base):
     ack_finding: Mapped[str | None] = mapped_column(String(16), nullable=True)
     ack_note: Mapped[str | None] = mapped_column(Text, nullable=True)
     ack_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The tool's sensors that looked wrong when it came (cloud/sensor_health.py, from the tool's
+    # latest telemetry): check them before the tool. None for alerts stored before migration 0013.
+    sensor_issues: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
 
 class Case(Base):
