@@ -133,6 +133,7 @@ class EdgeDaemon:
         self._pool_jobs = RunningJobs()  # the scheduler's jobs in the thread pool (edge/running_jobs.py)
         self.started = time.time()
         self.references_path = cfg.state_dir / "references.json"
+        self._told_rows: dict[str, int] = {}  # per tool, the grid rows written at its last telemetry
 
     # -- models -------------------------------------------------------------------------------
 
@@ -298,11 +299,17 @@ class EdgeDaemon:
     # -- periodic jobs ------------------------------------------------------------------------
 
     def telemetry_once(self) -> None:
-        rows = 1
+        """Each tool's summary over the grid rows closed since its previous telemetry (a simulator
+        faster than real time closes many per period), its risk and its sensors' health."""
+        first = 1  # the first telemetry: the rows of one period on the model's grid
         model = self.models.get("edge-risk")
         if isinstance(model, RiskModel):
-            rows = max(1, int(self.cfg.schedule.telemetry_s / model.spec.step_s))
+            first = max(1, int(self.cfg.schedule.telemetry_s / model.spec.step_s))
         for tool, info in self.pipeline.tools.items():
+            written = self.pipeline.rows_written(tool)
+            told = self._told_rows.get(tool)
+            rows = first if told is None else max(1, written - told)
+            self._told_rows[tool] = written
             summary = self.pipeline.summary(tool, rows)
             if summary:
                 # Per mode of the tool's type: the cloud keeps it as the tool's risk history.

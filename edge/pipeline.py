@@ -353,6 +353,11 @@ class Pipeline:
         self.metrics.windows.inc(len(ready))
         return len(ready)
 
+    def rows_written(self, tool: str) -> int:
+        """Grid rows the tool's window has closed since the edge started (telemetry's period)."""
+        win = self.windows.get(tool)
+        return 0 if win is None else win._count
+
     def newest_ts(self, tool: str) -> float | None:
         """The source time of the tool's newest grid row (what its summary ends at), if any."""
         win = self.windows.get(tool)

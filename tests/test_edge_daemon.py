@@ -107,19 +107,34 @@ async def test_alert_raised_before_the_failure_and_events_forwarded(tmp_path, fa
         await _push(fab, daemon, 25, drift=3.0, state="unscheduled_down")
         assert await until(lambda: collector.of("alert") and collector.of("event"), 10)
         daemon.telemetry_once()
+        risk_then = daemon.pipeline.tools["etch-01"].risk
         assert await until(lambda: any(t["tool_id"] == "etch-01" for t in collector.of("telemetry")), 5)
+        # Still down (nothing to predict, so no new alert), its chamber pressure Bad for four steps:
+        # the next telemetry covers the five rows closed since the last one and says how long the
+        # sensor has had no good value.
+        down = {"drift": 3.0, "state": "unscheduled_down"}
+        for k in range(26, 30):
+            await _push(fab, daemon, k, bad=("chamber_pressure",), **down)
+        await _push(fab, daemon, 30, **down)
+        daemon.telemetry_once()
+        assert await until(
+            lambda: len([t for t in collector.of("telemetry") if t["tool_id"] == "etch-01"]) > 1, 5
+        )
     finally:
         await _stop(task)
         collector.stop()
     # Telemetry carries the risk per mode of the tool's type (the cloud's risk history), the alert
     # rule's risk being the highest of them.
-    tel = next(t for t in collector.of("telemetry") if t["tool_id"] == "etch-01")
+    tel, later = [t for t in collector.of("telemetry") if t["tool_id"] == "etch-01"][:2]
     assert len(tel["risk"]) > 1 and set(tel["risk"]) <= set(tool_type("plasma_etch").mode_names)
-    assert max(tel["risk"].values()) == pytest.approx(daemon.pipeline.tools["etch-01"].risk)
+    assert max(tel["risk"].values()) == pytest.approx(risk_then)
     assert tel["tool_type"] == "plasma_etch"  # the cloud knows the type before any hard case
     # Each sensor's health now beside its figures for the period (what the Fleet tab flags).
     assert set(tel["summary"]) == set(tool_type("plasma_etch").sensor_names)
     assert all({"unchanged_s", "bad_s"} <= set(v) for v in tel["summary"].values())
+    assert later["summary"]["chamber_pressure"]["bad_s"] == 4 * STEP
+    assert later["summary"]["dc_bias"]["bad_s"] == 0.0
+    assert later["summary"]["dc_bias"]["min"] < later["summary"]["dc_bias"]["max"]  # several rows, not one
     alerts = collector.of("alert")
     assert len(alerts) == 1, "one alert per episode"
     alert = alerts[0]
