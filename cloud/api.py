@@ -52,6 +52,7 @@ from cloud.storage.models import (
     LabelRow,
     NotificationRow,
     SeenMessage,
+    SensorIssueRow,
     Tool,
     TuningRow,
     WorkerSession,
@@ -281,6 +282,21 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 _row(t) | {"sensor_issues": sensor_issues(t.summary or {}, unchanged_h, bad_h)}
                 for t in s.scalars(q)
             ]
+
+    @app.get("/api/sensor-issues", tags=["fleet"])
+    def sensor_issue_list(
+        _who: Viewer,
+        tool_id: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        """Stretches in which a sensor looked stuck or Bad (cloud/sensor_health.py): the open ones
+        first, then the newest ended; ``end_ts`` null while it lasts."""
+        with ctx.repo.transaction() as s:
+            q = select(SensorIssueRow)
+            if tool_id:
+                q = q.where(SensorIssueRow.tool_id == tool_id)
+            q = q.order_by(SensorIssueRow.end_ts.is_not(None), SensorIssueRow.last_ts.desc()).limit(limit)
+            return [_row(r) for r in s.scalars(q)]
 
     @app.get("/api/tools/{tool_id}/risk", tags=["fleet"])
     def tool_risk(

@@ -210,10 +210,11 @@ class LearningConfig(StrictModel):
     warm_start_edge: bool = False
 
 
-NotifyKind = Literal["alert", "rollback", "round_failed", "round_rejected"]
-NOTIFY_KINDS: tuple[NotifyKind, ...] = ("alert", "rollback", "round_failed", "round_rejected")
+NotifyKind = Literal["alert", "rollback", "round_failed", "round_rejected", "sensor"]
+NOTIFY_KINDS: tuple[NotifyKind, ...] = ("alert", "rollback", "round_failed", "round_rejected", "sensor")
 # round_rejected is asked for by name: the model on the edges stays, so no one has to act, and an
-# operators' channel would otherwise hear of every candidate the gate turned down.
+# operators' channel would otherwise hear of every candidate the gate turned down. So is sensor
+# (a sensor that began to look stuck or Bad): for the instrument technicians' channel.
 DEFAULT_NOTIFY_KINDS: tuple[NotifyKind, ...] = ("alert", "rollback", "round_failed")
 
 
@@ -228,10 +229,11 @@ class WebhookConfig(StrictModel):
     # The environment variable holding the HMAC key (never the key itself).
     secret_env: str | None = None
     min_probability: float = Field(default=0.0, ge=0, le=1)  # quieter targets see only high risks
-    sites: list[str] = Field(default_factory=list)  # empty: every site (alerts)
+    sites: list[str] = Field(default_factory=list)  # empty: every site (alerts, sensors)
     # What goes to this target: alerts, model rollbacks (automatic or by hand), learning rounds
     # that failed (an error stopped them; a candidate the gate rejected is not a failure), and
-    # with round_rejected the candidates the gate did not promote, with its reasons.
+    # with round_rejected the candidates the gate did not promote, with its reasons; with sensor
+    # each sensor that began to look stuck or Bad (cloud/sensor_health.py).
     kinds: list[NotifyKind] = Field(default_factory=lambda: list(DEFAULT_NOTIFY_KINDS), min_length=1)
 
     @model_validator(mode="after")

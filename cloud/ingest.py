@@ -26,6 +26,7 @@ from cloud.errors import StorageError
 from cloud.labels import label_from_event, label_late_case
 from cloud.metrics import CloudMetrics
 from cloud.sensor_health import sensor_issues
+from cloud.sensor_health import track as track_sensor_issues
 from cloud.storage.models import AlertRow, Case, DeadLetter, Edge, EventRow, RiskPoint, Tool, TuningRow
 from cloud.storage.repo import Duplicate, Repo
 from shared.errors import SchemaError
@@ -241,8 +242,13 @@ class Ingestor:
                 s, msg.edge_id, msg.site, msg.tool_id, msg.tool_type, msg.ts, msg.source_ts
             ) or s.get(Tool, msg.tool_id)
             if tool is not None:
+                before = sensor_issues(tool.summary or {})
                 tool.summary = {k: dict(v) for k, v in msg.summary.items()}
                 tool.risk = dict(msg.risk)
+                issues = sensor_issues(tool.summary)
+                if before or issues:  # only then is there a stretch to open, extend or end
+                    at = msg.source_ts if msg.source_ts is not None else msg.ts
+                    track_sensor_issues(s, (msg.edge_id, msg.site, msg.tool_id), issues, at, now)
             if msg.risk:
                 s.add(RiskPoint(tool_id=msg.tool_id, ts=msg.ts, risk=dict(msg.risk)))
             return None

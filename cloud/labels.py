@@ -10,9 +10,10 @@ Automatic labels, per tool, for the cases since the previous failure or maintena
   ``t <= t_m - horizon`` did not fail within the horizon (``failed = False``, RUL unknown).
   Cases closer to the maintenance are censored (they might have failed without it) and stay
   unlabelled.
-- **survival** (:func:`label_survivors`, hourly): a case whose tool went on reporting for a whole
-  horizon after ``t`` with no failure or maintenance in it did not fail within the horizon
-  (``failed = False``, RUL unknown), as a maintenance would say, without waiting for one: the
+- **survival** (:func:`label_survivors`, every ``learning.label_survivors_s``): a case whose tool
+  went on reporting for a whole horizon after ``t`` with no failure or maintenance in it did not
+  fail within the horizon (``failed = False``, RUL unknown), as a maintenance would say, without
+  waiting for one: the
   hard cases of healthy tools (the false alarms a model should unlearn) reach the next learning
   round within a horizon instead of at the tool's next maintenance. A failure reported late
   relabels it as any failure labels the cases before it.

@@ -1,5 +1,5 @@
-"""Alerts, model rollbacks and failed learning rounds to webhooks (Teams, Slack, an MES
-endpoint), at least once.
+"""Alerts, model rollbacks, failed learning rounds (and, asked for by name, rejected candidates
+and sensors that began to look wrong) to webhooks (Teams, Slack, an MES endpoint), at least once.
 
 Each tick, under the ``notify`` lease (one worker at a time sends; another takes over when it
 dies), the notifier:
@@ -44,7 +44,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from cloud.config import NotifyConfig, WebhookConfig
 from cloud.errors import CloudError, StorageError
 from cloud.metrics import CloudMetrics
-from cloud.storage.models import AlertRow, LearningRound, NotificationRow, RolloutRow
+from cloud.storage.models import AlertRow, LearningRound, NotificationRow, RolloutRow, SensorIssueRow
 from cloud.storage.repo import Repo
 
 _logger = logging.getLogger(__name__)
@@ -138,6 +138,25 @@ def rejected_payload(row: LearningRound) -> dict[str, Any]:
     }
 
 
+def sensor_payload(row: SensorIssueRow) -> dict[str, Any]:
+    what = "unchanged while processing" if row.issue == "unchanged" else "without a good value"
+    return {
+        "kind": "sensor",
+        "text": f"fabpm: {row.tool_id} ({row.site}) sensor {row.sensor} {what} for {row.hours:.1f} h "
+        f"(edge {row.edge_id}): check it before trusting the tool's risk",
+        "sensor_issue": {
+            "id": row.id,
+            "site": row.site,
+            "edge_id": row.edge_id,
+            "tool_id": row.tool_id,
+            "sensor": row.sensor,
+            "issue": row.issue,
+            "start_ts": row.start_ts,
+            "hours": row.hours,
+        },
+    }
+
+
 class Notifier:
     def __init__(
         self,
@@ -215,6 +234,20 @@ class Notifier:
             key = literal("rollback:").concat(cast(RolloutRow.id, String))
             ended = self._ended(s, RolloutRow.stage, "rolled_back", RolloutRow.updated_ts, key, queued, since)
             out += [(f"rollback:{r.id}", rollback_payload(r)) for r in ended]
+        if "sensor" in target.kinds:
+            opened = s.scalars(
+                select(SensorIssueRow)
+                .where(
+                    SensorIssueRow.received_ts >= since,
+                    literal("sensor:").concat(cast(SensorIssueRow.id, String)).not_in(queued),
+                )
+                .order_by(SensorIssueRow.received_ts)
+            )
+            out += [
+                (f"sensor:{r.id}", sensor_payload(r))
+                for r in opened
+                if not target.sites or r.site in target.sites
+            ]
         round_key = literal("round:").concat(cast(LearningRound.id, String))  # failed or rejected: one each
         if "round_failed" in target.kinds:
             ended = self._ended(

@@ -12,12 +12,22 @@ good value while the tool's other sensors report. Judged here, so one setting se
 A tool's risk is still predicted: the model was trained with such faults (the simulator's
 ``sensor_faults``), but an alert on a tool with a sensor flagged here deserves a look at the
 sensor first.
+
+Each stretch in which a sensor stays flagged is a row of ``sensor_issues`` (:func:`track`, at
+each telemetry): the console lists them and a webhook that asks for the ``sensor`` kind hears of
+each once. Two workers handling two telemetry messages of one tool at the same instant could each
+open the same stretch; a tool's telemetry comes a minute apart, so that is left as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cloud.storage.models import SensorIssueRow
 
 UNCHANGED_H = 2.0
 BAD_H = 0.5
@@ -43,3 +53,35 @@ def _hours(seconds: object) -> float | None:
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds != seconds:
         return None
     return float(seconds) / 3600.0
+
+
+def track(
+    session: Session,
+    where: tuple[str, str, str],
+    issues: list[dict[str, Any]],
+    at: float,
+    now: float,
+) -> None:
+    """Bring the tool's open stretches in line with ``issues`` (:func:`sensor_issues` of its
+    telemetry at ``at``, the equipment's clock): a new one opens, a continuing one is extended,
+    one no longer flagged ends at ``at``. ``where``: (edge, site, tool)."""
+    edge_id, site, tool_id = where
+    open_rows = {
+        (r.sensor, r.issue): r
+        for r in session.scalars(
+            select(SensorIssueRow).where(SensorIssueRow.tool_id == tool_id, SensorIssueRow.end_ts.is_(None))
+        )
+    }
+    for issue in issues:
+        row = open_rows.pop((issue["sensor"], issue["issue"]), None)
+        if row is None:
+            session.add(
+                SensorIssueRow(
+                    tool_id=tool_id, edge_id=edge_id, site=site, sensor=issue["sensor"], issue=issue["issue"],
+                    start_ts=at - issue["hours"] * 3600.0, last_ts=at, hours=issue["hours"], received_ts=now,
+                )
+            )  # fmt: skip
+        else:
+            row.last_ts, row.hours = at, issue["hours"]
+    for row in open_rows.values():
+        row.end_ts = at

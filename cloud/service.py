@@ -43,7 +43,15 @@ from cloud.rollout import RolloutManager
 from cloud.serving import load_replicas
 from cloud.sessions import Roster
 from cloud.storage import Repo, make_engine, migrate
-from cloud.storage.models import AuditEntry, DeadLetter, EventRow, LoginFailure, RiskPoint, SeenMessage
+from cloud.storage.models import (
+    AuditEntry,
+    DeadLetter,
+    EventRow,
+    LoginFailure,
+    RiskPoint,
+    SeenMessage,
+    SensorIssueRow,
+)
 from cloud.verdicts import VerdictService
 
 _logger = logging.getLogger(__name__)
@@ -341,6 +349,13 @@ class CloudService:
                 (EventRow.event.not_in(RESET_EVENTS),),
             ),
             ("dead letters", DeadLetter.received_ts, st.dead_letters_days, ()),
+            # Sensor issues as state events are (a sensor's history of the same age); open ones stay.
+            (
+                "ended sensor issues",
+                SensorIssueRow.received_ts,
+                st.state_events_days,
+                (SensorIssueRow.end_ts.is_not(None),),
+            ),
             ("audit rows", AuditEntry.ts, st.audit_days, ()),
             ("login failure counters", LoginFailure.last_ts, self.users.throttle.forget_s / day, ()),
         )

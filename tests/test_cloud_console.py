@@ -154,6 +154,9 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_selector("#workers td:has-text('cloud-console-test')")
             issue = page.locator("#tools tr:has-text('etch-01') td.sensor-issue").inner_text()
             assert issue == "throttle_valve unchanged while processing 3.0 h"  # dc_bias is fine
+            stretch = page.locator("#sensor-issues tbody tr").all_inner_texts()
+            assert len(stretch) == 1 and "throttle_valve\tunchanged while processing" in stretch[0]
+            assert stretch[0].endswith("3.0 h\tstill open")
             page.click("#tools tr:has-text('etch-01') button:has-text('Risk')")
             page.wait_for_selector("#tool-detail .legend span:has-text('wear')")
             assert page.locator("#tool-detail svg polyline").count() == 2  # one line per mode

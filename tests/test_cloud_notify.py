@@ -163,6 +163,36 @@ def test_one_worker_sends_late_alerts_go_and_old_history_does_not(repo: Repo, re
     assert w2.tick() == 1 and [b["alert"]["tool_id"] for b, _ in receiver.got] == ["LATE", "NEXT"]
 
 
+def test_a_sensor_that_begins_to_look_wrong_is_told_once_to_targets_that_ask(repo: Repo, receiver: Receiver):
+    """kinds = ["sensor"]: each stretch in which a sensor looks stuck or Bad, once, when it opens;
+    a target with the default kinds does not hear of it."""
+    clock = Clock()
+    ingest = Ingestor(repo, CloudMetrics(), clock=clock)
+    env = {"HOOK_KEY": "k"}
+    techs = Notifier(
+        repo, _cfg(receiver.url, {"kinds": ["sensor"]}), "w1", CloudMetrics(), clock=clock, env=env
+    )
+
+    def telemetry(still_h: float) -> bytes:
+        valve = {"last": 40.0, "unchanged_s": still_h * 3600, "bad_s": 0.0}
+        return Telemetry(
+            edge_id="edge-1", site="fab1", tool_id="ETCH002", period_s=60, summary={"throttle_valve": valve},
+            source_ts=clock.t,
+        ).to_bytes()  # fmt: skip
+
+    for still_h in (2.5, 2.6):  # opened, then extended: one stretch
+        assert ingest.handle(topic("fab1", "edge-1", Kind.TELEMETRY), telemetry(still_h))
+        clock.t += 60
+        techs.tick()
+    ((body, _),) = receiver.got
+    assert body["kind"] == "sensor" and body["sensor_issue"]["sensor"] == "throttle_valve"
+    assert body["text"].startswith(
+        "fabpm: ETCH002 (fab1) sensor throttle_valve unchanged while processing for 2.5 h"
+    )
+    others = Notifier(repo, _cfg(receiver.url), "w1", CloudMetrics(), clock=clock, env=env)
+    assert others.tick() == 0 and len(receiver.got) == 1
+
+
 def test_webhook_settings_are_checked():
     with pytest.raises(ValidationError, match="unique"):
         NotifyConfig.model_validate({"webhooks": [{"name": "a", "url": "https://x"}] * 2})

@@ -14,7 +14,15 @@ from sqlalchemy import func, select
 from cloud import audit
 from cloud.service import CloudService
 from cloud.storage import migrate
-from cloud.storage.models import AuditEntry, DeadLetter, EventRow, LoginFailure, RiskPoint, SeenMessage
+from cloud.storage.models import (
+    AuditEntry,
+    DeadLetter,
+    EventRow,
+    LoginFailure,
+    RiskPoint,
+    SeenMessage,
+    SensorIssueRow,
+)
 
 NOW = 100 * 86400.0
 DAY = 86400.0
@@ -51,6 +59,13 @@ def test_old_rows_go_and_what_bounds_the_labels_stays(db_url: str, tmp_path: Pat
             for user, days in (("gone", 1.1), ("kept", 0.9)):  # a key is forgotten a day after its failure
                 ago = NOW - days * DAY
                 s.add(LoginFailure(username=user, client="c", failures=9, blocked_until=0, last_ts=ago))
+            for sensor, days, end in (("old-ended", 95, NOW), ("old-open", 95, None), ("new-ended", 10, NOW)):
+                s.add(
+                    SensorIssueRow(
+                        tool_id="t1", edge_id="e1", site="s1", sensor=sensor, issue="unchanged", start_ts=0,
+                        last_ts=0, hours=3, end_ts=end, received_ts=NOW - days * DAY,
+                    )
+                )  # fmt: skip
             for days in (366, 364):  # the audit trail: a year
                 s.add(audit.entry("ada", "admin", "c", "POST /api/users", "", 200, ts=NOW - days * DAY))
         svc._prune()
@@ -62,6 +77,8 @@ def test_old_rows_go_and_what_bounds_the_labels_stays(db_url: str, tmp_path: Pat
             assert s.scalar(select(func.count()).select_from(DeadLetter)) == 1
             assert s.scalar(select(func.count()).select_from(RiskPoint)) == 0
             assert list(s.scalars(select(LoginFailure.username))) == ["kept"]
+            # sensor issues as state events; one still open stays whatever its age
+            assert sorted(s.scalars(select(SensorIssueRow.sensor))) == ["new-ended", "old-open"]
     finally:
         svc.stop()
 

@@ -4,19 +4,19 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
 from cloud.ingest import Ingestor
 from cloud.metrics import CloudMetrics
 from cloud.storage import Repo
-from cloud.storage.models import Tool
+from cloud.storage.models import SensorIssueRow, Tool
 from shared.messages import Alert, Event, Telemetry
 from shared.topics import Kind, topic
 
 
 def _telemetry(ts: float, risk: dict[str, float], tool: str = "etch-01", **more: object) -> bytes:
-    msg = Telemetry(
-        edge_id="edge-1", site="fab1", tool_id=tool, period_s=60, summary={}, risk=risk, ts=ts, **more
-    )
+    more = {"summary": {}} | more
+    msg = Telemetry(edge_id="edge-1", site="fab1", tool_id=tool, period_s=60, risk=risk, ts=ts, **more)
     return msg.to_bytes()
 
 
@@ -99,3 +99,33 @@ def test_a_tools_span_on_the_equipment_clock_comes_from_every_message_with_a_sou
     event = Event(edge_id="edge-1", site="fab1", tool_id="pump-01", event="failure", source_ts=9e3, ts=sent)
     assert Ingestor(repo, CloudMetrics()).handle(where[Kind.EVENT], event.to_bytes())
     assert _span(repo, "pump-01") == (400.0, 9000.0)
+
+
+def test_each_stretch_a_sensor_looks_wrong_is_one_row_opened_extended_and_ended(repo: Repo):
+    """From the edge's sensor health in each telemetry: a stuck valve opens a stretch when it passes
+    2 h (starting when it stuck, on the equipment's clock), later telemetry extends it, the first
+    without it ends it; a sensor that goes Bad after is a stretch of its own."""
+    h = 3600.0
+
+    def tel(src: float, valve_still_h: float, gauge_bad_h: float = 0.0) -> bytes:
+        summary = {
+            "throttle_valve": {"last": 40.0, "unchanged_s": valve_still_h * h, "bad_s": 0.0},
+            "chamber_pressure": {"last": None, "unchanged_s": 0.0, "bad_s": gauge_bad_h * h},
+        }
+        return _telemetry(src + 5e6, {}, "etch-01", summary=summary, source_ts=src)
+
+    def stretches() -> list[tuple[str, str, float, float, float | None]]:
+        with repo.transaction() as s:
+            rows = s.scalars(select(SensorIssueRow).order_by(SensorIssueRow.id))
+            return [(r.sensor, r.issue, r.start_ts, r.hours, r.end_ts) for r in rows]
+
+    where = topic("fab1", "edge-1", Kind.TELEMETRY)
+    # (source time, the valve unchanged for h, the gauge Bad for h)
+    steps = ((0.0, 1.0, 0.0), (h, 2.5, 0.0), (2 * h, 3.5, 0.0), (3 * h, 0.0, 0.0), (4 * h, 0.0, 0.6))
+    for src, still, bad in steps:
+        ingest = Ingestor(repo, CloudMetrics())  # a new worker each time: nothing cached as fresh
+        assert ingest.handle(where, tel(src, still, bad))
+    assert stretches() == [
+        ("throttle_valve", "unchanged", h - 2.5 * h, 3.5, 3 * h),
+        ("chamber_pressure", "no_good_value", 4 * h - 0.6 * h, pytest.approx(0.6), None),
+    ]

@@ -48,7 +48,8 @@ function fill(tbody, rows, render) {
 
 const RENDER = {
   async fleet() {
-    const [edges, tools, workers] = await Promise.all([api("/api/fleet"), api("/api/tools"), api("/api/workers")]);
+    const [edges, tools, workers, sensors] = await Promise.all([api("/api/fleet"), api("/api/tools"), api("/api/workers"),
+      api("/api/sensor-issues?limit=50")]);
     fill($("#fleet tbody"), edges, (e, tr) => tr.append(
       cell(e.site), cell(e.edge_id), cell(e.state), cell(Object.entries(e.models || {}).map(([k, v]) => `${k}: ${v}`).join(", ")),
       cell(e.last_update?.outcome ? `${e.last_update.outcome} ${e.last_update.version || ""} ${e.last_update.reason || ""}` : ""),
@@ -59,6 +60,10 @@ const RENDER = {
       tr.append(cell(t.tool_id), cell(t.tool_type), cell(t.edge_id), cell(t.state), cell(fmtProbs(t.risk)),
         cell(issues, issues ? "sensor-issue" : ""), cell(fmtTime(t.last_ts)), look);
     });
+    fill($("#sensor-issues tbody"), sensors, (i, tr) => tr.append(
+      cell(i.tool_id), cell(i.sensor), cell(i.issue === "unchanged" ? "unchanged while processing" : "no good value"),
+      cell(fmtTime(i.start_ts)), cell(`${fmtNum(i.hours, 1)} h`, "num"),
+      i.end_ts === null ? cell("still open", "sensor-issue") : cell(fmtTime(i.end_ts))));
     // A negative age: another worker has claimed this silent worker's session and is draining it.
     fill($("#workers tbody"), workers, (w, tr) => tr.append(
       cell(w.client_id), cell(w.share_group), cell(w.age_s < 0 ? "silent: its session is being adopted" : `${fmtNum(w.age_s, 0)} s ago`)));

@@ -287,6 +287,27 @@ class RiskPoint(Base):
     __table_args__ = (Index("ix_risk_points_tool_ts", "tool_id", "ts"),)
 
 
+class SensorIssueRow(Base):
+    """One stretch in which a sensor of a tool looked wrong (:mod:`cloud.sensor_health`): opened by
+    the first telemetry that showed it, closed (``end_ts``) by the first that did not. Times on
+    the equipment's clock but ``received_ts`` (when the cloud opened it: what notifications and
+    retention go by)."""
+
+    __tablename__ = "sensor_issues"
+    __table_args__ = (Index("ix_sensor_issues_tool_end", "tool_id", "end_ts"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tool_id: Mapped[str] = mapped_column(String(128))
+    edge_id: Mapped[str] = mapped_column(String(128))
+    site: Mapped[str] = mapped_column(String(128))
+    sensor: Mapped[str] = mapped_column(String(128))
+    issue: Mapped[str] = mapped_column(String(16))  # unchanged / no_good_value
+    start_ts: Mapped[float] = mapped_column(Float)  # when it began (the edge's measure says how long)
+    last_ts: Mapped[float] = mapped_column(Float)  # the latest telemetry that showed it
+    hours: Mapped[float] = mapped_column(Float)  # how long it had lasted then
+    end_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
+    received_ts: Mapped[float] = mapped_column(Float, index=True)
+
+
 class NotificationRow(Base):
     """One alert or rollback for one webhook target (:mod:`cloud.notify`): pending until the target
     answers 2xx (delivered), or until the attempts run out or the pending queue overflows (failed,
