@@ -43,7 +43,7 @@ from cloud.metrics import CloudMetrics
 from cloud.notify import Notifier
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
-from cloud.sensor_health import BAD_H, UNCHANGED_H, sensor_issues
+from cloud.sensor_health import DEFAULT_LIMITS, SensorLimits, sensor_issues
 from cloud.storage.models import (
     AlertRow,
     Case,
@@ -84,6 +84,7 @@ class ApiContext:
     # are de-duplicated, stored and label cases exactly as the edge's own events do.
     ingest: Callable[[str, bytes], bool] | None = None
     notifier: Notifier | None = None  # None: no webhooks configured
+    sensor_limits: SensorLimits = DEFAULT_LIMITS  # the tools' sensor issues by default
 
 
 class Login(BaseModel):
@@ -268,12 +269,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
     def tools(
         _who: Viewer,
         edge_id: str | None = None,
-        unchanged_h: Annotated[float, Query(gt=0, le=24 * 366)] = UNCHANGED_H,
-        bad_h: Annotated[float, Query(gt=0, le=24 * 366)] = BAD_H,
+        unchanged_h: Annotated[float | None, Query(gt=0, le=24 * 366)] = None,
+        bad_h: Annotated[float | None, Query(gt=0, le=24 * 366)] = None,
     ) -> list[dict[str, Any]]:
         """Each tool as the cloud knows it; ``sensor_issues``: its sensors that have not changed for
-        ``unchanged_h`` hours of processing, or had no good value for ``bad_h`` hours, by the
-        health its edge last reported (cloud/sensor_health.py)."""
+        ``unchanged_h`` hours of processing, or had no good value for ``bad_h`` hours (default:
+        ``[sensors]`` in cloud.toml), by the health its edge last reported (cloud/sensor_health.py)."""
+        unchanged_h = ctx.sensor_limits.unchanged_h if unchanged_h is None else unchanged_h
+        bad_h = ctx.sensor_limits.bad_h if bad_h is None else bad_h
         with ctx.repo.transaction() as s:
             q = select(Tool).order_by(Tool.tool_id)
             if edge_id:

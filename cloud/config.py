@@ -267,6 +267,16 @@ class NotifyConfig(StrictModel):
         return self
 
 
+class SensorsConfig(StrictModel):
+    """When the cloud flags a sensor from the health its edge reports (cloud/sensor_health.py): the
+    Fleet tab, the Sensor issues table, alerts' "check first" and the ``sensor`` webhooks. Longer
+    than the process keeps a sensor still while the tool processes (1 h flagged CVD RF power
+    sitting at zero in the simulator: bench/results/sensor_health.md)."""
+
+    unchanged_h: float = Field(default=2.0, gt=0, le=24 * 366)  # unchanged for this much processing
+    bad_h: float = Field(default=0.5, gt=0, le=24 * 366)  # no good value for this long
+
+
 class CloudConfig(StrictModel):
     """Everything ``fabpm cloud run`` needs."""
 
@@ -278,6 +288,7 @@ class CloudConfig(StrictModel):
     rollout: RolloutConfig = RolloutConfig()
     learning: LearningConfig = LearningConfig()
     notify: NotifyConfig = NotifyConfig()
+    sensors: SensorsConfig = SensorsConfig()
     horizon_h: float = Field(default=72.0, gt=0)  # labels: failed within this many hours
 
 

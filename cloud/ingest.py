@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from cloud.errors import StorageError
 from cloud.labels import label_from_event, label_late_case
 from cloud.metrics import CloudMetrics
-from cloud.sensor_health import sensor_issues
+from cloud.sensor_health import DEFAULT_LIMITS, SensorLimits, sensor_issues
 from cloud.sensor_health import track as track_sensor_issues
 from cloud.storage.models import AlertRow, Case, DeadLetter, Edge, EventRow, RiskPoint, Tool, TuningRow
 from cloud.storage.repo import Duplicate, Repo
@@ -60,6 +60,7 @@ class Ingestor:
         on_case: Callable[[Case], None] | None = None,
         clock: Callable[[], float] = time.time,
         on_stored: Callable[[Message], None] | None = None,
+        sensor_limits: SensorLimits = DEFAULT_LIMITS,
     ) -> None:
         """``on_stored``: called with each message of a kind the cloud confirms (alert, event,
         hard case, tuning) once it is stored, or found stored before (a redelivery)."""
@@ -68,6 +69,7 @@ class Ingestor:
         self.horizon_h = horizon_h
         self.on_case = on_case
         self.on_stored = on_stored
+        self.sensor_limits = sensor_limits
         self.clock = clock
         self.dead = 0
         self.handled_ids: list[str] = []  # msg_ids this worker stored, newest last (bounded)
@@ -204,7 +206,7 @@ class Ingestor:
                     source_ts=msg.source_ts,
                     # As its latest telemetry said (a minute old at most): a stuck or Bad sensor
                     # may be what raised it.
-                    sensor_issues=sensor_issues(tool.summary or {}) if tool is not None else [],
+                    sensor_issues=self._sensor_issues(tool.summary or {}) if tool is not None else [],
                 )
             )
             return None
@@ -242,10 +244,10 @@ class Ingestor:
                 s, msg.edge_id, msg.site, msg.tool_id, msg.tool_type, msg.ts, msg.source_ts
             ) or s.get(Tool, msg.tool_id)
             if tool is not None:
-                before = sensor_issues(tool.summary or {})
+                before = self._sensor_issues(tool.summary or {})
                 tool.summary = {k: dict(v) for k, v in msg.summary.items()}
                 tool.risk = dict(msg.risk)
-                issues = sensor_issues(tool.summary)
+                issues = self._sensor_issues(tool.summary)
                 if before or issues:  # only then is there a stretch to open, extend or end
                     at = msg.source_ts if msg.source_ts is not None else msg.ts
                     track_sensor_issues(s, (msg.edge_id, msg.site, msg.tool_id), issues, at, now)
@@ -310,6 +312,10 @@ class Ingestor:
         row.updated_ts = now
         if msg.action == "proposal":
             row.setpoints = dict(msg.setpoints)
+
+    def _sensor_issues(self, summary: dict[str, Any]) -> list[dict[str, Any]]:
+        limits = self.sensor_limits
+        return sensor_issues(summary, limits.unchanged_h, limits.bad_h)
 
     def _fresh(self, key: tuple[str, ...], now: float) -> bool:
         """True when this worker committed the row less than TOUCH_INTERVAL_S ago."""

@@ -22,15 +22,28 @@ open the same stretch; a tool's telemetry comes a minute apart, so that is left 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cloud.config import SensorsConfig
 from cloud.storage.models import SensorIssueRow
 
-UNCHANGED_H = 2.0
-BAD_H = 0.5
+UNCHANGED_H = SensorsConfig().unchanged_h
+BAD_H = SensorsConfig().bad_h
+
+
+@dataclass(frozen=True, slots=True)
+class SensorLimits:
+    """When a sensor looks wrong (``[sensors]`` in cloud.toml)."""
+
+    unchanged_h: float = UNCHANGED_H
+    bad_h: float = BAD_H
+
+
+DEFAULT_LIMITS = SensorLimits()
 
 
 def sensor_issues(
