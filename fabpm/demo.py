@@ -364,6 +364,10 @@ def run_summary(root: Path, since_wall: float) -> str:
                 ).fetchall()
             )
             active = _active_version(db)
+            # A round's model on its canary edge is not active yet: said apart, not as "none new".
+            canary = db.execute(
+                "select version, canary_edges from rollouts where stage = 'canary' order by id desc limit 1"
+            ).fetchone()
     except (OSError, ValueError, sqlite3.Error) as exc:  # a summary is not worth failing the stop
         return f"[demo] no summary: {exc}"
     hours = max((e.get("t_s", 0.0) for e in events), default=0.0) / 3600.0
@@ -375,7 +379,9 @@ def run_summary(root: Path, since_wall: float) -> str:
     return (
         f"[demo] this run: {hours:.0f} simulated hours; failures in the ground truth: {len(failures)} "
         f"({sudden} sudden); alerts: {alerts}; tuning proposals by status: {kv}; learning rounds: {rv}; "
-        f"edge model running: {active or 'none'}\n{field_summary(root / 'cloud.db', hours / 24.0)}"
+        f"edge model active: {active or 'none'}"
+        + (f" (on canary {', '.join(json.loads(canary[1]))}: {canary[0]})" if canary else "")
+        + f"\n{field_summary(root / 'cloud.db', hours / 24.0)}"
     )
 
 

@@ -119,3 +119,32 @@ def test_a_rerun_continues_the_simulated_timeline(tmp_path: Path):
     finally:
         conn.close()
     assert sim_start(db) == "2026-01-18T00:00:00+00:00"  # the day after: no simulated day twice
+
+
+def test_the_stop_summary_names_a_model_still_on_its_canary(tmp_path: Path) -> None:
+    """A round's model on its canary edge is not active yet: the summary says where it runs
+    beside the active one (it read "edge model running: 1" while the canary ran r1)."""
+    from cloud.storage import Repo, make_engine, migrate
+    from cloud.storage.models import ModelRow, RolloutRow
+    from fabpm.demo import run_summary
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'cloud.db'}")
+    migrate(engine)
+    with Repo(engine).transaction() as s:
+        for version, status in (("1", "active"), ("r1-7", "canary")):
+            s.add(
+                ModelRow(
+                    version=version, model_id="m", role="edge-risk", manifest={}, signature="",
+                    artifact_path="", status=status, created_ts=float(len(version)),
+                )
+            )  # fmt: skip
+        s.add(
+            RolloutRow(
+                version="r1-7", previous_version="1", stage="canary", canary_edges=["edge1"], started_ts=1.0,
+                updated_ts=1.0,
+            )
+        )  # fmt: skip
+    engine.dispose()
+    (tmp_path / "ground_truth.jsonl").write_text('{"kind": "failure", "t_s": 36000}\n')
+    said = run_summary(tmp_path, 0.0)
+    assert "edge model active: 1 (on canary edge1: r1-7)" in said and "10 simulated hours" in said
