@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from bench._results import add_row  # noqa: E402
 from edge.windows import PROCESSING, ToolWindow  # noqa: E402
 from opcua_sim.export import export  # noqa: E402
-from opcua_sim.scenario import default_scenario, scale_tools, with_seed  # noqa: E402
+from opcua_sim.scenario import SensorFaults, default_scenario, scale_tools, with_seed  # noqa: E402
 from shared.dataset import read_info, read_series  # noqa: E402
 from shared.equipment import E10State  # noqa: E402
 
@@ -165,6 +165,12 @@ def main() -> None:
     parser.add_argument("--tools", type=int, default=30)
     parser.add_argument("--days", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--stuck-median-min", type=float, help="scenario sensor_faults.stuck_median_min (default 60)"
+    )
+    parser.add_argument(
+        "--dropout-median-min", type=float, help="scenario sensor_faults.dropout_median_min (default 20)"
+    )
     parser.add_argument("--quick", action="store_true", help="8 tools, 10 days: to check that it runs")
     parser.add_argument("--no-record", action="store_true", help="print only; leave bench/results alone")
     ns = parser.parse_args()
@@ -172,7 +178,11 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "ds"
-        export(with_seed(scale_tools(default_scenario(), tools), ns.seed), days, folder)
+        scenario = with_seed(scale_tools(default_scenario(), tools), ns.seed)
+        asked = {"stuck_median_min": ns.stuck_median_min, "dropout_median_min": ns.dropout_median_min}
+        faults = scenario.sensor_faults.model_dump() | {k: v for k, v in asked.items() if v is not None}
+        scenario = scenario.model_copy(update={"sensor_faults": SensorFaults.model_validate(faults)})
+        export(scenario, days, folder)
         info = read_info(folder)
         step = info.sample_period_s
         replays: dict[str, Replay] = {}
@@ -190,6 +200,12 @@ def main() -> None:
         inside = (r.t >= f.start) & (r.t < f.end)
         f.processing_s = float(r.processing[inside].sum() * step)
     months = len(replays) * days / 30.0
+    sf = scenario.sensor_faults
+    durations = (
+        ""
+        if (sf.stuck_median_min, sf.dropout_median_min) == (60.0, 20.0)
+        else (f"; faults' medians: stuck {sf.stuck_median_min:g} min, dropout {sf.dropout_median_min:g} min")
+    )
     print(
         f"# sensor health — {platform.machine()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
         f"{len(replays)} tools × {days:g} days, seed {ns.seed}, {len(faults)} faults "
@@ -205,7 +221,7 @@ def main() -> None:
     for unchanged_h, bad_h in ((1.0, 0.25), (2.0, 0.5), (4.0, 1.0)):
         r = score(replays, faults, unchanged_h, bad_h, step, months)
         row = (
-            f"| {time.strftime('%Y-%m-%d')} | {len(replays)} × {days:g}, {ns.seed} "
+            f"| {time.strftime('%Y-%m-%d')} | {len(replays)} × {days:g}, {ns.seed}{durations} "
             f"| {unchanged_h:g} / {bad_h:g} "
             f"| {_pct(r['stuck_found_of_findable'])} of {r['stuck_findable']:.0f} "
             f"({r['stuck_found']:.0f} / {r['stuck_faults']:.0f}) | {r['stuck_median_delay_h']:.1f} "

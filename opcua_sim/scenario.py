@@ -112,6 +112,10 @@ class SensorFaults(StrictModel):
     mean_days_between: float = Field(default=2.5, gt=0.0)  # stuck values and dropouts, per tool
     spike_per_hour: float = Field(default=0.05, ge=0.0)  # isolated spikes, per sensor
     dropout_fraction: float = Field(default=0.55, ge=0.0, le=1.0)  # the rest are stuck values
+    # How long each lasts: lognormal around these medians (σ = 1 in log space). A plant's stuck
+    # sensor stays stuck until someone fixes it: raise these to test an edge's sensor health.
+    dropout_median_min: float = Field(default=20.0, gt=0.0, le=30 * 24 * 60)
+    stuck_median_min: float = Field(default=60.0, gt=0.0, le=30 * 24 * 60)
 
 
 class ProcessOptimum(StrictModel):

@@ -369,7 +369,7 @@ class Tool:
         sf = self.sc.sensor_faults
         kind = "dropout" if self.rng.random() < sf.dropout_fraction else "stuck"
         sensor = int(self.rng.integers(self.tt.n_sensors))
-        median_min = 20.0 if kind == "dropout" else 60.0
+        median_min = sf.dropout_median_min if kind == "dropout" else sf.stuck_median_min
         end = self.t + float(self.rng.lognormal(math.log(median_min * 60.0), 1.0))
         fault = SensorFault(sensor, kind, self.t, end)
         self.faults.append(fault)

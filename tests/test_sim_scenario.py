@@ -52,6 +52,10 @@ def test_drift_scenario_loads_from_toml():
             "drifts:\n  - {day: 3, sensor_offsets: {nope: 1}}\n",
             "drifts.0.sensor_offsets",
         ),
+        (
+            "areas:\n  - name: e\n    tools: [{type: cmp, count: 1}]\nsensor_faults: {stuck_median_min: 0}\n",
+            "sensor_faults.stuck_median_min",
+        ),
         ("areas: []\n", "areas"),
         ("name: x\n", "areas"),
     ],
@@ -102,3 +106,26 @@ def test_security_settings_and_users_file_errors(tmp_path: Path):
     first = cert.read_bytes()
     assert ensure_certificate(tmp_path / "certs", "server", "urn:test") == (cert, key)
     assert cert.read_bytes() == first  # reused while valid
+
+
+def test_how_long_sensor_faults_last_is_the_scenario_s(tmp_path: Path):
+    """sensor_faults.stuck_median_min: a plant's stuck sensor stays until fixed; the simulator's
+    default (60 min) is short. Ten times it makes the stuck values ten times longer (medians of a
+    lognormal with σ = 1 over dozens of faults)."""
+    import json
+    import statistics
+
+    from opcua_sim.export import export
+    from opcua_sim.scenario import SensorFaults
+
+    def median_min(stuck_median_min: float, out: Path) -> float:
+        sc = with_seed(scale_tools(default_scenario(), 6), 3)
+        faults = SensorFaults(mean_days_between=0.5, dropout_fraction=0.0, stuck_median_min=stuck_median_min)
+        export(sc.model_copy(update={"sensor_faults": faults}), 20.0, out)
+        events = [json.loads(line) for line in (out / "ground_truth.jsonl").read_text().splitlines()]
+        stuck = [e for e in events if e["kind"] == "sensor_fault"]
+        assert len(stuck) > 100 and {e["fault"] for e in stuck} == {"stuck"}
+        return statistics.median((e["end_t_s"] - e["t_s"]) / 60 for e in stuck)
+
+    short, long = median_min(60.0, tmp_path / "a"), median_min(600.0, tmp_path / "b")
+    assert 40 < short < 90 and 400 < long < 900
