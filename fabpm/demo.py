@@ -365,9 +365,10 @@ def run_summary(root: Path, since_wall: float) -> str:
             )
             active = _active_version(db)
             # A round's model on its canary edge is not active yet: said apart, not as "none new".
-            canary = db.execute(
+            row = db.execute(
                 "select version, canary_edges from rollouts where stage = 'canary' order by id desc limit 1"
             ).fetchone()
+            canary = f" (on canary {', '.join(json.loads(row[1]))}: {row[0]})" if row else ""
     except (OSError, ValueError, sqlite3.Error) as exc:  # a summary is not worth failing the stop
         return f"[demo] no summary: {exc}"
     hours = max((e.get("t_s", 0.0) for e in events), default=0.0) / 3600.0
@@ -380,7 +381,7 @@ def run_summary(root: Path, since_wall: float) -> str:
         f"[demo] this run: {hours:.0f} simulated hours; failures in the ground truth: {len(failures)} "
         f"({sudden} sudden); alerts: {alerts}; tuning proposals by status: {kv}; learning rounds: {rv}; "
         f"edge model active: {active or 'none'}"
-        + (f" (on canary {', '.join(json.loads(canary[1]))}: {canary[0]})" if canary else "")
+        + canary
         + f"\n{field_summary(root / 'cloud.db', hours / 24.0)}"
     )
 
