@@ -97,4 +97,4 @@ def track(
         else:
             row.last_ts, row.hours = at, issue["hours"]
     for row in open_rows.values():
-        row.end_ts = at
+        row.end_ts, row.closed_ts = at, now

@@ -353,12 +353,13 @@ class CloudService:
                 (EventRow.event.not_in(RESET_EVENTS),),
             ),
             ("dead letters", DeadLetter.received_ts, st.dead_letters_days, ()),
-            # Sensor issues as state events are (a sensor's history of the same age); open ones stay.
+            # Sensor issues as state events are, by when they ended (a sensor's history of the same
+            # age); open ones stay.
             (
                 "ended sensor issues",
-                SensorIssueRow.received_ts,
+                SensorIssueRow.closed_ts,
                 st.state_events_days,
-                (SensorIssueRow.end_ts.is_not(None),),
+                (SensorIssueRow.closed_ts.is_not(None),),
             ),
             ("audit rows", AuditEntry.ts, st.audit_days, ()),
             ("login failure counters", LoginFailure.last_ts, self.users.throttle.forget_s / day, ()),

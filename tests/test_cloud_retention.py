@@ -59,11 +59,14 @@ def test_old_rows_go_and_what_bounds_the_labels_stays(db_url: str, tmp_path: Pat
             for user, days in (("gone", 1.1), ("kept", 0.9)):  # a key is forgotten a day after its failure
                 ago = NOW - days * DAY
                 s.add(LoginFailure(username=user, client="c", failures=9, blocked_until=0, last_ts=ago))
-            for sensor, days, end in (("old-ended", 95, NOW), ("old-open", 95, None), ("new-ended", 10, NOW)):
+            # (opened, ended) days ago: what ended 90 days ago goes, however long it lasted
+            for sensor, opened, ended in (("old", 200, 95), ("open", 200, None), ("long", 200, 10)):
                 s.add(
                     SensorIssueRow(
                         tool_id="t1", edge_id="e1", site="s1", sensor=sensor, issue="unchanged", start_ts=0,
-                        last_ts=0, hours=3, end_ts=end, received_ts=NOW - days * DAY,
+                        last_ts=0, hours=3, received_ts=NOW - opened * DAY,
+                        end_ts=None if ended is None else 0.0,
+                        closed_ts=None if ended is None else NOW - ended * DAY,
                     )
                 )  # fmt: skip
             for days in (366, 364):  # the audit trail: a year
@@ -78,7 +81,7 @@ def test_old_rows_go_and_what_bounds_the_labels_stays(db_url: str, tmp_path: Pat
             assert s.scalar(select(func.count()).select_from(RiskPoint)) == 0
             assert list(s.scalars(select(LoginFailure.username))) == ["kept"]
             # sensor issues as state events; one still open stays whatever its age
-            assert sorted(s.scalars(select(SensorIssueRow.sensor))) == ["new-ended", "old-open"]
+            assert sorted(s.scalars(select(SensorIssueRow.sensor))) == ["long", "open"]
     finally:
         svc.stop()
 

@@ -114,10 +114,11 @@ def test_each_stretch_a_sensor_looks_wrong_is_one_row_opened_extended_and_ended(
         }
         return _telemetry(src + 5e6, {}, "etch-01", summary=summary, source_ts=src)
 
-    def stretches() -> list[tuple[str, str, float, float, float | None]]:
+    def stretches() -> list[tuple[str, str, float, float, float | None, bool]]:
         with repo.transaction() as s:
             rows = s.scalars(select(SensorIssueRow).order_by(SensorIssueRow.id))
-            return [(r.sensor, r.issue, r.start_ts, r.hours, r.end_ts) for r in rows]
+            # closed_ts: when the cloud ended it (retention goes by it), None while open
+            return [(r.sensor, r.issue, r.start_ts, r.hours, r.end_ts, r.closed_ts is None) for r in rows]
 
     where = topic("fab1", "edge-1", Kind.TELEMETRY)
     # (source time, the valve unchanged for h, the gauge Bad for h)
@@ -126,8 +127,8 @@ def test_each_stretch_a_sensor_looks_wrong_is_one_row_opened_extended_and_ended(
         ingest = Ingestor(repo, CloudMetrics())  # a new worker each time: nothing cached as fresh
         assert ingest.handle(where, tel(src, still, bad))
     assert stretches() == [
-        ("throttle_valve", "unchanged", h - 2.5 * h, 3.5, 3 * h),
-        ("chamber_pressure", "no_good_value", 4 * h - 0.6 * h, pytest.approx(0.6), None),
+        ("throttle_valve", "unchanged", h - 2.5 * h, 3.5, 3 * h, False),
+        ("chamber_pressure", "no_good_value", 4 * h - 0.6 * h, pytest.approx(0.6), None, True),
     ]
 
 

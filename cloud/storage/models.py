@@ -290,8 +290,8 @@ class RiskPoint(Base):
 class SensorIssueRow(Base):
     """One stretch in which a sensor of a tool looked wrong (:mod:`cloud.sensor_health`): opened by
     the first telemetry that showed it, closed (``end_ts``) by the first that did not. Times on
-    the equipment's clock but ``received_ts`` (when the cloud opened it: what notifications and
-    retention go by)."""
+    the equipment's clock but ``received_ts`` and ``closed_ts`` (when the cloud opened and ended
+    it: what notifications and retention go by)."""
 
     __tablename__ = "sensor_issues"
     __table_args__ = (Index("ix_sensor_issues_tool_end", "tool_id", "end_ts"),)
@@ -306,6 +306,7 @@ class SensorIssueRow(Base):
     hours: Mapped[float] = mapped_column(Float)  # how long it had lasted then
     end_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
     received_ts: Mapped[float] = mapped_column(Float, index=True)
+    closed_ts: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)  # when it ended
 
 
 class NotificationRow(Base):

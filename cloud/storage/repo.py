@@ -176,7 +176,7 @@ class Repo:
 
     def prune_older(
         self,
-        column: InstrumentedAttribute[float],
+        column: InstrumentedAttribute[float] | InstrumentedAttribute[float | None],
         before_ts: float,
         *where: ColumnElement[bool],
         chunk: int = 20_000,
@@ -188,7 +188,7 @@ class Repo:
         was lowered) can be millions of rows: one DELETE of an 8-hour backlog of risk points
         (480,000 rows) held SQLite's single write lock, and every ingest write behind it, for 1.7 s;
         in chunks an ingest write waited at most 0.19 s (``bench/risk_history_scale.py``).
-        ``column`` needs an index: each chunk is cut by it.
+        ``column`` needs an index: each chunk is cut by it. Rows where it is NULL never go.
         """
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")

@@ -30,12 +30,15 @@ def upgrade() -> None:
         sa.Column("hours", sa.Float(), nullable=False),
         sa.Column("end_ts", sa.Float(), nullable=True),
         sa.Column("received_ts", sa.Float(), nullable=False),
+        sa.Column("closed_ts", sa.Float(), nullable=True),
     )
     op.create_index("ix_sensor_issues_tool_end", "sensor_issues", ["tool_id", "end_ts"])
     op.create_index("ix_sensor_issues_received_ts", "sensor_issues", ["received_ts"])
+    op.create_index("ix_sensor_issues_closed_ts", "sensor_issues", ["closed_ts"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_sensor_issues_closed_ts", "sensor_issues")
     op.drop_index("ix_sensor_issues_received_ts", "sensor_issues")
     op.drop_index("ix_sensor_issues_tool_end", "sensor_issues")
     op.drop_table("sensor_issues")
