@@ -124,6 +124,17 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
         )
         tel = tel.model_copy(update={"ts": now - 1800 + 60 * i})
         assert service.ingest.handle(topic("fab1", "edge-1", Kind.TELEMETRY), tel.to_bytes())
+    # etch-02's edge last reported an hour ago, its ESC temperature Bad then: the stretch stays open
+    bad = {"last": None, "unchanged_s": 0.0, "bad_s": 3600.0}
+    quiet = Telemetry(
+        edge_id="edge-1",
+        site="fab1",
+        tool_id="etch-02",
+        period_s=60,
+        summary={"esc_temp": bad},
+        ts=now - 3600.0,
+    )
+    assert service.ingest.handle(topic("fab1", "edge-1", Kind.TELEMETRY), quiet.to_bytes())
     alert = Alert(
         edge_id="edge-1", site="fab1", tool_id="etch-01", mode="wear", probability=0.8,
         model_version="e1", episode_start_ts=now - 600,
@@ -155,8 +166,9 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             issue = page.locator("#tools tr:has-text('etch-01') td.sensor-issue").inner_text()
             assert issue == "throttle_valve unchanged while processing 3.0 h"  # dc_bias is fine
             stretch = page.locator("#sensor-issues tbody tr").all_inner_texts()
-            assert len(stretch) == 1 and "throttle_valve\tunchanged while processing" in stretch[0]
+            assert len(stretch) == 2 and "throttle_valve\tunchanged while processing" in stretch[0]
             assert stretch[0].endswith("3.0 h\tstill open")
+            assert "esc_temp\tno good value" in stretch[1] and "open at the tool's last data (" in stretch[1]
             page.click("#tools tr:has-text('etch-01') button:has-text('Risk')")
             page.wait_for_selector("#tool-detail .legend span:has-text('wear')")
             assert page.locator("#tool-detail svg polyline").count() == 2  # one line per mode

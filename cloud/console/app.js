@@ -60,10 +60,15 @@ const RENDER = {
       tr.append(cell(t.tool_id), cell(t.tool_type), cell(t.edge_id), cell(t.state), cell(fmtProbs(t.risk)),
         cell(issues, issues ? "sensor-issue" : ""), cell(fmtTime(t.last_ts)), look);
     });
+    // An open stretch of a tool that has sent nothing for 10 minutes (its edge offline) is as its
+    // last telemetry left it: said so, with when that was.
+    const lastData = Object.fromEntries(tools.map((t) => [t.tool_id, t.last_ts]));
+    const quiet = (tool) => Date.now() / 1000 - (lastData[tool] ?? 0) > 600;
     fill($("#sensor-issues tbody"), sensors, (i, tr) => tr.append(
       cell(i.tool_id), cell(i.sensor), cell(i.issue === "unchanged" ? "unchanged while processing" : "no good value"),
       cell(fmtTime(i.start_ts)), cell(`${fmtNum(i.hours, 1)} h`, "num"),
-      i.end_ts === null ? cell("still open", "sensor-issue") : cell(fmtTime(i.end_ts))));
+      i.end_ts !== null ? cell(fmtTime(i.end_ts))
+        : cell(quiet(i.tool_id) ? `open at the tool's last data (${fmtTime(lastData[i.tool_id])})` : "still open", "sensor-issue")));
     // A negative age: another worker has claimed this silent worker's session and is draining it.
     fill($("#workers tbody"), workers, (w, tr) => tr.append(
       cell(w.client_id), cell(w.share_group), cell(w.age_s < 0 ? "silent: its session is being adopted" : `${fmtNum(w.age_s, 0)} s ago`)));
