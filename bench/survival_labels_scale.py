@@ -101,7 +101,10 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=120)
     ap.add_argument("--pg-url", default=os.environ.get("FABPM_TEST_PG_URL"))
     ap.add_argument("--no-record", action="store_true", help="print only; leave bench/results alone")
+    ap.add_argument("--quick", action="store_true", help="20 tools × 14 days, not recorded: that it runs")
     ns = ap.parse_args()
+    if ns.quick:
+        ns.tools, ns.days, ns.no_record = 20, 14, True
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     with tempfile.TemporaryDirectory() as tmp:
         kinds = ["sqlite"] + (["postgres"] if ns.pg_url else [])

@@ -42,6 +42,11 @@ def find(ids: list[str], folder: Path) -> list[Path]:
     return chosen
 
 
+def has_quick(script: Path) -> bool:
+    """Whether the script takes ``--quick`` (small sizes)."""
+    return '"--quick"' in script.read_text(encoding="utf-8")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fabpm bench", description=__doc__)
     parser.add_argument("ids", nargs="*", help="benchmark ids or name prefixes, e.g. b1 b3 (default: all)")
@@ -55,6 +60,11 @@ def main(argv: list[str]) -> int:
         return 0
     failed = []
     for script in scripts:
+        if ns.quick and not has_quick(script):
+            # Analysis helpers (b2_diagnose reads a run's folder) and full-size-only sizings: a
+            # quick run that started them at full size would not be quick.
+            _logger.info("%s has no quick mode: left out of a --quick run", script.stem)
+            continue
         cmd = [sys.executable, str(script)] + (["--quick"] if ns.quick else [])
         _logger.info("running %s", " ".join(cmd))
         if subprocess.run(cmd, check=False).returncode != 0:
