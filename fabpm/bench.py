@@ -43,7 +43,7 @@ def find(ids: list[str], folder: Path) -> list[Path]:
 
 
 def has_quick(script: Path) -> bool:
-    """Whether the script takes ``--quick`` (small sizes)."""
+    """Whether the script takes ``--quick`` (small sizes): its source names the flag as a string."""
     return '"--quick"' in script.read_text(encoding="utf-8")
 
 
