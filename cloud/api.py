@@ -35,6 +35,7 @@ from cloud.audit import note as audit_note
 from cloud.audit import rows as audit_rows
 from cloud.auth import ROLES, Principal, Users
 from cloud.case_window import named_series, type_scaler
+from cloud.config import SensorsConfig
 from cloud.errors import AuthError, CloudError, LoginThrottled, RegistryError, RolloutError, UnknownUser
 from cloud.field_report import LEAD_H, MATCH_H, field_report
 from cloud.labels import OPERATOR, Label, set_label
@@ -43,7 +44,7 @@ from cloud.metrics import CloudMetrics
 from cloud.notify import Notifier
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
-from cloud.sensor_health import DEFAULT_LIMITS, SensorLimits, sensor_issues
+from cloud.sensor_health import DEFAULT_LIMITS, sensor_issues
 from cloud.storage.models import (
     AlertRow,
     Case,
@@ -84,7 +85,7 @@ class ApiContext:
     # are de-duplicated, stored and label cases exactly as the edge's own events do.
     ingest: Callable[[str, bytes], bool] | None = None
     notifier: Notifier | None = None  # None: no webhooks configured
-    sensor_limits: SensorLimits = DEFAULT_LIMITS  # the tools' sensor issues by default
+    sensor_limits: SensorsConfig = DEFAULT_LIMITS  # the tools' sensor issues by default
 
 
 class Login(BaseModel):

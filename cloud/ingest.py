@@ -22,10 +22,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from cloud.config import SensorsConfig
 from cloud.errors import StorageError
 from cloud.labels import label_from_event, label_late_case
 from cloud.metrics import CloudMetrics
-from cloud.sensor_health import DEFAULT_LIMITS, SensorLimits, sensor_issues
+from cloud.sensor_health import DEFAULT_LIMITS, sensor_issues
 from cloud.sensor_health import track as track_sensor_issues
 from cloud.storage.models import AlertRow, Case, DeadLetter, Edge, EventRow, RiskPoint, Tool, TuningRow
 from cloud.storage.repo import Duplicate, Repo
@@ -60,7 +61,7 @@ class Ingestor:
         on_case: Callable[[Case], None] | None = None,
         clock: Callable[[], float] = time.time,
         on_stored: Callable[[Message], None] | None = None,
-        sensor_limits: SensorLimits = DEFAULT_LIMITS,
+        sensor_limits: SensorsConfig = DEFAULT_LIMITS,
     ) -> None:
         """``on_stored``: called with each message of a kind the cloud confirms (alert, event,
         hard case, tuning) once it is stored, or found stored before (a redelivery)."""

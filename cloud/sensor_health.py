@@ -22,7 +22,6 @@ open the same stretch; a tool's telemetry comes a minute apart, so that is left 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -31,23 +30,13 @@ from sqlalchemy.orm import Session
 from cloud.config import SensorsConfig
 from cloud.storage.models import SensorIssueRow
 
-UNCHANGED_H = SensorsConfig().unchanged_h
-BAD_H = SensorsConfig().bad_h
-
-
-@dataclass(frozen=True, slots=True)
-class SensorLimits:
-    """When a sensor looks wrong (``[sensors]`` in cloud.toml)."""
-
-    unchanged_h: float = UNCHANGED_H
-    bad_h: float = BAD_H
-
-
-DEFAULT_LIMITS = SensorLimits()
+DEFAULT_LIMITS = SensorsConfig()  # when a sensor looks wrong: ``[sensors]`` in cloud.toml
 
 
 def sensor_issues(
-    summary: Mapping[str, Mapping[str, Any]], unchanged_h: float = UNCHANGED_H, bad_h: float = BAD_H
+    summary: Mapping[str, Mapping[str, Any]],
+    unchanged_h: float = DEFAULT_LIMITS.unchanged_h,
+    bad_h: float = DEFAULT_LIMITS.bad_h,
 ) -> list[dict[str, Any]]:
     """The sensors of ``summary`` (telemetry's, per tag) that look wrong, worst first: each
     ``{"sensor", "issue": "unchanged" | "no_good_value", "hours"}``. Tags without the health

@@ -40,7 +40,6 @@ from cloud.notify import Notifier
 from cloud.receipts import Receipts
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
-from cloud.sensor_health import SensorLimits
 from cloud.serving import load_replicas
 from cloud.sessions import Roster
 from cloud.storage import Repo, make_engine, migrate
@@ -91,7 +90,6 @@ class CloudService:
         self.users = Users(self.repo, auth.token_ttl_s, auth.scrypt_n, clock, throttle)
         self.registry = Registry(self.repo, cfg.registry, clock)
         self.receipts = Receipts(self._publish)
-        self.sensor_limits = SensorLimits(cfg.sensors.unchanged_h, cfg.sensors.bad_h)
         self.ingest = Ingestor(
             self.repo,
             self.metrics,
@@ -99,7 +97,7 @@ class CloudService:
             on_case=self._on_case,
             clock=clock,
             on_stored=lambda m: self.receipts.add(m.site, m.edge_id, m.msg_id),
-            sensor_limits=self.sensor_limits,
+            sensor_limits=cfg.sensors,
         )
         self.link = MqttLink(cfg.mqtt, handler=self.ingest.handle)
         self.roster = Roster(self.repo, self.link.client_id, cfg.mqtt.share_group, clock)
@@ -134,7 +132,7 @@ class CloudService:
             clock,
             self.ingest.handle,
             self.notifier,
-            self.sensor_limits,
+            cfg.sensors,
         )
         self.app = create_app(self.api_ctx)
 

@@ -135,14 +135,13 @@ def test_each_stretch_a_sensor_looks_wrong_is_one_row_opened_extended_and_ended(
 def test_the_cloud_s_sensor_limits_decide_what_is_flagged(repo: Repo):
     """``[sensors]`` in cloud.toml: a valve still for 1.5 h is no issue by default (2 h), one at 1 h."""
     from cloud.config import SensorsConfig
-    from cloud.sensor_health import SensorLimits
 
     valve = {"throttle_valve": {"last": 40.0, "unchanged_s": 1.5 * 3600, "bad_s": 0.0}}
     where = topic("fab1", "edge-1", Kind.TELEMETRY)
     assert Ingestor(repo, CloudMetrics()).handle(where, _telemetry(1.0, {}, "etch-01", summary=valve))
     with repo.transaction() as s:
         assert s.scalar(select(SensorIssueRow)) is None
-    strict = SensorLimits(unchanged_h=1.0)
+    strict = SensorsConfig(unchanged_h=1.0)
     assert Ingestor(repo, CloudMetrics(), sensor_limits=strict).handle(
         where, _telemetry(2.0, {}, "etch-01", summary=valve)
     )
