@@ -66,7 +66,9 @@ def track(
 ) -> None:
     """Bring the tool's open stretches in line with ``issues`` (:func:`sensor_issues` of its
     telemetry at ``at``, the equipment's clock): a new one opens, a continuing one is extended,
-    one no longer flagged ends at ``at``. ``where``: (edge, site, tool)."""
+    one no longer flagged ends at ``at``. ``where``: (edge, site, tool). Two workers opening the
+    same stretch at once: the second insert breaks a unique index (one open stretch per tool,
+    sensor and issue), and the message's transaction, run again, extends the first's row."""
     edge_id, site, tool_id = where
     open_rows = {
         (r.sensor, r.issue): r

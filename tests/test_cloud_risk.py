@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from cloud.ingest import Ingestor
 from cloud.metrics import CloudMetrics
@@ -149,3 +150,69 @@ def test_the_cloud_s_sensor_limits_decide_what_is_flagged(repo: Repo):
         assert s.scalars(select(SensorIssueRow.sensor)).all() == ["throttle_valve"]
     with pytest.raises(ValueError, match="unchanged_h"):
         SensorsConfig(unchanged_h=0)
+
+
+def test_two_workers_opening_one_stretch_at_once_leave_one_row(repo: Repo, monkeypatch: pytest.MonkeyPatch):
+    """Two workers handling two telemetry messages of one tool at the same instant both read "no
+    open stretch" (PostgreSQL's read committed) and both insert. Played here by inserting the other
+    worker's row in the same transaction before this worker's own insert: the unique index refuses
+    the second, the message's transaction runs again and extends the one row, and nothing is lost."""
+    import cloud.ingest
+
+    real_track = cloud.ingest.track_sensor_issues
+    raced: list[float] = []
+
+    def track_after_the_other_worker(session, where, issues, at, now):  # type: ignore[no-untyped-def]
+        if not raced:
+            raced.append(at)
+            edge_id, site, tool_id = where
+            for issue in issues:
+                session.add(
+                    SensorIssueRow(
+                        tool_id=tool_id, edge_id=edge_id, site=site, sensor=issue["sensor"],
+                        issue=issue["issue"], start_ts=at, last_ts=at, hours=issue["hours"], received_ts=now,
+                    )
+                )  # fmt: skip
+        real_track(session, where, issues, at, now)
+
+    monkeypatch.setattr(cloud.ingest, "track_sensor_issues", track_after_the_other_worker)
+    valve = {"throttle_valve": {"last": 40.0, "unchanged_s": 3 * 3600, "bad_s": 0.0}}
+    where = topic("fab1", "edge-1", Kind.TELEMETRY)
+    assert Ingestor(repo, CloudMetrics()).handle(where, _telemetry(7200.0, {}, "etch-01", summary=valve))
+    assert raced
+    with repo.transaction() as s:
+        rows = s.scalars(select(SensorIssueRow)).all()
+        assert [(r.sensor, r.end_ts) for r in rows] == [("throttle_valve", None)]
+        tool = s.get(Tool, "etch-01")
+        assert tool is not None and tool.summary == valve  # the telemetry itself was stored
+    with pytest.raises(IntegrityError), repo.transaction() as s:  # the index itself, on both databases
+        s.add(
+            SensorIssueRow(
+                tool_id="etch-01", edge_id="edge-1", site="fab1", sensor="throttle_valve", issue="unchanged",
+                start_ts=0.0, last_ts=1.0, hours=3.0, received_ts=1.0,
+            )
+        )  # fmt: skip
+
+
+def test_the_migration_closes_duplicate_open_stretches_a_race_left(db_url: str):
+    """A database that met the race before migration 0015 keeps the oldest of each open stretch."""
+    from cloud.storage import make_engine, migrate
+
+    engine = make_engine(db_url)
+    try:
+        assert migrate(engine, "0014") == "0014"
+        repo = Repo(engine)
+        with repo.transaction() as s:
+            for i in range(3):
+                s.add(
+                    SensorIssueRow(
+                        tool_id="etch-01", edge_id="edge-1", site="fab1", sensor="throttle_valve",
+                        issue="unchanged", start_ts=0.0, last_ts=10.0 + i, hours=3.0, received_ts=5.0 + i,
+                    )
+                )  # fmt: skip
+        migrate(engine)
+        with repo.transaction() as s:
+            rows = s.scalars(select(SensorIssueRow).order_by(SensorIssueRow.id)).all()
+            assert [(r.end_ts, r.closed_ts) for r in rows] == [(None, None), (11.0, 6.0), (12.0, 7.0)]
+    finally:
+        engine.dispose()

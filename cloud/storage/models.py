@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -294,7 +295,19 @@ class SensorIssueRow(Base):
     it: what notifications and retention go by)."""
 
     __tablename__ = "sensor_issues"
-    __table_args__ = (Index("ix_sensor_issues_tool_end", "tool_id", "end_ts"),)
+    __table_args__ = (
+        Index("ix_sensor_issues_tool_end", "tool_id", "end_ts"),
+        # one open stretch per tool, sensor and issue, whichever worker opens it (migration 0015)
+        Index(
+            "uq_sensor_issues_open",
+            "tool_id",
+            "sensor",
+            "issue",
+            unique=True,
+            sqlite_where=text("end_ts IS NULL"),
+            postgresql_where=text("end_ts IS NULL"),
+        ),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tool_id: Mapped[str] = mapped_column(String(128))
     edge_id: Mapped[str] = mapped_column(String(128))
