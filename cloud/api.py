@@ -59,7 +59,7 @@ from cloud.storage.models import (
     WorkerSession,
 )
 from cloud.storage.repo import Repo
-from shared.equipment import type_modes
+from shared.equipment import setpoint_units, type_modes
 from shared.messages import Event, Tuning
 from shared.topics import QOS, Kind, topic
 
@@ -570,7 +570,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
             q = select(TuningRow).order_by(TuningRow.updated_ts.desc()).limit(500)
             if status:
                 q = q.where(TuningRow.status == status)
-            return [_row(t) for t in s.scalars(q)]
+            rows = list(s.scalars(q))
+            ids = {t.tool_id for t in rows}
+            types = {
+                tid: ttype
+                for tid, ttype in s.execute(select(Tool.tool_id, Tool.tool_type).where(Tool.tool_id.in_(ids)))
+            }
+            # the units of its setpoints, so a proposal reads "1200 → 1175 W", not a bare number
+            return [_row(t) | {"units": setpoint_units(types.get(t.tool_id))} for t in rows]
 
     def decide(
         proposal_id: str, action: Literal["approval", "rejection"], who: Principal, reason: str

@@ -256,6 +256,8 @@ class Ingestor:
                 s.add(RiskPoint(tool_id=msg.tool_id, ts=msg.ts, risk=dict(msg.risk)))
             return None
         if isinstance(msg, Tuning):
+            if msg.tool_type:  # a proposal says the tool's type: known before its first telemetry
+                self._touch_tool(s, msg.edge_id, msg.site, msg.tool_id, msg.tool_type, msg.ts, None)
             self._write_tuning(s, msg, now)
             return None
         raise SchemaError(f"{msg.KIND.value} messages are not stored by the cloud")

@@ -345,6 +345,7 @@ class Tuner:
             edge_id=self.edge_id,
             site=self.site,
             tool_id=tool_id,
+            tool_type=ttype,
             action="proposal",
             proposal_id=uuid.uuid4().hex,
             setpoints=changed,

@@ -296,6 +296,19 @@ def tool_type(name: str) -> ToolType:
         raise KeyError(f"unknown tool type {name!r}; known: {', '.join(sorted(TOOL_TYPES))}") from None
 
 
+def setpoint_units(name: str | None) -> dict[str, str]:
+    """Each setpoint of a tool of type ``name`` and its unit. For a type not known (yet: the
+    cloud learns a tool's type from its telemetry), every setpoint whose name means one unit in
+    every type that has it."""
+    if name in TOOL_TYPES:
+        return {sp.name: sp.unit for sp in TOOL_TYPES[name].setpoints}
+    seen: dict[str, set[str]] = {}
+    for tt in TOOL_TYPES.values():
+        for sp in tt.setpoints:
+            seen.setdefault(sp.name, set()).add(sp.unit)
+    return {sp: next(iter(units)) for sp, units in seen.items() if len(units) == 1}
+
+
 def type_modes(name: str) -> list[str] | None:
     """The failure modes a tool of type ``name`` can have (None: a type this code does not know,
     say from a newer edge)."""

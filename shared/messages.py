@@ -140,6 +140,10 @@ class Tuning(Message):
     expected: dict[str, float] = Field(default_factory=dict)  # e.g. yield, energy
     reason: str = ""
     actor: str = "edge"
+    # The tool's type (a proposal carries it), so the console can give each setpoint its unit
+    # before the tool's first telemetry. None from older edges and from the cloud's own approvals;
+    # a cloud older than the edges rejects it: upgrade the cloud first, as for Telemetry.tool_type.
+    tool_type: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
 class Verdict(Message):

@@ -66,16 +66,20 @@ def test_roles_approvals_labels_and_probes(service: CloudService, mosquitto):
                 edge_id="edge-1",
                 site="fab1",
                 tool_id="etch-01",
+                tool_type="plasma_etch",
                 action="proposal",
                 proposal_id="p-1",
-                setpoints={"rf_power": 510.0},
-                previous={"rf_power": 500.0},
+                setpoints={"rf_power": 510.0, "pressure_sp": 41.0},
+                previous={"rf_power": 500.0, "pressure_sp": 40.0},
                 expected={"yield": 0.4},
             )
             edge.publish(topic("fab1", "edge-1", Kind.TUNING), proposal.to_bytes())
             case = hardcase()
             edge.publish(topic("fab1", "edge-1", Kind.HARDCASE), case.to_bytes())
             wait(lambda: client.get("/api/tuning", headers=viewer).json() != [])
+            # each setpoint's unit from the tool type the proposal named (no telemetry yet): the
+            # plasma etcher's pressure is in mTorr, the CVD's in Torr
+            assert client.get("/api/tuning", headers=viewer).json()[0]["units"]["pressure_sp"] == "mTorr"
             assert client.get("/api/fleet", headers=viewer).json()[0]["edge_id"] == "edge-1"
             (me,) = client.get("/api/workers", headers=viewer).json()  # its session's heartbeat
             assert me["client_id"] == "cloud-api-test" and 0 <= me["age_s"] < 15
@@ -89,7 +93,7 @@ def test_roles_approvals_labels_and_probes(service: CloudService, mosquitto):
                 parse_payload(raw, Kind.TUNING) for _, raw in edge.wait_for(2)
             ]  # own proposal + approval
             approval = next(m for m in approvals if isinstance(m, Tuning) and m.action == "approval")
-            assert approval.actor == "olga" and approval.setpoints == {"rf_power": 510.0}
+            assert approval.actor == "olga" and approval.setpoints == {"rf_power": 510.0, "pressure_sp": 41.0}
             time.sleep(0.3)  # our approval comes back on the shared subscription: a duplicate, not a new row
             assert client.get("/api/tuning", headers=viewer).json()[0]["status"] == "approval"
 

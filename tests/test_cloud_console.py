@@ -99,6 +99,8 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
         action="proposal",
         proposal_id="p-9",
         setpoints={"rf_power": 505.0},
+        previous={"rf_power": 500.0},
+        expected={"yield_delta": 0.4, "energy_delta": -0.25, "surrogate_yield_delta": 0.1},
     )
     assert service.ingest.handle(topic("fab1", "edge-1", Kind.TUNING), prop.to_bytes())
     for action, reason in (("proposal", ""), ("expired", "no decision within 600 s")):
@@ -219,6 +221,12 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             _until(lambda: service.repo.get_case("case-1").label_source == "operator")
             assert service.repo.get_case("case-1").label_failed is False
             page.click("#tabs button[data-tab=tuning]")
+            # the proposal reads as the change it makes and what each model expects of it
+            proposed = page.locator("#tuning tr:has-text('etch-01')")
+            proposed.locator("td:has-text('rf_power 500 \u2192 505 (+1.0%)')").wait_for()
+            assert "yield +0.40 points, energy \u22120.25 kWh per lot\ntuning model: yield +0.10 points" in (
+                proposed.inner_text()
+            )
             page.click("#tuning tr:has-text('etch-01') button:has-text('Approve')")
             page.wait_for_selector("#tuning td:has-text('approval')")
             page.wait_for_selector("#tuning td:has-text('by olga')")

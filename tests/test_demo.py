@@ -56,6 +56,8 @@ def _approve_a_proposal(url: str, root: Path) -> dict[str, Any]:
                 time.sleep(0.5)
             if row["status"] == "applied":
                 break
+        # each setpoint with its unit from the tool type's catalog, for the console's "1200 → 1175 W"
+        assert row["units"] and set(row["setpoints"]) <= set(row["units"]), row
         assert tried, "no tuning proposal reached the console"
         return row
 

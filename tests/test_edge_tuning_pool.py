@@ -182,6 +182,7 @@ def test_tuner_pooled_proposes_once_per_lot_inside_the_guards() -> None:
     lot = {"last_lot_yield": 90.0, "last_lot_energy_kwh": 20.0}
     msg = tuner.propose(model, "etch-01", "plasma_etch", current, lot)  # type: ignore[arg-type]
     assert msg is not None and msg.setpoints
+    assert msg.tool_type == "plasma_etch"  # the cloud learns the tool's type (units) from it
     for name, value in msg.setpoints.items():
         lo, hi = cfg.envelope["plasma_etch"][name]
         assert lo <= value <= hi

@@ -25,6 +25,27 @@ function fmtIssues(issues) {
   return (issues || []).map((i) =>
     `${i.sensor} ${i.issue === "unchanged" ? "unchanged while processing" : "no good value"} ${fmtNum(i.hours, 1)} h`).join("; ");
 }
+const signed = (x, d = 2) => `${x >= 0 ? "+" : "\u2212"}${fmtNum(Math.abs(x), d)}`;
+// A tuning proposal as what it changes, one setpoint a line: "rf_power_sp 1200 → 1175 W (−2.1%)".
+function fmtChange(t) {
+  const units = t.units || {}, before = t.previous || {};
+  return Object.entries(t.setpoints || {}).map(([k, v]) => {
+    const unit = units[k] ? ` ${units[k]}` : "", was = before[k];
+    if (was === undefined || was === null) return `${k} \u2192 ${fmtVal(v)}${unit}`;
+    const pct = was ? ` (${signed((100 * (v - was)) / Math.abs(was), 1)}%)` : "";
+    return `${k} ${fmtVal(was)} \u2192 ${fmtVal(v)}${unit}${pct}`;
+  }).join("\n");
+}
+// What a step is expected to do: the proposing optimiser's figures (fitted on the tools' recent
+// lots), then the offline tuning model's view of the same step; keys a newer edge adds, as sent.
+function fmtExpected(e) {
+  const known = ["yield_delta", "energy_delta", "surrogate_yield_delta", "surrogate_energy_delta"];
+  const say = (y, en) => [y === undefined ? "" : `yield ${signed(y)} points`,
+    en === undefined ? "" : `energy ${signed(en)} kWh per lot`].filter(Boolean).join(", ");
+  const mine = say(e?.yield_delta, e?.energy_delta), model = say(e?.surrogate_yield_delta, e?.surrogate_energy_delta);
+  const other = Object.entries(e || {}).filter(([k]) => !known.includes(k)).map(([k, v]) => `${k} ${fmtNum(v)}`).join(", ");
+  return [mine, model ? `tuning model: ${model}` : "", other].filter(Boolean).join("\n");
+}
 function button(label, onClick, cls = "small") {
   const b = document.createElement("button"); b.textContent = label; b.className = cls; b.addEventListener("click", onClick); return b;
 }
@@ -159,10 +180,10 @@ const RENDER = {
         actions.append(button("Approve", () => act(post(`/api/tuning/${t.proposal_id}/approve`, { reason: "approved in the console" }))),
           button("Reject", () => act(post(`/api/tuning/${t.proposal_id}/reject`, { reason: "rejected in the console" }))));
       }
-      const kv = (o) => Object.entries(o || {}).map(([k, v]) => `${k} ${fmtNum(v)}`).join(", ");
       const last = (t.history || []).at(-1) || {};  // why it is where it is: expired, refused, who decided
       const why = [last.reason || t.reason, last.actor && last.actor !== "edge" ? `by ${last.actor}` : ""].filter(Boolean).join(", ");
-      tr.append(cell(fmtTime(t.updated_ts)), cell(t.tool_id), cell(kv(t.setpoints)), cell(kv(t.previous)), cell(kv(t.expected)), cell(t.status), cell(why), actions);
+      tr.append(cell(fmtTime(t.updated_ts)), cell(t.tool_id), cell(fmtChange(t), "lines"), cell(fmtExpected(t.expected), "lines"),
+        cell(t.status), cell(why), actions);
     });
   },
   async users() {
