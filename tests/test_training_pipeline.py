@@ -377,6 +377,10 @@ def test_tuning_model_release_and_step(export_dir, keys, tmp_path):
     assert verify_release(path, load_public_key(keys[1])).role == "edge-tuning"
     spec = manifest.input_spec
     assert spec["tool_type"] == "plasma_etch" and spec["setpoints"] and spec["context"]
+    # the energy it predicts is an average lot's of the export's recipe mix, each recipe's factor kept
+    assert set(manifest.output_spec["energy_recipe_scale"]) == {"oxide_etch", "poly_etch", "metal_etch"}
+    # and its view of a step was checked against the held-out tools' setpoint changes
+    assert manifest.metrics["val_step_pairs"] >= 0
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == ["yield", "energy"]
 
@@ -391,6 +395,54 @@ def test_tuning_model_release_and_step(export_dir, keys, tmp_path):
     prop = propose_step(predict, current, context, env, step, {"yield": 1.0, "energy": 0.1})
     for n, v in prop.items():
         assert env[n][0] - 1e-6 <= v <= env[n][1] + 1e-6 and abs(v - current[n]) <= step[n] + 1e-6
+
+
+def test_the_tuning_energy_target_is_an_average_lot_of_the_recipe_mix():
+    """A lot's energy is mostly its recipe's, which the edge does not know for the next lot: the
+    target scales each lot to the mix, and a setpoint the lots never moved gets a floor on its
+    std (1% of its range) so a step of it does not reach the network thousands of stds out."""
+    from cloud.training.tuning import LotRows, input_std, mix_energy, recipe_scale
+
+    recipes = np.array(["oxide_etch", "poly_etch"] * 4)
+    energy = np.where(recipes == "oxide_etch", 10.0, 30.0).astype(np.float32)
+    x = np.column_stack([np.full(8, 1200.0), np.linspace(30.0, 50.0, 8), np.full(8, 90.0)]).astype(np.float32)
+    rows = LotRows(
+        x, np.column_stack([np.full(8, 90.0), energy]).astype(np.float32), np.arange(8) % 2,
+        ["rf_power_sp", "pressure_sp"], ["last_lot_yield"], recipes, "plasma_etch",
+    )  # fmt: skip
+    scale = recipe_scale(energy, recipes)
+    assert scale == pytest.approx({"oxide_etch": 2.0, "poly_etch": 2.0 / 3.0})
+    assert mix_energy(rows, scale)[:, 1] == pytest.approx(np.full(8, 20.0))
+    assert mix_energy(rows, {})[:, 1] == pytest.approx(energy)  # a recipe not trained on keeps its kWh
+    std = input_std(rows, x)
+    assert std[0] == pytest.approx(0.01 * (2000.0 - 600.0))  # rf power never moved: 1% of its range
+    assert std[1] == pytest.approx(x[:, 1].std())  # pressure moved more than its floor
+    assert std[2] == pytest.approx(1e-6)  # context: no range to floor by
+
+
+def test_the_step_check_compares_predicted_changes_with_what_followed():
+    """Each lot that ran with other setpoints than its tool's lot before: the model's change for
+    that step against the measured one. A model that has yield rise with power is right about
+    lots whose yield rose with power; one whose energy falls with it is wrong every time."""
+    from cloud.training.tuning import LotRows, step_check
+
+    class Slope(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x[:, 0] / 100.0, -x[:, 0] / 100.0
+
+    power = np.array([1200.0, 1200.0, 1250.0, 1250.0, 1150.0, 1300.0, 1300.0, 1200.0])
+    lot_yield = 80.0 + (power - 1200.0) / 50.0  # yield and energy both rise with power
+    tools = np.array([0, 0, 0, 0, 0, 0, 0, 1])  # tool 1's one lot has no lot before it
+    rows = LotRows(
+        np.column_stack([power, np.zeros(8)]).astype(np.float32),
+        np.column_stack([lot_yield, lot_yield]).astype(np.float32), tools,
+        ["rf_power_sp"], ["last_lot_yield"], np.array(["oxide_etch"] * 8), "plasma_etch",
+    )  # fmt: skip
+    got = step_check(Slope(), rows, rows.y, np.arange(8))  # type: ignore[arg-type]
+    assert got["val_step_pairs"] == 3  # 1200→1250, 1250→1150, 1150→1300; unchanged lots are no step
+    assert got["val_step_yield_sign"] == 1.0 and got["val_step_yield_r"] == pytest.approx(1.0)
+    assert got["val_step_energy_sign"] == 0.0 and got["val_step_energy_r"] == pytest.approx(-1.0)
+    assert step_check(Slope(), rows, rows.y, np.arange(3)) == {"val_step_pairs": 1.0}  # too few to say
 
 
 def test_cli_cmapss_tiny(data_dir, tmp_path):
