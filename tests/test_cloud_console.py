@@ -165,6 +165,20 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             _sign_in(page, base, "olga")
             page.wait_for_selector("#fleet td:has-text('edge-1')")
             page.wait_for_selector("#workers td:has-text('cloud-console-test')")
+            # A click on a header sorts by that column, highest first (the risk by its highest
+            # probability; etch-02 has none), a second click the other way; a refresh keeps it.
+            tools = page.locator("#tools tbody tr td:first-child")
+            assert tools.all_inner_texts() == ["etch-01", "etch-02"]
+            page.click("#tools th:has-text('Tool')")
+            assert tools.all_inner_texts() == ["etch-02", "etch-01"]
+            page.click("#tools th:has-text('Risk')")
+            assert tools.all_inner_texts() == ["etch-01", "etch-02"]
+            page.click("#tools th:has-text('Tool')")
+            page.click("#tools th:has-text('Tool')")  # the other way: a-z
+            page.click("#tools th:has-text('Tool')")
+            page.wait_for_timeout(5500)  # the console refreshes every 5 s
+            assert tools.all_inner_texts() == ["etch-02", "etch-01"]
+            assert page.locator("#tools th:has-text('Tool')").get_attribute("data-sorted") == "desc"
             issue = page.locator("#tools tr:has-text('etch-01') td.sensor-issue").inner_text()
             assert issue == "throttle_valve unchanged while processing 3.0 h"  # dc_bias is fine
             stretch = page.locator("#sensor-issues tbody tr").all_inner_texts()

@@ -65,6 +65,41 @@ const del = (path) => api(path, { method: "DELETE" });
 
 function fill(tbody, rows, render) {
   tbody.replaceChildren(...rows.map((r) => { const tr = document.createElement("tr"); render(r, tr); return tr; }));
+  applySort(tbody.closest("table"));
+}
+
+// A data table sorts by the column whose header is clicked: highest, newest or last first, a
+// second click the other way; kept across the refreshes. A cell's data-sort (a risk's highest
+// probability, a stretch's hours) is its key where its text is not; numbers sort as numbers,
+// before the empty cells and text.
+const SORTS = new Map();  // table → { col, dir }
+function sortKey(td) {
+  const k = (td?.dataset.sort ?? td?.textContent ?? "").trim();
+  return k !== "" && Number.isFinite(Number(k)) ? Number(k) : k.toLowerCase();
+}
+function applySort(table) {
+  const by = table && SORTS.get(table);
+  if (!by) return;
+  const rows = [...table.tBodies[0].rows];
+  rows.sort((a, b) => {
+    const x = sortKey(a.cells[by.col]), y = sortKey(b.cells[by.col]);
+    if (typeof x !== typeof y) return typeof x === "number" ? -1 : 1;  // numbers first either way
+    return (x < y ? -1 : x > y ? 1 : 0) * by.dir;
+  });
+  table.tBodies[0].append(...rows);
+  [...table.tHead.rows[0].cells].forEach((th, i) => { th.dataset.sorted = i === by.col ? (by.dir < 0 ? "desc" : "asc") : ""; });
+}
+function sortable(table) {
+  [...table.tHead.rows[0].cells].forEach((th, col) => {
+    if (!th.textContent.trim()) return;  // the buttons' column
+    th.classList.add("sortable");
+    th.title = th.title ? `${th.title} (click to sort)` : "click to sort";
+    th.addEventListener("click", () => {
+      const now = SORTS.get(table);
+      SORTS.set(table, { col, dir: now?.col === col ? -now.dir : -1 });
+      applySort(table);
+    });
+  });
 }
 
 const RENDER = {
@@ -78,18 +113,21 @@ const RENDER = {
     fill($("#tools tbody"), tools, (t, tr) => {
       const look = cell(""); look.append(button("Risk", () => showRisk(t.tool_id)));
       const issues = fmtIssues(t.sensor_issues);
-      tr.append(cell(t.tool_id), cell(t.tool_type), cell(t.edge_id), cell(t.state), cell(fmtProbs(t.risk)),
+      const risk = cell(fmtProbs(t.risk)); risk.dataset.sort = Math.max(...Object.values(t.risk || {}), -1);
+      tr.append(cell(t.tool_id), cell(t.tool_type), cell(t.edge_id), cell(t.state), risk,
         cell(issues, issues ? "sensor-issue" : ""), cell(fmtTime(t.last_ts)), look);
     });
     // An open stretch of a tool that has sent nothing for 10 minutes (its edge offline) is as its
     // last telemetry left it: said so, with when that was.
     const lastData = Object.fromEntries(tools.map((t) => [t.tool_id, t.last_ts]));
     const quiet = (tool) => Date.now() / 1000 - (lastData[tool] ?? 0) > 600;
-    fill($("#sensor-issues tbody"), sensors, (i, tr) => tr.append(
-      cell(i.tool_id), cell(i.sensor), cell(i.issue === "unchanged" ? "unchanged while processing" : "no good value"),
-      cell(fmtTime(i.start_ts)), cell(`${fmtNum(i.hours, 1)} h`, "num"),
-      i.end_ts !== null ? cell(fmtTime(i.end_ts))
-        : cell(quiet(i.tool_id) ? `open at the tool's last data (${fmtTime(lastData[i.tool_id])})` : "still open", "sensor-issue")));
+    fill($("#sensor-issues tbody"), sensors, (i, tr) => {
+      const lasted = cell(`${fmtNum(i.hours, 1)} h`, "num"); lasted.dataset.sort = i.hours;
+      tr.append(cell(i.tool_id), cell(i.sensor), cell(i.issue === "unchanged" ? "unchanged while processing" : "no good value"),
+        cell(fmtTime(i.start_ts)), lasted,
+        i.end_ts !== null ? cell(fmtTime(i.end_ts))
+          : cell(quiet(i.tool_id) ? `open at the tool's last data (${fmtTime(lastData[i.tool_id])})` : "still open", "sensor-issue"));
+    });
     // A negative age: another worker has claimed this silent worker's session and is draining it.
     fill($("#workers tbody"), workers, (w, tr) => tr.append(
       cell(w.client_id), cell(w.share_group), cell(w.age_s < 0 ? "silent: its session is being adopted" : `${fmtNum(w.age_s, 0)} s ago`)));
@@ -402,6 +440,7 @@ function tableCsv(table) {
   return lines.join("\r\n") + "\r\n";
 }
 
+document.querySelectorAll("table[data-csv]").forEach(sortable);
 document.querySelectorAll("table[data-csv]").forEach((table) => {
   const b = button("CSV", () => {
     const url = URL.createObjectURL(new Blob(["\ufeff" + tableCsv(table)], { type: "text/csv" }));  // BOM: Excel reads UTF-8
