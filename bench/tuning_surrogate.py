@@ -177,6 +177,8 @@ def main() -> None:
                 row = {
                     "observed": {k: v for k, v in metrics.items() if k.startswith("val_step")},
                     "val_yield_r2": metrics["val_yield_r2"],
+                    "val_yield_r2_within_tool": metrics["val_yield_r2_within_tool"],
+                    "val_energy_r2_within_tool": metrics["val_energy_r2_within_tool"],
                     "val_energy_r2_own_target": metrics["val_energy_r2"],
                     "val_energy_r2_mix_target": r2_mix,
                     "step": effects,
@@ -188,7 +190,8 @@ def main() -> None:
                 e, y = effects["energy"], effects["yield"]
                 print(
                     f"{ttype:12s} {variant:17s} R² yield {metrics['val_yield_r2']:.3f} "
-                    f"energy (mix) {r2_mix:.3f} | step: energy r {e['pearson_r']:.2f} "
+                    f"energy (mix) {r2_mix:.3f}, within tools {metrics['val_yield_r2_within_tool']:.3f} / "
+                    f"{metrics['val_energy_r2_within_tool']:.3f} | step: energy r {e['pearson_r']:.2f} "
                     f"sign {e['right_sign']:.0%} MAE {e['mae']:.3f} (|true| {e['mean_abs_true']:.3f} kWh); "
                     f"yield r {y['pearson_r']:.2f} sign {y['right_sign']:.0%} "
                     f"MAE {y['mae']:.3f} (|true| {y['mean_abs_true']:.3f} points) | observed on "

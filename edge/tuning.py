@@ -161,34 +161,29 @@ STEP_CHECK_MIN_SIGN = 0.6
 STEP_CHECK_MIN_R = 0.5
 
 
-def step_check_failures(model: TuningModel) -> dict[str, str]:
-    """The outputs (yield, energy) whose view of a step its release's check did not bear out,
-    each with what the check found. A release without the check (older ones) passes."""
+def step_check_failures(model: TuningModel) -> tuple[list[str], str]:
+    """The outputs (yield, energy) whose view of a step its release's check did not bear out, and
+    what the check found, in words; ([], "") for a release without the check (older ones)."""
     m = model.manifest.metrics
     pairs = m.get("val_step_pairs")
     if not isinstance(pairs, (int, float)):
-        return {}
-    out = {}
+        return [], ""
+    failed, found = [], []
     for name in ("yield", "energy"):
         sign, r = m.get(f"val_step_{name}_sign"), m.get(f"val_step_{name}_r")
-        ok = (
-            pairs >= STEP_CHECK_MIN_PAIRS
-            and isinstance(sign, (int, float))
-            and isinstance(r, (int, float))
-            and sign >= STEP_CHECK_MIN_SIGN
-            and r >= STEP_CHECK_MIN_R
-        )
-        if not ok:
-            n = f"{pairs:.0f} held-out setpoint changes"
-            if (
-                pairs < STEP_CHECK_MIN_PAIRS
-                or not isinstance(sign, (int, float))
-                or not isinstance(r, (int, float))
-            ):
-                out[name] = f"checked on only {n}"
-            else:
-                out[name] = f"sign right {sign:.0%}, r {r:.2f} over {n}"
-    return out
+        if (
+            not isinstance(sign, (int, float))
+            or not isinstance(r, (int, float))
+            or pairs < STEP_CHECK_MIN_PAIRS
+        ):
+            failed.append(name)
+        elif sign < STEP_CHECK_MIN_SIGN or r < STEP_CHECK_MIN_R:
+            failed.append(name)
+            found.append(f"{name} sign right {sign:.0%}, r {r:.2f}")
+    if not failed:
+        return [], ""
+    said = f": {'; '.join(found)}" if found else ""
+    return failed, f"checked on {pairs:.0f} held-out setpoint changes{said}"
 
 
 def unseen_setpoints(model: TuningModel, setpoints: Mapping[str, float], k: float = TRUST_STD) -> list[str]:
@@ -387,7 +382,7 @@ class Tuner:
             # (bench/tuning_surrogate.py): left out, and the reason says so.
             mine = {} if believed is None else {"yield_delta": believed[0], "energy_delta": believed[1]}
             unseen = unseen_setpoints(model, changed)
-            failed = step_check_failures(model)
+            failed, found = step_check_failures(model)
             theirs = {
                 f"surrogate_{k}": v
                 for k, v in expected.items()
@@ -398,8 +393,9 @@ class Tuner:
                 why = ": an exploratory step (too few lots of this tool to fit; the lots after it teach it)"
             if unseen:
                 why += f"; {', '.join(unseen)} outside the tuning model's training lots: its view left out"
-            else:
-                why += "".join(f"; tuning model's {k} view left out ({v})" for k, v in failed.items())
+            elif failed:
+                views = " and ".join(failed) + (" views" if len(failed) > 1 else " view")
+                why += f"; tuning model's {views} left out ({found})"
         msg = message(
             Tuning,
             edge_id=self.edge_id,

@@ -229,10 +229,10 @@ def test_a_view_the_release_s_step_check_did_not_bear_out_is_left_out() -> None:
     msg = tuner.propose(model, "etch-01", "plasma_etch", {"rf_power_sp": 1200.0, "pressure_sp": 40.0}, lot)  # type: ignore[arg-type]
     assert msg is not None
     assert set(msg.expected) == {"surrogate_energy_delta"}
-    assert (
-        "tuning model's yield view left out (sign right 47%, r 0.26 over 19 held-out setpoint changes)"
-        in (msg.reason)
+    said = "tuning model's yield view left out (checked on 19 held-out setpoint changes: " + (
+        "yield sign right 47%, r 0.26)"
     )
+    assert said in msg.reason
     assert "energy view" not in msg.reason
 
 

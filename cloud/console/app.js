@@ -44,7 +44,7 @@ function fmtExpected(e) {
     en === undefined ? "" : `energy ${signed(en)} kWh per lot`].filter(Boolean).join(", ");
   const mine = say(e?.yield_delta, e?.energy_delta), model = say(e?.surrogate_yield_delta, e?.surrogate_energy_delta);
   const other = Object.entries(e || {}).filter(([k]) => !known.includes(k)).map(([k, v]) => `${k} ${fmtNum(v)}`).join(", ");
-  return [mine, model ? `tuning model: ${model}` : "", other].filter(Boolean).join("\n");
+  return [mine, model ? `tuning model: ${model}` : "", other].filter(Boolean).join("\n") || "no prediction (see why)";
 }
 function button(label, onClick, cls = "small") {
   const b = document.createElement("button"); b.textContent = label; b.className = cls; b.addEventListener("click", onClick); return b;
