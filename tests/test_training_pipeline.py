@@ -381,6 +381,10 @@ def test_tuning_model_release_and_step(export_dir, keys, tmp_path):
     assert set(manifest.output_spec["energy_recipe_scale"]) == {"oxide_etch", "poly_etch", "metal_etch"}
     # and its view of a step was checked against the held-out tools' setpoint changes
     assert manifest.metrics["val_step_pairs"] >= 0
+    from cloud.training.tuning import describe
+
+    said = describe(manifest.metrics)  # what the log says of it, in words
+    assert said.startswith("held-out tools: yield R² ") and "held-out setpoint changes: " in said
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == ["yield", "energy"]
 

@@ -263,6 +263,23 @@ def step_check(net: TuningNet, rows: LotRows, y: np.ndarray, rows_used: np.ndarr
     return out
 
 
+def describe(m: dict[str, float]) -> str:
+    """The metrics in words for the log: what the held-out tools say, the level apart (a tool's
+    own draw no model of other tools can know) from its lot-to-lot variation."""
+    out = (
+        f"held-out tools: yield R² {m['val_yield_r2']:.2f} (lot to lot within each tool "
+        f"{m['val_yield_r2_within_tool']:.2f}), energy lot to lot {m['val_energy_r2_within_tool']:.2f} "
+        f"(level {m['val_energy_r2']:.2f}); {m['rows']:.0f} lots"
+    )
+    pairs = m.get("val_step_pairs", 0.0)
+    views = [
+        f"{k} sign right {m[f'val_step_{k}_sign']:.0%}, r {m[f'val_step_{k}_r']:.2f}"
+        for k in ("yield", "energy")
+        if f"val_step_{k}_sign" in m and f"val_step_{k}_r" in m
+    ]
+    return out + f"; its view of {pairs:.0f} held-out setpoint changes: " + ("; ".join(views) or "too few")
+
+
 class _TupleOut(torch.nn.Module):
     def __init__(self, net: TuningNet) -> None:
         super().__init__()
@@ -318,5 +335,5 @@ def release_tuning(
         "metrics": metrics,
     }
     manifest, _ = write_release(path, fields, key)
-    _logger.info("tuning model %s: %s", type_name, metrics)
+    _logger.info("tuning model %s: %s", type_name, describe(metrics))
     return path, manifest
