@@ -155,7 +155,7 @@ def trusted_box(
 # compared its predicted changes with what followed each setpoint change on held-out tools
 # (cloud/training/tuning.step_check). Against the simulator's own effects (bench/tuning_surrogate.py),
 # these bounds kept the energy view of every release and the yield view only of those that knew it
-# (true r ≥ 0.53); the yield view of most releases has the right sign in 40–70% of lots.
+# (true r 0.53–0.63); the yield view of most releases has the right sign in 39–73% of lots.
 STEP_CHECK_MIN_PAIRS = 15
 STEP_CHECK_MIN_SIGN = 0.6
 STEP_CHECK_MIN_R = 0.5
@@ -381,7 +381,7 @@ class Tuner:
             # the setpoints the surrogate's training lots ran at, its figures are extrapolation
             # (bench/tuning_surrogate.py): left out, and the reason says so.
             mine = {} if believed is None else {"yield_delta": believed[0], "energy_delta": believed[1]}
-            unseen = unseen_setpoints(model, changed)
+            unseen = unseen_setpoints(model, proposal)  # the unchanged ones are inputs too
             failed, found = step_check_failures(model)
             theirs = {
                 f"surrogate_{k}": v
