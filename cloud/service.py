@@ -511,6 +511,15 @@ class CloudService:
         }
 
 
+def wait_for(stop: threading.Event, poll_s: float = 0.5) -> None:
+    """Wait in the main thread until ``stop`` is set by a signal handler. Woken every ``poll_s``:
+    Linux may deliver SIGTERM to another thread (a training or torch thread), and then nothing
+    interrupts a plain wait, so the Python handler that sets ``stop`` would not run until the main
+    thread woke on its own (the demo killed a worker that had not stopped in 15 s)."""
+    while not stop.wait(poll_s):
+        pass
+
+
 def run(cfg: CloudConfig) -> int:
     """Run until SIGTERM or SIGINT."""
     service = CloudService(cfg)
@@ -519,7 +528,7 @@ def run(cfg: CloudConfig) -> int:
         signal.signal(sig, lambda *_: stop.set())
     service.start()
     try:
-        stop.wait()
+        wait_for(stop)
     finally:
         _logger.info("stopping")
         service.stop()

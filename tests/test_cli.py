@@ -38,3 +38,32 @@ def test_a_quick_benchmark_run_leaves_out_the_scripts_without_a_quick_mode(caplo
     with caplog.at_level("INFO", logger="fabpm.bench"):
         assert bench_main(["b2_diagnose", "--quick"]) == 0
     assert "b2_diagnose has no quick mode: left out of a --quick run" in caplog.text
+
+
+def test_a_stop_signal_delivered_to_another_thread_still_stops_the_cloud_worker():
+    """Linux may deliver a process's SIGTERM to any of its threads (a learning round's training
+    thread, say). The main thread, waiting for the stop, must still see it within a second, not
+    when something else wakes it (the demo once killed a cloud worker that had not stopped in 15 s)."""
+    import signal
+    import threading
+    import time
+
+    from cloud.service import wait_for
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGUSR1, lambda *_: stop.set())
+
+    def busy() -> None:  # a worker thread that the signal lands on, once the main thread waits
+        time.sleep(0.3)
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+
+    watchdog = threading.Timer(10.0, stop.set)  # ends the wait, late, where the signal is missed
+    try:
+        watchdog.start()
+        began = time.monotonic()
+        threading.Thread(target=busy).start()
+        wait_for(stop)
+        assert time.monotonic() - began < 2.0
+    finally:
+        watchdog.cancel()
+        signal.signal(signal.SIGUSR1, previous)
