@@ -391,6 +391,12 @@ class Tuner:
             expected = {**mine, **theirs}
             if believed is None:  # an operator is asked to approve a step no fit predicts yet: say so
                 why = ": an exploratory step (too few lots of this tool to fit; the lots after it teach it)"
+            elif believed[0] < 0:  # asked to approve an expected loss: the probe is why
+                why = (
+                    f": the step probes around the optimum its fit sees (±{pool.dither:.0%} of each "
+                    "setpoint's range) to keep learning where the optimum moves; the small loss "
+                    "expected is that probe's"
+                )
             if unseen:
                 why += f"; {', '.join(unseen)} outside the tuning model's training lots: its view left out"
             elif failed:
