@@ -20,7 +20,7 @@ from cloud.storage.models import AlertRow, NotificationRow
 from cloud.testing import hardcase, signed_release
 from shared.equipment import tool_type
 from shared.features import FeatureSpec, Scaler, feature_names
-from shared.messages import Alert, Telemetry, Tuning
+from shared.messages import Alert, Status, Telemetry, Tuning
 from shared.topics import Kind, topic
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -91,6 +91,8 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
 
     case = hardcase(case_id="case-1", steps=24, n_features=len(feature_names()))  # the edge model's layout
     _register_edge_model(service, case.model_version, tmp_path)  # its scaler turns z back into units
+    (tmp_path / "e2").mkdir()
+    _register_edge_model(service, "e2", tmp_path / "e2")
     assert service.ingest.handle(topic("fab1", "edge-1", Kind.HARDCASE), case.to_bytes())
     prop = Tuning(
         edge_id="edge-1",
@@ -143,6 +145,9 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
         source_ts=now - 900,  # the window that raised it, sent 5 min later
     ).model_copy(update={"ts": now - 600})  # before the failure recorded below  # fmt: skip
     assert service.ingest.handle(topic("fab1", "edge-1", Kind.ALERT), alert.to_bytes())
+    up = Status(edge_id="edge-1", site="fab1", state="online", models={"edge-risk": case.model_version})
+    assert service.ingest.handle(topic("fab1", "edge-1", Kind.STATUS), up.to_bytes())
+    service.rollout.start("e2", ["edge-1"])  # at its canary: no hard case from it yet
     with service.repo.transaction() as s:  # the notifier's row for it (cloud/notify.py), failing
         s.add(
             NotificationRow(
@@ -234,6 +239,9 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.click("#cases tr:has-text('etch-01') button:has-text('Healthy')")
             _until(lambda: service.repo.get_case("case-1").label_source == "operator")
             assert service.repo.get_case("case-1").label_failed is False
+            page.click("#tabs button[data-tab=models]")
+            watch = page.locator("#rollouts tr:has-text('e2')")
+            watch.locator("td:has-text('no hard cases from it yet')").wait_for()
             page.click("#tabs button[data-tab=tuning]")
             # the proposal reads as the change it makes and what each model expects of it
             proposed = page.locator("#tuning tr:has-text('etch-01')")

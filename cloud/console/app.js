@@ -46,6 +46,13 @@ function fmtExpected(e) {
   const other = Object.entries(e || {}).filter(([k]) => !known.includes(k)).map(([k, v]) => `${k} ${fmtNum(v)}`).join(", ");
   return [mine, model ? `tuning model: ${model}` : "", other].filter(Boolean).join("\n") || "no prediction (see why)";
 }
+// What the canary's hard cases say of a rollout: how far its edge model's answers were from the
+// full model's verdicts, beside the previous model's (cloud/rollout.py rolls back when worse).
+function watched(o) {
+  if (!o.observations) return "no hard cases from it yet";
+  const then = o.error_previous === null || o.error_previous === undefined ? "" : ` (previous model ${fmtNum(o.error_previous, 3)})`;
+  return `${o.observations} hard cases; off the full model by ${fmtNum(o.error_new, 3)}${then}`;
+}
 function button(label, onClick, cls = "small") {
   const b = document.createElement("button"); b.textContent = label; b.className = cls; b.addEventListener("click", onClick); return b;
 }
@@ -207,7 +214,7 @@ const RENDER = {
       if (r.stage === "canary" && can("admin")) actions.append(button("Promote", () => act(post(`/api/rollouts/${r.id}/promote`))));
       const o = r.observations || {};
       tr.append(cell(r.id), cell(r.version), cell(r.previous_version), cell(r.stage, `stage-${r.stage}`), cell((r.canary_edges || []).join(", ")),
-        cell(`${o.observations ?? 0} cases, error ${fmtNum(o.error_new, 3)} vs ${fmtNum(o.error_previous, 3)}`), cell(r.reason), actions);
+        cell(watched(o)), cell(r.reason), actions);
     });
   },
   async tuning() {
