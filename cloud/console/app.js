@@ -227,7 +227,7 @@ const RENDER = {
       }
       const last = (t.history || []).at(-1) || {};  // why it is where it is: expired, refused, who decided
       const why = [last.reason || t.reason, last.actor && last.actor !== "edge" ? `by ${last.actor}` : ""].filter(Boolean).join(", ");
-      tr.append(cell(fmtTime(t.updated_ts)), cell(t.tool_id), cell(fmtChange(t), "lines"), cell(fmtExpected(t.expected), "lines"),
+      tr.append(cell(fmtTime(t.updated_ts), "time"), cell(t.tool_id), cell(fmtChange(t), "lines"), cell(fmtExpected(t.expected), "lines"),
         cell(t.status), cell(why), actions);
     });
   },
