@@ -13,9 +13,8 @@ Automatic labels, per tool, for the cases since the previous failure or maintena
 - **survival** (:func:`label_survivors`, every ``learning.label_survivors_s``): a case whose tool
   went on reporting for a whole horizon after ``t`` with no failure or maintenance in it did not
   fail within the horizon (``failed = False``, RUL unknown), as a maintenance would say, without
-  waiting for one: the
-  hard cases of healthy tools (the false alarms a model should unlearn) reach the next learning
-  round within a horizon instead of at the tool's next maintenance. A failure reported late
+  waiting for one: the hard cases of healthy tools (the false alarms a model should unlearn) reach
+  the next learning round within a horizon instead of at the tool's next maintenance. A failure reported late
   relabels it as any failure labels the cases before it.
 
 An operator's label is never overwritten by an automatic one; an operator may overwrite anything.

@@ -15,8 +15,8 @@ sensor first.
 
 Each stretch in which a sensor stays flagged is a row of ``sensor_issues`` (:func:`track`, at
 each telemetry): the console lists them and a webhook that asks for the ``sensor`` kind hears of
-each once. Two workers handling two telemetry messages of one tool at the same instant could each
-open the same stretch; a tool's telemetry comes a minute apart, so that is left as it is.
+each once. A unique index keeps one open stretch per tool, sensor and issue, whichever worker
+opens it (migration 0015).
 """
 
 from __future__ import annotations

@@ -352,13 +352,8 @@ class CloudService:
             ),
             ("dead letters", DeadLetter.received_ts, st.dead_letters_days, ()),
             # Sensor issues as state events are, by when they ended (a sensor's history of the same
-            # age); open ones stay.
-            (
-                "ended sensor issues",
-                SensorIssueRow.closed_ts,
-                st.state_events_days,
-                (SensorIssueRow.closed_ts.is_not(None),),
-            ),
+            # age); open ones (closed_ts NULL) stay, as prune_older leaves NULLs.
+            ("ended sensor issues", SensorIssueRow.closed_ts, st.state_events_days, ()),
             ("audit rows", AuditEntry.ts, st.audit_days, ()),
             ("login failure counters", LoginFailure.last_ts, self.users.throttle.forget_s / day, ()),
         )
