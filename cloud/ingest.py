@@ -208,6 +208,7 @@ class Ingestor:
                     # As its latest telemetry said (a minute old at most): a stuck or Bad sensor
                     # may be what raised it.
                     sensor_issues=self._sensor_issues(tool.summary or {}) if tool is not None else [],
+                    evidence=None if msg.evidence is None else [e.model_dump() for e in msg.evidence],
                 )
             )
             return None

@@ -70,9 +70,11 @@ def text_of(alert: AlertRow) -> str:
         f"{i['sensor']} {'unchanged' if i['issue'] == 'unchanged' else 'no good value'} {i['hours']:.1f} h"
         for i in alert.sensor_issues or []
     )
+    moving = ", ".join(f"{e['sensor']} {e['deviation']:+.1f} sd" for e in alert.evidence or [])
     return (
         f"fabpm alert: {alert.tool_id} ({alert.site}) may fail by {alert.mode}, risk {alert.probability:.2f}"
         f"{rul} (edge {alert.edge_id}, model {alert.model_version})"
+        + (f"; moving from the tool's reference: {moving}" if moving else "")
         + (f"; check these sensors first: {sensors}" if sensors else "")
     )
 
@@ -95,6 +97,7 @@ def payload_of(alert: AlertRow) -> dict[str, Any]:
             "source_ts": alert.source_ts,
             "episode_start_ts": alert.episode_start_ts,
             "sensor_issues": list(alert.sensor_issues or []),
+            "evidence": alert.evidence,
         },
     }
 

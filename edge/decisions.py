@@ -31,6 +31,7 @@ import numpy as np
 from edge.config import DecisionsConfig
 from shared.alerting import AlertRule, AlertState
 from shared.equipment import tool_type
+from shared.evidence import SensorEvidence
 from shared.messages import Alert, HardCase, Message, encode_array
 from shared.uncertainty import hard_case_reasons
 
@@ -152,8 +153,11 @@ class Decider:
         rul_std: float,
         novelty: float,
         model_version: str,
+        explain: Callable[[int], list[SensorEvidence]] | None = None,
     ) -> ToolDecision:
-        """One window's decision. ``probs`` is (M,) over the model's ``modes``."""
+        """One window's decision. ``probs`` is (M,) over the model's ``modes``. ``explain``, given
+        the index of an alert's mode, names the sensors that carry it (``shared.evidence``); it is
+        called only when the window raises an alert."""
         idx = self._modes_of(ttype, modes)
         own = probs[idx]
         best = int(idx[int(np.argmax(own))])
@@ -177,6 +181,7 @@ class Decider:
                 model_version=model_version,
                 episode_start_ts=decision.episode_start_ts,
                 source_ts=window_ts,
+                evidence=None if explain is None else [e.to_dict() for e in explain(best)],
             )
         reasons = hard_case_reasons(own, rul_std, novelty, self._thresholds)
         out.reasons = reasons

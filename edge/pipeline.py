@@ -13,6 +13,7 @@ maintenance resets the tool's alert rule, and no window is judged while the tool
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
@@ -25,11 +26,13 @@ from typing import Any
 import numpy as np
 
 from edge.decisions import Decider, message
+from edge.errors import ModelError
 from edge.inference import RiskModel
 from edge.metrics import EdgeMetrics
 from edge.source import SourceEvent, TagRef, Value
 from edge.windows import DOWN, ReadyWindow, ToolWindow, features
-from shared.equipment import ALL_MODES, E10State
+from shared.equipment import ALL_MODES, E10State, tool_type
+from shared.evidence import SensorEvidence, sensor_evidence
 from shared.messages import Event, Message
 from shared.reference import ReferenceTracker
 
@@ -333,6 +336,7 @@ class Pipeline:
                 float(pred.rul_std[i]),
                 float(pred.novelty[i]),
                 model.version,
+                functools.partial(self._explain, model, x[i], win.tool_id, win.tool_type),
             )
             self.tools[win.tool_id].risk = decision.risk
             self.tools[win.tool_id].probs = decision.probs
@@ -352,6 +356,18 @@ class Pipeline:
             self.metrics.latency.observe(lat)
         self.metrics.windows.inc(len(ready))
         return len(ready)
+
+    def _explain(
+        self, model: RiskModel, x: np.ndarray, tool: str, ttype: str, mode_index: int
+    ) -> list[SensorEvidence]:
+        """The sensors that carry an alert's risk (``shared.evidence``). An explanation that fails
+        costs the alert nothing: it goes without one, and the reason is logged."""
+        try:
+            sensors = tool_type(ttype).sensor_names
+            return sensor_evidence(x, model.spec.names, sensors, mode_index, lambda b: model.predict(b).probs)
+        except (ModelError, ValueError, KeyError) as exc:
+            _logger.warning("alert of %s sent without its sensors: %s", tool, exc)
+            return []
 
     def rows_written(self, tool: str) -> int:
         """Grid rows the tool's window has closed since the edge started (telemetry's period)."""

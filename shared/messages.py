@@ -64,6 +64,16 @@ class Status(Message):
     last_update: dict[str, Any] = Field(default_factory=dict)  # outcome of the last model update
 
 
+class AlertEvidence(BaseModel):
+    """One sensor an alert names (``shared.evidence``): how much of the mode's probability goes
+    away when the sensor alone is restored to the tool's reference, and how far it reads from it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sensor: str = Field(min_length=1, max_length=64)
+    contribution: float = Field(ge=-1.0, le=1.0, allow_inf_nan=False)  # probability points (0..1)
+    deviation: float = Field(ge=-100.0, le=100.0, allow_inf_nan=False)  # type std units
+
+
 class Alert(Message):
     SCHEMA: ClassVar[str] = "alert/1"
     KIND: ClassVar[Kind] = Kind.ALERT
@@ -80,6 +90,9 @@ class Alert(Message):
     # cloud uses ``ts`` then. A cloud older than the edges rejects it (extra fields are refused):
     # upgrade the cloud first.
     source_ts: float | None = None
+    # The sensors that carry the risk, largest first ([]: none stood out, or the tool has no
+    # reference yet); None from edges before it was added. Same upgrade order as source_ts.
+    evidence: list[AlertEvidence] | None = Field(default=None, max_length=8)
 
 
 class HardCase(Message):

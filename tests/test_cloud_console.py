@@ -143,6 +143,8 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
         edge_id="edge-1", site="fab1", tool_id="etch-01", mode="wear", probability=0.8,
         model_version="e1", episode_start_ts=now - 600,
         source_ts=now - 900,  # the window that raised it, sent 5 min later
+        evidence=[{"sensor": "throttle_valve", "contribution": 0.35, "deviation": 3.14},
+                  {"sensor": "wall_temp", "contribution": 0.04, "deviation": -0.52}],
     ).model_copy(update={"ts": now - 600})  # before the failure recorded below  # fmt: skip
     assert service.ingest.handle(topic("fab1", "edge-1", Kind.ALERT), alert.to_bytes())
     up = Status(edge_id="edge-1", site="fab1", state="online", models={"edge-risk": case.model_version})
@@ -208,6 +210,12 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             # The throttle valve had sat still for 3 h when the alert came: said beside its mode.
             said = page.locator("#alerts tr:has-text('etch-01') .sensor-issue").inner_text()
             assert said == "check first: throttle_valve unchanged while processing 3.0 h"
+            # What the edge found carries the risk, one sensor a line; its share in the tooltip.
+            moving = page.locator("#alerts tr:has-text('etch-01') td").nth(3)
+            assert moving.inner_text() == "throttle_valve +3.1 sd\nwall_temp −0.5 sd"
+            assert moving.get_attribute("title").startswith(
+                "throttle_valve: put back to its reference, the risk falls by 0.35\n"
+            )
             summary = page.locator("#field-summary").inner_text()
             assert "1 alert; 1 followed by a failure" in summary and "Precision 100%" in summary
             assert "0.00 false alarms per tool-month" in summary

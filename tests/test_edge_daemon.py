@@ -151,6 +151,42 @@ async def test_alert_raised_before_the_failure_and_events_forwarded(tmp_path, fa
     assert alert["episode_start_ts"] <= alert["source_ts"] < failure[0]["source_ts"]
     latencies = list(daemon.pipeline.latencies)
     assert latencies and float(np.median(latencies)) < 0.5
+    # This model compares no tool with its own reference: nothing to put a sensor back to.
+    assert alert["evidence"] == []
+
+
+async def test_an_alert_names_the_sensor_that_moved_from_the_tools_reference(tmp_path, fab, mosquitto):
+    """After a maintenance the edge knows etch-01's own readings; then one sensor moves away from
+    them and the alert it raises names that sensor alone, with how far it reads from its reference
+    (``shared.evidence``)."""
+    priv, pub = keys(tmp_path / "keys")
+    model = release(tmp_path / "rel", priv, "1", spec(reference_rows=2))
+    models = {"risk": str(model), "public_key": str(pub)}
+    collector = Collector(mosquitto.port)
+    daemon, task = await _start(edge_config(tmp_path, fab.endpoint, mosquitto.port, models=models))
+    moved = tool_type("plasma_etch").sensors[3]
+    try:
+        for k in range(12):  # maintained at steps 4-5: the reference forms from steps 6-7
+            await _push(fab, daemon, k, state="scheduled_down" if k in (4, 5) else "productive")
+        assert daemon.pipeline.windows["etch-01"].reference.known_start and not collector.of("alert")
+        for k in range(12, 24):  # one sensor leaves its reference, 8 of the model's stds at the end
+            before = daemon.pipeline.values
+            for tool in fab.tools:
+                values = fab.nominal(tool, 0.0, RNG)
+                if tool == "etch-01":
+                    values[moved.name] += min(8.0, k - 11) * moved.noise * 4
+                await fab.set(tool, {**values, "State": "productive"}, T0 + k * STEP)
+            await until(lambda b=before: daemon.pipeline.values >= b + 20, 5, step=0.01)
+        assert await until(lambda: collector.of("alert"), 10)
+    finally:
+        await _stop(task)
+        collector.stop()
+    alert = collector.of("alert")[0]
+    assert alert["tool_id"] == "etch-01"
+    assert [e["sensor"] for e in alert["evidence"]] == [moved.name], alert["evidence"]
+    named = alert["evidence"][0]
+    assert 0.5 < named["contribution"] <= alert["probability"]
+    assert 4.0 < named["deviation"] <= 8.5  # the last quarter of the window: 7-8 stds from its reference
 
 
 async def test_a_stop_waits_for_a_scheduled_job_in_flight(tmp_path, fab, mosquitto):

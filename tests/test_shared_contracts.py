@@ -75,7 +75,10 @@ def test_message_round_trip_and_schema_field():
     raw = alert.to_bytes()
     assert json.loads(raw)["schema"] == "alert/1"
     back = m.parse_payload(raw, Kind.ALERT)
-    assert back == alert
+    assert back == alert and back.evidence is None, "an edge from before the evidence"
+    moving = [m.AlertEvidence(sensor="a", contribution=0.3, deviation=-2.5)]
+    named = alert.model_copy(update={"evidence": moving})
+    assert m.parse_payload(named.to_bytes(), Kind.ALERT) == named
 
 
 @pytest.mark.parametrize(
@@ -89,6 +92,17 @@ def test_message_round_trip_and_schema_field():
             b'{"schema":"alert/1","edge_id":"e","site":"s","tool_id":"t","mode":"m","probability":1.5,'
             b'"model_version":"1","episode_start_ts":0}',
             "probability",
+        ),
+        (
+            b'{"schema":"alert/1","edge_id":"e","site":"s","tool_id":"t","mode":"m","probability":0.9,'
+            b'"model_version":"1","episode_start_ts":0,"evidence":[{"sensor":"a","contribution":NaN,'
+            b'"deviation":1}]}',
+            "evidence.0.contribution",
+        ),
+        (
+            b'{"schema":"alert/1","edge_id":"e","site":"s","tool_id":"t","mode":"m","probability":0.9,'
+            b'"model_version":"1","episode_start_ts":0,"evidence":[{"sensor":"a","contribution":0.1}]}',
+            "evidence.0.deviation",
         ),
     ],
 )

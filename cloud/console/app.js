@@ -167,7 +167,7 @@ const RENDER = {
         const note = document.createElement("div");
         note.className = "sensor-issue"; note.textContent = `check first: ${issues}`; mode.append(note);
       }
-      tr.append(raised, cell(a.tool_id), mode, cell(fmtNum(a.probability), "num"),
+      tr.append(raised, cell(a.tool_id), mode, moving(a.evidence), cell(fmtNum(a.probability), "num"),
         cell(fmtNum(a.rul_h, 1), "num"), cell(a.model_version), cell(o ? followed(o, field.match_h) : "", o ? `outcome-${o.outcome}` : ""), ack);
     });
   },
@@ -408,6 +408,18 @@ function leadChart(f) {
   return [note, box];
 }
 
+// The sensors that carry an alert's risk, as its edge found them (shared/evidence.py): one a
+// line, how far it reads from the tool's own readings after its last maintenance; the tooltip
+// says how much of the risk goes when it alone is put back there. Sorts by the largest share.
+function moving(evidence) {
+  if (!evidence) return cell("");  // an edge from before the evidence
+  const td = cell(evidence.length ? evidence.map((e) => `${e.sensor} ${e.deviation >= 0 ? "+" : "−"}${fmtNum(Math.abs(e.deviation), 1)} sd`).join("\n") : "none named", "lines");
+  td.title = evidence.length
+    ? evidence.map((e) => `${e.sensor}: put back to its reference, the risk falls by ${fmtNum(e.contribution)}`).join("\n")
+    : "no sensor alone carried 0.02 of the risk, or the tool had no reference yet (it gets one when it next comes back up)";
+  td.dataset.sort = evidence.length ? evidence[0].contribution : -1;
+  return td;
+}
 function followed(o, matchH) {  // what came after an alert, from the events reported
   const after = o.event_ts ? ` ${fmtNum((o.event_ts - o.at_ts) / 3600, 0)} h later` : "";
   return {

@@ -104,6 +104,9 @@ class AlertRow(Base):
     # The tool's sensors that looked wrong when it came (cloud/sensor_health.py, from the tool's
     # latest telemetry): check them before the tool. None for alerts stored before migration 0013.
     sensor_issues: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # The sensors that carry its risk, as its edge named them (shared.evidence: restored to the
+    # tool's reference, the risk falls by ``contribution``): None from edges before it was added.
+    evidence: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
 
 class Case(Base):

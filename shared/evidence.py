@@ -1,0 +1,117 @@
+"""Which sensors drive a failure risk: each sensor restored to the tool's own reference.
+
+An alert says "etch-03: rf_match_drift, 0.82". The engineer who walks to the tool asks what is
+moving. For each sensor of the tool, the alert's window is run through the model again with that
+sensor restored to its reference, the tool's own readings just after it last came back up, for
+each row's state (``shared.reference``): ``z ← z − dz`` and ``dz ← 0`` in the rows whose reference
+is known. The mode's probability falls by the sensor's *contribution*: how much of the risk goes
+away when that sensor alone reads as it did after its last maintenance. The sensor's *deviation*
+is its mean ``dz`` over the last quarter of the window: how far it reads from its reference, in
+standard deviations of the tool type.
+
+Restoring one sensor at a time sees what each sensor alone carries; two sensors that each tell
+the same story (a mode's signature moves several) share the credit and may each show a small
+contribution. Without a reference (a spec with ``reference_rows`` 0, or no row of the window with
+a known one) there is nothing to restore a sensor to: no evidence, rather than a guess against the
+tool type's mean, which recipes and states move more than a mode's early signature does.
+
+Pure functions of the window and a ``predict`` callable: the edge passes its ONNX model, a
+benchmark the same or a torch one (``bench/alert_evidence.py`` scores this against the
+simulator's own signatures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_CONTRIBUTION = 0.02  # probability points below which a sensor is not named (model noise)
+TOP = 3  # sensors an alert names at most
+
+Predict = Callable[[np.ndarray], np.ndarray]  # (B, W, F) features → (B, M) probabilities
+
+
+@dataclass(frozen=True, slots=True)
+class SensorEvidence:
+    """One sensor's part in a risk."""
+
+    sensor: str
+    contribution: float  # probability the mode loses when the sensor is restored to its reference
+    deviation: float  # mean (reading − reference) / type std over the window's last quarter
+
+    def to_dict(self) -> dict[str, float | str]:
+        return {
+            "sensor": self.sensor,
+            "contribution": round(self.contribution, 4),
+            "deviation": round(self.deviation, 3),
+        }
+
+
+def restored_windows(x: np.ndarray, names: Sequence[str], n_sensors: int) -> np.ndarray | None:
+    """(W, F) features → (n_sensors, W, F): copy j has sensor j restored to the reference where
+    the row's reference is known. None when the features carry no reference (see the module
+    docstring) or no row of the window has one."""
+    col = {n: i for i, n in enumerate(names)}
+    if "ref_known" not in col or f"dz_{n_sensors - 1:02d}" not in col:
+        return None
+    known = x[:, col["ref_known"]] > 0.5  # (W,)
+    if not known.any():
+        return None
+    out = np.repeat(x[None].astype(np.float32, copy=True), n_sensors, axis=0)  # (S, W, F)
+    for j in range(n_sensors):
+        z, dz = col[f"z_{j:02d}"], col[f"dz_{j:02d}"]
+        out[j, known, z] = x[known, z] - x[known, dz]
+        out[j, known, dz] = 0.0
+    return out
+
+
+def deviations(x: np.ndarray, names: Sequence[str], n_sensors: int) -> np.ndarray:
+    """(n_sensors,) mean dz over the last quarter of the window's rows with a known reference
+    (0 where none); dz is 0 where the sensor was Bad, so a dropout does not read as a deviation."""
+    col = {n: i for i, n in enumerate(names)}
+    tail = x[-max(1, len(x) // 4) :]
+    rows = tail[tail[:, col["ref_known"]] > 0.5]
+    if len(rows) == 0:
+        return np.zeros(n_sensors)
+    return np.array([float(rows[:, col[f"dz_{j:02d}"]].mean()) for j in range(n_sensors)])
+
+
+def contributions(
+    x: np.ndarray, names: Sequence[str], n_sensors: int, mode_index: int, predict: Predict
+) -> np.ndarray | None:
+    """(n_sensors,) the fall of the mode's probability when each sensor alone is restored (one
+    batch of ``n_sensors + 1`` windows); None without a reference."""
+    restored = restored_windows(x, names, n_sensors)
+    if restored is None:
+        return None
+    batch = np.concatenate([x[None].astype(np.float32), restored])
+    probs = np.asarray(predict(batch), dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != n_sensors + 1 or not 0 <= mode_index < probs.shape[1]:
+        raise ValueError(f"predict gave {probs.shape} for {n_sensors + 1} windows, mode {mode_index}")
+    return probs[0, mode_index] - probs[1:, mode_index]
+
+
+def sensor_evidence(
+    x: np.ndarray,
+    names: Sequence[str],
+    sensors: Sequence[str],
+    mode_index: int,
+    predict: Predict,
+    top: int = TOP,
+    min_contribution: float = MIN_CONTRIBUTION,
+) -> list[SensorEvidence]:
+    """The sensors that carry the mode's risk in window ``x`` (W, F), largest contribution first:
+    at most ``top``, each at least ``min_contribution``; [] without a reference."""
+    n = len(sensors)
+    contrib = contributions(x, names, n, mode_index, predict)
+    if contrib is None:
+        return []
+    dev = deviations(x, names, n)
+    order = np.argsort(-contrib, kind="stable")
+    return [
+        SensorEvidence(sensors[j], float(contrib[j]), float(dev[j]))
+        for j in order[:top]
+        if contrib[j] >= min_contribution
+    ]
