@@ -372,7 +372,7 @@ class Pipeline:
     def rows_written(self, tool: str) -> int:
         """Grid rows the tool's window has closed since the edge started (telemetry's period)."""
         win = self.windows.get(tool)
-        return 0 if win is None else win._count
+        return 0 if win is None else win.rows_written
 
     def newest_ts(self, tool: str) -> float | None:
         """The source time of the tool's newest grid row (what its summary ends at), if any."""
@@ -384,9 +384,9 @@ class Pipeline:
         ``unchanged_s`` (processing time its value has not changed) and ``bad_s`` (time without a
         good value while the tool's other sensors report), on the equipment's clock (telemetry)."""
         win = self.windows.get(tool)
-        if win is None or win._filled == 0:
+        if win is None or win.rows_held == 0:
             return {}
-        n = min(rows, win._filled, win.window)
+        n = min(rows, win.rows_held, win.window)
         latest = win.take_rows(n)
         out: dict[str, dict[str, float | None]] = {}
         for j, name in enumerate(win.sensors):

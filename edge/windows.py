@@ -234,6 +234,16 @@ class ToolWindow:
             since_up_h=None if self._since is None else self._since[order].copy(),
         )
 
+    @property
+    def rows_written(self) -> int:
+        """Grid rows closed since the window was made (telemetry counts its period with it)."""
+        return self._count
+
+    @property
+    def rows_held(self) -> int:
+        """Rows in the buffer since the window last restarted (a gap or a new model)."""
+        return self._filled
+
     def newest_row_ts(self) -> float | None:
         """The source time of the newest grid row; None before the first (telemetry's clock)."""
         return float(self._ts[(self._count - 1) % self.window]) if self._filled else None

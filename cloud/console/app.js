@@ -416,7 +416,7 @@ function moving(evidence) {
   const td = cell(evidence.length ? evidence.map((e) => `${e.sensor} ${e.deviation >= 0 ? "+" : "−"}${fmtNum(Math.abs(e.deviation), 1)} sd`).join("\n") : "none named", "lines");
   td.title = evidence.length
     ? evidence.map((e) => `${e.sensor}: put back to its reference, the risk falls by ${fmtNum(e.contribution)}`).join("\n")
-    : "no sensor alone carried 0.02 of the risk, or the tool had no reference yet (it gets one when it next comes back up)";
+    : "no sensor alone carried a tenth of the risk, or the tool had no reference yet (it gets one when it next comes back up)";
   td.dataset.sort = evidence.length ? evidence[0].contribution : -1;
   return td;
 }
