@@ -319,7 +319,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
             modes = type_modes(tool.tool_type) if tool.tool_type else None
             q = select(AlertRow).where(AlertRow.tool_id == tool_id, AlertRow.ts >= since)
             alerts = s.scalars(q.order_by(AlertRow.ts))
-            marks = [{"ts": a.ts, "mode": a.mode, "probability": a.probability} for a in alerts]
+            marks = [
+                {"ts": a.ts, "mode": a.mode, "probability": a.probability, "evidence": a.evidence}
+                for a in alerts
+            ]
         history = ctx.repo.risk_history(tool_id, since, points)
         return {
             "tool_id": tool_id,

@@ -196,6 +196,8 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_selector("#tool-detail .legend span:has-text('wear')")
             assert page.locator("#tool-detail svg polyline").count() == 2  # one line per mode
             assert page.locator("#tool-detail svg .alert-mark").count() == 1
+            hover = page.locator("#tool-detail svg .alert-mark title").text_content()
+            assert hover.endswith(": wear 0.80; moving: throttle_valve +3.1 sd, wall_temp −0.5 sd"), hover
             # A failure the equipment did not report, recorded from the tool's panel, labels its cases.
             assert page.locator("#event-form select[name=mode] option").count() == len(
                 tool_type("plasma_etch").mode_names

@@ -352,7 +352,11 @@ function trend(data) {
   });
   for (const a of data.alerts) {
     const cx = x(a.ts), cy = y(a.probability);
-    box.append(svg("polygon", { points: `${cx},${cy - 6} ${cx - 5},${cy + 3} ${cx + 5},${cy + 3}`, class: "alert-mark" }));
+    const mark = svg("polygon", { points: `${cx},${cy - 6} ${cx - 5},${cy + 3} ${cx + 5},${cy + 3}`, class: "alert-mark" });
+    const said = svg("title", {});  // hovered: what the alert said, and the sensors it named
+    said.textContent = `alert ${fmtTime(a.ts)}: ${a.mode} ${fmtNum(a.probability)}` +
+      (a.evidence?.length ? `; moving: ${a.evidence.map((e) => `${e.sensor} ${fmtSd(e.deviation)}`).join(", ")}` : "");
+    mark.append(said); box.append(mark);
   }
   return [box, legend];
 }
@@ -411,9 +415,10 @@ function leadChart(f) {
 // The sensors that carry an alert's risk, as its edge found them (shared/evidence.py): one a
 // line, how far it reads from the tool's own readings after its last maintenance; the tooltip
 // says how much of the risk goes when it alone is put back there. Sorts by the largest share.
+function fmtSd(d) { return `${d >= 0 ? "+" : "−"}${fmtNum(Math.abs(d), 1)} sd`; }
 function moving(evidence) {
   if (!evidence) return cell("");  // an edge from before the evidence
-  const td = cell(evidence.length ? evidence.map((e) => `${e.sensor} ${e.deviation >= 0 ? "+" : "−"}${fmtNum(Math.abs(e.deviation), 1)} sd`).join("\n") : "none named", "lines");
+  const td = cell(evidence.length ? evidence.map((e) => `${e.sensor} ${fmtSd(e.deviation)}`).join("\n") : "none named", "lines");
   td.title = evidence.length
     ? evidence.map((e) => `${e.sensor}: put back to its reference, the risk falls by ${fmtNum(e.contribution)}`).join("\n")
     : "no sensor alone carried a tenth of the risk, or the tool had no reference yet (it gets one when it next comes back up)";
