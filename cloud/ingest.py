@@ -209,6 +209,7 @@ class Ingestor:
                     # may be what raised it.
                     sensor_issues=self._sensor_issues(tool.summary or {}) if tool is not None else [],
                     evidence=None if msg.evidence is None else [e.model_dump() for e in msg.evidence],
+                    reference_known=msg.reference_known,
                 )
             )
             return None

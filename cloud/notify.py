@@ -98,6 +98,7 @@ def payload_of(alert: AlertRow) -> dict[str, Any]:
             "episode_start_ts": alert.episode_start_ts,
             "sensor_issues": list(alert.sensor_issues or []),
             "evidence": alert.evidence,
+            "reference_known": alert.reference_known,
         },
     }
 

@@ -182,6 +182,7 @@ class Decider:
                 episode_start_ts=decision.episode_start_ts,
                 source_ts=window_ts,
                 evidence=None if explain is None else [e.to_dict() for e in explain(best)],
+                reference_known=_reference_known(feats, feature_names),
             )
         reasons = hard_case_reasons(own, rul_std, novelty, self._thresholds)
         out.reasons = reasons
@@ -230,6 +231,13 @@ class Decider:
             self.counts["hard_over_budget"] += 1
             return False
         return True
+
+
+def _reference_known(feats: np.ndarray, names: list[str]) -> bool | None:
+    """Whether any row of the window had the tool's reference; None for a model without one."""
+    if "ref_known" not in names:
+        return None
+    return bool((feats[:, names.index("ref_known")] > 0.5).any())
 
 
 def _finite(x: float) -> float | None:

@@ -93,6 +93,10 @@ class Alert(Message):
     # The sensors that carry the risk, largest first ([]: none stood out, or the tool has no
     # reference yet); None from edges before it was added. Same upgrade order as source_ts.
     evidence: list[AlertEvidence] | None = Field(default=None, max_length=8)
+    # Whether the window had the tool's own reference (its readings after it last came back up):
+    # without one no sensor can be named, and the model sees less. None: a model that uses no
+    # reference, or an edge from before the field.
+    reference_known: bool | None = None
 
 
 class HardCase(Message):

@@ -145,6 +145,7 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
         source_ts=now - 900,  # the window that raised it, sent 5 min later
         evidence=[{"sensor": "throttle_valve", "contribution": 0.35, "deviation": 3.14},
                   {"sensor": "wall_temp", "contribution": 0.04, "deviation": -0.52}],
+        reference_known=True,
     ).model_copy(update={"ts": now - 600})  # before the failure recorded below  # fmt: skip
     assert service.ingest.handle(topic("fab1", "edge-1", Kind.ALERT), alert.to_bytes())
     up = Status(edge_id="edge-1", site="fab1", state="online", models={"edge-risk": case.model_version})

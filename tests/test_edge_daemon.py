@@ -152,13 +152,14 @@ async def test_alert_raised_before_the_failure_and_events_forwarded(tmp_path, fa
     latencies = list(daemon.pipeline.latencies)
     assert latencies and float(np.median(latencies)) < 0.5
     # This model compares no tool with its own reference: nothing to put a sensor back to.
-    assert alert["evidence"] == []
+    assert alert["evidence"] == [] and alert["reference_known"] is None
 
 
 async def test_an_alert_names_the_sensor_that_moved_from_the_tools_reference(tmp_path, fab, mosquitto):
     """After a maintenance the edge knows etch-01's own readings; then one sensor moves away from
     them and the alert it raises names that sensor alone, with how far it reads from its reference
-    (``shared.evidence``)."""
+    (``shared.evidence``). The pump, never seen coming back up, has no reference: its alert names
+    none and says why."""
     priv, pub = keys(tmp_path / "keys")
     model = release(tmp_path / "rel", priv, "1", spec(reference_rows=2))
     models = {"risk": str(model), "public_key": str(pub)}
@@ -175,14 +176,18 @@ async def test_an_alert_names_the_sensor_that_moved_from_the_tools_reference(tmp
                 values = fab.nominal(tool, 0.0, RNG)
                 if tool == "etch-01":
                     values[moved.name] += min(8.0, k - 11) * moved.noise * 4
+                else:
+                    values = fab.nominal(tool, min(3.0, (k - 11) * 0.5), RNG)
                 await fab.set(tool, {**values, "State": "productive"}, T0 + k * STEP)
             await until(lambda b=before: daemon.pipeline.values >= b + 20, 5, step=0.01)
-        assert await until(lambda: collector.of("alert"), 10)
+        assert await until(lambda: len(collector.of("alert")) == 2, 10)
     finally:
         await _stop(task)
         collector.stop()
-    alert = collector.of("alert")[0]
-    assert alert["tool_id"] == "etch-01"
+    alerts = {a["tool_id"]: a for a in collector.of("alert")}
+    assert alerts["pump-01"]["evidence"] == [] and alerts["pump-01"]["reference_known"] is False
+    alert = alerts["etch-01"]
+    assert alert["reference_known"] is True
     assert [e["sensor"] for e in alert["evidence"]] == [moved.name], alert["evidence"]
     named = alert["evidence"][0]
     assert 0.5 < named["contribution"] <= alert["probability"]

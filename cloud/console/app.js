@@ -167,7 +167,7 @@ const RENDER = {
         const note = document.createElement("div");
         note.className = "sensor-issue"; note.textContent = `check first: ${issues}`; mode.append(note);
       }
-      tr.append(raised, cell(a.tool_id), mode, moving(a.evidence), cell(fmtNum(a.probability), "num"),
+      tr.append(raised, cell(a.tool_id), mode, moving(a.evidence, a.reference_known), cell(fmtNum(a.probability), "num"),
         cell(fmtNum(a.rul_h, 1), "num"), cell(a.model_version), cell(o ? followed(o, field.match_h) : "", o ? `outcome-${o.outcome}` : ""), ack);
     });
   },
@@ -416,12 +416,15 @@ function leadChart(f) {
 // line, how far it reads from the tool's own readings after its last maintenance; the tooltip
 // says how much of the risk goes when it alone is put back there. Sorts by the largest share.
 function fmtSd(d) { return `${d >= 0 ? "+" : "−"}${fmtNum(Math.abs(d), 1)} sd`; }
-function moving(evidence) {
+function moving(evidence, referenceKnown) {
   if (!evidence) return cell("");  // an edge from before the evidence
-  const td = cell(evidence.length ? evidence.map((e) => `${e.sensor} ${fmtSd(e.deviation)}`).join("\n") : "none named", "lines");
+  const none = referenceKnown === false ? "none named: no reference yet" : "none named";
+  const td = cell(evidence.length ? evidence.map((e) => `${e.sensor} ${fmtSd(e.deviation)}`).join("\n") : none, "lines");
   td.title = evidence.length
     ? evidence.map((e) => `${e.sensor}: put back to its reference, the risk falls by ${fmtNum(e.contribution)}`).join("\n")
-    : "no sensor alone carried a tenth of the risk, or the tool had no reference yet (it gets one when it next comes back up)";
+    : referenceKnown === false
+      ? "the edge has not seen this tool come back up from maintenance or a repair yet: it has no readings of its own to put a sensor back to (and its model compares the tool with none)"
+      : "no sensor alone carried a tenth of the risk";
   td.dataset.sort = evidence.length ? evidence[0].contribution : -1;
   return td;
 }

@@ -107,6 +107,9 @@ class AlertRow(Base):
     # The sensors that carry its risk, as its edge named them (shared.evidence: restored to the
     # tool's reference, the risk falls by ``contribution``): None from edges before it was added.
     evidence: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # Whether the tool's reference was known for that window (None: a model without one, or an
+    # older edge): without one, no sensor can be named.
+    reference_known: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class Case(Base):

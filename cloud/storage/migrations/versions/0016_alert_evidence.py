@@ -1,4 +1,4 @@
-"""alerts.evidence: the sensors that carry an alert's risk, as its edge named them
+"""alerts.evidence, reference_known: the sensors that carry an alert's risk, as its edge named them
 
 Revision ID: 0016
 Revises: 0015
@@ -19,8 +19,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("alerts") as batch:
         batch.add_column(sa.Column("evidence", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("reference_known", sa.Boolean(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("alerts") as batch:
+        batch.drop_column("reference_known")
         batch.drop_column("evidence")
