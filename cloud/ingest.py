@@ -210,6 +210,7 @@ class Ingestor:
                     sensor_issues=self._sensor_issues(tool.summary or {}) if tool is not None else [],
                     evidence=None if msg.evidence is None else [e.model_dump() for e in msg.evidence],
                     reference_known=msg.reference_known,
+                    likely_mode=msg.likely_mode,
                 )
             )
             return None

@@ -75,6 +75,11 @@ def text_of(alert: AlertRow) -> str:
         f"fabpm alert: {alert.tool_id} ({alert.site}) may fail by {alert.mode}, risk {alert.probability:.2f}"
         f"{rul} (edge {alert.edge_id}, model {alert.model_version})"
         + (f"; moving from the tool's reference: {moving}" if moving else "")
+        + (
+            f"; those sensors point to {alert.likely_mode}"
+            if alert.likely_mode and alert.likely_mode != alert.mode
+            else ""
+        )
         + (f"; check these sensors first: {sensors}" if sensors else "")
     )
 
@@ -99,6 +104,7 @@ def payload_of(alert: AlertRow) -> dict[str, Any]:
             "sensor_issues": list(alert.sensor_issues or []),
             "evidence": alert.evidence,
             "reference_known": alert.reference_known,
+            "likely_mode": alert.likely_mode,
         },
     }
 

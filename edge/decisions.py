@@ -31,7 +31,7 @@ import numpy as np
 from edge.config import DecisionsConfig
 from shared.alerting import AlertRule, AlertState
 from shared.equipment import tool_type
-from shared.evidence import SensorEvidence
+from shared.evidence import Explanation
 from shared.messages import Alert, HardCase, Message, encode_array
 from shared.uncertainty import hard_case_reasons
 
@@ -153,11 +153,11 @@ class Decider:
         rul_std: float,
         novelty: float,
         model_version: str,
-        explain: Callable[[int], list[SensorEvidence]] | None = None,
+        explain: Callable[[int], Explanation] | None = None,
     ) -> ToolDecision:
         """One window's decision. ``probs`` is (M,) over the model's ``modes``. ``explain``, given
-        the index of an alert's mode, names the sensors that carry it (``shared.evidence``); it is
-        called only when the window raises an alert."""
+        the index of an alert's mode, names the sensors that carry it and the mode they point to
+        (``shared.evidence``); it is called only when the window raises an alert."""
         idx = self._modes_of(ttype, modes)
         own = probs[idx]
         best = int(idx[int(np.argmax(own))])
@@ -169,6 +169,7 @@ class Decider:
         self.states[tool_id] = state
         if decision is not None:
             self.counts["alerts"] += 1
+            why = explain(best) if explain is not None else None
             out.alert = message(
                 Alert,
                 edge_id=self.edge_id,
@@ -181,7 +182,8 @@ class Decider:
                 model_version=model_version,
                 episode_start_ts=decision.episode_start_ts,
                 source_ts=window_ts,
-                evidence=None if explain is None else [e.to_dict() for e in explain(best)],
+                evidence=None if why is None else [e.to_dict() for e in why.sensors],
+                likely_mode=None if why is None else why.likely_mode,
                 reference_known=_reference_known(feats, feature_names),
             )
         reasons = hard_case_reasons(own, rul_std, novelty, self._thresholds)

@@ -32,7 +32,7 @@ from edge.metrics import EdgeMetrics
 from edge.source import SourceEvent, TagRef, Value
 from edge.windows import DOWN, ReadyWindow, ToolWindow, features
 from shared.equipment import ALL_MODES, E10State, tool_type
-from shared.evidence import SensorEvidence, sensor_evidence
+from shared.evidence import Explanation, explain
 from shared.messages import Event, Message
 from shared.reference import ReferenceTracker
 
@@ -359,15 +359,22 @@ class Pipeline:
 
     def _explain(
         self, model: RiskModel, x: np.ndarray, tool: str, ttype: str, mode_index: int
-    ) -> list[SensorEvidence]:
-        """The sensors that carry an alert's risk (``shared.evidence``). An explanation that fails
-        costs the alert nothing: it goes without one, and the reason is logged."""
+    ) -> Explanation:
+        """The sensors that carry an alert's risk and the mode whose precursors they are
+        (``shared.evidence``). An explanation that fails costs the alert nothing: it goes without
+        one, and the reason is logged."""
         try:
-            sensors = tool_type(ttype).sensor_names
-            return sensor_evidence(x, model.spec.names, sensors, mode_index, lambda b: model.predict(b).probs)
+            tt = tool_type(ttype)
+            precursors = {
+                m.name: (model.modes.index(m.name), m.sensors)
+                for m in tt.modes
+                if not m.sudden and m.name in model.modes
+            }
+            predict = lambda b: model.predict(b).probs  # noqa: E731
+            return explain(x, model.spec.names, tt.sensor_names, mode_index, predict, precursors)
         except (ModelError, ValueError, KeyError) as exc:
             _logger.warning("alert of %s sent without its sensors: %s", tool, exc)
-            return []
+            return Explanation([], None)
 
     def rows_written(self, tool: str) -> int:
         """Grid rows the tool's window has closed since the edge started (telemetry's period)."""

@@ -7,7 +7,13 @@ each row's state (``shared.reference``): ``z ← z − dz`` and ``dz ← 0`` in 
 is known. The mode's probability falls by the sensor's *contribution*: how much of the risk goes
 away when that sensor alone reads as it did after its last maintenance. The sensor's *deviation*
 is its mean ``dz`` over the last quarter of the window: how far it reads from its reference, in
-standard deviations of the tool type.
+standard deviations of the tool type (approximately where a reading or its deviation reached
+the features' clip at ±20 of them).
+
+The alert's mode is the most probable of the tool type's progressive modes, and the models'
+mode heads confuse modes of one type (on B2's runs the named mode was the failing one in 40% of
+true alerts). So an explanation also weighs each sensor's fall of the tool's risk against the
+precursor sensors the equipment catalog lists for each mode, and names the mode they point to.
 
 Restoring one sensor at a time sees what each sensor alone carries; two sensors that each tell
 the same story (a mode's signature moves several) share the credit and may each show a small
@@ -23,7 +29,7 @@ simulator's own signatures).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,11 +81,28 @@ def deviations(x: np.ndarray, names: Sequence[str], n_sensors: int) -> np.ndarra
     """(n_sensors,) mean dz over the last quarter of the window's rows with a known reference
     (0 where none); dz is 0 where the sensor was Bad, so a dropout does not read as a deviation."""
     col = {n: i for i, n in enumerate(names)}
+    if "ref_known" not in col:
+        return np.zeros(n_sensors)
     tail = x[-max(1, len(x) // 4) :]
     rows = tail[tail[:, col["ref_known"]] > 0.5]
     if len(rows) == 0:
         return np.zeros(n_sensors)
     return np.array([float(rows[:, col[f"dz_{j:02d}"]].mean()) for j in range(n_sensors)])
+
+
+def _probs(
+    x: np.ndarray, names: Sequence[str], n_sensors: int, mode_index: int, predict: Predict
+) -> np.ndarray | None:
+    """(n_sensors + 1, M): the window's probabilities, then each sensor-restored copy's, from one
+    batch; None without a reference."""
+    restored = restored_windows(x, names, n_sensors)
+    if restored is None:
+        return None
+    batch = np.concatenate([x[None].astype(np.float32), restored])
+    probs = np.asarray(predict(batch), dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != n_sensors + 1 or not 0 <= mode_index < probs.shape[1]:
+        raise ValueError(f"predict gave {probs.shape} for {n_sensors + 1} windows, mode {mode_index}")
+    return probs
 
 
 def contributions(
@@ -88,13 +111,9 @@ def contributions(
     """((n_sensors,) the fall of the mode's probability when each sensor alone is restored, the
     probability itself), from one batch of ``n_sensors + 1`` windows; (None, nan) without a
     reference."""
-    restored = restored_windows(x, names, n_sensors)
-    if restored is None:
+    probs = _probs(x, names, n_sensors, mode_index, predict)
+    if probs is None:
         return None, float("nan")
-    batch = np.concatenate([x[None].astype(np.float32), restored])
-    probs = np.asarray(predict(batch), dtype=np.float64)
-    if probs.ndim != 2 or probs.shape[0] != n_sensors + 1 or not 0 <= mode_index < probs.shape[1]:
-        raise ValueError(f"predict gave {probs.shape} for {n_sensors + 1} windows, mode {mode_index}")
     return probs[0, mode_index] - probs[1:, mode_index], float(probs[0, mode_index])
 
 
@@ -110,15 +129,62 @@ def sensor_evidence(
     """The sensors that carry the mode's risk in window ``x`` (W, F), largest contribution first:
     at most ``top``, each carrying at least ``min_share`` of the mode's probability (and more
     than nothing); [] without a reference."""
+    return explain(x, names, sensors, mode_index, predict, {}, top, min_share).sensors
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """What an alert's window says: the sensors that carry the alerted mode's probability, and
+    the mode whose precursors (the equipment catalog's) carry the tool's risk, if any."""
+
+    sensors: list[SensorEvidence]
+    likely_mode: str | None
+
+
+def likely_mode(
+    risk_contrib: np.ndarray, sensors: Sequence[str], precursors: Mapping[str, Sequence[str]]
+) -> str | None:
+    """The mode whose precursor sensors carry the most of the risk: the mean positive contribution
+    over its precursors (a mode with more precursors is not favoured for having more); None when
+    no precursor of any mode carries any."""
+    pos = {s: max(float(c), 0.0) for s, c in zip(sensors, risk_contrib, strict=True)}
+    score = {m: float(np.mean([pos.get(s, 0.0) for s in ps])) for m, ps in precursors.items() if ps}
+    best = max(score, key=lambda m: score[m], default=None)
+    return best if best is not None and score[best] > 0.0 else None
+
+
+def explain(
+    x: np.ndarray,
+    names: Sequence[str],
+    sensors: Sequence[str],
+    mode_index: int,
+    predict: Predict,
+    precursors: Mapping[str, tuple[int, Sequence[str]]],
+    top: int = TOP,
+    min_share: float = MIN_SHARE,
+) -> Explanation:
+    """:func:`sensor_evidence`, and from the same batch the likely mode: ``precursors`` maps each
+    mode the alert could be of (the tool type's progressive ones) to (its index in the model's
+    outputs, its precursor sensors); the risk is the highest of their probabilities, as the alert
+    rule reads it, and :func:`likely_mode` weighs each sensor's fall of it. Where the catalog's
+    precursors describe the plant, this names the failing mode more often than the most probable
+    mode does (``bench/alert_evidence.py``: the models' mode heads confuse modes of one type)."""
     n = len(sensors)
-    contrib, p = contributions(x, names, n, mode_index, predict)
-    if contrib is None:
-        return []
-    floor = max(min_share * p, 1e-6)
+    probs = _probs(x, names, n, mode_index, predict)
+    if probs is None:
+        return Explanation([], None)
+    contrib = probs[0, mode_index] - probs[1:, mode_index]
+    floor = max(min_share * probs[0, mode_index], 1e-6)
     dev = deviations(x, names, n)
     order = np.argsort(-contrib, kind="stable")
-    return [
+    named = [
         SensorEvidence(sensors[j], float(contrib[j]), float(dev[j]))
         for j in order[:top]
         if contrib[j] >= floor
     ]
+    mode = None
+    if precursors:
+        idx = [i for i, _ in precursors.values()]
+        risk = probs[:, idx].max(axis=1)  # (n + 1,)
+        mode = likely_mode(risk[0] - risk[1:], sensors, {m: ps for m, (_, ps) in precursors.items()})
+    return Explanation(named, mode)

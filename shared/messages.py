@@ -97,6 +97,9 @@ class Alert(Message):
     # without one no sensor can be named, and the model sees less. None: a model that uses no
     # reference, or an edge from before the field.
     reference_known: bool | None = None
+    # The progressive mode whose precursor sensors (the equipment catalog's) carry the risk, when
+    # any does (``shared.evidence.likely_mode``); it may differ from ``mode``, the most probable.
+    likely_mode: str | None = Field(default=None, max_length=64)
 
 
 class HardCase(Message):

@@ -145,7 +145,7 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
         source_ts=now - 900,  # the window that raised it, sent 5 min later
         evidence=[{"sensor": "throttle_valve", "contribution": 0.35, "deviation": 3.14},
                   {"sensor": "wall_temp", "contribution": 0.04, "deviation": -0.52}],
-        reference_known=True,
+        reference_known=True, likely_mode="chamber_deposition",
     ).model_copy(update={"ts": now - 600})  # before the failure recorded below  # fmt: skip
     assert service.ingest.handle(topic("fab1", "edge-1", Kind.ALERT), alert.to_bytes())
     up = Status(edge_id="edge-1", site="fab1", state="online", models={"edge-risk": case.model_version})
@@ -213,6 +213,8 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             # The throttle valve had sat still for 3 h when the alert came: said beside its mode.
             said = page.locator("#alerts tr:has-text('etch-01') .sensor-issue").inner_text()
             assert said == "check first: throttle_valve unchanged while processing 3.0 h"
+            pointed = page.locator("#alerts tr:has-text('etch-01') .likely-mode").inner_text()
+            assert pointed == "sensors point to chamber_deposition"
             # What the edge found carries the risk, one sensor a line; its share in the tooltip.
             moving = page.locator("#alerts tr:has-text('etch-01') td").nth(3)
             assert moving.inner_text() == "throttle_valve +3.1 sd\nwall_temp −0.5 sd"

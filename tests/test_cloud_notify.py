@@ -71,11 +71,17 @@ class Clock:
 
 
 def _alert(
-    tool: str, probability: float, site: str = "fab1", ts: float = 1_000_000.0, evidence: list | None = None
+    tool: str,
+    probability: float,
+    site: str = "fab1",
+    ts: float = 1_000_000.0,
+    evidence: list | None = None,
+    likely_mode: str | None = None,
 ) -> bytes:
     msg = Alert(
         edge_id="edge-1", site=site, tool_id=tool, mode="rf_match_drift", probability=probability,
         rul_h=40.0, rul_std_h=9.0, model_version="r1", episode_start_ts=ts - 600, evidence=evidence,
+        likely_mode=likely_mode,
     )  # fmt: skip
     return msg.model_copy(update={"ts": ts}).to_bytes()
 
@@ -102,7 +108,10 @@ def test_an_alert_is_posted_once_signed_and_retried_while_the_receiver_fails(rep
         {"sensor": "rf_reflected_power", "contribution": 0.41, "deviation": 4.2},
         {"sensor": "match_c1", "contribution": 0.05, "deviation": -1.04},
     ]  # what the edge found carries the risk (shared.evidence)
-    assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), _alert("ETCH002", 0.83, evidence=moving))
+    assert ingest.handle(
+        topic("fab1", "edge-1", Kind.ALERT),
+        _alert("ETCH002", 0.83, evidence=moving, likely_mode="chamber_deposition"),
+    )
     receiver.status = 503  # Teams is down
     assert notifier.tick() == 0
     clock.t += 5
@@ -118,9 +127,12 @@ def test_an_alert_is_posted_once_signed_and_retried_while_the_receiver_fails(rep
     body, headers = receiver.got[-1]
     assert body["alert"]["tool_id"] == "ETCH002" and body["target"] == "teams"
     assert "ETCH002 (fab1) may fail by rf_match_drift, risk 0.83, RUL 40 h ± 9" in body["text"]
-    assert "; moving from the tool's reference: rf_reflected_power +4.2 sd, match_c1 -1.0 sd;" in body["text"]
+    assert (
+        "; moving from the tool's reference: rf_reflected_power +4.2 sd, match_c1 -1.0 sd; those sensors "
+        "point to chamber_deposition; check" in body["text"]
+    )
     assert body["text"].endswith("; check these sensors first: esc_temp no good value 1.0 h")
-    assert body["alert"]["evidence"] == moving
+    assert body["alert"]["evidence"] == moving and body["alert"]["likely_mode"] == "chamber_deposition"
     assert body["alert"]["sensor_issues"] == [{"sensor": "esc_temp", "issue": "no_good_value", "hours": 1.0}]
     assert [b["notification_id"] for b, _ in receiver.got] == [body["notification_id"]] * 3  # receivers dedup
     want = "sha256=" + hmac.new(b"k3y", headers["raw"], hashlib.sha256).hexdigest()

@@ -152,7 +152,7 @@ async def test_alert_raised_before_the_failure_and_events_forwarded(tmp_path, fa
     latencies = list(daemon.pipeline.latencies)
     assert latencies and float(np.median(latencies)) < 0.5
     # This model compares no tool with its own reference: nothing to put a sensor back to.
-    assert alert["evidence"] == [] and alert["reference_known"] is None
+    assert alert["evidence"] == [] and alert["reference_known"] is None and alert["likely_mode"] is None
 
 
 async def test_an_alert_names_the_sensor_that_moved_from_the_tools_reference(tmp_path, fab, mosquitto):
@@ -188,6 +188,8 @@ async def test_an_alert_names_the_sensor_that_moved_from_the_tools_reference(tmp
     assert alerts["pump-01"]["evidence"] == [] and alerts["pump-01"]["reference_known"] is False
     alert = alerts["etch-01"]
     assert alert["reference_known"] is True
+    assert alert["likely_mode"] == "rf_match_drift", "the only mode whose precursors include match_c1"
+    assert moved.name == "match_c1" and alerts["pump-01"]["likely_mode"] is None
     assert [e["sensor"] for e in alert["evidence"]] == [moved.name], alert["evidence"]
     named = alert["evidence"][0]
     assert 0.5 < named["contribution"] <= alert["probability"]

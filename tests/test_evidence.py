@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from shared.equipment import MAX_SENSORS
-from shared.evidence import contributions, deviations, restored_windows, sensor_evidence
+from shared.evidence import (
+    contributions,
+    deviations,
+    explain,
+    likely_mode,
+    restored_windows,
+    sensor_evidence,
+)
 from shared.features import feature_names
 
 NAMES = feature_names(("plasma_etch",), reference=True)
@@ -82,6 +89,29 @@ def test_rows_without_a_reference_keep_their_readings_and_no_reference_gives_no_
     plain = feature_names(("plasma_etch",), reference=False)
     assert sensor_evidence(np.zeros((W, len(plain)), np.float32), plain, SENSORS, 0, model) == []
     assert len(NAMES) == len(plain) + MAX_SENSORS + 2
+
+
+def test_the_likely_mode_is_the_one_whose_precursors_carry_the_risk():
+    """Sensor 2 carries the risk (mode 0's input) though the alert names mode 1: the catalog's
+    precursors of mode "A" include sensor 2, so the sensors point to "A"."""
+    z = np.zeros((W, 5), dtype=np.float32)
+    dz = np.zeros((W, 5), dtype=np.float32)
+    z[:, 2] = dz[:, 2] = 4.0
+    x = window(z, dz)
+    precursors = {"A": (0, ["s2", "s3"]), "B": (1, ["s0", "s1"])}
+    why = explain(x, NAMES, SENSORS, 1, model, precursors)
+    assert why.likely_mode == "A" and why.sensors == [], "mode 1 itself is carried by no sensor"
+    assert explain(x, NAMES, SENSORS, 0, model, {}).likely_mode is None, "no catalog, no mode"
+    # the mean over a mode's precursors: one carrying sensor of two beats one of four
+    assert (
+        likely_mode(
+            np.array([0.2, 0.0, 0.2, 0.0, 0.0]), SENSORS, {"A": ["s0", "s1"], "B": ["s2", "s3", "s4"]}
+        )
+        == "A"
+    )
+    assert likely_mode(np.array([-0.1, 0.0, 0.0, 0.0, 0.0]), SENSORS, {"A": ["s0"]}) is None
+    no_ref = window(z, dz, np.zeros(W, dtype=bool))
+    assert explain(no_ref, NAMES, SENSORS, 0, model, precursors).likely_mode is None
 
 
 def test_a_model_that_breaks_the_contract_is_refused():

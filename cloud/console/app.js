@@ -163,6 +163,12 @@ const RENDER = {
       raised.title = `sent by the edge ${fmtTime(a.ts)}`;
       // A sensor that looked wrong when the alert came may be what raised it: said under the mode.
       const mode = cell(a.mode), issues = fmtIssues(a.sensor_issues);
+      if (a.likely_mode && a.likely_mode !== a.mode) {  // the catalog's precursors of another mode are what moves
+        const note = document.createElement("div");
+        note.className = "likely-mode"; note.textContent = `sensors point to ${a.likely_mode}`;
+        note.title = "the mode whose precursor sensors (the equipment catalog's) carry the risk; the mode above is the model's most probable, and the models often confuse modes of one tool type";
+        mode.append(note);
+      }
       if (issues) {
         const note = document.createElement("div");
         note.className = "sensor-issue"; note.textContent = `check first: ${issues}`; mode.append(note);

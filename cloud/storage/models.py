@@ -110,6 +110,9 @@ class AlertRow(Base):
     # Whether the tool's reference was known for that window (None: a model without one, or an
     # older edge): without one, no sensor can be named.
     reference_known: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # The mode whose precursors carry the risk, by its edge (shared.evidence.likely_mode); None
+    # when no sensor did, or from older edges.
+    likely_mode: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Case(Base):

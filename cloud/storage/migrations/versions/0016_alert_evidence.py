@@ -1,4 +1,4 @@
-"""alerts.evidence, reference_known: the sensors that carry an alert's risk, as its edge named them
+"""alerts.evidence, reference_known, likely_mode: what an alert's edge found carries its risk
 
 Revision ID: 0016
 Revises: 0015
@@ -20,9 +20,11 @@ def upgrade() -> None:
     with op.batch_alter_table("alerts") as batch:
         batch.add_column(sa.Column("evidence", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("reference_known", sa.Boolean(), nullable=True))
+        batch.add_column(sa.Column("likely_mode", sa.String(64), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("alerts") as batch:
+        batch.drop_column("likely_mode")
         batch.drop_column("reference_known")
         batch.drop_column("evidence")

@@ -1,0 +1,441 @@
+"""Alert evidence: do the sensors an alert names (``shared.evidence``) move under the failing mode?
+
+The edge attaches to every alert the sensors that carry its risk: the alert's window run again with
+each sensor alone restored to the tool's own reference, the fall of the alerted mode's probability
+being that sensor's contribution (at most three, each above ``shared.evidence``'s floor, which the
+output records as ``evidence_defaults``), and the mode whose catalog precursors carry the risk
+(``shared.evidence.likely_mode``). The simulator knows which sensors each progressive mode
+really moves (``opcua_sim.degradation.SIGNATURES``), so on a finished ``bench/b2_sim_warning.py``
+run (its ``--out`` folder), on each test export (seeds never trained on):
+
+1. the released edge graph (ONNX, loaded from its verified manifest as the edge loads it,
+   ``edge.inference.RiskModel``) on every window of every tool, and the release's alert rule (B2's
+   choice) re-armed at failures and maintenance, as B2 scores it (``alert_choice.scored_tools``,
+   ``alert_eval.run_rule`` / ``score``; the figures are checked against the run's ``b2.json``);
+2. for every alert, its window, the mode it names (the tool type's progressive mode with the highest
+   probability, as ``edge.decisions`` names it) and ``shared.evidence.explain`` with that graph as
+   ``predict`` and the catalog's precursors, as ``edge.pipeline`` calls it;
+3. for true alerts (``alert_eval``'s definition: a progressive failure of the tool within 240 h, or
+   the alert inside a degradation episode a maintenance ended), against the mode that really failed
+   (or, inside an episode only, degraded): is the top-1 named sensor in its signature, is any of
+   the top 3, how many alerts name none; beside two baselines in the same run: (a) the sensors
+   ranked by |deviation| from the reference alone (``shared.evidence.deviations``, no model), (b)
+   chance (signature size / the type's sensors for the top 1, the hypergeometric for three picks);
+   and whether the alert's mode, and the mode the sensors point to, are the one that failed;
+4. for false alarms, what the evidence named; and the time of one explanation (median µs of
+   ``explain``, one batch of n_sensors + 1 windows).
+
+Per-alert records go to ``DIR/alert_evidence.json``; markdown tables are printed: every true
+alert, and those whose window holds a reference (without one there is nothing to restore a sensor
+to and the evidence is [] by design: a tool that has not yet gone down and come back up in the run).
+
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/alert_evidence.py artifacts/b2_ev [--quick]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/alert_evidence.py artifacts/b2_ev artifacts/b2_ev0 --reuse
+
+Several runs: each is measured (or, with ``--reuse``, read back from its JSON), then all are pooled;
+the hit-rate differences get a 95% interval from resampling tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from cloud.training.alert_choice import ScoredTools, rule_for, scored_tools
+from cloud.training.alert_eval import Truth, risk_series, run_rule, score
+from edge.inference import RiskModel
+from opcua_sim.degradation import SIGNATURES
+from shared.alerting import AlertDecision
+from shared.dataset import read_info
+from shared.equipment import tool_type
+from shared.evidence import deviations, explain, sensor_evidence
+from shared.signing import load_public_key, verify_release
+
+REPO = Path(__file__).resolve().parent.parent
+H = 3600.0
+MATCH_H = 240.0  # alert_eval.score's match_h: a progressive failure this soon after makes it true
+TOP = 3
+Probs = Callable[[np.ndarray], np.ndarray]  # (B, W, F) windows → (B, M) probabilities
+
+
+def load_release(run_dir: Path) -> tuple[RiskModel, dict[str, Any]]:
+    """The run's released edge graph, its manifest verified with the run's key, and its b2.json."""
+    b2 = json.loads((run_dir / "b2.json").read_text())
+    onnx = Path(b2["release"]["file"])
+    onnx = onnx if onnx.is_absolute() else REPO / onnx
+    manifest = verify_release(onnx, load_public_key(run_dir / "keys" / "release.pub"))
+    return RiskModel(onnx.read_bytes(), manifest, threads=1), b2
+
+
+def batched(model: RiskModel, batch: int = 512) -> Probs:
+    """windows → probabilities of the edge's model, in batches (as ``parity.run_onnx``)."""
+    return lambda x: np.concatenate([model.predict(x[i : i + batch]).probs for i in range(0, len(x), batch)])
+
+
+def episodes_by_mode(folder: Path, end_s: float) -> dict[str, list[tuple[float, float, str]]]:
+    """Per tool, its degradation episodes with their mode: ``alert_eval.read_truth``'s episodes
+    (onset → failure, or → the maintenance that reset the mode, or → the end of the run)."""
+    recs = [json.loads(line) for line in (folder / "ground_truth.jsonl").read_text().splitlines()]
+    recs.sort(key=lambda r: r["t_s"])
+    out: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    open_: dict[tuple[str, str], float] = {}
+    for r in recs:
+        kind, tool, ts = r["kind"], r.get("tool"), float(r["t_s"])
+        if kind == "onset":
+            open_.setdefault((tool, r["mode"]), ts)
+        ended = (
+            [r["mode"]] if kind == "failure" else r.get("modes_reset", []) if kind == "maintenance" else []
+        )
+        for mode in ended:
+            start = open_.pop((tool, mode), None)
+            if start is not None:
+                out[tool].append((start, ts, mode))
+    for (tool, mode), start in open_.items():
+        out[tool].append((start, end_s, mode))
+    return out
+
+
+def truth_of(
+    a: AlertDecision, tool: str, truth: Truth, episodes: list[tuple[float, float, str]]
+) -> dict[str, Any]:
+    """What the ground truth says of one alert, by ``alert_eval.score``'s rule: ``failure`` (a
+    progressive failure of the tool within 240 h; its mode), ``episode`` (inside a degradation
+    episode that maintenance ended or the run cut; its mode) or ``false``."""
+    fails = sorted((f for f in truth.failures.get(tool, []) if not f[2]), key=lambda f: f[0])
+    nxt = next((f for f in fails if 0 <= f[0] - a.ts <= MATCH_H * H), None)
+    active = sorted({m for s, e, m in episodes if s <= a.ts < e})
+    if nxt is not None:
+        return {"kind": "failure", "mode": nxt[1], "lead_h": (nxt[0] - a.ts) / H, "active": active}
+    if active:
+        first = min((e for e in episodes if e[0] <= a.ts < e[1]), key=lambda e: e[0])
+        return {"kind": "episode", "mode": first[2], "lead_h": None, "active": active}
+    return {"kind": "false", "mode": None, "lead_h": None, "active": []}
+
+
+def chance(n: int, k: int, picks: int = TOP) -> tuple[float, float]:
+    """P(a random sensor is one of the k of n) and P(any of ``picks`` drawn without replacement is)."""
+    picks = min(picks, n)
+    return k / n, 1.0 - math.comb(n - k, picks) / math.comb(n, picks)
+
+
+def by_deviation(x: np.ndarray, names: list[str], sensors: tuple[str, ...]) -> list[str]:
+    """Baseline (a): the sensors with the largest |deviation| from the reference, no model (at
+    most three; a sensor that does not deviate at all is not named)."""
+    dev = np.abs(deviations(x, names, len(sensors)))
+    return [sensors[j] for j in np.argsort(-dev, kind="stable")[:TOP] if dev[j] > 0]
+
+
+def explain_alerts(
+    folder: Path, st: ScoredTools, model: RiskModel, b2: dict[str, Any], reps: int
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Every alert of the release's rule on one test export, explained and scored; with B2's figures."""
+    rule = rule_for(b2["rule"]["threshold"], b2["rule"]["persistence"])
+    probs_fn = batched(model)
+    names = list(model.spec.names)
+    episodes = episodes_by_mode(folder, read_info(folder).days * 86400.0)  # read_truth's end
+    predict = lambda b: model.predict(b).probs  # noqa: E731  (edge.pipeline's explain)
+    alerts: dict[str, list[AlertDecision]] = {}
+    records = []
+    for tw in st.tools:
+        probs = probs_fn(tw.ws.x)  # (N, M)
+        risk = risk_series(probs, tw.tool_type)  # ScoredTools.series, keeping the probabilities
+        decs = run_rule(rule, tw.t_end_s, risk, st.truth.resets.get(tw.tool_id, []), st.span_s)
+        alerts[tw.tool_id] = decs
+        ttype = tool_type(tw.tool_type)
+        sensors = ttype.sensor_names
+        prog = [model.modes.index(m) for m in ttype.warnable_mode_names]
+        precursors = {  # as edge.pipeline gives them: the catalog's precursors of each progressive mode
+            m.name: (model.modes.index(m.name), m.sensors) for m in ttype.modes if not m.sudden
+        }
+        index = {float(t): i for i, t in enumerate(tw.t_end_s)}
+        for a in decs:
+            i = index[float(a.ts)]
+            x = tw.ws.x[i]  # (W, F): the window that raised the alert
+            mode_index = prog[int(np.argmax(probs[i, prog]))]  # edge.decisions' named mode
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter_ns()
+                why = explain(x, names, sensors, mode_index, predict, precursors)
+                times.append(time.perf_counter_ns() - t0)
+            ev = why.sensors
+            gt = truth_of(a, tw.tool_id, st.truth, episodes[tw.tool_id])
+            named_mode = model.modes[mode_index]
+            rec: dict[str, Any] = {
+                "tool": tw.tool_id,
+                "tool_type": tw.tool_type,
+                "t_h": a.ts / H,
+                "probability": a.probability,
+                "named_mode": named_mode,
+                **gt,
+                "n_sensors": len(sensors),
+                "reference": bool((x[:, names.index("ref_known")] > 0.5).any()),  # evidence possible
+                "evidence": [e.to_dict() for e in ev],
+                "likely_mode": why.likely_mode,
+                "by_deviation": by_deviation(x, names, sensors),
+                "us": float(np.median(times)) / 1e3,
+            }
+            named = [e.sensor for e in ev]
+            rec["named_mode_signature_top1"] = bool(named) and named[0] in SIGNATURES[named_mode]
+            if gt["mode"] is not None:
+                sig = set(SIGNATURES[gt["mode"]])
+                dev = rec["by_deviation"]
+                near = sig.union(*(SIGNATURES[m] for m in gt["active"]))  # any mode degrading then
+                rec.update(
+                    mode_right=named_mode == gt["mode"],
+                    likely_mode_right=why.likely_mode == gt["mode"],
+                    top1_any_active=bool(named) and named[0] in near,
+                    signature=sorted(sig),
+                    top1=bool(named) and named[0] in sig,
+                    top3=bool(sig & set(named)),
+                    dev_top1=bool(dev) and dev[0] in sig,
+                    dev_top3=bool(sig & set(dev)),
+                )
+                rec["chance_top1"], rec["chance_top3"] = chance(len(sensors), len(sig & set(sensors)))
+            records.append(rec)
+    return records, score(alerts, st.truth, st.tool_days, run_start_s=0.0)
+
+
+def summary(recs: list[dict[str, Any]]) -> dict[str, float]:
+    """The table's figures over a set of alert records."""
+    true = [r for r in recs if r["kind"] != "false"]
+    false = [r for r in recs if r["kind"] == "false"]
+
+    def share(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> float:
+        return float(np.mean([bool(key(r)) for r in rows])) if rows else float("nan")
+
+    named = [r for r in true if r["evidence"]]
+    ref = [r for r in true if r["reference"]]
+    return {
+        "alerts": len(recs),
+        "true": len(true),
+        "true_failure": sum(r["kind"] == "failure" for r in true),
+        "true_episode": sum(r["kind"] == "episode" for r in true),
+        "mode_right": share(true, lambda r: r["mode_right"]),
+        # the mode the sensors point to (shared.evidence.likely_mode), on the alerts with a reference
+        "ref_mode_right": share(ref, lambda r: r["mode_right"]),
+        "ref_likely_mode_right": share(ref, lambda r: r.get("likely_mode_right", False)),
+        "ref_likely_mode_none": share(ref, lambda r: r.get("likely_mode") is None),
+        "top1": share(true, lambda r: r["top1"]),
+        "top3": share(true, lambda r: r["top3"]),
+        "none": share(true, lambda r: not r["evidence"]),
+        "top1_if_named": share(named, lambda r: r["top1"]),
+        "top1_any_active": share(true, lambda r: r["top1_any_active"]),
+        "top1_in_named_mode": share(true, lambda r: r["named_mode_signature_top1"]),
+        "top1_mode_right": share([r for r in true if r["mode_right"]], lambda r: r["top1"]),
+        "top1_mode_wrong": share([r for r in true if not r["mode_right"]], lambda r: r["top1"]),
+        "dev_top1": share(true, lambda r: r["dev_top1"]),
+        "dev_top3": share(true, lambda r: r["dev_top3"]),
+        "chance_top1": float(np.mean([r["chance_top1"] for r in true])) if true else float("nan"),
+        "chance_top3": float(np.mean([r["chance_top3"] for r in true])) if true else float("nan"),
+        "true_with_reference": len(ref),
+        "ref_top1": share(ref, lambda r: r["top1"]),
+        "ref_top3": share(ref, lambda r: r["top3"]),
+        "ref_none": share(ref, lambda r: not r["evidence"]),
+        "ref_dev_top1": share(ref, lambda r: r["dev_top1"]),
+        "ref_dev_top3": share(ref, lambda r: r["dev_top3"]),
+        "ref_chance_top1": float(np.mean([r["chance_top1"] for r in ref])) if ref else float("nan"),
+        "ref_chance_top3": float(np.mean([r["chance_top3"] for r in ref])) if ref else float("nan"),
+        "same_top1_as_deviation": share(
+            [r for r in named if r["by_deviation"]],
+            lambda r: r["evidence"][0]["sensor"] == r["by_deviation"][0],
+        ),
+        "false": len(false),
+        "false_with_reference": sum(r["reference"] for r in false),
+        "false_none": share(false, lambda r: not r["evidence"]),
+        "false_mean_named": float(np.mean([len(r["evidence"]) for r in false])) if false else float("nan"),
+        "false_top1_in_named_mode": share(false, lambda r: r["named_mode_signature_top1"]),
+        "true_mean_named": float(np.mean([len(r["evidence"]) for r in true])) if true else float("nan"),
+        # the explanations that ran the model (without a reference sensor_evidence returns at once)
+        "us_median": float(np.median(us))
+        if (us := [r["us"] for r in recs if r["reference"]])
+        else float("nan"),
+        "us_median_all": float(np.median([r["us"] for r in recs])) if recs else float("nan"),
+    }
+
+
+def pct(v: float) -> str:
+    return "–" if not np.isfinite(v) else f"{100 * v:.1f}"
+
+
+def table(rows: Iterable[tuple[str, dict[str, float]]]) -> str:
+    head = (
+        "| test | alerts | true (fail/ep) | named mode right % | top-1 % | top-3 % | none % | "
+        "by deviation top-1 % | by deviation top-3 % | chance top-1 % | chance top-3 % | false | "
+        "false: none % | µs / explanation (model run) |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, s in rows:
+        lines.append(
+            f"| {name} | {s['alerts']} | {s['true']} ({s['true_failure']}/{s['true_episode']}) | "
+            f"{pct(s['mode_right'])} | {pct(s['top1'])} | {pct(s['top3'])} | {pct(s['none'])} | "
+            f"{pct(s['dev_top1'])} | {pct(s['dev_top3'])} | {pct(s['chance_top1'])} | "
+            f"{pct(s['chance_top3'])} | {s['false']} | {pct(s['false_none'])} | {s['us_median']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def ref_table(rows: Iterable[tuple[str, dict[str, float]]]) -> str:
+    head = (
+        "| test | true alerts with a reference | top-1 % | top-3 % | none % | by deviation top-1 % | "
+        "by deviation top-3 % | chance top-1 % | chance top-3 % | same top-1 as by deviation % |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, s in rows:
+        lines.append(
+            f"| {name} | {s['true_with_reference']} | {pct(s['ref_top1'])} | {pct(s['ref_top3'])} | "
+            f"{pct(s['ref_none'])} | {pct(s['ref_dev_top1'])} | {pct(s['ref_dev_top3'])} | "
+            f"{pct(s['ref_chance_top1'])} | {pct(s['ref_chance_top3'])} | "
+            f"{pct(s['same_top1_as_deviation'])} |"
+        )
+    return "\n".join(lines)
+
+
+def measure(run_dir: Path, quick: bool, reps: int) -> dict[str, Any]:
+    model, b2 = load_release(run_dir)
+    tests = sorted(run_dir.glob("test_s*_d*"))
+    if not tests:
+        raise SystemExit(f"{run_dir}: no test export (test_s*_d*) beside b2.json")
+    defaults = {
+        k: v.default
+        for k, v in inspect.signature(sensor_evidence).parameters.items()
+        if v.default is not inspect.Parameter.empty
+    }  # what "named" meant in this run (shared.evidence's floor and top)
+    out: dict[str, Any] = {"run": str(run_dir), "rule": b2["rule"], "model_version": model.version}
+    out |= {"evidence_defaults": defaults, "tests": {}}
+    for folder in tests:
+        st = scored_tools(folder, model.spec, set(range(8)) if quick else None)
+        recs, got = explain_alerts(folder, st, model, b2, reps)
+        want = (b2.get("tests") or {}).get(folder.name, {}).get("released_edge")
+        same = want is not None and all(
+            got[k] == want[k] for k in ("alerts", "warned_ge_lead", "warnable_failures")
+        )
+        if not quick and not same:
+            print(f"note: {folder.name}: B2 scored {want}, this replay {got}", flush=True)
+        out["tests"][folder.name] = {"b2_figures": got, "matches_b2_json": same, "alerts": recs}
+        del st
+    return out
+
+
+def tool_bootstrap(recs: list[dict[str, Any]], rounds: int = 2000, seed: int = 0) -> dict[str, list[float]]:
+    """Differences in hit rate on true alerts with a reference (evidence − chance, evidence − by
+    deviation, top 1 and top 3): the point and a 95% interval from resampling tools (an export's
+    tool and its alerts together: one tool's alerts are not independent)."""
+    true = [r for r in recs if r["kind"] != "false" and r["reference"]]
+    by_tool: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for r in true:
+        by_tool[r["cluster"]].append(r)
+    keys = list(by_tool)
+    pairs = {
+        "top1_minus_chance": ("top1", "chance_top1"),
+        "top1_minus_deviation": ("top1", "dev_top1"),
+        "top3_minus_chance": ("top3", "chance_top3"),
+        "top3_minus_deviation": ("top3", "dev_top3"),
+        # the failing mode named: by the sensors' precursors (likely_mode) against the alert's own
+        "mode_by_sensors_minus_alert_mode": ("likely_mode_right", "mode_right"),
+    }
+
+    def diffs(rows: list[dict[str, Any]]) -> list[float]:
+        return [float(np.mean([float(r[a]) - float(r[b]) for r in rows])) for a, b in pairs.values()]
+
+    if not keys:
+        return {}
+    rng = np.random.default_rng(seed)
+    draws = np.array(
+        [
+            diffs([r for k in rng.integers(0, len(keys), len(keys)) for r in by_tool[keys[k]]])
+            for _ in range(rounds)
+        ]
+    )
+    point = diffs(true)
+    return {
+        name: [point[j], *np.percentile(draws[:, j], [2.5, 97.5]).tolist()] for j, name in enumerate(pairs)
+    }
+
+
+def report(run: Path, res: dict[str, Any]) -> None:
+    per = [(name, summary(t["alerts"])) for name, t in res["tests"].items()]
+    rows = [*per, ("pooled", res["summary"]["pooled"])]
+    rule = res["rule"]
+    print(f"\nAlert evidence, {run} (rule p ≥ {rule['threshold']} × {rule['persistence']}):\n")
+    print(table(rows))
+    print("\nTrue alerts whose window holds a reference (without one, evidence is [] by design):\n")
+    print(ref_table(rows))
+    print(f"\nsensor_evidence defaults: {res['evidence_defaults']}")
+    for n, s in rows:
+        print(
+            f"{n}: true alerts with a reference: the alert's mode right {pct(s['ref_mode_right'])} %, the "
+            f"mode the sensors point to right {pct(s['ref_likely_mode_right'])} % (none "
+            f"{pct(s['ref_likely_mode_none'])} %)"
+        )
+    for n, s in rows:
+        print(
+            f"{n}: true alerts' top-1 % when the named mode was right / wrong "
+            f"{pct(s['top1_mode_right'])} / {pct(s['top1_mode_wrong'])}; if any named "
+            f"{pct(s['top1_if_named'])}; in any mode degrading then {pct(s['top1_any_active'])}; in the "
+            f"alert's own mode {pct(s['top1_in_named_mode'])}; sensors named per alert: true "
+            f"{s['true_mean_named']:.2f}, false {s['false_mean_named']:.2f}; false alarms with a reference "
+            f"{s['false_with_reference']} of {s['false']}"
+        )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "runs", type=Path, nargs="+", help="folders of finished bench/b2_sim_warning.py runs (their --out)"
+    )
+    ap.add_argument("--quick", action="store_true", help="8 tools per test export")
+    ap.add_argument("--reps", type=int, default=5, help="timed explanations per alert (median kept)")
+    ap.add_argument(
+        "--reuse", action="store_true", help="read a run's alert_evidence.json when it has one (no model run)"
+    )
+    args = ap.parse_args()
+    for run in args.runs:
+        if not (run / "b2.json").exists():
+            ap.error(f"{run}: no b2.json; run bench/b2_sim_warning.py --out {run} first")
+    name = "alert_evidence_quick.json" if args.quick else "alert_evidence.json"
+    every: list[dict[str, Any]] = []
+    for run in args.runs:
+        if args.reuse and (run / name).exists():
+            res = json.loads((run / name).read_text())
+        else:
+            t0 = time.monotonic()
+            res = measure(run, args.quick, args.reps)
+            pooled = summary([r for t in res["tests"].values() for r in t["alerts"]])
+            res["summary"] = {**{k: summary(t["alerts"]) for k, t in res["tests"].items()}, "pooled": pooled}
+            res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            res["seconds"] = time.monotonic() - t0
+            (run / name).write_text(json.dumps(res, indent=1, default=float))
+            print(f"wrote {run / name} ({res['seconds']:.0f} s)")
+        report(run, res)
+        every += [
+            {**r, "cluster": (str(run), test, r["tool"])}
+            for test, t in res["tests"].items()
+            for r in t["alerts"]
+        ]
+    if len(args.runs) > 1:
+        print(f"\nEvery run pooled ({len(args.runs)} trainings):\n")
+        print(table([("all", summary(every))]))
+        print()
+        print(ref_table([("all", summary(every))]))
+    print("\nTrue alerts with a reference, difference in hit rate, points [95% interval, tools resampled]:")
+    for k, (point, lo, hi) in tool_bootstrap(every).items():
+        print(f"  {k}: {100 * point:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
