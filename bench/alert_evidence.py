@@ -271,21 +271,27 @@ def pct(v: float) -> str:
     return "–" if not np.isfinite(v) else f"{100 * v:.1f}"
 
 
+def markdown(head: str, lines: Iterable[str]) -> str:
+    """A markdown table: its header row, the separator, then ``lines``."""
+    return "\n".join([head, "|" + "---|" * (head.count("|") - 1), *lines])
+
+
 def table(rows: Iterable[tuple[str, dict[str, float]]]) -> str:
     head = (
         "| test | alerts | true (fail/ep) | named mode right % | top-1 % | top-3 % | none % | "
         "by deviation top-1 % | by deviation top-3 % | chance top-1 % | chance top-3 % | false | "
         "false: none % | µs / explanation (model run) |"
     )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for name, s in rows:
-        lines.append(
+    return markdown(
+        head,
+        (
             f"| {name} | {s['alerts']} | {s['true']} ({s['true_failure']}/{s['true_episode']}) | "
             f"{pct(s['mode_right'])} | {pct(s['top1'])} | {pct(s['top3'])} | {pct(s['none'])} | "
             f"{pct(s['dev_top1'])} | {pct(s['dev_top3'])} | {pct(s['chance_top1'])} | "
             f"{pct(s['chance_top3'])} | {s['false']} | {pct(s['false_none'])} | {s['us_median']:.0f} |"
-        )
-    return "\n".join(lines)
+            for name, s in rows
+        ),
+    )
 
 
 def ref_table(rows: Iterable[tuple[str, dict[str, float]]]) -> str:
@@ -293,15 +299,16 @@ def ref_table(rows: Iterable[tuple[str, dict[str, float]]]) -> str:
         "| test | true alerts with a reference | top-1 % | top-3 % | none % | by deviation top-1 % | "
         "by deviation top-3 % | chance top-1 % | chance top-3 % | same top-1 as by deviation % |"
     )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for name, s in rows:
-        lines.append(
+    return markdown(
+        head,
+        (
             f"| {name} | {s['true_with_reference']} | {pct(s['ref_top1'])} | {pct(s['ref_top3'])} | "
             f"{pct(s['ref_none'])} | {pct(s['ref_dev_top1'])} | {pct(s['ref_dev_top3'])} | "
             f"{pct(s['ref_chance_top1'])} | {pct(s['ref_chance_top3'])} | "
             f"{pct(s['same_top1_as_deviation'])} |"
-        )
-    return "\n".join(lines)
+            for name, s in rows
+        ),
+    )
 
 
 def measure(run_dir: Path, quick: bool, reps: int) -> dict[str, Any]:
