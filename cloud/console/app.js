@@ -430,7 +430,7 @@ function moving(evidence, referenceKnown) {
     ? evidence.map((e) => `${e.sensor}: put back to its reference, the risk falls by ${fmtNum(e.contribution)}`).join("\n")
     : referenceKnown === false
       ? "the edge has not seen this tool come back up from maintenance or a repair yet: it has no readings of its own to put a sensor back to (and its model compares the tool with none)"
-      : "no sensor alone carried a tenth of the risk";
+      : "no sensor alone carried a tenth of the alerted mode's probability";
   td.dataset.sort = evidence.length ? evidence[0].contribution : -1;
   return td;
 }
