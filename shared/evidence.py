@@ -6,9 +6,11 @@ sensor restored to its reference, the tool's own readings just after it last cam
 each row's state (``shared.reference``): ``z ← z − dz`` and ``dz ← 0`` in the rows whose reference
 is known. The mode's probability falls by the sensor's *contribution*: how much of the risk goes
 away when that sensor alone reads as it did after its last maintenance. The sensor's *deviation*
-is its mean ``dz`` over the last quarter of the window: how far it reads from its reference, in
-standard deviations of the tool type (approximately where a reading or its deviation reached
-the features' clip at ±20 of them).
+is its mean ``dz`` over the window's rows with a known reference, the deviation the restoring
+took away: how far it read from its reference over the window, in standard deviations of the
+tool type, approximately where a reading or its deviation reached the features' clip at ±20 of
+them. (The last rows alone showed "+0.0 sd" beside a sensor that had deviated earlier in the
+window and so carried the risk.)
 
 The alert's mode is the most probable of the tool type's progressive modes, and the models'
 mode heads confuse modes of one type (on B2's runs the named mode was the failing one in 40% of
@@ -49,7 +51,7 @@ class SensorEvidence:
 
     sensor: str
     contribution: float  # probability the mode loses when the sensor is restored to its reference
-    deviation: float  # mean (reading − reference) / type std over the window's last quarter
+    deviation: float  # mean (reading − reference) / type std over the window's rows with a reference
 
     def to_dict(self) -> dict[str, float | str]:
         return {
@@ -78,13 +80,13 @@ def restored_windows(x: np.ndarray, names: Sequence[str], n_sensors: int) -> np.
 
 
 def deviations(x: np.ndarray, names: Sequence[str], n_sensors: int) -> np.ndarray:
-    """(n_sensors,) mean dz over the last quarter of the window's rows with a known reference
-    (0 where none); dz is 0 where the sensor was Bad, so a dropout does not read as a deviation."""
+    """(n_sensors,) mean dz over the window's rows with a known reference (0 where none): the
+    deviation that restoring the sensor takes away; dz is 0 where the sensor was Bad, so a dropout
+    does not read as a deviation."""
     col = {n: i for i, n in enumerate(names)}
     if "ref_known" not in col:
         return np.zeros(n_sensors)
-    tail = x[-max(1, len(x) // 4) :]
-    rows = tail[tail[:, col["ref_known"]] > 0.5]
+    rows = x[x[:, col["ref_known"]] > 0.5]
     if len(rows) == 0:
         return np.zeros(n_sensors)
     return np.array([float(rows[:, col[f"dz_{j:02d}"]].mean()) for j in range(n_sensors)])

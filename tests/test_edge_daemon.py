@@ -193,7 +193,8 @@ async def test_an_alert_names_the_sensor_that_moved_from_the_tools_reference(tmp
     assert [e["sensor"] for e in alert["evidence"]] == [moved.name], alert["evidence"]
     named = alert["evidence"][0]
     assert 0.5 < named["contribution"] <= alert["probability"]
-    assert 4.0 < named["deviation"] <= 8.5  # the last quarter of the window: 7-8 stds from its reference
+    # Its mean over the window that raised the alert, as the sensor ramped up to 8 stds from its reference.
+    assert 3.0 < named["deviation"] <= 8.0
 
 
 async def test_a_stop_waits_for_a_scheduled_job_in_flight(tmp_path, fab, mosquitto):
