@@ -19,7 +19,8 @@ its people report, the failure and maintenance events (the edge's, or a CMMS's t
   of, counted apart) is **warned** if an alert of its tool came between the tool's previous
   failure or maintenance and the failure; its **lead time** runs from the first such alert, and
   B2's figure is the share warned at least ``lead_h`` ahead. ``named`` counts those whose alerts
-  named the mode that failed.
+  named the mode that failed, ``pointed`` those whose alerts' sensors pointed to it (the alert's
+  ``likely_mode``, ``shared.evidence``): the plant's own check of which says the mode better.
 * A failure reported twice (the edge's event and a CMMS work order) counts once: a second failure
   of a tool within ``SAME_H`` of the first, with no maintenance between, is merged into it.
 * **False alarms per tool-month**: ``none`` and ``no_fault`` outcomes over the time each tool
@@ -60,6 +61,7 @@ class Alert:
     mode: str
     ts: float
     finding: str | None = None  # what an inspection found: "fault" / "no_fault" (the acknowledgement)
+    likely_mode: str | None = None  # the mode its sensors pointed to (shared.evidence), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,7 @@ def report(
 
     leads: list[float] = []
     warnings: list[dict[str, Any]] = []  # each progressive failure and how far ahead it was warned
-    failures = warned = warned_lead = named = sudden = 0
+    failures = warned = warned_lead = named = pointed = sudden = 0
     per_mode: dict[str, dict[str, int]] = defaultdict(lambda: {"failures": 0, "warned": 0, "warned_lead": 0})
     for tool, events in by_tool.items():
         for i, r in enumerate(events):
@@ -173,12 +175,15 @@ def report(
             first = bisect.bisect_right(mine, prev, key=lambda a: a.ts)
             before = mine[first : bisect.bisect_left(mine, r.ts, key=lambda a: a.ts)]
             shown = {"tool_id": tool, "mode": r.mode, "at_ts": r.ts, "lead_h": None, "named": False}
+            shown["pointed"] = False
             warnings.append(shown)
             if not before:
                 continue
             lead = (r.ts - before[0].ts) / H
             right_mode = any(a.mode == r.mode for a in before)
-            shown.update(lead_h=lead, named=right_mode)
+            sensors_right = r.mode is not None and any(a.likely_mode == r.mode for a in before)
+            shown.update(lead_h=lead, named=right_mode, pointed=sensors_right)
+            pointed += sensors_right
             leads.append(lead)
             warned += 1
             row["warned"] += 1
@@ -220,10 +225,12 @@ def report(
         "warned": warned,
         "warned_ge_lead": warned_lead,
         "warned_named_mode": named,
+        "warned_pointed_mode": pointed,
         "recall_ge_lead": warned_lead / failures if failures else None,
         "median_lead_h": statistics.median(leads) if leads else None,
         "per_mode": dict(sorted(per_mode.items())),
-        # lead_h None: not warned; named: an alert before it named the mode that failed
+        # lead_h None: not warned; named: an alert before it named the mode that failed; pointed:
+        # an alert before it had sensors pointing to that mode
         "failure_warnings": sorted(warnings, key=lambda w: w["at_ts"]),
         "alert_outcomes": {
             k: {"outcome": o.outcome, "at_ts": at_ts[k], "event_ts": o.event_ts, "failed_mode": o.failed_mode}
@@ -252,11 +259,16 @@ def field_report(repo: Repo, clock_now: float, days: float, lead_h: float, match
         since = now - days * 86400
         reach = since - match_h * H  # alerts before the window warn of its first failures
         alerts = [
-            Alert(msg_id, tool, mode, ts, finding)
-            for msg_id, tool, mode, ts, finding in s.execute(
-                select(AlertRow.msg_id, AlertRow.tool_id, AlertRow.mode, at, AlertRow.ack_finding).where(
-                    at >= reach
-                )
+            Alert(msg_id, tool, mode, ts, finding, likely)
+            for msg_id, tool, mode, ts, finding, likely in s.execute(
+                select(
+                    AlertRow.msg_id,
+                    AlertRow.tool_id,
+                    AlertRow.mode,
+                    at,
+                    AlertRow.ack_finding,
+                    AlertRow.likely_mode,
+                ).where(at >= reach)
             )
         ]
         resets = [
@@ -299,4 +311,6 @@ def describe(r: dict[str, Any]) -> list[str]:
         f"(over {r['tool_months']:.1f} tool-months)",
         f"progressive failures warned {r['warned']} of {r['failures']}, {r['warned_ge_lead']} at least "
         f"{r['lead_h']:.0f} h ahead{lead}; {r['failures_sudden']} sudden not counted",
+        f"the mode that failed: named by an alert before it for {r['warned_named_mode']} of the "
+        f"{r['warned']} warned, pointed to by an alert's sensors for {r['warned_pointed_mode']}",
     ]

@@ -224,6 +224,9 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             summary = page.locator("#field-summary").inner_text()
             assert "1 alert; 1 followed by a failure" in summary and "Precision 100%" in summary
             assert "0.00 false alarms per tool-month" in summary
+            # It named "wear" and its sensors chamber_deposition; the tool failed by rf_match_drift.
+            said = "named by an alert before it for 0 of the 1 warned, pointed to by an alert's sensors for 0"
+            assert said in summary
             # the failure on the lead-time chart: warned, but less than 72 h ahead
             assert page.locator("#field-chart rect.lead-short").count() == 1
             assert page.locator("#field-chart rect.lead-ok, #field-chart .unwarned").count() == 0

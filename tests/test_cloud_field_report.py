@@ -34,7 +34,8 @@ def _alerts() -> list[Alert]:
         Alert("a3", "E2", "chamber_deposition", T0),  # nothing follows in 240 h: a false alarm
         Alert("a4", "E2", "chamber_deposition", T0 + 290 * H),  # too recent to tell
         Alert("a5", "E3", "rf_match_drift", T0 + 10 * H),  # a sudden trip follows: not its doing
-        Alert("old", "E4", "rf_match_drift", T0 - 50 * H),  # before the window, warns of E4's failure
+        # before the window, warns of E4's failure; its sensors pointed to the mode that failed
+        Alert("old", "E4", "rf_match_drift", T0 - 50 * H, likely_mode="esc_degradation"),
     ]
 
 
@@ -60,14 +61,17 @@ def test_each_alert_gets_what_followed_it_and_each_failure_its_warning():
     # Progressive failures in the window: E1 (warned 100 h ahead), E3's deposition (not), E4 (60 h).
     assert (got["failures"], got["failures_sudden"], got["warned"], got["warned_ge_lead"]) == (3, 1, 2, 1)
     assert got["warned_named_mode"] == 1  # E4's alert named another mode
+    assert got["warned_pointed_mode"] == 1  # but its sensors pointed to the one that failed
     assert got["failures_merged"] == 1  # E1's failure reported twice counts once
     assert got["recall_ge_lead"] == pytest.approx(1 / 3)
     assert got["median_lead_h"] == pytest.approx(80.0)
     assert got["per_mode"]["chamber_deposition"] == {"failures": 1, "warned": 0, "warned_lead": 0}
-    assert [(w["tool_id"], w["mode"], w["lead_h"], w["named"]) for w in got["failure_warnings"]] == [
-        ("E4", "esc_degradation", pytest.approx(60.0), False),
-        ("E1", "rf_match_drift", pytest.approx(100.0), True),
-        ("E3", "chamber_deposition", None, False),
+    assert [
+        (w["tool_id"], w["mode"], w["lead_h"], w["named"], w["pointed"]) for w in got["failure_warnings"]
+    ] == [
+        ("E4", "esc_degradation", pytest.approx(60.0), False, True),
+        ("E1", "rf_match_drift", pytest.approx(100.0), True, False),
+        ("E3", "chamber_deposition", None, False, False),
     ]
     assert got["false_alarms_per_tool_month"] == pytest.approx(1 / (5 * 300 / 720))
     assert "old" not in got["alert_outcomes"]  # before the window: it only warns
@@ -155,7 +159,7 @@ def _store(repo: Repo) -> None:
                 AlertRow(
                     msg_id=a.msg_id, edge_id="edge-1", site="fab1", tool_id=a.tool_id, mode=a.mode,
                     probability=0.9, model_version="r1", episode_start_ts=a.ts, ts=a.ts + 400 * 86400,
-                    source_ts=a.ts,
+                    source_ts=a.ts, likely_mode=a.likely_mode,
                 )
             )  # fmt: skip
         for i, r in enumerate(_resets()):
@@ -200,6 +204,7 @@ def test_the_api_reads_them_from_the_database(repo: Repo, tmp_path: Path):
     assert got["alert_outcomes"]["a1"]["at_ts"] == T0
     assert got["outcomes"] == OUTCOMES
     assert (got["failures"], got["warned"], got["warned_ge_lead"]) == (3, 2, 1)
+    assert (got["warned_named_mode"], got["warned_pointed_mode"]) == (1, 1)  # read back from the database
     # E4 and E5 (no source times) over the whole 300 h window, E1–E3 to their last telemetry, E6 not.
     assert got["tool_months"] == pytest.approx((2 * 300 + 3 * 295) / 720)
 
@@ -227,6 +232,7 @@ def test_fabpm_cloud_report_prints_them_without_migrating(tmp_path: Path, capsys
     months = (2 * 300 + 3 * 295) / 720  # as the API test above says
     assert f"per tool-month {1 / months:.2f} (over {months:.1f} tool-months)" in text
     assert "progressive failures warned 2 of 3, 1 at least 72 h ahead" in text
+    assert "named by an alert before it for 1 of the 2 warned, pointed to by an alert's sensors for 1" in text
     assert "E3 chamber_deposition: not warned" in text and "E1 rf_match_drift: warned 100 h ahead" in text
     assert main(["report", "--config", str(config), "--days", str(300 / 24), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["outcomes"] == OUTCOMES

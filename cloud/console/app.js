@@ -455,7 +455,8 @@ function fieldSummary(f) {
     `Precision ${pct(f.precision)} (${pct(f.precision_if_maintained_right)} if the maintained ones were right)` +
     `${f.false_alarms_per_tool_month === null ? "" : `, ${fmtNum(f.false_alarms_per_tool_month, 2)} false alarms per tool-month`}. ` +
     `${many(f.failures, "progressive failure")}: ${f.warned} warned, ${f.warned_ge_lead} at least ${f.lead_h} h ahead` +
-    `${f.median_lead_h === null ? "" : ` (median lead ${fmtNum(f.median_lead_h, 0)} h)`}; ${many(f.failures_sudden, "sudden failure")} not counted.`;
+    `${f.median_lead_h === null ? "" : ` (median lead ${fmtNum(f.median_lead_h, 0)} h)`}; ${many(f.failures_sudden, "sudden failure")} not counted.` +
+    (f.warned ? ` The mode that failed: named by an alert before it for ${f.warned_named_mode} of the ${f.warned} warned, pointed to by an alert's sensors for ${f.warned_pointed_mode}.` : "");
 }
 
 function tableCsv(table) {
