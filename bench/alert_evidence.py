@@ -126,6 +126,33 @@ def truth_of(
     return {"kind": "false", "mode": None, "lead_h": None, "active": []}
 
 
+def first_readings(x0: np.ndarray, names: list[str], n: int, rows: int) -> np.ndarray:
+    """(2, n) [idle, processing]: each sensor's mean z over the first ``rows`` rows of that state
+    in the tool's first window (the run's start, where the edge would have begun watching); NaN
+    where fewer rows, or only missing readings. The replay cannot tell down rows from idle ones
+    (the edge skips them): an approximation."""
+    out = np.full((2, n), np.nan)
+    proc = x0[:, names.index("processing")] > 0.5
+    for p in (0, 1):
+        sel = x0[proc == bool(p)][:rows]
+        if len(sel) < rows:
+            continue
+        for j in range(n):
+            ok = sel[:, names.index(f"miss_{j:02d}")] < 0.5
+            if ok.any():
+                out[p, j] = float(sel[ok, names.index(f"z_{j:02d}")].mean())
+    return out
+
+
+def against(x: np.ndarray, names: list[str], first: np.ndarray) -> np.ndarray:
+    """(W, n) each reading's z minus its state's first readings (NaN where either is unknown)."""
+    n = first.shape[1]
+    proc = (x[:, names.index("processing")] > 0.5).astype(int)
+    z = np.stack([x[:, names.index(f"z_{j:02d}")] for j in range(n)], axis=1).astype(np.float64)
+    miss = np.stack([x[:, names.index(f"miss_{j:02d}")] > 0.5 for j in range(n)], axis=1)
+    return np.where(miss, np.nan, z - first[proc])
+
+
 def chance(n: int, k: int, picks: int = TOP) -> tuple[float, float]:
     """P(a random sensor is one of the k of n) and P(any of ``picks`` drawn without replacement is)."""
     picks = min(picks, n)
@@ -162,6 +189,7 @@ def explain_alerts(
             m.name: (model.modes.index(m.name), m.sensors) for m in ttype.modes if not m.sudden
         }
         index = {float(t): i for i, t in enumerate(tw.t_end_s)}
+        first = first_readings(tw.ws.x[0], names, len(sensors), model.spec.reference_rows)
         for a in decs:
             i = index[float(a.ts)]
             x = tw.ws.x[i]  # (W, F): the window that raised the alert
@@ -172,6 +200,14 @@ def explain_alerts(
                 why = explain(x, names, sensors, mode_index, predict, precursors)
                 times.append(time.perf_counter_ns() - t0)
             ev = why.sensors
+            has_ref = bool((x[:, names.index("ref_known")] > 0.5).any())
+            # Without a reference the edge falls back on its first readings of the tool
+            # (edge.windows' watching tracker); here the run's first rows, where the replay starts.
+            watched = (
+                explain(x, names, sensors, mode_index, predict, precursors, against=against(x, names, first))
+                if not has_ref
+                else None
+            )
             gt = truth_of(a, tw.tool_id, st.truth, episodes[tw.tool_id])
             named_mode = model.modes[mode_index]
             rec: dict[str, Any] = {
@@ -182,7 +218,8 @@ def explain_alerts(
                 "named_mode": named_mode,
                 **gt,
                 "n_sensors": len(sensors),
-                "reference": bool((x[:, names.index("ref_known")] > 0.5).any()),  # evidence possible
+                "reference": has_ref,  # evidence against the tool's reference possible
+                "watched": None if watched is None else [e.to_dict() for e in watched.sensors],
                 "evidence": [e.to_dict() for e in ev],
                 "likely_mode": why.likely_mode,
                 "by_deviation": by_deviation(x, names, sensors),
@@ -205,6 +242,13 @@ def explain_alerts(
                     dev_top3=bool(sig & set(dev)),
                 )
                 rec["chance_top1"], rec["chance_top3"] = chance(len(sensors), len(sig & set(sensors)))
+                if watched is not None:
+                    seen = [e.sensor for e in watched.sensors]
+                    rec.update(
+                        watched_top1=bool(seen) and seen[0] in sig,
+                        watched_top3=bool(sig & set(seen)),
+                        watched_likely_mode_right=watched.likely_mode == gt["mode"],
+                    )
             records.append(rec)
     return records, score(alerts, st.truth, st.tool_days, run_start_s=0.0)
 
@@ -219,6 +263,7 @@ def summary(recs: list[dict[str, Any]]) -> dict[str, float]:
 
     named = [r for r in true if r["evidence"]]
     ref = [r for r in true if r["reference"]]
+    no_ref = [r for r in true if not r["reference"]]
     return {
         "alerts": len(recs),
         "true": len(true),
@@ -229,6 +274,14 @@ def summary(recs: list[dict[str, Any]]) -> dict[str, float]:
         "ref_mode_right": share(ref, lambda r: r["mode_right"]),
         "ref_likely_mode_right": share(ref, lambda r: r.get("likely_mode_right", False)),
         "ref_likely_mode_none": share(ref, lambda r: r.get("likely_mode") is None),
+        # true alerts without a reference, explained against the run's first readings of the tool
+        "no_ref": len(no_ref),
+        "watched_top1": share(no_ref, lambda r: r.get("watched_top1", False)),
+        "watched_top3": share(no_ref, lambda r: r.get("watched_top3", False)),
+        "watched_none": share(no_ref, lambda r: not r.get("watched")),
+        "watched_chance_top1": float(np.mean([r["chance_top1"] for r in no_ref])) if no_ref else float("nan"),
+        "watched_likely_mode_right": share(no_ref, lambda r: r.get("watched_likely_mode_right", False)),
+        "no_ref_mode_right": share(no_ref, lambda r: r["mode_right"]),
         "top1": share(true, lambda r: r["top1"]),
         "top3": share(true, lambda r: r["top3"]),
         "none": share(true, lambda r: not r["evidence"]),
@@ -387,6 +440,12 @@ def report(run: Path, res: dict[str, Any]) -> None:
             f"{n}: true alerts with a reference: the alert's mode right {pct(s['ref_mode_right'])} %, the "
             f"mode the sensors point to right {pct(s['ref_likely_mode_right'])} % (none "
             f"{pct(s['ref_likely_mode_none'])} %)"
+        )
+        print(
+            f"{n}: {s['no_ref']} true alerts without a reference, against the first readings: top-1 "
+            f"{pct(s['watched_top1'])} %, top-3 {pct(s['watched_top3'])} %, none {pct(s['watched_none'])} % "
+            f"(chance top-1 {pct(s['watched_chance_top1'])} %); mode right: the alert's "
+            f"{pct(s['no_ref_mode_right'])} %, the sensors' {pct(s['watched_likely_mode_right'])} %"
         )
     for n, s in rows:
         print(

@@ -71,10 +71,11 @@ def text_of(alert: AlertRow) -> str:
         for i in alert.sensor_issues or []
     )
     moving = ", ".join(f"{e['sensor']} {e['deviation']:+.1f} sd" for e in alert.evidence or [])
+    since = "since the edge began watching" if alert.reference_known is False else "from the tool's reference"
     return (
         f"fabpm alert: {alert.tool_id} ({alert.site}) may fail by {alert.mode}, risk {alert.probability:.2f}"
         f"{rul} (edge {alert.edge_id}, model {alert.model_version})"
-        + (f"; moving from the tool's reference: {moving}" if moving else "")
+        + (f"; moving {since}: {moving}" if moving else "")
         + (
             f"; those sensors point to {alert.likely_mode}"
             if alert.likely_mode and alert.likely_mode != alert.mode

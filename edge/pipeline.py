@@ -336,7 +336,7 @@ class Pipeline:
                 float(pred.rul_std[i]),
                 float(pred.novelty[i]),
                 model.version,
-                functools.partial(self._explain, model, x[i], win.tool_id, win.tool_type),
+                functools.partial(self._explain, model, x[i], win),
             )
             self.tools[win.tool_id].risk = decision.risk
             self.tools[win.tool_id].probs = decision.probs
@@ -357,21 +357,30 @@ class Pipeline:
         self.metrics.windows.inc(len(ready))
         return len(ready)
 
-    def _explain(
-        self, model: RiskModel, x: np.ndarray, tool: str, ttype: str, mode_index: int
-    ) -> Explanation:
+    def _explain(self, model: RiskModel, x: np.ndarray, win: ReadyWindow, mode_index: int) -> Explanation:
         """The sensors that carry an alert's risk and the mode whose precursors they are
-        (``shared.evidence``). An explanation that fails costs the alert nothing: it goes without
-        one, and the reason is logged."""
+        (``shared.evidence``); for a tool without a reference yet, against the edge's first
+        readings of it. An explanation that fails costs the alert nothing: it goes without one,
+        and the reason is logged."""
+        tool = win.tool_id
         try:
-            tt = tool_type(ttype)
+            tt = tool_type(win.tool_type)
+            names = list(model.spec.names)
+            against = None
+            if (
+                win.watch_ref is not None
+                and "ref_known" in names
+                and not (x[:, names.index("ref_known")] > 0.5).any()
+            ):
+                std = np.asarray(model.spec.scaler.std[win.tool_type], dtype=np.float64)
+                against = (win.values - win.watch_ref) / std  # NaN where either is unknown
             precursors = {
                 m.name: (model.modes.index(m.name), m.sensors)
                 for m in tt.modes
                 if not m.sudden and m.name in model.modes
             }
             predict = lambda b: model.predict(b).probs  # noqa: E731
-            return explain(x, model.spec.names, tt.sensor_names, mode_index, predict, precursors)
+            return explain(x, names, tt.sensor_names, mode_index, predict, precursors, against=against)
         except (ModelError, ValueError, KeyError) as exc:
             _logger.warning("alert of %s sent without its sensors: %s", tool, exc)
             return Explanation([], None)

@@ -18,6 +18,12 @@ With a model whose spec has ``reference_rows`` (``shared.reference``), each clos
 through the tool's :class:`~shared.reference.ReferenceTracker`, so every row carries the tool's
 own reference and the hours since it last came back up, exactly as the trainer computes them.
 The tracker's state is what the edge keeps across restarts (:mod:`edge.references`).
+
+A second tracker, ``watching``, takes the first rows the edge sees of the tool in each state,
+from its start (and again after a gap), never waiting for a return from down: not a model input
+(the model was trained on the reference above), only the baseline an alert's evidence falls back
+on while the tool has no reference yet (``shared.evidence``: what moved since the edge began
+watching).
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class ReadyWindow:
     closed_at: float  # wall clock (monotonic) when the last row closed: decision latency starts here
     ref: np.ndarray | None = None  # (W, S) the tool's reference per row, NaN = unknown
     since_up_h: np.ndarray | None = None  # (W,) hours since the tool came back up, NaN = unknown
+    watch_ref: np.ndarray | None = None  # (W, S) the edge's first readings of the tool per row's state
 
 
 class ToolWindow:
@@ -67,6 +74,7 @@ class ToolWindow:
         "_since",
         "_ts",
         "_values",
+        "_watch",
         "bad_s",
         "closed_at",
         "last",
@@ -82,6 +90,7 @@ class ToolWindow:
         "tool_id",
         "tool_type",
         "unchanged_s",
+        "watching",
         "window",
     )
 
@@ -116,6 +125,8 @@ class ToolWindow:
         self.reference = ReferenceTracker(n, reference_rows) if reference_rows > 0 else None
         self._ref = np.full((window, n), NAN) if self.reference is not None else None
         self._since = np.full(window, NAN) if self.reference is not None else None
+        self.watching = ReferenceTracker(n, reference_rows) if reference_rows > 0 else None
+        self._watch = np.full((window, n), NAN) if self.watching is not None else None
         self._count = 0  # rows written in total
         self._filled = 0  # rows in the buffer since the last restart of the window
         self._new_rows = 0  # rows since the last take()
@@ -163,6 +174,9 @@ class ToolWindow:
             # A new source clock: the old rows' times mean nothing against it.
             self.reference.forget()
             self.reference.last_ts = NAN
+        if self.watching is not None:
+            self.watching.forget()
+            self.watching.last_ts = NAN
 
     def set_state(self, state: str, ts: float) -> None:
         if self.next_t is not None and ts >= self.next_t:
@@ -195,11 +209,25 @@ class ToolWindow:
                 self._ref[row], self._since[row] = self.reference.update(
                     g, self._values[row], self.processing, self.state in DOWN
                 )
+            if self.watching is not None:
+                assert self._watch is not None
+                self._watch[row] = self._watched(g, self._values[row])
             self._count += 1
             self._filled += 1
             self._new_rows += 1
             self.next_t = g + self.step
         self.closed_at = now
+
+    def _watched(self, g: float, values: np.ndarray) -> np.ndarray:
+        """The row's baseline from the first rows the edge saw of the tool (module docstring):
+        rows while down do not count; after a gap, or at the start, watching begins again."""
+        assert self.watching is not None
+        if self.state in DOWN:
+            return np.full(len(values), NAN)
+        if not self.watching.known_start:
+            self.watching.known_start, self.watching.since_s = True, -1.0
+        ref, _ = self.watching.update(g, values, self.processing, False)
+        return ref
 
     def _sensor_health(self, row: np.ndarray, prev: np.ndarray | None) -> None:
         """Advance :attr:`unchanged_s` and :attr:`bad_s` by the row just closed."""
@@ -232,6 +260,7 @@ class ToolWindow:
             closed_at=self.closed_at,
             ref=None if self._ref is None else self._ref[order].copy(),
             since_up_h=None if self._since is None else self._since[order].copy(),
+            watch_ref=None if self._watch is None else self._watch[order].copy(),
         )
 
     @property

@@ -21,7 +21,9 @@ Restoring one sensor at a time sees what each sensor alone carries; two sensors 
 the same story (a mode's signature moves several) share the credit and may each show a small
 contribution. A sensor is named when it carries at least a tenth of the probability. Without a
 reference (a spec with ``reference_rows`` 0, or no row of the window with a known one) there is
-nothing to restore a sensor to: no evidence, rather than a guess against the tool type's mean,
+nothing of the tool's own after a maintenance to restore a sensor to. The edge then restores it
+to the first readings it saw of the tool (``against``): what moved since the edge began watching,
+which misses a degradation already under way then; never a guess against the tool type's mean,
 which recipes and states move more than a mode's early signature does.
 
 Pure functions of the window and a ``predict`` callable: the edge passes its ONNX model, a
@@ -61,11 +63,28 @@ class SensorEvidence:
         }
 
 
-def restored_windows(x: np.ndarray, names: Sequence[str], n_sensors: int) -> np.ndarray | None:
+def restored_windows(
+    x: np.ndarray, names: Sequence[str], n_sensors: int, against: np.ndarray | None = None
+) -> np.ndarray | None:
     """(W, F) features → (n_sensors, W, F): copy j has sensor j restored to the reference where
     the row's reference is known. None when the features carry no reference (see the module
-    docstring) or no row of the window has one."""
+    docstring) or no row of the window has one.
+
+    ``against`` (W, n_sensors), for a window without the tool's reference: each reading's
+    deviation from another baseline in the same units (the edge's first readings of the tool,
+    ``edge.windows``), NaN where unknown; copy j has sensor j's z moved back by it, the reference
+    features left as they are (unknown)."""
     col = {n: i for i, n in enumerate(names)}
+    if against is not None:
+        if against.shape != (len(x), n_sensors):
+            raise ValueError(f"against has shape {against.shape}, the window {(len(x), n_sensors)}")
+        if not np.isfinite(against).any():
+            return None
+        out = np.repeat(x[None].astype(np.float32, copy=True), n_sensors, axis=0)
+        for j in range(n_sensors):
+            ok = np.isfinite(against[:, j])
+            out[j, ok, col[f"z_{j:02d}"]] = x[ok, col[f"z_{j:02d}"]] - against[ok, j]
+        return out
     if "ref_known" not in col or f"dz_{n_sensors - 1:02d}" not in col:
         return None
     known = x[:, col["ref_known"]] > 0.5  # (W,)
@@ -79,10 +98,17 @@ def restored_windows(x: np.ndarray, names: Sequence[str], n_sensors: int) -> np.
     return out
 
 
-def deviations(x: np.ndarray, names: Sequence[str], n_sensors: int) -> np.ndarray:
+def deviations(
+    x: np.ndarray, names: Sequence[str], n_sensors: int, against: np.ndarray | None = None
+) -> np.ndarray:
     """(n_sensors,) mean dz over the window's rows with a known reference (0 where none): the
     deviation that restoring the sensor takes away; dz is 0 where the sensor was Bad, so a dropout
-    does not read as a deviation."""
+    does not read as a deviation. With ``against`` (:func:`restored_windows`), its mean."""
+    if against is not None:
+        with np.errstate(invalid="ignore"):
+            known = np.isfinite(against)
+            total = np.where(known, against, 0.0).sum(axis=0)
+            return np.where(known.any(axis=0), total / np.maximum(known.sum(axis=0), 1), 0.0)
     col = {n: i for i, n in enumerate(names)}
     if "ref_known" not in col:
         return np.zeros(n_sensors)
@@ -93,11 +119,16 @@ def deviations(x: np.ndarray, names: Sequence[str], n_sensors: int) -> np.ndarra
 
 
 def _probs(
-    x: np.ndarray, names: Sequence[str], n_sensors: int, mode_index: int, predict: Predict
+    x: np.ndarray,
+    names: Sequence[str],
+    n_sensors: int,
+    mode_index: int,
+    predict: Predict,
+    against: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """(n_sensors + 1, M): the window's probabilities, then each sensor-restored copy's, from one
     batch; None without a reference."""
-    restored = restored_windows(x, names, n_sensors)
+    restored = restored_windows(x, names, n_sensors, against)
     if restored is None:
         return None
     batch = np.concatenate([x[None].astype(np.float32), restored])
@@ -164,20 +195,22 @@ def explain(
     precursors: Mapping[str, tuple[int, Sequence[str]]],
     top: int = TOP,
     min_share: float = MIN_SHARE,
+    against: np.ndarray | None = None,
 ) -> Explanation:
     """:func:`sensor_evidence`, and from the same batch the likely mode: ``precursors`` maps each
     mode the alert could be of (the tool type's progressive ones) to (its index in the model's
     outputs, its precursor sensors); the risk is the highest of their probabilities, as the alert
     rule reads it, and :func:`likely_mode` weighs each sensor's fall of it. Where the catalog's
     precursors describe the plant, this names the failing mode more often than the most probable
-    mode does (``bench/alert_evidence.py``: the models' mode heads confuse modes of one type)."""
+    mode does (``bench/alert_evidence.py``: the models' mode heads confuse modes of one type).
+    ``against``: see :func:`restored_windows` (a window without the tool's reference)."""
     n = len(sensors)
-    probs = _probs(x, names, n, mode_index, predict)
+    probs = _probs(x, names, n, mode_index, predict, against)
     if probs is None:
         return Explanation([], None)
     contrib = probs[0, mode_index] - probs[1:, mode_index]
     floor = max(min_share * probs[0, mode_index], 1e-6)
-    dev = deviations(x, names, n)
+    dev = deviations(x, names, n, against)
     order = np.argsort(-contrib, kind="stable")
     named = [
         SensorEvidence(sensors[j], float(contrib[j]), float(dev[j]))

@@ -18,9 +18,9 @@ from cloud.config import NotifyConfig
 from cloud.errors import CloudError
 from cloud.ingest import Ingestor
 from cloud.metrics import CloudMetrics
-from cloud.notify import Notifier
+from cloud.notify import Notifier, text_of
 from cloud.storage import Repo
-from cloud.storage.models import NotificationRow
+from cloud.storage.models import AlertRow, NotificationRow
 from shared.messages import Alert, Telemetry
 from shared.topics import Kind, topic
 
@@ -335,3 +335,13 @@ def test_a_candidate_the_gate_rejected_goes_only_to_targets_that_ask(repo: Repo,
     assert body["kind"] == "round_rejected"
     assert body["text"] == f"fabpm: learning round 1 (labels): candidate {why}"
     assert [(r.target, r.subject) for r in _rows(repo)] == [("ml", "round:1")]
+
+
+def test_an_alert_without_a_reference_says_since_when_its_sensors_moved():
+    """A tool its edge has not seen come back up: the sensors moved since the edge began watching."""
+    row = AlertRow(
+        msg_id="m1", edge_id="edge-1", site="fab1", tool_id="PUMP1", mode="bearing_wear", probability=0.5,
+        model_version="r1", episode_start_ts=0.0, ts=0.0, reference_known=False,
+        evidence=[{"sensor": "vibration_rms", "contribution": 0.2, "deviation": 2.04}],
+    )  # fmt: skip
+    assert "; moving since the edge began watching: vibration_rms +2.0 sd" in text_of(row)

@@ -114,6 +114,29 @@ def test_the_likely_mode_is_the_one_whose_precursors_carry_the_risk():
     assert explain(no_ref, NAMES, SENSORS, 0, model, precursors).likely_mode is None
 
 
+def test_without_a_reference_a_sensor_is_restored_to_the_first_readings_the_edge_saw():
+    """``against``: the deviations from the edge's first readings of the tool; the reference
+    features stay unknown, only the sensor's z moves back, where its baseline is known."""
+    z = np.full((W, 5), 1.0, dtype=np.float32)
+    z[:, 2] += 3.0
+    x = window(z, np.zeros((W, 5), np.float32), np.zeros(W, dtype=bool))  # no reference in the window
+    assert sensor_evidence(x, NAMES, SENSORS, 0, model) == []
+    against = np.zeros((W, 5))
+    against[:, 2] = 3.0
+    against[:2] = np.nan  # the baseline formed two rows in
+    out = restored_windows(x, NAMES, 5, against)
+    assert (
+        out is not None and np.all(out[2, 2:, COL["z_02"]] == 1.0) and np.all(out[2, :2, COL["z_02"]] == 4.0)
+    )
+    assert np.all(out[:, :, COL["dz_02"]] == 0.0) and np.all(out[:, :, COL["ref_known"]] == 0.0)
+    why = explain(x, NAMES, SENSORS, 0, model, {"A": (0, ["s2"])}, against=against)
+    assert [e.sensor for e in why.sensors] == ["s2"] and why.sensors[0].deviation == pytest.approx(3.0)
+    assert why.likely_mode == "A"
+    assert restored_windows(x, NAMES, 5, np.full((W, 5), np.nan)) is None, "no baseline yet"
+    with pytest.raises(ValueError, match="against has shape"):
+        restored_windows(x, NAMES, 5, np.zeros((W, 4)))
+
+
 def test_a_model_that_breaks_the_contract_is_refused():
     x = window(np.ones((W, 5), np.float32), np.ones((W, 5), np.float32))
     with pytest.raises(ValueError, match="predict gave"):

@@ -425,11 +425,15 @@ function fmtSd(d) { return `${d >= 0 ? "+" : "−"}${fmtNum(Math.abs(d), 1)} sd`
 function moving(evidence, referenceKnown) {
   if (!evidence) return cell("");  // an edge from before the evidence
   const none = referenceKnown === false ? "none named: no reference yet" : "none named";
-  const td = cell(evidence.length ? evidence.map((e) => `${e.sensor} ${fmtSd(e.deviation)}`).join("\n") : none, "lines");
+  // Without the tool's reference the edge compared it with the first readings it saw of it.
+  const lines = evidence.map((e) => `${e.sensor} ${fmtSd(e.deviation)}`);
+  if (evidence.length && referenceKnown === false) lines.push("since the edge began watching");
+  const base = referenceKnown === false ? "the first readings the edge saw of it (no maintenance seen yet)" : "its reference";
+  const td = cell(evidence.length ? lines.join("\n") : none, "lines");
   td.title = evidence.length
-    ? evidence.map((e) => `${e.sensor}: put back to its reference, the risk falls by ${fmtNum(e.contribution)}`).join("\n")
+    ? evidence.map((e) => `${e.sensor}: put back to ${base}, the risk falls by ${fmtNum(e.contribution)}`).join("\n")
     : referenceKnown === false
-      ? "the edge has not seen this tool come back up from maintenance or a repair yet: it has no readings of its own to put a sensor back to (and its model compares the tool with none)"
+      ? "the edge has not seen this tool come back up from maintenance or a repair yet, so its model compares the tool with no reference; against the first readings the edge saw of it, no sensor alone carried a tenth of the alerted mode's probability (or there were too few of them yet)"
       : "no sensor alone carried a tenth of the alerted mode's probability";
   td.dataset.sort = evidence.length ? evidence[0].contribution : -1;
   return td;
