@@ -62,7 +62,7 @@ from opcua_sim.degradation import SIGNATURES
 from shared.alerting import AlertDecision
 from shared.dataset import read_info
 from shared.equipment import tool_type
-from shared.evidence import deviations, explain, sensor_evidence
+from shared.evidence import deviations, explain, reference_known, sensor_evidence
 from shared.signing import load_public_key, verify_release
 
 REPO = Path(__file__).resolve().parent.parent
@@ -200,7 +200,7 @@ def explain_alerts(
                 why = explain(x, names, sensors, mode_index, predict, precursors)
                 times.append(time.perf_counter_ns() - t0)
             ev = why.sensors
-            has_ref = bool((x[:, names.index("ref_known")] > 0.5).any())
+            has_ref = bool(reference_known(x, names))
             # Without a reference the edge falls back on its first readings of the tool
             # (edge.windows' watching tracker); here the run's first rows, where the replay starts.
             watched = (

@@ -174,8 +174,8 @@ def report(
             mine = alerts_of.get(tool, [])  # sorted by time: the alerts strictly between prev and r
             first = bisect.bisect_right(mine, prev, key=lambda a: a.ts)
             before = mine[first : bisect.bisect_left(mine, r.ts, key=lambda a: a.ts)]
-            shown = {"tool_id": tool, "mode": r.mode, "at_ts": r.ts, "lead_h": None, "named": False}
-            shown["pointed"] = False
+            shown = {"tool_id": tool, "mode": r.mode, "at_ts": r.ts, "lead_h": None}
+            shown |= {"named": False, "pointed": False}
             warnings.append(shown)
             if not before:
                 continue

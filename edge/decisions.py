@@ -31,7 +31,7 @@ import numpy as np
 from edge.config import DecisionsConfig
 from shared.alerting import AlertRule, AlertState
 from shared.equipment import tool_type
-from shared.evidence import Explanation
+from shared.evidence import Explanation, reference_known
 from shared.messages import Alert, HardCase, Message, encode_array
 from shared.uncertainty import hard_case_reasons
 
@@ -184,7 +184,7 @@ class Decider:
                 source_ts=window_ts,
                 evidence=None if why is None else [e.to_dict() for e in why.sensors],
                 likely_mode=None if why is None else why.likely_mode,
-                reference_known=_reference_known(feats, feature_names),
+                reference_known=reference_known(feats, feature_names),
             )
         reasons = hard_case_reasons(own, rul_std, novelty, self._thresholds)
         out.reasons = reasons
@@ -233,13 +233,6 @@ class Decider:
             self.counts["hard_over_budget"] += 1
             return False
         return True
-
-
-def _reference_known(feats: np.ndarray, names: list[str]) -> bool | None:
-    """Whether any row of the window had the tool's reference; None for a model without one."""
-    if "ref_known" not in names:
-        return None
-    return bool((feats[:, names.index("ref_known")] > 0.5).any())
 
 
 def _finite(x: float) -> float | None:

@@ -32,7 +32,7 @@ from edge.metrics import EdgeMetrics
 from edge.source import SourceEvent, TagRef, Value
 from edge.windows import DOWN, ReadyWindow, ToolWindow, features
 from shared.equipment import ALL_MODES, E10State, tool_type
-from shared.evidence import Explanation, explain
+from shared.evidence import Explanation, explain, reference_known
 from shared.messages import Event, Message
 from shared.reference import ReferenceTracker
 
@@ -367,11 +367,7 @@ class Pipeline:
             tt = tool_type(win.tool_type)
             names = list(model.spec.names)
             against = None
-            if (
-                win.watch_ref is not None
-                and "ref_known" in names
-                and not (x[:, names.index("ref_known")] > 0.5).any()
-            ):
+            if win.watch_ref is not None and reference_known(x, names) is False:
                 std = np.asarray(model.spec.scaler.std[win.tool_type], dtype=np.float64)
                 against = (win.values - win.watch_ref) / std  # NaN where either is unknown
             precursors = {

@@ -63,6 +63,14 @@ class SensorEvidence:
         }
 
 
+def reference_known(x: np.ndarray, names: Sequence[str]) -> bool | None:
+    """Whether any row of window ``x`` had the tool's own reference; None for features without
+    one (a model that uses no reference)."""
+    if "ref_known" not in names:
+        return None
+    return bool((x[:, list(names).index("ref_known")] > 0.5).any())
+
+
 def restored_windows(
     x: np.ndarray, names: Sequence[str], n_sensors: int, against: np.ndarray | None = None
 ) -> np.ndarray | None:
