@@ -139,6 +139,9 @@ class Pipeline:
             "step_s": first.step,
             "rows": first.reference.rows,
             "tools": {t: w.reference.to_dict() for t, w in self.windows.items() if w.reference is not None},
+            # the first readings an alert's evidence falls back on (edge.windows' watching tracker):
+            # after a short restart the edge still knows what the tool read when it began watching
+            "watching": {t: w.watching.to_dict() for t, w in self.windows.items() if w.watching is not None},
         }
 
     def restore_references(self, data: dict[str, Any]) -> int:
@@ -147,21 +150,33 @@ class Pipeline:
         does not parse, starts unknown: its next return from down gives it a reference."""
         restored = 0
         for tool, state in dict(data.get("tools") or {}).items():
-            win = self.windows.get(tool)
-            if win is None or win.reference is None:
-                continue
-            if float(data.get("step_s", -1.0)) != win.step or int(data.get("rows", -1)) != win.reference.rows:
-                continue
-            try:
-                tracker = ReferenceTracker.from_dict(state, win.reference.max_gap_s)
-            except (KeyError, TypeError, ValueError) as exc:
-                _logger.warning("saved reference of %s ignored: %s", tool, exc)
-                continue
-            if tracker.n_sensors != len(win.sensors):
-                continue
-            win.reference = tracker
-            restored += 1
+            tracker = self._saved_tracker(data, tool, state, "reference")
+            if tracker is not None:
+                self.windows[tool].reference = tracker
+                restored += 1
+        for tool, state in dict(data.get("watching") or {}).items():  # absent in older files
+            tracker = self._saved_tracker(data, tool, state, "watching")
+            if tracker is not None:
+                self.windows[tool].watching = tracker
         return restored
+
+    def _saved_tracker(
+        self, data: dict[str, Any], tool: str, state: Any, which: str
+    ) -> ReferenceTracker | None:
+        """A saved tracker (``which``: "reference" or "watching") that fits the tool's window now,
+        or None (logged when it does not parse)."""
+        win = self.windows.get(tool)
+        now = None if win is None else getattr(win, which)
+        if win is None or now is None:
+            return None
+        if float(data.get("step_s", -1.0)) != win.step or int(data.get("rows", -1)) != now.rows:
+            return None
+        try:
+            tracker = ReferenceTracker.from_dict(state, now.max_gap_s)
+        except (KeyError, TypeError, ValueError) as exc:
+            _logger.warning("saved %s of %s ignored: %s", which, tool, exc)
+            return None
+        return tracker if tracker.n_sensors == len(win.sensors) else None
 
     def _build_routes(self) -> None:
         routes: list[tuple[int, str, int | str]] = []

@@ -8,6 +8,9 @@ file, fsync, rename): a crash leaves the previous file whole. A file that does n
 set aside as ``references.json.bad`` and the edge starts without references, never guessing.
 Restored trackers forget themselves when the first new row comes more than
 ``shared.reference.MAX_GAP_S`` after the last saved one: maintenance may have happened unseen.
+The file also keeps each tool's "watching" tracker (``edge.windows``: the edge's first readings
+of a tool without a reference, what an alert's evidence falls back on), under the same rule, so
+that a short restart does not make the readings of a tool already degrading its new baseline.
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ own reference and the hours since it last came back up, exactly as the trainer c
 The tracker's state is what the edge keeps across restarts (:mod:`edge.references`).
 
 A second tracker, ``watching``, takes the first rows the edge sees of the tool in each state,
-from its start (and again after a gap), never waiting for a return from down: not a model input
-(the model was trained on the reference above), only the baseline an alert's evidence falls back
-on while the tool has no reference yet (``shared.evidence``: what moved since the edge began
-watching).
+from its start (and again after a gap; kept across restarts with the reference), never waiting
+for a return from down: not a model input (the model was trained on the reference above), only
+the baseline an alert's evidence falls back on while the tool has no reference yet
+(``shared.evidence``: what moved since the edge began watching).
 """
 
 from __future__ import annotations

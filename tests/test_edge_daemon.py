@@ -622,13 +622,18 @@ async def test_the_tools_references_survive_a_restart_of_the_edge(tmp_path, fab,
         assert etch is not None and etch.known_start and etch.seen[1] == 2
         assert not daemon.pipeline.windows["pump-01"].reference.known_start
         before = etch.to_dict()
+        # the pump has no reference, only the edge's first readings of it (an alert's fallback)
+        watched = daemon.pipeline.windows["pump-01"].watching.to_dict()
+        assert watched["seen"][1] == 2
     finally:
         await _stop(task)
     saved = json.loads((tmp_path / "state" / "references.json").read_text())
     assert saved["tools"]["etch-01"] == before
+    assert saved["watching"]["pump-01"] == watched
     daemon, task = await _start(cfg)
     try:
         assert daemon.pipeline.windows["etch-01"].reference.to_dict()["sums"] == before["sums"]
+        assert daemon.pipeline.windows["pump-01"].watching.to_dict()["sums"] == watched["sums"]
         for k in range(12, 22):
             await _push(fab, daemon, k)
         win = daemon.pipeline.windows["etch-01"].take()
