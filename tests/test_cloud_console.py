@@ -221,6 +221,16 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             assert moving.get_attribute("title").startswith(
                 "throttle_valve: put back to its reference, the risk falls by 0.35\n"
             )
+            # An alert of a tool the edge has not yet seen come back up: what its cell says, with
+            # the sensors that moved since the edge began watching it, and with none.
+            said = page.evaluate(
+                "() => [[{sensor: 'esc_temp', contribution: 0.2, deviation: -1.26}], []]"
+                ".map((e) => { const td = moving(e, false); return [td.innerText, td.title]; })"
+            )
+            assert said[0][0] == "esc_temp −1.3 sd\nsince the edge began watching", said
+            assert said[0][1].startswith("esc_temp: put back to the first readings the edge saw of it"), said
+            assert said[1][0] == "none named: no reference yet", said
+            assert said[1][1].startswith("the edge has not seen this tool come back up"), said
             summary = page.locator("#field-summary").inner_text()
             assert "1 alert; 1 followed by a failure" in summary and "Precision 100%" in summary
             assert "0.00 false alarms per tool-month" in summary
