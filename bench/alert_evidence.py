@@ -62,7 +62,7 @@ from opcua_sim.degradation import SIGNATURES
 from shared.alerting import AlertDecision
 from shared.dataset import read_info
 from shared.equipment import tool_type
-from shared.evidence import deviations, explain, reference_known, sensor_evidence
+from shared.evidence import deviations, explain, reference_known, restored_windows, sensor_evidence
 from shared.signing import load_public_key, verify_release
 
 REPO = Path(__file__).resolve().parent.parent
@@ -153,6 +153,31 @@ def against(x: np.ndarray, names: list[str], first: np.ndarray) -> np.ndarray:
     return np.where(miss, np.nan, z - first[proc])
 
 
+def mode_rows(
+    x: np.ndarray,
+    names: list[str],
+    n: int,
+    predict: Callable[[np.ndarray], np.ndarray],
+    prog: list[int],
+    first: np.ndarray | None,
+) -> dict[str, Any]:
+    """The progressive modes' probabilities on the window (``probs``), with every sensor restored at
+    once (``restored_all``) and each sensor alone (``restored_each``, n × modes); against the first
+    readings when ``first`` is given (no reference); {} when nothing can be restored."""
+    dev = against(x, names, first) if first is not None else None
+    each = restored_windows(x, names, n, dev)
+    if each is None:
+        return {"probs": predict(x[None].astype(np.float32))[0, prog].tolist()}
+    col = {c: i for i, c in enumerate(names)}
+    whole = x.astype(np.float32, copy=True)
+    for j in range(n):  # every sensor's restoring at once: each copy changes only its own columns
+        for c in (f"z_{j:02d}", f"dz_{j:02d}"):
+            if c in col:
+                whole[:, col[c]] = each[j][:, col[c]]
+    got = np.asarray(predict(np.concatenate([x[None].astype(np.float32), whole[None], each])))[:, prog]
+    return {"probs": got[0].tolist(), "restored_all": got[1].tolist(), "restored_each": got[2:].tolist()}
+
+
 def chance(n: int, k: int, picks: int = TOP) -> tuple[float, float]:
     """P(a random sensor is one of the k of n) and P(any of ``picks`` drawn without replacement is)."""
     picks = min(picks, n)
@@ -177,8 +202,14 @@ def explain_alerts(
     predict = lambda b: model.predict(b).probs  # noqa: E731  (edge.pipeline's explain)
     alerts: dict[str, list[AlertDecision]] = {}
     records = []
+    all_probs = {tw.tool_id: probs_fn(tw.ws.x) for tw in st.tools}  # (N, M) per tool
+    type_means: dict[str, list[float]] = {}
+    for ttype_name in {tw.tool_type for tw in st.tools}:
+        prog = [model.modes.index(m) for m in tool_type(ttype_name).warnable_mode_names]
+        stacked = np.concatenate([all_probs[tw.tool_id] for tw in st.tools if tw.tool_type == ttype_name])
+        type_means[ttype_name] = stacked[:, prog].mean(axis=0).tolist()
     for tw in st.tools:
-        probs = probs_fn(tw.ws.x)  # (N, M)
+        probs = all_probs[tw.tool_id]
         risk = risk_series(probs, tw.tool_type)  # ScoredTools.series, keeping the probabilities
         decs = run_rule(rule, tw.t_end_s, risk, st.truth.resets.get(tw.tool_id, []), st.span_s)
         alerts[tw.tool_id] = decs
@@ -210,6 +241,7 @@ def explain_alerts(
             )
             gt = truth_of(a, tw.tool_id, st.truth, episodes[tw.tool_id])
             named_mode = model.modes[mode_index]
+            rows = mode_rows(x, names, len(sensors), predict, prog, first if not has_ref else None)
             rec: dict[str, Any] = {
                 "tool": tw.tool_id,
                 "tool_type": tw.tool_type,
@@ -224,6 +256,11 @@ def explain_alerts(
                 "likely_mode": why.likely_mode,
                 "by_deviation": by_deviation(x, names, sensors),
                 "us": float(np.median(times)) / 1e3,
+                # the progressive modes' probabilities: the window, every sensor restored at once,
+                # each sensor alone restored; and their mean over the type's windows in the export
+                "prog_modes": [model.modes[k] for k in prog],
+                **rows,
+                "type_mean_probs": type_means[tw.tool_type],
             }
             named = [e.sensor for e in ev]
             rec["named_mode_signature_top1"] = bool(named) and named[0] in SIGNATURES[named_mode]
@@ -250,7 +287,38 @@ def explain_alerts(
                         watched_likely_mode_right=watched.likely_mode == gt["mode"],
                     )
             records.append(rec)
-    return records, score(alerts, st.truth, st.tool_days, run_start_s=0.0)
+    heads = head_accuracy(st, all_probs, list(model.modes))
+    return records, score(alerts, st.truth, st.tool_days, run_start_s=0.0), heads
+
+
+BANDS_H = ((0.0, 24.0), (24.0, 72.0), (72.0, 144.0))
+
+
+def head_accuracy(
+    st: ScoredTools, all_probs: dict[str, np.ndarray], modes: list[str]
+) -> dict[str, dict[str, list[int]]]:
+    """The mode heads on every window, not only the alerts': per tool type and band of hours before
+    the tool's next failure (a progressive one), [windows, windows whose most probable progressive
+    mode is the failing one]; "all" sums the types."""
+    out: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for tw in st.tools:
+        prog = tool_type(tw.tool_type).warnable_mode_names
+        idx = [modes.index(m) for m in prog]
+        named = np.asarray(prog)[np.argmax(all_probs[tw.tool_id][:, idx], axis=1)]
+        fails = sorted(st.truth.failures.get(tw.tool_id, []))  # (t, mode, sudden)
+        times = np.array([f[0] for f in fails])
+        nxt = np.searchsorted(times, tw.t_end_s, side="right")  # the tool's next failure
+        for i, k in enumerate(nxt):
+            if k >= len(fails) or fails[k][2]:  # none in the run, or a sudden one comes first
+                continue
+            lead = (fails[k][0] - tw.t_end_s[i]) / H
+            band = next((f"{lo:.0f}-{hi:.0f} h" for lo, hi in BANDS_H if lo <= lead < hi), None)
+            if band is None:
+                continue
+            for key in (tw.tool_type, "all"):
+                out[key][band][0] += 1
+                out[key][band][1] += int(named[i] == fails[k][1])
+    return {k: dict(v) for k, v in out.items()}
 
 
 def summary(recs: list[dict[str, Any]]) -> dict[str, float]:
@@ -378,14 +446,19 @@ def measure(run_dir: Path, quick: bool, reps: int) -> dict[str, Any]:
     out |= {"evidence_defaults": defaults, "tests": {}}
     for folder in tests:
         st = scored_tools(folder, model.spec, set(range(8)) if quick else None)
-        recs, got = explain_alerts(folder, st, model, b2, reps)
+        recs, got, heads = explain_alerts(folder, st, model, b2, reps)
         want = (b2.get("tests") or {}).get(folder.name, {}).get("released_edge")
         same = want is not None and all(
             got[k] == want[k] for k in ("alerts", "warned_ge_lead", "warnable_failures")
         )
         if not quick and not same:
             print(f"note: {folder.name}: B2 scored {want}, this replay {got}", flush=True)
-        out["tests"][folder.name] = {"b2_figures": got, "matches_b2_json": same, "alerts": recs}
+        out["tests"][folder.name] = {
+            "b2_figures": got,
+            "matches_b2_json": same,
+            "alerts": recs,
+            "mode_heads": heads,
+        }
         del st
     return out
 
@@ -426,6 +499,31 @@ def tool_bootstrap(recs: list[dict[str, Any]], rounds: int = 2000, seed: int = 0
     }
 
 
+def heads_table(heads: list[dict[str, dict[str, list[int]]]]) -> str:
+    """Per tool type and band before the failure: % of windows whose most probable progressive
+    mode is the failing one (windows), summed over ``heads`` (one per test export)."""
+    total: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for h in heads:
+        for ttype, bands in h.items():
+            for band, (n, hit) in bands.items():
+                total[ttype][band][0] += n
+                total[ttype][band][1] += hit
+    bands = [f"{lo:.0f}-{hi:.0f} h" for lo, hi in BANDS_H]
+    head = "| tool type | " + " | ".join(f"{b} before: right % (windows)" for b in bands) + " |"
+    return markdown(
+        head,
+        (
+            f"| {t} | "
+            + " | ".join(
+                f"{pct(total[t][b][1] / total[t][b][0]) if total[t][b][0] else '–'} ({total[t][b][0]})"
+                for b in bands
+            )
+            + " |"
+            for t in sorted(total, key=lambda t: (t == "all", t))
+        ),
+    )
+
+
 def report(run: Path, res: dict[str, Any]) -> None:
     per = [(name, summary(t["alerts"])) for name, t in res["tests"].items()]
     rows = [*per, ("pooled", res["summary"]["pooled"])]
@@ -447,6 +545,10 @@ def report(run: Path, res: dict[str, Any]) -> None:
             f"(chance top-1 {pct(s['watched_chance_top1'])} %); mode right: the alert's "
             f"{pct(s['no_ref_mode_right'])} %, the sensors' {pct(s['watched_likely_mode_right'])} %"
         )
+    heads = [t["mode_heads"] for t in res["tests"].values() if "mode_heads" in t]
+    if heads:
+        print("\nThe mode heads on every window before a progressive failure (both test exports):\n")
+        print(heads_table(heads))
     for n, s in rows:
         print(
             f"{n}: true alerts' top-1 % when the named mode was right / wrong "
@@ -474,6 +576,7 @@ def main() -> int:
             ap.error(f"{run}: no b2.json; run bench/b2_sim_warning.py --out {run} first")
     name = "alert_evidence_quick.json" if args.quick else "alert_evidence.json"
     every: list[dict[str, Any]] = []
+    heads: list[dict[str, dict[str, list[int]]]] = []
     for run in args.runs:
         if args.reuse and (run / name).exists():
             res = json.loads((run / name).read_text())
@@ -487,6 +590,7 @@ def main() -> int:
             (run / name).write_text(json.dumps(res, indent=1, default=float))
             print(f"wrote {run / name} ({res['seconds']:.0f} s)")
         report(run, res)
+        heads += [t["mode_heads"] for t in res["tests"].values() if "mode_heads" in t]
         every += [
             {**r, "cluster": (str(run), test, r["tool"])}
             for test, t in res["tests"].items()
@@ -494,6 +598,8 @@ def main() -> int:
         ]
     if len(args.runs) > 1:
         print(f"\nEvery run pooled ({len(args.runs)} trainings):\n")
+        if heads:
+            print(heads_table(heads) + "\n")
         print(table([("all", summary(every))]))
         print()
         print(ref_table([("all", summary(every))]))

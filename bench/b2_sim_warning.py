@@ -16,7 +16,8 @@ Variants (fifth session, bench/results/models.md): ``--train-tools`` (a larger t
 horizon, for the full model and the distillation alike), ``--monitor`` (early stopping).
 Sixth session: ``--reference-rows`` (each tool compared with its own readings after it last came
 back up, ``shared.reference``) and ``--seed``. Eleventh: ``--drop-prob`` (training with token
-dropping, for ``bench/b7_sim.py``). Until then the full model's initial weights were not
+dropping, for ``bench/b7_sim.py``). Twenty-second: ``--mode-ce`` (the naming term's weight; 0
+trains the mode heads as before). Until then the full model's initial weights were not
 seeded, so two runs of one command differed (sixth session: run E kept epoch 10 once, epoch 6 the
 next time); runs are now repeatable, and variants are compared over several seeds.
 ``bench/b2_diagnose.py`` looks at a finished run's test exports (the whole rule grid, and the
@@ -104,6 +105,13 @@ def main() -> int:
         help="share of training batches run with random token dropping, for the full model and the "
         "distillation (default: the pipeline's; B1 trains with 0.5)",
     )
+    ap.add_argument(
+        "--mode-ce",
+        type=float,
+        default=None,
+        help="weight of the naming term (TrainConfig.w_mode_ce: which mode fails, a cross-entropy "
+        "over the mode heads; 0: the heads as before the twenty-second session; default: the pipeline's)",
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -130,6 +138,7 @@ def main() -> int:
             monitor=args.monitor or cfg.train.monitor,
             seed=args.seed,
             drop_prob=cfg.train.drop_prob if args.drop_prob is None else args.drop_prob,
+            w_mode_ce=cfg.train.w_mode_ce if args.mode_ce is None else args.mode_ce,
         ),
     )
     full_ckpt = train_full(train_dir, cfg, args.out / "ckpt")

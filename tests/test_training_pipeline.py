@@ -196,6 +196,32 @@ def test_a_windows_weight_scales_its_rul_error_in_the_loss():
         replace(ws, weight=np.array([1.0, -1.0, 1.0], np.float32))
 
 
+def test_the_naming_term_ranks_the_failing_modes_head_above_the_others():
+    """w_mode_ce: a cross-entropy over the mode logits where one mode is known to fail (a hard
+    label 1, whatever the teacher's soft targets say); windows with no failure or an unknown label
+    add nothing, and a one-mode model gets nothing from it."""
+    from cloud.training.trainer import losses
+
+    cfg = TrainConfig(w_rul=0.0, w_nll=0.0, w_mode=0.0, w_mode_ce=1.0)
+    labels = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [float("nan")] * 3])
+    batch = {"rul": torch.full((3,), float("nan")), "labels": labels}
+
+    def loss(first: list[float], others: float = 0.0, c: TrainConfig = cfg, b: dict = batch) -> float:
+        logits = torch.tensor([first, [others, 3.0, 0.0], [0.0, others, 5.0]])
+        zeros = torch.zeros(len(logits))
+        return float(losses({"rul_norm": zeros, "rul_logvar": zeros, "mode_logits": logits}, b, c))
+
+    wrong, right = loss([0.0, 0.0, 2.0]), loss([0.0, 2.0, 0.0])
+    assert right < wrong and right == pytest.approx(np.log(1 + 2 * np.exp(-2.0)), rel=1e-5)
+    assert loss([0.0, 2.0, 0.0], others=4.0) == pytest.approx(right)  # the other rows: nothing
+    soft = {**batch, "teacher_rul": batch["rul"], "teacher_probs": torch.full((3, 3), 0.3)}
+    assert loss([0.0, 2.0, 0.0], c=replace(cfg, distil_alpha=1.0), b=soft) == pytest.approx(right)
+    assert loss([0.0, 0.0, 2.0], c=replace(cfg, w_mode_ce=0.0)) == 0.0
+    one = {"rul": torch.full((1,), float("nan")), "labels": torch.ones(1, 1)}
+    single = {"rul_norm": torch.zeros(1), "rul_logvar": torch.zeros(1), "mode_logits": torch.tensor([[-4.0]])}
+    assert float(losses(single, one, cfg)) == 0.0
+
+
 def test_one_ddp_step_with_two_gloo_processes(tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
