@@ -12,9 +12,12 @@ run (its ``--out`` folder), on each test export (seeds never trained on):
    ``edge.inference.RiskModel``) on every window of every tool, and the release's alert rule (B2's
    choice) re-armed at failures and maintenance, as B2 scores it (``alert_choice.scored_tools``,
    ``alert_eval.run_rule`` / ``score``; the figures are checked against the run's ``b2.json``);
-2. for every alert, its window, the mode it names (the tool type's progressive mode with the highest
-   probability, as ``edge.decisions`` names it) and ``shared.evidence.explain`` with that graph as
-   ``predict`` and the catalog's precursors, as ``edge.pipeline`` calls it;
+2. for every alert, its window, the mode it names (the release's mode namer on the window's
+   embedding, ``shared.naming``, as ``edge.decisions`` names it; a release from before the namer
+   gets the one ``cloud.training.release`` would fit on its calibration windows; the most probable
+   progressive mode where a type has none), the most probable mode beside it, and
+   ``shared.evidence.explain`` with that graph as ``predict`` and the catalog's precursors, as
+   ``edge.pipeline`` calls it;
 3. for true alerts (``alert_eval``'s definition: a progressive failure of the tool within 240 h, or
    the alert inside a degradation episode a maintenance ended), against the mode that really failed
    (or, inside an episode only, degraded): is the top-1 named sensor in its signature, is any of
@@ -23,7 +26,9 @@ run (its ``--out`` folder), on each test export (seeds never trained on):
    chance (signature size / the type's sensors for the top 1, the hypergeometric for three picks);
    and whether the alert's mode, and the mode the sensors point to, are the one that failed;
 4. for false alarms, what the evidence named; and the time of one explanation (median µs of
-   ``explain``, one batch of n_sensors + 1 windows).
+   ``explain``, one batch of n_sensors + 1 windows);
+5. on every window before a progressive failure (0-24, 24-72, 72-144 h), how often the most
+   probable mode, and the namer's, is the one that fails.
 
 Per-alert records go to ``DIR/alert_evidence.json``; markdown tables are printed: every true
 alert, and those whose window holds a reference (without one there is nothing to restore a sensor
@@ -55,14 +60,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
+from cloud.training import simdata
 from cloud.training.alert_choice import ScoredTools, rule_for, scored_tools
 from cloud.training.alert_eval import Truth, risk_series, run_rule, score
+from cloud.training.release import mode_namer
 from edge.inference import RiskModel
 from opcua_sim.degradation import SIGNATURES
 from shared.alerting import AlertDecision
 from shared.dataset import read_info
 from shared.equipment import tool_type
 from shared.evidence import deviations, explain, reference_known, restored_windows, sensor_evidence
+from shared.naming import ModeNamer
 from shared.signing import load_public_key, verify_release
 
 REPO = Path(__file__).resolve().parent.parent
@@ -191,9 +199,28 @@ def by_deviation(x: np.ndarray, names: list[str], sensors: tuple[str, ...]) -> l
     return [sensors[j] for j in np.argsort(-dev, kind="stable")[:TOP] if dev[j] > 0]
 
 
+def release_namer(run_dir: Path, model: RiskModel, b2: dict[str, Any]) -> tuple[ModeNamer | None, str]:
+    """The release's mode namer (``shared.naming``); for a release built before it had one, the
+    namer ``cloud.training.release`` would fit: on the windows ``export_release`` is given (B2's
+    training windows, every tool) and the released graph's embedding."""
+    if model.namer is not None:
+        return model.namer, "the release's"
+    train = Path(b2["train"])
+    args = b2.get("args") or {}
+    _, tools, _ = simdata.dataset_windows(
+        train if train.is_absolute() else REPO / train,
+        spec=model.spec,
+        stride=int(args.get("stride") or 4),
+        horizon_h=args.get("label_horizon"),
+    )
+    windows = simdata.merge(tools)  # export_release's calibration and held-out windows together
+    emb = embeddings(model, windows.x)
+    return mode_namer(emb, windows, list(model.spec.names), list(model.modes)), "fitted as the release would"
+
+
 def explain_alerts(
-    folder: Path, st: ScoredTools, model: RiskModel, b2: dict[str, Any], reps: int
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    folder: Path, st: ScoredTools, model: RiskModel, b2: dict[str, Any], reps: int, namer: ModeNamer | None
+) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:
     """Every alert of the release's rule on one test export, explained and scored; with B2's figures."""
     rule = rule_for(b2["rule"]["threshold"], b2["rule"]["persistence"])
     probs_fn = batched(model)
@@ -203,6 +230,7 @@ def explain_alerts(
     alerts: dict[str, list[AlertDecision]] = {}
     records = []
     all_probs = {tw.tool_id: probs_fn(tw.ws.x) for tw in st.tools}  # (N, M) per tool
+    all_emb = {tw.tool_id: embeddings(model, tw.ws.x) for tw in st.tools}  # (N, E) per tool
     type_means: dict[str, list[float]] = {}
     for ttype_name in {tw.tool_type for tw in st.tools}:
         prog = [model.modes.index(m) for m in tool_type(ttype_name).warnable_mode_names]
@@ -224,7 +252,9 @@ def explain_alerts(
         for a in decs:
             i = index[float(a.ts)]
             x = tw.ws.x[i]  # (W, F): the window that raised the alert
-            mode_index = prog[int(np.argmax(probs[i, prog]))]  # edge.decisions' named mode
+            most = prog[int(np.argmax(probs[i, prog]))]  # the most probable progressive mode
+            got = None if namer is None else namer.name(tw.tool_type, all_emb[tw.tool_id][i])
+            mode_index = model.modes.index(got[0]) if got is not None else most  # as edge.decisions
             times = []
             for _ in range(reps):
                 t0 = time.perf_counter_ns()
@@ -248,6 +278,7 @@ def explain_alerts(
                 "t_h": a.ts / H,
                 "probability": a.probability,
                 "named_mode": named_mode,
+                "most_probable_mode": model.modes[most],
                 **gt,
                 "n_sensors": len(sensors),
                 "reference": has_ref,  # evidence against the tool's reference possible
@@ -270,6 +301,7 @@ def explain_alerts(
                 near = sig.union(*(SIGNATURES[m] for m in gt["active"]))  # any mode degrading then
                 rec.update(
                     mode_right=named_mode == gt["mode"],
+                    most_probable_right=model.modes[most] == gt["mode"],
                     likely_mode_right=why.likely_mode == gt["mode"],
                     top1_any_active=bool(named) and named[0] in near,
                     signature=sorted(sig),
@@ -288,14 +320,26 @@ def explain_alerts(
                     )
             records.append(rec)
     heads = head_accuracy(st, all_probs, list(model.modes))
+    if namer is not None:
+        heads = {"heads": heads, "namer": head_accuracy(st, all_probs, list(model.modes), namer, all_emb)}
+    else:
+        heads = {"heads": heads}
     return records, score(alerts, st.truth, st.tool_days, run_start_s=0.0), heads
 
 
 BANDS_H = ((0.0, 24.0), (24.0, 72.0), (72.0, 144.0))
 
 
+def embeddings(model: RiskModel, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    return np.concatenate([model.predict(x[i : i + batch]).embedding for i in range(0, len(x), batch)])
+
+
 def head_accuracy(
-    st: ScoredTools, all_probs: dict[str, np.ndarray], modes: list[str]
+    st: ScoredTools,
+    all_probs: dict[str, np.ndarray],
+    modes: list[str],
+    namer: ModeNamer | None = None,
+    all_emb: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, list[int]]]:
     """The mode heads on every window, not only the alerts': per tool type and band of hours before
     the tool's next failure (a progressive one), [windows, windows whose most probable progressive
@@ -305,6 +349,9 @@ def head_accuracy(
         prog = tool_type(tw.tool_type).warnable_mode_names
         idx = [modes.index(m) for m in prog]
         named = np.asarray(prog)[np.argmax(all_probs[tw.tool_id][:, idx], axis=1)]
+        if namer is not None and all_emb is not None and tw.tool_type in namer.types:
+            type_namer = namer.types[tw.tool_type]  # the namer's pick where it has one
+            named = np.asarray(type_namer.modes)[np.argmax(type_namer.probs(all_emb[tw.tool_id]), axis=1)]
         fails = sorted(st.truth.failures.get(tw.tool_id, []))  # (t, mode, sudden)
         times = np.array([f[0] for f in fails])
         nxt = np.searchsorted(times, tw.t_end_s, side="right")  # the tool's next failure
@@ -338,6 +385,8 @@ def summary(recs: list[dict[str, Any]]) -> dict[str, float]:
         "true_failure": sum(r["kind"] == "failure" for r in true),
         "true_episode": sum(r["kind"] == "episode" for r in true),
         "mode_right": share(true, lambda r: r["mode_right"]),
+        "most_probable_right": share(true, lambda r: r.get("most_probable_right", r["mode_right"])),
+        "ref_most_probable_right": share(ref, lambda r: r.get("most_probable_right", r["mode_right"])),
         # the mode the sensors point to (shared.evidence.likely_mode), on the alerts with a reference
         "ref_mode_right": share(ref, lambda r: r["mode_right"]),
         "ref_likely_mode_right": share(ref, lambda r: r.get("likely_mode_right", False)),
@@ -434,6 +483,8 @@ def ref_table(rows: Iterable[tuple[str, dict[str, float]]]) -> str:
 
 def measure(run_dir: Path, quick: bool, reps: int) -> dict[str, Any]:
     model, b2 = load_release(run_dir)
+    namer, namer_from = release_namer(run_dir, model, b2)
+    print(f"{run_dir}: mode namer {namer_from}: {sorted(namer.types) if namer else 'none'}", flush=True)
     tests = sorted(run_dir.glob("test_s*_d*"))
     if not tests:
         raise SystemExit(f"{run_dir}: no test export (test_s*_d*) beside b2.json")
@@ -446,7 +497,7 @@ def measure(run_dir: Path, quick: bool, reps: int) -> dict[str, Any]:
     out |= {"evidence_defaults": defaults, "tests": {}}
     for folder in tests:
         st = scored_tools(folder, model.spec, set(range(8)) if quick else None)
-        recs, got, heads = explain_alerts(folder, st, model, b2, reps)
+        recs, got, heads = explain_alerts(folder, st, model, b2, reps, namer)
         want = (b2.get("tests") or {}).get(folder.name, {}).get("released_edge")
         same = want is not None and all(
             got[k] == want[k] for k in ("alerts", "warned_ge_lead", "warnable_failures")
@@ -457,7 +508,8 @@ def measure(run_dir: Path, quick: bool, reps: int) -> dict[str, Any]:
             "b2_figures": got,
             "matches_b2_json": same,
             "alerts": recs,
-            "mode_heads": heads,
+            "mode_heads": heads["heads"],  # the most probable mode, on every window
+            "mode_namer": heads.get("namer"),  # the namer's mode (the heads' where it has none)
         }
         del st
     return out
@@ -479,6 +531,8 @@ def tool_bootstrap(recs: list[dict[str, Any]], rounds: int = 2000, seed: int = 0
         "top3_minus_deviation": ("top3", "dev_top3"),
         # the failing mode named: by the sensors' precursors (likely_mode) against the alert's own
         "mode_by_sensors_minus_alert_mode": ("likely_mode_right", "mode_right"),
+        # the alert's mode (the release's namer) against the most probable mode (the heads')
+        "alert_mode_minus_most_probable": ("mode_right", "most_probable_right"),
     }
 
     def diffs(rows: list[dict[str, Any]]) -> list[float]:
@@ -535,9 +589,10 @@ def report(run: Path, res: dict[str, Any]) -> None:
     print(f"\nsensor_evidence defaults: {res['evidence_defaults']}")
     for n, s in rows:
         print(
-            f"{n}: true alerts with a reference: the alert's mode right {pct(s['ref_mode_right'])} %, the "
-            f"mode the sensors point to right {pct(s['ref_likely_mode_right'])} % (none "
-            f"{pct(s['ref_likely_mode_none'])} %)"
+            f"{n}: true alerts: the alert's mode right {pct(s['mode_right'])} %, the most probable mode "
+            f"{pct(s['most_probable_right'])} %; with a reference: the alert's {pct(s['ref_mode_right'])} %, "
+            f"the most probable {pct(s['ref_most_probable_right'])} %, the mode the sensors point to "
+            f"{pct(s['ref_likely_mode_right'])} % (none {pct(s['ref_likely_mode_none'])} %)"
         )
         print(
             f"{n}: {s['no_ref']} true alerts without a reference, against the first readings: top-1 "
@@ -549,6 +604,10 @@ def report(run: Path, res: dict[str, Any]) -> None:
     if heads:
         print("\nThe mode heads on every window before a progressive failure (both test exports):\n")
         print(heads_table(heads))
+    named = [t["mode_namer"] for t in res["tests"].values() if t.get("mode_namer")]
+    if named:
+        print("\nThe release's mode namer on the same windows:\n")
+        print(heads_table(named))
     for n, s in rows:
         print(
             f"{n}: true alerts' top-1 % when the named mode was right / wrong "
@@ -577,6 +636,7 @@ def main() -> int:
     name = "alert_evidence_quick.json" if args.quick else "alert_evidence.json"
     every: list[dict[str, Any]] = []
     heads: list[dict[str, dict[str, list[int]]]] = []
+    namers: list[dict[str, dict[str, list[int]]]] = []
     for run in args.runs:
         if args.reuse and (run / name).exists():
             res = json.loads((run / name).read_text())
@@ -591,6 +651,7 @@ def main() -> int:
             print(f"wrote {run / name} ({res['seconds']:.0f} s)")
         report(run, res)
         heads += [t["mode_heads"] for t in res["tests"].values() if "mode_heads" in t]
+        namers += [t["mode_namer"] for t in res["tests"].values() if t.get("mode_namer")]
         every += [
             {**r, "cluster": (str(run), test, r["tool"])}
             for test, t in res["tests"].items()
@@ -600,6 +661,8 @@ def main() -> int:
         print(f"\nEvery run pooled ({len(args.runs)} trainings):\n")
         if heads:
             print(heads_table(heads) + "\n")
+        if namers:
+            print("The release's mode namer:\n\n" + heads_table(namers) + "\n")
         print(table([("all", summary(every))]))
         print()
         print(ref_table([("all", summary(every))]))

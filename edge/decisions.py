@@ -154,13 +154,19 @@ class Decider:
         novelty: float,
         model_version: str,
         explain: Callable[[int], Explanation] | None = None,
+        named: str | None = None,
     ) -> ToolDecision:
         """One window's decision. ``probs`` is (M,) over the model's ``modes``. ``explain``, given
         the index of an alert's mode, names the sensors that carry it and the mode they point to
-        (``shared.evidence``); it is called only when the window raises an alert."""
+        (``shared.evidence``); it is called only when the window raises an alert. ``named``: the
+        mode the release's namer gives the window (``shared.naming``), which an alert names when
+        it is one of the type's; else the most probable. The risk is the highest probability
+        either way: what the alert rule reads."""
         idx = self._modes_of(ttype, modes)
         own = probs[idx]
         best = int(idx[int(np.argmax(own))])
+        if named is not None and named in modes and modes.index(named) in idx:
+            best = modes.index(named)
         risk = float(own.max())
         by_mode = {modes[int(i)]: float(probs[int(i)]) for i in idx}
         out = ToolDecision(risk=risk, mode=modes[best], probs=by_mode)

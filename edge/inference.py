@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.errors import ModelError
 from shared.features import FeatureSpec
+from shared.naming import ModeNamer
 from shared.signing import ModelManifest, verify_release
 from shared.uncertainty import novelty
 
@@ -68,6 +69,9 @@ class RiskModel:
             self.rul_std_scale = float(manifest.output_spec.get("rul_std_scale", 1.0))
             if not (np.isfinite(self.rul_std_scale) and self.rul_std_scale > 0):
                 raise ValueError(f"rul_std_scale must be a positive number, got {self.rul_std_scale}")
+            # Which mode an alert is of, from the embedding (shared.naming); older releases: none.
+            namer = manifest.output_spec.get("mode_namer")
+            self.namer = ModeNamer.from_dict(namer) if namer else None
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"manifest input/output spec is malformed: {exc!r}") from exc
         self.input_name = str(manifest.input_spec.get("input_name", "x"))
@@ -83,6 +87,14 @@ class RiskModel:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    def name_mode(self, tool_type: str, embedding: np.ndarray) -> str | None:
+        """The progressive mode the release's namer gives one window's (E,) embedding; None when
+        the release has no namer for the tool type (the most probable mode is named then)."""
+        if self.namer is None:
+            return None
+        got = self.namer.name(tool_type, embedding)
+        return None if got is None or got[0] not in self.modes else got[0]
 
     @property
     def thresholds(self) -> dict[str, float]:

@@ -352,6 +352,7 @@ class Pipeline:
                 float(pred.novelty[i]),
                 model.version,
                 functools.partial(self._explain, model, x[i], win),
+                model.name_mode(win.tool_type, pred.embedding[i]),
             )
             self.tools[win.tool_id].risk = decision.risk
             self.tools[win.tool_id].probs = decision.probs

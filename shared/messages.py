@@ -78,7 +78,11 @@ class Alert(Message):
     SCHEMA: ClassVar[str] = "alert/1"
     KIND: ClassVar[Kind] = Kind.ALERT
     tool_id: _ID
+    # The progressive mode the edge names: its release's namer on the window's embedding
+    # (shared.naming) where the release has one for the tool type, else the most probable.
     mode: str
+    # The tool's risk: the highest probability among its type's progressive modes within the
+    # horizon, which the alert rule reads (the named mode's own when that is the most probable).
     probability: float = Field(ge=0.0, le=1.0)
     rul_h: float | None = None
     rul_std_h: float | None = None
@@ -98,7 +102,7 @@ class Alert(Message):
     # reference, or an edge from before the field.
     reference_known: bool | None = None
     # The progressive mode whose precursor sensors (the equipment catalog's) carry the risk, when
-    # any does (``shared.evidence.likely_mode``); it may differ from ``mode``, the most probable.
+    # any does (``shared.evidence.likely_mode``); it may differ from ``mode``.
     likely_mode: str | None = Field(default=None, max_length=64)
 
 

@@ -167,8 +167,16 @@ def keys(folder: Path) -> tuple[Path, Path]:
     return priv, pub
 
 
-def release(folder: Path, key: Path, version: str, fspec: FeatureSpec | None = None, **kw: Any) -> Path:
-    """Write ``risk-<version>.onnx`` and its signed manifest; the ONNX path."""
+def release(
+    folder: Path,
+    key: Path,
+    version: str,
+    fspec: FeatureSpec | None = None,
+    output_extra: dict[str, Any] | None = None,
+    **kw: Any,
+) -> Path:
+    """Write ``risk-<version>.onnx`` and its signed manifest (``output_extra`` added to its output
+    spec); the ONNX path."""
     fspec = fspec or spec()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"risk-{version}.onnx"
@@ -185,6 +193,7 @@ def release(folder: Path, key: Path, version: str, fspec: FeatureSpec | None = N
             "rul_cap_h": 100.0,
             "embedding_centroids": [[0.0] * fspec.n_features],
             "novelty_scale": 10.0,
+            **(output_extra or {}),
         },
         "thresholds": {
             "alert_probability": 0.6,

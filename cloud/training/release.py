@@ -28,7 +28,9 @@ from cloud.training.lean_graph import lean_graph
 from cloud.training.parity import Tolerance, parity_report, require_parity, run_onnx
 from cloud.training.quantize import adaptive_quantize
 from cloud.training.windows import WindowSet
+from shared.equipment import TOOL_TYPES
 from shared.models.dga import DGA, INPUT_NAME, OUTPUT_NAMES
+from shared.naming import ModeNamer, fit_namer
 from shared.signing import ModelManifest, write_release
 from shared.uncertainty import fit_centroids, fit_std_scale, flagged_error_ratio, interval_coverage, novelty
 
@@ -94,6 +96,25 @@ def calibrate_std(out: dict[str, np.ndarray], holdout: WindowSet) -> tuple[float
     return scale, {"rul_std_scale": scale, **report}
 
 
+def window_types(x: np.ndarray, names: list[str]) -> np.ndarray | None:
+    """(N,) each window's tool type from its ``type_*`` features (None: features without them)."""
+    cols = [(i, n.removeprefix("type_")) for i, n in enumerate(names) if n.startswith("type_")]
+    if not cols:
+        return None
+    onehot = x[:, -1, [i for i, _ in cols]]
+    return np.array([t for _, t in cols], dtype=object)[np.argmax(onehot, axis=1)]
+
+
+def mode_namer(embedding: np.ndarray, ws: WindowSet, names: list[str], modes: list[str]) -> ModeNamer:
+    """The release's namer (``shared.naming``) fitted on ``ws``'s windows with ``embedding``; empty
+    for features without tool types (C-MAPSS) or windows without a failure of every mode."""
+    types = window_types(ws.x, names)
+    if types is None or ws.labels.shape[1] != len(modes):
+        return ModeNamer({})
+    progressive = {t.name: t.warnable_mode_names for t in TOOL_TYPES.values()}
+    return fit_namer(embedding, ws.labels, list(types), modes, progressive)
+
+
 def release_edge(
     model: DGA,
     calib: WindowSet,
@@ -135,6 +156,17 @@ def release_edge(
     calib_out = run_onnx(released, calib.x)
     cen, scale = fit_centroids(calib_out["embedding"], k=centroids, seed=0)
     hold_out = run_onnx(released, holdout.x)
+    # the mode namer on every tool given (calibration and held out): a split by tool can leave a
+    # mode with no failure on one side (B2's training export: etch's esc_degradation)
+    names = list(input_spec.get("feature_names") or [])
+    if holdout is calib:
+        namer = mode_namer(calib_out["embedding"], calib, names, list(modes))
+    else:
+        emb = np.concatenate([calib_out["embedding"], hold_out["embedding"]])
+        namer = mode_namer(emb, WindowSet.concat([calib, holdout]), names, list(modes))
+    if namer.types:
+        fitted = ", ".join(f"{t} ({sum(n.windows)} windows)" for t, n in namer.types.items())
+        _logger.info("mode namer for %s", fitted)
     nov = novelty(hold_out["embedding"], cen, scale)
     std_scale, std_calibration = calibrate_std(hold_out, holdout)
     edge_std = hold_out["rul_std"] * std_scale  # what the edge will see
@@ -171,6 +203,8 @@ def release_edge(
             "novelty_scale": float(scale),
             "rul_std_scale": float(std_scale),
             "keep_ratio": keep_ratio,
+            # which progressive mode an alert is of (shared.naming); absent: the most probable
+            **({"mode_namer": namer.to_dict()} if namer.types else {}),
         },
         "thresholds": shipped,
         "metrics": _finite(all_metrics),
