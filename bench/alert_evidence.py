@@ -319,11 +319,9 @@ def explain_alerts(
                         watched_likely_mode_right=watched.likely_mode == gt["mode"],
                     )
             records.append(rec)
-    heads = head_accuracy(st, all_probs, list(model.modes))
+    heads: dict[str, Any] = {"heads": head_accuracy(st, all_probs, list(model.modes))}
     if namer is not None:
-        heads = {"heads": heads, "namer": head_accuracy(st, all_probs, list(model.modes), namer, all_emb)}
-    else:
-        heads = {"heads": heads}
+        heads["namer"] = head_accuracy(st, all_probs, list(model.modes), namer, all_emb)
     return records, score(alerts, st.truth, st.tool_days, run_start_s=0.0), heads
 
 
@@ -535,6 +533,9 @@ def tool_bootstrap(recs: list[dict[str, Any]], rounds: int = 2000, seed: int = 0
         "alert_mode_minus_most_probable": ("mode_right", "most_probable_right"),
     }
 
+    # a run measured before a figure existed (--reuse of an older JSON) leaves that pair out
+    pairs = {k: (a, b) for k, (a, b) in pairs.items() if all(a in r and b in r for r in true)}
+
     def diffs(rows: list[dict[str, Any]]) -> list[float]:
         return [float(np.mean([float(r[a]) - float(r[b]) for r in rows])) for a, b in pairs.values()]
 
@@ -554,12 +555,12 @@ def tool_bootstrap(recs: list[dict[str, Any]], rounds: int = 2000, seed: int = 0
 
 
 def heads_table(heads: list[dict[str, dict[str, list[int]]]]) -> str:
-    """Per tool type and band before the failure: % of windows whose most probable progressive
-    mode is the failing one (windows), summed over ``heads`` (one per test export)."""
+    """Per tool type and band before the failure: % of windows whose named mode (the most probable,
+    or the namer's) is the failing one (windows), summed over ``heads`` (one per test export)."""
     total: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for h in heads:
-        for ttype, bands in h.items():
-            for band, (n, hit) in bands.items():
+        for ttype, by_band in h.items():
+            for band, (n, hit) in by_band.items():
                 total[ttype][band][0] += n
                 total[ttype][band][1] += hit
     bands = [f"{lo:.0f}-{hi:.0f} h" for lo, hi in BANDS_H]
