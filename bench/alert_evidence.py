@@ -69,7 +69,7 @@ from opcua_sim.degradation import SIGNATURES
 from shared.alerting import AlertDecision
 from shared.dataset import read_info
 from shared.equipment import tool_type
-from shared.evidence import deviations, explain, reference_known, restored_windows, sensor_evidence
+from shared.evidence import deviations, explain, reference_known, sensor_evidence
 from shared.naming import ModeNamer
 from shared.signing import load_public_key, verify_release
 
@@ -77,7 +77,6 @@ REPO = Path(__file__).resolve().parent.parent
 H = 3600.0
 MATCH_H = 240.0  # alert_eval.score's match_h: a progressive failure this soon after makes it true
 TOP = 3
-Probs = Callable[[np.ndarray], np.ndarray]  # (B, W, F) windows → (B, M) probabilities
 
 
 def load_release(run_dir: Path) -> tuple[RiskModel, dict[str, Any]]:
@@ -89,9 +88,11 @@ def load_release(run_dir: Path) -> tuple[RiskModel, dict[str, Any]]:
     return RiskModel(onnx.read_bytes(), manifest, threads=1), b2
 
 
-def batched(model: RiskModel, batch: int = 512) -> Probs:
-    """windows → probabilities of the edge's model, in batches (as ``parity.run_onnx``)."""
-    return lambda x: np.concatenate([model.predict(x[i : i + batch]).probs for i in range(0, len(x), batch)])
+def predictions(model: RiskModel, x: np.ndarray, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """windows → (probabilities (N, M), embeddings (N, E)) of the edge's model, in one pass of
+    batches (as ``parity.run_onnx``)."""
+    parts = [model.predict(x[i : i + batch]) for i in range(0, len(x), batch)]
+    return np.concatenate([q.probs for q in parts]), np.concatenate([q.embedding for q in parts])
 
 
 def episodes_by_mode(folder: Path, end_s: float) -> dict[str, list[tuple[float, float, str]]]:
@@ -161,31 +162,6 @@ def against(x: np.ndarray, names: list[str], first: np.ndarray) -> np.ndarray:
     return np.where(miss, np.nan, z - first[proc])
 
 
-def mode_rows(
-    x: np.ndarray,
-    names: list[str],
-    n: int,
-    predict: Callable[[np.ndarray], np.ndarray],
-    prog: list[int],
-    first: np.ndarray | None,
-) -> dict[str, Any]:
-    """The progressive modes' probabilities on the window (``probs``), with every sensor restored at
-    once (``restored_all``) and each sensor alone (``restored_each``, n × modes); against the first
-    readings when ``first`` is given (no reference); {} when nothing can be restored."""
-    dev = against(x, names, first) if first is not None else None
-    each = restored_windows(x, names, n, dev)
-    if each is None:
-        return {"probs": predict(x[None].astype(np.float32))[0, prog].tolist()}
-    col = {c: i for i, c in enumerate(names)}
-    whole = x.astype(np.float32, copy=True)
-    for j in range(n):  # every sensor's restoring at once: each copy changes only its own columns
-        for c in (f"z_{j:02d}", f"dz_{j:02d}"):
-            if c in col:
-                whole[:, col[c]] = each[j][:, col[c]]
-    got = np.asarray(predict(np.concatenate([x[None].astype(np.float32), whole[None], each])))[:, prog]
-    return {"probs": got[0].tolist(), "restored_all": got[1].tolist(), "restored_each": got[2:].tolist()}
-
-
 def chance(n: int, k: int, picks: int = TOP) -> tuple[float, float]:
     """P(a random sensor is one of the k of n) and P(any of ``picks`` drawn without replacement is)."""
     picks = min(picks, n)
@@ -214,7 +190,7 @@ def release_namer(run_dir: Path, model: RiskModel, b2: dict[str, Any]) -> tuple[
         horizon_h=args.get("label_horizon"),
     )
     windows = simdata.merge(tools)  # export_release's calibration and held-out windows together
-    emb = embeddings(model, windows.x)
+    _, emb = predictions(model, windows.x)
     return mode_namer(emb, windows, list(model.spec.names), list(model.modes)), "fitted as the release would"
 
 
@@ -223,19 +199,14 @@ def explain_alerts(
 ) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:
     """Every alert of the release's rule on one test export, explained and scored; with B2's figures."""
     rule = rule_for(b2["rule"]["threshold"], b2["rule"]["persistence"])
-    probs_fn = batched(model)
     names = list(model.spec.names)
     episodes = episodes_by_mode(folder, read_info(folder).days * 86400.0)  # read_truth's end
     predict = lambda b: model.predict(b).probs  # noqa: E731  (edge.pipeline's explain)
     alerts: dict[str, list[AlertDecision]] = {}
     records = []
-    all_probs = {tw.tool_id: probs_fn(tw.ws.x) for tw in st.tools}  # (N, M) per tool
-    all_emb = {tw.tool_id: embeddings(model, tw.ws.x) for tw in st.tools}  # (N, E) per tool
-    type_means: dict[str, list[float]] = {}
-    for ttype_name in {tw.tool_type for tw in st.tools}:
-        prog = [model.modes.index(m) for m in tool_type(ttype_name).warnable_mode_names]
-        stacked = np.concatenate([all_probs[tw.tool_id] for tw in st.tools if tw.tool_type == ttype_name])
-        type_means[ttype_name] = stacked[:, prog].mean(axis=0).tolist()
+    preds = {tw.tool_id: predictions(model, tw.ws.x) for tw in st.tools}  # per tool
+    all_probs = {t: p for t, (p, _) in preds.items()}  # (N, M)
+    all_emb = {t: e for t, (_, e) in preds.items()}  # (N, E)
     for tw in st.tools:
         probs = all_probs[tw.tool_id]
         risk = risk_series(probs, tw.tool_type)  # ScoredTools.series, keeping the probabilities
@@ -271,7 +242,6 @@ def explain_alerts(
             )
             gt = truth_of(a, tw.tool_id, st.truth, episodes[tw.tool_id])
             named_mode = model.modes[mode_index]
-            rows = mode_rows(x, names, len(sensors), predict, prog, first if not has_ref else None)
             rec: dict[str, Any] = {
                 "tool": tw.tool_id,
                 "tool_type": tw.tool_type,
@@ -287,11 +257,6 @@ def explain_alerts(
                 "likely_mode": why.likely_mode,
                 "by_deviation": by_deviation(x, names, sensors),
                 "us": float(np.median(times)) / 1e3,
-                # the progressive modes' probabilities: the window, every sensor restored at once,
-                # each sensor alone restored; and their mean over the type's windows in the export
-                "prog_modes": [model.modes[k] for k in prog],
-                **rows,
-                "type_mean_probs": type_means[tw.tool_type],
             }
             named = [e.sensor for e in ev]
             rec["named_mode_signature_top1"] = bool(named) and named[0] in SIGNATURES[named_mode]
@@ -326,10 +291,6 @@ def explain_alerts(
 
 
 BANDS_H = ((0.0, 24.0), (24.0, 72.0), (72.0, 144.0))
-
-
-def embeddings(model: RiskModel, x: np.ndarray, batch: int = 512) -> np.ndarray:
-    return np.concatenate([model.predict(x[i : i + batch]).embedding for i in range(0, len(x), batch)])
 
 
 def head_accuracy(

@@ -12,9 +12,9 @@ tool type, approximately where a reading or its deviation reached the features' 
 them. (The last rows alone showed "+0.0 sd" beside a sensor that had deviated earlier in the
 window and so carried the risk.)
 
-The alert's mode is the most probable of the tool type's progressive modes, and the models'
-mode heads confuse modes of one type (on B2's runs the named mode was the failing one in 40% of
-true alerts). So an explanation also weighs each sensor's fall of the tool's risk against the
+The models' mode heads confuse modes of one type (on B2's runs the most probable mode was the
+failing one in 40% of true alerts; alerts now name the release's namer's mode, ``shared.naming``,
+right in 49%). So an explanation also weighs each sensor's fall of the tool's risk against the
 precursor sensors the equipment catalog lists for each mode, and names the mode they point to.
 
 Restoring one sensor at a time sees what each sensor alone carries; two sensors that each tell

@@ -166,7 +166,7 @@ const RENDER = {
       if (a.likely_mode && a.likely_mode !== a.mode) {  // the catalog's precursors of another mode are what moves
         const note = document.createElement("div");
         note.className = "likely-mode"; note.textContent = `sensors point to ${a.likely_mode}`;
-        note.title = "the mode whose precursor sensors (the equipment catalog's) carry the risk; the mode above is the model's most probable, and the models often confuse modes of one tool type";
+        note.title = "the mode whose precursor sensors (the equipment catalog's) carry the risk; the mode above is the one the edge's model names, and models often confuse modes of one tool type";
         mode.append(note);
       }
       if (issues) {
