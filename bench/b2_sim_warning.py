@@ -185,6 +185,10 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "train": str(train_dir),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        # the weights the run trained with (an option left at None reads the pipeline's default)
+        "train_config": {
+            k: getattr(cfg.train, k) for k in ("epochs", "seed", "drop_prob", "w_mode", "w_mode_ce")
+        },
         "rule": {"threshold": p, "persistence": n, "clear": rule.clear_threshold, "validation": val_score},
         "grid": [{"p": c[0], "n": c[1], **c[2]} for c in choices],
         "release": {

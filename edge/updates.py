@@ -174,8 +174,8 @@ class Updater:
                 return self.last
             previous = running.version if running is not None else None
             self.store.set_current(slot, manifest.version, previous)
-            self._swap(slot, model)
-            _logger.info("model %s now %s (was %s)", slot, manifest.version, previous)
+            # The outcome is recorded before the swap: the swap publishes the edge's status, which
+            # must not pair the new version with the previous announcement's refusal.
             self.last = {
                 "version": manifest.version,
                 "role": manifest.role,
@@ -183,6 +183,8 @@ class Updater:
                 "previous": previous,
                 "ts": time.time(),
             }
+            self._swap(slot, model)
+            _logger.info("model %s now %s (was %s)", slot, manifest.version, previous)
             return self.last
 
     async def _accept(self, ann: ModelAnnouncement) -> tuple[Model, ModelManifest]:

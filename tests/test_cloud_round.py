@@ -139,13 +139,15 @@ async def test_a_real_tiny_round_produces_a_model_the_edge_accepts(tmp_path: Pat
         pub,
         "edge-1",
         lambda _slot: None,
-        lambda slot, model: swapped.append((slot, model)),
+        # What the edge's status would say at the swap (the daemon publishes it from there).
+        lambda slot, model: swapped.append((slot, model, dict(updater.last))),
         lambda: [],
         lambda _w, _m: None,
     )
     outcome = await updater.handle(ann)
     assert outcome is not None and outcome["outcome"] == "accepted", outcome
     assert outcome["version"] == manifest.version and len(swapped) == 1
+    assert swapped[0][2]["outcome"] == "accepted" and swapped[0][2]["version"] == manifest.version
     assert "new_test" in row.state["gate"]
     engine.dispose()
 
