@@ -63,14 +63,22 @@ from cloud.storage.models import Case, Edge, LearningRound
 from cloud.training import simdata
 from cloud.training.distil import edge_config, edge_heads
 from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, train_full
+from cloud.training.release import window_types
 from cloud.training.trainer import fit, new_model, predict
 from cloud.training.windows import WindowSet, split_by_group
+from edge.inference import RiskModel
 from shared.dataset import ToolSeries
-from shared.equipment import ALL_MODES
+from shared.equipment import ALL_MODES, tool_type
 from shared.messages import ModelAnnouncement
 from shared.models.checkpoint import load_checkpoint
 from shared.models.dga import DGA
-from shared.signing import generate_keypair, load_public_key, verify_artifact, verify_manifest
+from shared.signing import (
+    generate_keypair,
+    load_public_key,
+    verify_artifact,
+    verify_manifest,
+    verify_release,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 from _results import add_row  # noqa: E402  (bench/ is the script's folder)
@@ -97,6 +105,32 @@ def score(artifact: Path, ws: WindowSet) -> float:
     """ROC AUC of "fails within 72 h" (the highest mode probability), as the learning gate scores."""
     known, failed = truth(ws)
     return roc_auc(risk(artifact, ws)[known], failed[known])
+
+
+def naming(artifact: Path, pub: Path, ws: WindowSet, names: list[str]) -> tuple[float, int, list[str]]:
+    """How an alert of this release names the mode, on the windows within the horizon of exactly
+    one progressive failure of their type: (the share named right, those windows, the types its
+    namer covers). Named as the edge names it: the namer's mode where the release has one for the
+    type (``shared.naming``), else the most probable of the type's progressive modes."""
+    manifest = verify_release(artifact, load_public_key(pub))
+    model = RiskModel(artifact.read_bytes(), manifest, threads=1)
+    types = window_types(ws.x, names)
+    assert types is not None, "the simulator's features carry the tool type"
+    modes = list(manifest.output_spec["modes"])
+    right = total = 0
+    for start in range(0, len(ws), 512):
+        pred = model.predict(ws.x[start : start + 512])
+        for k, (probs, emb) in enumerate(zip(pred.probs, pred.embedding, strict=True)):
+            prog = [modes.index(m) for m in tool_type(str(types[start + k])).warnable_mode_names]
+            lab = np.nan_to_num(ws.labels[start + k, prog], nan=0.0)
+            if (lab == 1.0).sum() != 1:
+                continue
+            named = model.name_mode(str(types[start + k]), emb)
+            best = modes.index(named) if named is not None else prog[int(np.argmax(probs[prog]))]
+            right += int(best == prog[int(np.argmax(lab))])
+            total += 1
+    covered = sorted((manifest.output_spec.get("mode_namer") or {}).keys())
+    return (right / total if total else float("nan")), total, covered
 
 
 def tool_bootstrap(
@@ -424,6 +458,13 @@ def main() -> None:
         before = {k: evaluate(lambda ws: score(v0, ws), v) for k, v in sets.items()}
         after = {k: evaluate(lambda ws: score(cand, ws), v) for k, v in sets.items()}
         ci = tool_bootstrap(v0, cand, ev_old, ev_new)
+        names = list(spec.names)
+        pub = keys / "signing.pub"
+        named = {
+            f"{who} {regime}": naming(path, pub, ws, names)
+            for who, path in (("v0", v0), ("candidate", cand))
+            for regime, ws in (("old", ev_old), ("new", ev_new))
+        }
         n_eval = len(np.unique(ev_old.groups))
         # The reference: labels only, from scratch, the round's windows and distillation budget.
         teacher, teacher_meta = load_checkpoint(full)
@@ -458,6 +499,7 @@ def main() -> None:
     print(f"round: {[(e['msg'][:70], round(e['ts'] - row.created_ts)) for e in row.log]}")
     print(f"gate {row.state.get('gate')}")
     print(f"90% intervals over the evaluation tools: {ci}")
+    print(f"mode named right (share, windows, namer's types): {named}")
     for k in sets:
         both = f"  both regimes {joint[k]:.3f}  old only {old_only[k]:.3f}" if joint else ""
         print(f"  {k:20s} v0 {before[k]:.3f}  candidate {after[k]:.3f}  reference {reference[k]:.3f}{both}")
@@ -491,6 +533,11 @@ def main() -> None:
             f"old {old_only['old']:.3f}, new {old_only['new']:.3f}, within a type old "
             f"{old_only['old, within a type']:.3f}"
         )
+    figures += "; the mode an alert names, right on the windows within 72 h of a progressive failure: " + (
+        ", ".join(
+            f"{k} {share:.1%} of {n} (namer for {len(types)} types)" for k, (share, n, types) in named.items()
+        )
+    )
     figures += "; " + gate_summary(row.state.get("gate") or {}, cfg.learning.gate_confidence)
     figures += (
         f"; 90% interval over the {n_eval} evaluation tools (bootstrap): candidate − v0 "

@@ -33,6 +33,7 @@ resumes the round from its persisted step.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -58,6 +59,7 @@ from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.storage.models import Case, LearningRound
 from cloud.storage.repo import Repo
+from shared.signing import manifest_path
 
 _logger = logging.getLogger(__name__)
 STEPS = ("collect", "fine_tune", "distil", "export", "gate", "register", "canary", "watch")
@@ -413,13 +415,16 @@ class Learner:
         parent = running.version if running else None
         version = f"r{row.id}-{int(row.created_ts)}"
         calib = self.windows(row.state["train"][: self.cfg.calib_windows])
+        # The mode namer needs windows before failures of every mode of a type, far more than the
+        # calibration subset holds: it is fitted on all the windows the round trained on.
+        naming = self.windows([*row.state["train"], *row.state["replay"]])
         artifact = self.pipeline.export(
-            Path(row.state["edge_ckpt"]), calib, self._dir(row) / "release", version, parent
+            Path(row.state["edge_ckpt"]), calib, naming, self._dir(row) / "release", version, parent
         )
         self._save(
             row.id,
             self._next("export"),
-            f"exported and signed {artifact.name}",
+            f"exported and signed {artifact.name}{_namer_note(artifact)}",
             artifact=str(artifact),
             version=version,
             parent=parent,
@@ -495,3 +500,16 @@ class Learner:
         row = self.open_round()
         if row is not None and not self._lock.locked():
             self._run_leased(row.id)
+
+
+def _namer_note(artifact: Path) -> str:
+    """What the round's log says of the release's mode namer: the types it names, or that alerts
+    name the most probable mode (too few windows before failures of each mode)."""
+    try:
+        output = json.loads(manifest_path(artifact).read_text())["manifest"]["output_spec"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""  # the register step verifies the manifest and says what is wrong with it
+    types = sorted(output.get("mode_namer") or {})
+    if types:
+        return f"; mode namer for {', '.join(types)}"
+    return "; no mode namer (too few windows before failures of each mode): alerts name the most probable"

@@ -49,9 +49,9 @@ class Pipeline:
     fine_tune: Callable[[Path, Windows, Windows, Path], Path]  # (full ckpt, new, replay, out) → full ckpt
     # (full ckpt, windows, out, running edge ckpt to start from or None) → edge ckpt
     distil: Callable[[Path, Windows, Path, Path | None], Path]
-    export: Callable[
-        [Path, Windows, Path, str, str | None], Path
-    ]  # (edge ckpt, calib, out, version, parent) → .onnx
+    # (edge ckpt, calibration windows, windows the mode namer is fitted on, out, version, parent)
+    # → .onnx
+    export: Callable[[Path, Windows, Windows, Path, str, str | None], Path]
     # (.onnx, frozen set) → each window's risk of failing within the horizon, higher is likelier
     risk: Callable[[Path, Windows], np.ndarray]
 

@@ -107,11 +107,20 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
         out.mkdir(parents=True, exist_ok=True)
         return distil_edge(full, to_windowset(data, modes, cap), pcfg, init)
 
-    def do_export(edge: Path, calib: Windows, out: Path, version: str, parent: str | None) -> Path:
+    def do_export(
+        edge: Path, calib: Windows, naming: Windows, out: Path, version: str, parent: str | None
+    ) -> Path:
         modes, cap, _ = model_info(edge)
         ecfg = replace(pcfg, thresholds=parent_thresholds(registry, parent, pcfg.thresholds))
         onnx_path, _manifest = export_release(
-            edge, to_windowset(calib, modes, cap), out, registry.cfg.private_key, version, parent, ecfg
+            edge,
+            to_windowset(calib, modes, cap),
+            out,
+            registry.cfg.private_key,
+            version,
+            parent,
+            ecfg,
+            naming_windows=to_windowset(naming, modes, cap),
         )
         return onnx_path
 

@@ -58,6 +58,8 @@ class TinyPipeline:
         self.quality = 0.8
         self.calls: list[str] = []
         self.inits: list[Path | None] = []  # the running edge checkpoint each distil started from
+        self.named: list[list[str]] = []  # the case ids each export fitted its mode namer on
+        self.namer: dict | None = None  # the manifest's mode_namer, when set
         self.kill_in: str | None = None
         self.during: dict[str, Callable[[], None]] = {}  # runs inside a step (what others do meanwhile)
 
@@ -84,8 +86,11 @@ class TinyPipeline:
         path.write_text(json.dumps({"teacher": str(full), "n": len(data), "shape": list(data.x.shape)}))
         return path
 
-    def export(self, edge: Path, calib: Windows, out: Path, version: str, parent: str | None) -> Path:
+    def export(
+        self, edge: Path, calib: Windows, naming: Windows, out: Path, version: str, parent: str | None
+    ) -> Path:
         self._maybe_die("export")
+        self.named.append(list(naming.case_ids))
         out.mkdir(parents=True, exist_ok=True)
         artifact = out / f"risk-{version}.onnx"
         artifact.write_text(json.dumps({"quality": self.quality, "from": edge.name}))
@@ -96,7 +101,7 @@ class TinyPipeline:
             "role": "edge-risk",
             "created_ts": 0.0,
             "input_spec": {"input_name": "x"},
-            "output_spec": {"modes": ["wear"]},
+            "output_spec": {"modes": ["wear"], **({"mode_namer": self.namer} if self.namer else {})},
         }
         write_release(artifact, fields, load_private_key(self.key_path))
         return artifact
@@ -196,7 +201,7 @@ def test_activating_a_model_retires_the_one_active_before(world):
     empty = Windows.concat([])
     for v in ("v1", "v2"):
         clock.t += 60
-        reg.register(pipe.export(Path(f"{v}.json"), empty, world["tmp"] / v, v, None))
+        reg.register(pipe.export(Path(f"{v}.json"), empty, empty, world["tmp"] / v, v, None))
     reg.activate("v1")
     reg.activate("v2")
     assert reg.active().version == "v2" and reg.require("v1").status == "retired"
@@ -246,7 +251,7 @@ def test_a_start_retried_while_at_the_canary_returns_that_rollout(world):
     feed(ingest, clock, "etch-01")
     empty = Windows.concat([])
     for v in ("v1", "v2"):
-        learner.registry.register(pipe.export(Path(f"{v}.json"), empty, world["tmp"] / v, v, None))
+        learner.registry.register(pipe.export(Path(f"{v}.json"), empty, empty, world["tmp"] / v, v, None))
     first = ro.start("v1")
     n_published = len(published)
     again = ro.start("v1")
@@ -316,9 +321,15 @@ def test_worse_model_is_not_promoted_and_rollback_restores_the_previous(world):
     assert len(published) == n_published
     # Round 3: a better model; the canary refuses it → automatic rollback to v1.
     pipe.quality = 0.9
+    pipe.namer = {"plasma_etch": {}, "cvd": {}}
     feed(ingest, clock, "etch-03")
     r3 = learner.get(learner.trigger("manual"))
     v3 = r3.state["version"]
+    # Its mode namer is fitted on every window it trained on, new and replayed, not the few
+    # calibration windows; the log says which types it names.
+    assert r3.state["replay"] and pipe.named[-1] == [*r3.state["train"], *r3.state["replay"]]
+    assert any(e["msg"].endswith("; mode namer for cvd, plasma_etch") for e in r3.log), r3.log
+    assert any("no mode namer (too few windows" in e["msg"] for e in r1.log), r1.log
     assert learner.registry.require(v3).parent_version == v1
     assert [m.version for m in learner.registry.lineage(v3)] == [v3, v1]
     report(

@@ -355,6 +355,26 @@ def test_pipeline_tiny_end_to_end(export_dir, keys, tmp_path):
 
     pred = RiskModel(path.read_bytes(), manifest).predict(feats.astype(np.float32))
     assert np.allclose(pred.rul_std, rul_std * out["rul_std_scale"], rtol=1e-5)
+    # A learning round calibrates on a few hundred windows with few failures: the mode namer is
+    # fitted on the windows it names on instead (here etch's, MIN_WINDOWS before each of its modes).
+    from cloud.training.release import window_types
+    from shared.naming import MIN_WINDOWS
+
+    etch = np.flatnonzero(window_types(ws.x, list(spec.names)) == tt)
+    etch_modes = tool_type(tt).warnable_mode_names
+    assert len(etch) >= MIN_WINDOWS * len(etch_modes), "the export holds enough etch windows"
+    named = ws.take(etch[: MIN_WINDOWS * len(etch_modes)])
+    named.labels[:] = 0.0
+    for k, mode in enumerate(etch_modes):
+        named.labels[k * MIN_WINDOWS : (k + 1) * MIN_WINDOWS, ALL_MODES.index(mode)] = 1.0
+    calib = replace(ws, labels=np.zeros_like(ws.labels))  # no failure within the horizon
+    _, plain = export_release(edge, calib, tmp_path / "rel2", keys[0], "v2", None, cfg)
+    _, round_release = export_release(
+        edge, calib, tmp_path / "rel3", keys[0], "v3", None, cfg, naming_windows=named
+    )
+    assert "mode_namer" not in plain.output_spec
+    namer = round_release.output_spec["mode_namer"]
+    assert set(namer) == {tt} and namer[tt]["windows"] == [MIN_WINDOWS] * len(etch_modes)
 
 
 def test_distil_edge_warm_start_continues_the_running_edge_model(export_dir, tmp_path):

@@ -270,12 +270,15 @@ def export_release(
     parent: str | None,
     cfg: PipelineConfig | None = None,
     metrics: dict[str, float] | None = None,
+    naming_windows: WindowSet | None = None,
 ) -> tuple[Path, ModelManifest]:
     """ONNX export, adaptive INT8, parity report and signed manifest for an edge checkpoint.
 
     ``calib_windows`` is split by tool into calibration (quantization, novelty centroids) and
     held-out windows (parity, calibration of the hard-case signals). ``metrics`` are added to the
-    checkpoint's own in the manifest (e.g. how the alert rule was chosen).
+    checkpoint's own in the manifest (e.g. how the alert rule was chosen). ``naming_windows``,
+    when given, are what the mode namer is fitted on instead of ``calib_windows``
+    (``release.release_edge``).
     """
     cfg = cfg or PipelineConfig()
     model, meta = load_checkpoint(Path(edge_ckpt))
@@ -305,4 +308,5 @@ def export_release(
             **(metrics or {}),
         },
         name=f"edge_risk_{version}",
+        naming=naming_windows,
     )

@@ -134,8 +134,13 @@ def release_edge(
     tol: Tolerance | None = None,
     name: str = "edge_risk",
     centroids: int = 16,
+    naming: WindowSet | None = None,
 ) -> tuple[Path, ModelManifest]:
-    """Build, check and sign the edge-risk release; ParityError when the check fails."""
+    """Build, check and sign the edge-risk release; ParityError when the check fails.
+
+    The mode namer is fitted on ``naming`` when it holds windows (a learning round passes all its
+    training windows, of which calibration takes a few hundred), else on calibration and held-out
+    windows together."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     th = thresholds or AlertThresholds()
@@ -156,10 +161,13 @@ def release_edge(
     calib_out = run_onnx(released, calib.x)
     cen, scale = fit_centroids(calib_out["embedding"], k=centroids, seed=0)
     hold_out = run_onnx(released, holdout.x)
-    # the mode namer on every tool given (calibration and held out): a split by tool can leave a
-    # mode with no failure on one side (B2's training export: etch's esc_degradation)
+    # The mode namer on every window given: it needs MIN_WINDOWS before a failure of each mode of a
+    # type, which a split by tool can leave one side short of (B2's training export: etch's
+    # esc_degradation), and a round's calibration subset always is.
     names = list(input_spec.get("feature_names") or [])
-    if holdout is calib:
+    if naming is not None and len(naming.x):
+        namer = mode_namer(run_onnx(released, naming.x)["embedding"], naming, names, list(modes))
+    elif holdout is calib:
         namer = mode_namer(calib_out["embedding"], calib, names, list(modes))
     else:
         emb = np.concatenate([calib_out["embedding"], hold_out["embedding"]])
