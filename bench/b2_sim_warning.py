@@ -112,6 +112,13 @@ def main() -> int:
         help="weight of the naming term (TrainConfig.w_mode_ce: which mode fails, a cross-entropy "
         "over the mode heads; 0: the heads as before the twenty-second session; default: the pipeline's)",
     )
+    ap.add_argument(
+        "--name-weight",
+        type=float,
+        default=None,
+        help="weight of the naming classifier on the embedding (TrainConfig.w_name, training only: "
+        "the release's mode namer reads the embedding; default: the pipeline's)",
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -139,6 +146,7 @@ def main() -> int:
             seed=args.seed,
             drop_prob=cfg.train.drop_prob if args.drop_prob is None else args.drop_prob,
             w_mode_ce=cfg.train.w_mode_ce if args.mode_ce is None else args.mode_ce,
+            w_name=cfg.train.w_name if args.name_weight is None else args.name_weight,
         ),
     )
     full_ckpt = train_full(train_dir, cfg, args.out / "ckpt")
@@ -187,7 +195,7 @@ def main() -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         # the weights the run trained with (an option left at None reads the pipeline's default)
         "train_config": {
-            k: getattr(cfg.train, k) for k in ("epochs", "seed", "drop_prob", "w_mode", "w_mode_ce")
+            k: getattr(cfg.train, k) for k in ("epochs", "seed", "drop_prob", "w_mode", "w_mode_ce", "w_name")
         },
         "rule": {"threshold": p, "persistence": n, "clear": rule.clear_threshold, "validation": val_score},
         "grid": [{"p": c[0], "n": c[1], **c[2]} for c in choices],

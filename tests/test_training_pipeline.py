@@ -222,6 +222,39 @@ def test_the_naming_term_ranks_the_failing_modes_head_above_the_others():
     assert float(losses(single, one, cfg)) == 0.0
 
 
+def test_the_naming_head_trains_the_embedding_and_is_dropped_after(tmp_path):
+    """w_name: a classifier over the embedding, trained beside the model on the windows with one
+    known failing mode, bends the trunk (the embedding's projection is frozen, its gradient is
+    not) and is not in the checkpoint, which loads as any other; off, training is as before."""
+    from cloud.training.trainer import fit, new_model, predict
+    from shared.models.checkpoint import load_checkpoint
+
+    rng = np.random.default_rng(0)
+    n = 240
+    x = rng.normal(size=(n, 8, 4)).astype(np.float32)
+    labels = np.zeros((n, 3), np.float32)
+    labels[np.arange(n), rng.integers(0, 3, n)] = 1.0
+    labels[::4] = 0.0  # no failure within the horizon: nothing for the naming head
+    ws = WindowSet(x=x, rul=np.full(n, np.nan, np.float32), labels=labels, groups=np.arange(n))
+    mcfg = DGAConfig(
+        n_features=4, window=8, n_modes=3, d_model=16, n_heads=2, n_layers=1, d_ff=32, embed_dim=8
+    )
+    base = TrainConfig(epochs=2, batch_size=32, patience=5, progress=False, seed=0, w_rul=0.0, w_nll=0.0)
+
+    def trained(c: TrainConfig, path: Path | None = None) -> DGA:
+        return fit(new_model(mcfg, 0), ws.take(np.arange(200)), ws.take(np.arange(200, n)), c, path).model
+
+    off, again = trained(base), trained(base)
+    named = trained(replace(base, w_name=1.0), tmp_path / "named.pt")
+    emb = {k: predict(m, x)["embedding"] for k, m in (("off", off), ("again", again), ("named", named))}
+    assert np.array_equal(emb["off"], emb["again"])
+    assert not np.allclose(emb["off"], emb["named"], atol=1e-4), "the naming loss moved the trunk"
+    assert torch.equal(off.emb_head.weight, named.emb_head.weight), "the projection stays frozen"
+    loaded, _ = load_checkpoint(tmp_path / "named.pt")
+    assert sorted(loaded.state_dict()) == sorted(off.state_dict())
+    np.testing.assert_array_equal(predict(loaded, x)["embedding"], emb["named"])
+
+
 def test_one_ddp_step_with_two_gloo_processes(tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

@@ -249,7 +249,8 @@ def _ddp_check(ns: argparse.Namespace) -> int:
         DGAConfig(n_features=f, window=t, n_modes=1, d_model=8, n_heads=2, n_layers=1, d_ff=16, rul_cap=10)
     )
     before = float(sum(p.detach().double().sum() for p in model.parameters()))
-    cfg = TrainConfig(epochs=1, batch_size=16, patience=1, progress=False, device="cpu", seed=0)
+    # w_name: the naming head outside DDP averages its gradients by hand (every rank must call it)
+    cfg = TrainConfig(epochs=1, batch_size=16, patience=1, progress=False, device="cpu", seed=0, w_name=0.5)
     res = fit(model, ws.take(np.arange(48)), ws.take(np.arange(48, 64)), cfg)
     digest = [float(p.detach().double().sum()) for p in res.model.parameters()]
     ns.out.mkdir(parents=True, exist_ok=True)

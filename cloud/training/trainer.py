@@ -71,6 +71,12 @@ class TrainConfig:
     # default: the release names the mode from the embedding instead. 0 is off; a model of one
     # mode (C-MAPSS) gets nothing from it.
     w_mode_ce: float = 0.0
+    # Which mode, in the embedding: a cross-entropy, on the same windows, of a linear classifier
+    # over the embedding that is trained beside the model and dropped after (never exported). It
+    # shapes the trunk so that the modes lie apart in the embedding the release's namer reads
+    # (shared.naming), and leaves the mode heads, which carry the alert risk, to their BCE.
+    # 0 is off.
+    w_name: float = 0.0
     distil_alpha: float = 0.5  # weight of the teacher's targets when present
     grad_clip: float = 1.0
     drop_prob: float = 0.0  # share of training batches run with random token dropping, so the
@@ -164,12 +170,19 @@ def losses(
         )
         total = total + cfg.w_mode * bce
     if cfg.w_mode_ce > 0:
-        hard = batch["labels"]  # the hard labels: the teacher's soft ones say no mode for sure
-        one = (hard == 1.0).sum(dim=1) == 1  # NaN rows (unknown) compare False
-        if one.any():
-            ce = F.cross_entropy(out["mode_logits"].float()[one], hard[one].argmax(dim=1))
-            total = total + cfg.w_mode_ce * ce
+        total = total + cfg.w_mode_ce * naming_loss(out["mode_logits"], batch["labels"])
     return total
+
+
+def naming_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (B, M) mode ``logits`` on the windows whose hard ``labels`` hold exactly one
+    failing mode (the teacher's soft labels say no mode for sure); 0 when there are none."""
+    one = (labels == 1.0).sum(dim=1) == 1  # NaN rows (unknown) compare False
+    if not one.any():
+        # zero, but still of the logits: each parameter gets a (zero) gradient, so DDP ranks with
+        # and without such windows average the same tensors
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float()[one], labels[one].argmax(dim=1))
 
 
 def _tensors(ws: WindowSet, idx: np.ndarray, cap: float, device: torch.device) -> dict[str, torch.Tensor]:
@@ -247,6 +260,29 @@ def new_model(config: DGAConfig, seed: int) -> DGA:
     return DGA(config)
 
 
+def _naming_head(model: DGA, cfg: TrainConfig) -> torch.nn.Linear:
+    """The w_name classifier: embedding → mode logits, drawn from its own generator so that the
+    model's batches and dropout see the same random stream as without it."""
+    head = torch.nn.Linear(model.cfg.embed_dim, model.cfg.n_modes)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    bound = 1.0 / math.sqrt(model.cfg.embed_dim)
+    with torch.no_grad():
+        head.weight.uniform_(-bound, bound, generator=gen)
+        head.bias.uniform_(-bound, bound, generator=gen)
+    return head
+
+
+def _average_grads(module: torch.nn.Module | None, world: int) -> None:
+    """Under DDP, average the gradients of a module DDP does not wrap (the naming head), so every
+    rank takes the same step."""
+    if module is None or world <= 1:
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+
+
 def fit(
     model: DGA,
     train: WindowSet,
@@ -294,9 +330,14 @@ def fit(
         )
     amp = autocast_dtype(device)
     scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
-    opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
+    # The training-only naming classifier over the embedding (TrainConfig.w_name); outside the
+    # model, so checkpoints and exports are as without it. Seeded apart from the model's weights.
+    namer = _naming_head(model, cfg) if cfg.w_name > 0 else None
+    trained = [p for p in model.parameters() if p.requires_grad]
+    trained += list(namer.parameters()) if namer is not None else []
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if namer is not None:
+        namer.to(device)
     steps_per_epoch = max(1, math.ceil(len(train) / world / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1
@@ -344,17 +385,21 @@ def fit(
             with ctx:
                 out = net(batch["x"], keep_ratio=keep)
             loss = losses(out, batch, cfg)
+            if namer is not None:
+                loss = loss + cfg.w_name * naming_loss(namer(out["embedding"].float()), batch["labels"])
             if cfg.w_gate > 0:
                 loss = loss + cfg.w_gate * out["gates"].float().mean()
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
+                _average_grads(namer, world)
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 scaler.step(opt)
                 scaler.update()
             else:
                 loss.backward()
+                _average_grads(namer, world)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
             sched.step()
