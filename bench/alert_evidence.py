@@ -36,6 +36,7 @@ to and the evidence is [] by design: a tool that has not yet gone down and come 
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/alert_evidence.py artifacts/b2_ev [--quick]
     OMP_NUM_THREADS=1 .venv/bin/python bench/alert_evidence.py artifacts/b2_ev artifacts/b2_ev0 --reuse
+    OMP_NUM_THREADS=1 .venv/bin/python bench/alert_evidence.py artifacts/b2_ev --name-horizon 240
 
 Several runs: each is measured (or, with ``--reuse``, read back from its JSON), then all are pooled;
 the hit-rate differences get a 95% interval from resampling tools.
@@ -175,11 +176,14 @@ def by_deviation(x: np.ndarray, names: list[str], sensors: tuple[str, ...]) -> l
     return [sensors[j] for j in np.argsort(-dev, kind="stable")[:TOP] if dev[j] > 0]
 
 
-def release_namer(run_dir: Path, model: RiskModel, b2: dict[str, Any]) -> tuple[ModeNamer | None, str]:
+def release_namer(
+    run_dir: Path, model: RiskModel, b2: dict[str, Any], name_horizon_h: float | None = None
+) -> tuple[ModeNamer | None, str]:
     """The release's mode namer (``shared.naming``); for a release built before it had one, the
     namer ``cloud.training.release`` would fit: on the windows ``export_release`` is given (B2's
-    training windows, every tool) and the released graph's embedding."""
-    if model.namer is not None:
+    training windows, every tool) and the released graph's embedding. ``name_horizon_h``: refit it
+    on the windows up to that many hours before a failure (the release fits on the label horizon)."""
+    if model.namer is not None and name_horizon_h is None:
         return model.namer, "the release's"
     train = Path(b2["train"])
     args = b2.get("args") or {}
@@ -187,11 +191,14 @@ def release_namer(run_dir: Path, model: RiskModel, b2: dict[str, Any]) -> tuple[
         train if train.is_absolute() else REPO / train,
         spec=model.spec,
         stride=int(args.get("stride") or 4),
-        horizon_h=args.get("label_horizon"),
+        horizon_h=name_horizon_h if name_horizon_h is not None else args.get("label_horizon"),
     )
     windows = simdata.merge(tools)  # export_release's calibration and held-out windows together
     _, emb = predictions(model, windows.x)
-    return mode_namer(emb, windows, list(model.spec.names), list(model.modes)), "fitted as the release would"
+    how = "fitted as the release would"
+    if name_horizon_h is not None:
+        how = f"refitted on the windows up to {name_horizon_h:g} h before a failure"
+    return mode_namer(emb, windows, list(model.spec.names), list(model.modes)), how
 
 
 def explain_alerts(
@@ -440,9 +447,9 @@ def ref_table(rows: Iterable[tuple[str, dict[str, float]]]) -> str:
     )
 
 
-def measure(run_dir: Path, quick: bool, reps: int) -> dict[str, Any]:
+def measure(run_dir: Path, quick: bool, reps: int, name_horizon_h: float | None = None) -> dict[str, Any]:
     model, b2 = load_release(run_dir)
-    namer, namer_from = release_namer(run_dir, model, b2)
+    namer, namer_from = release_namer(run_dir, model, b2, name_horizon_h)
     print(f"{run_dir}: mode namer {namer_from}: {sorted(namer.types) if namer else 'none'}", flush=True)
     tests = sorted(run_dir.glob("test_s*_d*"))
     if not tests:
@@ -453,6 +460,7 @@ def measure(run_dir: Path, quick: bool, reps: int) -> dict[str, Any]:
         if v.default is not inspect.Parameter.empty
     }  # what "named" meant in this run (shared.evidence's floor and top)
     out: dict[str, Any] = {"run": str(run_dir), "rule": b2["rule"], "model_version": model.version}
+    out["mode_namer_from"] = namer_from
     out |= {"evidence_defaults": defaults, "tests": {}}
     for folder in tests:
         st = scored_tools(folder, model.spec, set(range(8)) if quick else None)
@@ -591,11 +599,20 @@ def main() -> int:
     ap.add_argument(
         "--reuse", action="store_true", help="read a run's alert_evidence.json when it has one (no model run)"
     )
+    ap.add_argument(
+        "--name-horizon",
+        type=float,
+        default=None,
+        help="refit the mode namer on the windows up to this many hours before a failure (the "
+        "release fits it on the label horizon's); the JSON gets _name<H> in its name",
+    )
     args = ap.parse_args()
     for run in args.runs:
         if not (run / "b2.json").exists():
             ap.error(f"{run}: no b2.json; run bench/b2_sim_warning.py --out {run} first")
-    name = "alert_evidence_quick.json" if args.quick else "alert_evidence.json"
+    name = "alert_evidence_quick" if args.quick else "alert_evidence"
+    name += "" if args.name_horizon is None else f"_name{args.name_horizon:g}"
+    name += ".json"
     every: list[dict[str, Any]] = []
     heads: list[dict[str, dict[str, list[int]]]] = []
     namers: list[dict[str, dict[str, list[int]]]] = []
@@ -604,7 +621,7 @@ def main() -> int:
             res = json.loads((run / name).read_text())
         else:
             t0 = time.monotonic()
-            res = measure(run, args.quick, args.reps)
+            res = measure(run, args.quick, args.reps, args.name_horizon)
             pooled = summary([r for t in res["tests"].values() for r in t["alerts"]])
             res["summary"] = {**{k: summary(t["alerts"]) for k, t in res["tests"].items()}, "pooled": pooled}
             res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
