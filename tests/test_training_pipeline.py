@@ -704,6 +704,7 @@ def test_the_release_chooses_its_alert_rule_on_tools_it_was_not_trained_on(expor
     c = {"recall_ge_lead": 0.6, "precision": 0.99, "alerts": 20.0}
     assert choose_rule([(0.1, 2, a), (0.05, 2, b), (0.2, 4, c)])[:2] == (0.2, 4)
     assert choose_rule([(0.05, 2, b)])[:2] == (0.05, 2), "nothing reaches 95%: the best of the rest"
+    assert choose_rule([(0.1, 2, a), (0.05, 2, b)], min_precision=0.8)[:2] == (0.05, 2)
 
 
 def test_a_round_keeps_the_alert_rule_its_parent_shipped() -> None:

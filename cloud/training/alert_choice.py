@@ -102,10 +102,10 @@ def evaluate(
     return score(alerts, truth, tool_days, run_start_s=0.0, lead_h=lead_h)
 
 
-def choose_rule(grid: list[Scored]) -> Scored:
-    """From scored grid points: most failures warned ≥ 72 h at precision ≥ ``MIN_PRECISION`` (the
+def choose_rule(grid: list[Scored], min_precision: float = MIN_PRECISION) -> Scored:
+    """From scored grid points: most failures warned ≥ 72 h at precision ≥ ``min_precision`` (the
     whole grid when no point gets there), then the higher precision, then fewer alerts."""
-    pool = [c for c in grid if c[2]["precision"] >= MIN_PRECISION] or grid
+    pool = [c for c in grid if c[2]["precision"] >= min_precision] or grid
     return max(pool, key=lambda c: (c[2]["recall_ge_lead"], c[2]["precision"], -c[2]["alerts"]))
 
 
