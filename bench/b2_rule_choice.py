@@ -29,8 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from b2_sim_warning import export
 
-from cloud.training.alert_choice import Scored, choose_rule, evaluate, risks, rule_for
+from cloud.training.alert_choice import (
+    Scored,
+    choose_rule,
+    evaluate,
+    risks,
+    rule_for,
+    scored_tools,
+    tool_interval,
+    unseen_tools,
+)
 from cloud.training.parity import run_onnx
+from cloud.training.trainer import predict
 from shared.features import FeatureSpec
 from shared.models.checkpoint import load_checkpoint
 
@@ -38,6 +48,10 @@ from shared.models.checkpoint import load_checkpoint
 def _grid(rows: list[dict[str, Any]]) -> list[Scored]:
     """A grid saved in b2.json (rows of p, n and the score) as choose_rule's scored points."""
     return [(float(r["p"]), int(r["n"]), {k: v for k, v in r.items() if k not in ("p", "n")}) for r in rows]
+
+
+def _span(sure: dict[str, float], name: str) -> str:
+    return f"[{sure[name + '_lo']:.0%}-{sure[name + '_hi']:.0%}]"
 
 
 def main() -> int:
@@ -58,26 +72,33 @@ def main() -> int:
     table = []
     for run in args.runs:
         b2 = json.loads((run / "b2.json").read_text())
-        places = {"validation tools": _grid(b2["grid"])}
-        if b2.get("rule_by_seed"):
-            places[b2["rule_by_seed"]["export"]] = _grid(b2["rule_by_seed"]["grid"])
         _, meta = load_checkpoint(run / "ckpt" / "full.pt")
         spec = FeatureSpec.from_dict(meta["feature_spec"])
+        edge, _ = load_checkpoint(run / "ckpt" / "full.edge.pt")
+        train = Path(b2["train"]).name
+        # each place: its grid (scored when the run chose there) and its tools, for the intervals
+        places = {"validation tools": (_grid(b2["grid"]), run / train, unseen_tools(run / train, meta))}
+        if b2.get("rule_by_seed"):
+            by_seed = b2["rule_by_seed"]
+            places[by_seed["export"]] = (_grid(by_seed["grid"]), run / by_seed["export"], None)
         graph = sorted((run / "release").glob("*.onnx"))[0]
         tests = {}
         for seed in args.tests:
             folder = export(run / f"test_s{seed}_d{args.days}", seed, args.days, args.tools)
             tests[seed] = risks(folder, spec, lambda x, g=graph: run_onnx(g, x)["probs"])
-        for place, grid in places.items():
+        for place, (grid, folder, groups) in places.items():
+            st = scored_tools(folder, spec, groups)
+            chosen_on = st.series(lambda x, m=edge: predict(m, x)["probs"])  # what B2 chose on
             for target in args.targets:
                 p, n, there = choose_rule(grid, target)
+                sure = tool_interval(chosen_on, st.truth, st.span_s, rule_for(p, n))
                 row = {
                     "run": run.name,
                     "chosen_on": place,
                     "target": target,
                     "threshold": p,
                     "persistence": n,
-                    "there": {"warned": there["recall_ge_lead"], "precision": there["precision"]},
+                    "there": {"warned": there["recall_ge_lead"], "precision": there["precision"]} | sure,
                     "tests": {},
                 }
                 for seed, series in tests.items():
@@ -89,7 +110,8 @@ def main() -> int:
                 )
                 print(
                     f"{run.name:12s} {place:18s} ≥{target:.0%}: p {p} × {n} "
-                    f"({there['recall_ge_lead']:.1%} at {there['precision']:.1%} there)  {cells}",
+                    f"({there['recall_ge_lead']:.1%} {_span(sure, 'recall_ge_lead')}"
+                    f" at {there['precision']:.1%} {_span(sure, 'precision')} there)  {cells}",
                     flush=True,
                 )
     if args.json:

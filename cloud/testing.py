@@ -126,9 +126,12 @@ def signed_release(
     version: str = "v1",
     input_spec: dict[str, Any] | None = None,
     content: bytes = b"an edge model",
+    thresholds: dict[str, float] | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> Path:
     """An edge-risk release of ``content`` (bytes, not a model) signed with the registry's key
-    (a key pair is made when there is none), its manifest beside it: what the registry accepts."""
+    (a key pair is made when there is none), its manifest beside it: what the registry accepts;
+    ``thresholds`` and ``metrics`` go into the manifest as given."""
     if not registry.private_key.exists():
         generate_keypair(registry.private_key, registry.public_key)
     artifact = folder / "edge.onnx"
@@ -140,6 +143,8 @@ def signed_release(
         "created_ts": 0.0,
         "input_spec": input_spec or {},
         "output_spec": {},
+        "thresholds": thresholds or {},
+        "metrics": metrics or {},
     }
     write_release(artifact, fields, load_private_key(registry.private_key))
     return artifact

@@ -78,12 +78,17 @@ def _until(pred, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def _register_edge_model(service: CloudService, version: str, folder: Path) -> None:
-    """A signed release whose manifest carries a feature spec (the scaler: the type's mean, std)."""
+def _register_edge_model(
+    service: CloudService, version: str, folder: Path, metrics: dict[str, float] | None = None
+) -> None:
+    """A signed release whose manifest carries a feature spec (the scaler: the type's mean, std)
+    and an alert rule (with ``metrics``: the figures of its choice)."""
     sensors = tool_type("plasma_etch").sensors
     scaler = Scaler(mean={"plasma_etch": tuple(s.nominal for s in sensors)}, std={"plasma_etch": (1.0,) * 14})
     spec = FeatureSpec(window=24, step_s=60.0, scaler=scaler).to_dict()
-    service.registry.register(signed_release(service.cfg.registry, folder, version, spec))
+    rule = {"alert_probability": 0.03, "alert_persistence_steps": 2, "alert_clear_probability": 0.015}
+    release = signed_release(service.cfg.registry, folder, version, spec, thresholds=rule, metrics=metrics)
+    service.registry.register(release)
 
 
 def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
@@ -92,7 +97,18 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
     case = hardcase(case_id="case-1", steps=24, n_features=len(feature_names()))  # the edge model's layout
     _register_edge_model(service, case.model_version, tmp_path)  # its scaler turns z back into units
     (tmp_path / "e2").mkdir()
-    _register_edge_model(service, "e2", tmp_path / "e2")
+    chosen = {  # as cloud.training.alert_choice.release_rule writes them
+        "alert_rule_warnable_failures": 29.0,
+        "alert_rule_recall_ge_lead": 10 / 29,
+        "alert_rule_alerts": 25.0,
+        "alert_rule_precision": 0.96,
+        "alert_rule_tools": 6.0,
+        "alert_rule_recall_ge_lead_lo": 0.2,
+        "alert_rule_recall_ge_lead_hi": 0.5,
+        "alert_rule_precision_lo": 0.88,
+        "alert_rule_precision_hi": 1.0,
+    }
+    _register_edge_model(service, "e2", tmp_path / "e2", chosen)
     assert service.ingest.handle(topic("fab1", "edge-1", Kind.HARDCASE), case.to_bytes())
     prop = Tuning(
         edge_id="edge-1",
@@ -268,6 +284,15 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.click("#tabs button[data-tab=models]")
             watch = page.locator("#rollouts tr:has-text('e2')")
             watch.locator("td:has-text('no hard cases from it yet')").wait_for()
+            # each release's alert rule, and how sure the figures of its choice are
+            rule = page.locator("#models tbody tr:has(td:text-is('e2')) td.lines")
+            assert rule.inner_text() == (
+                "p ≥ 0.03 for 2 steps\nwarned ≥ 72 h: 10 of 29 failures, 34% (90%: 20–50%)\n"
+                "precision 96% of 25 alerts (90%: 88–100%) on 6 tools not trained on"
+            )
+            first = page.locator(f"#models tbody tr:has(td:text-is('{case.model_version}')) td.lines")
+            unmeasured = "not measured on this release (a default, or its parent's rule)"
+            assert first.inner_text() == f"p ≥ 0.03 for 2 steps\n{unmeasured}"
             page.click("#tabs button[data-tab=tuning]")
             # the proposal reads as the change it makes and what each model expects of it
             proposed = page.locator("#tuning tr:has-text('etch-01')")

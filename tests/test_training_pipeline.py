@@ -663,9 +663,14 @@ def test_the_release_chooses_its_alert_rule_on_tools_it_was_not_trained_on(expor
     from cloud.training.alert_choice import (
         GRID_N,
         GRID_P,
+        INTERVAL_FIGURES,
         RULE_FIGURES,
         choose_rule,
+        evaluate,
         release_rule,
+        rule_for,
+        scored_tools,
+        tool_counts,
         unseen_tools,
     )
     from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, train_full
@@ -689,10 +694,29 @@ def test_the_release_chooses_its_alert_rule_on_tools_it_was_not_trained_on(expor
     th, figures = found
     assert th.alert_probability in GRID_P and th.alert_persistence_steps in GRID_N
     assert (
-        set(figures) <= {f"alert_rule_{k}" for k in RULE_FIGURES}
+        set(figures) <= {f"alert_rule_{k}" for k in RULE_FIGURES + INTERVAL_FIGURES}
         and figures["alert_rule_warnable_failures"] > 0
         and all(np.isfinite(v) for v in figures.values())  # NaN has no JSON: left out
     )
+    assert (
+        figures["alert_rule_recall_ge_lead_lo"]
+        <= figures["alert_rule_recall_ge_lead"]
+        <= figures["alert_rule_recall_ge_lead_hi"]
+    ), "Wilson's interval holds the share it is about"
+    # the interval's per-tool counts add up to the figures of the choice
+    st = scored_tools(export_dir, spec)
+    series = st.series(lambda x: predict(edge_model, x)["probs"])
+    rule = rule_for(th.alert_probability, th.alert_persistence_steps)
+    got = evaluate(series, st.truth, st.tool_days, st.span_s, rule)
+    counts = tool_counts(series, st.truth, st.span_s, rule)
+    assert figures["alert_rule_tools"] == len(counts) == len(series)
+    assert figures["alert_rule_alerts"] == got["alerts"]
+    assert counts.sum(axis=0).tolist() == [
+        got["warned_ge_lead"],
+        got["warnable_failures"],
+        round(got["precision"] * got["alerts"]) if got["alerts"] else 0,
+        got["alerts"],
+    ]
     _, manifest = export_release(
         edge, ws, tmp_path / "rel", keys[0], "v1", None, replace(cfg, thresholds=th), figures
     )
@@ -705,6 +729,45 @@ def test_the_release_chooses_its_alert_rule_on_tools_it_was_not_trained_on(expor
     assert choose_rule([(0.1, 2, a), (0.05, 2, b), (0.2, 4, c)])[:2] == (0.2, 4)
     assert choose_rule([(0.05, 2, b)])[:2] == (0.05, 2), "nothing reaches 95%: the best of the rest"
     assert choose_rule([(0.1, 2, a), (0.05, 2, b)], min_precision=0.8)[:2] == (0.05, 2)
+
+
+def test_the_rule_interval_draws_whole_tools_and_never_reads_narrower_than_the_counts() -> None:
+    """Tools that all behave alike leave the bootstrap no doubt, but 6 of 6 is still few: Wilson's
+    interval is kept. One tool's false alarm widens the precision's interval and leaves the warned
+    share's alone."""
+    from cloud.training.alert_choice import rule_for, tool_bootstrap, tool_counts, tool_interval, wilson
+    from cloud.training.alert_eval import Truth
+
+    h = 3600.0
+    ts = np.arange(0, 400) * h
+    warns = np.where((ts >= 150 * h) & (ts < 300 * h), 0.9, 0.0)  # from 150 h, a failure at 300 h
+
+    def tools(n: int, false_alarm: bool) -> tuple[list, Truth]:
+        series = [(f"T{i}", ts, warns) for i in range(n)]
+        truth = Truth({f"T{i}": [(300 * h, "wear", False)] for i in range(n)})
+        truth.resets = {f"T{i}": [300 * h] for i in range(n)}
+        truth.episodes = {f"T{i}": [(100 * h, 300 * h)] for i in range(n)}
+        if false_alarm:
+            series.append(("TX", ts, np.where(ts >= 120 * h, 0.9, 0.0)))  # never fails
+        return series, truth
+
+    rule = rule_for(0.5, 2)
+    alike = tools(6, False)
+    assert tool_counts(*alike, 0.0, rule).tolist() == [[1, 1, 1, 1]] * 6
+    assert tool_bootstrap(tool_counts(*alike, 0.0, rule), draws=500)["precision"] == (1.0, 1.0)
+    got = tool_interval(*alike, 0.0, rule, draws=500)
+    assert got["tools"] == 6 and got["precision_hi"] == got["recall_ge_lead_hi"] == 1.0
+    assert got["precision_lo"] == got["recall_ge_lead_lo"] == pytest.approx(wilson(6, 6)[0])
+    assert 0.6 < wilson(6, 6)[0] < 0.8
+    one_off = tools(6, True)
+    boot = tool_bootstrap(tool_counts(*one_off, 0.0, rule), draws=500)
+    assert boot["precision"][0] < 6 / 7 < boot["precision"][1] == 1.0
+    assert boot["recall_ge_lead"] == (1.0, 1.0)
+    got = tool_interval(*one_off, 0.0, rule, draws=500)
+    assert got["tools"] == 7
+    assert got["precision_lo"] == min(boot["precision"][0], wilson(6, 7)[0])
+    assert np.isnan(tool_interval([], Truth(), 0.0, rule)["precision_lo"])
+    assert np.isnan(wilson(0, 0)[0])
 
 
 def test_a_round_keeps_the_alert_rule_its_parent_shipped() -> None:

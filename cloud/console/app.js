@@ -48,6 +48,22 @@ function fmtExpected(e) {
 }
 // What the canary's hard cases say of a rollout: how far its edge model's answers were from the
 // full model's verdicts, beside the previous model's (cloud/rollout.py rolls back when worse).
+// A release's alert rule and what it did on tools it never trained on, with 90% intervals: a
+// fleet of ~30 tools decides a precision to within several points (cloud.training.alert_choice).
+function fmtRule(m) {
+  const th = m?.thresholds || {}, f = m?.metrics || {};
+  if (th.alert_probability === undefined) return "";
+  const rule = `p \u2265 ${fmtVal(th.alert_probability)} for ${th.alert_persistence_steps} steps`;
+  if (f.alert_rule_precision === undefined) return `${rule}\nnot measured on this release (a default, or its parent's rule)`;
+  const pc = (x) => `${Math.round(100 * x)}%`;
+  const span = (lo, hi) => (lo === undefined || hi === undefined ? "" : ` (90%: ${Math.round(100 * lo)}\u2013${pc(hi)})`);
+  const n = f.alert_rule_warnable_failures, warned = Math.round((f.alert_rule_recall_ge_lead ?? 0) * n);
+  const alerts = f.alert_rule_alerts === undefined ? "" : ` of ${f.alert_rule_alerts} alerts`;
+  const tools = f.alert_rule_tools === undefined ? "" : ` on ${f.alert_rule_tools} tools not trained on`;
+  return `${rule}\nwarned \u2265 72 h: ${warned} of ${n} failures, ${pc(f.alert_rule_recall_ge_lead ?? 0)}` +
+    `${span(f.alert_rule_recall_ge_lead_lo, f.alert_rule_recall_ge_lead_hi)}\nprecision ${pc(f.alert_rule_precision)}${alerts}` +
+    `${span(f.alert_rule_precision_lo, f.alert_rule_precision_hi)}${tools}`;
+}
 function watched(o) {
   if (!o.observations) return "no hard cases from it yet";
   const then = o.error_previous === null || o.error_previous === undefined ? "" : ` (previous model ${fmtNum(o.error_previous, 3)})`;
@@ -210,7 +226,7 @@ const RENDER = {
         actions.append(button("Roll out", () => act(post("/api/rollouts", { version: m.version }))));
       }
       tr.append(cell(m.version), cell(m.role), cell(m.parent_version), cell(m.status, `status-${m.status}`),
-        cell(m.round_id), cell(fmtTime(m.created_ts)), actions);
+        cell(m.round_id), cell(fmtTime(m.created_ts)), cell(fmtRule(m.manifest), "lines"), actions);
     });
     fill($("#rollouts tbody"), rollouts, (r, tr) => {
       const actions = cell("");

@@ -8,7 +8,8 @@ when no point gets there), then the higher precision, then fewer alerts. This is
 (bench/b2_sim_warning.py), which chooses on the training export's validation tools; a release
 made with ``fabpm train release`` does the same, so the demo's and a site's first model alert at
 a threshold measured for that model, not at a fixed 0.5 that a calibrated model (most windows
-lie far from a failure) rarely reaches and an untrained one always does.
+lie far from a failure) rarely reaches and an untrained one always does. The figures of the
+choice travel with 90% intervals (:func:`tool_interval`), since a few held-out tools decide little.
 """
 
 from __future__ import annotations
@@ -35,14 +36,21 @@ _logger = logging.getLogger(__name__)
 GRID_P = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 GRID_N = (2, 4, 6, 8, 12)
 MIN_PRECISION = 0.95
-# What a manifest records of the choice (alert_eval.score's names), each as alert_rule_<name>.
+# What a manifest records of the choice (alert_eval.score's names and the count of tools it was
+# chosen on), each as alert_rule_<name>.
 RULE_FIGURES = (
     "warnable_failures",
     "recall_ge_lead",
     "precision",
     "false_alarms_per_tool_month",
     "mean_lead_h",
+    "alerts",
+    "tools",
 )
+# how sure: the 90% intervals of tool_interval on the tools the rule was chosen on, recorded too
+INTERVAL_FIGURES = ("recall_ge_lead_lo", "recall_ge_lead_hi", "precision_lo", "precision_hi")
+INTERVAL_DRAWS = 2000
+Z90 = 1.6449  # standard errors of a two-sided 90% interval
 DEFAULT_VAL_FRACTION = 0.2  # PipelineConfig.val_fraction, for checkpoints that do not record theirs
 
 ProbsFn = Callable[[np.ndarray], np.ndarray]  # windows → per-mode probabilities
@@ -102,6 +110,72 @@ def evaluate(
     return score(alerts, truth, tool_days, run_start_s=0.0, lead_h=lead_h)
 
 
+def tool_counts(series: Series, truth: Truth, span_s: float, rule: AlertRule) -> np.ndarray:
+    """Per tool of ``series``: failures warned ≥ 72 h ahead, warnable failures, true alerts and
+    alerts under ``rule`` (rows sum to :func:`evaluate`'s totals over the same tools)."""
+    rows = []
+    for tool, ts, risk in series:
+        alerts = {tool: run_rule(rule, ts, risk, truth.resets.get(tool, []), span_s)}
+        alone = Truth(
+            {tool: truth.failures.get(tool, [])}, truth.resets, truth.episodes, truth.back_up, truth.pm_hours
+        )
+        got = score(alerts, alone, 1.0, run_start_s=0.0)
+        true_alerts = round(got["precision"] * got["alerts"]) if got["alerts"] else 0
+        rows.append((got["warned_ge_lead"], got["warnable_failures"], true_alerts, got["alerts"]))
+    return np.asarray(rows, dtype=float).reshape(-1, 4)
+
+
+def wilson(k: float, n: float, z: float = Z90) -> tuple[float, float]:
+    """Wilson's interval for ``k`` of ``n`` (two-sided, ``z`` standard errors; NaN when n is 0)."""
+    if n <= 0:
+        return np.nan, np.nan
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
+def tool_bootstrap(
+    counts: np.ndarray, draws: int = INTERVAL_DRAWS, seed: int = 0
+) -> dict[str, tuple[float, float]]:
+    """5th and 95th percentiles of the warned share and the precision over ``draws`` redraws of
+    whole tools (``counts``: tool_counts' rows); NaN where no draw had a failure (an alert)."""
+    out = dict.fromkeys(("recall_ge_lead", "precision"), (np.nan, np.nan))
+    if not len(counts):
+        return out
+    pick = np.random.default_rng(seed).integers(0, len(counts), size=(draws, len(counts)))
+    sums = counts[pick].sum(axis=1)  # (draws, 4)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = {"recall_ge_lead": sums[:, 0] / sums[:, 1], "precision": sums[:, 2] / sums[:, 3]}
+    for name, v in shares.items():
+        v = v[np.isfinite(v)]
+        if len(v):
+            out[name] = float(np.percentile(v, 5)), float(np.percentile(v, 95))
+    return out
+
+
+def tool_interval(
+    series: Series, truth: Truth, span_s: float, rule: AlertRule, draws: int = INTERVAL_DRAWS, seed: int = 0
+) -> dict[str, float]:
+    """How sure the rule's figures on these tools are: for the warned share and the precision,
+    the wider of two 90% intervals, Wilson's on the pooled counts and the 5th-95th percentiles
+    of a bootstrap that redraws whole tools (a tool's alerts and failures go together).
+
+    The bootstrap alone says 100-100% for 7 true alerts of 7 on 6 tools; Wilson alone ignores
+    that tools differ. Neither knows how another fleet differs, nor that the rule was the best of
+    a grid on these very tools: B2 measured a fixed rule's precision moving 7-11 points between
+    30-tool fleets (bench/results/models.md), so read these as the least uncertainty there is."""
+    counts = tool_counts(series, truth, span_s, rule)
+    total = counts.sum(axis=0) if len(counts) else np.zeros(4)
+    boot = tool_bootstrap(counts, draws, seed)
+    out = {"tools": float(len(counts))}
+    for name, (k, n) in (("recall_ge_lead", (total[0], total[1])), ("precision", (total[2], total[3]))):
+        (w_lo, w_hi), (b_lo, b_hi) = wilson(k, n), boot[name]
+        out[f"{name}_lo"] = float(np.nanmin([w_lo, b_lo])) if np.isfinite(w_lo) else np.nan
+        out[f"{name}_hi"] = float(np.nanmax([w_hi, b_hi])) if np.isfinite(w_hi) else np.nan
+    return out
+
+
 def choose_rule(grid: list[Scored], min_precision: float = MIN_PRECISION) -> Scored:
     """From scored grid points: most failures warned ≥ 72 h at precision ≥ ``min_precision`` (the
     whole grid when no point gets there), then the higher precision, then fewer alerts."""
@@ -143,10 +217,12 @@ def release_rule(
     rule, got = found
     _logger.info(
         "alert rule chosen on %s of %s: p >= %g for %d steps warns %.0f%% of %d failures >= 72 h "
-        "ahead at %.0f%% precision",
+        "ahead at %.0f%% precision (90%% intervals over the tools: %.0f-%.0f%% warned, %.0f-%.0f%% "
+        "precision)",
         f"{len(groups)} validation tools" if groups is not None else "every tool", folder,
         rule.threshold, rule.persistence, 100 * got["recall_ge_lead"], got["warnable_failures"],
-        100 * got["precision"],
+        100 * got["precision"], 100 * got["recall_ge_lead_lo"], 100 * got["recall_ge_lead_hi"],
+        100 * got["precision_lo"], 100 * got["precision_hi"],
     )  # fmt: skip
     thresholds = AlertThresholds(
         alert_probability=rule.threshold,
@@ -154,7 +230,9 @@ def release_rule(
         alert_clear_probability=rule.clear_threshold,
     )
     # NaN (no alert, no warned failure) has no JSON: such a figure is left out of the manifest.
-    return thresholds, {f"alert_rule_{k}": float(got[k]) for k in RULE_FIGURES if np.isfinite(got[k])}
+    return thresholds, {
+        f"alert_rule_{k}": float(got[k]) for k in RULE_FIGURES + INTERVAL_FIGURES if np.isfinite(got[k])
+    }
 
 
 def choose_on_tools(
@@ -163,9 +241,11 @@ def choose_on_tools(
     """The rule chosen on ``groups`` of the export (all its tools when None) and its score there;
     None when those tools hold no warnable progressive failure (nothing to choose on)."""
     st = scored_tools(folder, spec, groups)
-    grid = grid_scores(st, st.series(probs_fn))
+    series = st.series(probs_fn)
+    grid = grid_scores(st, series)
     if not grid or not grid[0][2]["warnable_failures"]:
         _logger.warning("%s: no warnable failure on the chosen tools; the alert rule is not chosen", folder)
         return None
     p, n, chosen = choose_rule(grid)
-    return rule_for(p, n), chosen
+    rule = rule_for(p, n)
+    return rule, chosen | tool_interval(series, st.truth, st.span_s, rule)
