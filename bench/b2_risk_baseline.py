@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from b2_sim_warning import export
+from b2_sim_warning import FinishedRun, export
 
 from cloud.training.alert_choice import (
     GRID_N,
@@ -46,8 +46,6 @@ from cloud.training.alert_choice import (
 from cloud.training.alert_eval import Truth
 from cloud.training.parity import run_onnx
 from cloud.training.trainer import predict
-from shared.features import FeatureSpec
-from shared.models.checkpoint import load_checkpoint
 
 H = 3600.0
 LOW_GRID = list(itertools.product((0.005, 0.01, 0.015), GRID_N))
@@ -89,9 +87,9 @@ def _choose_and_score(
     for seed, (st, series) in tests.items():
         got = evaluate(series, st.truth, st.tool_days, st.span_s, rule)
         row[str(seed)] = {"warned": got["recall_ge_lead"], "precision": got["precision"]}
-        # the ranking apart from the choice: the most warned by any grid rule at each precision
-        # (read off the test run itself, so optimistic, but alike for every variant)
-        # (the grid and lower thresholds too: less its baseline, a risk sits lower)
+        # the ranking apart from the choice: the most warned by any rule at each precision, read
+        # off the test run itself (optimistic, but alike for every variant); lower thresholds
+        # too, since a risk less its baseline sits lower
         low = [
             (p, n, evaluate(series, st.truth, st.tool_days, st.span_s, rule_for(p, n))) for p, n in LOW_GRID
         ]
@@ -117,13 +115,9 @@ def main() -> int:
         ap.error("--hours must be positive")
     table = []
     for run in args.runs:
-        b2 = json.loads((run / "b2.json").read_text())
-        _, meta = load_checkpoint(run / "ckpt" / "full.pt")
-        spec = FeatureSpec.from_dict(meta["feature_spec"])
-        edge, _ = load_checkpoint(run / "ckpt" / "full.edge.pt")
-        graph = sorted((run / "release").glob("*.onnx"))[0]
-        train = run / Path(b2["train"]).name
-        val = scored_tools(train, spec, unseen_tools(train, meta))
+        done = FinishedRun.load(run)
+        spec, edge, graph = done.spec, done.edge, done.graph
+        val = scored_tools(done.train, spec, unseen_tools(done.train, done.meta))
         val_series = val.series(lambda x, m=edge: predict(m, x)["probs"])  # what B2 chose on
         tests = {}
         for seed in args.tests:

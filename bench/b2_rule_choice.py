@@ -27,7 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from b2_sim_warning import export
+from b2_sim_warning import FinishedRun, export
 
 from cloud.training.alert_choice import (
     Scored,
@@ -41,8 +41,6 @@ from cloud.training.alert_choice import (
 )
 from cloud.training.parity import run_onnx
 from cloud.training.trainer import predict
-from shared.features import FeatureSpec
-from shared.models.checkpoint import load_checkpoint
 
 
 def _grid(rows: list[dict[str, Any]]) -> list[Scored]:
@@ -71,17 +69,13 @@ def main() -> int:
         ap.error("--tests must not be the training seed 101 or the rule seed 404")
     table = []
     for run in args.runs:
-        b2 = json.loads((run / "b2.json").read_text())
-        _, meta = load_checkpoint(run / "ckpt" / "full.pt")
-        spec = FeatureSpec.from_dict(meta["feature_spec"])
-        edge, _ = load_checkpoint(run / "ckpt" / "full.edge.pt")
-        train = Path(b2["train"]).name
+        done = FinishedRun.load(run)
+        b2, spec, edge, graph = done.b2, done.spec, done.edge, done.graph
         # each place: its grid (scored when the run chose there) and its tools, for the intervals
-        places = {"validation tools": (_grid(b2["grid"]), run / train, unseen_tools(run / train, meta))}
+        places = {"validation tools": (_grid(b2["grid"]), done.train, unseen_tools(done.train, done.meta))}
         if b2.get("rule_by_seed"):
             by_seed = b2["rule_by_seed"]
             places[by_seed["export"]] = (_grid(by_seed["grid"]), run / by_seed["export"], None)
-        graph = sorted((run / "release").glob("*.onnx"))[0]
         tests = {}
         for seed in args.tests:
             folder = export(run / f"test_s{seed}_d{args.days}", seed, args.days, args.tools)

@@ -34,8 +34,9 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -60,6 +61,34 @@ REPO = Path(__file__).resolve().parent.parent
 def b2_config() -> PipelineConfig:
     """B2's model sizes (full d 64 × 2 layers, edge d 32 × 2), the pipeline's defaults otherwise."""
     return PipelineConfig(d_model=64, n_layers=2, dropout=0.1, edge_d_model=32, edge_layers=2)
+
+
+@dataclass
+class FinishedRun:
+    """What a finished run (``--out`` folder) left: its b2.json, the full model's checkpoint
+    metadata and feature spec, the distilled edge model (torch, what the rule was chosen with)
+    and the released ONNX graph (what the test runs are scored with)."""
+
+    b2: dict[str, Any]
+    meta: dict[str, Any]
+    spec: FeatureSpec
+    edge: DGA
+    graph: Path
+    train: Path  # the training export
+
+    @classmethod
+    def load(cls, run: Path) -> FinishedRun:
+        if not (run / "b2.json").exists():
+            raise SystemExit(f"{run}: no b2.json (has the B2 run finished?)")
+        b2 = json.loads((run / "b2.json").read_text())
+        _, meta = load_checkpoint(run / "ckpt" / "full.pt")
+        edge, _ = load_checkpoint(run / "ckpt" / "full.edge.pt")
+        assert isinstance(edge, DGA)
+        graphs = sorted((run / "release").glob("*.onnx"))
+        if not graphs:
+            raise SystemExit(f"{run / 'release'}: no released graph")
+        spec = FeatureSpec.from_dict(meta["feature_spec"])
+        return cls(b2, meta, spec, edge, graphs[0], run / Path(b2["train"]).name)
 
 
 def export(out: Path, seed: int, days: int, tools: int, scenario: Path | None = None) -> Path:
