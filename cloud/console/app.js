@@ -46,8 +46,6 @@ function fmtExpected(e) {
   const other = Object.entries(e || {}).filter(([k]) => !known.includes(k)).map(([k, v]) => `${k} ${fmtNum(v)}`).join(", ");
   return [mine, model ? `tuning model: ${model}` : "", other].filter(Boolean).join("\n") || "no prediction (see why)";
 }
-// What the canary's hard cases say of a rollout: how far its edge model's answers were from the
-// full model's verdicts, beside the previous model's (cloud/rollout.py rolls back when worse).
 // A release's alert rule and what it did on tools it never trained on, with 90% intervals: a
 // fleet of ~30 tools decides a precision to within several points (cloud.training.alert_choice).
 function fmtRule(m) {
@@ -64,6 +62,8 @@ function fmtRule(m) {
     `${span(f.alert_rule_recall_ge_lead_lo, f.alert_rule_recall_ge_lead_hi)}\nprecision ${pc(f.alert_rule_precision)}${alerts}` +
     `${span(f.alert_rule_precision_lo, f.alert_rule_precision_hi)}${tools}`;
 }
+// What the canary's hard cases say of a rollout: how far its edge model's answers were from the
+// full model's verdicts, beside the previous model's (cloud/rollout.py rolls back when worse).
 function watched(o) {
   if (!o.observations) return "no hard cases from it yet";
   const then = o.error_previous === null || o.error_previous === undefined ? "" : ` (previous model ${fmtNum(o.error_previous, 3)})`;
