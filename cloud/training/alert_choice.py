@@ -217,7 +217,7 @@ def release_rule(
     rule, got = found
     _logger.info(
         "alert rule chosen on %s of %s: p >= %g for %d steps warns %.0f%% of %d failures >= 72 h "
-        "ahead at %.0f%% precision (90%% intervals over the tools: %.0f-%.0f%% warned, %.0f-%.0f%% "
+        "ahead at %.0f%% precision (90%% intervals: %.0f-%.0f%% warned, %.0f-%.0f%% "
         "precision)",
         f"{len(groups)} validation tools" if groups is not None else "every tool", folder,
         rule.threshold, rule.persistence, 100 * got["recall_ge_lead"], got["warnable_failures"],
