@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -689,6 +690,9 @@ def test_the_release_chooses_its_alert_rule_on_tools_it_was_not_trained_on(expor
     assert unseen_tools(export_dir, edge_meta) == {int(g) for g in np.unique(val.groups)}
     elsewhere = {**edge_meta, "source": {"dataset": str(tmp_path / "another_export")}}
     assert unseen_tools(export_dir, elsewhere) is None  # an export never trained on: every tool
+    # the training export moved (or made again) is still the one trained on: its held-out tools
+    shutil.copytree(export_dir, tmp_path / "moved")
+    assert unseen_tools(tmp_path / "moved", edge_meta) == unseen_tools(export_dir, edge_meta)
     found = release_rule(export_dir, spec, elsewhere, lambda x: predict(edge_model, x)["probs"])
     assert found is not None, "the seeded export holds warnable failures"
     th, figures = found

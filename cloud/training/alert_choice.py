@@ -194,11 +194,26 @@ def grid_scores(st: ScoredTools, series: Series) -> list[Scored]:
 def unseen_tools(folder: Path, meta: dict[str, Any]) -> set[int] | None:
     """The tools of ``folder`` a checkpoint was not trained on: its validation tools when
     ``folder`` is the export it was trained on (the split ``train_full`` made), else all of
-    them (None)."""
-    source = Path(str((meta.get("source") or {}).get("dataset", "")))
-    if not source.name or source.resolve() != Path(folder).resolve():
+    them (None).
+
+    The export it was trained on is the same folder, or one with the same simulator seed, days
+    and tool count (a copy, or the same export made again elsewhere: the simulator is
+    deterministic), so a moved training export is not taken for tools never seen. Two exports
+    alike in those three but made from different scenarios are then taken for one: only the
+    held-out tools are used, which is the safe side."""
+    source = (meta.get("source") or {}) if isinstance(meta.get("source"), dict) else {}
+    if not source.get("dataset"):
         return None
-    n_tools = len(read_info(Path(folder)).tools)
+    info = read_info(Path(folder))
+    same_folder = Path(str(source["dataset"])).resolve() == Path(folder).resolve()
+    same_export = (source.get("seed"), source.get("days"), source.get("tools")) == (
+        info.seed,
+        info.days,
+        len(info.tools),
+    )
+    if not (same_folder or same_export):
+        return None
+    n_tools = len(info.tools)
     seed = int((meta.get("train_config") or {}).get("seed", 0))
     val_fraction = float(meta.get("val_fraction", DEFAULT_VAL_FRACTION))
     return {int(g) for g in held_out_groups(np.arange(n_tools), val_fraction, seed)}
