@@ -3,6 +3,7 @@
 Modules, bottom up (nothing is imported here, so ``import cloud.training`` stays light)::
 
     errors      the error tree (CloudError and its kinds)
+    intervals   Wilson's interval for a share measured on few cases
     config      CloudConfig, loaded once by the CLI
     storage     SQLAlchemy tables, Alembic migrations, Repo (transactions, de-duplication)
     mqtt        MqttLink: paho-mqtt 2 / MQTT 5, shared subscriptions, manual acks, TLS

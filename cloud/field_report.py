@@ -42,6 +42,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from cloud.intervals import wilson
 from cloud.storage import Repo
 from cloud.storage.models import AlertRow, EventRow, Tool
 from shared.equipment import TOOL_TYPES
@@ -212,6 +213,8 @@ def report(
         "alerts": sum(counts.values()),
         "outcomes": counts,
         "precision": right / decided if decided else None,
+        # how sure, from so few: Wilson's 90% interval (None without a decided alert)
+        "precision_interval": _interval(right, decided),
         "precision_if_maintained_right": (right + counts["maintenance"]) / closed if closed else None,
         "false_alarms_per_tool_month": wrong / tool_months if tool_months > 0 else None,
         "tool_months": tool_months,
@@ -227,6 +230,7 @@ def report(
         "warned_named_mode": named,
         "warned_pointed_mode": pointed,
         "recall_ge_lead": warned_lead / failures if failures else None,
+        "recall_ge_lead_interval": _interval(warned_lead, failures),
         "median_lead_h": statistics.median(leads) if leads else None,
         "per_mode": dict(sorted(per_mode.items())),
         # lead_h None: not warned; named: an alert before it named the mode that failed; pointed:
@@ -293,6 +297,10 @@ def field_report(repo: Repo, clock_now: float, days: float, lead_h: float, match
     return report(alerts, resets, types, since, now, lead_h, match_h, spans)
 
 
+def _interval(k: int, n: int) -> list[float] | None:
+    return list(wilson(k, n)) if n else None
+
+
 def describe(r: dict[str, Any]) -> list[str]:
     """:func:`report`'s figures in words, a phrase each (the demo's summary, ``fabpm cloud report``)."""
     o = r["outcomes"]
@@ -300,17 +308,22 @@ def describe(r: dict[str, Any]) -> list[str]:
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{100 * v:.0f}%"
 
+    def within(iv: list[float] | None) -> str:
+        return "" if iv is None else f" (90%: {100 * iv[0]:.0f}-{100 * iv[1]:.0f}%)"
+
     lead = "" if r["median_lead_h"] is None else f", median lead {r['median_lead_h']:.0f} h"
     fa = r["false_alarms_per_tool_month"]
     return [
         f"{r['alerts']} alerts: {o['failure']} a failure, {o['sudden']} a sudden one, "
         f"{o['fault_found']} a fault found, {o['no_fault']} no fault found, {o['maintenance']} maintenance, "
         f"{o['none']} nothing, {o['open']} too recent",
-        f"precision {pct(r['precision'])} ({pct(r['precision_if_maintained_right'])} if the maintained ones "
+        f"precision {pct(r['precision'])}{within(r['precision_interval'])} "
+        f"({pct(r['precision_if_maintained_right'])} if the maintained ones "
         f"were right), false alarms per tool-month {'n/a' if fa is None else f'{fa:.2f}'} "
         f"(over {r['tool_months']:.1f} tool-months)",
         f"progressive failures warned {r['warned']} of {r['failures']}, {r['warned_ge_lead']} at least "
-        f"{r['lead_h']:.0f} h ahead{lead}; {r['failures_sudden']} sudden not counted",
+        f"{r['lead_h']:.0f} h ahead{within(r['recall_ge_lead_interval'])}{lead}; "
+        f"{r['failures_sudden']} sudden not counted",
         f"the mode that failed: named by an alert before it for {r['warned_named_mode']} of the "
         f"{r['warned']} warned, pointed to by an alert's sensors for {r['warned_pointed_mode']}",
     ]

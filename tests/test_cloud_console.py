@@ -248,7 +248,8 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             assert said[1][0] == "none named: no reference yet", said
             assert said[1][1].startswith("the edge has not seen this tool come back up"), said
             summary = page.locator("#field-summary").inner_text()
-            assert "1 alert; 1 followed by a failure" in summary and "Precision 100%" in summary
+            assert "1 alert; 1 followed by a failure" in summary
+            assert "Precision 100% (90%: 27\u2013100%)" in summary, "one alert says little"
             assert "0.00 false alarms per tool-month" in summary
             # It named "wear" and its sensors chamber_deposition; the tool failed by rf_match_drift.
             said = "named by an alert before it for 0 of the 1 warned, pointed to by an alert's sensors for 0"

@@ -14,6 +14,7 @@ from test_cloud_auth import _users, api_context, serve
 
 from cloud.api import create_app
 from cloud.field_report import Alert, Reset, report
+from cloud.intervals import wilson
 from cloud.storage import Repo
 from cloud.storage.models import AlertRow, EventRow, Tool
 
@@ -57,6 +58,9 @@ def test_each_alert_gets_what_followed_it_and_each_failure_its_warning():
     assert outcome == {"a1": "failure", "a2": "maintenance", "a3": "none", "a4": "open", "a5": "sudden"}
     assert got["outcomes"] == OUTCOMES
     assert got["precision"] == 0.5  # a1 right, a3 wrong; the rest undecided
+    # two decided alerts say little: Wilson's 90% interval around 1 of 2
+    lo, hi = got["precision_interval"]
+    assert [lo, hi] == list(wilson(1, 2)) and 0.0 < lo < 0.25 and 0.75 < hi < 1.0
     assert got["precision_if_maintained_right"] == pytest.approx(2 / 3)
     # Progressive failures in the window: E1 (warned 100 h ahead), E3's deposition (not), E4 (60 h).
     assert (got["failures"], got["failures_sudden"], got["warned"], got["warned_ge_lead"]) == (3, 1, 2, 1)
@@ -115,6 +119,7 @@ def test_a_tool_of_unknown_type_is_judged_by_the_type_its_failure_mode_belongs_t
 def test_an_empty_fleet_says_so_without_dividing_by_zero():
     got = report([], [], {}, since=T0, now=T0 + H)
     assert got["alerts"] == 0 and got["precision"] is None and got["recall_ge_lead"] is None
+    assert got["precision_interval"] is None and got["recall_ge_lead_interval"] is None
     assert got["median_lead_h"] is None and got["false_alarms_per_tool_month"] is None
 
 
@@ -228,7 +233,7 @@ def test_fabpm_cloud_report_prints_them_without_migrating(tmp_path: Path, capsys
     engine.dispose()
     assert main(["report", "--config", str(config), "--days", str(300 / 24)]) == 0
     text = capsys.readouterr().out
-    assert "5 alerts: 1 a failure, 1 a sudden one" in text and "precision 50%" in text
+    assert "5 alerts: 1 a failure, 1 a sudden one" in text and "precision 50% (90%: " in text
     months = (2 * 300 + 3 * 295) / 720  # as the API test above says
     assert f"per tool-month {1 / months:.2f} (over {months:.1f} tool-months)" in text
     assert "progressive failures warned 2 of 3, 1 at least 72 h ahead" in text

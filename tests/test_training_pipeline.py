@@ -739,7 +739,8 @@ def test_the_rule_interval_draws_whole_tools_and_never_reads_narrower_than_the_c
     """Tools that all behave alike leave the bootstrap no doubt, but 6 of 6 is still few: Wilson's
     interval is kept. One tool's false alarm widens the precision's interval and leaves the warned
     share's alone."""
-    from cloud.training.alert_choice import rule_for, tool_bootstrap, tool_counts, tool_interval, wilson
+    from cloud.intervals import wilson
+    from cloud.training.alert_choice import rule_for, tool_bootstrap, tool_counts, tool_interval
     from cloud.training.alert_eval import Truth
 
     h = 3600.0

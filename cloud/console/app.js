@@ -465,6 +465,8 @@ function followed(o, matchH) {  // what came after an alert, from the events rep
 
 function fieldSummary(f) {
   const pct = (x) => (x === null ? "–" : `${Math.round(100 * x)}%`);
+  // Wilson's 90% interval: a few dozen alerts decide a precision to within many points
+  const within = (iv) => (iv ? ` (90%: ${Math.round(100 * iv[0])}\u2013${pct(iv[1])})` : "");
   const many = (k, word) => `${k} ${word}${k === 1 ? "" : "s"}`;
   const n = f.outcomes;
   const days = `Last ${Math.round((f.until_ts - f.since_ts) / 86400)} days`;
@@ -472,9 +474,9 @@ function fieldSummary(f) {
   return `${days}: ${many(f.alerts, "alert")}; ${n.failure} followed by a failure, ${n.fault_found} by a fault found, ` +
     `${n.no_fault} by an inspection that found none, ${n.maintenance} by maintenance, ${n.none} by nothing within ${f.match_h} h, ` +
     `${n.sudden} by a sudden failure, ${n.open} open. ` +
-    `Precision ${pct(f.precision)} (${pct(f.precision_if_maintained_right)} if the maintained ones were right)` +
+    `Precision ${pct(f.precision)}${within(f.precision_interval)} (${pct(f.precision_if_maintained_right)} if the maintained ones were right)` +
     `${f.false_alarms_per_tool_month === null ? "" : `, ${fmtNum(f.false_alarms_per_tool_month, 2)} false alarms per tool-month`}. ` +
-    `${many(f.failures, "progressive failure")}: ${f.warned} warned, ${f.warned_ge_lead} at least ${f.lead_h} h ahead` +
+    `${many(f.failures, "progressive failure")}: ${f.warned} warned, ${f.warned_ge_lead} at least ${f.lead_h} h ahead${within(f.recall_ge_lead_interval)}` +
     `${f.median_lead_h === null ? "" : ` (median lead ${fmtNum(f.median_lead_h, 0)} h)`}; ${many(f.failures_sudden, "sudden failure")} not counted.` +
     (f.warned ? ` The mode that failed: named by an alert before it for ${f.warned_named_mode} of the ${f.warned} warned, pointed to by an alert's sensors for ${f.warned_pointed_mode}.` : "");
 }

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from cloud.intervals import wilson
 from cloud.training import simdata
 from cloud.training.alert_eval import Truth, read_truth, risk_series, run_rule, score
 from cloud.training.release import AlertThresholds
@@ -50,7 +51,6 @@ RULE_FIGURES = (
 # how sure: the 90% intervals of tool_interval on the tools the rule was chosen on, recorded too
 INTERVAL_FIGURES = ("recall_ge_lead_lo", "recall_ge_lead_hi", "precision_lo", "precision_hi")
 INTERVAL_DRAWS = 2000
-Z90 = 1.6449  # standard errors of a two-sided 90% interval
 DEFAULT_VAL_FRACTION = 0.2  # PipelineConfig.val_fraction, for checkpoints that do not record theirs
 
 ProbsFn = Callable[[np.ndarray], np.ndarray]  # windows → per-mode probabilities
@@ -123,16 +123,6 @@ def tool_counts(series: Series, truth: Truth, span_s: float, rule: AlertRule) ->
         true_alerts = round(got["precision"] * got["alerts"]) if got["alerts"] else 0
         rows.append((got["warned_ge_lead"], got["warnable_failures"], true_alerts, got["alerts"]))
     return np.asarray(rows, dtype=float).reshape(-1, 4)
-
-
-def wilson(k: float, n: float, z: float = Z90) -> tuple[float, float]:
-    """Wilson's interval for ``k`` of ``n`` (two-sided, ``z`` standard errors; NaN when n is 0)."""
-    if n <= 0:
-        return np.nan, np.nan
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
 def tool_bootstrap(
