@@ -223,9 +223,10 @@ def main() -> int:
     released = lambda x: run_onnx(onnx_path, x)["probs"]  # noqa: E731
     full_probs = lambda x: predict(full, x)["probs"]  # noqa: E731
     results = {}
+    released_risks = {folder.name: risks(folder, spec, released) for folder in tests}
     for folder in tests:
         results[folder.name] = {
-            "released_edge": evaluate(*risks(folder, spec, released), rule),
+            "released_edge": evaluate(*released_risks[folder.name], rule),
             "full_model": evaluate(*risks(folder, spec, full_probs), rule),
         }
         print(folder.name, json.dumps(results[folder.name], indent=1), flush=True)
@@ -247,7 +248,7 @@ def main() -> int:
             "clear": rule2.clear_threshold,
             "chosen_on": score2,
             "grid": [{"p": c[0], "n": c[1], **c[2]} for c in seed_grid],
-            "tests": {f.name: evaluate(*risks(f, spec, released), rule2) for f in tests},
+            "tests": {name: evaluate(*series, rule2) for name, series in released_risks.items()},
         }
         print(json.dumps(by_seed["tests"], indent=1), flush=True)
     out = {

@@ -414,10 +414,12 @@ class Learner:
         running = self.registry.active("edge-risk")
         parent = running.version if running else None
         version = f"r{row.id}-{int(row.created_ts)}"
-        calib = self.windows(row.state["train"][: self.cfg.calib_windows])
+        k = self.cfg.calib_windows
+        calib = self.windows(row.state["train"][:k])
         # The mode namer needs windows before failures of every mode of a type, far more than the
-        # calibration subset holds: it is fitted on all the windows the round trained on.
-        naming = self.windows([*row.state["train"], *row.state["replay"]])
+        # calibration subset holds: it is fitted on all the windows the round trained on (the
+        # calibration subset is their first part, read once).
+        naming = Windows.concat([calib, self.windows([*row.state["train"][k:], *row.state["replay"]])])
         artifact = self.pipeline.export(
             Path(row.state["edge_ckpt"]), calib, naming, self._dir(row) / "release", version, parent
         )

@@ -46,6 +46,10 @@ function fmtExpected(e) {
   const other = Object.entries(e || {}).filter(([k]) => !known.includes(k)).map(([k, v]) => `${k} ${fmtNum(v)}`).join(", ");
   return [mine, model ? `tuning model: ${model}` : "", other].filter(Boolean).join("\n") || "no prediction (see why)";
 }
+// A 90% interval of a share, after the share itself: " (90%: 27–100%)"; "" without one.
+function fmtInterval(lo, hi) {
+  return lo == null || hi == null ? "" : ` (90%: ${Math.round(100 * lo)}\u2013${Math.round(100 * hi)}%)`;
+}
 // A release's alert rule and what it did on tools it never trained on, with 90% intervals: a
 // fleet of ~30 tools decides a precision to within several points (cloud.training.alert_choice).
 function fmtRule(m) {
@@ -54,13 +58,12 @@ function fmtRule(m) {
   const rule = `p \u2265 ${fmtVal(th.alert_probability)} for ${th.alert_persistence_steps} steps`;
   if (f.alert_rule_precision === undefined) return `${rule}\nnot measured on this release (a default, or its parent's rule)`;
   const pc = (x) => `${Math.round(100 * x)}%`;
-  const span = (lo, hi) => (lo === undefined || hi === undefined ? "" : ` (90%: ${Math.round(100 * lo)}\u2013${pc(hi)})`);
   const n = f.alert_rule_warnable_failures, warned = Math.round((f.alert_rule_recall_ge_lead ?? 0) * n);
   const alerts = f.alert_rule_alerts === undefined ? "" : ` of ${f.alert_rule_alerts} alerts`;
   const tools = f.alert_rule_tools === undefined ? "" : ` on ${f.alert_rule_tools} tools not trained on`;
   return `${rule}\nwarned \u2265 72 h: ${warned} of ${n} failures, ${pc(f.alert_rule_recall_ge_lead ?? 0)}` +
-    `${span(f.alert_rule_recall_ge_lead_lo, f.alert_rule_recall_ge_lead_hi)}\nprecision ${pc(f.alert_rule_precision)}${alerts}` +
-    `${span(f.alert_rule_precision_lo, f.alert_rule_precision_hi)}${tools}`;
+    `${fmtInterval(f.alert_rule_recall_ge_lead_lo, f.alert_rule_recall_ge_lead_hi)}\nprecision ${pc(f.alert_rule_precision)}${alerts}` +
+    `${fmtInterval(f.alert_rule_precision_lo, f.alert_rule_precision_hi)}${tools}`;
 }
 // What the canary's hard cases say of a rollout: how far its edge model's answers were from the
 // full model's verdicts, beside the previous model's (cloud/rollout.py rolls back when worse).
@@ -466,7 +469,7 @@ function followed(o, matchH) {  // what came after an alert, from the events rep
 function fieldSummary(f) {
   const pct = (x) => (x === null ? "–" : `${Math.round(100 * x)}%`);
   // Wilson's 90% interval: a few dozen alerts decide a precision to within many points
-  const within = (iv) => (iv ? ` (90%: ${Math.round(100 * iv[0])}\u2013${pct(iv[1])})` : "");
+  const within = (iv) => (iv ? fmtInterval(iv[0], iv[1]) : "");
   const many = (k, word) => `${k} ${word}${k === 1 ? "" : "s"}`;
   const n = f.outcomes;
   const days = `Last ${Math.round((f.until_ts - f.since_ts) / 86400)} days`;
