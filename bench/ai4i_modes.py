@@ -94,7 +94,7 @@ def train_dga(train: WindowSet, val: WindowSet, seed: int, args: argparse.Namesp
         d_ff=64,
         embed_dim=16,
         rul_cap=1.0,  # no RUL target in AI4I
-        horizon=1.0,
+        horizon=float(max(args.horizon, 1)),  # products (metadata only: the labels define it)
     )
     train_cfg = TrainConfig(
         epochs=args.epochs,
