@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from cloud.training import ai4i
-from cloud.training.detection import at_threshold, average_precision, f1_threshold
+from cloud.training.detection import at_threshold, average_precision, f1_threshold, pr_curve
 from cloud.training.trainer import FitResult, TrainConfig, fit, new_model, predict
 from cloud.training.windows import WindowSet
 from shared.models.dga import DGAConfig
@@ -135,7 +135,9 @@ def contributions(model: torch.nn.Module, x: np.ndarray, mode: int, median_z: np
     return out
 
 
-def run_seed(args: argparse.Namespace, data: ai4i.Ai4i, seed: int) -> dict:
+def run_seed(args: argparse.Namespace, data: ai4i.Ai4i, seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+    """One training seed over every fold: its figures, and the out-of-fold scores of each arm
+    (N products × TARGETS; NaN where unscored) beside the truth."""
     n = len(data)
     arms = [f"dga_w{w}" for w in args.windows] + ["logistic"]
     oof = {arm: np.full((n, len(TARGETS)), np.nan) for arm in arms}
@@ -198,7 +200,7 @@ def run_seed(args: argparse.Namespace, data: ai4i.Ai4i, seed: int) -> dict:
         result["arms"][arm] = per
     for arm, by_mode in evidence.items():
         result["evidence"][arm] = {mode: named(mode, rows) for mode, rows in by_mode.items()}
-    return result
+    return result, {"truth": truth, **oof}
 
 
 def named(mode: str, rows: list[list[float]]) -> dict:
@@ -243,6 +245,55 @@ def summary(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(
+    run: tuple[dict, dict[str, np.ndarray]], evidence: dict, args: argparse.Namespace, out: Path
+) -> Path:
+    """One seed's precision-recall curves per target, each arm a line, and which input the first
+    DGA arm's explanations put first per mode against the inputs its rule reads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    result, scores = run
+    truth = scores["truth"]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 9))
+    for j, (ax, target) in enumerate(zip(axes.flat, TARGETS, strict=False)):
+        known = np.isfinite(truth[:, j])
+        prevalence = float(np.nanmean(truth[known, j]))
+        for arm in result["arms"]:
+            recall, precision = pr_curve(truth[known, j], scores[arm][known, j])
+            ap = result["arms"][arm][target]["ap"]
+            ax.step(recall, precision, where="post", label=f"{arm} (AP {ap:.2f})")
+        ax.axhline(prevalence, color="grey", ls=":", lw=1, label=f"chance ({prevalence:.1%})")
+        name = "Machine failure" if target == "any" and args.horizon == 0 else target
+        ahead = f", next {args.horizon} products" if args.horizon else ""
+        ax.set(title=f"{name}{ahead}", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+        ax.legend(loc="lower left", fontsize=8)
+    ax = axes.flat[-1]
+    arm = next(iter(evidence))
+    short = {"air_temp_k": "air", "process_temp_k": "proc", "speed_rpm": "speed", "torque_nm": "torque"}
+    labels = [m + "\n" + " ".join(short.get(r, "wear") for r in ai4i.RULE_INPUTS[m]) for m in ai4i.MODES]
+    bottom = np.zeros(len(ai4i.MODES))
+    for i, name in enumerate(ai4i.INPUTS):
+        counts = np.array([evidence[arm][m]["top_counts"][name] for m in ai4i.MODES], dtype=float)
+        share = counts / np.maximum([evidence[arm][m]["detected"] for m in ai4i.MODES], 1)
+        # hatched: an input the mode's rule does not read
+        hatch = ["" if name in ai4i.RULE_INPUTS[m] else "//" for m in ai4i.MODES]
+        ax.bar(labels, share, bottom=bottom, label=name, color=f"C{i}", hatch=hatch)
+        bottom += share
+    ax.set(title=f"{arm}: input put first per detected failure", ylabel="share (hatched: not in the rule)")
+    ax.tick_params(axis="x", labelsize=8)
+    handles = [Patch(facecolor=f"C{i}", label=name) for i, name in enumerate(ai4i.INPUTS)]
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
+    fig.suptitle(f"AI4I 2020, five folds of tool lives, out-of-fold (training seed {result['seed']})")
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -272,13 +323,25 @@ def main() -> int:
     if args.folds < 2 or min(args.windows) < 1 or args.horizon < 0 or args.epochs < 1:
         ap.error("--folds ≥ 2, --windows ≥ 1, --horizon ≥ 0 and --epochs ≥ 1")
     data = ai4i.load(args.data)
-    results = [run_seed(args, data, s) for s in args.seeds]
+    runs = [run_seed(args, data, s) for s in args.seeds]
+    results = [r for r, _ in runs]
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"ai4i_h{args.horizon}{'_quick' if args.quick else ''}.json"
     meta = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     path.write_text(json.dumps({"args": meta, "seeds": results}, indent=1))
+    # every product's out-of-fold score per seed and arm, for plots and later analysis
+    np.savez_compressed(
+        path.with_suffix(".npz"),
+        targets=np.array(TARGETS),
+        **{
+            f"s{seed}_{name}": a.astype(np.float32)
+            for seed, (_, scores) in zip(args.seeds, runs, strict=True)
+            for name, a in scores.items()
+        },
+    )
+    figure = plot(runs[0], results[0]["evidence"], args, path.with_suffix(".png"))
     print(summary(results))
-    print(f"raw: {path}")
+    print(f"raw: {path} and {path.with_suffix('.npz').name}; figure (seed {args.seeds[0]}): {figure}")
     return 0
 
 

@@ -121,3 +121,10 @@ def test_the_benchmark_runs_quickly_and_reports_every_arm(data: ai4i.Ai4i, tmp_p
     scored = seed["arms"]["logistic"]["any"]
     assert scored["tp"] + scored["fn"] == scored["positives"] > 0  # one fold's failures, each scored once
     assert "| HDF |" in proc.stdout and "top input read by the rule" in proc.stdout
+    scores = np.load(tmp_path / "ai4i_h0_quick.npz")
+    truth, logistic = scores["s0_truth"], scores["s0_logistic"]
+    held = np.isfinite(truth[:, 0])  # one fold's products, scored by models that never saw them
+    assert (
+        0 < held.sum() < len(truth) and np.isfinite(logistic[held]).all() and np.isnan(logistic[~held]).all()
+    )
+    assert (tmp_path / "ai4i_h0_quick.png").stat().st_size > 10_000

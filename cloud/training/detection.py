@@ -24,14 +24,22 @@ def _ranked(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return s[last], tp[last], n[last], int(tp[-1]) if len(tp) else 0
 
 
+def pr_curve(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) of alerting at each distinct score from the highest down; empty
+    without a positive."""
+    _, tp, n, positives = _ranked(truth, score)
+    if positives == 0:
+        return np.zeros(0), np.zeros(0)
+    return tp / positives, tp / n
+
+
 def average_precision(truth: np.ndarray, score: np.ndarray) -> float:
     """PR-AUC: the precision at each distinct threshold weighted by the recall it adds (the step
     sum, as scikit-learn's); NaN without a positive."""
-    _, tp, n, positives = _ranked(truth, score)
-    if positives == 0:
+    recall, precision = pr_curve(truth, score)
+    if len(recall) == 0:
         return float("nan")
-    recall = tp / positives
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * tp / n))
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def f1_threshold(truth: np.ndarray, score: np.ndarray) -> float:
