@@ -46,6 +46,7 @@ from cloud.training import ai4i
 from cloud.training.detection import at_threshold, average_precision, f1_threshold, pr_curve
 from cloud.training.trainer import FitResult, TrainConfig, fit, new_model, predict
 from cloud.training.windows import WindowSet
+from shared.errors import DatasetError
 from shared.models.dga import DGAConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -320,9 +321,13 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.max_folds, args.epochs, args.logistic_steps = args.seeds[:1], 1, 2, 20
-    if args.folds < 2 or min(args.windows) < 1 or args.horizon < 0 or args.epochs < 1:
-        ap.error("--folds ≥ 2, --windows ≥ 1, --horizon ≥ 0 and --epochs ≥ 1")
-    data = ai4i.load(args.data)
+    if args.folds < 2 or min(args.windows) < 1 or args.horizon < 0 or args.epochs < 1 or args.max_folds < 0:
+        ap.error("--folds ≥ 2, --windows ≥ 1, --horizon ≥ 0, --epochs ≥ 1 and --max-folds ≥ 0")
+    try:
+        data = ai4i.load(args.data)
+    except DatasetError as exc:
+        print(f"ai4i_modes: {exc}", file=sys.stderr)
+        return 2
     runs = [run_seed(args, data, s) for s in args.seeds]
     results = [r for r, _ in runs]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -128,3 +128,11 @@ def test_the_benchmark_runs_quickly_and_reports_every_arm(data: ai4i.Ai4i, tmp_p
         0 < held.sum() < len(truth) and np.isfinite(logistic[held]).all() and np.isnan(logistic[~held]).all()
     )
     assert (tmp_path / "ai4i_h0_quick.png").stat().st_size > 10_000
+    # no data where --data points: one line that names the file, no traceback
+    missing = subprocess.run(
+        [sys.executable, script, "--quick", "--data", str(tmp_path / "none"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 2 and "ai4i2020.csv" in missing.stderr and "Traceback" not in missing.stderr
