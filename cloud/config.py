@@ -195,6 +195,13 @@ class LearningConfig(StrictModel):
     gate_tolerance: float = Field(default=0.01, ge=0)
     gate_confidence: float = Field(default=0.95, ge=0.5, lt=1)
     gate_resamples: int = Field(default=1000, ge=100, le=100_000)
+    # The AUC ranks: a candidate whose risks all moved up (or down) together scores the same, yet
+    # under the alert threshold it keeps from the running model it raises more false alarms (or
+    # warns fewer failures). So the gate also rejects a candidate when it is gate_confidence sure
+    # that its share of a frozen set's windows at or above that threshold moved the harmful way by
+    # more than this (0.05: five points of the windows that did not fail, or of those that did).
+    # None: no such check.
+    gate_alarm_tolerance: float | None = Field(default=0.05, ge=0, le=1)
     ddp_nproc: int = Field(default=1, ge=1)  # >1: fine-tuning runs under torchrun with DDP (gloo on the CPU)
     # The pipeline's preset (PipelineConfig.sized): "small" is the demo's, "tiny" the tests'.
     size: Literal["default", "small", "tiny"] = "default"

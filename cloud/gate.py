@@ -106,6 +106,23 @@ class GateScore:
         )
 
 
+def _groups(tools: np.ndarray | list[str]) -> tuple[np.ndarray, int, int, str]:
+    """Each row's resampling group, the number of groups and of tools, and the unit: whole tools,
+    or single windows for a set of fewer than MIN_TOOLS tools."""
+    _, group = np.unique(np.asarray(tools), return_inverse=True)
+    n = len(group)
+    n_tools = int(group.max()) + 1 if n else 0
+    if n_tools >= MIN_TOOLS:
+        return group, n_tools, n_tools, "tool"
+    return np.arange(n), n, n_tools, "window"
+
+
+def _draw(rng: np.random.Generator, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """One bootstrap draw of ``n_groups`` groups with replacement, as each row's weight: how many
+    times its group was drawn."""
+    return np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[group].astype(float)
+
+
 def compare(
     candidate: np.ndarray,
     running: np.ndarray | None,
@@ -124,12 +141,7 @@ def compare(
         raise ValueError("gate: scores, labels and tools differ in length")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"gate: confidence must be in (0, 1), not {confidence}")
-    _, group = np.unique(np.asarray(tools), return_inverse=True)
-    n_tools = int(group.max()) + 1 if n else 0
-    unit = "tool" if n_tools >= MIN_TOOLS else "window"
-    if unit == "window":
-        group = np.arange(n)
-    n_groups = n_tools if unit == "tool" else n
+    group, n_groups, n_tools, unit = _groups(tools)
     cand = roc_auc(candidate, failed)
     base = roc_auc(running, failed) if running is not None else float("nan")
     nan = float("nan")
@@ -140,7 +152,7 @@ def compare(
     diffs = []
     for _ in range(resamples):
         # a draw of n_groups groups with replacement, as each row's weight: its group's count
-        weight = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[group].astype(float)
+        weight = _draw(rng, group, n_groups)
         diffs.append(auc_cand(weight) - auc_run(weight))
     d = np.array(diffs)
     d = d[~np.isnan(d)]  # resamples that drew one class only
@@ -151,4 +163,105 @@ def compare(
     return GateScore(cand, base, n, n_tools, unit, cand - base, upper, p_worse, upper < -tolerance)
 
 
-__all__ = ["GateScore", "WeightedAuc", "compare", "roc_auc"]
+@dataclass(frozen=True)
+class AlarmScore:
+    """How often each model's risk reaches the alert threshold on one kind of a frozen set's
+    windows: those that did not fail within the horizon (a rise is more false alarms) or those
+    that did (a fall is more missed failures). NaN where nothing was compared. ``bound`` is the
+    ``confidence`` quantile of the change in the harmful direction (an upper bound on the rise of
+    the false alarms, a lower bound on the fall of the warned)."""
+
+    kind: str  # "healthy" or "failing"
+    threshold: float
+    candidate: float  # share of the kind's windows at or above the threshold
+    running: float
+    n: int
+    tools: int
+    unit: str
+    change: float
+    bound: float
+    worse: bool
+
+    def as_dict(self) -> dict[str, float | int | str | bool | None]:
+        return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in asdict(self).items()}
+
+    @staticmethod
+    def from_dict(d: dict[str, float | int | str | bool | None]) -> AlarmScore:
+        return AlarmScore(**{k: (float("nan") if v is None else v) for k, v in d.items()})  # type: ignore[arg-type]
+
+    def describe(self, confidence: float) -> str:
+        """One clause for the round's log, in points of the kind's windows."""
+        which = "that did not fail" if self.kind == "healthy" else "that failed"
+        line = f"at p ≥ {self.threshold:g} on the {self.n} windows {which}"
+        if np.isnan(self.candidate) or np.isnan(self.running):
+            return line + ": not compared"
+        line += f" {100 * self.candidate:.0f}% vs {100 * self.running:.0f}%"
+        if np.isnan(self.bound):
+            return line
+        most = "at most" if self.kind == "healthy" else "at least"
+        return (
+            line
+            + f" ({confidence:.0%} sure: {most} {100 * self.bound:+.1f} points)"
+            + (": worse" if self.worse else "")
+        )
+
+
+def compare_alarms(
+    candidate: np.ndarray,
+    running: np.ndarray | None,
+    failed: np.ndarray,
+    tools: np.ndarray | list[str],
+    threshold: float,
+    tolerance: float,
+    confidence: float,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[AlarmScore, AlarmScore]:
+    """The alert threshold's side of the gate, for the windows that did not fail and those that
+    did. The AUC ranks and is blind to a candidate whose risks all moved up or down together; the
+    candidate keeps the running model's threshold (``cloud.pipeline_adapter.parent_thresholds``),
+    so such a move means more false alarms or fewer warned failures at once. A kind is worse when
+    the gate is ``confidence`` sure (the same bootstrap over tools as :func:`compare`) that its
+    share at or above ``threshold`` moved the harmful way by more than ``tolerance``. One window
+    over the threshold stands for an alert here; the rule's persistence is left out, and a frozen
+    set holds hard cases rather than a random draw of the fleet's windows, so the shares are not
+    the fleet's alarm rate: the change between the two models is what is judged."""
+    n = len(failed)
+    if len(candidate) != n or (running is not None and len(running) != n) or len(tools) != n:
+        raise ValueError("gate: scores, labels and tools differ in length")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"gate: confidence must be in (0, 1), not {confidence}")
+    group, n_groups, n_tools, unit = _groups(tools)
+    failed = failed.astype(bool)
+    nan = float("nan")
+    out = []
+    for kind, rows in (("healthy", ~failed), ("failing", failed)):
+        m = int(rows.sum())
+        over_c = (candidate >= threshold) & rows
+        cand = float(over_c.sum() / m) if m else nan
+        if running is None or m == 0:
+            out.append(AlarmScore(kind, threshold, cand, nan, m, n_tools, unit, nan, nan, False))
+            continue
+        over_r = (running >= threshold) & rows
+        base = float(over_r.sum() / m)
+        rng = np.random.default_rng(seed)
+        diffs = []
+        for _ in range(resamples):
+            weight = _draw(rng, group, n_groups)
+            total = float((weight * rows).sum())
+            if total > 0:
+                diffs.append(float((weight * over_c).sum() - (weight * over_r).sum()) / total)
+        if not diffs:
+            out.append(AlarmScore(kind, threshold, cand, base, m, n_tools, unit, cand - base, nan, False))
+            continue
+        if kind == "healthy":  # harmful: a rise; bound it from above
+            bound = float(np.quantile(diffs, confidence))
+            worse = bound > tolerance
+        else:  # harmful: a fall; bound it from below
+            bound = float(np.quantile(diffs, 1.0 - confidence))
+            worse = bound < -tolerance
+        out.append(AlarmScore(kind, threshold, cand, base, m, n_tools, unit, cand - base, bound, worse))
+    return out[0], out[1]
+
+
+__all__ = ["AlarmScore", "GateScore", "WeightedAuc", "compare", "compare_alarms", "roc_auc"]

@@ -16,7 +16,10 @@ step, so a worker killed mid-round re-runs only the step it was in)::
   to ONNX, INT8 with the parity check, signed (the pipeline's ``export_release``).
 - **gate** scores the candidate and the running edge model on both frozen sets; a candidate is
   rejected (never registered or rolled out) when, on either, it is ``gate_confidence`` sure that
-  it lost more than ``gate_tolerance`` (a bootstrap over the set's tools: :mod:`cloud.gate`).
+  it lost more than ``gate_tolerance`` of AUC (a bootstrap over the set's tools: :mod:`cloud.gate`),
+  or, at the alert threshold it keeps from the running model, that its share of windows over it
+  rose by more than ``gate_alarm_tolerance`` on those that did not fail or fell by as much on
+  those that did (risks that all moved together leave the AUC unchanged).
 - **register** with lineage (parent = the running version, the round, the full checkpoint);
   **canary** starts the rollout; **watch** follows it to ``all``/``done`` or ``rolled_back``.
 
@@ -52,7 +55,7 @@ from sqlalchemy.orm import Session
 
 from cloud.config import LearningConfig
 from cloud.errors import BrokerError, CloudError, LearningError
-from cloud.gate import compare
+from cloud.gate import compare, compare_alarms
 from cloud.learning_data import Pipeline, Windows, split_holdout
 from cloud.metrics import CloudMetrics
 from cloud.registry import Registry
@@ -72,6 +75,15 @@ LEASE = "learning"
 # a broker restart is not a reason to throw a trained, gated, registered model away.
 MAX_BROKER_RETRIES = 60
 HEARTBEATS_PER_LEASE = 3  # renew three times per lease period: two renewals may fail before it lapses
+
+
+def shipped_threshold(manifest: dict[str, Any]) -> float | None:
+    """The alert probability a release ships (``thresholds.alert_probability``), which a round's
+    candidate keeps; None when it ships none."""
+    try:
+        return float(manifest["thresholds"]["alert_probability"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 class LeaseLost(LearningError):
@@ -444,8 +456,9 @@ class Learner:
             if not len(data):
                 continue
             base = self.pipeline.risk(Path(running.artifact_path), data) if running else None
+            cand = self.pipeline.risk(artifact, data)
             verdict = compare(
-                self.pipeline.risk(artifact, data),
+                cand,
                 base,
                 data.failed.astype(bool),
                 data.tools,
@@ -457,6 +470,23 @@ class Learner:
             said.append(f"{name}: {verdict.describe(self.cfg.gate_confidence)}")
             if verdict.worse:
                 worse.append(said[-1])
+            threshold = shipped_threshold(running.manifest) if running else None
+            if base is None or threshold is None or self.cfg.gate_alarm_tolerance is None:
+                continue
+            for alarm in compare_alarms(
+                cand,
+                base,
+                data.failed.astype(bool),
+                data.tools,
+                threshold,
+                self.cfg.gate_alarm_tolerance,
+                self.cfg.gate_confidence,
+                self.cfg.gate_resamples,
+            ):
+                scores[f"{name}_alarms_{alarm.kind}"] = alarm.as_dict()
+                said.append(f"{name}: alerts {alarm.describe(self.cfg.gate_confidence)}")
+                if alarm.worse:
+                    worse.append(said[-1])
         if worse:
             self._save(row.id, "gate", "gate: candidate is worse", gate=scores)
             return self._finish(row.id, "rejected", "not promoted: " + "; ".join(worse))

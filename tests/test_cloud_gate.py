@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from cloud.config import LearningConfig
-from cloud.gate import GateScore, WeightedAuc, compare, roc_auc
+from cloud.gate import AlarmScore, GateScore, WeightedAuc, compare, compare_alarms, roc_auc
 
 
 def fleet(n_tools: int, per_tool: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -104,3 +104,46 @@ def test_weighted_auc_equals_the_auc_of_the_resampled_rows():
         assert auc(weight) == pytest.approx(roc_auc(score[idx], failed[idx]), abs=1e-12)
     assert auc(np.ones(len(score))) == pytest.approx(roc_auc(score, failed), abs=1e-12)
     assert np.isnan(auc(np.where(failed, 1.0, 0.0)))  # only failing rows drawn: no AUC
+
+
+def test_risks_moved_up_together_keep_the_auc_but_raise_false_alarms_at_the_kept_threshold():
+    """The AUC ranks: a candidate whose every risk rose by the same amount ties the running model
+    on it, yet at the threshold it keeps it alerts on many more windows that did not fail."""
+    failed, tools = fleet(20)
+    running = 0.3 * noisy(failed, 0.5, 1)  # healthy around 0, failing around 0.3
+    up, down = running + 0.1, running - 0.1
+    auc = compare(up, running, failed, tools, tolerance=0.01, confidence=0.95)
+    assert auc.change == pytest.approx(0.0) and not auc.worse
+    healthy, failing = compare_alarms(up, running, failed, tools, 0.25, tolerance=0.05, confidence=0.95)
+    assert healthy.kind == "healthy" and healthy.n == int((~failed).sum()) and healthy.unit == "tool"
+    assert healthy.candidate > healthy.running + 0.05 and healthy.bound > 0.05 and healthy.worse
+    assert not failing.worse  # more of the failing windows warned is no harm
+    said = healthy.describe(0.95)
+    assert said.startswith("at p ≥ 0.25 on the") and "did not fail" in said and said.endswith(": worse")
+    assert AlarmScore.from_dict(healthy.as_dict()) == healthy
+    # moved down: fewer false alarms, but fewer failing windows reach the threshold
+    healthy, failing = compare_alarms(down, running, failed, tools, 0.25, tolerance=0.05, confidence=0.95)
+    assert (
+        not healthy.worse
+        and failing.worse
+        and failing.bound < -0.05
+        and "that failed" in failing.describe(0.95)
+    )
+    # the same model, or one a little off on a few windows, is not worse
+    same = compare_alarms(running, running, failed, tools, 0.25, tolerance=0.05, confidence=0.95)
+    assert not any(a.worse for a in same) and all(a.change == 0.0 for a in same)
+    # a tolerance wider than the move lets it through
+    assert not compare_alarms(up, running, failed, tools, 0.25, tolerance=0.9, confidence=0.95)[0].worse
+
+
+def test_alarms_without_a_running_model_or_a_kind_are_not_compared():
+    failed, tools = fleet(6)
+    healthy, failing = compare_alarms(failed.astype(float), None, failed, tools, 0.5, 0.05, 0.95)
+    assert not healthy.worse and np.isnan(healthy.running) and healthy.describe(0.95).endswith("not compared")
+    none_failed = np.zeros(len(failed), dtype=bool)
+    _, failing = compare_alarms(
+        np.ones(len(failed)), np.zeros(len(failed)), none_failed, tools, 0.5, 0.05, 0.95
+    )
+    assert failing.n == 0 and not failing.worse and failing.as_dict()["candidate"] is None
+    with pytest.raises(ValueError, match="differ in length"):
+        compare_alarms(np.ones(3), np.ones(2), np.ones(3), ["a"] * 3, 0.5, 0.05, 0.95)

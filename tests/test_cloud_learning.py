@@ -60,6 +60,8 @@ class TinyPipeline:
         self.inits: list[Path | None] = []  # the running edge checkpoint each distil started from
         self.named: list[list[str]] = []  # the case ids each export fitted its mode namer on
         self.namer: dict | None = None  # the manifest's mode_namer, when set
+        self.thresholds: dict[str, float] = {}  # the manifest's alert rule, when set
+        self.shift = 0.0  # added to every risk of the exported artifact (its ranking unchanged)
         self.kill_in: str | None = None
         self.during: dict[str, Callable[[], None]] = {}  # runs inside a step (what others do meanwhile)
 
@@ -93,7 +95,7 @@ class TinyPipeline:
         self.named.append(list(naming.case_ids))
         out.mkdir(parents=True, exist_ok=True)
         artifact = out / f"risk-{version}.onnx"
-        artifact.write_text(json.dumps({"quality": self.quality, "from": edge.name}))
+        artifact.write_text(json.dumps({"quality": self.quality, "shift": self.shift, "from": edge.name}))
         fields = {
             "model_id": "risk",
             "version": version,
@@ -102,6 +104,7 @@ class TinyPipeline:
             "created_ts": 0.0,
             "input_spec": {"input_name": "x"},
             "output_spec": {"modes": ["wear"], **({"mode_namer": self.namer} if self.namer else {})},
+            "thresholds": self.thresholds,
         }
         write_release(artifact, fields, load_private_key(self.key_path))
         return artifact
@@ -110,11 +113,12 @@ class TinyPipeline:
         """Risks whose AUC is the artifact's quality q (0.5 ≤ q ≤ 1) to the nearest window: every
         failing window scores 1, and so does the first 2(1 − q) of the others (a tie counts half)."""
         assert len(data) > 0
-        q = float(json.loads(artifact.read_text())["quality"])
+        spec = json.loads(artifact.read_text())
+        q = float(spec["quality"])
         neg = np.flatnonzero(~data.failed.astype(bool))
         out = data.failed.astype(float)
         out[neg[: round(2 * (1 - q) * len(neg))]] = 1.0
-        return out
+        return 0.5 * out + float(spec.get("shift", 0.0))
 
     def as_pipeline(self) -> Pipeline:
         return Pipeline(self.fine_tune, self.distil, self.export, self.risk)
@@ -345,6 +349,44 @@ def test_worse_model_is_not_promoted_and_rollback_restores_the_previous(world):
     # Rounds 2 and 3 both distilled from v1's weights, the model running while they ran.
     assert pipe.inits == [None, edge1, edge1]
     assert any(f"from {v1}'s weights" in e["msg"] for e in r3.log)
+
+
+def test_a_candidate_whose_risks_all_rose_is_not_promoted_though_its_auc_ties(world):
+    """The candidate keeps the running model's alert threshold; risks that all moved up by 0.45
+    rank the windows as before (the AUC gate passes it) but cross that threshold on every window
+    that did not fail: the gate rejects it on its false alarms, and says so."""
+    clock, pipe, published = Clock(), TinyPipeline(world["keys"] / "signing.key"), []
+    pipe.thresholds = {"alert_probability": 0.4, "alert_persistence_steps": 2, "alert_clear_probability": 0.2}
+    learner, ro, ingest = build(world, pipe, clock, published)
+    feed(ingest, clock, "etch-01")
+    v1 = learner.get(learner.trigger("manual")).state["version"]
+    report(ingest, "edge-1", {"risk": v1}, {"version": v1, "outcome": "accepted"})
+    clock.t += 601
+    ro.tick()
+    learner.tick()
+    assert learner.registry.active().version == v1
+    pipe.shift = 0.45
+    feed(ingest, clock, "etch-02", n=40)
+    r2 = learner.get(learner.trigger("manual"))
+    assert r2.status == "rejected", r2.log
+    gate = r2.state["gate"]
+    assert gate["new_test"]["change"] == pytest.approx(0.0) and not gate["new_test"]["worse"]
+    alarms = gate["new_test_alarms_healthy"]
+    assert (
+        alarms["worse"]
+        and alarms["candidate"] == 1.0
+        and alarms["running"] < 0.5
+        and alarms["threshold"] == 0.4
+    )
+    assert not gate["new_test_alarms_failing"]["worse"]
+    msg = r2.log[-1]["msg"]
+    assert "alerts at p ≥ 0.4 on the" in msg and "did not fail" in msg and msg.endswith(": worse"), msg
+    assert learner.registry.active().version == v1
+    # the same candidate, with the check turned off, is promoted as before
+    learner, ro, ingest = build(world, pipe, clock, published, gate_alarm_tolerance=None)
+    feed(ingest, clock, "etch-03", n=40)
+    r3 = learner.get(learner.trigger("manual"))
+    assert r3.status == "running" and r3.step == "watch" and "new_test_alarms_healthy" not in r3.state["gate"]
 
 
 def test_warm_start_off_or_without_a_checkpoint_distils_a_fresh_student(world):
