@@ -51,7 +51,7 @@ import numpy as np
 import onnxruntime as ort
 
 from cloud.config import CloudConfig
-from cloud.gate import GateScore, WeightedAuc, roc_auc
+from cloud.gate import AlarmScore, GateScore, WeightedAuc, roc_auc
 from cloud.labels import Label, set_label
 from cloud.learning import Learner
 from cloud.metrics import CloudMetrics
@@ -184,8 +184,13 @@ def evaluate(auc: Callable[[WindowSet], float], data: WindowSet | list[WindowSet
 
 
 def gate_summary(gate: dict[str, dict], confidence: float) -> str:
-    """The round's gate record in a line (what the round's log says)."""
-    return "gate: " + "; ".join(f"{k} {GateScore.from_dict(v).describe(confidence)}" for k, v in gate.items())
+    """The round's gate record in a line (what the round's log says): each frozen set's AUC and,
+    where the running model ships an alert threshold, its alarms there (``*_alarms_*``)."""
+    said = [
+        f"{k} {(AlarmScore if 'kind' in v else GateScore).from_dict(v).describe(confidence)}"
+        for k, v in gate.items()
+    ]
+    return "gate: " + "; ".join(said)
 
 
 def auc_torch(model: DGA, ws: WindowSet) -> float:
