@@ -168,8 +168,9 @@ class AlarmScore:
     """How often each model's risk reaches the alert threshold on one kind of a frozen set's
     windows: those that did not fail within the horizon (a rise is more false alarms) or those
     that did (a fall is more missed failures). NaN where nothing was compared. ``bound`` is the
-    ``confidence`` quantile of the change in the harmful direction (an upper bound on the rise of
-    the false alarms, a lower bound on the fall of the warned)."""
+    bound of candidate − running on the side that favours the candidate, at ``confidence``: the
+    share rose at least this much (healthy) or changed at most this much (failing); past the
+    tolerance, the gate is that sure of the harm and the candidate is worse."""
 
     kind: str  # "healthy" or "failing"
     threshold: float
@@ -198,7 +199,7 @@ class AlarmScore:
         line += f" {100 * self.candidate:.0f}% vs {100 * self.running:.0f}%"
         if np.isnan(self.bound):
             return line
-        most = "at most" if self.kind == "healthy" else "at least"
+        most = "at least" if self.kind == "healthy" else "at most"
         return (
             line
             + f" ({confidence:.0%} sure: {most} {100 * self.bound:+.1f} points)"
@@ -254,11 +255,13 @@ def compare_alarms(
         if not diffs:
             out.append(AlarmScore(kind, threshold, cand, base, m, n_tools, unit, cand - base, nan, False))
             continue
-        if kind == "healthy":  # harmful: a rise; bound it from above
-            bound = float(np.quantile(diffs, confidence))
-            worse = bound > tolerance
-        else:  # harmful: a fall; bound it from below
+        # As compare() does for the AUC: worse only when even the bound on the side that favours
+        # the candidate is past the tolerance, i.e. the gate is `confidence` sure of the harm.
+        if kind == "healthy":  # harmful: a rise; at least `bound` with that confidence
             bound = float(np.quantile(diffs, 1.0 - confidence))
+            worse = bound > tolerance
+        else:  # harmful: a fall; at most `bound` (a change below zero) with that confidence
+            bound = float(np.quantile(diffs, confidence))
             worse = bound < -tolerance
         out.append(AlarmScore(kind, threshold, cand, base, m, n_tools, unit, cand - base, bound, worse))
     return out[0], out[1]

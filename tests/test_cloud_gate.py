@@ -147,3 +147,19 @@ def test_alarms_without_a_running_model_or_a_kind_are_not_compared():
     assert failing.n == 0 and not failing.worse and failing.as_dict()["candidate"] is None
     with pytest.raises(ValueError, match="differ in length"):
         compare_alarms(np.ones(3), np.ones(2), np.ones(3), ["a"] * 3, 0.5, 0.05, 0.95)
+
+
+def test_a_rise_of_false_alarms_on_one_tool_of_six_is_not_sure_enough_to_reject():
+    """As the AUC gate: worse only when sure. One tool of six whose every healthy window now
+    crosses the threshold is a rise of a sixth on the point estimate, but a third of the draws
+    over tools leave that tool out, so the gate cannot be 95% sure of any rise."""
+    failed, tools = fleet(6)
+    running = 0.3 * failed.astype(float)
+    candidate = running.copy()
+    candidate[(tools == "tool-03") & ~failed] = 0.5
+    healthy, _ = compare_alarms(candidate, running, failed, tools, 0.25, tolerance=0.05, confidence=0.95)
+    assert healthy.change == pytest.approx(1 / 6, abs=0.05) and healthy.bound == 0.0 and not healthy.worse
+    assert "95% sure: at least +0.0 points" in healthy.describe(0.95)
+    # the same rise on every tool is sure
+    candidate[~failed] = 0.5
+    assert compare_alarms(candidate, running, failed, tools, 0.25, tolerance=0.05, confidence=0.95)[0].worse
