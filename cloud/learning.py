@@ -341,6 +341,7 @@ class Learner:
             ),
             case_ids=[c.case_id for c in cases],
             tools=[c.tool_id for c in cases],
+            tool_types=[c.tool_type for c in cases],
         )
 
     def _earlier(self, key: str, before_id: int) -> list[str]:
@@ -471,11 +472,13 @@ class Learner:
             if verdict.worse:
                 worse.append(said[-1])
             threshold = shipped_threshold(running.manifest) if running else None
-            if base is None or threshold is None or self.cfg.gate_alarm_tolerance is None:
+            if running is None or threshold is None or self.cfg.gate_alarm_tolerance is None:
                 continue
+            # the probability the edge's alert rule reads, which the AUC's risk need not be
+            alerting = self.pipeline.alert_risk or self.pipeline.risk
             for alarm in compare_alarms(
-                cand,
-                base,
+                alerting(artifact, data),
+                alerting(Path(running.artifact_path), data),
                 data.failed.astype(bool),
                 data.tools,
                 threshold,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,8 @@ import numpy as np
 @dataclass
 class Windows:
     """Labelled windows: x (N, T, F) float32, failed (N,) bool, mode names, rul_h (N,) NaN=unknown,
-    and the case and tool of each (tools: splits by tool, never by window)."""
+    and the case and tool of each (tools: splits by tool, never by window), and each tool's type
+    (empty: not known; the gate's alert threshold then reads every mode's probability)."""
 
     x: np.ndarray
     failed: np.ndarray
@@ -23,6 +24,7 @@ class Windows:
     rul_h: np.ndarray
     case_ids: list[str]
     tools: list[str]
+    tool_types: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -32,6 +34,7 @@ class Windows:
         parts = [p for p in parts if len(p)]
         if not parts:
             return Windows(np.zeros((0, 0, 0), np.float32), np.zeros(0, bool), [], np.zeros(0), [], [])
+        typed = all(len(p.tool_types) == len(p) for p in parts)
         return Windows(
             np.concatenate([p.x for p in parts]),
             np.concatenate([p.failed for p in parts]),
@@ -39,6 +42,7 @@ class Windows:
             np.concatenate([p.rul_h for p in parts]),
             [c for p in parts for c in p.case_ids],
             [t for p in parts for t in p.tools],
+            [t for p in parts for t in p.tool_types] if typed else [],
         )
 
 
@@ -54,6 +58,9 @@ class Pipeline:
     export: Callable[[Path, Windows, Windows, Path, str, str | None], Path]
     # (.onnx, frozen set) → each window's risk of failing within the horizon, higher is likelier
     risk: Callable[[Path, Windows], np.ndarray]
+    # (.onnx, frozen set) → each window's probability as the edge's alert rule reads it (the
+    # highest of its tool type's progressive modes); None: ``risk`` stands for it
+    alert_risk: Callable[[Path, Windows], np.ndarray] | None = None
 
 
 def _hash01(key: str) -> float:

@@ -35,7 +35,9 @@ from cloud.training.parity import run_onnx
 from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, fine_tune
 from cloud.training.release import AlertThresholds
 from cloud.training.windows import WindowSet
+from shared.equipment import alert_modes
 from shared.models.checkpoint import load_checkpoint
+from shared.signing import manifest_path
 
 _logger = logging.getLogger(__name__)
 DDP_TIMEOUT_S = 3600.0
@@ -127,7 +129,25 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
     def risk(artifact: Path, data: Windows) -> np.ndarray:
         return run_onnx(artifact, data.x.astype(np.float32))["probs"].max(axis=1)  # (N, M) → (N,)
 
-    return Pipeline(do_fine_tune, do_distil, do_export, risk)
+    def alert_risk(artifact: Path, data: Windows) -> np.ndarray:
+        probs = run_onnx(artifact, data.x.astype(np.float32))["probs"]
+        modes = json.loads(manifest_path(artifact).read_text())["output_spec"]["modes"]
+        return alerting_probability(probs, modes, data.tool_types)
+
+    return Pipeline(do_fine_tune, do_distil, do_export, risk, alert_risk)
+
+
+def alerting_probability(probs: np.ndarray, modes: list[str], tool_types: list[str]) -> np.ndarray:
+    """Each window's highest probability among the modes its tool type's alert rule reads
+    (``shared.equipment.alert_modes``, as the edge does); every mode where the types are unknown."""
+    if len(tool_types) != len(probs):
+        return probs.max(axis=1)
+    out = np.empty(len(probs))
+    for ttype in set(tool_types):
+        rows = np.array([t == ttype for t in tool_types])
+        idx = np.array(alert_modes(ttype, modes) or range(len(modes)), dtype=np.int64)
+        out[rows] = probs[np.ix_(rows, idx)].max(axis=1)
+    return out
 
 
 def parent_thresholds(registry: Registry, parent: str | None, default: AlertThresholds) -> AlertThresholds:

@@ -30,7 +30,7 @@ import numpy as np
 
 from edge.config import DecisionsConfig
 from shared.alerting import AlertRule, AlertState
-from shared.equipment import tool_type
+from shared.equipment import alert_modes, tool_type
 from shared.evidence import Explanation, reference_known
 from shared.messages import Alert, HardCase, Message, encode_array
 from shared.uncertainty import hard_case_reasons
@@ -123,12 +123,9 @@ class Decider:
         cached = self._mode_index.get(key)
         if cached is not None:
             return cached
-        tt = tool_type(ttype)
+        tool_type(ttype)  # an unknown type is refused here, as before (alert_modes would read all)
         # The type's progressive modes; for a model trained on other modes, the type's, or all.
-        for names in (set(tt.warnable_mode_names), set(tt.mode_names), set(modes)):
-            idx = np.array([i for i, m in enumerate(modes) if m in names], dtype=np.int64)
-            if idx.size:
-                break
+        idx = np.array(alert_modes(ttype, modes), dtype=np.int64)
         self._mode_index[key] = idx
         return idx
 

@@ -296,6 +296,23 @@ def tool_type(name: str) -> ToolType:
         raise KeyError(f"unknown tool type {name!r}; known: {', '.join(sorted(TOOL_TYPES))}") from None
 
 
+def alert_modes(type_name: str, modes: list[str] | tuple[str, ...]) -> list[int]:
+    """The indices into a model's ``modes`` whose highest probability an alert rule reads for a
+    tool of ``type_name``: the type's progressive modes (a sudden mode's probability is a base
+    hazard, the same on every tool), or for a model trained on none of them the type's modes, or
+    every mode (also for a type not in the catalog). The edge's decisions and the learning gate
+    both read the risk this way."""
+    choices: list[set[str]] = [set(modes)]
+    if type_name in TOOL_TYPES:
+        tt = TOOL_TYPES[type_name]
+        choices = [set(tt.warnable_mode_names), set(tt.mode_names), set(modes)]
+    for names in choices:
+        idx = [i for i, m in enumerate(modes) if m in names]
+        if idx:
+            return idx
+    return []
+
+
 def setpoint_units(name: str | None) -> dict[str, str]:
     """Each setpoint of a tool of type ``name`` and its unit. For a type not known (yet: the
     cloud learns a tool's type from its telemetry), every setpoint whose name means one unit in

@@ -163,3 +163,20 @@ def test_a_rise_of_false_alarms_on_one_tool_of_six_is_not_sure_enough_to_reject(
     # the same rise on every tool is sure
     candidate[~failed] = 0.5
     assert compare_alarms(candidate, running, failed, tools, 0.25, tolerance=0.05, confidence=0.95)[0].worse
+
+
+def test_the_alert_threshold_reads_each_type_s_progressive_modes_as_the_edge_does():
+    """A sudden mode's probability is a base hazard, the same on every tool: at the thresholds
+    releases choose (0.05 in the demo) it put every hard case over the threshold when the gate
+    read the highest probability of all modes."""
+    from cloud.pipeline_adapter import alerting_probability
+    from shared.equipment import alert_modes
+
+    modes = ["rf_match_drift", "rf_generator_trip", "bearing_wear", "motor_burnout"]
+    assert alert_modes("plasma_etch", modes) == [0] and alert_modes("vacuum_pump", modes) == [2]
+    assert alert_modes("cvd", modes) == [0, 1, 2, 3]  # a model of none of the type's modes: all
+    assert alert_modes("not-a-type", modes) == [0, 1, 2, 3]
+    probs = np.array([[0.01, 0.2, 0.3, 0.2], [0.02, 0.2, 0.04, 0.2], [0.5, 0.2, 0.1, 0.9]])
+    got = alerting_probability(probs, modes, ["plasma_etch", "vacuum_pump", "plasma_etch"])
+    assert got.tolist() == [0.01, 0.04, 0.5]
+    assert alerting_probability(probs, modes, []).tolist() == [0.3, 0.2, 0.9]  # types unknown
