@@ -131,7 +131,7 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
 
     def alert_risk(artifact: Path, data: Windows) -> np.ndarray:
         probs = run_onnx(artifact, data.x.astype(np.float32))["probs"]
-        modes = json.loads(manifest_path(artifact).read_text())["output_spec"]["modes"]
+        modes = json.loads(manifest_path(artifact).read_text())["manifest"]["output_spec"]["modes"]
         return alerting_probability(probs, modes, data.tool_types)
 
     return Pipeline(do_fine_tune, do_distil, do_export, risk, alert_risk)

@@ -123,6 +123,12 @@ async def test_a_real_tiny_round_produces_a_model_the_edge_accepts(tmp_path: Pat
     manifest = verify_release(artifact, pub)  # what the edge checks before loading a model
     assert manifest.role == "edge-risk" and manifest.version == row.state["version"]
     assert manifest.input_spec["input_name"] == "x" and manifest.output_spec["modes"] == ["wear", "leak"]
+    # The gate's alarm check reads the release's modes from its signed manifest; "wear" and "leak"
+    # are modes of no catalog type, so every mode's probability counts, as the edge would count it.
+    frozen = learner.windows(row.state["new_test"])
+    alerting = learner.pipeline.alert_risk
+    assert alerting is not None and len(frozen) and len(frozen.tool_types) == len(frozen)
+    assert np.allclose(alerting(artifact, frozen), learner.pipeline.risk(artifact, frozen))
     ((t, raw),) = published
     assert t == topic("fab1", "edge-1", Kind.MODEL)
     ann = ModelAnnouncement.model_validate_json(raw)
