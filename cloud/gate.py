@@ -24,6 +24,7 @@ it; the canary's watch is the next guard.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Self
 
 import numpy as np
 
@@ -65,8 +66,23 @@ class WeightedAuc:
         return float((pos_w * (below + 0.5 * neg_w)).sum() / (n_pos * n_neg))
 
 
+Stored = dict[str, float | int | str | bool | None]
+
+
+class _Stored:
+    """What a round stores of a comparison. JSON has no NaN: a missing figure is stored as null
+    and read back as NaN."""
+
+    def as_dict(self) -> Stored:
+        return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in asdict(self).items()}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: Stored) -> Self:
+        return cls(**{k: (float("nan") if v is None else v) for k, v in d.items()})
+
+
 @dataclass(frozen=True)
-class GateScore:
+class GateScore(_Stored):
     """One frozen set's comparison; NaN where a score does not exist (one class only, no running
     model). ``upper`` is the ``confidence`` quantile of candidate − running over the resamples."""
 
@@ -79,14 +95,6 @@ class GateScore:
     upper: float
     p_worse: float  # share of resamples where the candidate scored below the running model
     worse: bool
-
-    def as_dict(self) -> dict[str, float | int | str | bool | None]:
-        """JSON has no NaN: a missing score is stored as null."""
-        return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in asdict(self).items()}
-
-    @staticmethod
-    def from_dict(d: dict[str, float | int | str | bool | None]) -> GateScore:
-        return GateScore(**{k: (float("nan") if v is None else v) for k, v in d.items()})  # type: ignore[arg-type]
 
     def describe(self, confidence: float) -> str:
         """One line for the round's log and the benchmark, in points of AUC (0.01)."""
@@ -164,7 +172,7 @@ def compare(
 
 
 @dataclass(frozen=True)
-class AlarmScore:
+class AlarmScore(_Stored):
     """How often each model's risk reaches the alert threshold on one kind of a frozen set's
     windows: those that did not fail within the horizon (a rise is more false alarms) or those
     that did (a fall is more missed failures). NaN where nothing was compared. ``bound`` is the
@@ -182,13 +190,6 @@ class AlarmScore:
     change: float
     bound: float
     worse: bool
-
-    def as_dict(self) -> dict[str, float | int | str | bool | None]:
-        return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in asdict(self).items()}
-
-    @staticmethod
-    def from_dict(d: dict[str, float | int | str | bool | None]) -> AlarmScore:
-        return AlarmScore(**{k: (float("nan") if v is None else v) for k, v in d.items()})  # type: ignore[arg-type]
 
     def describe(self, confidence: float) -> str:
         """One clause for the round's log, in points of the kind's windows."""
