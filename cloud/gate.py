@@ -131,6 +131,20 @@ def _draw(rng: np.random.Generator, group: np.ndarray, n_groups: int) -> np.ndar
     return np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[group].astype(float)
 
 
+def _check(
+    candidate: np.ndarray,
+    running: np.ndarray | None,
+    failed: np.ndarray,
+    tools: np.ndarray | list[str],
+    confidence: float,
+) -> None:
+    n = len(failed)
+    if len(candidate) != n or (running is not None and len(running) != n) or len(tools) != n:
+        raise ValueError("gate: scores, labels and tools differ in length")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"gate: confidence must be in (0, 1), not {confidence}")
+
+
 def compare(
     candidate: np.ndarray,
     running: np.ndarray | None,
@@ -144,11 +158,8 @@ def compare(
     """Score the candidate's and the running model's per-window risk (higher: more likely to fail
     within the horizon) against ``failed`` and decide whether the candidate is worse (module doc).
     No running model, or a set that cannot score (one class), is never ``worse``."""
+    _check(candidate, running, failed, tools, confidence)
     n = len(failed)
-    if len(candidate) != n or (running is not None and len(running) != n) or len(tools) != n:
-        raise ValueError("gate: scores, labels and tools differ in length")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"gate: confidence must be in (0, 1), not {confidence}")
     group, n_groups, n_tools, unit = _groups(tools)
     cand = roc_auc(candidate, failed)
     base = roc_auc(running, failed) if running is not None else float("nan")
@@ -228,11 +239,7 @@ def compare_alarms(
     over the threshold stands for an alert here; the rule's persistence is left out, and a frozen
     set holds hard cases rather than a random draw of the fleet's windows, so the shares are not
     the fleet's alarm rate: the change between the two models is what is judged."""
-    n = len(failed)
-    if len(candidate) != n or (running is not None and len(running) != n) or len(tools) != n:
-        raise ValueError("gate: scores, labels and tools differ in length")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"gate: confidence must be in (0, 1), not {confidence}")
+    _check(candidate, running, failed, tools, confidence)
     group, n_groups, n_tools, unit = _groups(tools)
     failed = failed.astype(bool)
     nan = float("nan")
