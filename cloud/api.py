@@ -6,8 +6,9 @@ admins issue long-lived API tokens, list and revoke them, and remove users (with
 client (429 with Retry-After). Every ``/api`` route needs a token except the login and the
 model artifact download (edges fetch artifacts over 2 MB by URL without credentials: the file is
 signed and the edge verifies it before use). Roles: viewers read; operators label cases,
-acknowledge alerts, approve or reject tuning proposals and roll back; admins also manage users,
-start rollouts and learning rounds. ``/health`` and ``/metrics`` are open for probes and scrapers.
+acknowledge alerts, shelve a tool's notifications, approve or reject tuning proposals and roll
+back; admins also manage users, start rollouts and learning rounds. ``/health`` and ``/metrics``
+are open for probes and scrapers.
 """
 
 # No `from __future__ import annotations` here: FastAPI resolves the dependency annotations of
@@ -36,7 +37,15 @@ from cloud.audit import rows as audit_rows
 from cloud.auth import ROLES, Principal, Users
 from cloud.case_window import named_series, type_scaler
 from cloud.config import SensorsConfig
-from cloud.errors import AuthError, CloudError, LoginThrottled, RegistryError, RolloutError, UnknownUser
+from cloud.errors import (
+    AuthError,
+    CloudError,
+    LoginThrottled,
+    RegistryError,
+    RolloutError,
+    ShelvingError,
+    UnknownUser,
+)
 from cloud.field_report import LEAD_H, MATCH_H, field_report
 from cloud.labels import OPERATOR, Label, set_label
 from cloud.learning import Learner
@@ -45,6 +54,8 @@ from cloud.notify import Notifier
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.sensor_health import DEFAULT_LIMITS, sensor_issues
+from cloud.shelving import MAX_HOURS as MAX_SHELF_HOURS
+from cloud.shelving import Shelves, Span, shelve, unshelve
 from cloud.storage.models import (
     AlertRow,
     Case,
@@ -54,6 +65,7 @@ from cloud.storage.models import (
     NotificationRow,
     SeenMessage,
     SensorIssueRow,
+    ShelfRow,
     Tool,
     TuningRow,
     WorkerSession,
@@ -127,12 +139,23 @@ class AckIn(BaseModel):
     note: str = Field(default="", max_length=2000)
 
 
+class ShelveIn(BaseModel):
+    """Hold a tool's notifications back for ``hours`` (cloud/shelving.py)."""
+
+    hours: float = Field(gt=0, le=MAX_SHELF_HOURS)
+    reason: str = Field(min_length=1, max_length=500)
+
+
 class Decision(BaseModel):
     reason: str = Field("", max_length=2000)
 
 
 def _row(obj: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     return {c.key: getattr(obj, c.key) for c in obj.__table__.columns if c.key not in exclude}
+
+
+def _span(span: Span | None) -> dict[str, Any] | None:
+    return None if span is None else asdict(span)
 
 
 def case_dict(case: Case) -> dict[str, Any]:
@@ -278,12 +301,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
         ``[sensors]`` in cloud.toml), by the health its edge last reported (cloud/sensor_health.py)."""
         unchanged_h = ctx.sensor_limits.unchanged_h if unchanged_h is None else unchanged_h
         bad_h = ctx.sensor_limits.bad_h if bad_h is None else bad_h
+        now = ctx.clock()
         with ctx.repo.transaction() as s:
             q = select(Tool).order_by(Tool.tool_id)
             if edge_id:
                 q = q.where(Tool.edge_id == edge_id)
+            shelves = Shelves(s, now, now)
             return [
-                _row(t) | {"sensor_issues": sensor_issues(t.summary or {}, unchanged_h, bad_h)}
+                _row(t)
+                | {
+                    "sensor_issues": sensor_issues(t.summary or {}, unchanged_h, bad_h),
+                    "shelf": _span(shelves.covering(t.tool_id, now)),
+                }
                 for t in s.scalars(q)
             ]
 
@@ -369,10 +398,65 @@ def create_app(ctx: ApiContext) -> FastAPI:
         _logger.info("%s of %s at %.0f recorded by %s", body.event, tool_id, body.at_ts, who.username)
         return {"msg_id": msg.msg_id, "labelled": int(labelled or 0)}
 
+    @app.post("/api/tools/{tool_id}/shelve", tags=["fleet"])
+    def shelve_tool(tool_id: str, body: ShelveIn, who: Operator, request: Request) -> dict[str, Any]:
+        """Hold the tool's alerts and sensor issues back from the webhooks for ``hours`` (at most a
+        week), with a reason everyone sees; they are still stored and shown (cloud/shelving.py).
+        Shelving a shelved tool replaces its shelf."""
+        audit_note(request.state, f"{body.hours:g} h: {body.reason}")
+        with ctx.repo.transaction() as s:
+            tool = s.get(Tool, tool_id)
+            if tool is None:
+                raise HTTPException(404, "no such tool")
+            try:
+                row = shelve(s, tool, body.hours, body.reason, who.username, ctx.clock())
+            except ShelvingError as exc:
+                raise HTTPException(422, str(exc)) from exc
+            _logger.info("%s shelved by %s for %g h: %s", tool_id, who.username, body.hours, body.reason)
+            return _row(row)
+
+    @app.post("/api/tools/{tool_id}/unshelve", tags=["fleet"])
+    def unshelve_tool(tool_id: str, who: Operator) -> dict[str, Any]:
+        """End the tool's shelf now: its next alerts are sent again (the held-back ones are not)."""
+        with ctx.repo.transaction() as s:
+            row = unshelve(s, tool_id, who.username, ctx.clock())
+            if row is None:
+                raise HTTPException(404, f"{tool_id} is not shelved")
+            _logger.info("%s unshelved by %s", tool_id, who.username)
+            return _row(row)
+
+    @app.get("/api/shelves", tags=["fleet"])
+    def shelves(
+        _who: Viewer, tool_id: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[dict[str, Any]]:
+        """Shelves, the latest set first, with ``active`` true for those in force now."""
+        now = ctx.clock()
+        with ctx.repo.transaction() as s:
+            q = select(ShelfRow)
+            if tool_id:
+                q = q.where(ShelfRow.tool_id == tool_id)
+            rows = s.scalars(q.order_by(ShelfRow.start_ts.desc(), ShelfRow.id.desc()).limit(limit))
+            return [_row(r) | {"active": r.start_ts <= now < r.end_ts} for r in rows]
+
     @app.get("/api/alerts", tags=["alerts"])
     def alerts(_who: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+        """The newest alerts; ``shelved``: the shelf their tool was under when the cloud stored
+        them (their notifications were held back), or null."""
         with ctx.repo.transaction() as s:
-            return [_row(a) for a in s.scalars(select(AlertRow).order_by(AlertRow.ts.desc()).limit(limit))]
+            rows = list(s.scalars(select(AlertRow).order_by(AlertRow.ts.desc()).limit(limit)))
+            got = [a.received_ts for a in rows if a.received_ts is not None]
+            shelves = Shelves(s, min(got), max(got)) if got else None
+            return [
+                _row(a)
+                | {
+                    "shelved": _span(
+                        shelves.covering(a.tool_id, a.received_ts)
+                        if shelves is not None and a.received_ts is not None
+                        else None
+                    )
+                }
+                for a in rows
+            ]
 
     @app.get("/api/alerts/field", tags=["alerts"])
     def alerts_in_the_field(

@@ -77,7 +77,8 @@ class StorageConfig(StrictModel):
     dedup_days: float = Field(default=30.0, gt=0)
     state_events_days: float = Field(default=90.0, gt=0)
     dead_letters_days: float = Field(default=30.0, gt=0)
-    # Who changed what through the API or the CLI (cloud/audit.py): a year, for the yearly audit.
+    # Who changed what through the API or the CLI (cloud/audit.py): a year, for the yearly audit;
+    # ended shelves (cloud/shelving.py) are kept as long.
     audit_days: float = Field(default=365.0, gt=0)
 
 

@@ -13,6 +13,7 @@
         │   └── UnknownUser     no user of that name
         ├── RegistryError       a model that does not verify, or an unknown version
         ├── RolloutError        a rollout that cannot start or continue
+        ├── ShelvingError       a shelf without a reason or longer than the limit
         └── LearningError       an incremental-learning step failed; the round records which
 """
 
@@ -67,3 +68,7 @@ class RolloutError(CloudError):
 
 class LearningError(CloudError):
     """An incremental-learning step failed; the round stores the step and the reason."""
+
+
+class ShelvingError(CloudError):
+    """A tool shelved without a reason or for longer than allowed: the message says what to change."""

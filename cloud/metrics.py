@@ -53,7 +53,7 @@ class CloudMetrics:
         )
         self.notifications = Counter(
             "fabpm_cloud_notifications",
-            "webhook notification attempts by target and outcome (delivered, retry, failed, dropped)",
+            "webhook notifications by target and outcome (delivered, retry, failed, dropped, shelved)",
             ["target", "outcome"],
             registry=r,
         )

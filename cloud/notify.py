@@ -11,6 +11,9 @@ dies), the notifier:
    just before a crash is still queued after it, and a target added later does not get old
    history. The price: what was stored while no worker could queue for longer than
    ``lookback_h`` (the database down, every worker down) is not sent;
+   an alert or sensor issue of a tool an operator has shelved (:mod:`cloud.shelving`) when the
+   cloud stored it is queued as ``shelved`` and never sent, so the console shows what was held
+   back and unshelving does not send a backlog;
 2. POSTs the pending rows that are due, oldest first, each with a timeout. A 2xx answer marks the
    row delivered. Anything else is retried after ``backoff_s``, doubling up to ``backoff_max_s``,
    until ``max_attempts``; then it is marked failed and logged;
@@ -44,6 +47,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from cloud.config import NotifyConfig, WebhookConfig
 from cloud.errors import CloudError, StorageError
 from cloud.metrics import CloudMetrics
+from cloud.shelving import Shelves, Span
 from cloud.storage.models import AlertRow, LearningRound, NotificationRow, RolloutRow, SensorIssueRow
 from cloud.storage.repo import Repo
 
@@ -106,6 +110,7 @@ def payload_of(alert: AlertRow) -> dict[str, Any]:
             "evidence": alert.evidence,
             "reference_known": alert.reference_known,
             "likely_mode": alert.likely_mode,
+            "received_ts": alert.received_ts,
         },
     }
 
@@ -164,6 +169,7 @@ def sensor_payload(row: SensorIssueRow) -> dict[str, Any]:
             "issue": row.issue,
             "start_ts": row.start_ts,
             "hours": row.hours,
+            "received_ts": row.received_ts,
         },
     }
 
@@ -291,20 +297,35 @@ class Notifier:
         now = self.clock()
         since = now - self.cfg.lookback_h * 3600
         with self.repo.transaction() as s:
+            shelves = Shelves(s, since, now)
             for name, target in self.targets.items():
                 for subject, body in self._fresh(s, name, target, since):
+                    shelf = self._shelf_of(shelves, body)
                     s.add(
                         NotificationRow(
                             target=name,
                             subject=subject,
                             payload=body | {"target": name},
-                            status="pending",
+                            status="pending" if shelf is None else "shelved",
                             attempts=0,
                             next_ts=now,
-                            last_error="",
+                            last_error="" if shelf is None else f"not sent: {shelf.says()}",
                             created_ts=now,
+                            done_ts=None if shelf is None else now,
                         )
                     )
+                    if shelf is not None:
+                        self.metrics.notifications.labels(name, "shelved").inc()
+
+    @staticmethod
+    def _shelf_of(shelves: Shelves, body: dict[str, Any]) -> Span | None:
+        """The shelf that holds this alert or sensor issue back: its tool's, when the cloud stored
+        it (a shelf decides what is sent from the moment it is set, whatever the equipment's clock
+        says); None for what shelving does not cover (rollbacks, learning rounds)."""
+        about = body.get("alert") or body.get("sensor_issue")
+        if about is None or about.get("received_ts") is None:
+            return None
+        return shelves.covering(about["tool_id"], about["received_ts"])
 
     def _bound(self) -> None:
         now = self.clock()

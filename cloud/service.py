@@ -51,6 +51,7 @@ from cloud.storage.models import (
     RiskPoint,
     SeenMessage,
     SensorIssueRow,
+    ShelfRow,
 )
 from cloud.verdicts import VerdictService
 
@@ -355,6 +356,7 @@ class CloudService:
             # age); open ones (closed_ts NULL) stay, as prune_older leaves NULLs.
             ("ended sensor issues", SensorIssueRow.closed_ts, st.state_events_days, ()),
             ("audit rows", AuditEntry.ts, st.audit_days, ()),
+            ("ended shelves", ShelfRow.end_ts, st.audit_days, ()),  # who shelved what: as the audit
             ("login failure counters", LoginFailure.last_ts, self.users.throttle.forget_s / day, ()),
         )
         for what, column, days, where in jobs:

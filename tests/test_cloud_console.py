@@ -224,6 +224,18 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.click("#event-form button[type=submit]")
             page.wait_for_selector("#status:has-text('failure of etch-01 recorded: 1 case labelled')")
             assert service.repo.get_case("case-1").label_source == "failure"
+            # Shelved from the same panel (its notifications held back, with a reason), then unshelved.
+            page.select_option("#shelve-form select[name=hours]", "8")
+            page.fill("#shelve-form input[name=reason]", "PM until Friday")
+            page.click("#shelve-form button[type=submit]")
+            page.wait_for_selector("#tool-detail .shelf-now:has-text('by olga: PM until Friday')")
+            shelf = page.locator("#tools tr:has-text('etch-01') td.shelved").inner_text()
+            assert shelf.startswith("until ") and shelf.endswith(" by olga: PM until Friday"), shelf
+            assert page.locator("#tools tr:has-text('etch-02') td.shelved").inner_text() == ""
+            page.click("#shelve-form button[name=unshelve]")
+            page.wait_for_selector("#status:has-text('etch-01 unshelved')")
+            assert page.locator("#tool-detail .shelf-now").inner_text() == ""
+            assert page.locator("#shelve-form button[name=unshelve]").is_hidden()
             page.click("#tabs button[data-tab=alerts]")
             page.wait_for_selector("#alerts td.outcome-failure:has-text('failed (rf_match_drift)')")
             # The throttle valve had sat still for 3 h when the alert came: said beside its mode.

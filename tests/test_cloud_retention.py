@@ -22,6 +22,7 @@ from cloud.storage.models import (
     RiskPoint,
     SeenMessage,
     SensorIssueRow,
+    ShelfRow,
 )
 
 NOW = 100 * 86400.0
@@ -71,9 +72,13 @@ def test_old_rows_go_and_what_bounds_the_labels_stays(db_url: str, tmp_path: Pat
                 )  # fmt: skip
             for days in (366, 364):  # the audit trail: a year
                 s.add(audit.entry("ada", "admin", "c", "POST /api/users", "", 200, ts=NOW - days * DAY))
+                end = NOW - days * DAY  # shelves as long, by when they ended
+                s.add(ShelfRow(tool_id=f"t{days}", site="s1", reason="PM", by="olga", start_ts=end - DAY,
+                               planned_end_ts=end, end_ts=end))  # fmt: skip
         svc._prune()
         with svc.repo.transaction() as s:
             assert s.scalar(select(func.count()).select_from(AuditEntry)) == 1
+            assert list(s.scalars(select(ShelfRow.tool_id))) == ["t364"]
             assert sorted(s.scalars(select(SeenMessage.msg_id))) == ["m2", "m3"]
             kept = sorted(s.scalars(select(EventRow.msg_id)))
             assert kept == ["new-state", "old-failure", "old-maintenance"]

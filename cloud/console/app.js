@@ -140,8 +140,9 @@ const RENDER = {
       const look = cell(""); look.append(button("Risk", () => showRisk(t.tool_id)));
       const issues = fmtIssues(t.sensor_issues);
       const risk = cell(fmtProbs(t.risk)); risk.dataset.sort = Math.max(...Object.values(t.risk || {}), -1);
+      const shelf = t.shelf ? fmtShelf(t.shelf) : "";
       tr.append(cell(t.tool_id), cell(t.tool_type), cell(t.edge_id), cell(t.state), risk,
-        cell(issues, issues ? "sensor-issue" : ""), cell(fmtTime(t.last_ts)), look);
+        cell(issues, issues ? "sensor-issue" : ""), cell(shelf, "shelved"), cell(fmtTime(t.last_ts)), look);
     });
     // An open stretch of a tool that has sent nothing for 10 minutes (its edge offline) is as its
     // last telemetry left it: said so, with when that was.
@@ -191,6 +192,11 @@ const RENDER = {
       if (issues) {
         const note = document.createElement("div");
         note.className = "sensor-issue"; note.textContent = `check first: ${issues}`; mode.append(note);
+      }
+      if (a.shelved) {  // stored and shown, not sent to the webhooks
+        const note = document.createElement("div");
+        note.className = "shelved"; note.textContent = `not sent: shelved by ${a.shelved.by} (${a.shelved.reason})`;
+        mode.append(note);
       }
       tr.append(raised, cell(a.tool_id), mode, moving(a.evidence, a.reference_known), cell(fmtNum(a.probability), "num"),
         cell(fmtNum(a.rul_h, 1), "num"), cell(a.model_version), cell(o ? followed(o, field.match_h) : "", o ? `outcome-${o.outcome}` : ""), ack);
@@ -386,9 +392,18 @@ function trend(data) {
   return [box, legend];
 }
 
+// A tool's shelf: "until 2026-12-02 08:00:00 by olga: PM until Friday".
+function fmtShelf(x) { return `until ${fmtTime(x.end_ts)} by ${x.by}: ${x.reason}`; }
+
 async function showRisk(toolId) {
   try {
-    const data = await api(`/api/tools/${encodeURIComponent(toolId)}/risk?hours=72`);
+    const tool = encodeURIComponent(toolId);
+    const [data, shelves] = await Promise.all([api(`/api/tools/${tool}/risk?hours=72`), api(`/api/shelves?tool_id=${tool}&limit=1`)]);
+    const shelf = shelves.find((x) => x.active);
+    $(".shelf-now").textContent = shelf ? `Notifications shelved ${fmtShelf(shelf)}` : "";
+    const shelveForm = $("#shelve-form");
+    shelveForm.dataset.tool = toolId;
+    shelveForm.elements.unshelve.hidden = !shelf;
     const detail = $("#tool-detail");
     const n = data.alerts.length;
     $("h2", detail).textContent = `Risk of ${toolId}, last 72 h (${data.points.length} points, ${n} alert${n === 1 ? "" : "s"})`;
@@ -579,6 +594,24 @@ $("#event-form").addEventListener("submit", async (ev) => {
     const res = await post(`/api/tools/${encodeURIComponent(f.dataset.tool)}/events`, body);
     setStatus(`${event} of ${f.dataset.tool} recorded: ${res.labelled} case${res.labelled === 1 ? "" : "s"} labelled`);
     f.elements.note.value = "";
+  } catch (err) { setStatus(err.message, true); }
+});
+$("#shelve-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const f = ev.target, tool = f.dataset.tool;
+  try {
+    await post(`/api/tools/${encodeURIComponent(tool)}/shelve`, { hours: Number(f.elements.hours.value), reason: f.elements.reason.value });
+    f.elements.reason.value = "";
+    await refresh(); await showRisk(tool);
+    setStatus(`${tool}'s notifications shelved`);
+  } catch (err) { setStatus(err.message, true); }
+});
+$("#shelve-form").elements.unshelve.addEventListener("click", async () => {
+  const tool = $("#shelve-form").dataset.tool;
+  try {
+    await post(`/api/tools/${encodeURIComponent(tool)}/unshelve`);
+    await refresh(); await showRisk(tool);
+    setStatus(`${tool} unshelved: its next alerts are sent`);
   } catch (err) { setStatus(err.message, true); }
 });
 $("#audit-form").addEventListener("submit", (ev) => { ev.preventDefault(); refresh(); });

@@ -1,5 +1,5 @@
 """The cloud's tables (SQLAlchemy 2 declarative). The Alembic migrations in ``migrations/`` create
-exactly these; ``tests/test_cloud_storage.py`` compares the migrated schema with this metadata.
+exactly these; ``tests/test_cloud_ingest.py`` compares the migrated schema with this metadata.
 
 Times are float seconds since the epoch (what the messages carry). JSON columns hold the parts of
 messages that are read whole (predictions, summaries, manifests).
@@ -331,6 +331,24 @@ class SensorIssueRow(Base):
     closed_ts: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)  # when it ended
 
 
+class ShelfRow(Base):
+    """One stretch in which an operator shelved a tool's notifications (:mod:`cloud.shelving`):
+    from ``start_ts`` to ``end_ts`` (the planned end, or when someone unshelved it earlier), both
+    on the cloud's clock, which is what a notification is queued by."""
+
+    __tablename__ = "shelves"
+    __table_args__ = (Index("ix_shelves_tool_end", "tool_id", "end_ts"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tool_id: Mapped[str] = mapped_column(String(128))
+    site: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    by: Mapped[str] = mapped_column(String(128))
+    start_ts: Mapped[float] = mapped_column(Float)
+    planned_end_ts: Mapped[float] = mapped_column(Float)
+    end_ts: Mapped[float] = mapped_column(Float, index=True)
+    ended_by: Mapped[str | None] = mapped_column(String(128), nullable=True)  # unshelved early by
+
+
 class NotificationRow(Base):
     """One alert or rollback for one webhook target (:mod:`cloud.notify`): pending until the target
     answers 2xx (delivered), or until the attempts run out or the pending queue overflows (failed,
@@ -345,7 +363,7 @@ class NotificationRow(Base):
     target: Mapped[str] = mapped_column(String(128))
     subject: Mapped[str] = mapped_column(String(160))  # "alert:<msg_id>" or "rollback:<rollout id>"
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16))  # pending/delivered/failed/dropped
+    status: Mapped[str] = mapped_column(String(16))  # pending/delivered/failed/dropped/shelved
     attempts: Mapped[int] = mapped_column(Integer)
     next_ts: Mapped[float] = mapped_column(Float)
     last_error: Mapped[str] = mapped_column(Text)
