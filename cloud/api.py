@@ -37,6 +37,7 @@ from cloud.audit import rows as audit_rows
 from cloud.auth import ROLES, Principal, Users
 from cloud.case_window import named_series, type_scaler
 from cloud.config import SensorsConfig
+from cloud.e10_report import e10_report
 from cloud.errors import (
     AuthError,
     CloudError,
@@ -98,6 +99,7 @@ class ApiContext:
     ingest: Callable[[str, bytes], bool] | None = None
     notifier: Notifier | None = None  # None: no webhooks configured
     sensor_limits: SensorsConfig = DEFAULT_LIMITS  # the tools' sensor issues by default
+    state_events_days: float = 90.0  # how long plain state changes are kept: the E10 report's reach
 
 
 class Login(BaseModel):
@@ -315,6 +317,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 }
                 for t in s.scalars(q)
             ]
+
+    @app.get("/api/e10", tags=["fleet"])
+    def availability(_who: Viewer, days: Annotated[float, Query(gt=0, le=3650)] = 30) -> dict[str, Any]:
+        """SEMI E10 figures per tool and for the fleet over the last ``days`` on the equipment's
+        clock, from the state changes the edges reported: hours per state, equipment uptime,
+        failures, MTBF, MTTR (cloud/e10_report.py); at most ``storage.state_events_days``."""
+        try:
+            return e10_report(ctx.repo, ctx.clock(), days, ctx.state_events_days)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
 
     @app.get("/api/sensor-issues", tags=["fleet"])
     def sensor_issue_list(

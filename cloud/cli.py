@@ -119,7 +119,7 @@ def main(argv: list[str]) -> int:
     engine = make_engine(cfg.storage.url)
     try:
         if ns.cmd == "report":  # reads only: never migrates a schema that running workers use
-            return _report(Repo(engine), ns.days, ns.json)
+            return _report(Repo(engine), ns.days, ns.json, cfg.storage.state_events_days)
         revision = migrate(engine)
         if ns.cmd == "migrate":
             print(f"database at revision {revision}")
@@ -164,11 +164,13 @@ def _require_database(url: str) -> None:
         raise CloudError(f"storage.url: no database at {file} (run from the cloud's folder?)")
 
 
-def _report(repo: Repo, days: float, as_json: bool) -> int:
-    """The field report over the last ``days`` (cloud/field_report.py): for a shift review or a
-    scheduled e-mail, without the console."""
+def _report(repo: Repo, days: float, as_json: bool, state_days: float) -> int:
+    """The field report over the last ``days`` (cloud/field_report.py) and, in words, the fleet's
+    SEMI E10 availability (cloud/e10_report.py): for a shift review or a scheduled e-mail, without
+    the console."""
     import time
 
+    from cloud.e10_report import describe_fleet, e10_report
     from cloud.field_report import LEAD_H, MATCH_H, describe, field_report
 
     if days <= 0:
@@ -191,6 +193,10 @@ def _report(repo: Repo, days: float, as_json: bool) -> int:
         at = datetime.fromtimestamp(w["at_ts"], UTC).strftime("%Y-%m-%d %H:%M")
         lead = "not warned" if w["lead_h"] is None else f"warned {w['lead_h']:.0f} h ahead"
         print(f"  {at} {w['tool_id']} {w['mode'] or '(no mode)'}: {lead}")
+    if days <= state_days:  # state changes are kept that long
+        print(f"  availability: {describe_fleet(e10_report(repo, time.time(), days, state_days))}")
+    else:
+        print(f"  availability: not over {days:g} days (state changes are kept {state_days:g} days)")
     return 0
 
 

@@ -134,6 +134,7 @@ class CloudService:
             self.ingest.handle,
             self.notifier,
             cfg.sensors,
+            cfg.storage.state_events_days,
         )
         self.app = create_app(self.api_ctx)
 

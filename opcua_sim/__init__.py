@@ -12,7 +12,7 @@ Public API::
     opcua_sim.fab.Fab (advance_to, readings, truth, listeners, oracle_for, expected_yield,
                    e10_metrics), SimClock
     opcua_sim.server.SimServer     the asyncua server around a Fab
-    opcua_sim.e10.from_series / from_transitions / from_hours   SEMI E10 uptime, MTBF, MTTR
+    shared.e10.from_series / from_transitions / from_hours      SEMI E10 uptime, MTBF, MTTR
     opcua_sim.errors               SimError and its subclasses
 
 Module map: scenario (files) → physics + degradation + process (pure tables and functions) →

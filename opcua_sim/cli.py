@@ -137,7 +137,7 @@ def main(argv: list[str]) -> int:
 
 def _e10(folder: Path) -> int:
     """Print E10 figures per tool type and for the fleet, the way fabs state them."""
-    from opcua_sim import e10
+    from shared import e10
     from shared.dataset import read_info, read_series
     from shared.equipment import E10State
 
@@ -161,7 +161,7 @@ def _e10(folder: Path) -> int:
 
 def _log_fleet_e10(fab: Fab) -> None:
     """One line of SEMI E10 figures for the whole fab over the run (on shutdown)."""
-    from opcua_sim import e10
+    from shared import e10
     from shared.equipment import E10State
 
     hours = {s: sum(t.e10_hours.get(s, 0.0) for t in fab.tools) for s in E10State}

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from opcua_sim import e10
 from opcua_sim.errors import SimError
 from opcua_sim.fab import Fab
 from opcua_sim.history import DAY
 from opcua_sim.physics import SUBFAB_LOADS, Context, sensor_values, tool_key
 from opcua_sim.scenario import Scenario, tag_count
 from opcua_sim.tool import Tool
+from shared import e10
 from shared.dataset import DatasetInfo, ToolInfo, ToolSeries, write_info, write_series
 from shared.equipment import ALL_MODES, E10_CODES, E10State
 

@@ -38,14 +38,14 @@ from typing import IO, Any
 
 import numpy as np
 
-from opcua_sim import e10
-from opcua_sim.e10 import E10Metrics
 from opcua_sim.errors import SimError
 from opcua_sim.history import DAY
 from opcua_sim.physics import Context, sensor_values, tables, tool_key
 from opcua_sim.process import lot_yield, oracle_setpoints, power_kw
 from opcua_sim.scenario import DEFAULT_PREFIX, Scenario
 from opcua_sim.tool import Tool
+from shared import e10
+from shared.e10 import E10Metrics
 from shared.equipment import TOOL_TYPES
 
 _logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from cloud.storage.models import AlertRow, NotificationRow
 from cloud.testing import hardcase, signed_release
 from shared.equipment import tool_type
 from shared.features import FeatureSpec, Scaler, feature_names
-from shared.messages import Alert, Status, Telemetry, Tuning
+from shared.messages import Alert, Event, Status, Telemetry, Tuning
 from shared.topics import Kind, topic
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -153,8 +153,15 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
         period_s=60,
         summary={"esc_temp": bad},
         ts=now - 3600.0,
+        source_ts=now - 3600.0,
     )
     assert service.ingest.handle(topic("fab1", "edge-1", Kind.TELEMETRY), quiet.to_bytes())
+    # etch-02's states (SEMI E10): productive, a 4 h PM a day ago, standby since
+    for hours_ago, kind, state in ((48, "state", "productive"), (24, "maintenance", "scheduled_down"),
+                                   (20, "state", "standby")):  # fmt: skip
+        ev = Event(edge_id="edge-1", site="fab1", tool_id="etch-02", event=kind, state=state,
+                   source_ts=now - hours_ago * 3600)  # fmt: skip
+        assert service.ingest.handle(topic("fab1", "edge-1", Kind.EVENT), ev.to_bytes())
     alert = Alert(
         edge_id="edge-1", site="fab1", tool_id="etch-01", mode="wear", probability=0.8,
         model_version="e1", episode_start_ts=now - 600,
@@ -189,6 +196,12 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             _sign_in(page, base, "olga")
             page.wait_for_selector("#fleet td:has-text('edge-1')")
             page.wait_for_selector("#workers td:has-text('cloud-console-test')")
+            # Availability: etch-02 known from its first state to its last report (47 h), 4 h in a PM
+            e10 = page.locator("#e10 tr:has-text('etch-02') td").all_inner_texts()
+            assert e10[3:] == ["91.5%", "0.0", "4.0", "0", "", "", "47"], e10
+            assert page.locator("#e10 tr:has-text('etch-02') svg rect.scheduled_down").count() == 1
+            said = page.locator("#e10-summary").inner_text()
+            assert "equipment uptime 91.5%, 0 failures, 0.0 h unscheduled down, MTBF (no failure)" in said
             # A click on a header sorts by that column, highest first (the risk by its highest
             # probability; etch-02 has none), a second click the other way; a refresh keeps it.
             tools = page.locator("#tools tbody tr td:first-child")

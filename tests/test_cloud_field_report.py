@@ -239,6 +239,7 @@ def test_fabpm_cloud_report_prints_them_without_migrating(tmp_path: Path, capsys
     assert "progressive failures warned 2 of 3, 1 at least 72 h ahead" in text
     assert "named by an alert before it for 1 of the 2 warned, pointed to by an alert's sensors for 1" in text
     assert "E3 chamber_deposition: not warned" in text and "E1 rf_match_drift: warned 100 h ahead" in text
+    assert "availability: no state changes reported in the window" in text  # its events carry no state
     assert main(["report", "--config", str(config), "--days", str(300 / 24), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["outcomes"] == OUTCOMES
     with pytest.raises(CloudError, match="--days"):

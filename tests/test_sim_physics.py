@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from opcua_sim import e10
 from opcua_sim.errors import FaultError, SetpointError, SimError
 from opcua_sim.fab import Fab, SimClock
 from opcua_sim.physics import Context, sensor_values, tables, tool_key
 from opcua_sim.process import lot_energy, lot_yield, oracle_setpoints, power_kw
 from opcua_sim.scenario import ToolVariation, default_scenario, load_scenario, scale_tools, with_seed
+from shared import e10
 from shared.equipment import E10_CODES, TOOL_TYPES, E10State
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "scenarios"

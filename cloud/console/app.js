@@ -130,8 +130,20 @@ function sortable(table) {
 
 const RENDER = {
   async fleet() {
-    const [edges, tools, workers, sensors] = await Promise.all([api("/api/fleet"), api("/api/tools"), api("/api/workers"),
-      api("/api/sensor-issues?limit=50")]);
+    const [edges, tools, workers, sensors, e10] = await Promise.all([api("/api/fleet"), api("/api/tools"), api("/api/workers"),
+      api("/api/sensor-issues?limit=50"), api(`/api/e10?days=${$("#e10-days").value}`)]);
+    const f = e10.fleet;
+    $("#e10-summary").textContent = f.known_h ? `Fleet, ${f.tools} tools, to ${fmtTime(e10.now_ts)} on the equipment's clock: ` +
+      `equipment uptime ${fmtPct(f.equipment_uptime_pct)}, ${f.failures} failure${f.failures === 1 ? "" : "s"}, ` +
+      `${fmtNum(f.unscheduled_down_h, 1)} h unscheduled down, MTBF ${f.mtbf_productive_h === null ? "(no failure)" : fmtNum(f.mtbf_productive_h, 0) + " h"}, ` +
+      `MTTR ${f.mttr_h === null ? "(no failure)" : fmtNum(f.mttr_h, 1) + " h"}.` : "No state changes reported in this window.";
+    fill($("#e10 tbody"), e10.tools, (t, tr) => {
+      const bar = cell(""); bar.append(e10Bar(t.hours, t.unmapped_h)); bar.dataset.sort = t.hours.productive;
+      const up = cell(fmtPct(t.equipment_uptime_pct), "num"); up.dataset.sort = t.equipment_uptime_pct ?? "";
+      tr.append(cell(t.tool_id), cell(t.tool_type), bar, up, cell(fmtNum(t.unscheduled_down_h, 1), "num"),
+        cell(fmtNum(t.hours.scheduled_down, 1), "num"), cell(t.failures, "num"), cell(fmtNum(t.mtbf_productive_h, 0), "num"),
+        cell(fmtNum(t.mttr_h, 1), "num"), cell(fmtNum(t.known_h, 0), "num"));
+    });
     fill($("#fleet tbody"), edges, (e, tr) => tr.append(
       cell(e.site), cell(e.edge_id), cell(e.state), cell(Object.entries(e.models || {}).map(([k, v]) => `${k}: ${v}`).join(", ")),
       cell(e.last_update?.outcome ? `${e.last_update.outcome} ${e.last_update.version || ""} ${e.last_update.reason || ""}` : ""),
@@ -392,6 +404,22 @@ function trend(data) {
   return [box, legend];
 }
 
+// A tool's time per SEMI E10 state as one bar, in E10's order; hovered, the hours of each.
+const E10_STATES = ["productive", "standby", "engineering", "scheduled_down", "unscheduled_down", "non_scheduled"];
+function e10Bar(hours, unmapped) {
+  const W = 160, H = 12, parts = [...E10_STATES.map((s) => [s, hours[s] || 0]), ["unmapped", unmapped || 0]];
+  const total = parts.reduce((a, [, h]) => a + h, 0), root = svg("svg", { width: W, height: H, class: "e10-bar" });
+  let x = 0;
+  for (const [s, h] of parts) {
+    if (!total || !h) continue;
+    const w = (h / total) * W, r = svg("rect", { x, y: 0, width: w, height: H, class: s }), t = svg("title", {});
+    t.textContent = `${s.replace("_", " ")}: ${fmtNum(h, 1)} h (${fmtPct((100 * h) / total)})`;
+    r.append(t); root.append(r); x += w;
+  }
+  return root;
+}
+function fmtPct(x) { return x === null || x === undefined ? "" : `${fmtNum(x, 1)}%`; }
+
 // A tool's shelf: "until 2026-12-02 08:00:00 by olga: PM until Friday".
 function fmtShelf(x) { return `until ${fmtTime(x.end_ts)} by ${x.by}: ${x.reason}`; }
 
@@ -581,6 +609,7 @@ $("#tabs").addEventListener("click", (ev) => {
 });
 $("#case-filter").addEventListener("change", refresh);
 $("#field-days").addEventListener("change", refresh);
+$("#e10-days").addEventListener("change", refresh);
 $("#new-round").addEventListener("click", () => act(post("/api/learning/rounds")));
 $("#event-form").elements.event.addEventListener("change", (ev) => {  // a maintenance has no mode
   $("#event-form").elements.mode.disabled = ev.target.value !== "failure";

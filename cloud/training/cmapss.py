@@ -259,6 +259,7 @@ def b1_config(
     input_noise: float = 0.05,
     drop_prob: float = 0.5,
     val_fraction: float = 0.0,
+    drop_min_keep: float = 0.5,
 ) -> PipelineConfig:
     """The configuration B1 measures (chosen by ``bench/b1_cv.py``): what ``fabpm train cmapss``
     and the C-MAPSS benchmarks train. The one-cycle schedule runs all ``epochs``; the best epoch
@@ -277,6 +278,7 @@ def b1_config(
         weight_decay=weight_decay,
         input_noise=input_noise,
         drop_prob=drop_prob,
+        drop_min_keep=drop_min_keep,
         monitor="loss",  # the RUL is B1's target (the simulator pipeline watches the mode heads)
         keep="best" if val_fraction > 0 else "last",
     )

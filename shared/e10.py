@@ -10,7 +10,7 @@ entry into the unscheduled-down state.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,9 @@ class E10Metrics:
     mtbf_uptime_h: float
     mttr_h: float  # nan without failures
     unscheduled_down_h: float
+    # Time in a state that is not an E10 state (a plant's own State values the edge passed on),
+    # left out of every figure above, which are over the E10 states' time alone.
+    unmapped_h: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,15 +76,31 @@ def from_series(state: np.ndarray, period_s: float) -> E10Metrics:
 def from_transitions(
     transitions: Iterable[tuple[float, str]], end_s: float, start_s: float = 0.0
 ) -> E10Metrics:
-    """Metrics from (time, state) changes of one tool, e.g. the ``state`` ground-truth events."""
+    """Metrics from (time, state) changes of one tool, e.g. the ``state`` ground-truth events or
+    the state events an edge sends. Each state lasts until the next change or ``end_s``; only
+    [``start_s``, ``end_s``] counts, so the last change before ``start_s`` gives the state then.
+    A state that is not an E10 state counts as ``unmapped_h``."""
     hours: dict[E10State, float] = {}
+    unmapped = 0.0
     failures = 0
-    items = sorted((t, E10State(s)) for t, s in transitions)
+    items = sorted((float(t), _e10(s)) for t, s in transitions)
     for k, (t, s) in enumerate(items):
         t0 = max(t, start_s)
         t1 = min(items[k + 1][0] if k + 1 < len(items) else end_s, end_s)
         if t1 > t0:
-            hours[s] = hours.get(s, 0.0) + (t1 - t0) / 3600.0
-        if s == E10State.UNSCHEDULED_DOWN and start_s <= t <= end_s:
+            if s is None:
+                unmapped += (t1 - t0) / 3600.0
+            else:
+                hours[s] = hours.get(s, 0.0) + (t1 - t0) / 3600.0
+        # a failure is an entry into unscheduled down (a repeated report of it is not another)
+        entered = k == 0 or items[k - 1][1] != E10State.UNSCHEDULED_DOWN
+        if s == E10State.UNSCHEDULED_DOWN and entered and start_s <= t <= end_s:
             failures += 1
-    return _metrics(hours, failures)
+    return replace(_metrics(hours, failures), unmapped_h=unmapped)
+
+
+def _e10(state: str) -> E10State | None:
+    try:
+        return E10State(state)
+    except ValueError:
+        return None

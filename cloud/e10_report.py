@@ -1,0 +1,124 @@
+"""SEMI E10 availability of the fleet from the state changes the edges report: per tool and for the
+whole fleet, the hours in each E10 state, equipment uptime, failures, MTBF and MTTR over the last
+``days``, the figures a fab's equipment engineers already run their tools by, and what predictive
+maintenance is meant to move (unscheduled down time, MTTR).
+
+Times are on the equipment's clock, as in the field report (:mod:`cloud.field_report`): "now" is
+the newest source time the cloud holds (state events, telemetry), so a simulator's clock works as
+a plant's does. A tool's state before its first change in the window is the last change before
+the window; a tool's time after its last report (its edge silent) is not counted, and neither is
+time before the first state the cloud knows of it: ``known_h`` says how much of the window each
+figure stands on. Plain state events are pruned after ``storage.state_events_days``, so a window
+longer than that would lose the changes in between: :func:`e10_report` refuses it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import func, select
+
+from cloud.storage.models import EventRow, Tool
+from cloud.storage.repo import Repo
+from shared.e10 import E10Metrics, from_hours, from_transitions
+from shared.equipment import E10State
+
+H = 3600.0
+
+
+def e10_report(repo: Repo, clock_now: float, days: float, max_days: float) -> dict[str, Any]:
+    """Per tool and fleet E10 figures over the last ``days`` (at most ``max_days``, the state
+    events' retention); non-finite figures (MTBF without failures) are None."""
+    if not 0 < days <= max_days:
+        raise ValueError(
+            f"days must be more than 0 and at most {max_days:g}: state changes are kept "
+            f"{max_days:g} days (storage.state_events_days)"
+        )
+    with repo.transaction() as s:
+        latest = [
+            s.scalar(select(func.max(EventRow.source_ts))),
+            s.scalar(select(func.max(Tool.last_source_ts))),
+        ]
+        known = [t for t in latest if t is not None]
+        now = max(known) if known else clock_now
+        since = now - days * 86400
+        states = EventRow.state.is_not(None)
+        before = (  # each tool's last change before the window: its state when the window opens
+            select(EventRow.tool_id, func.max(EventRow.source_ts).label("ts"))
+            .where(states, EventRow.source_ts < since)
+            .group_by(EventRow.tool_id)
+            .subquery()
+        )
+        changes: dict[str, list[tuple[float, str]]] = {}
+        opening = select(EventRow.tool_id, EventRow.source_ts, EventRow.state).join(
+            before, (EventRow.tool_id == before.c.tool_id) & (EventRow.source_ts == before.c.ts)
+        )
+        inside = select(EventRow.tool_id, EventRow.source_ts, EventRow.state).where(
+            states, EventRow.source_ts >= since, EventRow.source_ts <= now
+        )
+        for q in (opening.where(states), inside):
+            for tool_id, ts, state in s.execute(q):
+                changes.setdefault(tool_id, []).append((ts, state))
+        tools = {t.tool_id: t for t in s.scalars(select(Tool))}
+    rows = []
+    fleet_hours: dict[E10State, float] = {}
+    fleet_failures, fleet_unmapped = 0, 0.0
+    for tool_id in sorted(set(changes) | set(tools)):
+        tool = tools.get(tool_id)
+        seen = changes.get(tool_id, [])
+        last = (tool.last_source_ts if tool else None, max((ts for ts, _ in seen), default=None))
+        reported = [t for t in last if t is not None]
+        end = min(max(reported), now) if reported else since
+        m = from_transitions(seen, end, since)
+        for state, h in m.hours.items():
+            fleet_hours[E10State(state)] = fleet_hours.get(E10State(state), 0.0) + h
+        fleet_failures += m.failures
+        fleet_unmapped += m.unmapped_h
+        rows.append(
+            {
+                "tool_id": tool_id,
+                "tool_type": tool.tool_type if tool else None,
+                "site": tool.site if tool else None,
+            }
+            | _figures(m)
+        )
+    return {
+        "now_ts": now,
+        "since_ts": since,
+        "days": days,
+        "tools": rows,
+        "fleet": _figures(replace(from_hours(fleet_hours, fleet_failures), unmapped_h=fleet_unmapped))
+        | {"tools": len(rows)},
+    }
+
+
+def _figures(m: E10Metrics) -> dict[str, Any]:
+    out = {
+        "hours": m.hours,
+        "known_h": m.total_h + m.unmapped_h,
+        "unmapped_h": m.unmapped_h,
+        "equipment_uptime_pct": m.equipment_uptime_pct,
+        "failures": m.failures,
+        "mtbf_productive_h": m.mtbf_productive_h,
+        "mtbf_uptime_h": m.mtbf_uptime_h,
+        "mttr_h": m.mttr_h,
+        "unscheduled_down_h": m.unscheduled_down_h,
+    }
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
+
+
+def describe_fleet(report: dict[str, Any]) -> str:
+    """The fleet's figures in words (``fabpm cloud report``)."""
+    f = report["fleet"]
+    if not f["known_h"]:
+        return "no state changes reported in the window"
+    mtbf = "n/a (no failure)" if f["mtbf_productive_h"] is None else f"{f['mtbf_productive_h']:.0f} h"
+    mttr = "n/a" if f["mttr_h"] is None else f"{f['mttr_h']:.1f} h"
+    uptime = "n/a" if f["equipment_uptime_pct"] is None else f"{f['equipment_uptime_pct']:.1f}%"
+    return (
+        f"equipment uptime {uptime} (SEMI E10, {f['tools']} tools, {f['known_h']:.0f} tool-hours known), "
+        f"{f['failures']} failures, {f['unscheduled_down_h']:.1f} h unscheduled down, "
+        f"{f['hours']['scheduled_down']:.1f} h scheduled down, MTBF {mtbf}, MTTR {mttr}"
+    )
