@@ -216,6 +216,14 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_timeout(5500)  # the console refreshes every 5 s
             assert tools.all_inner_texts() == ["etch-02", "etch-01"]
             assert page.locator("#tools th:has-text('Tool')").get_attribute("data-sorted") == "desc"
+            # The filter box: only the rows with every word typed, kept across a refresh.
+            page.fill("input.filter[data-table=tools]", "ETCH-02 fab")
+            assert page.locator("#tools tbody tr:visible td:first-child").all_inner_texts() == []  # no "fab"
+            page.fill("input.filter[data-table=tools]", "ETCH-02")
+            page.wait_for_timeout(5500)
+            assert page.locator("#tools tbody tr:visible td:first-child").all_inner_texts() == ["etch-02"]
+            page.fill("input.filter[data-table=tools]", "")
+            assert tools.all_inner_texts() == ["etch-02", "etch-01"]
             issue = page.locator("#tools tr:has-text('etch-01') td.sensor-issue").inner_text()
             assert issue == "throttle_valve unchanged while processing 3.0 h"  # dc_bias is fine
             stretch = page.locator("#sensor-issues tbody tr").all_inner_texts()

@@ -92,6 +92,16 @@ const del = (path) => api(path, { method: "DELETE" });
 function fill(tbody, rows, render) {
   tbody.replaceChildren(...rows.map((r) => { const tr = document.createElement("tr"); render(r, tr); return tr; }));
   applySort(tbody.closest("table"));
+  applyFilter(tbody.closest("table"));
+}
+
+// A filter box over each data table: the rows whose text lacks any of the words typed are hidden
+// (case-insensitive), kept across the refreshes, and left out of its CSV: a fleet of hundreds of
+// tools is read one area or type at a time.
+const FILTERS = new Map();  // table → lowercase words
+function applyFilter(table) {
+  const words = FILTERS.get(table) || [];
+  for (const tr of table.tBodies[0].rows) tr.hidden = !words.every((w) => tr.textContent.toLowerCase().includes(w));
 }
 
 // A data table sorts by the column whose header is clicked: highest, newest or last first, a
@@ -538,7 +548,7 @@ function tableCsv(table) {
     return /[",\r\n]/.test(safe) ? `"${safe.replace(/"/g, '""')}"` : safe;
   };
   const lines = [keep.map(([, h]) => esc(h)).join(",")];
-  for (const tr of table.tBodies[0].rows) lines.push(keep.map(([i]) => esc(tr.cells[i] ? text(tr.cells[i]) : "")).join(","));
+  for (const tr of [...table.tBodies[0].rows].filter((r) => !r.hidden)) lines.push(keep.map(([i]) => esc(tr.cells[i] ? text(tr.cells[i]) : "")).join(","));
   return lines.join("\r\n") + "\r\n";
 }
 
@@ -552,9 +562,13 @@ document.querySelectorAll("table[data-csv]").forEach((table) => {
     a.click();
     setTimeout(() => URL.revokeObjectURL(url), 10000);
   });
-  b.title = "This table as a CSV file (opens in a spreadsheet)";
+  b.title = "This table as a CSV file (opens in a spreadsheet): the rows the filter shows";
   b.classList.add("csv");
-  table.before(b);
+  const box = document.createElement("input");
+  box.type = "search"; box.placeholder = "filter"; box.className = "filter"; box.dataset.table = table.dataset.csv;
+  box.title = "Show only the rows that contain every word typed";
+  box.addEventListener("input", () => { FILTERS.set(table, box.value.toLowerCase().split(/\s+/).filter(Boolean)); applyFilter(table); });
+  table.before(b, box);
 });
 
 async function act(promise) {
