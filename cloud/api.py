@@ -37,7 +37,7 @@ from cloud.audit import rows as audit_rows
 from cloud.auth import ROLES, Principal, Users
 from cloud.case_window import named_series, type_scaler
 from cloud.config import SensorsConfig
-from cloud.e10_report import e10_report
+from cloud.e10_report import CachedReports
 from cloud.errors import (
     AuthError,
     CloudError,
@@ -318,13 +318,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 for t in s.scalars(q)
             ]
 
+    e10_reports = CachedReports(ctx.repo, ctx.state_events_days)
+
     @app.get("/api/e10", tags=["fleet"])
     def availability(_who: Viewer, days: Annotated[float, Query(gt=0, le=3650)] = 30) -> dict[str, Any]:
         """SEMI E10 figures per tool and for the fleet over the last ``days`` on the equipment's
         clock, from the state changes the edges reported: hours per state, equipment uptime,
-        failures, MTBF, MTTR (cloud/e10_report.py); at most ``storage.state_events_days``."""
+        failures, MTBF, MTTR (cloud/e10_report.py); at most ``storage.state_events_days``. A
+        window's figures are reused for a minute."""
         try:
-            return e10_report(ctx.repo, ctx.clock(), days, ctx.state_events_days)
+            return e10_reports.get(ctx.clock(), days)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
 

@@ -15,6 +15,9 @@ longer than that would lose the changes in between: :func:`e10_report` refuses i
 from __future__ import annotations
 
 import math
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +29,8 @@ from shared.e10 import E10Metrics, from_hours, from_transitions
 from shared.equipment import E10State
 
 H = 3600.0
+CACHE_S = 60.0  # a report is reused this long: a month's figures barely move in a minute
+CACHE_ENTRIES = 8  # windows kept (days is a query parameter: any number of them could be asked)
 
 
 def e10_report(repo: Repo, clock_now: float, days: float, max_days: float) -> dict[str, Any]:
@@ -92,6 +97,33 @@ def e10_report(repo: Repo, clock_now: float, days: float, max_days: float) -> di
         "fleet": _figures(replace(from_hours(fleet_hours, fleet_failures), unmapped_h=fleet_unmapped))
         | {"tools": len(rows)},
     }
+
+
+class CachedReports:
+    """:func:`e10_report` per window, each reused for :data:`CACHE_S` seconds (monotonic time).
+
+    Why: the console's Fleet tab asks every 5 s, and a month of state changes of 1,000 tools is
+    hundreds of thousands of rows (``bench/e10_report_scale.py``). One worker's users share the
+    cached figures; at most :data:`CACHE_ENTRIES` windows are kept, the oldest computed going
+    first (overflow policy)."""
+
+    def __init__(self, repo: Repo, max_days: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.repo, self.max_days, self.monotonic = repo, max_days, monotonic
+        self._lock = threading.Lock()
+        self._kept: dict[float, tuple[float, dict[str, Any]]] = {}
+
+    def get(self, clock_now: float, days: float) -> dict[str, Any]:
+        now = self.monotonic()
+        with self._lock:
+            hit = self._kept.get(days)
+            if hit is not None and now - hit[0] < CACHE_S:
+                return hit[1]
+        report = e10_report(self.repo, clock_now, days, self.max_days)  # outside the lock: reads only
+        with self._lock:
+            self._kept[days] = (now, report)
+            while len(self._kept) > CACHE_ENTRIES:
+                del self._kept[min(self._kept, key=lambda k: self._kept[k][0])]
+        return report
 
 
 def _figures(m: E10Metrics) -> dict[str, Any]:

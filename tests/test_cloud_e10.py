@@ -12,7 +12,7 @@ from test_cloud_auth import api_context, serve
 
 from cloud.api import create_app
 from cloud.auth import Users
-from cloud.e10_report import describe_fleet, e10_report
+from cloud.e10_report import CACHE_ENTRIES, CACHE_S, CachedReports, describe_fleet, e10_report
 from cloud.ingest import Ingestor
 from cloud.metrics import CloudMetrics
 from cloud.storage import Repo
@@ -103,3 +103,20 @@ def test_the_api_serves_it_to_viewers_and_refuses_a_window_beyond_the_events_kep
         assert got.status_code == 200 and got.json()["fleet"]["failures"] == 2
         far = client.get("/api/e10?days=61", headers=vic)
         assert far.status_code == 422 and "state_events_days" in far.text
+
+
+def test_a_report_is_reused_for_a_minute_and_few_windows_are_kept(repo: Repo):
+    clock, mono = Clock(), Clock()
+    _seed(repo, clock)
+    reports = CachedReports(repo, 90, monotonic=mono)
+    first = reports.get(clock(), 30)
+    _state(Ingestor(repo, CloudMetrics(), clock=clock), clock, "PUMP001", T0 - 1 * DAY, "unscheduled_down")
+    mono.t += CACHE_S - 1
+    assert reports.get(clock(), 30) is first
+    mono.t += 2
+    assert reports.get(clock(), 30)["fleet"]["failures"] == first["fleet"]["failures"] + 1
+    for days in range(1, 3 * CACHE_ENTRIES):
+        reports.get(clock(), days)
+    assert len(reports._kept) == CACHE_ENTRIES
+    with pytest.raises(ValueError, match="state_events_days"):
+        reports.get(clock(), 91)
