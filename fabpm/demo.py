@@ -404,8 +404,19 @@ def field_summary(db_path: Path, days: float) -> str:
         return f"[demo] no field report: {exc}"
     finally:
         engine.dispose()
-    return f"[demo] what followed the alerts (the Alerts tab, last {days:.1f} simulated days): " + "; ".join(
-        describe(r)
+    from cloud.e10_report import describe_fleet, e10_report
+
+    engine = make_engine(f"sqlite:///{db_path}")
+    try:  # the state changes are all kept in a demo's time (storage.state_events_days: 90)
+        e10 = describe_fleet(e10_report(Repo(engine), time.time(), min(days, 90.0), 90.0))
+    except SQLAlchemyError as exc:
+        e10 = f"not computed: {exc}"
+    finally:
+        engine.dispose()
+    return (
+        f"[demo] what followed the alerts (the Alerts tab, last {days:.1f} simulated days): "
+        + "; ".join(describe(r))
+        + f"\n[demo] availability (the Fleet tab): {e10}"
     )
 
 

@@ -84,6 +84,9 @@ def test_demo_runs_the_whole_loop(tmp_path: Path):
     assert summary and int(summary.group(1)) > 0 and "applied" in summary.group(2), said[-1500:]
     field = re.search(r"\[demo\] what followed the alerts .*: (\d+) alerts: .* warned (\d+) of (\d+)", said)
     assert field and int(field.group(2)) <= int(field.group(3)), said[-1500:]
+    # The fleet's availability from the states the edge relayed: the simulator's tools run and idle.
+    uptime = re.search(r"\[demo\] availability \(the Fleet tab\): equipment uptime ([\d.]+)%", said)
+    assert uptime and 0 < float(uptime.group(1)) <= 100, said[-1500:]
     assert [h["action"] for h in approved["history"]][:2] == ["proposal", "approval"], approved
     edge_log = (root / "logs" / "edge.log").read_text()
     assert "OPC UA link" in edge_log and " up: " in edge_log, edge_log[-2000:]
