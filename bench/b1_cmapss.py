@@ -81,6 +81,13 @@ def main() -> int:
         "--drop-prob", type=float, default=0.5, help="share of batches trained with token dropping"
     )
     ap.add_argument(
+        "--drop-min-keep",
+        type=float,
+        default=0.5,
+        help="those batches keep a share of the tokens drawn from [this, 1]",
+    )
+    ap.add_argument("--w-gate", type=float, default=0.0, help="L1 pressure on the mean gate while training")
+    ap.add_argument(
         "--full-only",
         action="store_true",
         help="train and score the full DGA only (no edge model, no ONNX graphs): a third of the time",
@@ -109,8 +116,9 @@ def main() -> int:
             input_noise=args.noise,
             drop_prob=args.drop_prob,
             val_fraction=args.val_fraction,
+            drop_min_keep=args.drop_min_keep,
         )
-        cfg = replace(cfg, train=replace(cfg.train, progress=False, patience=args.epochs))
+        cfg = replace(cfg, train=replace(cfg.train, progress=False, patience=args.epochs, w_gate=args.w_gate))
         t0 = time.monotonic()
         res = cmapss.run(
             args.data,

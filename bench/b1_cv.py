@@ -64,12 +64,14 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
         lr=args.lr,
         dropout=args.dropout,
         input_noise=args.noise,
+        drop_min_keep=args.drop_min_keep,
     )
-    cfg = replace(cfg, train=replace(cfg.train, keep=args.keep))
+    cfg = replace(cfg, train=replace(cfg.train, keep=args.keep, w_gate=args.w_gate))
     t0 = time.monotonic()
     model = new_model(cmapss.model_config(cfg, args.reference), args.seed)
     res = fit(model, train, val, replace(cfg.train, progress=False), None, {})
-    p_val = predict(res.model, scored.x)["rul"]
+    out_val = predict(res.model, scored.x)
+    p_val, gates = out_val["rul"], out_val["gates"]
     in_range = cmapss.in_test_range(scored)
     p_test = predict(res.model, test.x)["rul"]
     recent = cmapss.recent_test_windows(
@@ -85,6 +87,15 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
                 "test_rmse": cmapss.rmse(on_test, test.rul),
                 "test_score": cmapss.nasa_score(on_test, test.rul),
             }
+    at_keep = {}
+    for keep in args.eval_keep:  # B7's question inside the fold: what dropping tokens costs
+        p_k = predict(res.model, scored.x, keep_ratio=keep)["rul"]
+        at_keep[str(keep)] = {
+            "cv_rmse": cmapss.rmse(p_k, scored.rul),
+            "cv_rmse_test_range": cmapss.rmse(p_k[in_range], scored.rul[in_range]),
+            "test_rmse": cmapss.rmse(predict(res.model, test.x, keep_ratio=keep)["rul"], test.rul),
+            "pred": _r(p_k),
+        }
     return {
         "name": args.name,
         "fold": fold,
@@ -98,6 +109,13 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
         "test_rmse": cmapss.rmse(p_test, test.rul),
         "test_score": cmapss.nasa_score(p_test, test.rul),
         "trailing": trailing,
+        "at_keep": at_keep,
+        # how decided the gates are: dropping costs little where the dropped ones are near 0
+        "gates": {
+            "mean": float(gates.mean()),
+            "below_0.1": float((gates < 0.1).mean()),
+            "kth_lowest_at_0.85": float(np.mean(np.sort(gates, axis=1)[:, int(0.15 * gates.shape[1])])),
+        },
         # per-window outputs, so that later post-processing needs no retraining
         "scored": {"groups": scored.groups.tolist(), "rul": scored.rul.tolist(), "pred": _r(p_val)},
         "recent_test": {"groups": recent.groups.tolist(), "pred": _r(p_recent)},
@@ -208,6 +226,25 @@ def main() -> int:
         type=float,
         default=cmapss.B1_FAR_WEIGHT,
         help="weight in the RUL loss of training windows further from failure than any test truth (145)",
+    )
+    ap.add_argument(
+        "--drop-min-keep",
+        type=float,
+        default=0.5,
+        help="the batches trained with token dropping keep a share drawn from [this, 1]",
+    )
+    ap.add_argument(
+        "--w-gate",
+        type=float,
+        default=0.0,
+        help="L1 pressure on the mean gate while training (gates close where tokens do not help)",
+    )
+    ap.add_argument(
+        "--eval-keep",
+        type=float,
+        nargs="*",
+        default=[0.85],
+        help="also score the held-out windows with this share of the tokens kept (B7)",
     )
     ap.add_argument("--summarize", action="store_true", help="only the table of what --out holds")
     args = ap.parse_args()
