@@ -15,23 +15,20 @@ same figures) over 30 days, and a cached call.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _results import add_row
+from _results import add_row, database_options, each_database
 from sqlalchemy import insert, select
 
 from cloud.e10_report import CachedReports, e10_report
 from cloud.storage.db import make_engine, migrate
 from cloud.storage.models import EventRow, Tool
 from cloud.storage.repo import Repo
-from cloud.testing import fresh_database
 from shared.e10 import from_transitions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cloud.md"
@@ -118,29 +115,25 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--changes-per-day", type=int, default=24)
     ap.add_argument("--mtbf-days", type=float, default=10.0)
-    ap.add_argument("--pg-url", default=os.environ.get("FABPM_TEST_PG_URL"))
-    ap.add_argument("--no-record", action="store_true", help="print only; leave bench/results alone")
-    ap.add_argument("--quick", action="store_true", help="20 tools × 14 days, not recorded: that it runs")
+    database_options(ap, "20 tools × 14 days")
     ns = ap.parse_args()
     if ns.quick:
         ns.tools, ns.days, ns.no_record = 20, 14, True
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    with tempfile.TemporaryDirectory() as tmp:
-        for kind in ["sqlite"] + (["postgres"] if ns.pg_url else []):
-            with fresh_database(kind, Path(tmp), ns.pg_url) as url:
-                m = measure(url, ns)
-            line = (
-                f"| E10 report | `.venv/bin/python bench/e10_report_scale.py --tools {ns.tools} "
-                f"--days {ns.days} --changes-per-day {ns.changes_per_day}` | "
-                f"{kind}: {m['changes']:,} state changes; "
-                f"30 days: {m['d30_s']:.2f} s ({m['d30_failures']} failures) against {m['python_s']:.2f} s "
-                f"for every change walked in Python ({m['python_s'] / m['d30_s']:.1f}×; same figures: "
-                f"{'yes' if m['agree'] else 'NO'}), 7 days: {m['d7_s']:.2f} s, "
-                f"cached: {1000 * m['cached_s']:.2f} ms | {platform.machine()}, 2 cores | {stamp} |"
-            )
-            print(line)
-            if not ns.no_record:
-                add_row(RESULTS, line)
+    for kind, url in each_database(ns.pg_url):
+        m = measure(url, ns)
+        line = (
+            f"| E10 report | `.venv/bin/python bench/e10_report_scale.py --tools {ns.tools} "
+            f"--days {ns.days} --changes-per-day {ns.changes_per_day}` | "
+            f"{kind}: {m['changes']:,} state changes; "
+            f"30 days: {m['d30_s']:.2f} s ({m['d30_failures']} failures) against {m['python_s']:.2f} s "
+            f"for every change walked in Python ({m['python_s'] / m['d30_s']:.1f}×; same figures: "
+            f"{'yes' if m['agree'] else 'NO'}), 7 days: {m['d7_s']:.2f} s, "
+            f"cached: {1000 * m['cached_s']:.2f} ms | {platform.machine()}, 2 cores | {stamp} |"
+        )
+        print(line)
+        if not ns.no_record:
+            add_row(RESULTS, line)
 
 
 if __name__ == "__main__":

@@ -14,23 +14,20 @@ before each, and one case per tool that ran a horizon on (to be labelled); then 
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _results import add_row
+from _results import add_row, database_options, each_database
 from sqlalchemy import insert
 
 from cloud.labels import label_survivors
 from cloud.storage.db import make_engine, migrate
 from cloud.storage.models import Case, EventRow, Tool
 from cloud.storage.repo import Repo
-from cloud.testing import fresh_database
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cloud.md"
 H = 3600.0
@@ -99,27 +96,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tools", type=int, default=200)
     ap.add_argument("--days", type=int, default=120)
-    ap.add_argument("--pg-url", default=os.environ.get("FABPM_TEST_PG_URL"))
-    ap.add_argument("--no-record", action="store_true", help="print only; leave bench/results alone")
-    ap.add_argument("--quick", action="store_true", help="20 tools × 14 days, not recorded: that it runs")
+    database_options(ap, "20 tools × 14 days")
     ns = ap.parse_args()
     if ns.quick:
         ns.tools, ns.days, ns.no_record = 20, 14, True
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    with tempfile.TemporaryDirectory() as tmp:
-        kinds = ["sqlite"] + (["postgres"] if ns.pg_url else [])
-        for kind in kinds:
-            with fresh_database(kind, Path(tmp), ns.pg_url) as url:
-                cases, labelled, (first, second) = measure(url, ns.tools, ns.days)
-            line = (
-                f"| survival labels | `.venv/bin/python bench/survival_labels_scale.py --tools {ns.tools} "
-                f"--days {ns.days}` | {kind}: {cases:,} unlabelled cases ({cases - ns.tools:,} censored), "
-                f"{ns.tools * ns.days * 24:,} state events; pass 1: {labelled} labelled in {first:.2f} s, "
-                f"pass 2 (nothing left to label): {second:.2f} s | {platform.machine()}, 2 cores | {stamp} |"
-            )
-            print(line)
-            if not ns.no_record:
-                add_row(RESULTS, line)
+    for kind, url in each_database(ns.pg_url):
+        cases, labelled, (first, second) = measure(url, ns.tools, ns.days)
+        line = (
+            f"| survival labels | `.venv/bin/python bench/survival_labels_scale.py --tools {ns.tools} "
+            f"--days {ns.days}` | {kind}: {cases:,} unlabelled cases ({cases - ns.tools:,} censored), "
+            f"{ns.tools * ns.days * 24:,} state events; pass 1: {labelled} labelled in {first:.2f} s, "
+            f"pass 2 (nothing left to label): {second:.2f} s | {platform.machine()}, 2 cores | {stamp} |"
+        )
+        print(line)
+        if not ns.no_record:
+            add_row(RESULTS, line)
 
 
 if __name__ == "__main__":
