@@ -86,7 +86,12 @@ def main() -> int:
         default=0.5,
         help="those batches keep a share of the tokens drawn from [this, 1]",
     )
-    ap.add_argument("--w-gate", type=float, default=0.0, help="L1 pressure on the mean gate while training")
+    ap.add_argument(
+        "--w-gate",
+        type=float,
+        default=cmapss.B1_W_GATE,
+        help="L1 pressure on the full model's mean gate while training (the edge distils without)",
+    )
     ap.add_argument(
         "--full-only",
         action="store_true",

@@ -236,7 +236,7 @@ def main() -> int:
     ap.add_argument(
         "--w-gate",
         type=float,
-        default=0.0,
+        default=cmapss.B1_W_GATE,
         help="L1 pressure on the mean gate while training (gates close where tokens do not help)",
     )
     ap.add_argument(

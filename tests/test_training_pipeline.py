@@ -166,6 +166,37 @@ def test_keep_last_runs_the_whole_schedule_and_needs_no_validation_split():
         fit(new_model(cfg, 0), train, val, replace(base, keep="first"))
 
 
+def test_gate_pressure_closes_the_gates_of_tokens_that_do_not_help():
+    """TrainConfig.w_gate (B1's default since the twenty-sixth session): the target is read off the
+    last step only, so with the pressure the other steps' gates close and dropping them moves the
+    output less than without it."""
+    from cloud.training.trainer import predict
+
+    rng = np.random.default_rng(3)
+    n = 600
+    x = rng.normal(size=(n, 8, 2)).astype(np.float32)
+    ws = WindowSet(
+        x=x,
+        rul=(5 + 4 * np.tanh(x[:, -1, 0])).astype(np.float32),  # the last step alone decides
+        labels=np.full((n, 1), np.nan, np.float32),
+        groups=np.arange(n) % 30,
+    )
+    empty = ws.take(np.array([], dtype=np.int64))
+    cfg = DGAConfig(
+        n_features=2, window=8, n_modes=1, d_model=16, n_heads=2, n_layers=1, d_ff=32, rul_cap=10.0
+    )
+    base = TrainConfig(
+        epochs=8, batch_size=32, lr=3e-3, progress=False, ema_decay=0.0, keep="last", w_mode=0.0
+    )
+    kept: dict[float, tuple[float, float]] = {}
+    for w in (0.0, 0.05):
+        model = fit(new_model(cfg, 0), ws, empty, replace(base, w_gate=w)).model
+        full, half = predict(model, x), predict(model, x, keep_ratio=0.5)
+        kept[w] = (float(full["gates"].mean()), float(np.abs(half["rul"] - full["rul"]).mean()))
+    assert kept[0.05][0] < 0.5 * kept[0.0][0], kept  # the gates close under the pressure
+    assert kept[0.05][1] < kept[0.0][1], kept  # and dropping half the tokens moves the output less
+
+
 def test_a_windows_weight_scales_its_rul_error_in_the_loss():
     """WindowSet.weight: a window weighted 0 adds nothing to the RUL terms, one weighted 2 counts as
     two; the mode term is not weighted."""
