@@ -112,13 +112,12 @@ def _spans(since: float, now: float) -> Select[Any]:
     )
     inside = select(*cols).where(states, EventRow.source_ts >= since, EventRow.source_ts <= now)
     u = union_all(opening, inside).subquery()
-    by_tool = {"partition_by": u.c.tool_id, "order_by": u.c.ts}
     w = select(
         u.c.tool_id,
         u.c.ts,
         u.c.state,
-        func.lead(u.c.ts).over(**by_tool).label("next_ts"),
-        func.lag(u.c.state).over(**by_tool).label("prev"),
+        func.lead(u.c.ts).over(partition_by=u.c.tool_id, order_by=u.c.ts).label("next_ts"),
+        func.lag(u.c.state).over(partition_by=u.c.tool_id, order_by=u.c.ts).label("prev"),
     ).subquery()
     start = case((w.c.ts < since, literal(since)), else_=w.c.ts)
     down = E10State.UNSCHEDULED_DOWN.value
