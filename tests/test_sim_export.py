@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from opcua_sim import cli, e10
+from opcua_sim import cli
 from opcua_sim.export import export
 from opcua_sim.scenario import Drift, default_scenario, load_scenario, scale_tools, with_seed
+from shared import e10
 from shared.dataset import ARRAYS, read_info, read_series
 from shared.equipment import ALL_MODES, E10_CODES, E10State
 
