@@ -29,6 +29,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+from _b1 import training_options
 
 from cloud.training import cmapss
 from cloud.training.export import export_dga
@@ -61,12 +62,6 @@ def main() -> int:
         help="train also on windows ending from this cycle on, left-padded as short test units are",
     )
     ap.add_argument("--smooth", type=float, default=0.2, help="causal EWMA alpha on the sensors (0 = raw)")
-    ap.add_argument(
-        "--reference",
-        type=int,
-        default=cmapss.B1_REFERENCE,
-        help="each unit's own reference: its first N cycles (0: none; at most 31)",
-    )
     ap.add_argument("--epochs", type=int, default=8, help="one-cycle schedule length; best epoch kept")
     ap.add_argument("--lr", type=float, default=7e-4)
     ap.add_argument("--weight-decay", type=float, default=0.01)
@@ -81,28 +76,11 @@ def main() -> int:
         "--drop-prob", type=float, default=0.5, help="share of batches trained with token dropping"
     )
     ap.add_argument(
-        "--drop-min-keep",
-        type=float,
-        default=0.5,
-        help="those batches keep a share of the tokens drawn from [this, 1]",
-    )
-    ap.add_argument(
-        "--w-gate",
-        type=float,
-        default=cmapss.B1_W_GATE,
-        help="L1 pressure on the full model's mean gate while training (the edge distils without)",
-    )
-    ap.add_argument(
         "--full-only",
         action="store_true",
         help="train and score the full DGA only (no edge model, no ONNX graphs): a third of the time",
     )
-    ap.add_argument(
-        "--far-weight",
-        type=float,
-        default=cmapss.B1_FAR_WEIGHT,
-        help="weight in the RUL loss of windows further from failure than any test truth (145 cycles)",
-    )
+    training_options(ap)
     ap.add_argument("--summarize", action="store_true", help="only aggregate the per-seed files in --out")
     args = ap.parse_args()
     seeds = args.seeds[:1] if args.quick else args.seeds
@@ -122,8 +100,9 @@ def main() -> int:
             drop_prob=args.drop_prob,
             val_fraction=args.val_fraction,
             drop_min_keep=args.drop_min_keep,
+            w_gate=args.w_gate,
         )
-        cfg = replace(cfg, train=replace(cfg.train, progress=False, patience=args.epochs, w_gate=args.w_gate))
+        cfg = replace(cfg, train=replace(cfg.train, progress=False, patience=args.epochs))
         t0 = time.monotonic()
         res = cmapss.run(
             args.data,

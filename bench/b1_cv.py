@@ -28,6 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+from _b1 import training_options
 
 from cloud.training import cmapss
 from cloud.training.trainer import fit, new_model, predict
@@ -65,8 +66,9 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
         dropout=args.dropout,
         input_noise=args.noise,
         drop_min_keep=args.drop_min_keep,
+        w_gate=args.w_gate,
     )
-    cfg = replace(cfg, train=replace(cfg.train, keep=args.keep, w_gate=args.w_gate))
+    cfg = replace(cfg, train=replace(cfg.train, keep=args.keep))
     t0 = time.monotonic()
     model = new_model(cmapss.model_config(cfg, args.reference), args.seed)
     res = fit(model, train, val, replace(cfg.train, progress=False), None, {})
@@ -195,12 +197,6 @@ def main() -> int:
     ap.add_argument("--noise", type=float, default=0.05, help="std of the training input noise")
     ap.add_argument("--smooth", type=float, default=0.2)
     ap.add_argument(
-        "--reference",
-        type=int,
-        default=cmapss.B1_REFERENCE,
-        help="each unit's own reference: its first N cycles",
-    )
-    ap.add_argument(
         "--inner-val",
         type=float,
         default=0.0,
@@ -222,30 +218,13 @@ def main() -> int:
         help="also score each output combined with those of the k - 1 cycles before it, for each k",
     )
     ap.add_argument(
-        "--far-weight",
-        type=float,
-        default=cmapss.B1_FAR_WEIGHT,
-        help="weight in the RUL loss of training windows further from failure than any test truth (145)",
-    )
-    ap.add_argument(
-        "--drop-min-keep",
-        type=float,
-        default=0.5,
-        help="the batches trained with token dropping keep a share drawn from [this, 1]",
-    )
-    ap.add_argument(
-        "--w-gate",
-        type=float,
-        default=cmapss.B1_W_GATE,
-        help="L1 pressure on the mean gate while training (gates close where tokens do not help)",
-    )
-    ap.add_argument(
         "--eval-keep",
         type=float,
         nargs="*",
         default=[0.85],
         help="also score the held-out windows with this share of the tokens kept (B7)",
     )
+    training_options(ap)
     ap.add_argument("--summarize", action="store_true", help="only the table of what --out holds")
     args = ap.parse_args()
     if not args.summarize:

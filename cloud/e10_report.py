@@ -51,7 +51,11 @@ def e10_report(repo: Repo, clock_now: float, days: float, max_days: float) -> di
         now = max(known) if known else clock_now
         since = now - days * 86400
         spans = list(s.execute(_spans(since, now)))
-        tools = {t.tool_id: t for t in s.scalars(select(Tool))}
+        # only what the report reads: not each tool's telemetry summary and risk (JSON)
+        tools = {
+            t.tool_id: t
+            for t in s.execute(select(Tool.tool_id, Tool.tool_type, Tool.site, Tool.last_source_ts))
+        }
     hours: dict[str, dict[str, float]] = {}
     failures: dict[str, int] = {}
     last: dict[str, tuple[str, float, float]] = {}  # tool → its last state, when it began, clipped
