@@ -42,6 +42,7 @@ from edge.updates import ModelStore, Updater, slot_of
 from edge.windows import ReadyWindow, features
 from shared.errors import FabpmError, SchemaError
 from shared.messages import (
+    Event,
     HardCase,
     Message,
     ModelAnnouncement,
@@ -198,6 +199,8 @@ class EdgeDaemon:
                 QOS[kind],
                 retain=kind in RETAINED,
                 msg_id=msg.msg_id if kind in CONFIRMED else None,  # the cloud sends receipts for these
+                # a tool's State read again after a restart, unchanged: already written, not again
+                latest_key=f"state:{msg.tool_id}" if isinstance(msg, Event) and msg.state else None,
             )
         except OutboxError as exc:
             _logger.error("%s", exc)
@@ -454,6 +457,7 @@ class EdgeDaemon:
                 _, late = await asyncio.wait(spawned, timeout=STOP_TASKS_S)
                 if late:
                     _logger.warning("%d background tasks did not stop within %.0f s", len(late), STOP_TASKS_S)
+            self.pipeline.send_waiting()
             self.save_references()
             self.tuner.save_pools()
             await self.relay.stop()

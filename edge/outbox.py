@@ -39,6 +39,8 @@ that arrives after a restart still finds its case, and keeps a ledger per messag
 ``ledger``: written, acknowledged by the broker, dropped by the overflow policy), updated in the
 same transaction as the queue, so it survives restarts and ``kill -9`` as the queue does: what the
 cloud should hold from this edge is ``written − dropped − still queued`` (B10 reconciles it).
+Table ``latest`` keeps, per key, the id of the last message written under it: a tool's ``State``
+read again after a restart is the change already written and is not written twice.
 """
 
 from __future__ import annotations
@@ -93,6 +95,10 @@ CREATE TABLE IF NOT EXISTS ledger (
     dropped INTEGER NOT NULL DEFAULT 0,
     refused INTEGER NOT NULL DEFAULT 0,
     confirmed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS latest (
+    key TEXT PRIMARY KEY,
+    msg_id TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cases (
     case_id TEXT PRIMARY KEY,
@@ -185,14 +191,30 @@ class Outbox:
         qos: int,
         retain: bool = False,
         msg_id: str | None = None,
+        latest_key: str | None = None,
     ) -> int | None:
-        """Store one message; its row id, or None when the overflow policy dropped it. ``msg_id``:
-        the id a receipt will name (only rows with one wait for a receipt)."""
+        """Store one message; its row id, or None when the overflow policy dropped it or it was
+        already written. ``msg_id``: the id a receipt will name (only rows with one wait for a
+        receipt). ``latest_key`` (with a ``msg_id``): a message whose id is the last one written
+        under that key is not written again (table ``latest``, one row per key, in the same
+        transaction): a tool's state read again after a restart is the change already sent."""
         priority = PRIORITY.get(kind, 0)
         size = len(payload)
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
+                if latest_key is not None and msg_id is not None:
+                    got = self._db.execute(
+                        "SELECT msg_id FROM latest WHERE key = ?", (latest_key,)
+                    ).fetchone()
+                    if got is not None and got[0] == msg_id:
+                        self._db.execute("COMMIT")
+                        return None
+                    self._db.execute(
+                        "INSERT INTO latest (key, msg_id) VALUES (?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET msg_id = excluded.msg_id",
+                        (latest_key, msg_id),
+                    )
                 if self._bytes + size > self.quota_bytes:
                     self._make_room(size, priority)
                 if self._bytes + size > self.quota_bytes and priority in DROPPABLE:

@@ -7,13 +7,16 @@ the per-tool windows, and runs every ready window through the current risk model
 Equipment events: a change of the ``State`` tag becomes an ``Event`` (``state``; ``failure`` on
 entering unscheduled down; ``maintenance`` on entering scheduled down), and OPC UA alarms become
 ``alarm`` events naming the tool and, when the text names one, the failure mode. A failure or
-maintenance resets the tool's alert rule, and no window is judged while the tool is down.
+maintenance resets the tool's alert rule, and no window is judged while the tool is down. The
+first State value read of each tool after the edge starts is sent too (``previous`` ""), with
+the id of that change (:func:`state_msg_id`), so the cloud knows each tool's state from the start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import math
 import re
@@ -33,7 +36,7 @@ from edge.source import SourceEvent, TagRef, Value
 from edge.windows import DOWN, ReadyWindow, ToolWindow, features
 from shared.equipment import ALL_MODES, E10State, tool_type
 from shared.evidence import Explanation, explain, reference_known
-from shared.messages import Event, Message
+from shared.messages import Event, Message, new_msg_id
 from shared.reference import ReferenceTracker
 
 _logger = logging.getLogger(__name__)
@@ -41,6 +44,15 @@ _logger = logging.getLogger(__name__)
 SENSOR, STATE, SETPOINT, COUNTER, OTHER = 0, 1, 2, 3, 4
 MODE_MATCH_S = 3600.0  # an alarm this close (source time) to a failure names its mode
 Emit = Callable[[Message], None]
+
+
+def state_msg_id(edge_id: str, tool: str, state: str, source_ts: float) -> str:
+    """The id of the event a change of ``State`` becomes: the same change read again after a
+    restart (the same tool, state and SourceTimestamp) gets the same id, which the cloud stores
+    once. A server that stamps a value when it is read rather than when it changed gets a new
+    id each time: a repeated state, which the E10 figures count once."""
+    key = f"{edge_id}\x1f{tool}\x1f{state}\x1f{source_ts!r}".encode()
+    return "state-" + hashlib.sha256(key).hexdigest()[:32]
 
 
 @dataclass
@@ -92,6 +104,8 @@ class Pipeline:
         self.on_counter: Callable[[str, str, float], None] | None = None  # (tool, counter, source ts)
         self.on_state: Callable[[str, str], None] | None = None  # (tool, new state)
         self.failure_grace_s = 1.0  # wall seconds a failure event waits for its alarm
+        # failure events waiting out that grace, by msg_id: sent at once on a stop (send_waiting)
+        self._waiting: dict[str, tuple[asyncio.TimerHandle, Callable[[], None]]] = {}
         self.values = 0
         self.bad = 0
         self._dirty: set[str] = set()
@@ -259,23 +273,37 @@ class Pipeline:
             kind = "maintenance"
         if kind != "state":
             self.decider.reset(tool)
-        if not previous and kind == "state":
-            return  # the first value after (re)connecting is not a change of state
+        # The first value since the edge started is sent too (``previous`` ""): the cloud's SEMI
+        # E10 figures then start when the edge starts watching, not at the tool's first change.
+        # Its id is the change's (state_msg_id), so a change already sent before a restart is
+        # stored once: its SourceTimestamp is when the tool entered the state, not when it was read.
+        msg_id = state_msg_id(self.decider.edge_id, tool, state, ts)
 
         def send() -> None:
             # The failure's mode comes from the alarm, which travels on another OPC UA path (events,
             # not data) and may arrive just after the state change: use it when it is near in time.
             near = info.last_mode_ts is not None and abs(info.last_mode_ts - ts) <= MODE_MATCH_S
             mode = info.last_mode if kind == "failure" and near else None
-            self._emit_event(tool, kind, mode, ts, {"previous": previous}, state=state)
+            self._waiting.pop(msg_id, None)
+            self._emit_event(tool, kind, mode, ts, {"previous": previous}, state=state, msg_id=msg_id)
 
         if kind == "failure" and self.failure_grace_s > 0:
             try:
-                asyncio.get_running_loop().call_later(self.failure_grace_s, send)
+                handle = asyncio.get_running_loop().call_later(self.failure_grace_s, send)
+                self._waiting[msg_id] = (handle, send)
                 return
             except RuntimeError:  # no event loop (offline use): send at once
                 pass
         send()
+
+    def send_waiting(self) -> int:
+        """Send now the failure events still waiting for their alarm (the daemon stops: the
+        outbox closes next, and a failure is the label source); returns how many."""
+        waiting = list(self._waiting.values())
+        for handle, send in waiting:
+            handle.cancel()
+            send()
+        return len(waiting)
 
     def on_event(self, ev: SourceEvent) -> None:
         """An OPC UA alarm/event: forwarded when it names one of this edge's tools."""
@@ -301,11 +329,13 @@ class Pipeline:
         ts: float,
         detail: dict[str, object],
         state: str | None = None,
+        msg_id: str | None = None,
     ) -> None:
-        """Queue one equipment event of ``tool`` and count it."""
+        """Queue one equipment event of ``tool`` and count it; a new ``msg_id`` unless given."""
         self.emit(
             message(
                 Event,
+                msg_id=msg_id or new_msg_id(),
                 edge_id=self.decider.edge_id,
                 site=self.decider.site,
                 tool_id=tool,

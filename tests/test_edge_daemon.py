@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -105,7 +106,9 @@ async def test_alert_raised_before_the_failure_and_events_forwarded(tmp_path, fa
             await _push(fab, daemon, k, drift=min(3.0, (k - 11) * 0.5))
         await _push(fab, daemon, 24, drift=3.0, state="unscheduled_down")
         await _push(fab, daemon, 25, drift=3.0, state="unscheduled_down")
-        assert await until(lambda: collector.of("alert") and collector.of("event"), 10)
+        assert await until(
+            lambda: collector.of("alert") and any(e["event"] == "failure" for e in collector.of("event")), 10
+        )
         daemon.telemetry_once()
         risk_then = daemon.pipeline.tools["etch-01"].risk
         assert await until(lambda: any(t["tool_id"] == "etch-01" for t in collector.of("telemetry")), 5)
@@ -643,3 +646,54 @@ async def test_the_tools_references_survive_a_restart_of_the_edge(tmp_path, fab,
     names = list(daemon.models["edge-risk"].spec.names)
     assert np.all(x[:, names.index("ref_known")] == 1.0), "the restored reference is used at once"
     assert np.all(x[:, names.index("since_up")] > 0.0)
+
+
+async def test_each_tools_state_is_sent_when_the_edge_starts_and_a_restart_repeats_its_id(
+    tmp_path, fab, mosquitto
+):
+    """The first State value the edge reads of each tool is sent (``previous`` ""), so the cloud's
+    SEMI E10 figures start when the edge starts watching, not at the tool's first change. Read
+    again after a restart, the same change (same SourceTimestamp) has the same id and is not
+    written again. A real change after the restart is a change from the state read, and a failure
+    still waiting for its alarm when the edge stops is written at the stop."""
+    collector = Collector(mosquitto.port)
+    cfg = _cfg(tmp_path, fab, mosquitto.port)
+    try:
+        daemon, task = await _start(cfg)
+        try:
+            # nothing pushed: the values the server holds come with the subscription
+            assert await until(lambda: len(collector.of("event")) >= len(fab.tools), 10)
+        finally:
+            await _stop(task)
+        first = {e["tool_id"]: e for e in collector.of("event")}
+        assert set(first) == set(fab.tools)
+        assert all(e["event"] == "state" and e["state"] == "productive" for e in first.values())
+        assert all(e["detail"]["previous"] == "" and e["source_ts"] < T0 for e in first.values())
+        daemon, task = await _start(cfg)
+        try:
+            # the same State values, unchanged on the server, come again with the subscription
+            assert await until(lambda: daemon.pipeline.windows["etch-01"].state == "productive", 10)
+            await _push(fab, daemon, 1, state="scheduled_down")
+            assert await until(lambda: any(e["event"] == "maintenance" for e in collector.of("event")), 10)
+            # A failure waits for its alarm (to name the mode); stopping meanwhile sends it at once.
+            daemon.pipeline.failure_grace_s = 600.0
+            await _push(fab, daemon, 2, state="unscheduled_down")
+        finally:
+            await _stop(task)
+    finally:
+        collector.stop()
+    with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:
+        queued = [json.loads(p) for (p,) in db.execute("SELECT payload FROM outbox WHERE kind = 'event'")]
+        (written,) = db.execute("SELECT written FROM ledger WHERE kind = 'event'").fetchone()
+    assert written == len(fab.tools) + 2, "the states read again after the restart are not written again"
+    failure = [e for e in collector.of("event") + queued if e["event"] == "failure"]
+    assert failure and {e["source_ts"] for e in failure} == {T0 + 2 * STEP}
+    events = collector.of("event")
+    ids = {(e["tool_id"], e["state"], e["source_ts"]): e["msg_id"] for e in events}
+    assert len({e["msg_id"] for e in events}) == len(ids), "a change read twice keeps one id"
+    assert {t: ids[(t, "productive", e["source_ts"])] for t, e in first.items()} == {
+        t: e["msg_id"] for t, e in first.items()
+    }
+    (maint,) = [e for e in events if e["event"] == "maintenance"]
+    assert maint["tool_id"] == "etch-01" and maint["detail"]["previous"] == "productive"
+    assert maint["source_ts"] == T0 + STEP and maint["msg_id"] != first["etch-01"]["msg_id"]

@@ -137,6 +137,25 @@ def test_quota_drops_telemetry_first_then_hard_cases_never_alerts(tmp_path: Path
     }
 
 
+def test_a_message_already_written_under_its_key_is_not_written_again(tmp_path: Path):
+    """``latest_key``: the last id written per key is kept with the queue, across a reopen (an edge
+    restart); the same id again is not written, another id is, and becomes the key's last."""
+    path = tmp_path / "o.sqlite"
+
+    def put(box: Outbox, i: int, key: str = "state:t1") -> int | None:
+        return box.put(Kind.EVENT, "t", _msg(Kind.EVENT, i), 1, msg_id=f"event-{i}", latest_key=key)
+
+    box = Outbox(path, 10_000_000)
+    assert put(box, 1) is not None and put(box, 1) is None
+    assert put(box, 1, key="state:t2") is not None  # keys are apart
+    box.close()
+    box = Outbox(path, 10_000_000)
+    assert put(box, 1) is None, "kept across a reopen"
+    assert put(box, 2) is not None and put(box, 1) is not None  # a change, and a change back
+    assert box.ledger()["event"]["written"] == 4 and len(box) == 4
+    box.close()
+
+
 def test_cases_wait_for_their_verdict(tmp_path: Path):
     box = Outbox(tmp_path / "o.sqlite", quota_bytes=10_000)
     box.remember_case("c1", "t1", {"p": 0.5}, max_cases=2)
