@@ -72,6 +72,8 @@ from cloud.storage.models import (
     WorkerSession,
 )
 from cloud.storage.repo import Repo
+from cloud.tool_history import MAX_LIMIT as HISTORY_MAX
+from cloud.tool_history import tool_history
 from shared.equipment import setpoint_units, type_modes
 from shared.messages import Event, Tuning
 from shared.topics import QOS, Kind, topic
@@ -375,6 +377,22 @@ def create_app(ctx: ApiContext) -> FastAPI:
             "points": [{"ts": ts, "risk": risk} for ts, risk in history],
             "alerts": marks,
         }
+
+    @app.get("/api/tools/{tool_id}/history", tags=["fleet"])
+    def history(
+        tool_id: str,
+        _who: Viewer,
+        limit: Annotated[int, Query(ge=1, le=HISTORY_MAX)] = 50,
+        before_ts: float | None = None,
+        states: bool = False,
+    ) -> dict[str, Any]:
+        """The tool's failures, maintenance, alarms and alerts (``states``: every change of state
+        too), newest first, on the equipment's clock, with its last failure and maintenance;
+        ``before_ts`` pages back (cloud/tool_history.py)."""
+        with ctx.repo.transaction() as s:
+            if s.get(Tool, tool_id) is None:
+                raise HTTPException(404, "no such tool")
+            return tool_history(s, tool_id, limit, before_ts, states)
 
     @app.post("/api/tools/{tool_id}/events", tags=["fleet"])
     def tool_event(tool_id: str, body: EventIn, who: Operator, request: Request) -> dict[str, Any]:

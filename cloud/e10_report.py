@@ -8,8 +8,9 @@ the newest source time the cloud holds (state events, telemetry), so a simulator
 a plant's does. A tool's state before its first change in the window is the last change before
 the window; a tool's time after its last report (its edge silent) is not counted, and neither is
 time before the first state the cloud knows of it (an edge sends each tool's state when it
-starts watching it): ``known_h`` says how much of the window each figure stands on. Plain state events are pruned after ``storage.state_events_days``, so a window
-longer than that would lose the changes in between: :func:`e10_report` refuses it.
+starts watching it): ``known_h`` says how much of the window each figure stands on. Plain
+state events are pruned after ``storage.state_events_days``, so a window longer than that would
+lose the changes in between: :func:`e10_report` refuses it.
 """
 
 from __future__ import annotations

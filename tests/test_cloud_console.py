@@ -245,6 +245,14 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.click("#event-form button[type=submit]")
             page.wait_for_selector("#status:has-text('failure of etch-01 recorded: 1 case labelled')")
             assert service.repo.get_case("case-1").label_source == "failure"
+            # ... and heads the tool's history, above the alert before it (the equipment's clock).
+            page.wait_for_selector("#history td:has-text('reported by olga: WO-4711')")
+            history = [r.split("\t") for r in page.locator("#history tbody tr").all_inner_texts()]
+            assert [r[1:4] for r in history] == [["failure", "rf_match_drift", ""], ["alert", "wear", ""]]
+            assert history[0][5] == "operator" and history[1][4].startswith("p 0.80; not acknowledged")
+            last = page.locator("#history-last").inner_text()
+            assert "last maintenance none reported, last failure 20" in last, last
+            assert page.locator("#history-older").is_hidden()
             # Shelved from the same panel (its notifications held back, with a reason), then unshelved.
             page.select_option("#shelve-form select[name=hours]", "8")
             page.fill("#shelve-form input[name=reason]", "PM until Friday")

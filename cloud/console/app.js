@@ -451,9 +451,35 @@ async function showRisk(toolId) {
     form.elements.mode.replaceChildren(...(data.tool_modes || []).map((m) => { const o = document.createElement("option"); o.textContent = m; return o; }));
     const local = new Date(Date.now() - new Date().getTimezoneOffset() * 60000);  // now, in the browser's time zone
     form.elements.at.value = local.toISOString().slice(0, 16);
+    await showHistory(toolId);
     detail.hidden = false;
     detail.scrollIntoView({ block: "nearest" });
   } catch (err) { setStatus(err.message, true); }
+}
+
+// A tool's history (GET /api/tools/{id}/history): failures, maintenance, alarms, alerts and what
+// operators recorded, newest first; "Older" appends the next page.
+const HISTORY_PAGE = 50;
+const WHAT = { failure: "failure", maintenance: "maintenance", alarm: "alarm", alert: "alert", state: "state change" };
+async function showHistory(toolId, older = false) {
+  const table = $("#history"), more = $("#history-older");
+  const states = $("#history-states").checked;
+  const before = older ? `&before_ts=${more.dataset.before}` : "";
+  const h = await api(`/api/tools/${encodeURIComponent(toolId)}/history?limit=${HISTORY_PAGE}&states=${states}${before}`);
+  const ago = (ts) => (ts ? `${fmtTime(ts)}` : "none reported");
+  $("#history-last").textContent = `${toolId}: last maintenance ${ago(h.last_maintenance_ts)}, last failure ${ago(h.last_failure_ts)}.`;
+  const rows = h.items.map((i) => {
+    const tr = document.createElement("tr");
+    const when = cell(fmtTime(i.ts)); when.dataset.sort = i.ts;
+    tr.append(when, cell(WHAT[i.kind] ?? i.kind, `history-${i.kind}`), cell(i.mode), cell(i.state), cell(i.text), cell(i.source));
+    return tr;
+  });
+  const body = table.tBodies[0];
+  if (older) body.append(...rows); else body.replaceChildren(...rows);
+  applySort(table); applyFilter(table);
+  table.dataset.tool = toolId;
+  more.hidden = h.next_before_ts === null;
+  more.dataset.before = h.next_before_ts ?? "";
 }
 
 // Each progressive failure of the field report (newest at the top, at most LEAD_ROWS), a bar as
@@ -637,6 +663,7 @@ $("#event-form").addEventListener("submit", async (ev) => {
     const res = await post(`/api/tools/${encodeURIComponent(f.dataset.tool)}/events`, body);
     setStatus(`${event} of ${f.dataset.tool} recorded: ${res.labelled} case${res.labelled === 1 ? "" : "s"} labelled`);
     f.elements.note.value = "";
+    await showHistory(f.dataset.tool);
   } catch (err) { setStatus(err.message, true); }
 });
 $("#shelve-form").addEventListener("submit", async (ev) => {
@@ -657,6 +684,8 @@ $("#shelve-form").elements.unshelve.addEventListener("click", async () => {
     setStatus(`${tool} unshelved: its next alerts are sent`);
   } catch (err) { setStatus(err.message, true); }
 });
+$("#history-states").addEventListener("change", () => showHistory($("#history").dataset.tool).catch((err) => setStatus(err.message, true)));
+$("#history-older").addEventListener("click", () => showHistory($("#history").dataset.tool, true).catch((err) => setStatus(err.message, true)));
 $("#audit-form").addEventListener("submit", (ev) => { ev.preventDefault(); refresh(); });
 $("#user-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
