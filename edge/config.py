@@ -209,6 +209,16 @@ class TuningConfig(StrictModel):
         return value
 
 
+class AlarmsConfig(StrictModel):
+    """Each tool's alarm budget (edge.alarm_flood): alarms past it are held back and sent as one
+    summary per flood, so a chattering alarm cannot fill the outbox."""
+
+    per_tool_per_hour: float = Field(default=120.0, gt=0)
+    burst: int = Field(default=30, ge=1)
+    quiet_s: float = Field(default=60.0, gt=0)  # a flood's summary goes when it has been quiet this long
+    summary_every_s: float = Field(default=600.0, gt=0)  # ... or this often while it goes on
+
+
 class ScheduleConfig(StrictModel):
     health_s: float = Field(default=30.0, gt=0)
     telemetry_s: float = Field(default=60.0, gt=0)
@@ -231,6 +241,7 @@ class EdgeConfig(StrictModel):
     outbox: OutboxConfig = OutboxConfig()
     models: ModelsConfig = ModelsConfig()
     decisions: DecisionsConfig = DecisionsConfig()
+    alarms: AlarmsConfig = AlarmsConfig()
     tuning: TuningConfig = TuningConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     metrics: MetricsConfig = MetricsConfig()

@@ -27,6 +27,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from edge import references
+from edge.alarm_flood import AlarmFlood
 from edge.config import EdgeConfig
 from edge.control import SetpointControl
 from edge.decisions import Decider, message
@@ -106,6 +107,9 @@ class EdgeDaemon:
             cfg.decisions.max_stale_steps,
             cfg.decisions.infer_every_steps,
             recent=max(64, cfg.models.check_windows),
+            alarm_flood=AlarmFlood(
+                cfg.alarms.per_tool_per_hour, cfg.alarms.burst, cfg.alarms.quiet_s, cfg.alarms.summary_every_s
+            ),
         )
         self.models: dict[str, Model] = {}  # slot (edge-risk, edge-tuning/<type>) -> model
         self.store = ModelStore(cfg.resolve(cfg.models.store_dir))
@@ -388,6 +392,7 @@ class EdgeDaemon:
         def health_job() -> None:
             self.refresh_gauges()
             self.publish_status()
+            self.pipeline.send_alarm_summaries()
 
         # These run in the loop's thread pool; counted, so a stop waits for them before the
         # outbox closes (the scheduler's shutdown does not wait for pool jobs).
@@ -458,6 +463,7 @@ class EdgeDaemon:
                 if late:
                     _logger.warning("%d background tasks did not stop within %.0f s", len(late), STOP_TASKS_S)
             self.pipeline.send_waiting()
+            self.pipeline.send_alarm_summaries(force=True)
             self.save_references()
             self.tuner.save_pools()
             await self.relay.stop()

@@ -32,6 +32,9 @@ class EdgeMetrics:
         self.hard_cases = Counter("fabpm_edge_hard_cases", "hard cases", ["outcome"], registry=r)
         self.verdicts = Counter("fabpm_edge_verdicts", "verdicts received", ["matched"], registry=r)
         self.events = Counter("fabpm_edge_events", "equipment events forwarded", ["event"], registry=r)
+        self.alarms_held = Counter(
+            "fabpm_edge_alarms_held_back", "alarms held back in a flood (sent as summaries)", registry=r
+        )
         self.dead_letters = Counter("fabpm_edge_dead_letters", "incoming payloads set aside", registry=r)
         self.updates = Counter("fabpm_edge_model_updates", "model updates", ["outcome"], registry=r)
         self.writes = Counter("fabpm_edge_setpoint_writes", "setpoint writes", ["outcome"], registry=r)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.alarm_flood import AlarmFlood
 from edge.decisions import Decider, message
 from edge.errors import ModelError
 from edge.inference import RiskModel
@@ -88,8 +89,10 @@ class Pipeline:
         infer_every: int,
         recent: int = 64,
         clock: Callable[[], float] = time.perf_counter,
+        alarm_flood: AlarmFlood | None = None,
     ) -> None:
         self.tags = list(tags)
+        self.alarm_flood = alarm_flood  # None: every alarm is forwarded
         self.decider = decider
         self.emit = emit
         self.metrics = metrics
@@ -318,8 +321,22 @@ class Pipeline:
         if mode is not None:
             self.tools[tool].last_mode = mode
             self.tools[tool].last_mode_ts = ev.ts
+        if self.alarm_flood is not None and not self.alarm_flood.admit(
+            tool, ev.ts, ev.message[:200], ev.severity
+        ):
+            self.metrics.alarms_held.inc()
+            return  # counted for the tool's flood summary (edge.alarm_flood)
         detail = {"message": ev.message[:500], "severity": ev.severity, "source": ev.source[:200]}
         self._emit_event(tool, "alarm", mode, ev.ts, detail)
+
+    def send_alarm_summaries(self, force: bool = False) -> int:
+        """Send the summaries of the alarm floods that are over (``force``: all, at a stop); how many."""
+        if self.alarm_flood is None:
+            return 0
+        summaries = self.alarm_flood.summaries(force)
+        for tool, ts, detail in summaries:
+            self._emit_event(tool, "alarm", None, ts, detail)
+        return len(summaries)
 
     def _emit_event(
         self,

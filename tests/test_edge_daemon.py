@@ -30,6 +30,7 @@ from test_edge_support import (
 
 from edge.config import EdgeConfig
 from edge.daemon import EdgeDaemon
+from edge.source import SourceEvent
 from edge.updates import announcement_for
 from edge.windows import features
 from shared.equipment import tool_type
@@ -697,3 +698,35 @@ async def test_each_tools_state_is_sent_when_the_edge_starts_and_a_restart_repea
     (maint,) = [e for e in events if e["event"] == "maintenance"]
     assert maint["tool_id"] == "etch-01" and maint["detail"]["previous"] == "productive"
     assert maint["source_ts"] == T0 + STEP and maint["msg_id"] != first["etch-01"]["msg_id"]
+
+
+async def test_an_alarm_flood_is_held_back_and_sent_as_one_summary(tmp_path, fab, mosquitto):
+    """Past its tool's budget ([alarms]) an alarm is not sent on its own but counted, and the
+    flood goes as one summary at the latest when the edge stops; a held-back alarm still names
+    the mode of the failure that follows it."""
+    collector = Collector(mosquitto.port)
+    cfg = _cfg(tmp_path, fab, mosquitto.port, alarms={"per_tool_per_hour": 1.0, "burst": 2})
+    daemon, task = await _start(cfg)
+    try:
+        await _push(fab, daemon, 0)
+        ts = T0 + STEP
+        for i in range(9):  # a chattering alarm, then one naming the failing mode
+            daemon.pipeline.on_event(SourceEvent("etch-01", "RF reflected power high", 600, ts + i, {}))
+        daemon.pipeline.on_event(SourceEvent("etch-01", "etch-01 fault: rf_match_drift", 900, ts + 9, {}))
+        assert await until(lambda: len([e for e in collector.of("event") if e["event"] == "alarm"]) >= 2, 10)
+        await _push(fab, daemon, 2, state="unscheduled_down")
+        assert await until(lambda: any(e["event"] == "failure" for e in collector.of("event")), 10)
+        assert daemon.metrics.alarms_held._value.get() == 8
+    finally:
+        await _stop(task)
+        collector.stop()
+    with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:
+        queued = [json.loads(p) for (p,) in db.execute("SELECT payload FROM outbox WHERE kind = 'event'")]
+    events = {e["msg_id"]: e for e in collector.of("event") + queued}.values()
+    alarms = [e for e in events if e["event"] == "alarm"]
+    assert len(alarms) == 3, "two within the burst, then one summary"
+    (summary,) = [a for a in alarms if "held_back" in a["detail"]]
+    assert summary["detail"]["held_back"] == 8 and summary["source_ts"] == ts + 9
+    assert summary["detail"]["messages"] == {"RF reflected power high": 7, "etch-01 fault: rf_match_drift": 1}
+    (failure,) = [e for e in events if e["event"] == "failure"]
+    assert failure["mode"] == "rf_match_drift", "named by the alarm held back"
