@@ -218,8 +218,15 @@ class LearningConfig(StrictModel):
     warm_start_edge: bool = False
 
 
-NotifyKind = Literal["alert", "rollback", "round_failed", "round_rejected", "sensor"]
-NOTIFY_KINDS: tuple[NotifyKind, ...] = ("alert", "rollback", "round_failed", "round_rejected", "sensor")
+NotifyKind = Literal["alert", "rollback", "round_failed", "round_rejected", "sensor", "escalation"]
+NOTIFY_KINDS: tuple[NotifyKind, ...] = (
+    "alert",
+    "rollback",
+    "round_failed",
+    "round_rejected",
+    "sensor",
+    "escalation",
+)
 # round_rejected is asked for by name: the model on the edges stays, so no one has to act, and an
 # operators' channel would otherwise hear of every candidate the gate turned down. So is sensor
 # (a sensor that began to look stuck or Bad): for the instrument technicians' channel.
@@ -243,6 +250,9 @@ class WebhookConfig(StrictModel):
     # with round_rejected the candidates the gate did not promote, with its reasons; with sensor
     # each sensor that began to look stuck or Bad (cloud/sensor_health.py).
     kinds: list[NotifyKind] = Field(default_factory=lambda: list(DEFAULT_NOTIFY_KINDS), min_length=1)
+    # With kind escalation: each alert (of min_probability and sites) nobody acknowledged within
+    # this many minutes of the cloud storing it (a shift lead's channel, the on-call phone).
+    escalate_after_min: float = Field(default=30.0, gt=0, le=7 * 24 * 60)
 
     @model_validator(mode="after")
     def _one_url(self) -> WebhookConfig:

@@ -17,6 +17,9 @@ dies), the notifier:
 2. POSTs the pending rows that are due, oldest first, each with a timeout. A 2xx answer marks the
    row delivered. Anything else is retried after ``backoff_s``, doubling up to ``backoff_max_s``,
    until ``max_attempts``; then it is marked failed and logged;
+   a target with kind ``escalation`` also gets each alert that nobody acknowledged within its
+   ``escalate_after_min`` of the cloud storing it; an escalation whose alert is acknowledged
+   before it goes is ``withdrawn``, not sent;
 3. bounds the queue: beyond ``max_pending`` pending rows for a target, the oldest are marked
    dropped (overflow policy: the newest alerts matter most to someone reading them now), and rows
    done for ``keep_days`` are deleted.
@@ -112,6 +115,16 @@ def payload_of(alert: AlertRow) -> dict[str, Any]:
             "likely_mode": alert.likely_mode,
             "received_ts": alert.received_ts,
         },
+    }
+
+
+def escalation_payload(alert: AlertRow, after_min: float) -> dict[str, Any]:
+    """An alert nobody acknowledged within ``after_min`` minutes, as its alert payload says it."""
+    doc = payload_of(alert)
+    return doc | {
+        "kind": "escalation",
+        "text": f"fabpm escalation: not acknowledged within {after_min:g} min: {doc['text']}",
+        "after_min": after_min,
     }
 
 
@@ -233,7 +246,7 @@ class Notifier:
         )
 
     def _fresh(
-        self, s: Session, name: str, target: WebhookConfig, since: float
+        self, s: Session, name: str, target: WebhookConfig, since: float, now: float
     ) -> list[tuple[str, dict[str, Any]]]:
         """(subject, body) of what ``target`` has not got yet, oldest first."""
         queued = select(NotificationRow.subject).where(NotificationRow.target == name)
@@ -247,6 +260,25 @@ class Notifier:
                 .order_by(AlertRow.received_ts)
             )
             out += [(f"alert:{a.msg_id}", payload_of(a)) for a in alerts if self._wanted(target, a)]
+        if "escalation" in target.kinds:
+            # Due once nobody acknowledged it for escalate_after_min; lookback_h bounds how long
+            # before that it may have come (a target added later gets no old history).
+            due = now - target.escalate_after_min * 60
+            unacked = s.scalars(
+                select(AlertRow)
+                .where(
+                    AlertRow.received_ts >= due - (now - since),
+                    AlertRow.received_ts <= due,
+                    AlertRow.acknowledged_by.is_(None),
+                    literal("escalation:").concat(AlertRow.msg_id).not_in(queued),
+                )
+                .order_by(AlertRow.received_ts)
+            )
+            out += [
+                (f"escalation:{a.msg_id}", escalation_payload(a, target.escalate_after_min))
+                for a in unacked
+                if self._wanted(target, a)
+            ]
         if "rollback" in target.kinds:
             key = literal("rollback:").concat(cast(RolloutRow.id, String))
             ended = self._ended(s, RolloutRow.stage, "rolled_back", RolloutRow.updated_ts, key, queued, since)
@@ -299,7 +331,7 @@ class Notifier:
         with self.repo.transaction() as s:
             shelves = Shelves(s, since, now)
             for name, target in self.targets.items():
-                for subject, body in self._fresh(s, name, target, since):
+                for subject, body in self._fresh(s, name, target, since, now):
                     shelf = self._shelf_of(shelves, body)
                     s.add(
                         NotificationRow(
@@ -381,12 +413,34 @@ class Notifier:
                 break
             if row.target not in self.targets or row.target in down:
                 continue
+            if (by := self._acknowledged(row)) is not None:
+                self._withdraw(row, by)
+                continue
             ok, error = self._post_one(row)
             if not ok:
                 down.add(row.target)
             delivered += ok
             self._record(row, ok, error)
         return delivered
+
+    def _acknowledged(self, row: NotificationRow) -> str | None:
+        """Who acknowledged the alert an escalation is about, since it was queued; else None."""
+        if not row.subject.startswith("escalation:"):
+            return None
+        with self.repo.transaction() as s:
+            alert = s.get(AlertRow, row.subject.removeprefix("escalation:"))
+            return None if alert is None else alert.acknowledged_by
+
+    def _withdraw(self, row: NotificationRow, by: str) -> None:
+        """An escalation whose alert was acknowledged before it went: not sent (it would page
+        someone about what is being handled)."""
+        with self.repo.transaction() as s:
+            s.execute(
+                update(NotificationRow)
+                .where(NotificationRow.id == row.id)
+                .values(status="withdrawn", done_ts=self.clock(), last_error=f"acknowledged by {by} first")
+            )
+        self.metrics.notifications.labels(row.target, "withdrawn").inc()
 
     def _post_one(self, row: NotificationRow) -> tuple[bool, str]:
         return self._post(row.target, row.payload | {"notification_id": row.id})

@@ -6,8 +6,9 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -24,6 +25,15 @@ from shared.messages import Alert, Event, Status, Telemetry, Tuning
 from shared.topics import Kind, topic
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ZONE = "Asia/Kolkata"  # UTC+05:30 all year (no daylight saving)
+LOCAL = ZoneInfo(ZONE)
+
+
+def _local(ts: float) -> str:
+    """What the console shows for ``ts`` in :data:`ZONE`."""
+    return datetime.fromtimestamp(ts, LOCAL).strftime("%Y-%m-%d %H:%M:%S")
+
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed"),
@@ -186,8 +196,12 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
-            page = browser.new_page()
+            # Times show in the browser's zone (a fab's local time); one with a half-hour offset
+            # tells a local time from UTC and from a whole-hour mistake.
+            page = browser.new_page(timezone_id=ZONE)
             page.goto(f"{base}/")
+            zone = page.locator("#tz").inner_text()  # ICU may name it Asia/Calcutta
+            assert zone.startswith("times in Asia/") and zone.endswith(" (UTC+05:30)"), zone
             page.fill("input[name=username]", "olga")
             page.fill("input[name=password]", "wrong-password")
             page.click("button[type=submit]")
@@ -305,9 +319,8 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             row = page.locator("#alerts table[data-csv=alerts] tr:has-text('etch-01')")
             assert "failed (rf_match_drift)" in row.inner_text()  # the failure overrules the inspection
             raised = row.locator("td").first  # the equipment's time; the send time in the tooltip
-            assert raised.inner_text() == datetime.fromtimestamp(now - 900, UTC).strftime("%Y-%m-%d %H:%M:%S")
-            sent = datetime.fromtimestamp(now - 600, UTC).strftime("%Y-%m-%d %H:%M:%S")
-            assert raised.get_attribute("title") == f"sent by the edge {sent}"
+            assert raised.inner_text() == _local(now - 900)
+            assert raised.get_attribute("title") == f"sent by the edge {_local(now - 600)}"
             page.wait_for_selector(
                 "#notifications tr:has-text('teams'):has-text('HTTP 503'):has-text('etch-01')"
             )
@@ -316,9 +329,7 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_selector("#cases td:has-text('by failure')")
             case = service.repo.get_case("case-1")
             when = page.locator("#cases tr:has-text('etch-01') td").first  # the window's end, not receipt
-            assert when.inner_text() == datetime.fromtimestamp(case.window_ts, UTC).strftime(
-                "%Y-%m-%d %H:%M:%S"
-            )
+            assert when.inner_text() == _local(case.window_ts)
             assert when.get_attribute("title").startswith("received ")
             page.click("#cases tr:has-text('etch-01') button:has-text('Healthy')")
             _until(lambda: service.repo.get_case("case-1").label_source == "operator")

@@ -345,3 +345,61 @@ def test_an_alert_without_a_reference_says_since_when_its_sensors_moved():
         evidence=[{"sensor": "vibration_rms", "contribution": 0.2, "deviation": 2.04}],
     )  # fmt: skip
     assert "; moving since the edge began watching: vibration_rms +2.0 sd" in text_of(row)
+
+
+def test_an_alert_nobody_acknowledges_is_escalated_once_and_an_acknowledged_one_is_not(
+    repo: Repo, receiver: Receiver
+):
+    """A target with kind escalation (a shift lead, the on-call phone) gets each alert nobody
+    acknowledged within its ``escalate_after_min``, once; an alert acknowledged in time is not
+    escalated, and one acknowledged while its escalation waits to go is withdrawn."""
+    clock = Clock()
+    ingest = Ingestor(repo, CloudMetrics(), clock=clock)
+    lead = {"name": "shift-lead", "kinds": ["escalation"], "escalate_after_min": 20, "min_probability": 0.5}
+    cfg = _cfg(receiver.url, lead, lookback_h=1)
+    notifier = Notifier(repo, cfg, "w1", CloudMetrics(), clock=clock, env={"HOOK_KEY": "k"})
+    for tool, p in (("ETCH001", 0.9), ("ETCH002", 0.8), ("ETCH003", 0.3)):  # ETCH003: under its min
+        assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), _alert(tool, p, ts=clock.t))
+    with repo.transaction() as s:
+        by_tool = {a.tool_id: a.msg_id for a in s.query(AlertRow)}
+    clock.t += 10 * 60
+    notifier.tick()
+    with repo.transaction() as s:  # acknowledged in time
+        s.get(AlertRow, by_tool["ETCH002"]).acknowledged_by = "olga"
+    clock.t += 9 * 60
+    assert notifier.tick() == 0 and not receiver.got, "not before 20 minutes"
+    clock.t += 2 * 60
+    assert notifier.tick() == 1
+    ((body, _),) = receiver.got
+    assert body["kind"] == "escalation" and body["alert"]["tool_id"] == "ETCH001" and body["after_min"] == 20
+    assert body["text"].startswith("fabpm escalation: not acknowledged within 20 min: fabpm alert: ETCH001")
+    clock.t += 3600
+    assert notifier.tick() == 0 and len(receiver.got) == 1, "once"
+    # The receiver is down when the next one is due; it is acknowledged before the retry: withdrawn.
+    receiver.status = 503
+    assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), _alert("ETCH004", 0.9, ts=clock.t))
+    clock.t += 21 * 60
+    assert notifier.tick() == 0 and len(receiver.got) == 2
+    with repo.transaction() as s:
+        s.query(AlertRow).filter(AlertRow.tool_id == "ETCH004").one().acknowledged_by = "vic"
+    receiver.status = 200
+    clock.t += 60
+    assert notifier.tick() == 0 and len(receiver.got) == 2
+    rows = {r.subject.split(":")[0] + ":" + r.payload["alert"]["tool_id"]: r for r in _rows(repo)}
+    assert set(rows) == {"escalation:ETCH001", "escalation:ETCH004"}, "alert kinds go only where asked"
+    assert rows["escalation:ETCH004"].status == "withdrawn"
+    assert rows["escalation:ETCH004"].last_error == "acknowledged by vic first"
+
+
+def test_an_escalation_lookback_does_not_page_old_history(repo: Repo, receiver: Receiver):
+    """A target added later does not get escalations of alerts older than ``lookback_h`` before
+    they became due."""
+    clock = Clock()
+    ingest = Ingestor(repo, CloudMetrics(), clock=clock)
+    assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), _alert("ETCH001", 0.9, ts=clock.t))
+    clock.t += 3 * 3600  # due 2 h 40 min ago, beyond the 1 h lookback
+    lead = {"name": "shift-lead", "kinds": ["escalation"], "escalate_after_min": 20}
+    notifier = Notifier(
+        repo, _cfg(receiver.url, lead, lookback_h=1), "w1", CloudMetrics(), clock=clock, env={"HOOK_KEY": "k"}
+    )
+    assert notifier.tick() == 0 and not receiver.got and not _rows(repo)

@@ -6,7 +6,18 @@ const RANK = { viewer: 0, operator: 1, admin: 2 };
 const $ = (sel, root = document) => root.querySelector(sel);
 
 function can(role) { return RANK[state.role] >= RANK[role]; }
-function fmtTime(ts) { return ts ? new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 19) : ""; }
+// Times in the browser's time zone, as the times entered in the forms are (the header says which).
+function fmtTime(ts) {
+  if (!ts) return "";
+  const d = new Date(ts * 1000);
+  return new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().replace("T", " ").slice(0, 19);
+}
+function zoneName() {
+  const off = -new Date().getTimezoneOffset(), sign = off >= 0 ? "+" : "\u2212", a = Math.abs(off);
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+  return `times in ${zone} (UTC${sign}${String(Math.floor(a / 60)).padStart(2, "0")}:${String(a % 60).padStart(2, "0")})`;
+}
+document.getElementById("tz").textContent = zoneName();
 function fmtNum(x, d = 2) { return x === null || x === undefined ? "" : Number(x).toFixed(d); }
 // Four significant digits: sensor values span mTorr to sccm to nm.
 function fmtVal(x) { return x === null || x === undefined ? "" : String(Number(Number(x).toPrecision(4))); }

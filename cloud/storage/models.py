@@ -363,7 +363,7 @@ class NotificationRow(Base):
     target: Mapped[str] = mapped_column(String(128))
     subject: Mapped[str] = mapped_column(String(160))  # "alert:<msg_id>" or "rollback:<rollout id>"
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16))  # pending/delivered/failed/dropped/shelved
+    status: Mapped[str] = mapped_column(String(16))  # pending/delivered/failed/dropped/shelved/withdrawn
     attempts: Mapped[int] = mapped_column(Integer)
     next_ts: Mapped[float] = mapped_column(Float)
     last_error: Mapped[str] = mapped_column(Text)
