@@ -56,7 +56,7 @@ from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.sensor_health import DEFAULT_LIMITS, sensor_issues
 from cloud.shelving import MAX_HOURS as MAX_SHELF_HOURS
-from cloud.shelving import Shelves, Span, shelve, unshelve
+from cloud.shelving import Shelves, Span, cancel, shelve, unshelve
 from cloud.storage.models import (
     AlertRow,
     Case,
@@ -148,6 +148,7 @@ class ShelveIn(BaseModel):
 
     hours: float = Field(gt=0, le=MAX_SHELF_HOURS)
     reason: str = Field(min_length=1, max_length=500)
+    start_ts: float | None = None  # planned ahead (at most a month); None or a time past: now
 
 
 class Decision(BaseModel):
@@ -435,17 +436,34 @@ def create_app(ctx: ApiContext) -> FastAPI:
     def shelve_tool(tool_id: str, body: ShelveIn, who: Operator, request: Request) -> dict[str, Any]:
         """Hold the tool's alerts and sensor issues back from the webhooks for ``hours`` (at most a
         week), with a reason everyone sees; they are still stored and shown (cloud/shelving.py).
-        Shelving a shelved tool replaces its shelf."""
-        audit_note(request.state, f"{body.hours:g} h: {body.reason}")
+        Shelving a shelved tool replaces its shelf; ``start_ts`` plans one ahead (a PM on the
+        calendar), which may not overlap another that has not ended."""
+        when = "" if body.start_ts is None else f" from {body.start_ts:.0f}"
+        audit_note(request.state, f"{body.hours:g} h{when}: {body.reason}")
         with ctx.repo.transaction() as s:
             tool = s.get(Tool, tool_id)
             if tool is None:
                 raise HTTPException(404, "no such tool")
             try:
-                row = shelve(s, tool, body.hours, body.reason, who.username, ctx.clock())
+                row = shelve(s, tool, body.hours, body.reason, who.username, ctx.clock(), body.start_ts)
             except ShelvingError as exc:
                 raise HTTPException(422, str(exc)) from exc
-            _logger.info("%s shelved by %s for %g h: %s", tool_id, who.username, body.hours, body.reason)
+            _logger.info(
+                "%s shelved by %s for %g h%s: %s", tool_id, who.username, body.hours, when, body.reason
+            )
+            return _row(row)
+
+    @app.post("/api/shelves/{shelf_id}/cancel", tags=["fleet"])
+    def cancel_shelf(shelf_id: int, who: Operator) -> dict[str, Any]:
+        """Take a planned shelf back before it starts, or end an active one now."""
+        with ctx.repo.transaction() as s:
+            try:
+                row = cancel(s, shelf_id, who.username, ctx.clock())
+            except LookupError as exc:
+                raise HTTPException(404, str(exc)) from exc
+            except ShelvingError as exc:
+                raise HTTPException(409, str(exc)) from exc
+            _logger.info("shelf %d of %s cancelled by %s", shelf_id, row.tool_id, who.username)
             return _row(row)
 
     @app.post("/api/tools/{tool_id}/unshelve", tags=["fleet"])
@@ -462,14 +480,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
     def shelves(
         _who: Viewer, tool_id: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> list[dict[str, Any]]:
-        """Shelves, the latest set first, with ``active`` true for those in force now."""
+        """Shelves, the latest to start first, with ``active`` true for those in force now and
+        ``planned`` for those still to start."""
         now = ctx.clock()
         with ctx.repo.transaction() as s:
             q = select(ShelfRow)
             if tool_id:
                 q = q.where(ShelfRow.tool_id == tool_id)
             rows = s.scalars(q.order_by(ShelfRow.start_ts.desc(), ShelfRow.id.desc()).limit(limit))
-            return [_row(r) | {"active": r.start_ts <= now < r.end_ts} for r in rows]
+            return [
+                _row(r) | {"active": r.start_ts <= now < r.end_ts, "planned": now < r.start_ts < r.end_ts}
+                for r in rows
+            ]
 
     @app.get("/api/alerts", tags=["alerts"])
     def alerts(_who: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:

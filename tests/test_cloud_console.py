@@ -279,6 +279,19 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_selector("#status:has-text('etch-01 unshelved')")
             assert page.locator("#tool-detail .shelf-now").inner_text() == ""
             assert page.locator("#shelve-form button[name=unshelve]").is_hidden()
+            # A PM on tomorrow's calendar, in the browser's time: planned, then cancelled.
+            tomorrow = datetime.fromtimestamp(time.time() + 86400, LOCAL).strftime("%Y-%m-%dT06:00")
+            page.fill("#shelve-form input[name=from]", tomorrow)
+            page.fill("#shelve-form input[name=reason]", "PM tomorrow")
+            page.click("#shelve-form button[type=submit]")
+            plan = page.locator("#tool-detail .shelf-planned li")
+            plan.first.wait_for()
+            assert plan.inner_text().startswith(f"Planned: from {tomorrow.replace('T', ' ')}:00 until ")
+            assert "by olga: PM tomorrow" in plan.inner_text()
+            assert page.locator("#tool-detail .shelf-now").inner_text() == "", "not in force yet"
+            plan.locator("button:has-text('Cancel')").click()
+            page.wait_for_selector("#status:has-text('planned shelf of etch-01 cancelled')")
+            assert plan.count() == 0
             page.click("#tabs button[data-tab=alerts]")
             page.wait_for_selector("#alerts td.outcome-failure:has-text('failed (rf_match_drift)')")
             # The throttle valve had sat still for 3 h when the alert came: said beside its mode.

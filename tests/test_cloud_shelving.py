@@ -165,3 +165,68 @@ def test_a_shelved_tools_alerts_and_sensor_issues_are_recorded_not_sent(repo: Re
     assert notifier.tick() == 0 and len(hook.got) == 2
     _ingest_alert(ingest, "ETCH001", clock)
     assert notifier.tick() == 1 and hook.got[-1][0]["alert"]["tool_id"] == "ETCH001"
+
+
+def test_a_shelf_planned_ahead_holds_back_only_its_stretch_and_can_be_cancelled(repo: Repo, tmp_path: Path):
+    """A PM on the calendar: the shelf is set ahead, alerts before it start are sent as ever and
+    those within it are held back; a plan that overlaps another is refused with what is in the
+    way; a planned shelf is cancelled before it starts (and then never covered anything)."""
+    clock = Clock()
+    metrics = CloudMetrics()
+    ingest = Ingestor(repo, metrics, clock=clock)
+    users = Users(repo, 30 * 86400, 2**4, clock)
+    users.add("olga", "olga-password", "operator")
+    users.add("vic", "vic-password", "viewer")
+    hc = hardcase(window_ts=clock.t - 3600, seed=0, case_id="c-ETCH001")
+    assert ingest.handle(
+        topic("fab1", "edge-1", Kind.HARDCASE), hc.model_copy(update={"tool_id": "ETCH001"}).to_bytes()
+    )
+    ctx = api_context(repo, tmp_path, users, metrics=metrics, clock=clock, ingest=ingest.handle)
+    start = clock.t + 2 * 3600
+    pm = {"hours": 8, "reason": "PM Friday 06:00", "start_ts": start}
+    with serve(create_app(ctx)) as client:
+        olga, vic = login(client, "olga"), login(client, "vic")
+        far = client.post(
+            "/api/tools/ETCH001/shelve", json=pm | {"start_ts": clock.t + 40 * 86400}, headers=olga
+        )
+        assert far.status_code == 422 and "31 days ahead" in far.text
+        planned = client.post("/api/tools/ETCH001/shelve", json=pm, headers=olga)
+        assert planned.status_code == 200, planned.text
+        plan = planned.json()
+        assert plan["start_ts"] == start and plan["end_ts"] == start + 8 * 3600
+        clash = client.post(
+            "/api/tools/ETCH001/shelve", json=pm | {"start_ts": start + 3600, "reason": "other"}, headers=olga
+        )
+        assert (
+            clash.status_code == 422
+            and f"shelf {plan['id']}" in clash.text
+            and "cancel it first" in clash.text
+        )
+        now_for_day = client.post(
+            "/api/tools/ETCH001/shelve", json={"hours": 24, "reason": "x"}, headers=olga
+        )
+        assert now_for_day.status_code == 422, "a shelf from now would swallow the planned one"
+        listed = client.get("/api/shelves?tool_id=ETCH001", headers=vic).json()
+        assert [(x["planned"], x["active"]) for x in listed] == [(True, False)]
+        assert client.get("/api/tools", headers=vic).json()[0]["shelf"] is None, "not in force yet"
+        _ingest_alert(ingest, "ETCH001", clock)  # before the PM: sent as ever
+        clock.t = start + 60
+        _ingest_alert(ingest, "ETCH001", clock)  # during the PM: held back
+        assert client.get("/api/tools", headers=vic).json()[0]["shelf"]["reason"] == "PM Friday 06:00"
+        said = sorted(
+            (a["received_ts"], a["shelved"] is not None)
+            for a in client.get("/api/alerts", headers=vic).json()
+        )
+        assert [held for _, held in said] == [False, True]
+        assert client.post(f"/api/shelves/{plan['id']}/cancel", headers=vic).status_code == 403
+        # Planned again for next week, then cancelled before it starts.
+        nxt = pm | {"start_ts": start + 7 * 86400}
+        again = client.post("/api/tools/ETCH001/shelve", json=nxt, headers=olga).json()
+        cancelled = client.post(f"/api/shelves/{again['id']}/cancel", headers=olga)
+        assert cancelled.status_code == 200 and cancelled.json()["end_ts"] == nxt["start_ts"]
+        assert cancelled.json()["ended_by"] == "olga"
+        clock.t = nxt["start_ts"] + 60
+        assert client.get("/api/tools", headers=vic).json()[0]["shelf"] is None, "cancelled: never in force"
+        over = client.post(f"/api/shelves/{plan['id']}/cancel", headers=olga)
+        assert over.status_code == 409 and "already over" in over.text
+        assert client.post("/api/shelves/999999/cancel", headers=olga).status_code == 404

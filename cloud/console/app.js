@@ -447,9 +447,21 @@ function fmtShelf(x) { return `until ${fmtTime(x.end_ts)} by ${x.by}: ${x.reason
 async function showRisk(toolId) {
   try {
     const tool = encodeURIComponent(toolId);
-    const [data, shelves] = await Promise.all([api(`/api/tools/${tool}/risk?hours=72`), api(`/api/shelves?tool_id=${tool}&limit=1`)]);
+    const [data, shelves] = await Promise.all([api(`/api/tools/${tool}/risk?hours=72`), api(`/api/shelves?tool_id=${tool}&limit=20`)]);
     const shelf = shelves.find((x) => x.active);
     $(".shelf-now").textContent = shelf ? `Notifications shelved ${fmtShelf(shelf)}` : "";
+    // Shelves planned ahead, the next first, each with a Cancel button for operators.
+    $(".shelf-planned").replaceChildren(...shelves.filter((x) => x.planned).reverse().map((x) => {
+      const li = document.createElement("li");
+      li.textContent = `Planned: from ${fmtTime(x.start_ts)} ${fmtShelf(x)} `;
+      if (can("operator")) {
+        li.append(button("Cancel", async () => {
+          try { await post(`/api/shelves/${x.id}/cancel`); await showRisk(toolId); setStatus(`planned shelf of ${toolId} cancelled`); }
+          catch (err) { setStatus(err.message, true); }
+        }));
+      }
+      return li;
+    }));
     const shelveForm = $("#shelve-form");
     shelveForm.dataset.tool = toolId;
     shelveForm.elements.unshelve.hidden = !shelf;
@@ -681,8 +693,10 @@ $("#shelve-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const f = ev.target, tool = f.dataset.tool;
   try {
-    await post(`/api/tools/${encodeURIComponent(tool)}/shelve`, { hours: Number(f.elements.hours.value), reason: f.elements.reason.value });
-    f.elements.reason.value = "";
+    const from = f.elements.from.value;  // the browser's time zone; blank: now
+    await post(`/api/tools/${encodeURIComponent(tool)}/shelve`, { hours: Number(f.elements.hours.value), reason: f.elements.reason.value,
+      start_ts: from ? new Date(from).getTime() / 1000 : null });
+    f.elements.reason.value = ""; f.elements.from.value = "";
     await refresh(); await showRisk(tool);
     setStatus(`${tool}'s notifications shelved`);
   } catch (err) { setStatus(err.message, true); }
