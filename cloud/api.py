@@ -37,6 +37,7 @@ from cloud.audit import rows as audit_rows
 from cloud.auth import ROLES, Principal, Users
 from cloud.case_window import named_series, type_scaler
 from cloud.config import SensorsConfig
+from cloud.digest import digest
 from cloud.e10_report import CachedReports
 from cloud.errors import (
     AuthError,
@@ -333,6 +334,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
             return e10_reports.get(ctx.clock(), days)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
+
+    @app.get("/api/digest", tags=["fleet"])
+    def fleet_digest(_who: Viewer, hours: Annotated[float, Query(gt=0, le=24 * 31)] = 24.0) -> dict[str, Any]:
+        """The fleet's last ``hours`` in figures and a few sentences: alerts and how many nobody
+        acknowledged, failures and maintenance, sensors looking wrong, shelves now and planned,
+        tuning proposals waiting, learning rounds and rollbacks (cloud/digest.py); what a webhook
+        of kind ``digest`` gets each morning."""
+        with ctx.repo.transaction() as s:
+            return digest(s, ctx.clock(), hours)
 
     @app.get("/api/sensor-issues", tags=["fleet"])
     def sensor_issue_list(

@@ -218,7 +218,7 @@ class LearningConfig(StrictModel):
     warm_start_edge: bool = False
 
 
-NotifyKind = Literal["alert", "rollback", "round_failed", "round_rejected", "sensor", "escalation"]
+NotifyKind = Literal["alert", "rollback", "round_failed", "round_rejected", "sensor", "escalation", "digest"]
 NOTIFY_KINDS: tuple[NotifyKind, ...] = (
     "alert",
     "rollback",
@@ -226,6 +226,7 @@ NOTIFY_KINDS: tuple[NotifyKind, ...] = (
     "round_rejected",
     "sensor",
     "escalation",
+    "digest",
 )
 # round_rejected is asked for by name: the model on the edges stays, so no one has to act, and an
 # operators' channel would otherwise hear of every candidate the gate turned down. So is sensor
@@ -253,6 +254,9 @@ class WebhookConfig(StrictModel):
     # With kind escalation: each alert (of min_probability and sites) nobody acknowledged within
     # this many minutes of the cloud storing it (a shift lead's channel, the on-call phone).
     escalate_after_min: float = Field(default=30.0, gt=0, le=7 * 24 * 60)
+    # With kind digest: the fleet's last 24 h in one message (cloud/digest.py), once a day from
+    # this hour (UTC) on.
+    digest_hour_utc: int = Field(default=6, ge=0, le=23)
 
     @model_validator(mode="after")
     def _one_url(self) -> WebhookConfig:

@@ -19,7 +19,8 @@ dies), the notifier:
    until ``max_attempts``; then it is marked failed and logged;
    a target with kind ``escalation`` also gets each alert that nobody acknowledged within its
    ``escalate_after_min`` of the cloud storing it; an escalation whose alert is acknowledged
-   before it goes is ``withdrawn``, not sent;
+   before it goes is ``withdrawn``, not sent; one with kind ``digest`` gets the fleet's last 24 h
+   (:mod:`cloud.digest`) once a day, from its ``digest_hour_utc`` on;
 3. bounds the queue: beyond ``max_pending`` pending rows for a target, the oldest are marked
    dropped (overflow policy: the newest alerts matter most to someone reading them now), and rows
    done for ``keep_days`` are deleted.
@@ -42,12 +43,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, String, cast, delete, func, literal, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from cloud.config import NotifyConfig, WebhookConfig
+from cloud.digest import digest
 from cloud.errors import CloudError, StorageError
 from cloud.metrics import CloudMetrics
 from cloud.shelving import Shelves, Span
@@ -297,6 +300,16 @@ class Notifier:
                 for r in opened
                 if not target.sites or r.site in target.sites
             ]
+        if "digest" in target.kinds:
+            day = now - now % 86400  # midnight UTC
+            subject = f"digest:{datetime.fromtimestamp(day, UTC):%Y-%m-%d}"
+            due = now >= day + target.digest_hour_utc * 3600
+            sent = select(func.count()).where(
+                NotificationRow.target == name, NotificationRow.subject == subject
+            )
+            if due and s.scalar(sent) == 0:
+                d = digest(s, now)
+                out.append((subject, {"kind": "digest", "text": d.pop("text"), "digest": d}))
         round_key = literal("round:").concat(cast(LearningRound.id, String))  # failed or rejected: one each
         if "round_failed" in target.kinds:
             ended = self._ended(

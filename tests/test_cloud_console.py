@@ -216,6 +216,11 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             assert page.locator("#e10 tr:has-text('etch-02') svg rect.scheduled_down").count() == 1
             said = page.locator("#e10-summary").inner_text()
             assert "equipment uptime 91.5%, 0 failures, 0.0 h unscheduled down, MTBF (no failure)" in said
+            # The last day in a line (cloud/digest.py): the alert, the PM a day ago, the sensors.
+            day = page.locator("#digest").inner_text()
+            assert day.startswith("The last 24 h: 1 alert (etch-01 1), 1 not acknowledged; ") and (
+                "0 failures and 1 maintenance reported; 2 sensors looking stuck or Bad now" in day
+            ), day
             # A click on a header sorts by that column, highest first (the risk by its highest
             # probability; etch-02 has none), a second click the other way; a refresh keeps it.
             tools = page.locator("#tools tbody tr td:first-child")

@@ -151,8 +151,9 @@ function sortable(table) {
 
 const RENDER = {
   async fleet() {
-    const [edges, tools, workers, sensors, e10] = await Promise.all([api("/api/fleet"), api("/api/tools"), api("/api/workers"),
-      api("/api/sensor-issues?limit=50"), api(`/api/e10?days=${$("#e10-days").value}`)]);
+    const [edges, tools, workers, sensors, e10, day] = await Promise.all([api("/api/fleet"), api("/api/tools"), api("/api/workers"),
+      api("/api/sensor-issues?limit=50"), api(`/api/e10?days=${$("#e10-days").value}`), api("/api/digest?hours=24")]);
+    $("#digest").textContent = day.text.replace(/^fabpm, t/, "T");
     const f = e10.fleet;
     $("#e10-summary").textContent = f.known_h ? `Fleet, ${f.tools} tools, to ${fmtTime(e10.now_ts)} on the equipment's clock: ` +
       `equipment uptime ${fmtPct(f.equipment_uptime_pct)}, ${f.failures} failure${f.failures === 1 ? "" : "s"}, ` +
