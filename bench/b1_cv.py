@@ -70,6 +70,19 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
     )
     cfg = replace(cfg, train=replace(cfg.train, keep=args.keep))
     t0 = time.monotonic()
+    if args.ensemble_teachers:  # the model learns from the mean of K others trained as it is
+        teachers = []
+        for k in range(args.ensemble_teachers):
+            seed = args.seed + 1 + k
+            tcfg = replace(cfg.train, seed=seed, progress=False)
+            teacher = fit(
+                new_model(cmapss.model_config(cfg, args.reference), seed), train, val, tcfg, None, {}
+            )
+            teachers.append(predict(teacher.model, train.x))
+        train = train.with_teacher(
+            np.mean([t["rul"] for t in teachers], axis=0), np.mean([t["probs"] for t in teachers], axis=0)
+        )
+        cfg = replace(cfg, train=replace(cfg.train, distil_alpha=args.distil_alpha))
     model = new_model(cmapss.model_config(cfg, args.reference), args.seed)
     res = fit(model, train, val, replace(cfg.train, progress=False), None, {})
     out_val = predict(res.model, scored.x)
@@ -225,6 +238,16 @@ def main() -> int:
         help="also score the held-out windows with this share of the tokens kept (B7)",
     )
     training_options(ap)
+    ap.add_argument(
+        "--ensemble-teachers",
+        type=int,
+        default=0,
+        help="train K models (seeds seed+1 … seed+K) the same way first, and the scored one on "
+        "targets blended with their mean (distillation from an ensemble; its inference cost is one model's)",
+    )
+    ap.add_argument(
+        "--distil-alpha", type=float, default=0.5, help="weight of the teachers' mean in the targets"
+    )
     ap.add_argument("--summarize", action="store_true", help="only the table of what --out holds")
     args = ap.parse_args()
     if not args.summarize:
