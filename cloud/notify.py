@@ -13,14 +13,14 @@ dies), the notifier:
    ``lookback_h`` (the database down, every worker down) is not sent;
    an alert or sensor issue of a tool an operator has shelved (:mod:`cloud.shelving`) when the
    cloud stored it is queued as ``shelved`` and never sent, so the console shows what was held
-   back and unshelving does not send a backlog;
+   back and unshelving does not send a backlog; a target with kind ``escalation`` also gets each
+   alert that nobody acknowledged within its ``escalate_after_min`` of the cloud storing it (due
+   within ``lookback_h``), and one with kind ``digest`` the fleet's last 24 h
+   (:mod:`cloud.digest`) once a day, from its ``digest_hour_utc`` on;
 2. POSTs the pending rows that are due, oldest first, each with a timeout. A 2xx answer marks the
    row delivered. Anything else is retried after ``backoff_s``, doubling up to ``backoff_max_s``,
-   until ``max_attempts``; then it is marked failed and logged;
-   a target with kind ``escalation`` also gets each alert that nobody acknowledged within its
-   ``escalate_after_min`` of the cloud storing it; an escalation whose alert is acknowledged
-   before it goes is ``withdrawn``, not sent; one with kind ``digest`` gets the fleet's last 24 h
-   (:mod:`cloud.digest`) once a day, from its ``digest_hour_utc`` on;
+   until ``max_attempts``; then it is marked failed and logged. An escalation whose alert has
+   been acknowledged meanwhile is ``withdrawn``, not sent;
 3. bounds the queue: beyond ``max_pending`` pending rows for a target, the oldest are marked
    dropped (overflow policy: the newest alerts matter most to someone reading them now), and rows
    done for ``keep_days`` are deleted.
