@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import login
@@ -39,20 +40,26 @@ def _ingest_alert(ingest: Ingestor, tool: str, clock: Clock) -> None:
     assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), _alert(tool, 0.9, ts=clock.t))
 
 
-def test_operators_shelve_and_unshelve_a_tool_and_everyone_sees_it(repo: Repo, tmp_path: Path):
-    clock = Clock()
+def _fleet(repo: Repo, tmp_path: Path, clock: Clock, tools: tuple[str, ...]) -> tuple[Ingestor, Any]:
+    """An ingestor and an API context on ``clock``, operator olga and viewer vic, and a hard case
+    of each of ``tools`` (so the cloud knows them)."""
     metrics = CloudMetrics()
     ingest = Ingestor(repo, metrics, clock=clock)
     users = Users(repo, 30 * 86400, 2**4, clock)
     users.add("olga", "olga-password", "operator")
     users.add("vic", "vic-password", "viewer")
-    for tool in ("ETCH001", "ETCH002"):
+    for tool in tools:
         hc = hardcase(window_ts=clock.t - 3600, seed=0, case_id=f"c-{tool}")
         assert ingest.handle(
             topic("fab1", "edge-1", Kind.HARDCASE), hc.model_copy(update={"tool_id": tool}).to_bytes()
         )
+    return ingest, api_context(repo, tmp_path, users, metrics=metrics, clock=clock, ingest=ingest.handle)
+
+
+def test_operators_shelve_and_unshelve_a_tool_and_everyone_sees_it(repo: Repo, tmp_path: Path):
+    clock = Clock()
+    ingest, ctx = _fleet(repo, tmp_path, clock, ("ETCH001", "ETCH002"))
     _ingest_alert(ingest, "ETCH001", clock)  # before any shelf
-    ctx = api_context(repo, tmp_path, users, metrics=metrics, clock=clock, ingest=ingest.handle)
     with serve(create_app(ctx)) as client:
         olga, vic = login(client, "olga"), login(client, "vic")
         pm = {"hours": 8, "reason": "PM until Friday"}
@@ -172,16 +179,7 @@ def test_a_shelf_planned_ahead_holds_back_only_its_stretch_and_can_be_cancelled(
     those within it are held back; a plan that overlaps another is refused with what is in the
     way; a planned shelf is cancelled before it starts (and then never covered anything)."""
     clock = Clock()
-    metrics = CloudMetrics()
-    ingest = Ingestor(repo, metrics, clock=clock)
-    users = Users(repo, 30 * 86400, 2**4, clock)
-    users.add("olga", "olga-password", "operator")
-    users.add("vic", "vic-password", "viewer")
-    hc = hardcase(window_ts=clock.t - 3600, seed=0, case_id="c-ETCH001")
-    assert ingest.handle(
-        topic("fab1", "edge-1", Kind.HARDCASE), hc.model_copy(update={"tool_id": "ETCH001"}).to_bytes()
-    )
-    ctx = api_context(repo, tmp_path, users, metrics=metrics, clock=clock, ingest=ingest.handle)
+    ingest, ctx = _fleet(repo, tmp_path, clock, ("ETCH001",))
     start = clock.t + 2 * 3600
     pm = {"hours": 8, "reason": "PM Friday 06:00", "start_ts": start}
     with serve(create_app(ctx)) as client:
