@@ -149,7 +149,8 @@ class ShelveIn(BaseModel):
 
     hours: float = Field(gt=0, le=MAX_SHELF_HOURS)
     reason: str = Field(min_length=1, max_length=500)
-    start_ts: float | None = None  # planned ahead (at most a month); None or a time past: now
+    # planned ahead (at most a month); None or a time past: now
+    start_ts: float | None = Field(default=None, allow_inf_nan=False)
 
 
 class Decision(BaseModel):
