@@ -170,6 +170,7 @@ def _report(repo: Repo, days: float, as_json: bool, state_days: float) -> int:
     the console."""
     import time
 
+    from cloud.digest import digest
     from cloud.e10_report import describe_fleet, e10_report
     from cloud.field_report import LEAD_H, MATCH_H, describe, field_report
 
@@ -197,6 +198,8 @@ def _report(repo: Repo, days: float, as_json: bool, state_days: float) -> int:
         print(f"  availability: {describe_fleet(e10_report(repo, time.time(), days, state_days))}")
     else:
         print(f"  availability: not over {days:g} days (state changes are kept {state_days:g} days)")
+    with repo.transaction() as s:  # what a shift hands over: the last day (cloud/digest.py)
+        print(f"  {digest(s, time.time())['text'].removeprefix('fabpm, ')}")
     return 0
 
 

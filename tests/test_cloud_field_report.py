@@ -240,6 +240,8 @@ def test_fabpm_cloud_report_prints_them_without_migrating(tmp_path: Path, capsys
     assert "named by an alert before it for 1 of the 2 warned, pointed to by an alert's sensors for 1" in text
     assert "E3 chamber_deposition: not warned" in text and "E1 rf_match_drift: warned 100 h ahead" in text
     assert "availability: no state changes reported in the window" in text  # its events carry no state
+    day = next(line for line in text.splitlines() if "the last 24 h:" in line)  # cloud/digest.py
+    assert day.strip().startswith("the last 24 h: ") and "maintenance reported" in day, day
     assert main(["report", "--config", str(config), "--days", str(300 / 24), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["outcomes"] == OUTCOMES
     with pytest.raises(CloudError, match="--days"):
