@@ -43,9 +43,7 @@ def tool_history(
     if before_ts is not None:
         a = a.where(at < before_ts)
     items += [_alert_item(r) for r in session.scalars(a.order_by(at.desc()).limit(limit))]
-    items.sort(key=lambda i: i["ts"], reverse=True)
-    more = len(items) > limit
-    items = items[:limit]
+    items = sorted(items, key=lambda i: i["ts"], reverse=True)[:limit]
     last = {
         kind: session.scalar(
             select(func.max(EventRow.source_ts)).where(EventRow.tool_id == tool_id, EventRow.event == kind)
@@ -55,7 +53,8 @@ def tool_history(
     return {
         "tool_id": tool_id,
         "items": items,
-        "next_before_ts": items[-1]["ts"] if more or len(items) == limit else None,
+        # a full page may have more before it (the next page then says so, or is empty)
+        "next_before_ts": items[-1]["ts"] if len(items) == limit else None,
         "last_failure_ts": last["failure"],
         "last_maintenance_ts": last["maintenance"],
     }
