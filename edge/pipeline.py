@@ -66,6 +66,9 @@ class ToolInfo:
     last_mode_ts: float | None = None
     risk: float = float("nan")  # the highest of ``probs``: what the alert rule reads
     probs: dict[str, float] = field(default_factory=dict)  # per mode of the tool's type, last window
+    # The State last read ("" before the first since the edge started): kept here rather than in
+    # the window, which a model with another grid replaces (its state then starts from "").
+    state: str = ""
 
 
 def mode_named(text: str) -> str | None:
@@ -258,17 +261,17 @@ class Pipeline:
 
     def _on_state(self, tool: str, state: str, ts: float, now: float) -> None:
         win = self.windows.get(tool)
-        previous = win.state if win is not None else ""
         if win is not None:
             if win.next_t is not None and ts >= win.next_t:
                 win.close_until(ts, now)
                 self._dirty.add(tool)
             win.set_state(state, ts)
+        info = self.tools[tool]
+        previous, info.state = info.state, state
         if state == previous:
             return
         if self.on_state is not None:
             self.on_state(tool, state)
-        info = self.tools[tool]
         kind = "state"
         if state == E10State.UNSCHEDULED_DOWN.value:
             kind = "failure"

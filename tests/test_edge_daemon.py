@@ -30,6 +30,7 @@ from test_edge_support import (
 
 from edge.config import EdgeConfig
 from edge.daemon import EdgeDaemon
+from edge.inference import load_verified
 from edge.source import SourceEvent
 from edge.updates import announcement_for
 from edge.windows import features
@@ -730,3 +731,23 @@ async def test_an_alarm_flood_is_held_back_and_sent_as_one_summary(tmp_path, fab
     assert summary["detail"]["messages"] == {"RF reflected power high": 7, "etch-01 fault: rf_match_drift": 1}
     (failure,) = [e for e in events if e["event"] == "failure"]
     assert failure["mode"] == "rf_match_drift", "named by the alarm held back"
+
+
+async def test_a_model_on_another_grid_keeps_the_state_a_change_comes_from(tmp_path, fab, mosquitto):
+    """A model with another window rebuilds the tools' windows; the state a change comes from is
+    the tool's, so the next change still says what came before it."""
+    collector = Collector(mosquitto.port)
+    cfg = _cfg(tmp_path, fab, mosquitto.port)
+    daemon, task = await _start(cfg)
+    try:
+        await _push(fab, daemon, 0)
+        wider = release(tmp_path / "rel12", keys(tmp_path / "keys")[0], "2", spec(window=12))
+        daemon._swap("edge-risk", load_verified(wider, daemon.key, 1))
+        assert daemon.pipeline.windows["etch-01"].state == "", "new windows"
+        await _push(fab, daemon, 1, state="scheduled_down")
+        assert await until(lambda: any(e["event"] == "maintenance" for e in collector.of("event")), 10)
+    finally:
+        await _stop(task)
+        collector.stop()
+    (pm,) = [e for e in collector.of("event") if e["event"] == "maintenance"]
+    assert pm["detail"]["previous"] == "productive"
