@@ -19,8 +19,9 @@ from cloud.errors import CloudError
 from cloud.ingest import Ingestor
 from cloud.metrics import CloudMetrics
 from cloud.notify import Notifier, text_of
+from cloud.shelving import shelve
 from cloud.storage import Repo
-from cloud.storage.models import AlertRow, NotificationRow
+from cloud.storage.models import AlertRow, NotificationRow, Tool
 from shared.messages import Alert, Telemetry
 from shared.topics import Kind, topic
 
@@ -403,3 +404,20 @@ def test_an_escalation_lookback_does_not_page_old_history(repo: Repo, receiver: 
         repo, _cfg(receiver.url, lead, lookback_h=1), "w1", CloudMetrics(), clock=clock, env={"HOOK_KEY": "k"}
     )
     assert notifier.tick() == 0 and not receiver.got and not _rows(repo)
+
+
+def test_a_shelved_tools_alert_is_not_escalated(repo: Repo, receiver: Receiver):
+    """An alert stored while its tool was shelved is held back from escalation targets too."""
+    clock = Clock()
+    ingest = Ingestor(repo, CloudMetrics(), clock=clock)
+    lead = {"name": "shift-lead", "kinds": ["escalation"], "escalate_after_min": 20}
+    notifier = Notifier(
+        repo, _cfg(receiver.url, lead), "w1", CloudMetrics(), clock=clock, env={"HOOK_KEY": "k"}
+    )
+    assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), _alert("ETCH001", 0.9, ts=clock.t))
+    with repo.transaction() as s:
+        shelve(s, s.get(Tool, "ETCH001"), 8, "wet clean", "olga", clock.t - 60)
+    clock.t += 21 * 60
+    assert notifier.tick() == 0 and not receiver.got
+    (row,) = _rows(repo)
+    assert row.subject.startswith("escalation:") and row.status == "shelved"
