@@ -25,9 +25,9 @@ from cloud.storage.models import (
     RolloutRow,
     SensorIssueRow,
     ShelfRow,
-    Tool,
     TuningRow,
 )
+from cloud.storage.repo import equipment_now
 
 TOP_TOOLS = 5  # tools named by their alert count
 
@@ -42,16 +42,14 @@ def digest(s: Session, now: float, hours: float = 24.0) -> dict[str, Any]:
         s.execute(select(AlertRow.tool_id, AlertRow.acknowledged_by).where(AlertRow.received_ts >= since))
     )
     per_tool = Counter(tool for tool, _ in alerts)
-    newest = [s.scalar(select(func.max(EventRow.source_ts))), s.scalar(select(func.max(Tool.last_source_ts)))]
-    known = [t for t in newest if t is not None]
-    equipment_now = max(known) if known else now
+    eq_now = equipment_now(s, now)
     events = Counter(
         dict(
             s.execute(
                 select(EventRow.event, func.count())
                 .where(
                     EventRow.event.in_(("failure", "maintenance")),
-                    EventRow.source_ts >= equipment_now - hours * 3600,
+                    EventRow.source_ts >= eq_now - hours * 3600,
                 )
                 .group_by(EventRow.event)
             ).all()

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Select, and_, case, func, literal, or_, select, union_all
 
 from cloud.storage.models import EventRow, Tool
-from cloud.storage.repo import Repo
+from cloud.storage.repo import Repo, equipment_now
 from shared.e10 import E10Metrics, from_hours
 from shared.equipment import E10State
 
@@ -44,12 +44,7 @@ def e10_report(repo: Repo, clock_now: float, days: float, max_days: float) -> di
             f"{max_days:g} days (storage.state_events_days)"
         )
     with repo.transaction() as s:
-        latest = [
-            s.scalar(select(func.max(EventRow.source_ts))),
-            s.scalar(select(func.max(Tool.last_source_ts))),
-        ]
-        known = [t for t in latest if t is not None]
-        now = max(known) if known else clock_now
+        now = equipment_now(s, clock_now)
         since = now - days * 86400
         spans = list(s.execute(_spans(since, now)))
         # only what the report reads: not each tool's telemetry summary and risk (JSON)

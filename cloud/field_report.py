@@ -45,6 +45,7 @@ from sqlalchemy import func, select
 from cloud.intervals import wilson
 from cloud.storage import Repo
 from cloud.storage.models import AlertRow, EventRow, Tool
+from cloud.storage.repo import equipment_now
 from shared.equipment import TOOL_TYPES
 
 H = 3600.0
@@ -253,13 +254,7 @@ def field_report(repo: Repo, clock_now: float, days: float, lead_h: float, match
     clock)."""
     at = func.coalesce(AlertRow.source_ts, AlertRow.ts)  # the equipment's clock, as events are
     with repo.transaction() as s:
-        latest = [
-            s.scalar(select(func.max(at))),
-            s.scalar(select(func.max(EventRow.source_ts))),
-            s.scalar(select(func.max(Tool.last_source_ts))),  # telemetry's, every minute or so
-        ]
-        known = [t for t in latest if t is not None]
-        now = max(known) if known else clock_now
+        now = equipment_now(s, clock_now, at)
         since = now - days * 86400
         reach = since - match_h * H  # alerts before the window warn of its first failures
         alerts = [

@@ -53,6 +53,7 @@ from cloud.storage.models import (
     SensorIssueRow,
     ShelfRow,
 )
+from cloud.storage.repo import equipment_now
 from cloud.verdicts import VerdictService
 
 _logger = logging.getLogger(__name__)
@@ -339,30 +340,41 @@ class CloudService:
         return n
 
     def _prune(self) -> None:
-        """Every hour: what ``storage``'s retention settings say is old goes (in chunks)."""
+        """Every hour: what ``storage``'s retention settings say is old goes (in chunks). Rows
+        stamped on the equipment's clock (events) are aged by it (:func:`equipment_now`): the
+        simulator's runs months off the cloud's, and its first hours of state changes were pruned
+        as soon as they came."""
         st, now = self.cfg.storage, self.clock()
         day = 86400.0
+        try:
+            with self.repo.transaction() as s:
+                on_equipment = equipment_now(s, now)
+        except StorageError as exc:
+            _logger.warning("pruning: %s", exc)
+            return
         jobs = (
-            ("risk points", RiskPoint.ts, st.risk_history_days, ()),
-            ("de-duplication keys", SeenMessage.received_ts, st.dedup_days, ()),
+            ("risk points", RiskPoint.ts, st.risk_history_days, now, ()),
+            ("de-duplication keys", SeenMessage.received_ts, st.dedup_days, now, ()),
             # failures and maintenance bound the labels (cloud/labels.py): never pruned
             (
                 "state and alarm events",
                 EventRow.source_ts,
                 st.state_events_days,
+                on_equipment,
                 (EventRow.event.not_in(RESET_EVENTS),),
             ),
-            ("dead letters", DeadLetter.received_ts, st.dead_letters_days, ()),
+            ("dead letters", DeadLetter.received_ts, st.dead_letters_days, now, ()),
             # Sensor issues as state events are, by when they ended (a sensor's history of the same
-            # age); open ones (closed_ts NULL) stay, as prune_older leaves NULLs.
-            ("ended sensor issues", SensorIssueRow.closed_ts, st.state_events_days, ()),
-            ("audit rows", AuditEntry.ts, st.audit_days, ()),
-            ("ended shelves", ShelfRow.end_ts, st.audit_days, ()),  # who shelved what: as the audit
-            ("login failure counters", LoginFailure.last_ts, self.users.throttle.forget_s / day, ()),
+            # age; closed_ts is the cloud's clock); open ones (closed_ts NULL) stay, as prune_older
+            # leaves NULLs.
+            ("ended sensor issues", SensorIssueRow.closed_ts, st.state_events_days, now, ()),
+            ("audit rows", AuditEntry.ts, st.audit_days, now, ()),
+            ("ended shelves", ShelfRow.end_ts, st.audit_days, now, ()),  # who shelved what: as the audit
+            ("login failure counters", LoginFailure.last_ts, self.users.throttle.forget_s / day, now, ()),
         )
-        for what, column, days, where in jobs:
+        for what, column, days, until, where in jobs:
             try:
-                gone = self.repo.prune_older(column, now - days * day, *where)
+                gone = self.repo.prune_older(column, until - days * day, *where)
             except StorageError as exc:
                 _logger.warning("pruning %s: %s", what, exc)
                 continue

@@ -50,6 +50,7 @@ def test_old_rows_go_and_what_bounds_the_labels_stays(db_url: str, tmp_path: Pat
                     _event("old-state", "state", 95),
                     _event("old-alarm", "alarm", 91),
                     _event("new-state", "state", 10),
+                    _event("now-state", "state", 0),  # the equipment's clock is the cloud's here
                     _event("old-failure", "failure", 400),
                     _event("old-maintenance", "maintenance", 200),
                 ]
@@ -81,12 +82,32 @@ def test_old_rows_go_and_what_bounds_the_labels_stays(db_url: str, tmp_path: Pat
             assert list(s.scalars(select(ShelfRow.tool_id))) == ["t364"]
             assert sorted(s.scalars(select(SeenMessage.msg_id))) == ["m2", "m3"]
             kept = sorted(s.scalars(select(EventRow.msg_id)))
-            assert kept == ["new-state", "old-failure", "old-maintenance"]
+            assert kept == ["new-state", "now-state", "old-failure", "old-maintenance"]
             assert s.scalar(select(func.count()).select_from(DeadLetter)) == 1
             assert s.scalar(select(func.count()).select_from(RiskPoint)) == 0
             assert list(s.scalars(select(LoginFailure.username))) == ["kept"]
             # sensor issues as state events; one still open stays whatever its age
             assert sorted(s.scalars(select(SensorIssueRow.sensor))) == ["long", "open"]
+    finally:
+        svc.stop()
+
+
+def test_events_age_by_the_equipments_clock_not_the_clouds(db_url: str, tmp_path: Path):
+    """A simulator's clock runs months off the cloud's (the demo's by about eleven): its state
+    changes are aged from the newest source time the cloud holds, so those of its first hours are
+    not pruned as soon as they come (they were, and the E10 figures lost them)."""
+    storage = {"url": db_url, "state_events_days": 90}
+    year_later = NOW + 365 * DAY  # the cloud's clock; the equipment's "now" is NOW (its newest event)
+    svc = CloudService(cloud_config(db_url, free_port(), tmp_path, storage=storage), clock=lambda: year_later)
+    try:
+        migrate(svc.engine)
+        with svc.repo.transaction() as s:
+            s.add_all(
+                [_event("newest", "state", 0), _event("day-old", "state", 1), _event("stale", "state", 95)]
+            )
+        svc._prune()
+        with svc.repo.transaction() as s:
+            assert sorted(s.scalars(select(EventRow.msg_id))) == ["day-old", "newest"]
     finally:
         svc.stop()
 

@@ -19,11 +19,22 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from cloud.errors import StorageError
-from cloud.storage.models import Case, LabelRow, Lease, RiskPoint, SeenMessage
+from cloud.storage.models import Case, EventRow, LabelRow, Lease, RiskPoint, SeenMessage, Tool
 
 Clock = Callable[[], float]
 RiskAt = tuple[float, dict[str, float]]  # (time, risk per mode)
 UPSERT_ATTEMPTS = 3  # concurrent first inserts of one edge/tool row by two workers
+
+
+def equipment_now(s: Session, clock_now: float, *also: Any) -> float:
+    """ "Now" on the equipment's clock: the newest source time the cloud holds (state events, the
+    tools' telemetry, and any column in ``also``), ``clock_now`` while there is none. On a plant
+    that is the wall clock within the time since the last report; a simulator keeps its own
+    (the demo's is months off the wall clock), and every figure and retention on source times
+    must count from it, not from the cloud's clock."""
+    latest = [s.scalar(select(func.max(c))) for c in (EventRow.source_ts, Tool.last_source_ts, *also)]
+    known = [float(t) for t in latest if t is not None]
+    return max(known) if known else clock_now
 
 
 class Duplicate(Exception):
