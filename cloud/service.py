@@ -348,7 +348,9 @@ class CloudService:
         day = 86400.0
         try:
             with self.repo.transaction() as s:
-                on_equipment = equipment_now(s, now)
+                # never later than the cloud's clock: one tool's clock set years ahead must not
+                # make every other tool's history look old enough to delete
+                on_equipment = min(equipment_now(s, now), now)
         except StorageError as exc:
             _logger.warning("pruning: %s", exc)
             return

@@ -108,6 +108,12 @@ def test_events_age_by_the_equipments_clock_not_the_clouds(db_url: str, tmp_path
         svc._prune()
         with svc.repo.transaction() as s:
             assert sorted(s.scalars(select(EventRow.msg_id))) == ["day-old", "newest"]
+            # One tool whose clock is years ahead does not age the others' history past the cloud's.
+            s.add(_event("clock-wrong", "state", -5 * 365))
+        svc.clock = lambda: NOW + DAY
+        svc._prune()
+        with svc.repo.transaction() as s:
+            assert sorted(s.scalars(select(EventRow.msg_id))) == ["clock-wrong", "day-old", "newest"]
     finally:
         svc.stop()
 
