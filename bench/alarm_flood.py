@@ -69,7 +69,8 @@ def run(rate: float, hours: float, gated: bool, folder: Path) -> dict[str, float
     if gated:
         for _, ts, detail in gate.summaries(force=True):  # the edge stops
             box.put(Kind.EVENT, where, _event(ts, detail), 1, msg_id="stop")
-    rows, size = len(box), box._bytes
+    stats = box.stats()
+    rows, size = stats["messages"], stats["bytes"]
     box.close()
     return {"alarms": n, "rows": rows, "bytes": size, "gate_us": 1e6 * gate_s / n if gated else 0.0}
 

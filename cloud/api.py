@@ -57,7 +57,7 @@ from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.sensor_health import DEFAULT_LIMITS, sensor_issues
 from cloud.shelving import MAX_HOURS as MAX_SHELF_HOURS
-from cloud.shelving import Shelves, Span, cancel, shelve, unshelve
+from cloud.shelving import Shelves, Span, cancel, in_force, planned, shelve, unshelve
 from cloud.storage.models import (
     AlertRow,
     Case,
@@ -500,7 +500,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 q = q.where(ShelfRow.tool_id == tool_id)
             rows = s.scalars(q.order_by(ShelfRow.start_ts.desc(), ShelfRow.id.desc()).limit(limit))
             return [
-                _row(r) | {"active": r.start_ts <= now < r.end_ts, "planned": now < r.start_ts < r.end_ts}
+                _row(r)
+                | {
+                    "active": in_force(r.start_ts, r.end_ts, now),
+                    "planned": planned(r.start_ts, r.end_ts, now),
+                }
                 for r in rows
             ]
 

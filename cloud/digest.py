@@ -18,13 +18,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from cloud.shelving import Shelves, in_force, planned
 from cloud.storage.models import (
     AlertRow,
     EventRow,
     LearningRound,
     RolloutRow,
     SensorIssueRow,
-    ShelfRow,
     TuningRow,
 )
 from cloud.storage.repo import equipment_now
@@ -55,18 +55,9 @@ def digest(s: Session, now: float, hours: float = 24.0) -> dict[str, Any]:
             ).all()
         )
     )
-    shelved = s.scalars(
-        select(ShelfRow).where(ShelfRow.start_ts <= now, ShelfRow.end_ts > now).order_by(ShelfRow.tool_id)
-    ).all()
-    planned = s.scalars(
-        select(ShelfRow)
-        .where(
-            ShelfRow.start_ts > now,
-            ShelfRow.start_ts <= now + hours * 3600,
-            ShelfRow.end_ts > ShelfRow.start_ts,
-        )
-        .order_by(ShelfRow.start_ts)
-    ).all()
+    spans = [x for tool in Shelves(s, now, now + hours * 3600).by_tool.values() for x in tool]
+    shelved = sorted((x for x in spans if in_force(x.start_ts, x.end_ts, now)), key=lambda x: x.tool_id)
+    ahead = sorted((x for x in spans if planned(x.start_ts, x.end_ts, now)), key=lambda x: x.start_ts)
     open_sensors = s.scalar(
         select(func.count()).select_from(SensorIssueRow).where(SensorIssueRow.end_ts.is_(None))
     )
@@ -100,7 +91,7 @@ def digest(s: Session, now: float, hours: float = 24.0) -> dict[str, Any]:
         ],
         "shelves_planned": [
             {"tool_id": r.tool_id, "start_ts": r.start_ts, "end_ts": r.end_ts, "by": r.by, "reason": r.reason}
-            for r in planned
+            for r in ahead
         ],
         "tuning_waiting": int(waiting or 0),
         "rounds": {str(k): int(v) for k, v in rounds.items()},

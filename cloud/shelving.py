@@ -37,6 +37,16 @@ MAX_HOURS = 7 * 24.0  # a week covers a PM with its qualification runs; longer n
 MAX_AHEAD_DAYS = 31.0  # how far ahead a shelf may be planned: a month's maintenance calendar
 
 
+def in_force(start_ts: float, end_ts: float, ts: float) -> bool:
+    """Whether a shelf from ``start_ts`` to ``end_ts`` holds notifications back at ``ts``."""
+    return start_ts <= ts < end_ts
+
+
+def planned(start_ts: float, end_ts: float, now: float) -> bool:
+    """Whether a shelf is still to start at ``now`` (a cancelled one, ending where it began, is not)."""
+    return now < start_ts < end_ts
+
+
 def active(s: Session, tool_id: str, now: float) -> ShelfRow | None:
     """The shelf ``tool_id`` is under at ``now``, if any."""
     q = select(ShelfRow).where(ShelfRow.tool_id == tool_id, ShelfRow.start_ts <= now, ShelfRow.end_ts > now)
@@ -139,5 +149,5 @@ class Shelves:
 
     def covering(self, tool_id: str, ts: float) -> Span | None:
         """The shelf ``tool_id`` was under at ``ts``, if any (the latest one set)."""
-        spans = [x for x in self.by_tool.get(tool_id, ()) if x.start_ts <= ts < x.end_ts]
+        spans = [x for x in self.by_tool.get(tool_id, ()) if in_force(x.start_ts, x.end_ts, ts)]
         return max(spans, key=lambda x: x.start_ts) if spans else None
