@@ -118,6 +118,10 @@ class Pipeline:
         # index -> (kind, tool, sensor index or name)
         self._routes: list[tuple[int, str, int | str]] = []
         self._sensor_pos: dict[str, dict[str, int]] = {}
+        # Routed before any model: a new edge may wait days for its first release, and the tools'
+        # state changes (labels, SEMI E10 figures) and setpoints must not wait with it. Sensor
+        # values have no window to go to until a model says the grid.
+        self._build_routes()
 
     def set_model(self, model: RiskModel | None) -> None:
         """Use ``model`` from the next batch on; rebuilds the windows when its grid differs."""
@@ -133,7 +137,7 @@ class Pipeline:
             or old.spec.step_s != spec.step_s
             or old.spec.reference_rows != spec.reference_rows
             or not self.windows
-        ):
+        ):  # the routes are rebuilt too: a sensor's index depends on the window
             kept = self.reference_states()  # a tool's reference outlives a model swap when it fits
             self.windows = {
                 t: ToolWindow(

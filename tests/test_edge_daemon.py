@@ -751,3 +751,24 @@ async def test_a_model_on_another_grid_keeps_the_state_a_change_comes_from(tmp_p
         collector.stop()
     (pm,) = [e for e in collector.of("event") if e["event"] == "maintenance"]
     assert pm["detail"]["previous"] == "productive"
+
+
+async def test_an_edge_without_a_model_still_sends_state_changes_and_failures(tmp_path, fab, mosquitto):
+    """A new edge waits for its first release, maybe for days: the tools' state changes, the
+    labels and SEMI E10 figures come from, must not wait with it."""
+    collector = Collector(mosquitto.port)
+    _, pub = keys(tmp_path / "keys")
+    cfg = edge_config(tmp_path, fab.endpoint, mosquitto.port, models={"public_key": str(pub)})
+    daemon, task = await _start(cfg)
+    try:
+        assert daemon.pipeline.model is None
+        assert await until(lambda: len(collector.of("event")) >= len(fab.tools), 10)
+        daemon.pipeline.failure_grace_s = 0.0
+        await _push(fab, daemon, 1, state="unscheduled_down")
+        assert await until(lambda: any(e["event"] == "failure" for e in collector.of("event")), 10)
+    finally:
+        await _stop(task)
+        collector.stop()
+    (failure,) = [e for e in collector.of("event") if e["event"] == "failure"]
+    assert failure["tool_id"] == "etch-01" and failure["detail"]["previous"] == "productive"
+    assert not collector.of("alert"), "no model, no risk: nothing to alert on"
