@@ -63,6 +63,7 @@ from cloud.storage.models import (
     Case,
     DeadLetter,
     Edge,
+    EventRow,
     LabelRow,
     NotificationRow,
     SeenMessage,
@@ -367,27 +368,45 @@ def create_app(ctx: ApiContext) -> FastAPI:
         hours: Annotated[float, Query(gt=0, le=24 * 366)] = 72.0,
         points: Annotated[int, Query(ge=10, le=2000)] = 300,
     ) -> dict[str, Any]:
-        """The tool's risk per mode over the last ``hours`` (at most ``points``, peaks kept) and its
-        alerts in that time: what the console's trend chart draws."""
-        since = ctx.clock() - hours * 3600
+        """The tool's risk per mode over its last ``hours`` (at most ``points``, peaks kept) and its
+        alerts in that time: what the console's trend chart draws. On the equipment's clock, as
+        the tool's history: the hours end at the newest source time the tool reported
+        (``until_ts``; the cloud's clock for a tool that never said one)."""
         with ctx.repo.transaction() as s:
             tool = s.get(Tool, tool_id)
             if tool is None:
                 raise HTTPException(404, "no such tool")
+            until = tool.last_source_ts if tool.last_source_ts is not None else ctx.clock()
+            since = until - hours * 3600
             modes = type_modes(tool.tool_type) if tool.tool_type else None
-            q = select(AlertRow).where(AlertRow.tool_id == tool_id, AlertRow.ts >= since)
-            alerts = s.scalars(q.order_by(AlertRow.ts))
+            at = func.coalesce(AlertRow.source_ts, AlertRow.ts)  # alerts before 0006 have no source time
+            alerts = s.scalars(select(AlertRow).where(AlertRow.tool_id == tool_id, at >= since).order_by(at))
             marks = [
-                {"ts": a.ts, "mode": a.mode, "probability": a.probability, "evidence": a.evidence}
+                {
+                    "ts": a.source_ts if a.source_ts is not None else a.ts,
+                    "mode": a.mode,
+                    "probability": a.probability,
+                    "evidence": a.evidence,
+                }
                 for a in alerts
             ]
+            # failures and maintenance, so the chart shows how far ahead the risk rose
+            q = select(EventRow.source_ts, EventRow.event, EventRow.mode).where(
+                EventRow.tool_id == tool_id,
+                EventRow.source_ts >= since,
+                EventRow.event.in_(("failure", "maintenance")),
+            )
+            rows = s.execute(q.order_by(EventRow.source_ts))
+            events = [{"ts": ts, "event": ev, "mode": m} for ts, ev, m in rows]
         history = ctx.repo.risk_history(tool_id, since, points)
         return {
             "tool_id": tool_id,
             "tool_modes": modes,
             "since_ts": since,
+            "until_ts": until,
             "points": [{"ts": ts, "risk": risk} for ts, risk in history],
             "alerts": marks,
+            "events": events,
         }
 
     @app.get("/api/tools/{tool_id}/history", tags=["fleet"])

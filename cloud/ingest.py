@@ -255,8 +255,12 @@ class Ingestor:
                 if before or issues:  # only then is there a stretch to open, extend or end
                     at = msg.source_ts if msg.source_ts is not None else msg.ts
                     track_sensor_issues(s, (msg.edge_id, msg.site, msg.tool_id), issues, at, now)
-            if msg.risk:
-                s.add(RiskPoint(tool_id=msg.tool_id, ts=msg.ts, risk=dict(msg.risk)))
+            if msg.risk_trace is not None:  # the risk at each step the edge ran (shared.risk_trace)
+                for p in msg.risk_trace:
+                    s.add(RiskPoint(tool_id=msg.tool_id, ts=msg.ts, source_ts=p.ts, risk=dict(p.risk)))
+            elif msg.risk:  # an older edge: its risk at the message, at the summary's newest row
+                at = msg.source_ts if msg.source_ts is not None else msg.ts
+                s.add(RiskPoint(tool_id=msg.tool_id, ts=msg.ts, source_ts=at, risk=dict(msg.risk)))
             return None
         if isinstance(msg, Tuning):
             if msg.tool_type:  # a proposal says the tool's type: known before its first telemetry

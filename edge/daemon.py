@@ -332,6 +332,7 @@ class EdgeDaemon:
                         risk=risk,
                         tool_type=info.tool_type,
                         source_ts=self.pipeline.newest_ts(tool),
+                        risk_trace=self.pipeline.take_trace(tool),
                     )
                 )
 

@@ -37,13 +37,15 @@ from edge.source import SourceEvent, TagRef, Value
 from edge.windows import DOWN, ReadyWindow, ToolWindow, features
 from shared.equipment import ALL_MODES, E10State, tool_type
 from shared.evidence import Explanation, explain, reference_known
-from shared.messages import Event, Message, new_msg_id
+from shared.messages import RISK_TRACE_MAX, Event, Message, RiskSample, new_msg_id
 from shared.reference import ReferenceTracker
+from shared.risk_trace import RiskAt, thin_peaks
 
 _logger = logging.getLogger(__name__)
 
 SENSOR, STATE, SETPOINT, COUNTER, OTHER = 0, 1, 2, 3, 4
 MODE_MATCH_S = 3600.0  # an alarm this close (source time) to a failure names its mode
+RISK_TRACE_HELD = 3600  # risk points kept per tool between two telemetry messages
 Emit = Callable[[Message], None]
 
 
@@ -69,6 +71,9 @@ class ToolInfo:
     # The State last read ("" before the first since the edge started): kept here rather than in
     # the window, which a model with another grid replaces (its state then starts from "").
     state: str = ""
+    # (window end, probs) at each step run since the last telemetry took them (take_trace); the
+    # oldest go first past RISK_TRACE_HELD, which telemetry every minute never nears
+    trace: deque[RiskAt] = field(default_factory=lambda: deque(maxlen=RISK_TRACE_HELD))
 
 
 def mode_named(text: str) -> str | None:
@@ -408,8 +413,11 @@ class Pipeline:
                 functools.partial(self._explain, model, x[i], win),
                 model.name_mode(win.tool_type, pred.embedding[i]),
             )
-            self.tools[win.tool_id].risk = decision.risk
-            self.tools[win.tool_id].probs = decision.probs
+            info = self.tools[win.tool_id]
+            info.risk = decision.risk
+            info.probs = decision.probs
+            if all(0.0 <= p <= 1.0 for p in decision.probs.values()):  # NaN would void the telemetry
+                info.trace.append((win.ts, dict(decision.probs)))
             if decision.alert is not None:
                 self.emit(decision.alert)
                 self.metrics.alerts.inc()
@@ -450,6 +458,14 @@ class Pipeline:
         except (ModelError, ValueError, KeyError) as exc:
             _logger.warning("alert of %s sent without its sensors: %s", tool, exc)
             return Explanation([], None)
+
+    def take_trace(self, tool: str) -> list[RiskSample]:
+        """The tool's risk at each step run since the last call, oldest first, thinned to
+        ``RISK_TRACE_MAX`` with every peak kept (``Telemetry.risk_trace``); emptied."""
+        trace = self.tools[tool].trace
+        points = thin_peaks(list(trace), RISK_TRACE_MAX)
+        trace.clear()
+        return [RiskSample(ts=ts, risk=risk) for ts, risk in points]
 
     def rows_written(self, tool: str) -> int:
         """Grid rows the tool's window has closed since the edge started (telemetry's period)."""

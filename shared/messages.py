@@ -132,6 +132,19 @@ class Event(Message):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
+_MODE = Annotated[str, Field(min_length=1, max_length=64)]
+_PROBABILITY = Annotated[float, Field(ge=0.0, le=1.0)]
+RISK_TRACE_MAX = 60  # risk points per telemetry message: one a second at the default 60 s
+
+
+class RiskSample(BaseModel):
+    """The tool's risk per mode at the end of one window it ran (``Telemetry.risk_trace``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ts: float = Field(allow_inf_nan=False)  # the window's end, on the equipment's clock
+    risk: dict[_MODE, _PROBABILITY] = Field(max_length=32)
+
+
 class Telemetry(Message):
     SCHEMA: ClassVar[str] = "telemetry/1"
     KIND: ClassVar[Kind] = Kind.TELEMETRY
@@ -150,6 +163,11 @@ class Telemetry(Message):
     # measures how long each tool reported (false alarms per tool-month). None from older edges;
     # as above, upgrade the cloud first.
     source_ts: float | None = None
+    # The risk at each inference step since the previous telemetry, on the equipment's clock
+    # (``shared.risk_trace``: thinned to RISK_TRACE_MAX with every peak kept; [] when no window
+    # was run): the cloud's risk chart. None from older edges, whose chart gets ``risk`` once per
+    # message; as above, upgrade the cloud first.
+    risk_trace: list[RiskSample] | None = Field(default=None, max_length=RISK_TRACE_MAX)
 
 
 class Tuning(Message):

@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import pytest
+from conftest import login
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from test_cloud_auth import Clock, api_context, serve
 
+from cloud.api import create_app
+from cloud.auth import Users
 from cloud.ingest import Ingestor
 from cloud.metrics import CloudMetrics
 from cloud.storage import Repo
 from cloud.storage.models import SensorIssueRow, Tool
-from shared.messages import Alert, Event, Telemetry
+from shared.messages import RISK_TRACE_MAX, Alert, Event, RiskSample, Telemetry
+from shared.risk_trace import thin_peaks
 from shared.topics import Kind, topic
 
 
@@ -216,3 +221,58 @@ def test_the_migration_closes_duplicate_open_stretches_a_race_left(db_url: str):
             assert [(r.end_ts, r.closed_ts) for r in rows] == [(None, None), (11.0, 6.0), (12.0, 7.0)]
     finally:
         engine.dispose()
+
+
+def test_the_risk_chart_is_on_the_equipments_clock_with_every_step_and_the_failures(repo: Repo, tmp_path):
+    """An edge sends the risk at each window it ran (``risk_trace``); the chart's hours end at the
+    tool's newest source time, its points, alerts and failures on that clock as the tool's history
+    is, even with the equipment's clock months behind the cloud's (the demo's simulator)."""
+    clock = Clock()
+    metrics = CloudMetrics()
+    ingest = Ingestor(repo, metrics, clock=clock)
+    users = Users(repo, 3600, 2**4, clock)
+    users.add("vic", "vic-password", "viewer")
+    h = 3600.0
+    t0 = clock.t - 300 * 86400  # the equipment's clock, far behind the cloud's
+    tel = topic("fab1", "edge-1", Kind.TELEMETRY)
+    for m in range(100):  # 100 telemetry messages, each with the 30 steps (30 min) run since the last
+        clock.t += 60.0
+        trace = [
+            RiskSample(ts=t0 + (30 * m + k) * h / 2, risk={"wear": min(1.0, (30 * m + k) / 3000)})
+            for k in range(30)
+        ]
+        assert ingest.handle(
+            tel, _telemetry(clock.t, {"wear": 0.5}, source_ts=trace[-1].ts, risk_trace=trace)
+        )
+    end = t0 + 2999 * h / 2
+    clock.t += 60.0
+    assert ingest.handle(tel, _telemetry(clock.t, {"wear": 0.5}, source_ts=end, risk_trace=[]))  # nothing ran
+    for before in (80, 20):  # the first outside the 72 h
+        alert = Alert(
+            edge_id="edge-1", site="fab1", tool_id="etch-01", mode="wear", probability=0.9,
+            model_version="r1", episode_start_ts=end - before * h, source_ts=end - before * h,
+        )  # fmt: skip
+        assert ingest.handle(topic("fab1", "edge-1", Kind.ALERT), alert.to_bytes())
+    fail = Event(
+        edge_id="edge-1", site="fab1", tool_id="etch-01", event="failure", mode="wear", source_ts=end
+    )
+    assert ingest.handle(topic("fab1", "edge-1", Kind.EVENT), fail.to_bytes())
+    ctx = api_context(repo, tmp_path, users, metrics=metrics, clock=clock, ingest=ingest.handle)
+    with serve(create_app(ctx)) as client:
+        got = client.get("/api/tools/etch-01/risk?hours=72&points=2000", headers=login(client, "vic")).json()
+    assert got["until_ts"] == end and got["since_ts"] == end - 72 * h
+    assert len(got["points"]) == 145 and got["points"][-1]["ts"] == end  # a point per half hour
+    assert got["points"][0]["ts"] == end - 72 * h
+    assert [a["ts"] for a in got["alerts"]] == [end - 20 * h]  # its source time, not when sent
+    assert got["events"] == [{"ts": end, "event": "failure", "mode": "wear"}]
+    assert got["points"][-1]["risk"]["wear"] == pytest.approx(2999 / 3000)
+
+
+def test_an_edge_thins_its_risk_trace_to_the_messages_cap_with_the_peak_kept():
+    points = [(float(i), {"wear": 0.9 if i == 777 else 0.1}) for i in range(3600)]
+    thin = thin_peaks(points, RISK_TRACE_MAX)
+    assert len(thin) == RISK_TRACE_MAX and thin[-1][0] == 3599.0
+    assert max(r["wear"] for _, r in thin) == 0.9
+    assert thin_peaks(points[:5], RISK_TRACE_MAX) == points[:5]
+    with pytest.raises(ValueError):
+        thin_peaks(points, 0)

@@ -134,6 +134,13 @@ async def test_alert_raised_before_the_failure_and_events_forwarded(tmp_path, fa
     assert len(tel["risk"]) > 1 and set(tel["risk"]) <= set(tool_type("plasma_etch").mode_names)
     assert max(tel["risk"].values()) == pytest.approx(risk_then)
     assert tel["tool_type"] == "plasma_etch"  # the cloud knows the type before any hard case
+    # ... and the risk at each window run since the edge started, on the grid (the cloud's chart);
+    # the tool then down, nothing ran before the next message.
+    trace = tel["risk_trace"]
+    assert trace and [p["ts"] for p in trace] == sorted({p["ts"] for p in trace})
+    assert all(p["ts"] % STEP == 0 and p["ts"] <= tel["source_ts"] for p in trace)  # the grid's times
+    assert trace[-1]["risk"] == tel["risk"] and later["risk_trace"] == []
+    assert collector.of("alert")[0]["source_ts"] in {p["ts"] for p in trace}  # the alert's window
     # Each sensor's health now beside its figures for the period (what the Fleet tab flags).
     assert set(tel["summary"]) == set(tool_type("plasma_etch").sensor_names)
     assert all({"unchanged_s", "bad_s"} <= set(v) for v in tel["summary"].values())

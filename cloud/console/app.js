@@ -395,7 +395,8 @@ const PALETTE = ["#16324f", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f
 function trend(data) {
   const W = 760, H = 220, L = 34, R = 8, T = 8, B = 22;
   // The time axis spans the data (a young tool's hour fills the chart), within the window asked.
-  const times = [...data.points.map((p) => p.ts), ...data.alerts.map((a) => a.ts)];
+  const events = data.events || [];
+  const times = [...data.points.map((p) => p.ts), ...data.alerts.map((a) => a.ts), ...events.map((e) => e.ts)];
   const t0 = times.length ? Math.min(...times) : data.since_ts, t1 = Math.max(t0 + 1, ...times);
   const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
   const y = (v) => T + (1 - v) * (H - T - B);
@@ -406,6 +407,11 @@ function trend(data) {
   }
   for (const [t, anchor] of [[t0, "start"], [t1, "end"]]) {
     const lab = svg("text", { x: x(t), y: H - 6, "text-anchor": anchor, class: "axis" }); lab.textContent = fmtTime(t); box.append(lab);
+  }
+  for (const e of events) {  // a failure (red) or a maintenance (grey): how far ahead the risk rose
+    const line = svg("line", { x1: x(e.ts), x2: x(e.ts), y1: T, y2: H - B, class: `event-mark ${e.event}` });
+    const said = svg("title", {}); said.textContent = `${e.event} ${fmtTime(e.ts)}${e.mode ? `: ${e.mode}` : ""}`;
+    line.append(said); box.append(line);
   }
   const modes = [...new Set(data.points.flatMap((p) => Object.keys(p.risk)))].sort();
   const legend = document.createElement("p"); legend.className = "legend";
@@ -468,7 +474,9 @@ async function showRisk(toolId) {
     shelveForm.elements.unshelve.hidden = !shelf;
     const detail = $("#tool-detail");
     const n = data.alerts.length;
-    $("h2", detail).textContent = `Risk of ${toolId}, last 72 h (${data.points.length} points, ${n} alert${n === 1 ? "" : "s"})`;
+    const failures = (data.events || []).filter((e) => e.event === "failure").length;
+    $("h2", detail).textContent = `Risk of ${toolId}, its last 72 h to ${fmtTime(data.until_ts)} (${data.points.length} points, ` +
+      `${n} alert${n === 1 ? "" : "s"}, ${failures} failure${failures === 1 ? "" : "s"})`;
     $(".trend", detail).replaceChildren(...trend(data));
     const form = $("#event-form");
     form.dataset.tool = toolId;

@@ -284,17 +284,21 @@ class WorkerSession(Base):
 
 
 class RiskPoint(Base):
-    """A tool's failure risk per mode as the edge reported it in one telemetry message (about one a
-    minute per tool): the history the console plots. Kept ``storage.risk_history_days``; older
-    points are deleted every hour (:meth:`cloud.storage.repo.Repo.prune_risk`)."""
+    """A tool's failure risk per mode at one of the edge's inference steps (``Telemetry.risk_trace``;
+    from older edges, the risk at each telemetry message): the history the console plots, on the
+    equipment's clock (``source_ts``) as the tool's history is. Kept ``storage.risk_history_days``
+    by ``ts``, when the edge sent it; older points are deleted every hour
+    (:meth:`cloud.storage.repo.Repo.prune_risk`)."""
 
     __tablename__ = "risk_points"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tool_id: Mapped[str] = mapped_column(String(128))
     ts: Mapped[float] = mapped_column(Float, index=True)
+    # The window's end on the equipment's clock; None never written since migration 0018
+    source_ts: Mapped[float | None] = mapped_column(Float, nullable=True)
     risk: Mapped[dict[str, Any]] = mapped_column(JSON)
 
-    __table_args__ = (Index("ix_risk_points_tool_ts", "tool_id", "ts"),)
+    __table_args__ = (Index("ix_risk_points_tool_source_ts", "tool_id", "source_ts"),)
 
 
 class SensorIssueRow(Base):

@@ -20,9 +20,9 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from cloud.errors import StorageError
 from cloud.storage.models import Case, EventRow, LabelRow, Lease, RiskPoint, SeenMessage, Tool
+from shared.risk_trace import RiskAt, thin_peaks
 
 Clock = Callable[[], float]
-RiskAt = tuple[float, dict[str, float]]  # (time, risk per mode)
 UPSERT_ATTEMPTS = 3  # concurrent first inserts of one edge/tool row by two workers
 
 
@@ -158,28 +158,16 @@ class Repo:
 
     # ---- risk history ------------------------------------------------------------------------
     def risk_history(self, tool_id: str, since_ts: float, max_points: int) -> list[RiskAt]:
-        """The tool's risk points since ``since_ts``, oldest first, at most ``max_points``: when there
-        are more, each of ``max_points`` equal time buckets gives its newest time and, per mode, its
-        highest risk (a peak must not vanish from the chart)."""
+        """The tool's risk points from ``since_ts`` on the equipment's clock, oldest first, at most
+        ``max_points`` (``shared.risk_trace.thin_peaks``: every peak kept)."""
         with self.transaction() as s:
             rows = s.execute(
-                select(RiskPoint.ts, RiskPoint.risk)
-                .where(RiskPoint.tool_id == tool_id, RiskPoint.ts >= since_ts)
-                .order_by(RiskPoint.ts)
+                select(RiskPoint.source_ts, RiskPoint.risk)
+                .where(RiskPoint.tool_id == tool_id, RiskPoint.source_ts >= since_ts)
+                .order_by(RiskPoint.source_ts)
             ).all()
         points = [(float(ts), {str(k): float(v) for k, v in risk.items()}) for ts, risk in rows]
-        if len(points) <= max_points:
-            return points
-        t0 = points[0][0]
-        width = (points[-1][0] - t0) / max_points or 1.0
-        buckets: dict[int, RiskAt] = {}
-        for ts, risk in points:
-            b = min(int((ts - t0) / width), max_points - 1)
-            peak = buckets[b][1] if b in buckets else {}
-            for mode, value in risk.items():
-                peak[mode] = max(value, peak.get(mode, 0.0))
-            buckets[b] = (ts, peak)
-        return [buckets[b] for b in sorted(buckets)]
+        return thin_peaks(points, max_points)
 
     def prune_risk(self, before_ts: float, chunk: int = 20_000) -> int:
         """Delete risk points older than ``before_ts`` (:meth:`prune_older`); how many went."""
