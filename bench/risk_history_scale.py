@@ -64,7 +64,8 @@ def fill(repo: Repo, tools: int, days: float, t_end: float) -> int:
             ts = t_end - (charted - m) * MINUTE
             wear = rng.uniform(0, 1, len(ids))
             for k, tool in enumerate(ids):
-                chunk.append({"tool_id": tool, "ts": ts, "risk": {"wear": float(wear[k]), "leak": 0.01}})
+                risk = {"wear": float(wear[k]), "leak": 0.01}
+                chunk.append({"tool_id": tool, "ts": ts, "source_ts": ts, "risk": risk})
             if len(chunk) >= 50_000:
                 conn.execute(insert(RiskPoint), chunk)
                 n += len(chunk)
@@ -96,7 +97,8 @@ def prune_with_ingest(repo: Repo, before_ts: float, chunk: int) -> tuple[int, fl
         while not done.is_set():
             t0 = time.perf_counter()
             with repo.transaction() as s:
-                s.add(RiskPoint(tool_id="tool-live", ts=time.time(), risk={"wear": 0.1}))
+                now = time.time()
+                s.add(RiskPoint(tool_id="tool-live", ts=now, source_ts=now, risk={"wear": 0.1}))
             waits.append(time.perf_counter() - t0)
             time.sleep(0.01)
 

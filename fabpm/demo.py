@@ -595,6 +595,9 @@ def start_loop(
         # lets one case through every 60 simulated hours, and the labels a learning round
         # waits for would take most of an hour to come: one a second here.
         "FABPM_EDGE__DECISIONS__HARDCASE_PER_HOUR": "3600",
+        # Telemetry every minute would bring the console's risk chart and sensor figures 60
+        # simulated hours at a time at an hour a second: about every 5 simulated hours here.
+        "FABPM_EDGE__SCHEDULE__TELEMETRY_S": f"{min(60.0, max(1.0, 5 * 3600 / speed)):g}",
         **tuning_env(tuning),
     }
     edge_env = {**os.environ, **edge_env, **(extra_env or {})}  # the caller's overrides win

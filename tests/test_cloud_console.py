@@ -253,6 +253,7 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.wait_for_selector("#tool-detail .legend span:has-text('wear')")
             assert page.locator("#tool-detail svg polyline").count() == 2  # one line per mode
             assert page.locator("#tool-detail svg .alert-mark").count() == 1
+            assert page.locator("#tool-detail svg .event-mark").count() == 0
             hover = page.locator("#tool-detail svg .alert-mark title").text_content()
             assert hover.endswith(": wear 0.80; moving: throttle_valve +3.1 sd, wall_temp −0.5 sd"), hover
             # A failure the equipment did not report, recorded from the tool's panel, labels its cases.
@@ -264,6 +265,9 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             page.click("#event-form button[type=submit]")
             page.wait_for_selector("#status:has-text('failure of etch-01 recorded: 1 case labelled')")
             assert service.repo.get_case("case-1").label_source == "failure"
+            # ... drawn on the risk chart as a red line, on the equipment's clock as the history
+            page.locator("#tool-detail svg .event-mark.failure").wait_for(state="attached")  # 0 px wide
+            assert "failure" in page.locator("#tool-detail svg .event-mark title").text_content()
             # ... and heads the tool's history, above the alert before it (the equipment's clock).
             page.wait_for_selector("#history td:has-text('reported by olga: WO-4711')")
             history = [r.split("\t") for r in page.locator("#history tbody tr").all_inner_texts()]

@@ -392,18 +392,36 @@ async function showWindow(caseId) {
 const PALETTE = ["#16324f", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f", "#2e4057", "#b5651d"];
 
 // Risk per mode over time on a 0–1 axis, one line per mode, alerts as red triangles.
+// Points split where no window ran for over three times their usual spacing (the tool down, the
+// edge away): a line across the gap would draw a risk nobody measured.
+function runs(points) {
+  const gaps = points.slice(1).map((p, i) => p.ts - points[i].ts).sort((a, b) => a - b);
+  const limit = 3 * (gaps[Math.floor(gaps.length / 2)] ?? 0);
+  const out = [];
+  points.forEach((p, i) => {
+    if (i === 0 || p.ts - points[i - 1].ts > limit) out.push([]);
+    out[out.length - 1].push(p);
+  });
+  return out;
+}
+
 function trend(data) {
   const W = 760, H = 220, L = 34, R = 8, T = 8, B = 22;
-  // The time axis spans the data (a young tool's hour fills the chart), within the window asked.
+  // The time axis starts at the oldest data (a young tool's hour fills the chart) and ends at the
+  // tool's newest report, so a stretch without windows run (the tool down) shows as a gap.
   const events = data.events || [];
   const times = [...data.points.map((p) => p.ts), ...data.alerts.map((a) => a.ts), ...events.map((e) => e.ts)];
-  const t0 = times.length ? Math.min(...times) : data.since_ts, t1 = Math.max(t0 + 1, ...times);
+  const t0 = times.length ? Math.min(...times) : data.since_ts, t1 = Math.max(t0 + 1, data.until_ts ?? t0, ...times);
   const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
-  const y = (v) => T + (1 - v) * (H - T - B);
+  // The risk axis ends at the first of these above the highest value: a model whose alerts fire
+  // at a few percent would otherwise draw a flat line along the bottom.
+  const top = Math.max(0, ...data.points.flatMap((p) => Object.values(p.risk)), ...data.alerts.map((a) => a.probability));
+  const ymax = [0.02, 0.05, 0.1, 0.2, 0.5, 1].find((m) => top <= 0.9 * m) ?? 1;
+  const y = (v) => T + (1 - Math.min(v, ymax) / ymax) * (H - T - B);
   const box = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `risk of ${data.tool_id}` });
-  for (const v of [0, 0.5, 1]) {
+  for (const v of [0, ymax / 2, ymax]) {
     box.append(svg("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), class: "zero" }));
-    const lab = svg("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end", class: "axis" }); lab.textContent = v; box.append(lab);
+    const lab = svg("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end", class: "axis" }); lab.textContent = +v.toFixed(3); box.append(lab);
   }
   for (const [t, anchor] of [[t0, "start"], [t1, "end"]]) {
     const lab = svg("text", { x: x(t), y: H - 6, "text-anchor": anchor, class: "axis" }); lab.textContent = fmtTime(t); box.append(lab);
@@ -417,8 +435,10 @@ function trend(data) {
   const legend = document.createElement("p"); legend.className = "legend";
   modes.forEach((m, k) => {
     const color = PALETTE[k % PALETTE.length];
-    const pts = data.points.filter((p) => m in p.risk).map((p) => `${x(p.ts).toFixed(1)},${y(p.risk[m]).toFixed(1)}`);
-    box.append(svg("polyline", { points: pts.join(" "), class: "mode", stroke: color }));
+    for (const run of runs(data.points.filter((p) => m in p.risk))) {
+      const pts = run.map((p) => `${x(p.ts).toFixed(1)},${y(p.risk[m]).toFixed(1)}`);
+      box.append(svg("polyline", { points: pts.join(" "), class: "mode", stroke: color }));
+    }
     const key = document.createElement("span"); key.textContent = m; key.style.color = color; legend.append(key);
   });
   for (const a of data.alerts) {
@@ -695,7 +715,7 @@ $("#event-form").addEventListener("submit", async (ev) => {
     const res = await post(`/api/tools/${encodeURIComponent(f.dataset.tool)}/events`, body);
     setStatus(`${event} of ${f.dataset.tool} recorded: ${res.labelled} case${res.labelled === 1 ? "" : "s"} labelled`);
     f.elements.note.value = "";
-    await showHistory(f.dataset.tool);
+    await showRisk(f.dataset.tool);  // the chart's failure line and the history's row
   } catch (err) { setStatus(err.message, true); }
 });
 $("#shelve-form").addEventListener("submit", async (ev) => {
