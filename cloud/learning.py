@@ -452,12 +452,15 @@ class Learner:
         scores: dict[str, Any] = {}
         said: list[str] = []
         worse: list[str] = []
+        moved: list[np.ndarray] = []  # |candidate - running| per frozen window
         for name in ("old_test", "new_test"):
             data = self.windows(row.state[name])
             if not len(data):
                 continue
             base = self.pipeline.risk(Path(running.artifact_path), data) if running else None
             cand = self.pipeline.risk(artifact, data)
+            if base is not None:
+                moved.append(np.abs(np.asarray(cand, dtype=float) - np.asarray(base, dtype=float)))
             verdict = compare(
                 cand,
                 base,
@@ -490,6 +493,16 @@ class Learner:
                 said.append(f"{name}: alerts {alarm.describe(self.cfg.gate_confidence)}")
                 if alarm.worse:
                     worse.append(said[-1])
+        if moved:
+            # A round on a few labels can early-stop at its first epoch and change almost nothing
+            # (the demo's rounds on ~100 labels moved no risk by 0.001): said, so that a pass
+            # is not read as something learnt.
+            d = np.concatenate(moved)
+            scores["risk_moved"] = {"max": float(d.max()), "median": float(np.median(d)), "windows": len(d)}
+            said.append(
+                f"the candidate's risk differs from the running model's by at most {d.max():.4f} "
+                f"(median {np.median(d):.4f}) on the {len(d)} frozen windows"
+            )
         if worse:
             self._save(row.id, "gate", "gate: candidate is worse", gate=scores)
             return self._finish(row.id, "rejected", "not promoted: " + "; ".join(worse))
