@@ -9,7 +9,7 @@ from cloud.training import cmapss
 
 
 def training_options(ap: argparse.ArgumentParser) -> None:
-    """``--reference``, ``--far-weight``, ``--drop-min-keep`` and ``--w-gate``."""
+    """``--reference``, ``--far-weight``, ``--drop-prob``, ``--drop-min-keep`` and ``--w-gate``."""
     ap.add_argument(
         "--reference",
         type=int,
@@ -21,6 +21,9 @@ def training_options(ap: argparse.ArgumentParser) -> None:
         type=float,
         default=cmapss.B1_FAR_WEIGHT,
         help="weight in the RUL loss of windows further from failure than any test truth (145 cycles)",
+    )
+    ap.add_argument(
+        "--drop-prob", type=float, default=0.5, help="share of batches trained with token dropping"
     )
     ap.add_argument(
         "--drop-min-keep",

@@ -73,9 +73,6 @@ def main() -> int:
         help="training units held out, by unit, to pick the best epoch (0: train on all, keep the last)",
     )
     ap.add_argument(
-        "--drop-prob", type=float, default=0.5, help="share of batches trained with token dropping"
-    )
-    ap.add_argument(
         "--full-only",
         action="store_true",
         help="train and score the full DGA only (no edge model, no ONNX graphs): a third of the time",

@@ -65,6 +65,7 @@ def run_fold(args: argparse.Namespace, data: cmapss.Fd001, fold: int) -> dict:
         lr=args.lr,
         dropout=args.dropout,
         input_noise=args.noise,
+        drop_prob=args.drop_prob,
         drop_min_keep=args.drop_min_keep,
         w_gate=args.w_gate,
     )
