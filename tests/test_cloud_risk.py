@@ -276,3 +276,17 @@ def test_an_edge_thins_its_risk_trace_to_the_messages_cap_with_the_peak_kept():
     assert thin_peaks(points[:5], RISK_TRACE_MAX) == points[:5]
     with pytest.raises(ValueError):
         thin_peaks(points, 0)
+
+
+def test_a_risk_trace_out_of_range_or_too_long_is_refused_with_the_reason():
+    from shared.errors import SchemaError
+    from shared.messages import parse_payload
+
+    ok = _telemetry(1.0, {}, risk_trace=[RiskSample(ts=1.0, risk={"wear": 0.2})])
+    assert parse_payload(ok, Kind.TELEMETRY).risk_trace == [RiskSample(ts=1.0, risk={"wear": 0.2})]
+    bad = ok.replace(b'"wear":0.2', b'"wear":1.5')
+    with pytest.raises(SchemaError, match="risk_trace"):
+        parse_payload(bad, Kind.TELEMETRY)
+    many = [RiskSample(ts=float(i), risk={"wear": 0.1}) for i in range(RISK_TRACE_MAX + 1)]
+    with pytest.raises(ValueError):
+        _telemetry(1.0, {}, risk_trace=many)
