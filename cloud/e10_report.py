@@ -26,7 +26,7 @@ from sqlalchemy import Select, and_, case, func, literal, or_, select, union_all
 
 from cloud.storage.models import EventRow, Tool
 from cloud.storage.repo import Repo, equipment_now
-from shared.e10 import E10Metrics, from_hours
+from shared.e10 import E10Metrics, from_hours, with_open_repair
 from shared.equipment import E10State
 
 H = 3600.0
@@ -64,30 +64,37 @@ def e10_report(repo: Repo, clock_now: float, days: float, max_days: float) -> di
     rows = []
     fleet_hours: dict[E10State, float] = {}
     fleet_failures, fleet_unmapped = 0, 0.0
+    fleet_open_h, fleet_open_failures = 0.0, 0
     for tool_id in sorted(set(hours) | set(tools)):
         tool = tools.get(tool_id)
         per = hours.get(tool_id, {})
+        down_now = (0.0, 0)  # a repair still under way: its hours so far, and 1 if it began inside
+        is_down = False  # the tool's last state is unscheduled down
         if tool_id in last:  # the state it is in now lasts to its last report (its edge may be silent)
             state, began, start = last[tool_id]
             heard = tool.last_source_ts if tool is not None else None
             reported = began if heard is None else max(began, heard)
-            per[state] = per.get(state, 0.0) + max(0.0, min(reported, now) - start) / H
+            stretch = max(0.0, min(reported, now) - start) / H
+            per[state] = per.get(state, 0.0) + stretch
+            if state == E10State.UNSCHEDULED_DOWN.value:
+                down_now, is_down = (stretch, int(began >= since)), True
         m = _metrics_of(per, failures.get(tool_id, 0))
         for state, h in m.hours.items():
             fleet_hours[E10State(state)] = fleet_hours.get(E10State(state), 0.0) + h
         fleet_failures += m.failures
         fleet_unmapped += m.unmapped_h
+        fleet_open_h, fleet_open_failures = fleet_open_h + down_now[0], fleet_open_failures + down_now[1]
         about = {"tool_id": tool_id, "tool_type": None, "site": None}
         if tool is not None:
             about |= {"tool_type": tool.tool_type, "site": tool.site}
-        rows.append(about | _figures(m))
+        rows.append(about | _figures(with_open_repair(m, *down_now)) | {"down_now": is_down})
+    fleet = replace(from_hours(fleet_hours, fleet_failures), unmapped_h=fleet_unmapped)
     return {
         "now_ts": now,
         "since_ts": since,
         "days": days,
         "tools": rows,
-        "fleet": _figures(replace(from_hours(fleet_hours, fleet_failures), unmapped_h=fleet_unmapped))
-        | {"tools": len(rows)},
+        "fleet": _figures(with_open_repair(fleet, fleet_open_h, fleet_open_failures)) | {"tools": len(rows)},
     }
 
 

@@ -5,6 +5,11 @@ Definitions (SEMI E10): *total time* is split into non-scheduled time and *opera
 operations time; MTBF (productive) is productive time over the number of failures, MTBF
 (uptime) is uptime over failures; MTTR is unscheduled downtime over failures. A failure is an
 entry into the unscheduled-down state.
+
+MTTR counts the repairs that ended: a tool still down when the record ends would bring its
+hours so far (an hour after a failure, a 1-hour repair), so that stretch, and its failure when it
+began inside the record, are left out of the MTTR alone (:func:`with_open_repair`); the hours and
+the failure count as before.
 """
 
 from __future__ import annotations
@@ -63,6 +68,15 @@ def _metrics(hours: Mapping[E10State, float], failures: int) -> E10Metrics:
     )
 
 
+def with_open_repair(m: E10Metrics, open_h: float, open_failures: int) -> E10Metrics:
+    """``m`` with its MTTR over the repairs that ended, given ``open_h`` hours of unscheduled down
+    still under way at the record's end and ``open_failures`` failures (entries) among them that
+    ``m.failures`` counts; NaN when no repair ended."""
+    ended = m.failures - open_failures
+    mttr = (m.unscheduled_down_h - open_h) / ended if ended > 0 else float("nan")
+    return replace(m, mttr_h=mttr)
+
+
 def from_series(state: np.ndarray, period_s: float) -> E10Metrics:
     """Metrics of a sampled state series (``shared.equipment.E10_CODES``, one sample per period)."""
     codes = np.asarray(state, dtype=np.int64)
@@ -70,7 +84,8 @@ def from_series(state: np.ndarray, period_s: float) -> E10Metrics:
     down = E10_CODES[E10State.UNSCHEDULED_DOWN]
     entered = (codes[1:] == down) & (codes[:-1] != down)
     failures = int(np.count_nonzero(entered)) + int(len(codes) > 0 and codes[0] == down)
-    return _metrics(hours, failures)
+    tail = len(codes) - (int(np.flatnonzero(codes != down)[-1]) + 1 if (codes != down).any() else 0)
+    return with_open_repair(_metrics(hours, failures), tail * period_s / 3600.0, int(tail > 0))
 
 
 def from_transitions(
@@ -83,20 +98,28 @@ def from_transitions(
     hours: dict[E10State, float] = {}
     unmapped = 0.0
     failures = 0
+    open_h, open_failures = 0.0, 0  # the stretch of unscheduled down the record ends in
     items = sorted((float(t), _e10(s)) for t, s in transitions)
     for k, (t, s) in enumerate(items):
         t0 = max(t, start_s)
         t1 = min(items[k + 1][0] if k + 1 < len(items) else end_s, end_s)
+        down = s == E10State.UNSCHEDULED_DOWN
+        if down and not (k > 0 and items[k - 1][1] == E10State.UNSCHEDULED_DOWN):
+            open_h, open_failures = 0.0, 0  # a new stretch of down begins
         if t1 > t0:
             if s is None:
                 unmapped += (t1 - t0) / 3600.0
             else:
                 hours[s] = hours.get(s, 0.0) + (t1 - t0) / 3600.0
+                open_h += (t1 - t0) / 3600.0 if down else 0.0
         # a failure is an entry into unscheduled down (a repeated report of it is not another)
         entered = k == 0 or items[k - 1][1] != E10State.UNSCHEDULED_DOWN
-        if s == E10State.UNSCHEDULED_DOWN and entered and start_s <= t <= end_s:
+        if down and entered and start_s <= t <= end_s:
             failures += 1
-    return replace(_metrics(hours, failures), unmapped_h=unmapped)
+            open_failures = 1
+    if not (items and items[-1][1] == E10State.UNSCHEDULED_DOWN):
+        open_h, open_failures = 0.0, 0  # the last stretch of down ended: every repair did
+    return replace(with_open_repair(_metrics(hours, failures), open_h, open_failures), unmapped_h=unmapped)
 
 
 def _e10(state: str) -> E10State | None:

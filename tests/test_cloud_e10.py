@@ -90,6 +90,36 @@ def test_availability_by_hand(repo: Repo):
     assert week["hours"]["scheduled_down"] == 0 and week["hours"]["standby"] == 7 * 24
 
 
+def test_mttr_counts_the_repairs_that_ended_not_one_still_under_way(repo: Repo):
+    """A tool that failed 3 h before its last report and is still down: its downtime and failure
+    count, but its MTTR is over the repair that ended (4 h), not (4 + 2) / 2 = 3 h; a tool down
+    since before the window has no MTTR in it at all."""
+    clock = Clock()
+    ingest = Ingestor(repo, CloudMetrics(), clock=clock)
+    for ts, state in (
+        (T0 - 48 * H, "productive"),
+        (T0 - 30 * H, "unscheduled_down"),
+        (T0 - 26 * H, "productive"),
+        (T0 - 3 * H, "unscheduled_down"),
+    ):
+        _state(ingest, clock, "CVD001", ts, state)
+    _state(ingest, clock, "PUMP002", T0 - 40 * DAY, "unscheduled_down")  # down all window long
+    for tool in ("CVD001", "PUMP002"):  # each reported to an hour before the equipment's now
+        clock.t += 120
+        tel = Telemetry(
+            edge_id="edge-1", site="fab1", tool_id=tool, period_s=60, summary={}, source_ts=T0 - H
+        )
+        assert ingest.handle(topic("fab1", "edge-1", Kind.TELEMETRY), tel.to_bytes())
+    report = e10_report(repo, clock(), 30, 90)
+    cvd, pump = report["tools"]
+    assert cvd["failures"] == 2 and cvd["unscheduled_down_h"] == 6 and cvd["down_now"]
+    assert cvd["mttr_h"] == 4
+    assert pump["failures"] == 0 and pump["unscheduled_down_h"] == 720 and pump["mttr_h"] is None
+    assert pump["down_now"]
+    fleet = report["fleet"]
+    assert fleet["failures"] == 2 and fleet["unscheduled_down_h"] == 726 and fleet["mttr_h"] == 4
+
+
 def test_the_api_serves_it_to_viewers_and_refuses_a_window_beyond_the_events_kept(repo: Repo, tmp_path: Path):
     clock = Clock()
     _seed(repo, clock)

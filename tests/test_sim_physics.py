@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +281,19 @@ def test_tool_variation_is_a_scenario_setting():
         )
     with pytest.raises(ValueError, match="tool_spread"):
         ToolVariation(tool_spread=-0.1)
+
+
+def test_mttr_leaves_out_a_repair_still_under_way_at_the_records_end():
+    """A record that ends an hour into a failure: the hour and the failure count, the MTTR is
+    over the repair that ended (3 h), in the sampled and in the transition form alike."""
+    H = 3600.0
+    p, u = E10_CODES[E10State.PRODUCTIVE], E10_CODES[E10State.UNSCHEDULED_DOWN]
+    m = e10.from_series(np.array([p] * 4 + [u] * 3 + [p] * 4 + [u] * 1), 3600.0)
+    assert m.failures == 2 and m.unscheduled_down_h == 4 and m.mttr_h == 3
+    t = e10.from_transitions([(0, "productive"), (4 * H, "unscheduled_down"), (7 * H, "productive"),
+                              (11 * H, "unscheduled_down")], 12 * H)  # fmt: skip
+    assert t.failures == 2 and t.unscheduled_down_h == 4 and t.mttr_h == 3
+    only = e10.from_transitions([(0, "productive"), (11 * H, "unscheduled_down")], 12 * H)
+    assert only.failures == 1 and math.isnan(only.mttr_h)
+    before = e10.from_transitions([(0, "unscheduled_down")], 12 * H, start_s=2 * H)  # down since before
+    assert before.failures == 0 and before.unscheduled_down_h == 10 and math.isnan(before.mttr_h)

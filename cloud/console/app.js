@@ -158,12 +158,13 @@ const RENDER = {
     $("#e10-summary").textContent = f.known_h ? `Fleet, ${f.tools} tools, to ${fmtTime(e10.now_ts)} on the equipment's clock: ` +
       `equipment uptime ${fmtPct(f.equipment_uptime_pct)}, ${f.failures} failure${f.failures === 1 ? "" : "s"}, ` +
       `${fmtNum(f.unscheduled_down_h, 1)} h unscheduled down, MTBF ${f.mtbf_productive_h === null ? "(no failure)" : fmtNum(f.mtbf_productive_h, 0) + " h"}, ` +
-      `MTTR ${f.mttr_h === null ? "(no failure)" : fmtNum(f.mttr_h, 1) + " h"}.` : "No state changes reported in this window.";
+      `MTTR ${f.mttr_h === null ? "(no repair ended)" : fmtNum(f.mttr_h, 1) + " h"}.` : "No state changes reported in this window.";
     fill($("#e10 tbody"), e10.tools, (t, tr) => {
       const bar = cell(""); bar.append(e10Bar(t.hours, t.unmapped_h)); bar.dataset.sort = t.hours.productive;
       const up = cell(fmtPct(t.equipment_uptime_pct), "num"); up.dataset.sort = t.equipment_uptime_pct ?? "";
+      const failed = cell(t.down_now ? `${t.failures} (down now)` : t.failures, "num"); failed.dataset.sort = t.failures;
       tr.append(cell(t.tool_id), cell(t.tool_type), bar, up, cell(fmtNum(t.unscheduled_down_h, 1), "num"),
-        cell(fmtNum(t.hours.scheduled_down, 1), "num"), cell(t.failures, "num"), cell(fmtNum(t.mtbf_productive_h, 0), "num"),
+        cell(fmtNum(t.hours.scheduled_down, 1), "num"), failed, cell(fmtNum(t.mtbf_productive_h, 0), "num"),
         cell(fmtNum(t.mttr_h, 1), "num"), cell(fmtNum(t.known_h, 0), "num"));
     });
     fill($("#fleet tbody"), edges, (e, tr) => tr.append(
