@@ -26,7 +26,7 @@ from sqlalchemy import Select, and_, case, func, literal, or_, select, union_all
 
 from cloud.storage.models import EventRow, Tool
 from cloud.storage.repo import Repo, equipment_now
-from shared.e10 import E10Metrics, from_hours, with_open_repair
+from shared.e10 import E10Metrics, from_hours, pool, with_open_repair
 from shared.equipment import E10State
 
 H = 3600.0
@@ -62,9 +62,7 @@ def e10_report(repo: Repo, clock_now: float, days: float, max_days: float) -> di
         if last_ts is not None:
             last[tool_id] = (state, float(last_ts), float(last_start))
     rows = []
-    fleet_hours: dict[E10State, float] = {}
-    fleet_failures, fleet_unmapped = 0, 0.0
-    fleet_open_h, fleet_open_failures = 0.0, 0
+    per_tool: list[E10Metrics] = []
     for tool_id in sorted(set(hours) | set(tools)):
         tool = tools.get(tool_id)
         per = hours.get(tool_id, {})
@@ -78,23 +76,18 @@ def e10_report(repo: Repo, clock_now: float, days: float, max_days: float) -> di
             per[state] = per.get(state, 0.0) + stretch
             if state == E10State.UNSCHEDULED_DOWN.value:
                 down_now, is_down = (stretch, int(began >= since)), True
-        m = _metrics_of(per, failures.get(tool_id, 0))
-        for state, h in m.hours.items():
-            fleet_hours[E10State(state)] = fleet_hours.get(E10State(state), 0.0) + h
-        fleet_failures += m.failures
-        fleet_unmapped += m.unmapped_h
-        fleet_open_h, fleet_open_failures = fleet_open_h + down_now[0], fleet_open_failures + down_now[1]
+        m = with_open_repair(_metrics_of(per, failures.get(tool_id, 0)), *down_now)
+        per_tool.append(m)
         about = {"tool_id": tool_id, "tool_type": None, "site": None}
         if tool is not None:
             about |= {"tool_type": tool.tool_type, "site": tool.site}
-        rows.append(about | _figures(with_open_repair(m, *down_now)) | {"down_now": is_down})
-    fleet = replace(from_hours(fleet_hours, fleet_failures), unmapped_h=fleet_unmapped)
+        rows.append(about | _figures(m) | {"down_now": is_down})
     return {
         "now_ts": now,
         "since_ts": since,
         "days": days,
         "tools": rows,
-        "fleet": _figures(with_open_repair(fleet, fleet_open_h, fleet_open_failures)) | {"tools": len(rows)},
+        "fleet": _figures(pool(per_tool)) | {"tools": len(rows)},
     }
 
 

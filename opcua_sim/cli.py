@@ -139,7 +139,6 @@ def _e10(folder: Path) -> int:
     """Print E10 figures per tool type and for the fleet, the way fabs state them."""
     from shared import e10
     from shared.dataset import read_info, read_series
-    from shared.equipment import E10State
 
     info = read_info(folder)
     by_type: dict[str, list[e10.E10Metrics]] = {}
@@ -150,8 +149,7 @@ def _e10(folder: Path) -> int:
     print("| tools | n | equipment uptime % | MTBF (productive) h | MTTR h | unscheduled down h | failures |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, ms in by_type.items():
-        hours = {s: sum(m.hours[str(s)] for m in ms) for s in E10State}
-        total = e10.from_hours(hours, sum(m.failures for m in ms))
+        total = e10.pool(ms)
         print(
             f"| {name} | {len(ms)} | {total.equipment_uptime_pct:.2f} | {total.mtbf_productive_h:.1f} | "
             f"{total.mttr_h:.1f} | {total.unscheduled_down_h:.1f} | {total.failures} |"

@@ -122,8 +122,7 @@ def tool_series(fab: Fab, tool: Tool, ts: np.ndarray, end_s: float, host: ToolSe
 
 def _fleet_summary(fleet: list[e10.E10Metrics]) -> dict[str, float]:
     """Fleet SEMI E10 figures: hours summed over tools, uptime and MTBF from the sums."""
-    hours = {s: sum(m.hours[str(s)] for m in fleet) for s in E10State}
-    total = e10.from_hours(hours, sum(m.failures for m in fleet))
+    total = e10.pool(fleet)
     return {
         "equipment_uptime_pct": round(total.equipment_uptime_pct, 3),
         "mtbf_productive_h": round(total.mtbf_productive_h, 2),

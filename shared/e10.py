@@ -38,6 +38,11 @@ class E10Metrics:
     # Time in a state that is not an E10 state (a plant's own State values the edge passed on),
     # left out of every figure above, which are over the E10 states' time alone.
     unmapped_h: float = 0.0
+    # The stretch of unscheduled down still under way when the record ends, and the failures
+    # among it counted above (0 or 1 per tool): left out of the MTTR (with_open_repair), kept
+    # here so that pooled figures (pool) leave them out too.
+    open_repair_h: float = 0.0
+    open_failures: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,7 +79,16 @@ def with_open_repair(m: E10Metrics, open_h: float, open_failures: int) -> E10Met
     ``m.failures`` counts; NaN when no repair ended."""
     ended = m.failures - open_failures
     mttr = (m.unscheduled_down_h - open_h) / ended if ended > 0 else float("nan")
-    return replace(m, mttr_h=mttr)
+    return replace(m, mttr_h=mttr, open_repair_h=open_h, open_failures=open_failures)
+
+
+def pool(ms: Iterable[E10Metrics]) -> E10Metrics:
+    """Figures of several tools together (a type, a fleet): hours, failures and repairs under way
+    summed, the ratios taken from the sums."""
+    ms = list(ms)
+    hours = {s: sum(m.hours[str(s)] for m in ms) for s in E10State}
+    total = replace(_metrics(hours, sum(m.failures for m in ms)), unmapped_h=sum(m.unmapped_h for m in ms))
+    return with_open_repair(total, sum(m.open_repair_h for m in ms), sum(m.open_failures for m in ms))
 
 
 def from_series(state: np.ndarray, period_s: float) -> E10Metrics:

@@ -297,3 +297,5 @@ def test_mttr_leaves_out_a_repair_still_under_way_at_the_records_end():
     assert only.failures == 1 and math.isnan(only.mttr_h)
     before = e10.from_transitions([(0, "unscheduled_down")], 12 * H, start_s=2 * H)  # down since before
     assert before.failures == 0 and before.unscheduled_down_h == 10 and math.isnan(before.mttr_h)
+    both = e10.pool([m, t, before])  # a fleet's figures leave the repairs under way out alike
+    assert both.failures == 4 and both.unscheduled_down_h == 18 and both.mttr_h == 3
