@@ -160,10 +160,8 @@ def _e10(folder: Path) -> int:
 def _log_fleet_e10(fab: Fab) -> None:
     """One line of SEMI E10 figures for the whole fab over the run (on shutdown)."""
     from shared import e10
-    from shared.equipment import E10State
 
-    hours = {s: sum(t.e10_hours.get(s, 0.0) for t in fab.tools) for s in E10State}
-    m = e10.from_hours(hours, sum(t.failures for t in fab.tools))
+    m = e10.pool(fab.e10_metrics(t.tool_id) for t in fab.tools)
     _logger.info(
         "fleet over %.1f simulated h: equipment uptime %.2f%%, MTBF(productive) %.1f h, MTTR %.1f h, "
         "unscheduled down %.1f tool-h, %d failures",

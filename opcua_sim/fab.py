@@ -46,7 +46,7 @@ from opcua_sim.scenario import DEFAULT_PREFIX, Scenario
 from opcua_sim.tool import Tool
 from shared import e10
 from shared.e10 import E10Metrics
-from shared.equipment import TOOL_TYPES
+from shared.equipment import TOOL_TYPES, E10State
 
 _logger = logging.getLogger(__name__)
 MAX_TOOLS_PER_FOLDER = 200  # tools per area folder; beyond it, "{area}-2", "{area}-3", ...
@@ -229,6 +229,8 @@ class Fab:
             tool.energy_kwh += power_kw(tool.type_name, tool.processing, tool.down, tool.eco) * dt_h
             state = tool.e10
             tool.e10_hours[state] = tool.e10_hours.get(state, 0.0) + dt_h
+            down = state == E10State.UNSCHEDULED_DOWN
+            tool.open_down_h = tool.open_down_h + dt_h if down else 0.0
         for tool in self.tools:
             if not tool.subfab:
                 tool.advance_to(t)
@@ -306,4 +308,6 @@ class Fab:
     def e10_metrics(self, tool_id: str) -> E10Metrics:
         """SEMI E10 figures of a tool since the start (state sampled at each advance)."""
         tool = self.by_id[tool_id]
-        return e10.from_hours(tool.e10_hours, tool.failures)
+        down = tool.e10 == E10State.UNSCHEDULED_DOWN  # its failure is counted: it is under way
+        figures = e10.from_hours(tool.e10_hours, tool.failures)
+        return e10.with_open_repair(figures, tool.open_down_h, int(down))

@@ -96,6 +96,7 @@ class Tool:
         self.last_lot_energy_kwh = math.nan
         self.e10_hours: dict[E10State, float] = {}  # tallied by the Fab at each advance (server side)
         self.failures = 0
+        self.open_down_h = 0.0  # hours of the unscheduled down under way (0 when up): not a repair yet
         if self.subfab:
             self.seg_end = INF
         self._record_segment()

@@ -200,6 +200,15 @@ def test_live_e10_tallies_and_the_oracle_for_a_tool():
         m = fab.e10_metrics(tool.tool_id)
         assert m.total_h == pytest.approx(12 * 24)
     etch = next(t for t in fab.tools if t.type_name == "plasma_etch")
+    before = fab.e10_metrics(etch.tool_id)
+    assert not etch.down, "this draw's etch tool runs at day 12"
+    etch.inject_fault("")  # fails now; an hour into its repair the MTTR leaves that hour out
+    fab.advance_to(fab.t + 3600.0)
+    m = fab.e10_metrics(etch.tool_id)
+    assert m.failures == before.failures + 1 and m.open_failures == 1
+    assert m.open_repair_h == pytest.approx(1.0)
+    assert m.unscheduled_down_h == pytest.approx(before.unscheduled_down_h + 1.0)
+    assert (m.mttr_h == pytest.approx(before.mttr_h)) if before.failures else math.isnan(m.mttr_h)
     best = fab.oracle_for(etch.tool_id)
     assert fab.expected_yield(etch.tool_id, best) >= fab.expected_yield(etch.tool_id)
 
