@@ -40,6 +40,8 @@ from shared.signing import ModelManifest, load_private_key
 
 _logger = logging.getLogger(__name__)
 
+MIN_VAL_WINDOWS = 50  # held-out windows a learning round needs to choose its epoch by them
+
 
 SIZES = ("default", "small", "tiny")  # PipelineConfig.sized
 
@@ -192,8 +194,8 @@ def fine_tune(
     if not isinstance(model, DGA):
         raise TrainingError(f"{checkpoint} is not a DGA checkpoint")
     union = WindowSet.concat([new_windows, replay_windows])
-    train, val = split_by_group(union, cfg.val_fraction, cfg.train.seed)
-    tcfg = replace(cfg.train, epochs=cfg.fine_tune_epochs, lr=cfg.fine_tune_lr)
+    train, val, schedule = _round_split(union, cfg, "fine-tuning")
+    tcfg = replace(schedule, epochs=cfg.fine_tune_epochs, lr=cfg.fine_tune_lr)
     before = _rmse(model, replay_windows)
     out = Path(checkpoint).with_name(f"{Path(checkpoint).stem}.ft{int(time.time() * 1000)}.pt")
     meta = {**meta, "parent_checkpoint": str(checkpoint), "fine_tuned_on": len(new_windows)}
@@ -204,6 +206,27 @@ def fine_tune(
         res.metrics, replay_rmse_before=before, replay_rmse_after=_rmse(res.model, replay_windows)
     )
     return save_checkpoint(out, res.model, meta)
+
+
+def _round_split(ws: WindowSet, cfg: PipelineConfig, what: str) -> tuple[WindowSet, WindowSet, TrainConfig]:
+    """Training and validation windows (held-out tools) and the schedule for ``what``. When the
+    held-out tools hold fewer than MIN_VAL_WINDOWS windows, they cannot choose an epoch: early
+    stopping followed one window's noise in the demo's rounds (about 100 labels, one held-out
+    window) and kept the first epoch, so the candidate barely moved. Then every window trains and
+    the whole schedule runs (``keep`` "last"); the learning round's gate, on its frozen sets, is
+    what judges the result."""
+    train, val = split_by_group(ws, cfg.val_fraction, cfg.train.seed)
+    if len(val) >= MIN_VAL_WINDOWS or cfg.train.keep == "last":
+        return train, val, cfg.train
+    _logger.info(
+        "%s: %d held-out windows cannot choose an epoch (fewer than %d): all %d windows train "
+        "for the whole schedule",
+        what,
+        len(val),
+        MIN_VAL_WINDOWS,
+        len(ws),
+    )
+    return ws, ws.take(np.zeros(0, dtype=np.int64)), replace(cfg.train, keep="last")
 
 
 def _rmse(model: DGA, ws: WindowSet) -> float:
@@ -226,11 +249,11 @@ def distil_edge(full_ckpt: Path, windows: WindowSet, cfg: PipelineConfig, init: 
     teacher, meta = load_checkpoint(Path(full_ckpt))
     if not isinstance(teacher, DGA):
         raise TrainingError(f"{full_ckpt} is not a DGA checkpoint")
-    train, val = split_by_group(windows, cfg.val_fraction, cfg.train.seed)
+    train, val, schedule = _round_split(windows, cfg, "distillation")
     start = _warm_start(init, teacher, meta)
     fresh = edge_config(teacher.cfg, cfg.edge_d_model, cfg.edge_layers, edge_heads(cfg.edge_d_model))
     student: DGAConfig | DGA = fresh if start is None else start
-    tcfg = cfg.train if start is None else replace(cfg.train, lr=cfg.fine_tune_lr)
+    tcfg = schedule if start is None else replace(schedule, lr=cfg.fine_tune_lr)
     out = Path(full_ckpt).with_name(f"{Path(full_ckpt).stem}.edge.pt")
     meta = {k: v for k, v in meta.items() if k not in ("config", "kind", "metrics")}
     meta["role"] = "edge"

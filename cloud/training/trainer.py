@@ -351,13 +351,14 @@ def fit(
         amp,
         world,
     )
-    ema = (
-        torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
-        )
-        if cfg.ema_decay > 0
-        else None
-    )
+    # The average's horizon (1 / (1 - decay) steps) is kept within the run: a learning round's
+    # fine-tune of 16 steps at 0.99 returned weights still 85% its first step's and moved the
+    # risk a tenth as far as without the average. Runs of 100 steps or more (B1, B2, B8's
+    # rounds, the demo's first training) keep ema_decay as set.
+    total_steps = cfg.epochs * steps_per_epoch
+    decay = min(cfg.ema_decay, 1.0 - 1.0 / total_steps) if total_steps > 1 else 0.0
+    average = torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=average) if decay > 0 else None
     rng = np.random.default_rng(cfg.seed)
     best = math.inf
     best_state = copy.deepcopy(model.state_dict())
