@@ -453,6 +453,7 @@ class Learner:
         said: list[str] = []
         worse: list[str] = []
         moved: list[np.ndarray] = []  # |candidate - running| per frozen window
+        extra: dict[str, Any] = {}  # beside the gate's scores, one per frozen set (its readers rely on it)
         for name in ("old_test", "new_test"):
             data = self.windows(row.state[name])
             if not len(data):
@@ -498,15 +499,15 @@ class Learner:
             # (the demo's rounds on ~100 labels moved no risk by 0.001): said, so that a pass
             # is not read as something learnt.
             d = np.concatenate(moved)
-            scores["risk_moved"] = {"max": float(d.max()), "median": float(np.median(d)), "windows": len(d)}
+            extra["risk_moved"] = {"max": float(d.max()), "median": float(np.median(d)), "windows": len(d)}
             said.append(
                 f"the candidate's risk differs from the running model's by at most {d.max():.4f} "
                 f"(median {np.median(d):.4f}) on the {len(d)} frozen windows"
             )
         if worse:
-            self._save(row.id, "gate", "gate: candidate is worse", gate=scores)
+            self._save(row.id, "gate", "gate: candidate is worse", gate=scores, **extra)
             return self._finish(row.id, "rejected", "not promoted: " + "; ".join(worse))
-        self._save(row.id, self._next("gate"), "gate passed: " + "; ".join(said), gate=scores)
+        self._save(row.id, self._next("gate"), "gate passed: " + "; ".join(said), gate=scores, **extra)
         return "next"
 
     def _step_register(self, row: LearningRound) -> str:
