@@ -379,15 +379,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
             until = tool.last_source_ts if tool.last_source_ts is not None else ctx.clock()
             since = until - hours * 3600
             modes = type_modes(tool.tool_type) if tool.tool_type else None
-            at = func.coalesce(AlertRow.source_ts, AlertRow.ts)  # alerts before 0006 have no source time
+            at = AlertRow.equipment_ts
             alerts = s.scalars(select(AlertRow).where(AlertRow.tool_id == tool_id, at >= since).order_by(at))
             marks = [
-                {
-                    "ts": a.source_ts if a.source_ts is not None else a.ts,
-                    "mode": a.mode,
-                    "probability": a.probability,
-                    "evidence": a.evidence,
-                }
+                {"ts": a.equipment_ts, "mode": a.mode, "probability": a.probability, "evidence": a.evidence}
                 for a in alerts
             ]
             # failures and maintenance, so the chart shows how far ahead the risk rose

@@ -66,8 +66,7 @@ def e10_report(repo: Repo, clock_now: float, days: float, max_days: float) -> di
     for tool_id in sorted(set(hours) | set(tools)):
         tool = tools.get(tool_id)
         per = hours.get(tool_id, {})
-        down_now = (0.0, 0)  # a repair still under way: its hours so far, and 1 if it began inside
-        is_down = False  # the tool's last state is unscheduled down
+        down_now: tuple[float, int] | None = None  # a repair under way: its hours, 1 if it began inside
         if tool_id in last:  # the state it is in now lasts to its last report (its edge may be silent)
             state, began, start = last[tool_id]
             heard = tool.last_source_ts if tool is not None else None
@@ -75,13 +74,13 @@ def e10_report(repo: Repo, clock_now: float, days: float, max_days: float) -> di
             stretch = max(0.0, min(reported, now) - start) / H
             per[state] = per.get(state, 0.0) + stretch
             if state == E10State.UNSCHEDULED_DOWN.value:
-                down_now, is_down = (stretch, int(began >= since)), True
-        m = with_open_repair(_metrics_of(per, failures.get(tool_id, 0)), *down_now)
+                down_now = (stretch, int(began >= since))
+        m = with_open_repair(_metrics_of(per, failures.get(tool_id, 0)), *(down_now or (0.0, 0)))
         per_tool.append(m)
         about = {"tool_id": tool_id, "tool_type": None, "site": None}
         if tool is not None:
             about |= {"tool_type": tool.tool_type, "site": tool.site}
-        rows.append(about | _figures(m) | {"down_now": is_down})
+        rows.append(about | _figures(m) | {"down_now": down_now is not None})
     return {
         "now_ts": now,
         "since_ts": since,

@@ -40,7 +40,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from cloud.intervals import wilson
 from cloud.storage import Repo
@@ -252,7 +252,7 @@ def field_report(repo: Repo, clock_now: float, days: float, lead_h: float, match
     plant that is the wall clock within the time since the last report (so an alert is judged a
     little later, never early); a simulator keeps its own (the demo's is months off the wall
     clock)."""
-    at = func.coalesce(AlertRow.source_ts, AlertRow.ts)  # the equipment's clock, as events are
+    at = AlertRow.equipment_ts  # the equipment's clock, as events are
     with repo.transaction() as s:
         now = equipment_now(s, clock_now, at)
         since = now - days * 86400

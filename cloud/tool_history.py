@@ -38,7 +38,7 @@ def tool_history(
     if before_ts is not None:
         q = q.where(EventRow.source_ts < before_ts)
     items = [_event_item(e) for e in session.scalars(q.order_by(EventRow.source_ts.desc()).limit(limit))]
-    at = func.coalesce(AlertRow.source_ts, AlertRow.ts)
+    at = AlertRow.equipment_ts
     a = select(AlertRow).where(AlertRow.tool_id == tool_id)
     if before_ts is not None:
         a = a.where(at < before_ts)
@@ -87,7 +87,7 @@ def _alert_item(r: AlertRow) -> dict[str, Any]:
     ack = f"acknowledged by {r.acknowledged_by}" if r.acknowledged_by else "not acknowledged"
     text = "; ".join(x for x in (f"p {r.probability:.2f}", ack, found, r.ack_note or "") if x)
     return {
-        "ts": r.source_ts if r.source_ts is not None else r.ts,
+        "ts": r.equipment_ts,
         "kind": "alert",
         "state": None,
         "mode": r.mode,

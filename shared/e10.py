@@ -112,28 +112,29 @@ def from_transitions(
     hours: dict[E10State, float] = {}
     unmapped = 0.0
     failures = 0
-    open_h, open_failures = 0.0, 0  # the stretch of unscheduled down the record ends in
+    down = E10State.UNSCHEDULED_DOWN
     items = sorted((float(t), _e10(s)) for t, s in transitions)
     for k, (t, s) in enumerate(items):
         t0 = max(t, start_s)
         t1 = min(items[k + 1][0] if k + 1 < len(items) else end_s, end_s)
-        down = s == E10State.UNSCHEDULED_DOWN
-        if down and not (k > 0 and items[k - 1][1] == E10State.UNSCHEDULED_DOWN):
-            open_h, open_failures = 0.0, 0  # a new stretch of down begins
         if t1 > t0:
             if s is None:
                 unmapped += (t1 - t0) / 3600.0
             else:
                 hours[s] = hours.get(s, 0.0) + (t1 - t0) / 3600.0
-                open_h += (t1 - t0) / 3600.0 if down else 0.0
         # a failure is an entry into unscheduled down (a repeated report of it is not another)
-        entered = k == 0 or items[k - 1][1] != E10State.UNSCHEDULED_DOWN
-        if down and entered and start_s <= t <= end_s:
+        entered = k == 0 or items[k - 1][1] != down
+        if s == down and entered and start_s <= t <= end_s:
             failures += 1
-            open_failures = 1
-    if not (items and items[-1][1] == E10State.UNSCHEDULED_DOWN):
-        open_h, open_failures = 0.0, 0  # the last stretch of down ended: every repair did
-    return replace(with_open_repair(_metrics(hours, failures), open_h, open_failures), unmapped_h=unmapped)
+    m = replace(_metrics(hours, failures), unmapped_h=unmapped)
+    first = len(items)  # the first of the unscheduled-down changes the record ends with, if any
+    while first > 0 and items[first - 1][1] == down:
+        first -= 1
+    if first == len(items):
+        return m
+    began = items[first][0]  # the record ends in a repair under way, entered then
+    open_h = max(0.0, end_s - max(began, start_s)) / 3600.0
+    return with_open_repair(m, open_h, int(start_s <= began <= end_s))
 
 
 def _e10(state: str) -> E10State | None:

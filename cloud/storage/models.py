@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    ColumnElement,
     Float,
     ForeignKey,
     Index,
@@ -20,8 +21,10 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -113,6 +116,17 @@ class AlertRow(Base):
     # The mode whose precursors carry the risk, by its edge (shared.evidence.likely_mode); None
     # when no sensor did, or from older edges.
     likely_mode: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    @hybrid_property
+    def equipment_ts(self) -> float:
+        """When it was raised on the equipment's clock: the source time of its window, the
+        edge's send time for alerts from edges that did not say it (before migration 0010)."""
+        return self.source_ts if self.source_ts is not None else self.ts
+
+    @equipment_ts.inplace.expression
+    @classmethod
+    def _equipment_ts_expression(cls) -> ColumnElement[float]:
+        return func.coalesce(cls.source_ts, cls.ts)
 
 
 class Case(Base):
