@@ -17,7 +17,7 @@ from conftest import free_port
 from cloud.config import CloudConfig
 from cloud.notify import payload_of
 from cloud.service import CloudService
-from cloud.storage.models import AlertRow, NotificationRow
+from cloud.storage.models import AlertRow, NotificationRow, Tool
 from cloud.testing import hardcase, signed_release
 from shared.equipment import tool_type
 from shared.features import FeatureSpec, Scaler, feature_names
@@ -256,7 +256,15 @@ def test_console_labels_and_approves(service: CloudService, tmp_path: Path):
             assert page.locator("#tool-detail svg .event-mark").count() == 0
             hover = page.locator("#tool-detail svg .alert-mark title").text_content()
             assert hover.endswith(": wear 0.80; moving: throttle_valve +3.1 sd, wall_temp −0.5 sd"), hover
-            # A failure the equipment did not report, recorded from the tool's panel, labels its cases.
+            # A failure the equipment did not report, recorded from the tool's panel, labels its cases;
+            # its time starts at the tool's newest report, on the tool's clock as the history.
+            with service.repo.transaction() as s:
+                newest = s.get(Tool, "etch-01").last_source_ts
+            at = datetime.fromisoformat(page.locator("#event-form input[name=at]").input_value())
+            assert at == datetime.fromtimestamp(int(newest), LOCAL).replace(tzinfo=None), (at, newest)
+            # (here the hard case's made-up window time, 1970: the operator sets when it failed)
+            failed_at = datetime.fromtimestamp(now, LOCAL).strftime("%Y-%m-%dT%H:%M:%S")
+            page.fill("#event-form input[name=at]", failed_at)
             assert page.locator("#event-form select[name=mode] option").count() == len(
                 tool_type("plasma_etch").mode_names
             )

@@ -502,8 +502,11 @@ async function showRisk(toolId) {
     const form = $("#event-form");
     form.dataset.tool = toolId;
     form.elements.mode.replaceChildren(...(data.tool_modes || []).map((m) => { const o = document.createElement("option"); o.textContent = m; return o; }));
-    const local = new Date(Date.now() - new Date().getTimezoneOffset() * 60000);  // now, in the browser's time zone
-    form.elements.at.value = local.toISOString().slice(0, 16);
+    // The tool's newest report on its own clock, the clock of its history and of the labels the
+    // event makes (the cloud's now for a tool that never said one): a tool whose clock is not the
+    // cloud's (the demo's simulator runs an hour a second) would otherwise get its failure months
+    // after every case it labels.
+    form.elements.at.value = fmtTime(data.until_ts).replace(" ", "T");
     await showHistory(toolId);
     detail.hidden = false;
     detail.scrollIntoView({ block: "nearest" });
