@@ -9,7 +9,9 @@ etch chambers recalibrated and pumps wearing faster from day 20).
    them) and earlier rounds' bookkeeping for A-old (replay) and B-old (the frozen old set).
 4. Time one learning round (Learner + the real pipeline at the given sizes) from "labels are in"
    to "the canary edge runs the model": fine-tune, distil (a fresh student; with
-   --warm-start it continues v0's weights), export + INT8 parity, gate (it rejects a candidate
+   --warm-start it continues v0's weights; beside the round's windows, the 2,000 of A-old that
+   train_full kept as the distillation pool, the teacher's outputs their target; --no-pool:
+   without them), export + INT8 parity, gate (it rejects a candidate
    it is learning.gate_confidence sure lost more than the tolerance: cloud.gate), sign,
    register, announce, then what the edge does (verify the signature and hash, load it in
    onnxruntime).
@@ -28,7 +30,7 @@ etch chambers recalibrated and pumps wearing faster from day 20).
    regimes themselves disagree.
 
     .venv/bin/python bench/b8_incremental.py [--quick] [--tools 24] [--days 40] [--epochs 10]
-        [--seed N] [--warm-start] [--joint] [--eval-tools N] [--gate-confidence C]
+        [--seed N] [--warm-start] [--no-pool] [--joint] [--eval-tools N] [--gate-confidence C]
         [--holdout-fraction F]
 """
 
@@ -278,6 +280,12 @@ def main() -> None:
         help="learning.warm_start_edge on: the round's student continues v0's weights (default: a fresh one)",
     )
     ap.add_argument(
+        "--no-pool",
+        action="store_true",
+        help="learning.distil_pool_size 0: the round's student learns its labelled windows alone, "
+        "not the training windows train_full kept (cloud/training/pool.py)",
+    )
+    ap.add_argument(
         "--eval-tools",
         type=int,
         default=0,
@@ -382,6 +390,7 @@ def main() -> None:
                     "min_new_labels": 1,
                     "calib_windows": 512,
                     "warm_start_edge": ns.warm_start,
+                    "distil_pool_size": 0 if ns.no_pool else 2000,
                 },
                 "rollout": {"min_observations": 0},
             }
@@ -553,6 +562,7 @@ def main() -> None:
     extra += "" if ns.reference_rows is None else f" --reference-rows {ns.reference_rows}"
     extra += "" if ns.seed == 3 else f" --seed {ns.seed}"
     extra += " --warm-start" if ns.warm_start else ""
+    extra += " --no-pool" if ns.no_pool else ""
     extra += " --joint" if ns.joint else ""
     extra += f" --eval-tools {ns.eval_tools}" if ns.eval_tools else ""
     line = (

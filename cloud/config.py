@@ -216,6 +216,12 @@ class LearningConfig(StrictModel):
     # the old regime than a fresh student did, on each data seed tried, and took longer
     # (bench/results/cloud.md, B8 eighth session).
     warm_start_edge: bool = False
+    # Unlabelled windows of the fleet's usual running that every round's edge student also learns
+    # the teacher's outputs on (cloud/training/pool.py): without them it is matched to the round's
+    # hard cases alone and forgets the rest (the demo's edge model lost 17 AUC points over six
+    # rounds). None: the pool `fabpm train` wrote beside serving.checkpoint, if there is one.
+    distil_pool: Path | None = None
+    distil_pool_size: int = Field(default=2000, ge=0)  # windows of it used; 0: none
 
 
 NotifyKind = Literal["alert", "rollback", "round_failed", "round_rejected", "sensor", "escalation", "digest"]

@@ -33,6 +33,7 @@ from cloud.learning import Pipeline, Windows
 from cloud.registry import Registry
 from cloud.training.parity import run_onnx
 from cloud.training.pipeline import PipelineConfig, distil_edge, export_release, fine_tune
+from cloud.training.pool import pool_path, read_pool
 from cloud.training.release import AlertThresholds
 from cloud.training.windows import WindowSet
 from shared.equipment import alert_modes
@@ -104,10 +105,16 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
             return _fine_tune_ddp(start, new_ws, replay_ws, lc.ddp_nproc, lc.size, out, pcfg.fine_tune_epochs)
         return fine_tune(start, new_ws, replay_ws, pcfg)
 
+    pool_file = distil_pool_file(cfg)
+
     def do_distil(full: Path, data: Windows, out: Path, init: Path | None) -> Path:
         modes, cap, _ = model_info(full)
         out.mkdir(parents=True, exist_ok=True)
-        return distil_edge(full, to_windowset(data, modes, cap), pcfg, init)
+        pool = None
+        if pool_file is not None:
+            spec = load_checkpoint(full)[1]["feature_spec"]
+            pool = read_pool(pool_file, spec, len(modes), lc.distil_pool_size)
+        return distil_edge(full, to_windowset(data, modes, cap), pcfg, init, pool)
 
     def do_export(
         edge: Path, calib: Windows, naming: Windows, out: Path, version: str, parent: str | None
@@ -148,6 +155,29 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
         return alerting_probability(probs, modes, data.tool_types)
 
     return Pipeline(do_fine_tune, do_distil, do_export, risk, alert_risk)
+
+
+def distil_pool_file(cfg: CloudConfig) -> Path | None:
+    """The distillation pool the learning rounds use (``learning.distil_pool``, else the one beside
+    ``serving.checkpoint``), or None with a warning that says what is lost without it. One that
+    was named and is missing is an error: it would fail every round."""
+    lc = cfg.learning
+    if lc.distil_pool_size == 0:
+        return None
+    if lc.distil_pool is not None:
+        if not lc.distil_pool.is_file():
+            raise LearningError(f"learning.distil_pool {lc.distil_pool}: no such file")
+        return lc.distil_pool
+    beside = pool_path(cfg.serving.checkpoint) if cfg.serving.checkpoint is not None else None
+    if beside is not None and beside.is_file():
+        return beside
+    _logger.warning(
+        "no distillation pool (%s): each learning round distils the edge model on its labelled "
+        "windows alone, and the edge model forgets what they do not show; write one with "
+        "`fabpm train pool` (cloud/training/pool.py)",
+        beside or "serving.checkpoint is not set",
+    )
+    return None
 
 
 def alerting_probability(probs: np.ndarray, modes: list[str], tool_types: list[str]) -> np.ndarray:

@@ -5,22 +5,27 @@ registry → canary announcement that verifies with the edge's public key."""
 from __future__ import annotations
 
 import base64
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cloud.config import CloudConfig
+from cloud.errors import LearningError
 from cloud.ingest import Ingestor
 from cloud.learning import Learner
 from cloud.metrics import CloudMetrics
-from cloud.pipeline_adapter import balanced_accuracy, make_pipeline
+from cloud.pipeline_adapter import balanced_accuracy, distil_pool_file, make_pipeline
 from cloud.registry import Registry
 from cloud.rollout import RolloutManager
 from cloud.storage import Repo, make_engine, migrate
 from cloud.testing import failure, hardcase, maintenance
+from cloud.training.pool import pool_path, write_pool
+from cloud.training.windows import WindowSet
 from shared.features import FeatureSpec, Scaler, feature_names
 from shared.messages import HardCase, ModelAnnouncement, Status, encode_array
+from shared.models.checkpoint import load_checkpoint
 from shared.signing import generate_keypair, load_public_key, verify_artifact, verify_manifest, verify_release
 from shared.topics import Kind, topic
 
@@ -75,6 +80,14 @@ async def test_a_real_tiny_round_produces_a_model_the_edge_accepts(tmp_path: Pat
             "rollout": {"min_observations": 0},
         }
     )
+    # The served model's distillation pool (as `fabpm train sim` writes it beside its checkpoint):
+    # every round's edge student also learns the teacher on these windows.
+    pool_x = np.random.default_rng(1).standard_normal((100, WINDOW, n_features)).astype(np.float32)
+    spec = load_checkpoint(cfg.serving.checkpoint)[1]["feature_spec"]
+    pool_ws = WindowSet(
+        x=pool_x, rul=np.zeros(100), labels=np.zeros((100, 2)), groups=np.zeros(100, dtype=int)
+    )
+    write_pool(pool_path(cfg.serving.checkpoint), pool_ws, spec)
     engine = make_engine(cfg.storage.url)
     migrate(engine)
     repo, metrics, published = Repo(engine), CloudMetrics(), []
@@ -155,7 +168,26 @@ async def test_a_real_tiny_round_produces_a_model_the_edge_accepts(tmp_path: Pat
     assert outcome["version"] == manifest.version and len(swapped) == 1
     assert swapped[0][2]["outcome"] == "accepted" and swapped[0][2]["version"] == manifest.version
     assert "new_test" in row.state["gate"]
+    assert load_checkpoint(Path(row.state["edge_ckpt"]))[1]["distil_pool_windows"] == 100
     engine.dispose()
+
+
+def test_the_distillation_pool_is_found_or_missed_aloud(tmp_path: Path, caplog):
+    """learning.distil_pool names one (missing: an error at start, not a failed round each time);
+    unset, the one beside serving.checkpoint; none there, a warning that says what is lost."""
+    full = base_checkpoint(tmp_path / "full.pt", len(feature_names()))
+
+    def cfg(**learning: object) -> CloudConfig:
+        return CloudConfig.model_validate({"serving": {"checkpoint": str(full)}, "learning": learning})
+
+    with pytest.raises(LearningError, match="no such file"):
+        distil_pool_file(cfg(distil_pool=str(tmp_path / "nowhere.npz")))
+    with caplog.at_level(logging.WARNING, logger="cloud.pipeline_adapter"):
+        assert distil_pool_file(cfg()) is None
+    assert "no distillation pool" in caplog.text and "forgets" in caplog.text
+    pool_path(full).write_bytes(b"")  # found by name; read_pool judges its content
+    assert distil_pool_file(cfg()) == pool_path(full)
+    assert distil_pool_file(cfg(distil_pool_size=0)) is None
 
 
 def test_scores():

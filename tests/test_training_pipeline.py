@@ -131,6 +131,24 @@ def test_early_stopping_watches_the_chosen_validation_metric():
         fit(DGA(cfg), train, val, replace(base, monitor="brier"))
 
 
+@pytest.mark.parametrize("epochs", [1, 2, 9, 10, 11])
+def test_a_schedule_of_any_length_trains(epochs: int):
+    """A run of ten steps (ten epochs of one batch: a learning round on a few labels) ended the
+    warm-up on step 0, and torch's one-cycle schedule divided by zero there."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6, 3)).astype(np.float32)
+    labels = (x[:, :, 0].mean(axis=1) > 0).astype(np.float32)[:, None]
+    ws = WindowSet(
+        x=x, rul=rng.uniform(0, 10, 40).astype(np.float32), labels=labels, groups=np.arange(40) % 4
+    )
+    cfg = DGAConfig(
+        n_features=3, window=6, n_modes=1, d_model=8, n_heads=2, n_layers=1, d_ff=16, rul_cap=10.0
+    )
+    tcfg = TrainConfig(epochs=epochs, batch_size=64, progress=False, keep="last")
+    res = fit(new_model(cfg, 0), ws, ws.take(np.array([], dtype=np.int64)), tcfg)
+    assert len(res.history) == epochs
+
+
 def test_keep_last_runs_the_whole_schedule_and_needs_no_validation_split():
     """keep="last" (a refit on every unit) returns the end of the schedule, never early-stops, and
     trains the same weights whether or not a validation split is there to be reported on."""
@@ -825,3 +843,66 @@ def test_a_round_keeps_the_alert_rule_its_parent_shipped() -> None:
     assert got.hard_margin == default.hard_margin
     assert parent_thresholds(registry, "v0", default) == default  # type: ignore[arg-type]
     assert parent_thresholds(registry, None, default) == default  # type: ignore[arg-type]
+
+
+def test_train_full_keeps_a_distillation_pool_and_fabpm_train_pool_writes_one(export_dir, tmp_path):
+    """train_full keeps a sample of its training windows beside the checkpoint, inputs only; read
+    back, they carry no labels; another feature spec is refused with the fix; `fabpm train pool`
+    writes one for a checkpoint from before."""
+    from cloud.training.cli import main as train_cli
+    from cloud.training.pipeline import PipelineConfig, sim_split, train_full
+    from cloud.training.pool import POOL_GROUP, pool_path, read_pool
+    from shared.models.checkpoint import load_checkpoint
+
+    cfg = PipelineConfig.tiny()
+    full = train_full(export_dir, cfg, tmp_path)
+    spec = load_checkpoint(full)[1]["feature_spec"]
+    train, _, _, _ = sim_split(export_dir, cfg)
+    pool = read_pool(pool_path(full), spec, train.n_modes)
+    assert len(pool) == min(2000, len(train)) and pool.x.shape[1:] == train.x.shape[1:]
+    assert np.isnan(pool.labels).all() and np.isnan(pool.rul).all() and (pool.groups == POOL_GROUP).all()
+    assert np.abs(pool.x).max() <= np.abs(train.x).max() * (1 + 1e-3) + 1e-3  # float16 on disk
+    with pytest.raises(TrainingError, match="fabpm train pool"):
+        read_pool(pool_path(full), {**spec, "window": spec["window"] + 1}, train.n_modes)
+    pool_path(full).unlink()
+    assert train_cli(["pool", "--checkpoint", str(full), "--dataset", str(export_dir), "--size", "50"]) == 0
+    assert len(read_pool(pool_path(full), spec, train.n_modes)) == 50
+
+
+def test_a_student_distilled_on_one_sided_hard_cases_follows_its_teacher_only_with_the_pool(tmp_path):
+    """A round's labelled windows are hard cases, not the fleet: here all on one side of the
+    teacher's boundary. A student distilled on them alone learns "always high" (the demo's edge
+    model forgot this way); with the pool beside them it follows the teacher everywhere."""
+    from cloud.training.pipeline import PipelineConfig, distil_edge
+    from cloud.training.pool import pool_path, read_pool, write_pool
+    from cloud.training.trainer import predict
+    from shared.models.checkpoint import load_checkpoint, save_checkpoint
+
+    rng = np.random.default_rng(0)
+
+    def windows(n: int) -> WindowSet:
+        x = rng.normal(size=(n, 6, 3)).astype(np.float32)
+        y = (x[:, :, 0].mean(axis=1) > 0).astype(np.float32)[:, None]
+        return WindowSet(x=x, rul=np.full(n, np.nan, np.float32), labels=y, groups=np.arange(n) % 20)
+
+    fleet, unseen = windows(800), windows(400)
+    mcfg = DGAConfig(
+        n_features=3, window=6, n_modes=1, d_model=16, n_heads=2, n_layers=1, d_ff=32, rul_cap=10.0
+    )
+    plain = TrainConfig(epochs=20, batch_size=64, keep="last", progress=False)
+    teacher = fit(new_model(mcfg, 0), fleet, fleet.take(np.array([], dtype=np.int64)), plain).model
+    spec = {"window": 6}
+    full = save_checkpoint(tmp_path / "full.pt", teacher, {"feature_spec": spec, "modes": ["m"]})
+    taught = predict(teacher, unseen.x)["probs"][:, 0]
+    assert ((taught > 0.5) == unseen.labels[:, 0]).mean() > 0.9
+    write_pool(pool_path(full), fleet, spec)
+    hard = fleet.take(np.flatnonzero(fleet.x[:, :, 0].mean(axis=1) > 0.2))
+    cfg = PipelineConfig(edge_d_model=8, edge_layers=1, train=replace(plain, epochs=30))
+    gap = {}
+    for name, pool in (("alone", None), ("with pool", read_pool(pool_path(full), spec, 1))):
+        (tmp_path / name).mkdir()
+        shutil.copyfile(full, tmp_path / name / "full.pt")
+        student, meta = load_checkpoint(distil_edge(tmp_path / name / "full.pt", hard, cfg, pool=pool))
+        assert meta["distil_pool_windows"] == (0 if pool is None else len(fleet))
+        gap[name] = float(np.abs(predict(student, unseen.x)["probs"][:, 0] - taught).mean())
+    assert gap["with pool"] < 0.1 < 0.3 < gap["alone"], gap

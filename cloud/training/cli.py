@@ -6,6 +6,7 @@
     fabpm train sim     --dataset DIR [--out DIR] [--size default|small|tiny] [--edge] [--reference-rows N]
     fabpm train release --checkpoint EDGE.pt --dataset DIR --key PEM --version V [--parent P]
     fabpm train tuning  --dataset DIR --tool-type T --key PEM --version V [--out DIR]
+    fabpm train pool    --checkpoint FULL.pt --dataset DIR [--size N]   # the distillation pool
     fabpm train ddp-check --out DIR                                 # one DDP step, under torchrun
 
 Under ``torchrun --nproc_per_node N -m cloud.training.cli sim ...`` training runs with DDP (gloo
@@ -26,6 +27,7 @@ import numpy as np
 
 from cloud.training.errors import TrainingError
 from cloud.training.pipeline import SIZES, PipelineConfig
+from cloud.training.pool import POOL_SIZE
 
 _logger = logging.getLogger(__name__)
 
@@ -107,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--version", required=True)
     t.add_argument("--parent", default=None)
     t.add_argument("--out", type=Path, default=REPO / "artifacts" / "release")
+    o = sub.add_parser(
+        "pool",
+        help="write the distillation pool of a full checkpoint (`fabpm train sim` writes one itself): "
+        "windows of an export on which learning rounds' edge students also learn the teacher",
+    )
+    o.add_argument("--checkpoint", type=Path, required=True, help="the full model (serving.checkpoint)")
+    o.add_argument("--dataset", type=Path, required=True, help="an export of the fleet's usual running")
+    o.add_argument("--size", type=int, default=POOL_SIZE, help="windows kept (default %(default)s)")
     d = sub.add_parser("ddp-check", help="one tiny DDP training step; writes a parameter digest per rank")
     d.add_argument("--out", type=Path, required=True)
     return p
@@ -122,6 +132,8 @@ def main(argv: list[str]) -> int:
         return _release(ns)
     if ns.cmd == "tuning":
         return _tuning(ns)
+    if ns.cmd == "pool":
+        return _pool(ns)
     return _ddp_check(ns)
 
 
@@ -187,6 +199,22 @@ def _sim(ns: argparse.Namespace) -> int:
         result["edge_checkpoint"] = str(edge)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+def _pool(ns: argparse.Namespace) -> int:
+    from cloud.training import simdata
+    from cloud.training.pool import pool_path, write_pool
+    from shared.features import FeatureSpec
+    from shared.models.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(ns.checkpoint)
+    if "feature_spec" not in meta:
+        raise TrainingError(f"{ns.checkpoint} carries no feature spec: not a simulator or plant model")
+    spec = FeatureSpec.from_dict(meta["feature_spec"])
+    _, tools, _ = simdata.dataset_windows(ns.dataset, spec=spec, stride=PipelineConfig().stride)
+    out = write_pool(pool_path(ns.checkpoint), simdata.merge(tools), meta["feature_spec"], ns.size)
+    print(json.dumps({"pool": str(out)}))
     return 0
 
 

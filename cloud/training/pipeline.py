@@ -17,6 +17,7 @@ half a minute with useful heads (the demo).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloud.training import simdata
 from cloud.training.distil import distil, edge_config, edge_heads
 from cloud.training.errors import TrainingError
+from cloud.training.pool import pool_path, write_pool
 from cloud.training.release import AlertThresholds, release_edge
 from cloud.training.trainer import TrainConfig, fit, new_model, predict
 from cloud.training.windows import WindowSet, split_by_group
@@ -157,6 +159,8 @@ def train_full(data: Data, cfg: PipelineConfig, out_dir: Path) -> Path:
     }
     res = fit(model, train, val, cfg.train, out_dir / "full.pt", meta)
     assert res.checkpoint is not None
+    if int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun
+        write_pool(pool_path(res.checkpoint), train, spec_dict, seed=cfg.train.seed)
     return res.checkpoint
 
 
@@ -237,8 +241,18 @@ def _rmse(model: DGA, ws: WindowSet) -> float:
     return float(np.sqrt(np.mean((pred - ws.rul[ok]) ** 2)))
 
 
-def distil_edge(full_ckpt: Path, windows: WindowSet, cfg: PipelineConfig, init: Path | None = None) -> Path:
+def distil_edge(
+    full_ckpt: Path,
+    windows: WindowSet,
+    cfg: PipelineConfig,
+    init: Path | None = None,
+    pool: WindowSet | None = None,
+) -> Path:
     """Distil the small edge DGA from a full checkpoint on ``windows``; returns its checkpoint.
+
+    ``pool``: unlabelled windows of the fleet's usual running (cloud/training/pool.py) that join
+    the training side, the teacher's outputs their only target, so a student distilled on a
+    learning round's few hard cases still learns the teacher everywhere else.
 
     ``init``: the edge checkpoint running now. The student then starts from its weights and
     trains at ``fine_tune_lr`` (for the distillation's epochs), so what it learnt from the whole earlier
@@ -250,6 +264,9 @@ def distil_edge(full_ckpt: Path, windows: WindowSet, cfg: PipelineConfig, init: 
     if not isinstance(teacher, DGA):
         raise TrainingError(f"{full_ckpt} is not a DGA checkpoint")
     train, val, schedule = _round_split(windows, cfg, "distillation")
+    if pool is not None and len(pool):
+        _logger.info("distillation: %d windows and %d of the pool", len(train), len(pool))
+        train = WindowSet.concat([train, pool])
     start = _warm_start(init, teacher, meta)
     fresh = edge_config(teacher.cfg, cfg.edge_d_model, cfg.edge_layers, edge_heads(cfg.edge_d_model))
     student: DGAConfig | DGA = fresh if start is None else start
@@ -260,6 +277,7 @@ def distil_edge(full_ckpt: Path, windows: WindowSet, cfg: PipelineConfig, init: 
     meta["teacher_checkpoint"] = str(full_ckpt)
     if start is not None:
         meta["warm_start"] = str(init)
+    meta["distil_pool_windows"] = 0 if pool is None else len(pool)
     res = distil(teacher, train, val, student, tcfg, out, meta)
     assert res.checkpoint is not None
     return res.checkpoint

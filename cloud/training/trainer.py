@@ -339,9 +339,11 @@ def fit(
     if namer is not None:
         namer.to(device)
     steps_per_epoch = max(1, math.ceil(len(train) / world / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1
-    )
+    total = cfg.epochs * steps_per_epoch
+    # A tenth of the steps warm up, except at exactly 10 steps: torch's schedule then ends the
+    # warm-up on step 0 and divides by zero (a learning round of 10 epochs on under one batch).
+    pct = 0.1 if total != 10 else 0.2
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct)
     _logger.info(
         "training %d params on %d windows (val %d), device %s, autocast %s, world %d",
         model.n_params(),
@@ -355,8 +357,7 @@ def fit(
     # fine-tune of 16 steps at 0.99 returned weights still 85% its first step's and moved the
     # risk a tenth as far as without the average. Runs of 100 steps or more (B1, B2, B8's
     # rounds, the demo's first training) keep ema_decay as set.
-    total_steps = cfg.epochs * steps_per_epoch
-    decay = min(cfg.ema_decay, 1.0 - 1.0 / total_steps) if total_steps > 1 else 0.0
+    decay = min(cfg.ema_decay, 1.0 - 1.0 / total) if total > 1 else 0.0
     average = torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
     ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=average) if decay > 0 else None
     rng = np.random.default_rng(cfg.seed)

@@ -1,0 +1,88 @@
+"""The distillation pool: windows of the fleet's usual running, kept beside the full model, on which
+every learning round's edge student also learns the teacher's outputs.
+
+A learning round distils the edge model on its labelled windows, which are hard cases: windows the
+edge was unsure of, from the few tools that sent them. Matched to the teacher there alone, the
+small student forgot the rest: over six rounds of the demo its AUC on earlier rounds' frozen
+windows fell from 0.97 to 0.79 while its teacher stayed at 0.97-0.99, and the gate, which compares
+each candidate with the running model on a few tools, let each loss below its confidence through.
+The same round's student distilled with 2,000 of the training export's windows beside them (the
+teacher's outputs as their only targets: no labels needed) scored 1.00 where it had scored 0.84
+(bench/results/cloud.md, "distillation pool").
+
+:func:`write_pool` samples the windows when the full model is trained (``train_full``) into
+``<checkpoint>.pool.npz`` (float16: the features are z-scores, and the teacher reads the same
+rounded values the student does); :func:`read_pool` gives them back as a window set with no
+labels, checked against the teacher's feature spec.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloud.training.errors import TrainingError
+from cloud.training.windows import WindowSet
+
+_logger = logging.getLogger(__name__)
+
+POOL_SIZE = 2000  # windows kept: about 10 MB at the default window (48 steps × 50 features)
+F16_MAX = float(np.finfo(np.float16).max)
+POOL_GROUP = 1_000_000  # pool windows' group ids start here, apart from any tool's
+
+
+def pool_path(checkpoint: Path) -> Path:
+    """Where the pool of the full model at ``checkpoint`` lives: ``<stem>.pool.npz`` beside it."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}.pool.npz")
+
+
+def write_pool(
+    path: Path, windows: WindowSet, feature_spec: dict[str, Any], size: int = POOL_SIZE, seed: int = 0
+) -> Path:
+    """Sample at most ``size`` of ``windows`` (their inputs only) into ``path`` with the feature spec
+    they were made with; returns ``path``. Written to a temporary name first, so a crash leaves no
+    half file under the real one."""
+    if size < 1:
+        raise TrainingError(f"pool size must be at least 1, got {size}")
+    if not len(windows):
+        raise TrainingError("no windows to keep in the distillation pool")
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(windows), size=min(size, len(windows)), replace=False))
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    spec = np.array(json.dumps(feature_spec, sort_keys=True))
+    x = np.clip(windows.x[idx], -F16_MAX, F16_MAX).astype(np.float16)  # an outlier past it would be inf
+    np.savez_compressed(tmp, x=x, feature_spec=spec)
+    tmp.replace(path)
+    _logger.info("distillation pool: %d of %d windows kept in %s", len(idx), len(windows), path)
+    return path
+
+
+def read_pool(path: Path, feature_spec: dict[str, Any], n_modes: int, size: int = POOL_SIZE) -> WindowSet:
+    """The pool at ``path`` as unlabelled windows (NaN targets: the teacher's outputs are their whole
+    target), at most ``size`` of them; a clear error when it was made with another feature spec
+    than the teacher's (its numbers would mean other things) or is not a pool."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as f:
+            x = f["x"]
+            spec = json.loads(str(f["feature_spec"]))
+    except (OSError, KeyError, ValueError) as e:
+        raise TrainingError(f"distillation pool {path}: not readable ({e})") from e
+    if spec != json.loads(json.dumps(feature_spec, sort_keys=True)):
+        raise TrainingError(
+            f"distillation pool {path} was made with another feature spec than the teacher's "
+            "(a model trained on other data or settings): write one for it with `fabpm train pool`"
+        )
+    x = x[:size].astype(np.float32)
+    n = len(x)
+    return WindowSet(
+        x=x,
+        rul=np.full(n, np.nan, dtype=np.float32),
+        labels=np.full((n, n_modes), np.nan, dtype=np.float32),
+        groups=np.full(n, POOL_GROUP, dtype=np.int64),
+    )
