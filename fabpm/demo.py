@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -162,6 +163,11 @@ def prepare_models(root: Path, tools: int, seed: int) -> tuple[Path, Path, Path,
         paths = [Path(info[k]) for k in ("full", "edge", "edge_release") if k in info]
         current = len(paths) == 3 and info.get("size") == MODEL_SIZE
         if current and all(p.exists() for p in [*paths, keys / "signing.pub"]):
+            from cloud.training.pool import pool_path
+
+            if not pool_path(paths[0]).exists():  # a cache from before the pool (cloud/training/pool.py)
+                pool = [*FABPM, "train", "pool", "--checkpoint", str(paths[0]), "--dataset", str(data)]
+                run_step("keeping training windows for the learning rounds' distillation", pool, logs)
             return paths[0], paths[1], paths[2], keys / "signing.pub"
     if not (keys / "signing.key").exists():
         run_step("making the Ed25519 signing keys", [*FABPM, "cloud", "keys", "--out", str(keys)], logs)
@@ -605,6 +611,27 @@ def start_loop(
     return Loop(root, services, broker_port, opc_port, api_port, metrics_port, endpoint, secret, len(tuning))
 
 
+def hold_dir(root: Path) -> IO[str]:
+    """Take ``<dir>.lock`` beside the demo's folder, or stop with who holds it: two demos on one
+    folder write one database, one ground-truth log (interleaved into lines no one can read) and
+    one broker's store, and ``--fresh`` would delete the folder under the other."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    path = root.with_name(root.name + ".lock")
+    f = path.open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        said = f"another fabpm demo ({holder}) runs in {root}: stop it, or give this one --dir"
+        raise DemoError(said) from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    return f
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fabpm demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=Path("runs/demo"), help="where everything is kept")
@@ -618,6 +645,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--fresh", action="store_true", help="delete --dir first")
     ns = parser.parse_args(argv)
     root = ns.dir.resolve()
+    lock = hold_dir(root)  # noqa: F841 (held until the process ends)
     if ns.fresh and root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)

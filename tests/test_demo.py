@@ -153,3 +153,19 @@ def test_the_stop_summary_names_a_model_still_on_its_canary(tmp_path: Path) -> N
     (tmp_path / "ground_truth.jsonl").write_text('{"kind": "failure", "t_s": 36000}\n')
     said = run_summary(tmp_path, 0.0)
     assert "edge model active: 1 (on canary edge1: r1-7)" in said and "10 simulated hours" in said
+
+
+def test_a_second_demo_on_the_same_folder_is_refused(tmp_path: Path):
+    """Two demos on one folder interleaved their simulators' ground-truth logs into lines no one
+    could read (the first one's summary failed on them) and share one database."""
+    import pytest
+
+    from fabpm.demo import DemoError, hold_dir
+
+    first = hold_dir(tmp_path / "demo")
+    with pytest.raises(DemoError, match=r"another fabpm demo \(pid \d+\) runs in .*demo: stop it"):
+        hold_dir(tmp_path / "demo")
+    with hold_dir(tmp_path / "other") as other:  # another folder is free
+        assert other.name.endswith("other.lock")
+    first.close()  # the first one ended
+    hold_dir(tmp_path / "demo").close()
