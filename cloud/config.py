@@ -218,8 +218,9 @@ class LearningConfig(StrictModel):
     warm_start_edge: bool = False
     # Unlabelled windows of the fleet's usual running that every round's edge student also learns
     # the teacher's outputs on (cloud/training/pool.py): without them it is matched to the round's
-    # hard cases alone and forgets the rest (the demo's edge model lost 17 AUC points over six
-    # rounds). None: the pool `fabpm train` wrote beside serving.checkpoint, if there is one.
+    # hard cases alone and drifts from its teacher elsewhere (1.6-8.4 AUC points lower on 32 unseen
+    # tools over ten demo rounds: bench/learning_chain.py). None: the pool `fabpm train` wrote
+    # beside serving.checkpoint, if there is one.
     distil_pool: Path | None = None
     distil_pool_size: int = Field(default=2000, ge=0)  # windows of it used; 0: none
 
