@@ -165,7 +165,8 @@ def prepare_models(root: Path, tools: int, seed: int) -> tuple[Path, Path, Path,
         if current and all(p.exists() for p in [*paths, keys / "signing.pub"]):
             from cloud.training.pool import pool_path
 
-            if not pool_path(paths[0]).exists():  # a cache from before the pool (cloud/training/pool.py)
+            # a cache from before the pool (cloud/training/pool.py), its export still there
+            if not pool_path(paths[0]).exists() and (data / "dataset.json").exists():
                 pool = [*FABPM, "train", "pool", "--checkpoint", str(paths[0]), "--dataset", str(data)]
                 run_step("keeping training windows for the learning rounds' distillation", pool, logs)
             return paths[0], paths[1], paths[2], keys / "signing.pub"
