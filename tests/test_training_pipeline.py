@@ -866,7 +866,13 @@ def test_train_full_keeps_a_distillation_pool_and_fabpm_train_pool_writes_one(ex
         read_pool(pool_path(full), {**spec, "window": spec["window"] + 1}, train.n_modes)
     pool_path(full).unlink()
     assert train_cli(["pool", "--checkpoint", str(full), "--dataset", str(export_dir), "--size", "50"]) == 0
-    assert len(read_pool(pool_path(full), spec, train.n_modes)) == 50
+    kept = read_pool(pool_path(full), spec, train.n_modes)
+    assert len(kept) == 50
+    some = read_pool(pool_path(full), spec, train.n_modes, size=10)  # a spread, not the first tools
+    assert len(some) == 10 and not np.array_equal(some.x, kept.x[:10])
+    pool_path(full).write_bytes(b"")  # a file cut short: a clear error, not a traceback from numpy
+    with pytest.raises(TrainingError, match="not readable"):
+        read_pool(pool_path(full), spec, train.n_modes)
 
 
 def test_a_student_distilled_on_one_sided_hard_cases_follows_its_teacher_only_with_the_pool(tmp_path):
