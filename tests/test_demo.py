@@ -100,6 +100,9 @@ def test_demo_runs_the_whole_loop(tmp_path: Path):
     assert events > 0, "no equipment event travelled edge → broker → cloud"
     assert active == [("1",)], "the first edge model should be registered as active"
     assert edge_ckpt and Path(edge_ckpt).is_file(), "the edge checkpoint should be kept with the release"
+    # The learning rounds' distillation pool, kept beside the full model when it was trained
+    assert (root / "train" / "full.pool.npz").is_file()
+    assert "no distillation pool" not in (root / "logs" / "cloud.log").read_text()
     # One open proposal per tool at most: operators decide one step at a time.
     assert max(Counter(t for (t,) in waiting).values(), default=0) <= 1, waiting
     # A second start reuses the trained and signed models instead of training again.
