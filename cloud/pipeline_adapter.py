@@ -24,6 +24,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,13 +80,15 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
     if lc.distil_epochs is not None:  # distillation trains with pcfg.train
         pcfg = replace(pcfg, train=replace(pcfg.train, epochs=lc.distil_epochs))
 
-    def model_info(ckpt: Path) -> tuple[list[str], float, tuple[int, int]]:
+    def model_info(ckpt: Path) -> tuple[list[str], float, tuple[int, int], dict[str, Any]]:
+        """Its modes, RUL cap, window shape and feature spec, from one read of the checkpoint."""
         _, meta = load_checkpoint(ckpt)
         conf = meta["config"]
         return (
             list(meta.get("modes") or []),
             float(conf["rul_cap"]),
             (int(conf["window"]), int(conf["n_features"])),
+            meta.get("feature_spec") or {},
         )
 
     def check_shape(w: Windows, shape: tuple[int, int], what: str) -> None:
@@ -96,7 +99,7 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
         out.mkdir(parents=True, exist_ok=True)
         start = out / "base.pt"
         shutil.copyfile(base, start)  # fine_tune writes beside its input: keep each round's files apart
-        modes, cap, shape = model_info(start)
+        modes, cap, shape, _ = model_info(start)
         check_shape(new, shape, "new labels")
         check_shape(replay, shape, "replay set")
         new_ws = to_windowset(new, modes, cap)
@@ -108,18 +111,15 @@ def make_pipeline(cfg: CloudConfig, registry: Registry) -> Pipeline:
     pool_file = distil_pool_file(cfg)
 
     def do_distil(full: Path, data: Windows, out: Path, init: Path | None) -> Path:
-        modes, cap, _ = model_info(full)
+        modes, cap, _, spec = model_info(full)
         out.mkdir(parents=True, exist_ok=True)
-        pool = None
-        if pool_file is not None:
-            spec = load_checkpoint(full)[1]["feature_spec"]
-            pool = read_pool(pool_file, spec, len(modes), lc.distil_pool_size)
+        pool = None if pool_file is None else read_pool(pool_file, spec, len(modes), lc.distil_pool_size)
         return distil_edge(full, to_windowset(data, modes, cap), pcfg, init, pool)
 
     def do_export(
         edge: Path, calib: Windows, naming: Windows, out: Path, version: str, parent: str | None
     ) -> Path:
-        modes, cap, _ = model_info(edge)
+        modes, cap, _, _ = model_info(edge)
         ecfg = replace(pcfg, thresholds=parent_thresholds(registry, parent, pcfg.thresholds))
         onnx_path, _manifest = export_release(
             edge,
